@@ -1,0 +1,100 @@
+"""Byte-exact edits of a message's header fields (for a proxy's Via/Route work).
+
+Each edit returns new bytes that differ from ``msg.raw`` only in the edited
+field: other headers keep their spelling, folding and order, and the body is
+untouched (so Content-Length stays right; RFC 3261 §16.6 asks a proxy to
+change nothing else).
+"""
+
+from __future__ import annotations
+
+from ._abnf import LIST_HEADERS, canonical_key
+from ._build import check_header
+from ._errors import SipError
+from ._message import Message
+
+__all__ = ["add_top_header", "remove_top_value"]
+
+
+def add_top_header(msg: Message, name: str, value: str) -> bytes:
+    """``msg.raw`` with ``name: value`` inserted as the topmost value of ``name``.
+
+    The line goes right before the first field with the same canonical name
+    (so ``"Via"`` goes above a compact ``v:``), or right after the start line
+    if there is none. Raises ``ValueError`` for a name that is not a token or
+    a value containing CR/LF.
+    """
+    check_header(name, value)
+    key = canonical_key(name)
+    raw = msg.raw
+    fields = msg.header_fields(key)
+    pos = fields[0].start if fields else raw.index(b"\r\n") + 2
+    line = f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+    return raw[:pos] + line + raw[pos:]
+
+
+def _first_element_end(text: str, start: int) -> int:
+    """Index of the first top-level comma in ``text`` at or after ``start``
+    (outside quoted strings and ``<>``), or -1."""
+    in_quote = in_angle = False
+    i = start
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if in_quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_quote = False
+        elif ch == '"':
+            in_quote = True
+        elif in_angle:
+            if ch == ">":
+                in_angle = False
+        elif ch == "<":
+            in_angle = True
+        elif ch == ",":
+            return i
+        i += 1
+    return -1
+
+
+_LWS = " \t\r\n"
+
+
+def remove_top_value(msg: Message, name: str) -> bytes:
+    """``msg.raw`` without the first value of the first ``name`` field.
+
+    For a list header (Via, Route, Record-Route, ...) whose first field holds
+    several values, only the first value, its comma and the LWS after it
+    are removed: ``Via: a, b`` becomes ``Via: b``. Otherwise the whole field
+    (with its folded continuation lines) goes. Raises :class:`SipError` if
+    there is no such header.
+    """
+    key = canonical_key(name)
+    fields = msg.header_fields(key)
+    if not fields:
+        raise SipError(f"no {name} header to remove")
+    field = fields[0]
+    raw = msg.raw
+    if key in LIST_HEADERS:
+        # latin-1 maps bytes 1:1 to characters, so indices are byte offsets
+        text = raw[field.start : field.end].decode("latin-1")
+        colon = text.index(":")
+        first = colon + 1
+        while first < len(text) and text[first] in _LWS:
+            first += 1
+        comma = _first_element_end(text, first)
+        while comma >= 0:
+            nxt = comma + 1
+            while nxt < len(text) and text[nxt] in _LWS:
+                nxt += 1
+            if text[nxt:].strip(_LWS + ","):
+                # skip empty elements ("a,,b") as get_all() does
+                while nxt < len(text) and text[nxt] == ",":
+                    nxt += 1
+                    while nxt < len(text) and text[nxt] in _LWS:
+                        nxt += 1
+                return raw[: field.start + first] + raw[field.start + nxt :]
+            break
+    return raw[: field.start] + raw[field.end :]
