@@ -47,9 +47,9 @@ HEADER_FIELD_RE = re.compile(
 )
 
 # Content-Length  =  ( "Content-Length" / "l" ) HCOLON 1*DIGIT
-# Run on the lower-cased head (faster than re.IGNORECASE); the value keeps
-# its final CRLF and any folds.
-CONTENT_LENGTH_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:([^\n]*\n(?:[ \t][^\n]*\n)*)")
+# Run on the lower-cased head (faster than re.IGNORECASE). The value keeps
+# any folds and its final CR, but not the LF, which starts the next match.
+CONTENT_LENGTH_RE = re.compile(rb"\n(?:content-length|l)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
 CONTENT_LENGTH_VALUE_RE = re.compile(rb"[ \t\r\n]*([0-9]+)[ \t\r\n]*")
 
 # LWS  =  [*WSP CRLF] 1*WSP ; linear whitespace: one SP when unfolded

@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 from ._abnf import (
     CONTENT_LENGTH_RE,
-    COMPACT_FORMS,
     CONTENT_LENGTH_VALUE_RE,
     FOLD_RE,
     HEADER_BLOCK_RE,
@@ -88,6 +87,19 @@ class Header:
 
 
 _UNSET: Any = object()
+
+# name as written (bytes) -> (name, canonical key); bounded so that a peer
+# inventing header names cannot grow it without limit.
+_NAMES: dict[bytes, tuple[str, str]] = {}
+_NAMES_MAX = 512
+
+
+def _name_key(name_b: bytes) -> tuple[str, str]:
+    name = name_b.decode("ascii")
+    result = (name, canonical_key(name))
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[name_b] = result
+    return result
 
 
 def _cached(fn: Callable[["Message"], Any]) -> property:
@@ -192,38 +204,46 @@ class Message:
         pos = raw.index(b"\r\n") + 2
         out = []
         append = out.append
+        index: dict[str, list[Header]] = {}
+        names = _NAMES
         new = object.__new__
         setattr_ = object.__setattr__
-        compact = COMPACT_FORMS
         for prefix, name_b, value_b in HEADER_FIELD_RE.findall(raw, pos, self._body_start - 2):
-            name = name_b.decode("ascii")
-            key = name.lower()
-            if len(key) == 1:
-                key = compact.get(key, key)
+            name_key = names.get(name_b)
+            if name_key is None:
+                name_key = _name_key(name_b)
             value = value_b[:-2].decode("utf-8", "surrogateescape")
             if "\r" in value:
                 value = FOLD_RE.sub(" ", value)
             end = pos + len(prefix) + len(value_b)
-            # Header(...) without the frozen dataclass __init__ (3x faster).
+            # Header(...) minus the frozen-dataclass __init__, which costs 3x more.
             h = new(Header)
-            setattr_(h, "__dict__", {
-                "name": name, "key": key, "value": value.strip(" \t"), "start": pos, "end": end
-            })
+            setattr_(
+                h,
+                "__dict__",
+                {
+                    "name": name_key[0],
+                    "key": name_key[1],
+                    "value": value.strip(" \t"),
+                    "start": pos,
+                    "end": end,
+                },
+            )
             append(h)
+            same = index.get(name_key[1])
+            if same is None:
+                index[name_key[1]] = [h]
+            else:
+                same.append(h)
             pos = end
+        self._index = index
         return tuple(out)
 
     def _by_key(self) -> dict[str, list[Header]]:
         index = self._index
         if index is None:
-            index = {}
-            for h in self.headers:
-                lst = index.get(h.key)
-                if lst is None:
-                    index[h.key] = [h]
-                else:
-                    lst.append(h)
-            self._index = index
+            self._headers = self._build_headers()
+            index = self._index
         return index
 
     # -- generic lookup --------------------------------------------------
@@ -377,7 +397,7 @@ def content_length_of(raw: bytes, head_end: int) -> int | None:
         m = CONTENT_LENGTH_VALUE_RE.fullmatch(value)
         if m is None:
             raise SipError(f"malformed Content-Length: {value[:40]!r}")
-        digits = m.group(1)
+        digits = m.group(1).lstrip(b"0") or b"0"
         if len(digits) > 10 or int(digits) > 2**32 - 1:
             raise SipError(f"Content-Length too large: {digits[:20]!r}", status_hint=413)
         n = int(digits)

@@ -227,9 +227,14 @@ _DIGITS_RE = re.compile(r"[ \t\r\n]*([0-9]+)[ \t\r\n]*")
 
 
 def _uint32(digits: str, what: str) -> int:
-    if len(digits) > 10 or int(digits) > MAX_UINT32:
+    """``1*DIGIT`` (leading zeros allowed) as an int no larger than 2**32-1.
+
+    The length check comes first: ``int()`` of a huge digit string is slow
+    (and refused past 4300 digits by CPython)."""
+    significant = digits.lstrip("0")
+    if len(significant) > 10 or int(significant or "0") > MAX_UINT32:
         raise SipError(f"{what} exceeds 2**32-1: {digits[:20]!r}")
-    return int(digits)
+    return int(significant or "0")
 
 
 def parse_cseq(value: str) -> CSeq:
