@@ -28,7 +28,7 @@ KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")  # mpath i
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0  # the script itself gives up after 10 s
 STOP_TIMEOUT = 5.0
-LOG_TAIL_LINES = 60
+LOG_TAIL_LINES = 40
 # kamailio.log lines start with "rank(pid) LEVEL:"; rank 0 is the main process, which logs the start-up.
 _LOG_WORKER = re.compile(r"\s*[1-9][0-9]*\(\d+\) ")
 _LOG_PROBLEM = re.compile(r"\s*\d+\(\d+\) (ERROR|CRITICAL|BUG|ALERT)")

@@ -53,20 +53,23 @@ async def hang_up(by: Dialog, other: Dialog) -> None:
 
 
 def summaries(records: list[Record]) -> list[str]:
-    return [r.summary for r in records]
+    """What the records were, without provisional responses: Kamailio may let a 200 overtake a 180 over UDP."""
+    return [r.summary for r in records if r.message.is_request or r.message.status >= 200]
 
 
 def assert_call_flow(alice: SipUA, bob: SipUA, hangup_by: str) -> None:
-    """What each phone saw of the call (180 is left out: Kamailio may let the 200 overtake it over UDP)."""
-    caller_bye, callee_bye = ("sent", "received") if hangup_by == "alice" else ("received", "sent")
-    assert summaries(alice.sent()) == ["REGISTER", "INVITE", "ACK"] + (["BYE"] if caller_bye == "sent" else [])
-    assert "200 INVITE" in summaries(alice.received()), alice.ladder()
-    assert summaries(bob.received()) == ["200 REGISTER", "INVITE", "ACK"] + (
-        ["BYE"] if callee_bye == "received" else []
-    ), bob.ladder()
-    assert summaries(bob.sent())[:3] == ["REGISTER", "180 INVITE", "200 INVITE"], bob.ladder()
-    bye_ok_receiver = alice if hangup_by == "alice" else bob
-    assert "200 BYE" in summaries(bye_ok_receiver.received()), bye_ok_receiver.ladder()
+    """What each phone sent and received, in order: register, alice calls bob, one of them hangs up."""
+    hangup, answer = ["BYE"], ["200 BYE"]
+    alice_end, bob_end = (hangup, answer) if hangup_by == "alice" else (answer, hangup)
+    expected = {
+        (alice, "sent"): ["REGISTER", "INVITE", "ACK", *alice_end],
+        (alice, "received"): ["200 REGISTER", "200 INVITE", *bob_end],
+        (bob, "sent"): ["REGISTER", "200 INVITE", *bob_end],
+        (bob, "received"): ["200 REGISTER", "INVITE", "ACK", *alice_end],
+    }
+    for (ua, direction), want in expected.items():
+        got = summaries(ua.sent() if direction == "sent" else ua.received())
+        assert got == want, f"{ua.user} {direction} {got}, want {want}\n{ua.ladder()}"
 
 
 def assert_one_path(ua: SipUA, peer: Address, names: dict[Address, str]) -> None:
