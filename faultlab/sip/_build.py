@@ -71,8 +71,8 @@ def build_response(
 ) -> bytes:
     """A response to ``request`` as RFC 3261 §8.2.6.2 builds it.
 
-    Every Via field, the first From, To, Call-ID and CSeq fields are copied
-    byte for byte as written (compact names and folding included); To gets
+    Every Via field, then the first From, To, Call-ID and CSeq fields, are
+    copied byte for byte as written (compact names and folding included); To gets
     ``;tag=`` (``to_tag``, else a deterministic tag) unless it already has one
     or ``status`` is 100. A 100 also copies Timestamp (§8.2.6.1). ``headers``
     follow, then ``Content-Length``. Missing request headers are simply not
@@ -95,22 +95,19 @@ def build_response(
             raise ValueError("Content-Length is added by build_response()")
     raw = request.raw
     out = [f"SIP/2.0 {status} {reason}\r\n".encode("utf-8", "surrogateescape")]
-    seen: set[str] = set()
-    for h in request.headers:
-        key = h.key
-        if key == "via" or (key == "timestamp" and status == 100):
+    out += [raw[h.start : h.end] for h in request.header_fields("via")]
+    for key in ("from", "to", "call-id", "cseq"):
+        fields = request.header_fields(key)
+        if not fields:
+            continue
+        h = fields[0]
+        if key == "to" and status != 100 and not _has_tag(h):
+            tag = to_tag if to_tag is not None else _generated_tag(request)
+            out.append(f"{h.name}: {h.value};tag={tag}\r\n".encode("utf-8", "surrogateescape"))
+        else:
             out.append(raw[h.start : h.end])
-        elif key in ("from", "call-id", "cseq") and key not in seen:
-            seen.add(key)
-            out.append(raw[h.start : h.end])
-        elif key == "to" and key not in seen:
-            seen.add(key)
-            if status == 100 or _has_tag(h):
-                out.append(raw[h.start : h.end])
-            else:
-                tag = to_tag if to_tag is not None else _generated_tag(request)
-                line = f"{h.name}: {h.value};tag={tag}\r\n"
-                out.append(line.encode("utf-8", "surrogateescape"))
+    if status == 100:
+        out += [raw[h.start : h.end] for h in request.header_fields("timestamp")]
     for name, value in headers:
         out.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
     out.append(b"Content-Length: %d\r\n\r\n" % len(body))
