@@ -68,6 +68,14 @@ class UATimeout(AssertionError):
     """A message the script waited for did not arrive in time."""
 
 
+class CallFailed(AssertionError):
+    """An INVITE ended with a non-2xx final response (already ACKed); the response is ``.response``."""
+
+    def __init__(self, message: str, response: Message) -> None:
+        super().__init__(message)
+        self.response = response
+
+
 def _token() -> str:
     return secrets.token_hex(6)
 
@@ -364,10 +372,10 @@ class SipUA:
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
     async def _send_request(
-        self, dest: Address, method: str, request_uri: str, **kwargs: object
+        self, dest: Address, method: str, request_uri: str, *, branch: str | None = None, **kwargs: object
     ) -> tuple[Message, str]:
         link = await self._link_to(dest)
-        branch = _branch()
+        branch = branch or _branch()
         data = self._build_request(link, method, request_uri, branch=branch, **kwargs)  # type: ignore[arg-type]
         message = parse_datagram(data)
         assert isinstance(message, Message)
@@ -433,7 +441,7 @@ class SipUA:
         ipv = "IP6" if ":" in host else "IP4"
         return SDP_TEMPLATE.format(user=self.user, ipv=ipv, host=host, rtp_port=40000).encode()
 
-    async def register(self, expires: int = 60, *, aor: str | None = None, contact: str | None = None) -> Message:
+    async def register(self, aor: str | None = None, contact: str | None = None, expires: int = 60) -> Message:
         """REGISTER ``aor`` (default: this UA's) with ``contact`` (default: its own address); final response."""
         aor = aor or self.aor
         registrar = parse_uri(aor)
@@ -454,7 +462,8 @@ class SipUA:
     async def call(self, callee_aor: str) -> Dialog:
         """INVITE ``callee_aor`` through the outbound proxy, wait for the 2xx, ACK it; the caller's dialog.
 
-        Raises :class:`AssertionError` when the final response is not a 2xx.
+        Raises :class:`CallFailed` when the final response is not a 2xx, after ACKing it in the INVITE's
+        transaction (same branch and Request-URI, the response's To; §17.1.1.3).
         """
         call_id = _token() + "@" + self.host
         local = f'"{self.user}" <{self.aor}>;tag={_token()}'
@@ -472,7 +481,18 @@ class SipUA:
         )
         provisional, final = await self._responses("INVITE", branch)
         if not 200 <= final.status < 300:
-            raise AssertionError(f"{self.user}: INVITE to {callee_aor} got {final.status}\n{self.ladder()}")
+            await self._send_request(
+                self.proxy,
+                "ACK",
+                callee_aor,
+                branch=branch,
+                call_id=call_id,
+                from_=local,
+                to=final.get("To"),
+                cseq=cseq,
+                contact=False,
+            )
+            raise CallFailed(f"{self.user}: INVITE to {callee_aor} got {final.status}\n{self.ladder()}", final)
         dialog = Dialog(
             ua=self,
             call_id=call_id,

@@ -2,7 +2,8 @@
 
 Kamailio is started with ``shared/pbx/start-kamailio.sh`` (see ``shared/pbx/README.md``): an in-memory registrar and
 record-routing proxy on 127.0.0.1, UDP+TCP on ``sip_port``, TLS on ``tls_port``. Each test gets its own Kamailio
-(start about 0.2 s, stop a few ms), so registrations never leak from one test into the next.
+(about half a second to start and answer OPTIONS on every transport, a few ms to stop), so registrations never leak
+from one test into the next.
 
 The script starts Kamailio under ``setsid``: the PID it prints leads a process group that holds Kamailio's forked
 workers too. Teardown signals that group, and only it, and waits until no live process is left in it.
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ KAMAILIO_MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")  # mpath i
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0  # the script itself gives up after 10 s
 STOP_TIMEOUT = 5.0
+PROBE_TIMEOUT = 5.0
 LOG_TAIL_LINES = 40
 # kamailio.log lines start with "rank(pid) LEVEL:"; rank 0 is the main process, which logs the start-up.
 _LOG_WORKER = re.compile(r"\s*[1-9][0-9]*\(\d+\) ")
@@ -130,6 +134,38 @@ def _stop(pid: int) -> None:
         raise RuntimeError(f"Kamailio process group {pid} still has {_live_group_members(pid)} after SIGKILL")
 
 
+def _probe(kam: Kamailio, transport: str) -> None:
+    """Send OPTIONS over ``transport`` and wait for Kamailio's ``200 Keepalive``.
+
+    Kamailio listens before its workers are ready: the first request after start waits about half a second. The
+    probe takes that wait here, so that tests see a PBX that answers at once.
+    """
+    port = kam.tls_port if transport == "tls" else kam.sip_port
+    kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as raw:
+        raw.settimeout(PROBE_TIMEOUT)
+        raw.connect((kam.host, port))
+        sock = raw
+        if transport == "tls":
+            context = ssl.create_default_context(cafile=str(kam.ca_file))
+            sock = context.wrap_socket(raw, server_hostname=kam.host)
+        local_port = sock.getsockname()[1]
+        tag = secrets.token_hex(4)
+        sock.sendall(
+            f"OPTIONS sip:{kam.host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/{transport.upper()} {kam.host}:{local_port};rport;branch=z9hG4bKprobe{tag}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:probe@{kam.host}>;tag={tag}\r\n"
+            f"To: <sip:{kam.host}>\r\n"
+            f"Call-ID: probe-{tag}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
+        )
+        status_line = sock.recv(65535).split(b"\r\n", 1)[0]
+    if not status_line.startswith(b"SIP/2.0 200"):
+        raise RuntimeError(f"OPTIONS over {transport} got {status_line!r}")
+
+
 @pytest.fixture(scope="session")
 def _kamailio_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One set of test certificates for the session: generating RSA keys is most of Kamailio's start time."""
@@ -181,6 +217,11 @@ def kamailio(tmp_path: Path, _kamailio_certs: Path) -> Iterator[Kamailio]:
         workdir=workdir,
     )
     try:
+        try:
+            for transport in ("udp", "tcp", "tls"):
+                _probe(kam, transport)
+        except (OSError, RuntimeError) as exc:
+            pytest.fail(f"Kamailio does not answer OPTIONS: {exc!r}\n{kam.log_tail()}", pytrace=False)
         yield kam
     finally:
         _stop(kam.pid)

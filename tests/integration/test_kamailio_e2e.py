@@ -17,7 +17,7 @@ import trio
 
 from tests.integration.conftest import Kamailio
 from faultlab.net.addr import format_hostport
-from tests.sipua import TRANSPORTS, Address, Dialog, Record, SipUA
+from tests.sipua import TRANSPORTS, Address, CallFailed, Dialog, Record, SipUA
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +102,20 @@ async def test_ua_direct_with_kamailio(kamailio: Kamailio, transport: str, nurse
     names = {pbx: "Kamailio"}
     assert_one_path(alice, pbx, names)
     assert_one_path(bob, pbx, names)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_ua_call_rejected_by_kamailio(kamailio: Kamailio, transport: str, nursery: trio.Nursery) -> None:
+    """A call to nobody: Kamailio answers 404, the UA ACKs it in the INVITE transaction."""
+    pbx = kamailio_address(kamailio, transport)
+    alice = SipUA("alice", transport, pbx, ca_file=kamailio.ca_file)
+    await alice.start(nursery)
+    with pytest.raises(CallFailed) as failed:
+        await alice.call("sip:nobody@127.0.0.1")
+    assert failed.value.response.status == 404
+    invite, ack = alice.sent()
+    assert (ack.summary, ack.message.top_via.branch) == ("ACK", invite.message.top_via.branch)
+    assert ack.message.to_tag == failed.value.response.to_tag is not None
 
 
 @pytest.mark.parametrize("hangup_by", ["alice", "bob"])
