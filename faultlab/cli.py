@@ -1,0 +1,160 @@
+"""The ``faultlab`` command. Thin: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from faultlab import __version__
+
+app = typer.Typer(
+    help="faultlab: a SIP fault-injection proxy and latency lab for VoIP apps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ca_app = typer.Typer(help="The lab CA that signs faultlab's TLS certificates for devices.", no_args_is_help=True)
+app.add_typer(ca_app, name="ca")
+
+ConfdirOption = Annotated[
+    Optional[Path],
+    typer.Option("--confdir", help="Config directory holding the lab CA [default: $FAULTLAB_HOME or ~/.faultlab]",
+                 file_okay=False),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"faultlab: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print faultlab's version."""
+    typer.echo(f"faultlab {__version__}")
+
+
+@app.command()
+def proxy(
+    listen: Annotated[list[str], typer.Option(
+        "--listen", "-l", metavar="TRANSPORT:HOST:PORT",
+        help="Address devices send SIP to: udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT "
+             "(IPv6 in brackets: udp:[::1]:5060). Repeat for several.")],
+    upstream: Annotated[list[str], typer.Option(
+        "--upstream", "-u", metavar="TRANSPORT:HOST:PORT",
+        help="The PBX, one per transport: each listener forwards to the upstream of its own "
+             "transport. HOST may be a name (resolved at start; the TLS server name).")],
+    no_record_route: Annotated[bool, typer.Option(
+        "--no-record-route",
+        help="Do not Record-Route dialogs through faultlab (for a PBX that advertises faultlab's address itself).")] = False,
+    tls_name: Annotated[Optional[str], typer.Option(
+        help="Name on the certificate shown to TLS devices (default: the SNI name the device sends, "
+             "else the listen address).")] = None,
+    upstream_ca: Annotated[Optional[Path], typer.Option(
+        help="CA file (PEM) to verify the upstream's TLS certificate instead of the system CAs.",
+        exists=True, dir_okay=False, readable=True)] = None,
+    upstream_insecure: Annotated[bool, typer.Option(
+        help="Do not verify the upstream's TLS certificate (lab use only).")] = False,
+    trace: Annotated[Optional[Path], typer.Option(
+        help="Write every event (each message received and sent, with its bytes) to this JSONL file.",
+        dir_okay=False)] = None,
+    udp_idle_timeout: Annotated[float, typer.Option(
+        help="Seconds without traffic after which a device's UDP flow is closed.", min=1)] = 600.0,
+    confdir: ConfdirOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No console line per message.")] = False,
+) -> None:
+    """Relay SIP between devices and a PBX, recording every message.
+
+    Example: faultlab proxy --listen udp:0.0.0.0:5060 --upstream udp:pbx.example.test:5060
+    """
+    import trio
+
+    from faultlab.ca import CAError
+    from faultlab.net.addr import EndpointError, parse_endpoint
+    from faultlab.proxy import ConfigError, ProxyConfig, serve_proxy
+
+    try:
+        config = ProxyConfig(
+            listen=[parse_endpoint(spec) for spec in listen],
+            upstream=[parse_endpoint(spec, allow_port_zero=False) for spec in upstream],
+            record_route=not no_record_route,
+            tls_name=tls_name,
+            upstream_ca=upstream_ca,
+            upstream_insecure=upstream_insecure,
+            confdir=confdir,
+            trace_path=trace,
+            quiet=quiet,
+            udp_idle_timeout=udp_idle_timeout,
+            keep_events=1000,
+            handle_signals=True,
+        )
+        config.validate()
+    except (EndpointError, ConfigError) as exc:
+        _fail(str(exc))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(serve_proxy, config)
+            for ep, addr in running.listeners:
+                typer.echo(f"faultlab: listening on {ep.transport}:{_hp(addr)} -> {config.upstream_for(ep.transport)}",
+                           err=True)
+            if running.ca_cert_path:
+                typer.echo(f"faultlab: TLS certificates from the lab CA {running.ca_cert_path}", err=True)
+
+    try:
+        trio.run(main)
+    except (EndpointError, ConfigError, CAError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot start: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), 1)
+    except KeyboardInterrupt:
+        pass
+    typer.echo("faultlab: stopped", err=True)
+
+
+def _hp(addr: tuple[str, int]) -> str:
+    from faultlab.net.addr import format_hostport
+
+    return format_hostport(*addr)
+
+
+@ca_app.command("init")
+def ca_init(
+    confdir: ConfdirOption = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing CA (devices must trust the new one).")] = False,
+) -> None:
+    """Create the lab CA (ca.key is written with mode 0600)."""
+    from faultlab.ca import CAError, LabCA, default_confdir
+
+    try:
+        ca = LabCA.init(confdir or default_confdir(), force=force)
+    except CAError as exc:
+        _fail(str(exc))
+    typer.echo(f"lab CA created: {ca.cert_path}")
+    typer.echo(f"sha256 fingerprint: {ca.fingerprint}")
+
+
+@ca_app.command("export")
+def ca_export(
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the CA certificate (PEM) here "
+                                                "instead of standard output.", dir_okay=False)] = None,
+    confdir: ConfdirOption = None,
+) -> None:
+    """Write the lab CA certificate (PEM), for devices to trust."""
+    from faultlab.ca import CAError, LabCA, default_confdir
+
+    try:
+        ca = LabCA.load(confdir or default_confdir())
+    except CAError as exc:
+        _fail(str(exc))
+    if out is None:
+        typer.echo(ca.cert_pem.decode("ascii"), nl=False)
+    else:
+        ca.export(out)
+        typer.echo(f"wrote {out}", err=True)
+
+
+def main() -> None:
+    app()

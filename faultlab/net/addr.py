@@ -1,0 +1,109 @@
+"""Endpoint specs: ``udp:HOST:PORT``, ``tcp:HOST:PORT``, ``tls:HOST:PORT``.
+
+HOST is an IPv4 address, a bracketed IPv6 address (``udp:[::1]:5060``) or a
+host name. Parsing is pure: host names are resolved later, by the proxy at
+start (:func:`resolve`), so that a bad spec is reported before any socket is
+opened and with the part that is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+
+import trio
+
+TRANSPORTS = ("udp", "tcp", "tls")
+
+# RFC 1123 host name: labels of letters, digits and hyphens, dot-separated.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+class EndpointError(ValueError):
+    """A malformed endpoint spec; the message names the part that is wrong."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    transport: str  # "udp" | "tcp" | "tls"
+    host: str  # as written, without brackets
+    port: int
+
+    @property
+    def is_ip(self) -> bool:
+        return is_ip(self.host)
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{format_hostport(self.host, self.port)}"
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def format_host(host: str) -> str:
+    """``::1`` -> ``[::1]``; other hosts unchanged (as in SIP URIs and Via)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"{format_host(host)}:{port}"
+
+
+def parse_endpoint(spec: str, *, allow_port_zero: bool = True) -> Endpoint:
+    """Parse ``TRANSPORT:HOST:PORT``; raise :class:`EndpointError` naming the bad part."""
+    example = "udp:127.0.0.1:5060, tcp:[::1]:5060 or tls:pbx.example.com:5061"
+    transport, sep, rest = spec.partition(":")
+    if not sep:
+        raise EndpointError(f"{spec!r}: expected TRANSPORT:HOST:PORT, e.g. {example}")
+    transport = transport.lower()
+    if transport not in TRANSPORTS:
+        raise EndpointError(
+            f"{spec!r}: unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}"
+        )
+    if rest.startswith("["):
+        host, bracket, after = rest[1:].partition("]")
+        if not bracket:
+            raise EndpointError(f"{spec!r}: missing ']' after the IPv6 address")
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise EndpointError(f"{spec!r}: {host!r} in brackets is not an IPv6 address") from None
+        if not after.startswith(":"):
+            raise EndpointError(f"{spec!r}: expected ':PORT' after [{host}]")
+        port_text = after[1:]
+    else:
+        host, sep, port_text = rest.rpartition(":")
+        if not sep or not host:
+            raise EndpointError(f"{spec!r}: expected HOST:PORT after '{transport}:', e.g. {example}")
+        if ":" in host:
+            raise EndpointError(
+                f"{spec!r}: an IPv6 address needs brackets, e.g. {transport}:[{host}]:{port_text}"
+            )
+        if not is_ip(host) and not _HOSTNAME.match(host):
+            raise EndpointError(f"{spec!r}: {host!r} is neither an IP address nor a host name")
+    if not port_text.isdigit():
+        raise EndpointError(f"{spec!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    low = 0 if allow_port_zero else 1
+    if not low <= port <= 65535:
+        raise EndpointError(f"{spec!r}: port {port} is out of range {low}-65535")
+    return Endpoint(transport, host, port)
+
+
+async def resolve(endpoint: Endpoint) -> tuple[int, tuple[str, int]]:
+    """Resolve an endpoint to ``(family, (ip, port))``; IP literals resolve to themselves."""
+    socktype = socket.SOCK_DGRAM if endpoint.transport == "udp" else socket.SOCK_STREAM
+    try:
+        infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port, type=socktype)
+    except socket.gaierror as exc:
+        raise EndpointError(f"{endpoint}: cannot resolve {endpoint.host!r}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, (sockaddr[0], sockaddr[1])

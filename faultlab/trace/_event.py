@@ -1,0 +1,53 @@
+"""The one event model: every SIP message and decision on the timeline."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened, at trio-clock time ``t`` (seconds since the run started).
+
+    kinds written by the relay: ``start``, ``stop``, ``received``, ``sent``,
+    ``flow-open``, ``flow-close``, ``warning``.
+    """
+
+    t: float
+    kind: str
+    source: str = "proxy"
+    flow: str | None = None
+    direction: str | None = None  # "to-pbx" | "to-device"
+    transport: str | None = None  # "udp" | "tcp" | "tls"
+    peer: str | None = None  # "host:port" of the other end of this hop
+    summary: str | None = None
+    method: str | None = None
+    status: int | None = None
+    call_id: str | None = None
+    cseq: int | None = None
+    cseq_method: str | None = None
+    parsed: bool | None = None  # False: bytes faultlab could not parse, relayed unchanged
+    raw: bytes | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``raw`` as text when it is UTF-8, else as ``raw_b64``."""
+        out = {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        raw = out.pop("raw", None)
+        if raw is not None:
+            try:
+                out["raw"] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                out["raw_b64"] = base64.b64encode(raw).decode("ascii")
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Event:
+        obj = dict(obj)
+        if "raw" in obj:
+            obj["raw"] = obj["raw"].encode("utf-8")
+        elif "raw_b64" in obj:
+            obj["raw"] = base64.b64decode(obj.pop("raw_b64"))
+        return cls(**obj)
