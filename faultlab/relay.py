@@ -91,7 +91,13 @@ class Rewriter:
             msg = parse_message(add_top_header(msg, "Record-Route", first))
             msg = parse_message(add_top_header(msg, "Record-Route", second))
         branch = self._branch_prefix + stateless_branch(msg, self.instance)[len("z9hG4bK") :]
-        host, port = side.pbx if direction == TO_PBX else side.device
+        # The Via names faultlab's device-side address in both directions, with
+        # rport: the PBX answers to the source of the request (RFC 3581), i.e.
+        # the flow's socket, and seeing sent-by differ from the source it
+        # treats the device as behind a NAT and sends its own requests back to
+        # that source (Kamailio's nat_uac_test, Asterisk's rewrite_contact):
+        # back through the flow, which is what the flow is for.
+        host, port = side.device
         return add_top_header(msg, "Via", format_via(side.transport.upper(), host, port, branch))
 
     # -- responses --------------------------------------------------------

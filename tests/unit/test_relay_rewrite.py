@@ -22,11 +22,13 @@ def rewrite(msg, direction, **kw):
     return parse_message(Rewriter("abc", **kw).request(msg, direction, SIDE))
 
 
-def test_request_to_pbx_gets_via_with_pbx_side_address_and_double_record_route():
+def test_request_to_pbx_gets_via_with_rport_and_double_record_route():
     msg = request()
     out = rewrite(msg, TO_PBX)
     via = out.top_via
-    assert (via.host, via.port, via.transport) == ("10.0.1.1", 40000, "UDP")
+    # the device-side address: the PBX answers to the source (rport) and, seeing
+    # sent-by differ from it, sends its own requests back to the flow (NAT logic)
+    assert (via.host, via.port, via.transport) == ("10.0.0.1", 5060, "UDP")
     assert via.branch.startswith("z9hG4bKflabc") and via.rport == ""
     # caller reads Record-Route bottom-up: it meets the device-side address first
     assert out.get_all("record-route") == [PBX_RR, DEV_RR]
@@ -88,5 +90,5 @@ def test_response_with_foreign_top_via_is_reported_not_edited():
 def test_ipv6_addresses_are_bracketed():
     side = Side("tls", device=("::1", 5061), pbx=("::1", 40001))
     out = parse_message(Rewriter("abc").request(request(), TO_PBX, side))
-    assert out.top_via.raw.startswith("SIP/2.0/TLS [::1]:40001;")
+    assert out.top_via.raw.startswith("SIP/2.0/TLS [::1]:5061;")
     assert out.get_all("record-route")[0] == "<sip:[::1]:40001;transport=tls;lr;fl=abc>"
