@@ -204,7 +204,6 @@ class SipUA:
             sock = trio.socket.socket(self._family(self.host), trio.socket.SOCK_DGRAM)
             await sock.bind((self.host, 0))
             link = _Link("udp", sock.getsockname()[:2], None, sock=sock)
-            self._links.append(link)
             nursery.start_soon(self._read_datagrams, link)
             self._main = link
         else:
@@ -225,7 +224,8 @@ class SipUA:
 
     async def _connect(self, peer: Address) -> _Link:
         assert self._nursery is not None, "call start() first"
-        tcp = await trio.open_tcp_stream(*peer)
+        with trio.fail_after(self.timeout):
+            tcp = await trio.open_tcp_stream(*peer)
         stream: trio.abc.Stream = tcp
         if self.transport == "tls":
             context = ssl.create_default_context(cafile=str(self._ca_file) if self._ca_file else None)
