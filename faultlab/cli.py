@@ -104,7 +104,10 @@ def proxy(
                 typer.echo(f"faultlab: TLS certificates from the lab CA {running.ca_cert_path}", err=True)
 
     try:
-        trio.run(main)
+        try:
+            trio.run(main)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
     except (EndpointError, ConfigError, CAError) as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -112,6 +115,14 @@ def proxy(
     except KeyboardInterrupt:
         pass
     typer.echo("faultlab: stopped", err=True)
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one error inside nested nursery groups, so it can be reported plainly."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _hp(addr: tuple[str, int]) -> str:

@@ -25,6 +25,9 @@ from faultlab.sip import KeepAlive, Message, SipError
 from faultlab.trace import ConsolePrinter, Event, JsonlWriter, Trace
 
 
+_FLOW_PREFIX = {"udp": "u", "tcp": "t", "tls": "s"}
+
+
 class ConfigError(ValueError):
     """A proxy configuration that cannot run; the message says how to fix it."""
 
@@ -112,7 +115,7 @@ class Proxy:
 
     def new_flow_id(self, transport: str) -> str:
         self._flow_counter += 1
-        return f"{transport[0]}{self._flow_counter}"
+        return f"{_FLOW_PREFIX[transport]}{self._flow_counter}"
 
     def emit(self, kind: str, **fields) -> None:
         self.trace.emit(Event(self.now(), kind, **fields))

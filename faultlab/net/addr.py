@@ -47,6 +47,13 @@ def is_ip(host: str) -> bool:
     return True
 
 
+def _is_ipv6(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return False
+
+
 def format_host(host: str) -> str:
     """``::1`` -> ``[::1]``; other hosts unchanged (as in SIP URIs and Via)."""
     return f"[{host}]" if ":" in host else host
@@ -83,10 +90,14 @@ def parse_endpoint(spec: str, *, allow_port_zero: bool = True) -> Endpoint:
         host, sep, port_text = rest.rpartition(":")
         if not sep or not host:
             raise EndpointError(f"{spec!r}: expected HOST:PORT after '{transport}:', e.g. {example}")
+        if ":" in host and not _is_ipv6(host):
+            raise EndpointError(f"{spec!r}: too many ':'; expected TRANSPORT:HOST:PORT, e.g. {example}")
         if ":" in host:
             raise EndpointError(
                 f"{spec!r}: an IPv6 address needs brackets, e.g. {transport}:[{host}]:{port_text}"
             )
+        if not is_ip(host) and re.fullmatch(r"[0-9.]+", host):
+            raise EndpointError(f"{spec!r}: {host!r} is not a valid IPv4 address")
         if not is_ip(host) and not _HOSTNAME.match(host):
             raise EndpointError(f"{spec!r}: {host!r} is neither an IP address nor a host name")
     if not port_text.isdigit():
@@ -107,3 +118,15 @@ async def resolve(endpoint: Endpoint) -> tuple[int, tuple[str, int]]:
         raise EndpointError(f"{endpoint}: cannot resolve {endpoint.host!r}: {exc.strerror}") from None
     family, _, _, _, sockaddr = infos[0]
     return family, (sockaddr[0], sockaddr[1])
+
+
+def listen_error(endpoint: Endpoint, exc: OSError) -> EndpointError:
+    """A bind failure, said with the address and what to do."""
+    hint = ""
+    if exc.errno == 98:  # EADDRINUSE
+        hint = ": another program (or faultlab) holds it; choose another port or stop that program"
+    elif exc.errno == 99:  # EADDRNOTAVAIL
+        hint = ": no interface has this address"
+    elif exc.errno == 13:  # EACCES
+        hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE"
+    return EndpointError(f"cannot listen on {endpoint}: {exc.strerror or exc}{hint}")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from faultlab.net.addr import Endpoint, format_hostport, resolve
+from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
 from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import EOF, NEED_DATA, SipError, StreamFramer
 
@@ -175,7 +175,10 @@ async def serve_stream(
 
         client_ctx = client_context(cafile=config.upstream_ca, insecure=config.upstream_insecure)
 
-    listeners = await trio.open_tcp_listeners(addr[1], host=addr[0])
+    try:
+        listeners = await trio.open_tcp_listeners(addr[1], host=addr[0])
+    except OSError as exc:
+        raise listen_error(listen, exc) from None
     bound = listeners[0].socket.getsockname()[:2]
     proxy.emit("listening", transport=transport, peer=format_hostport(*bound),
                detail={"upstream": f"{upstream.transport}:{format_hostport(*up_addr)}"})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from faultlab.net.addr import Endpoint, format_hostport, resolve
+from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
 from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import KeepAlive, Message, SipError, parse_datagram
 
@@ -77,7 +77,10 @@ async def serve_udp(
     flows: dict[tuple[str, int], UdpFlow] = {}
     enlarge_buffers(sock)
     with sock:
-        await sock.bind(addr)
+        try:
+            await sock.bind(addr)
+        except OSError as exc:
+            raise listen_error(listen, exc) from None
         bound = sock.getsockname()[:2]
         wildcard = bound[0] in ("0.0.0.0", "::")
         proxy.emit("listening", transport="udp", peer=format_hostport(*bound),

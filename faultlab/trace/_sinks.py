@@ -71,19 +71,30 @@ def read_jsonl(path: Path) -> Iterator[Event]:
 
 
 _ARROWS = {"to-pbx": "->pbx", "to-device": "->dev"}
+# The console shows what crossed and what went wrong; "received" is implied
+# by "sent" (both are in the JSONL trace).
+_CONSOLE_KINDS = {"sent", "warning", "flow-open", "flow-close", "closed", "listening"}
 
 
 class ConsolePrinter:
-    """One line per message and one per warning: time, kind, flow, direction, summary."""
+    """One line per relayed message and per flow change or warning."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
 
     def __call__(self, event: Event) -> None:
-        if event.kind in ("received",):
-            return  # the "sent" line carries the message; received-only shows on drops/warnings
+        if event.kind not in _CONSOLE_KINDS:
+            return
         arrow = _ARROWS.get(event.direction or "", "")
-        text = event.summary or event.detail.get("message", "")
+        if event.kind == "sent":
+            text = event.summary or ""
+        elif event.kind == "warning":
+            text = event.detail.get("message", "")
+            if event.summary:
+                text += f" [{event.summary}]"
+        else:
+            text = " ".join(filter(None, [event.transport, event.peer,
+                                          *(f"{k}={v}" for k, v in event.detail.items())]))
         line = f"{event.t:10.3f} {event.kind:<10} {event.flow or '-':<6} {arrow:<6} {text}\n"
         self.stream.write(line)
         self.stream.flush()

@@ -35,6 +35,7 @@ def test_str_round_trips_ipv6():
         ("udp:127.0.0.1:70000", "out of range"),
         ("udp:127.0.0.1", "expected HOST:PORT"),
         ("udp:bad_host!:5060", "neither an IP address nor a host name"),
+        ("udp:1.2.3:5060", "not a valid IPv4 address"),
     ],
 )
 def test_invalid_specs_say_what_is_wrong(spec, words):
