@@ -31,11 +31,14 @@ class ProfileError(ValueError):
         self.key = key
         self.value = value
         self.allowed = allowed
+        if not key and value is MISSING:  # about the whole file
+            super().__init__(f"{source}: {allowed}")
+            return
         parts = [source]
         if key:
             parts.append(key)
-        shown = "missing" if value is MISSING else repr(value)
-        super().__init__(f"{': '.join(parts)}: {shown} — {allowed}")
+        parts.append("missing" if value is MISSING else repr(value))
+        super().__init__(f"{': '.join(parts)} — {allowed}")
 
 
 class UnitError(ValueError):

@@ -647,16 +647,15 @@ def _parse_link(t: _Table) -> Link:
 
 def parse_profile(text: str, *, source: str = "<string>") -> Profile:
     """A profile from TOML text. ``source`` names it in errors; when it is a
-    ``.toml`` path, the profile's name defaults to (and must equal) the file's stem."""
+    ``.toml`` path, the profile's name defaults to (and must equal) the file's
+    stem, otherwise to ``"unnamed"``."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(source, "", MISSING, f"TOML syntax error: {e}") from None
     t = _Table(data, "", source, PROFILE_KEYS)
     stem = Path(source).stem if source.endswith(".toml") else None
-    name = t.get("name", _name, _NAME_ALLOWED, stem)
-    if name is None:
-        raise t.error("name", "required: " + _NAME_ALLOWED)
+    name = t.get("name", _name, _NAME_ALLOWED, stem or "unnamed")
     if stem is not None and name != stem:
         raise t.error("name", f"the file's name without .toml, {stem!r} (profiles are found by file name)")
     summary = t.get("summary", _str, "one line of text", "")
