@@ -378,7 +378,7 @@ def test_probability_within_binomial_bound(seed):
 
 def test_probability_per_transaction():
     e = engine(rule_profile('probability = "30%"', "drop = true"), seed=5)
-    n = 2000
+    n = 1000
     views = [view(request(branch=f"z9hG4bK{i}")) for i in range(n)]
     dropped = sum(e.decide(v, 0.0).data is None for v in views)
     lo, hi = binomial_bound(n, 0.3)
@@ -442,7 +442,7 @@ def run(seed: int) -> list[Decision]:
     e = Engine(profile(MIXED), random.Random(seed), activated_at=0.0)
     rnd = random.Random(99)  # the input sequence, the same for every run
     out = []
-    for i in range(500):
+    for i in range(300):
         method = rnd.choice(["REGISTER", "INVITE", "OPTIONS"])
         direction = rnd.choice(["to-pbx", "to-device"])
         branch = f"z9hG4bK{rnd.randrange(100)}"
