@@ -6,6 +6,28 @@ Contact with RFC 8599 push parameters, Reason), builds responses (§8.2.6)
 and edits headers byte-exactly. It imports no trio, socket or clock: bytes
 in, events and bytes out. Peer input either parses or raises
 :class:`SipError`; any other exception is a bug.
+
+Decisions (RFC 4475 leaves some to the implementation):
+
+* Start lines are strict: one SP between elements (lwsstart, trws and
+  lwsruri raise), a 3-digit status 100-699 (bigcode raises). The Request-URI
+  is any run of non-space octets (ltgtruri parses; :func:`parse_uri` on it
+  raises). Any ``SIP/x.y`` version parses and is kept, so the upper layer can
+  answer 505 (badvers).
+* Lines end in CRLF; a bare CR or LF in the head raises. Obsolete line
+  folding is accepted and unfolded to one SP.
+* Content-Length must be 1*DIGIT below 2**32; several headers must agree
+  (mcl01 raises: the framing cannot be known). Streams require it (§18.3);
+  datagrams without it take the rest of the datagram as body (inv2543), and
+  octets past it are :attr:`Message.trailing` (dblreq).
+* Header values are checked lazily: a malformed Via, CSeq, From/To, Contact,
+  Reason or Expires raises SipError from its accessor, not from parsing, so
+  a proxy can still relay the message. Numbers above 2**32-1 raise
+  (scalar02/scalarlg). %-escapes in URIs are never decoded.
+* Display names are lenient: no LWS before ``<`` (lwsdisp), unquoted commas
+  (baddn) and spaces inside ``< >`` (badaspec) are accepted.
+* Invalid arguments from the caller (a header value with CR/LF, a status
+  outside 100-699) raise ``ValueError``, not SipError.
 """
 
 from ._build import MAGIC_COOKIE, build_response, format_via, stateless_branch

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from ._abnf import TOKEN_RE, canonical_key
 from ._errors import SipError
 from ._message import Header, Message
 from ._reasons import reason_phrase
+from ._values import parse_name_addr
 
 __all__ = ["build_response", "format_via", "stateless_branch", "MAGIC_COOKIE"]
 
@@ -27,9 +28,13 @@ def _digest(*parts: str, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
-def _safe(fn: object) -> object:
+_T = TypeVar("_T")
+
+
+def _safe(fn: Callable[[], _T]) -> _T | None:
+    """``fn()``, or ``None`` if the header it reads is malformed."""
     try:
-        return fn()  # type: ignore[operator]
+        return fn()
     except SipError:
         return None
 
@@ -44,8 +49,6 @@ def check_header(name: str, value: str) -> None:
 
 def _has_tag(to: Header) -> bool:
     try:
-        from ._values import parse_name_addr
-
         return "tag" in parse_name_addr(to.value, "To").params
     except SipError:
         return _TAG_RE.search(to.value) is not None

@@ -85,16 +85,10 @@ def remove_top_value(msg: Message, name: str) -> bytes:
         while first < len(text) and text[first] in _LWS:
             first += 1
         comma = _first_element_end(text, first)
-        while comma >= 0:
-            nxt = comma + 1
-            while nxt < len(text) and text[nxt] in _LWS:
+        if comma >= 0 and text[comma:].strip(_LWS + ","):
+            # drop the comma, LWS and empty elements ("a,, b") up to the next value
+            nxt = comma
+            while text[nxt] in _LWS or text[nxt] == ",":
                 nxt += 1
-            if text[nxt:].strip(_LWS + ","):
-                # skip empty elements ("a,,b") as get_all() does
-                while nxt < len(text) and text[nxt] == ",":
-                    nxt += 1
-                    while nxt < len(text) and text[nxt] in _LWS:
-                        nxt += 1
-                return raw[: field.start + first] + raw[field.start + nxt :]
-            break
+            return raw[: field.start + first] + raw[field.start + nxt :]
     return raw[: field.start] + raw[field.end :]

@@ -8,7 +8,7 @@ messages are RFC 5626 §3.5.1 keep-alives (ping ``CRLFCRLF``, pong ``CRLF``).
 from __future__ import annotations
 
 from ._abnf import REQUEST_LINE_RE, STATUS_LINE_RE
-from ._errors import EOF, NEED_DATA, SipError
+from ._errors import EOF, NEED_DATA, SipError, _Sentinel
 from ._message import MAX_HEADERS, KeepAlive, Message, build_message, content_length_of
 
 __all__ = ["StreamFramer", "MAX_MESSAGE_SIZE"]
@@ -45,6 +45,7 @@ class StreamFramer:
         self._buf = bytearray()
         self._searched = 0  # bytes of _buf already searched for CRLFCRLF
         self._start_line_ok = False
+        self._head: tuple[int, int] | None = None  # (head_end, Content-Length) found
         self._eof = False
         self._error: SipError | None = None
 
@@ -66,11 +67,15 @@ class StreamFramer:
         """Return and clear every buffered byte not yet returned as an event."""
         data = bytes(self._buf)
         self._buf.clear()
-        self._searched = 0
-        self._start_line_ok = False
+        self._reset()
         return data
 
-    def next_event(self) -> Message | KeepAlive | object:
+    def _reset(self) -> None:
+        self._searched = 0
+        self._start_line_ok = False
+        self._head = None
+
+    def next_event(self) -> Message | KeepAlive | _Sentinel:
         """The next :class:`Message` or :class:`KeepAlive`, else NEED_DATA or EOF."""
         if self._error is not None:
             raise self._error
@@ -83,7 +88,7 @@ class StreamFramer:
     def _fail(self, msg: str, status_hint: int = 400) -> SipError:
         return SipError(msg, status_hint=status_hint)
 
-    def _next(self) -> Message | KeepAlive | object:
+    def _next(self) -> Message | KeepAlive | _Sentinel:
         buf = self._buf
         n = len(buf)
         if n == 0:
@@ -100,6 +105,30 @@ class StreamFramer:
             if self._eof:
                 raise self._fail("stream closed inside a message")
             return NEED_DATA
+        if self._head is not None:  # waiting for the body
+            head_end, length = self._head
+        else:
+            head_end, length = self._find_head()
+            if head_end < 0:
+                return NEED_DATA
+        end = head_end + 4 + length
+        if end > n:
+            if self._eof:
+                raise self._fail("stream closed inside a message")
+            return NEED_DATA
+        raw = bytes(buf[:end])
+        msg = build_message(raw, head_end, length, b"", self.max_headers)
+        del buf[:end]
+        self._reset()
+        return msg
+
+    def _find_head(self) -> tuple[int, int]:
+        """(head_end, Content-Length) once the head is complete, else (-1, 0).
+
+        The search for CRLFCRLF resumes where the last one stopped (h11's
+        ``_receivebuffer``), so feeding a head byte by byte stays O(n)."""
+        buf = self._buf
+        n = len(buf)
         head_end = buf.find(_PING, max(0, self._searched - 3))
         if head_end < 0:
             self._searched = n
@@ -111,24 +140,14 @@ class StreamFramer:
                 )
             if self._eof:
                 raise self._fail("stream closed inside a message")
-            return NEED_DATA
-        self._searched = head_end  # stays valid while we wait for the body
+            return -1, 0
         length = content_length_of(buf, head_end)
         if length is None:
             raise self._fail("no Content-Length on a stream (RFC 3261 §18.3)")
-        end = head_end + 4 + length
-        if end > self.max_message_size:
+        if head_end + 4 + length > self.max_message_size:
             raise self._fail(f"message larger than {self.max_message_size} octets", 413)
-        if end > n:
-            if self._eof:
-                raise self._fail("stream closed inside a message")
-            return NEED_DATA
-        raw = bytes(buf[:end])
-        msg = build_message(raw, head_end, length, b"", self.max_headers)
-        del buf[:end]
-        self._searched = 0
-        self._start_line_ok = False
-        return msg
+        self._head = (head_end, length)
+        return head_end, length
 
     def _check_start_line(self) -> None:
         """Fail early on garbage: once the first line is complete, it must be

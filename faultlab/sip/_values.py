@@ -320,11 +320,12 @@ def parse_name_addr(value: str, what: str = "name-addr") -> NameAddr:
         m = _QUOTED_RE.match(s)
         if m is None:
             raise SipError(f"unterminated quoted string in {what}: {value!r}")
-        display = re.sub(r"\\(.)", r"\1", m.group(1), flags=re.DOTALL)
-        rest = s[m.end() :].lstrip(_WS)
-        if not rest.startswith("<"):
+        display = unquote(m.group(0))
+        lt = m.end()
+        while lt < len(s) and s[lt] in _WS:
+            lt += 1
+        if not s.startswith("<", lt):
             raise SipError(f"quoted display name without <URI> in {what}: {value!r}")
-        lt = m.end() + (len(s) - m.end() - len(rest))
     else:
         lt = s.find("<")
         if lt > 0:
