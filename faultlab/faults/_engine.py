@@ -19,7 +19,6 @@ message's direction applies to what is forwarded.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field

@@ -10,9 +10,11 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from faultlab.faults import ConnectView, Decision, Engine, Fired, parse_rule
-from faultlab.sip import parse_message
+from faultlab.sip import SipError, parse_message
 
 from .test_faults_support import engine, profile, request, response, rule_profile, view
 
@@ -456,3 +458,48 @@ def test_same_seed_same_decisions():
 
 def test_different_seed_different_decisions():
     assert run(42) != run(43)
+
+
+# ---------------------------------------------------------------------------
+# robustness: peer input never makes the engine raise
+
+EVERYTHING = profile(
+    """
+[[rules]]
+name = "all-keys"
+match = { direction = "to-pbx", transport = "udp", cseq_method = "REGISTER", in_dialog = false, headers = { "User-Agent" = "x", Reason = false }, body = "y", device = ["sip:alice@example.com", "192.0.2.0/24"], occurrence = { every = 2, per = "call" }, probability = "50%" }
+action = { delay = "1s", set_headers = { "X-A" = "1" }, remove_headers = ["Via"] }
+continue = true
+[[rules]]
+name = "respond"
+match = { method = "REGISTER", count = "transmission" }
+action = { respond = 500 }
+[link]
+loss = "10%"
+duplicate = "10%"
+"""
+)
+
+_field = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    start=st.sampled_from(["REGISTER sip:x SIP/2.0", "SIP/2.0 200 OK", "INVITE sip:a@b SIP/2.0", "ACK sip:a SIP/2.0"]),
+    via=_field,
+    frm=_field,
+    to=_field,
+    cseq=_field,
+    call=_field,
+    extra=_field,
+)
+def test_decide_never_raises_on_odd_headers(start, via, frm, to, cseq, call, extra):
+    raw = f"{start}\r\nVia: {via}\r\nFrom: {frm}\r\nTo: {to}\r\nCSeq: {cseq}\r\nCall-ID: {call}\r\nUser-Agent: {extra}\r\nContent-Length: 0\r\n\r\n"
+    try:
+        msg = parse_message(raw.encode())
+    except SipError:
+        return
+    e = Engine(EVERYTHING, random.Random(0), activated_at=0.0)
+    for direction in ("to-pbx", "to-device"):
+        d = e.decide(view(msg, direction), 1.0)
+        assert isinstance(d, Decision)

@@ -6,7 +6,6 @@ Every error names the file, the key path, the bad value and what is allowed.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import pytest
