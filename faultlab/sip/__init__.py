@@ -34,15 +34,8 @@ from ._build import MAGIC_COOKIE, build_response, format_via, stateless_branch
 from ._edit import add_top_header, remove_top_value
 from ._errors import EOF, NEED_DATA, SipError
 from ._framer import MAX_MESSAGE_SIZE, StreamFramer
-from ._message import (
-    MAX_DATAGRAM_SIZE,
-    MAX_HEADERS,
-    Header,
-    KeepAlive,
-    Message,
-    parse_datagram,
-    parse_message,
-)
+from ._message import Header, KeepAlive, Message
+from ._parse import MAX_DATAGRAM_SIZE, MAX_HEADERS, parse_datagram, parse_message
 from ._reasons import REASON_PHRASES, reason_phrase
 from ._values import CSeq, NameAddr, Reason, SipURI, Via, parse_uri, push_params
 

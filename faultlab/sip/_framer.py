@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from ._abnf import REQUEST_LINE_RE, STATUS_LINE_RE
 from ._errors import EOF, NEED_DATA, SipError, _Sentinel
-from ._message import MAX_HEADERS, KeepAlive, Message, build_message, content_length_of
+from ._message import KeepAlive, Message
+from ._parse import MAX_HEADERS, build_message, content_length_of
 
 __all__ = ["StreamFramer", "MAX_MESSAGE_SIZE"]
 
