@@ -11,6 +11,7 @@ Input faultlab cannot parse is forwarded unchanged and recorded with
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from collections.abc import Sequence
@@ -20,8 +21,9 @@ from pathlib import Path
 import trio
 
 from faultlab.net.addr import Endpoint, format_hostport
-from faultlab.relay import TO_PBX, Rewriter, Side, instance_id
-from faultlab.sip import KeepAlive, Message, SipError
+from faultlab.faults import ConnectView, Decision, Engine, MessageView, Profile
+from faultlab.relay import TO_DEVICE, TO_PBX, Rewriter, Side, instance_id
+from faultlab.sip import KeepAlive, Message, SipError, parse_message
 from faultlab.trace import ConsolePrinter, Event, JsonlWriter, Trace
 
 
@@ -47,6 +49,8 @@ class ProxyConfig:
     connect_timeout: float = 10.0
     keep_events: int | None = None
     handle_signals: bool = False
+    profile: Profile | None = None
+    seed: int | None = None  # None: drawn at start, recorded in the trace
 
     def upstream_for(self, transport: str) -> Endpoint:
         for ep in self.upstream:
@@ -81,18 +85,47 @@ class Hop:
     transport: str
     peer: tuple[str, int]
     side: Side
+    device: tuple[str, int] = ("", 0)  # the device's address on this flow
 
 
 @dataclass(slots=True)
 class Outgoing:
+    """Bytes to write, and what the timeline says about them."""
+
     data: bytes
     hop: Hop
     summary: str
     fields: dict = field(default_factory=dict)
 
 
+@dataclass(eq=False)
+class Hold:
+    """A message kept back by a ``hold`` rule until released (API) or timed out."""
+
+    id: str
+    out: Outgoing
+    held_at: float
+    timeout: float | None
+    then: str  # "forward" | "drop" when the timeout passes
+    released: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the transports do with one received message (the engine's decision, rewritten)."""
+
+    forward: Outgoing | None = None
+    delay: float = 0.0
+    copies: tuple[float, ...] = ()
+    respond: Outgoing | None = None  # back to the sender, at once
+    hold: Hold | None = None
+    close: str | None = None  # "fin" | "rst"
+    close_when: str = "after"
+    stall: float | None = None
+
+
 class Proxy:
-    """A running relay: its bound addresses, its timeline, the message path."""
+    """A running relay: its bound addresses, its timeline, its faults, the message path."""
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
@@ -105,6 +138,15 @@ class Proxy:
         self.ca_cert_path: Path | None = None
         self._t0 = trio.current_time()
         self._flow_counter = 0
+        self._hold_counter = 0
+        self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
+        self.rng = random.Random(self.seed)
+        self.engine: Engine | None = None  # the global profile
+        self.device_engines: dict[str, Engine] = {}  # "IP" or "IP:PORT" -> profile for that device
+        self.holds: dict[str, Hold] = {}
+        self.flows: dict[str, dict] = {}  # flow id -> description, for the API
+        if config.profile is not None:
+            self.engine = Engine(config.profile, self.rng, activated_at=0.0)
 
     @property
     def events(self):
@@ -123,39 +165,160 @@ class Proxy:
     def warn(self, message: str, **fields) -> None:
         self.emit("warning", detail={"message": message}, **fields)
 
+    # -- flows (for the API) ----------------------------------------------
+    def flow_opened(self, flow: str, transport: str, device: tuple[str, int], pbx_side: tuple[str, int],
+                    device_side: tuple[str, int]) -> None:
+        self.flows[flow] = {"id": flow, "transport": transport, "device": format_hostport(*device),
+                            "pbx_side": format_hostport(*pbx_side), "opened_at": self.now(), "messages": 0}
+        self.emit("flow-open", flow=flow, transport=transport, peer=format_hostport(*device),
+                  detail={"pbx_side": format_hostport(*pbx_side), "device_side": format_hostport(*device_side)})
+
+    def flow_closed(self, flow: str, transport: str, device: tuple[str, int], **detail) -> None:
+        self.flows.pop(flow, None)
+        self.emit("flow-close", flow=flow, transport=transport, peer=format_hostport(*device), detail=detail)
+
+    # -- profiles ---------------------------------------------------------
+    def engine_for(self, device: tuple[str, int]) -> Engine | None:
+        if self.device_engines:
+            engine = self.device_engines.get(format_hostport(*device)) or self.device_engines.get(device[0])
+            if engine is not None:
+                return engine
+        return self.engine
+
+    def activate(self, profile: Profile | None, device: str | None = None) -> Engine | None:
+        """Make ``profile`` the active one (globally, or for ``device``); a timeline event."""
+        engine = None if profile is None else Engine(profile, self.rng, activated_at=self.now())
+        if device is None:
+            self.engine = engine
+        elif engine is None:
+            self.device_engines.pop(device, None)
+        else:
+            self.device_engines[device] = engine
+        self.emit("profile", detail={"profile": profile.name if profile else None, "device": device})
+        return engine
+
+    def on_connect(self, flow: str, transport: str, device: tuple[str, int]) -> Decision | None:
+        engine = self.engine_for(device)
+        if engine is None:
+            return None
+        decision = engine.on_connect(ConnectView(transport, device, flow), self.now())
+        for fired in decision.events:
+            self.emit("fault", flow=flow, transport=transport, peer=format_hostport(*device),
+                      detail={"rule": fired.rule, "action": fired.action, **fired.detail})
+        return decision
+
     # -- the message path -------------------------------------------------
-    def process(self, item: Message | KeepAlive | bytes, hop: Hop, *, error: str | None = None) -> Outgoing:
-        """Record ``item`` as received and return what to send on.
+    def plan(self, item: Message | KeepAlive | bytes, hop: Hop, *, error: str | None = None) -> Plan:
+        """Record ``item`` as received, ask the active profile, and say what to send.
 
         ``bytes`` is input the framer could not parse (``error`` says why):
-        it goes on unchanged.
+        it goes on unchanged unless the link loses or delays it.
         """
-        base = {
-            "flow": hop.flow,
-            "direction": hop.direction,
-            "transport": hop.transport,
-        }
+        fields = {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
         peer = format_hostport(*hop.peer)
+        msg: Message | None = None
         if isinstance(item, bytes):
-            self.emit("received", peer=peer, parsed=False, raw=item, summary=f"unparsed {len(item)} bytes",
-                      detail={"error": error} if error else {}, **base)
-            return Outgoing(item, hop, f"unparsed {len(item)} bytes", {"parsed": False, **base})
-        if isinstance(item, KeepAlive):
-            summary = "keep-alive ping" if item.raw == b"\r\n\r\n" else "keep-alive"
-            self.emit("received", peer=peer, raw=item.raw, summary=summary, **base)
-            return Outgoing(item.raw, hop, summary, base)
-        fields = dict(base)
-        fields.update(_message_fields(item))
-        summary = item.summary()
-        self.emit("received", peer=peer, raw=item.raw, summary=summary, parsed=True, **fields)
-        data = self._rewrite(item, hop, fields)
-        return Outgoing(data, hop, summary, fields)
+            raw, summary = item, f"unparsed {len(item)} bytes"
+            fields["parsed"] = False
+            self.emit("received", peer=peer, raw=raw, summary=summary,
+                      detail={"error": error} if error else {}, **fields)
+        elif isinstance(item, KeepAlive):
+            raw = item.raw
+            summary = "keep-alive ping" if raw == b"\r\n\r\n" else "keep-alive"
+            self.emit("received", peer=peer, raw=raw, summary=summary, **fields)
+        else:
+            msg, raw, summary = item, item.raw, item.summary()
+            fields.update(_message_fields(item))
+            fields["parsed"] = True
+            self.emit("received", peer=peer, raw=raw, summary=summary, **fields)
+        flow_info = self.flows.get(hop.flow)
+        if flow_info is not None:
+            flow_info["messages"] += 1
 
-    def sent(self, out: Outgoing, dest: tuple[str, int]) -> None:
-        self.emit("sent", peer=format_hostport(*dest), raw=out.data, summary=out.summary, **out.fields)
+        engine = self.engine_for(hop.device)
+        if engine is None:
+            data = self._rewrite(msg, hop) if msg is not None else raw
+            return Plan(forward=Outgoing(data, hop, summary, fields))
 
-    def _rewrite(self, msg: Message, hop: Hop, fields: dict) -> bytes:
-        trailing = getattr(msg, "trailing", b"")
+        trailing = getattr(msg, "trailing", b"") if msg is not None else b""
+        view = MessageView(msg, raw[: len(raw) - len(trailing)] if trailing else raw, hop.direction,
+                           hop.transport, hop.device, hop.flow)
+        decision = engine.decide(view, self.now())
+        for fired in decision.events:
+            self.emit("fault", peer=peer, summary=summary,
+                      detail={"rule": fired.rule, "action": fired.action, **fired.detail}, **fields)
+        plan = Plan(delay=decision.delay, copies=decision.copies, close=decision.close,
+                    close_when=decision.close_when, stall=decision.stall)
+        rules = [f.rule for f in decision.events]
+        if decision.respond is not None:
+            back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
+            resp_fields = {**fields, "direction": back.direction}
+            try:
+                resp_fields.update(_message_fields(parse_message(decision.respond)))
+            except SipError:
+                pass
+            plan.respond = Outgoing(decision.respond, back, f"response by faultlab to {summary}", resp_fields)
+        if decision.hold:
+            self._hold_counter += 1
+            held = self._edited(decision.held, msg, raw, hop) + trailing
+            hold = Hold(f"h{self._hold_counter}", Outgoing(held, hop, summary, fields), self.now(),
+                        decision.hold_timeout, decision.hold_then)
+            self.holds[hold.id] = hold
+            plan.hold = hold
+            self.emit("held", peer=peer, summary=summary, detail={"hold": hold.id, "rules": rules}, **fields)
+        elif decision.data is not None:
+            plan.forward = Outgoing(self._edited(decision.data, msg, raw, hop) + trailing, hop, summary, fields)
+        elif decision.respond is None:
+            how = "lost" if decision.lost_by_link else "dropped"
+            self.emit("dropped", peer=peer, raw=raw, summary=summary,
+                      detail={"how": how, "rules": rules}, **fields)
+        return plan
+
+    def _edited(self, data: bytes, msg: Message | None, raw: bytes, hop: Hop) -> bytes:
+        """Relay-mode rewriting of what the engine forwards (header edits included)."""
+        if msg is None:
+            return data
+        if data is not msg.raw and data != msg.raw:
+            try:
+                msg = parse_message(data)
+            except SipError as exc:
+                self.warn(f"edited message does not parse ({exc}): forwarded as edited", **_flow_fields(hop))
+                return data
+        return self._rewrite(msg, hop, with_trailing=False)
+
+    def sent(self, out: Outgoing, dest: tuple[str, int], **detail) -> None:
+        self.emit("sent", peer=format_hostport(*dest), raw=out.data, summary=out.summary, detail=detail,
+                  **out.fields)
+
+    def responded(self, out: Outgoing, dest: tuple[str, int]) -> None:
+        self.emit("responded", peer=format_hostport(*dest), raw=out.data, summary=out.summary, **out.fields)
+
+    def release(self, hold_id: str | None = None) -> int:
+        targets = list(self.holds.values()) if hold_id is None else [self.holds[hold_id]]
+        for hold in targets:
+            self.holds.pop(hold.id, None)
+            hold.released.set()
+            self.emit("released", flow=hold.out.hop.flow, direction=hold.out.hop.direction,
+                      summary=hold.out.summary, detail={"hold": hold.id})
+        return len(targets)
+
+    async def wait_hold(self, hold: Hold) -> bool:
+        """Wait until ``hold`` is released or times out; True: forward it, False: drop it."""
+        if hold.timeout is None:
+            await hold.released.wait()
+            return True
+        with trio.move_on_after(hold.timeout):
+            await hold.released.wait()
+            return True
+        self.holds.pop(hold.id, None)
+        forward = hold.then == "forward"
+        self.emit("released" if forward else "dropped", flow=hold.out.hop.flow,
+                  direction=hold.out.hop.direction, summary=hold.out.summary,
+                  detail={"hold": hold.id, "how": f"hold timed out: {hold.then}"})
+        return forward
+
+    def _rewrite(self, msg: Message, hop: Hop, *, with_trailing: bool = True) -> bytes:
+        trailing = getattr(msg, "trailing", b"") if with_trailing else b""
         try:
             if msg.is_request:
                 data = self.rewriter.request(msg, hop.direction, hop.side)
@@ -170,6 +333,10 @@ class Proxy:
                       summary=msg.summary())
             data = msg.raw
         return data + trailing if trailing else data
+
+
+def _reverse(direction: str) -> str:
+    return TO_DEVICE if direction == TO_PBX else TO_PBX
 
 
 def _flow_fields(hop: Hop) -> dict:
@@ -214,6 +381,8 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
         "listen": [str(ep) for ep in config.listen],
         "upstream": [str(ep) for ep in config.upstream],
         "record_route": config.record_route,
+        "seed": proxy.seed,
+        "profile": config.profile.name if config.profile else None,
     })
     try:
         async with trio.open_nursery() as nursery:

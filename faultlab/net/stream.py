@@ -15,6 +15,8 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -24,7 +26,7 @@ from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import EOF, NEED_DATA, SipError, StreamFramer
 
 if TYPE_CHECKING:
-    from faultlab.proxy import Hop, Proxy
+    from faultlab.proxy import Hold, Hop, Outgoing, Plan, Proxy
 
 RECEIVE_SIZE = 65536
 # After one side closes in order, how long the other direction may still
@@ -59,24 +61,99 @@ def _is_reset(exc: BaseException) -> bool:
     return isinstance(cause, (ConnectionResetError, BrokenPipeError))
 
 
-async def _pump(proxy: Proxy, src: trio.abc.Stream, dst: trio.abc.Stream, hop: Hop,
+# Messages waiting in one direction (delayed or held ones and those behind
+# them) before the reader stops reading: TCP flow control then reaches the sender.
+QUEUE_SIZE = 256
+
+
+@dataclass(eq=False)
+class _Item:
+    at: float  # trio time before which it is not written
+    out: Outgoing | None
+    dest: tuple[str, int]
+    hold: Hold | None = None
+    close: str | None = None  # "fin" | "rst": end the pair after this item
+    kind: str = "sent"  # or "responded"
+    detail: dict = field(default_factory=dict)
+
+
+class _Writer:
+    """The one writer of a stream: FIFO, so a delayed or held message holds
+    back the ones behind it as a real TCP path would.
+
+    A message with nothing queued before it and nothing to wait for is
+    written at once by the task that has it (the common, no-fault path).
+    """
+
+    def __init__(self, proxy: Proxy, stream: trio.abc.Stream, end: Callable[[str], None]) -> None:
+        self.proxy = proxy
+        self.stream = stream
+        self.end = end
+        self.pending = 0
+        self.lock = trio.StrictFIFOLock()
+        self._send, self._receive = trio.open_memory_channel[_Item](QUEUE_SIZE)
+
+    async def submit(self, item: _Item) -> None:
+        if (self.pending == 0 and item.hold is None and item.close is None
+                and item.at <= trio.current_time()):
+            await self._write(item)
+            return
+        self.pending += 1
+        await self._send.send(item)
+
+    async def _write(self, item: _Item) -> None:
+        out = item.out
+        async with self.lock:
+            # A message is written whole or not at all, even if the relay is stopping.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SEND_TIMEOUT) as timeout:
+                    await self.stream.send_all(out.data)
+        if timeout.cancelled_caught:
+            raise _Closed("error")
+        if item.kind == "responded":
+            self.proxy.responded(out, item.dest)
+        else:
+            self.proxy.sent(out, item.dest, **item.detail)
+
+    async def run(self) -> None:
+        async for item in self._receive:
+            try:
+                if item.hold is not None and not await self.proxy.wait_hold(item.hold):
+                    continue
+                await trio.sleep_until(item.at)
+                if item.out is not None:
+                    await self._write(item)
+                if item.close is not None:
+                    self.end(item.close)
+                    return
+            finally:
+                self.pending -= 1
+
+
+async def _pump(proxy: Proxy, src: trio.abc.Stream, forward: _Writer, back: _Writer, hop: Hop,
                 dest: tuple[str, int]) -> str:
-    """Relay one direction until it ends; return how: "eof", "reset" or "error"."""
+    """Read one direction until it ends; return how: "eof", "reset" or "error"."""
     framer = StreamFramer()
     raw = False
 
-    async def send(data: bytes) -> None:
-        # A message is written whole or not at all, even if the relay is stopping.
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(SEND_TIMEOUT) as timeout:
-                await dst.send_all(data)
-        if timeout.cancelled_caught:
-            raise _Closed("error")
-
-    async def relay_raw(data: bytes, error: str | None = None) -> None:
-        out = proxy.process(data, hop, error=error)
-        await send(out.data)
-        proxy.sent(out, dest)
+    async def carry_out(plan: Plan) -> None:
+        now = trio.current_time()
+        if plan.respond is not None:
+            await back.submit(_Item(now, plan.respond, hop.peer, kind="responded"))
+        if plan.close is not None and plan.close_when == "before":
+            await forward.submit(_Item(now, None, dest, close=plan.close))
+        elif plan.hold is not None:
+            await forward.submit(_Item(now, plan.hold.out, dest, hold=plan.hold, detail={"released": plan.hold.id}))
+        elif plan.forward is not None:
+            await forward.submit(_Item(now + plan.delay, plan.forward, dest))
+            for n, delay in enumerate(plan.copies, 1):
+                await forward.submit(_Item(now + delay, plan.forward, dest, detail={"copy": n}))
+        if plan.close is not None and plan.close_when == "after":
+            await forward.submit(_Item(now + plan.delay, None, dest, close=plan.close))
+        if plan.stall is not None:
+            proxy.emit("stalled", flow=hop.flow, direction=hop.direction, transport=hop.transport,
+                       detail={"for": plan.stall})
+            await trio.sleep(plan.stall)  # inf: until the pair ends
 
     while True:
         try:
@@ -92,7 +169,7 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, dst: trio.abc.Stream, hop: H
         if raw:
             if not data:
                 return "eof"
-            await relay_raw(data)
+            await carry_out(proxy.plan(data, hop))
             continue
         framer.receive_data(data)
         while True:
@@ -104,7 +181,7 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, dst: trio.abc.Stream, hop: H
                 raw = True
                 leftover = framer.take_unframed()
                 if leftover:
-                    await relay_raw(leftover, str(exc))
+                    await carry_out(proxy.plan(leftover, hop, error=str(exc)))
                 if not data:
                     return "eof"
                 break
@@ -112,42 +189,78 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, dst: trio.abc.Stream, hop: H
                 break
             if event is EOF:
                 return "eof"
-            out = proxy.process(event, hop)
-            await send(out.data)
-            proxy.sent(out, dest)
+            await carry_out(proxy.plan(event, hop))
 
 
 async def _relay_pair(proxy: Proxy, device: trio.abc.Stream, upstream: trio.abc.Stream,
                       to_pbx: Hop, to_device: Hop, up_addr: tuple[str, int]) -> str:
-    """Run both directions; return how the pair ended."""
+    """Run both directions; return how the pair ended: "eof", "reset", "error",
+    or "fin"/"rst" when a profile closed it."""
     how = "eof"
     eofs = 0
     async with trio.open_nursery() as nursery:
 
-        async def run(src, dst, hop, dest) -> None:
+        def end(by_profile: str) -> None:
+            nonlocal how
+            how = "reset" if by_profile == "rst" else "eof"
+            nursery.cancel_scope.cancel()
+
+        to_up = _Writer(proxy, upstream, end)
+        to_dev = _Writer(proxy, device, end)
+
+        async def run(src, forward, back, hop, dest) -> None:
             nonlocal how, eofs
             try:
-                result = await _pump(proxy, src, dst, hop, dest)
+                result = await _pump(proxy, src, forward, back, hop, dest)
             except _Closed as closed:
                 result = closed.how
             proxy.emit("closed", flow=hop.flow, direction=hop.direction, transport=hop.transport,
                        detail={"how": result, "by": "device" if hop.direction == TO_PBX else "pbx"})
-            if result == "eof" and isinstance(dst, trio.SocketStream):
-                eofs += 1
-                if eofs == 1:
-                    try:
-                        await dst.send_eof()  # FIN to the other side, keep reading from it
-                    except trio.BrokenResourceError:
-                        pass
-                    nursery.cancel_scope.deadline = trio.current_time() + HALF_CLOSE_GRACE
-                    return
-            if result != "eof":
-                how = result
+            if result == "eof":
+                # what is queued for the other side goes first, then the close
+                await forward.submit(_Item(trio.current_time(), None, dest, close="eof"))
+                return
+            how = result
             nursery.cancel_scope.cancel()
 
-        nursery.start_soon(run, device, upstream, to_pbx, up_addr)
-        nursery.start_soon(run, upstream, device, to_device, to_pbx.peer)
+        async def write(writer: _Writer) -> None:
+            try:
+                await writer.run()
+            except _Closed as closed:
+                nonlocal how
+                how = closed.how
+                nursery.cancel_scope.cancel()
+
+        def end_eof(writer: _Writer) -> Callable[[str], None]:
+            def closer(kind: str) -> None:
+                nonlocal eofs
+                if kind != "eof":
+                    end(kind)
+                    return
+                eofs += 1
+                stream = writer.stream
+                if isinstance(stream, trio.SocketStream) and eofs == 1:
+                    nursery.start_soon(_send_eof, stream)
+                    nursery.cancel_scope.deadline = trio.current_time() + HALF_CLOSE_GRACE
+                else:
+                    nursery.cancel_scope.cancel()
+            return closer
+
+        to_up.end = end_eof(to_up)
+        to_dev.end = end_eof(to_dev)
+        nursery.start_soon(write, to_up)
+        nursery.start_soon(write, to_dev)
+        nursery.start_soon(run, device, to_up, to_dev, to_pbx, up_addr)
+        nursery.start_soon(run, upstream, to_dev, to_up, to_device, to_pbx.peer)
     return how
+
+
+async def _send_eof(stream: trio.SocketStream) -> None:
+    """FIN to the other side; keep reading from it."""
+    try:
+        await stream.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 async def serve_stream(
@@ -189,8 +302,19 @@ async def serve_stream(
         local = conn.socket.getsockname()[:2]
         device: trio.abc.Stream = conn
         up: trio.abc.Stream | None = None
+        opened = False
         how = "error"
         try:
+            decision = proxy.on_connect(flow, transport, peer)
+            if decision is not None:
+                if decision.close is not None:
+                    how = "reset" if decision.close == "rst" else "eof"
+                    return
+                if decision.stall is not None:
+                    # e.g. a TLS handshake that never completes: accept, then read nothing
+                    proxy.emit("stalled", flow=flow, transport=transport, peer=format_hostport(*peer),
+                               detail={"for": decision.stall})
+                    await trio.sleep(decision.stall)
             if server_ctx is not None:
                 device = trio.SSLStream(conn, server_ctx, server_side=True)
                 try:
@@ -215,12 +339,12 @@ async def serve_stream(
                 return
             pbx_side = up_conn.socket.getsockname()[:2]
             side = Side(transport, device=local, pbx=pbx_side)
-            proxy.emit("flow-open", flow=flow, transport=transport, peer=format_hostport(*peer),
-                       detail={"pbx_side": format_hostport(*pbx_side), "device_side": format_hostport(*local)})
+            proxy.flow_opened(flow, transport, peer, pbx_side, local)
+            opened = True
             how = await _relay_pair(
                 proxy, device, up,
-                Hop(flow, TO_PBX, transport, peer, side),
-                Hop(flow, TO_DEVICE, transport, up_addr, side),
+                Hop(flow, TO_PBX, transport, peer, side, peer),
+                Hop(flow, TO_DEVICE, transport, up_addr, side, peer),
                 up_addr,
             )
         finally:
@@ -237,8 +361,11 @@ async def serve_stream(
                             await stream.aclose()
                         except (trio.BrokenResourceError, ssl.SSLError, OSError):
                             await trio.aclose_forcefully(stream)
-            proxy.emit("flow-close", flow=flow, transport=transport, peer=format_hostport(*peer),
-                       detail={"how": how})
+            if opened:
+                proxy.flow_closed(flow, transport, peer, how=how)
+            else:
+                proxy.emit("flow-close", flow=flow, transport=transport, peer=format_hostport(*peer),
+                           detail={"how": how})
 
     async with trio.open_nursery() as nursery:
         task_status.started(bound)

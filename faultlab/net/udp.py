@@ -10,6 +10,7 @@ traffic either way for ``udp_idle_timeout`` seconds is closed.
 from __future__ import annotations
 
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import KeepAlive, Message, SipError, parse_datagram
 
 if TYPE_CHECKING:
-    from faultlab.proxy import Hop, Proxy
+    from faultlab.proxy import Hop, Outgoing, Plan, Proxy
 
 MAX_DATAGRAM = 65535
 # Socket buffers: a burst from many devices must not overflow the kernel's
@@ -65,6 +66,57 @@ async def local_address_towards(family: int, dest: tuple[str, int]) -> str:
         return probe.getsockname()[0]
 
 
+Send = Callable[[bytes], Awaitable[object]]
+
+
+class DatagramPaths:
+    """Carries out plans on UDP, where every message is on its own: a delayed
+    datagram holds nothing else back."""
+
+    def __init__(self, proxy: Proxy, nursery: trio.Nursery) -> None:
+        self.proxy = proxy
+        self.nursery = nursery
+
+    async def _send(self, send: Send, out: Outgoing, dest: tuple[str, int], **detail) -> None:
+        try:
+            await send(out.data)
+        except OSError as exc:
+            self.proxy.warn(f"cannot send to {format_hostport(*dest)}: {exc.strerror or exc}",
+                            flow=out.hop.flow, transport="udp", summary=out.summary)
+            return
+        self.proxy.sent(out, dest, **detail)
+
+    async def _later(self, deadline: float, send: Send, out: Outgoing, dest: tuple[str, int], **detail) -> None:
+        await trio.sleep_until(deadline)
+        await self._send(send, out, dest, **detail)
+
+    async def _held(self, send: Send, plan: Plan, dest: tuple[str, int]) -> None:
+        if await self.proxy.wait_hold(plan.hold):
+            await self._send(send, plan.hold.out, dest, released=plan.hold.id)
+
+    async def carry_out(self, plan: Plan, send: Send, dest: tuple[str, int], back: Send,
+                        back_dest: tuple[str, int]) -> None:
+        if plan.respond is not None:
+            try:
+                await back(plan.respond.data)
+                self.proxy.responded(plan.respond, back_dest)
+            except OSError as exc:
+                self.proxy.warn(f"cannot send response: {exc.strerror or exc}", flow=plan.respond.hop.flow,
+                                transport="udp", summary=plan.respond.summary)
+        if plan.hold is not None:
+            self.nursery.start_soon(self._held, send, plan, dest)
+        out = plan.forward
+        if out is None:
+            return
+        now = trio.current_time()
+        if plan.delay > 0:
+            self.nursery.start_soon(self._later, now + plan.delay, send, out, dest)
+        else:
+            await self._send(send, out, dest)
+        for n, delay in enumerate(plan.copies, 1):
+            self.nursery.start_soon(self._later, now + delay, send, out, dest, copy=n)
+
+
 async def serve_udp(
     proxy: Proxy, listen: Endpoint, upstream: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -73,9 +125,9 @@ async def serve_udp(
     up_family, up_addr = await resolve(upstream)
     family, addr = await resolve(listen)
     sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+    enlarge_buffers(sock)
     idle = proxy.config.udp_idle_timeout
     flows: dict[tuple[str, int], UdpFlow] = {}
-    enlarge_buffers(sock)
     with sock:
         try:
             await sock.bind(addr)
@@ -98,19 +150,20 @@ async def serve_udp(
             fid = proxy.new_flow_id("udp")
             flow = UdpFlow(
                 fid, device, up,
-                Hop(fid, TO_PBX, "udp", device, side),
-                Hop(fid, TO_DEVICE, "udp", up_addr, side),
+                Hop(fid, TO_PBX, "udp", device, side, device),
+                Hop(fid, TO_DEVICE, "udp", up_addr, side, device),
             )
+            flow.scope.deadline = trio.current_time() + idle
             flows[device] = flow
-            proxy.emit("flow-open", flow=fid, transport="udp", peer=format_hostport(*device),
-                       detail={"pbx_side": format_hostport(*pbx_side),
-                               "device_side": format_hostport(*device_side)})
+            proxy.flow_opened(fid, "udp", device, pbx_side, device_side)
             return flow
 
-        async def flow_reader(flow: UdpFlow) -> None:
+        async def flow_reader(flow: UdpFlow, paths: DatagramPaths) -> None:
+            def to_device(data: bytes):
+                return sock.sendto(data, flow.device)
+
             try:
                 with flow.scope:
-                    flow.scope.deadline = trio.current_time() + idle
                     while True:
                         try:
                             data = await flow.sock.recv(MAX_DATAGRAM)
@@ -120,21 +173,15 @@ async def serve_udp(
                             continue
                         flow.scope.deadline = trio.current_time() + idle
                         item, error = _parse(data)
-                        out = proxy.process(item, flow.to_device, error=error)
-                        try:
-                            await sock.sendto(out.data, flow.device)
-                        except OSError as exc:
-                            proxy.warn(f"cannot send to device: {exc.strerror or exc}", flow=flow.id,
-                                       transport="udp", summary=out.summary)
-                            continue
-                        proxy.sent(out, flow.device)
+                        plan = proxy.plan(item, flow.to_device, error=error)
+                        await paths.carry_out(plan, to_device, flow.device, flow.sock.send, up_addr)
             finally:
                 flow.sock.close()
                 flows.pop(flow.device, None)
-                proxy.emit("flow-close", flow=flow.id, transport="udp",
-                           peer=format_hostport(*flow.device), detail={"reason": "idle"})
+                proxy.flow_closed(flow.id, "udp", flow.device, reason="idle")
 
         async with trio.open_nursery() as nursery:
+            paths = DatagramPaths(proxy, nursery)
             task_status.started(bound)
             while True:
                 try:
@@ -146,15 +193,10 @@ async def serve_udp(
                 flow = flows.get(device)
                 if flow is None:
                     flow = await open_flow(device)
-                    nursery.start_soon(flow_reader, flow)
+                    nursery.start_soon(flow_reader, flow, paths)
                 else:
                     flow.scope.deadline = trio.current_time() + idle
                 item, error = _parse(data)
-                out = proxy.process(item, flow.to_pbx, error=error)
-                try:
-                    await flow.sock.send(out.data)
-                except OSError as exc:
-                    proxy.warn(f"cannot send to upstream: {exc.strerror or exc}", flow=flow.id,
-                               transport="udp", summary=out.summary)
-                    continue
-                proxy.sent(out, up_addr)
+                plan = proxy.plan(item, flow.to_pbx, error=error)
+                await paths.carry_out(plan, flow.sock.send, up_addr,
+                                      lambda d, dev=device: sock.sendto(d, dev), device)
