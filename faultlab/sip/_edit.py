@@ -12,6 +12,7 @@ from ._abnf import LIST_HEADERS, canonical_key
 from ._build import check_header
 from ._errors import SipError
 from ._message import Message
+from ._values import first_top_level_comma
 
 __all__ = ["add_top_header", "remove_top_value"]
 
@@ -31,32 +32,6 @@ def add_top_header(msg: Message, name: str, value: str) -> bytes:
     pos = fields[0].start if fields else raw.index(b"\r\n") + 2
     line = f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
     return raw[:pos] + line + raw[pos:]
-
-
-def _first_element_end(text: str, start: int) -> int:
-    """Index of the first top-level comma in ``text`` at or after ``start``
-    (outside quoted strings and ``<>``), or -1."""
-    in_quote = in_angle = False
-    i = start
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if in_quote:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quote = False
-        elif ch == '"':
-            in_quote = True
-        elif in_angle:
-            if ch == ">":
-                in_angle = False
-        elif ch == "<":
-            in_angle = True
-        elif ch == ",":
-            return i
-        i += 1
-    return -1
 
 
 _LWS = " \t\r\n"
@@ -84,7 +59,7 @@ def remove_top_value(msg: Message, name: str) -> bytes:
         first = colon + 1
         while first < len(text) and text[first] in _LWS:
             first += 1
-        comma = _first_element_end(text, first)
+        comma = first_top_level_comma(text, first)
         if comma >= 0 and text[comma:].strip(_LWS + ","):
             # drop the comma, LWS and empty elements ("a,, b") up to the next value
             nxt = comma

@@ -272,12 +272,12 @@ class Message:
         found = self._by_key().get(key)
         if not found:
             return []
-        if key in LIST_HEADERS:
-            out: list[str] = []
-            for h in found:
-                out.extend(split_list(h.value))
-            return out
-        return [h.value for h in found]
+        if key not in LIST_HEADERS:
+            return [h.value for h in found]
+        cached = self._cache.get("all:" + key)
+        if cached is None:
+            cached = self._cache["all:" + key] = [v for h in found for v in split_list(h.value)]
+        return list(cached)
 
     def header_fields(self, name: str) -> list[Header]:
         """Every :class:`Header` named ``name`` (any case, compact or full)."""

@@ -139,31 +139,23 @@ def push_params(nameaddr: NameAddr) -> dict[str, str]:
 # lists
 
 
-def _scan_commas(s: str) -> list[int]:
-    """Positions of top-level commas: outside quoted strings and ``<...>``."""
-    positions = []
-    in_quote = False
-    in_angle = False
-    i = 0
-    n = len(s)
-    while i < n:
-        ch = s[i]
-        if in_quote:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                in_quote = False
-        elif ch == '"':
-            in_quote = True
-        elif in_angle:
-            if ch == ">":
-                in_angle = False
-        elif ch == "<":
-            in_angle = True
-        elif ch == ",":
-            positions.append(i)
-        i += 1
-    return positions
+# A quoted string (maybe unterminated), a <...> (maybe unterminated) or a comma:
+# scanning with finditer skips the quoted and bracketed parts in C.
+_COMMA_SCAN_RE = re.compile(r'"(?:[^"\\]|\\.)*\\?(?:"|$)|<[^>]*(?:>|$)|,', re.DOTALL)
+
+
+def top_level_commas(s: str) -> list[int]:
+    """Positions of the commas outside quoted strings and ``<...>``."""
+    return [m.start() for m in _COMMA_SCAN_RE.finditer(s) if m.group() == ","]
+
+
+def first_top_level_comma(s: str, start: int = 0) -> int:
+    """Position of the first comma at or after ``start`` outside quoted
+    strings and ``<...>``, or -1."""
+    for m in _COMMA_SCAN_RE.finditer(s, start):
+        if m.group() == ",":
+            return m.start()
+    return -1
 
 
 def split_list(value: str) -> list[str]:
@@ -174,9 +166,11 @@ def split_list(value: str) -> list[str]:
     if "," not in value:
         value = value.strip(_WS)
         return [value] if value else []
+    if '"' not in value and "<" not in value:
+        return [p for p in (part.strip(_WS) for part in value.split(",")) if p]
     parts = []
     start = 0
-    for pos in _scan_commas(value) + [len(value)]:
+    for pos in top_level_commas(value) + [len(value)]:
         part = value[start:pos].strip(_WS)
         if part:
             parts.append(part)

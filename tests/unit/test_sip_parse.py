@@ -22,6 +22,7 @@ from faultlab.sip import (
     parse_message,
     parse_uri,
     push_params,
+    remove_top_value,
 )
 
 
@@ -624,3 +625,47 @@ def test_sip_error_shape() -> None:
     assert e.status_hint == 400 and str(e) == "boom"
     assert SipError("big", status_hint=413).status_hint == 413
     assert "413" in repr(SipError("big", status_hint=413))
+
+
+# ---------------------------------------------------------------------------
+# hostile sizes: every path stays linear in the input (a quadratic scan of a
+# 60 KB header would take many seconds; the bound is loose for busy CI hosts)
+
+
+def _big(header: bytes) -> bytes:
+    return b"OPTIONS sip:x SIP/2.0\r\n" + header + b"\r\nl: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _big(b"Via: SIP/2.0/UDP h" + b";a" * 30000),
+        _big(b"Via: " + b"," * 60000),
+        _big(b'Contact: ""' + b"," * 60000),
+        _big(b"Via: " + b"SIP/2.0/UDP h," * 4000),
+        _big(b'Contact: "' + b'\\"' * 30000),
+        _big(b"Contact: " + b"<" * 60000),
+        _big(b"Contact: <sip:a>" + b"; a = b " * 7000),
+        _big(b"Via: " + b"a/" * 30000),
+        _big(b"Via: SIP/2.0/UDP h" + b" " * 60000),
+    ],
+    ids=["params", "commas", "quoted-commas", "vias", "escapes", "angles", "spaced-params", "slashes", "spaces"],
+)
+def test_hostile_sizes_stay_linear(raw: bytes) -> None:
+    import time
+
+    began = time.perf_counter()
+    m = parse_message(raw)
+    for attr in ("top_via", "vias", "contacts"):
+        try:
+            getattr(m, attr)
+        except SipError:
+            pass
+    m.get_all("via")
+    m.get_all("contact")
+    for name in ("via", "contact"):
+        try:
+            remove_top_value(m, name)
+        except SipError:
+            pass
+    assert time.perf_counter() - began < 5.0
