@@ -17,6 +17,10 @@ app = typer.Typer(
 )
 ca_app = typer.Typer(help="The lab CA that signs faultlab's TLS certificates for devices.", no_args_is_help=True)
 app.add_typer(ca_app, name="ca")
+profiles_app = typer.Typer(help="The fault profile library: list, show, check.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+profile_app = typer.Typer(help="Switch a running proxy's faults through its control API.", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
 
 ConfdirOption = Annotated[
     Optional[Path],
@@ -62,21 +66,39 @@ def proxy(
         dir_okay=False)] = None,
     udp_idle_timeout: Annotated[float, typer.Option(
         help="Seconds without traffic after which a device's UDP flow is closed.", min=1)] = 600.0,
+    profile: Annotated[Optional[str], typer.Option(
+        "--profile", "-p", metavar="NAME|FILE",
+        help="Fault profile to apply from the start: a name from `faultlab profiles list` or a TOML file.")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Seed of the run's random choices (loss, jitter, probability). Default: drawn and printed.",
+        min=0)] = None,
+    api: Annotated[Optional[str], typer.Option(
+        metavar="HOST:PORT",
+        help="Serve the control API (switch profiles, add rules, release holds, follow the timeline) here, "
+             "e.g. 127.0.0.1:5099. Any address but loopback needs --api-token.")] = None,
+    api_token: Annotated[Optional[str], typer.Option(
+        envvar="FAULTLAB_API_TOKEN", help="Bearer token the control API requires.")] = None,
     confdir: ConfdirOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No console line per message.")] = False,
 ) -> None:
-    """Relay SIP between devices and a PBX, recording every message.
+    """Relay SIP between devices and a PBX, applying a fault profile and recording every message.
 
     Example: faultlab proxy --listen udp:0.0.0.0:5060 --upstream udp:pbx.example.test:5060
     """
     import trio
 
+    from faultlab.api.server import ApiAddressError, ApiBindError, parse_api_address
     from faultlab.ca import CAError
+    from faultlab.faults import ProfileError, load_profile
     from faultlab.net.addr import EndpointError, parse_endpoint
     from faultlab.proxy import ConfigError, ProxyConfig, serve_proxy
 
     try:
         config = ProxyConfig(
+            profile=load_profile(profile) if profile else None,
+            seed=seed,
+            api=parse_api_address(api) if api else None,
+            api_token=api_token,
             listen=[parse_endpoint(spec) for spec in listen],
             upstream=[parse_endpoint(spec, allow_port_zero=False) for spec in upstream],
             record_route=not no_record_route,
@@ -91,7 +113,7 @@ def proxy(
             handle_signals=True,
         )
         config.validate()
-    except (EndpointError, ConfigError) as exc:
+    except (EndpointError, ConfigError, ProfileError, ApiAddressError, ApiBindError) as exc:
         _fail(str(exc))
 
     async def main() -> None:
@@ -102,13 +124,17 @@ def proxy(
                            err=True)
             if running.ca_cert_path:
                 typer.echo(f"faultlab: TLS certificates from the lab CA {running.ca_cert_path}", err=True)
+            name = config.profile.name if config.profile else "none (faithful relay)"
+            typer.echo(f"faultlab: profile {name}; seed {running.seed} (--seed {running.seed} repeats it)", err=True)
+            if running.api_address:
+                typer.echo(f"faultlab: control API on http://{_hp(running.api_address)}", err=True)
 
     try:
         try:
             trio.run(main)
         except BaseExceptionGroup as group:
             raise _single(group) from None
-    except (EndpointError, ConfigError, CAError) as exc:
+    except (EndpointError, ConfigError, CAError, ApiBindError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot start: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), 1)
@@ -165,6 +191,212 @@ def ca_export(
     else:
         ca.export(out)
         typer.echo(f"wrote {out}", err=True)
+
+
+# -- profiles -----------------------------------------------------------------
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """List the profile library (profiles/*.toml) with each one-line summary."""
+    from faultlab.faults import ProfileError, list_profiles
+
+    try:
+        profiles = list_profiles()
+    except ProfileError as exc:
+        _fail(str(exc))
+    width = max((len(p.name) for p in profiles), default=0)
+    for p in profiles:
+        typer.echo(f"{p.name:<{width}}  {p.summary}")
+
+
+@profiles_app.command("show")
+def profiles_show(name: Annotated[str, typer.Argument(metavar="NAME|FILE")]) -> None:
+    """Print a profile's TOML (example: faultlab profiles show register-503)."""
+    from faultlab.faults import ProfileError, load_profile
+
+    try:
+        profile = load_profile(name)
+    except ProfileError as exc:
+        _fail(str(exc))
+    typer.echo(f"# {profile.source}")
+    typer.echo(profile.text, nl=not profile.text.endswith("\n"))
+
+
+@profiles_app.command("check")
+def profiles_check(files: Annotated[list[Path], typer.Argument(metavar="FILE...")]) -> None:
+    """Validate profile files; exit 1 if any is bad (example: faultlab profiles check my.toml)."""
+    from faultlab.faults import ProfileError, load_profile
+
+    bad = 0
+    for path in files:
+        try:
+            profile = load_profile(path)
+        except ProfileError as exc:
+            bad += 1
+            typer.secho(f"FAIL {exc}", err=True, fg=typer.colors.RED)
+        else:
+            typer.echo(f"ok   {path}: {profile.name}: {len(profile.rules)} rule(s)"
+                       f"{', link' if profile.link else ''} — {profile.summary}")
+    if bad:
+        raise typer.Exit(1)
+
+
+ApiUrl = Annotated[str, typer.Option("--api", metavar="URL", envvar="FAULTLAB_API",
+                                     help="The proxy's control API, e.g. http://127.0.0.1:5099")]
+ApiToken = Annotated[Optional[str], typer.Option("--api-token", envvar="FAULTLAB_API_TOKEN",
+                                                 help="Bearer token, if the API requires one.")]
+
+
+@profile_app.command("set")
+def profile_set(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Profile name, or 'none' for no faults.")],
+    api: ApiUrl = "http://127.0.0.1:5099",
+    device: Annotated[Optional[str], typer.Option(help="Only for this device: IP or IP:PORT.")] = None,
+    api_token: ApiToken = None,
+) -> None:
+    """Switch the running proxy's profile (example: faultlab profile set register-drop --api http://127.0.0.1:5099)."""
+    from faultlab.api.client import ApiClientError, set_profile
+
+    try:
+        active = set_profile(api, None if name == "none" else name, device=device, token=api_token)
+    except ApiClientError as exc:
+        _fail(str(exc), 1)
+    where = f" for {device}" if device else ""
+    typer.echo(f"profile{where}: {active['name'] if active else 'none'}")
+
+
+@profile_app.command("active")
+def profile_active(api: ApiUrl = "http://127.0.0.1:5099", api_token: ApiToken = None) -> None:
+    """Show the running proxy's active profiles (global and per device)."""
+    from faultlab.api.client import ApiClientError, get_active
+
+    try:
+        active = get_active(api, token=api_token)
+    except ApiClientError as exc:
+        _fail(str(exc), 1)
+    glob = active.get("global")
+    typer.echo(f"global: {glob['name'] if glob else 'none'}")
+    for device, entry in active.get("devices", {}).items():
+        typer.echo(f"{device}: {entry['name'] if entry else 'none'}")
+
+
+@profile_app.command("release")
+def profile_release(
+    hold_id: Annotated[Optional[str], typer.Argument(help="The hold to release; all when omitted.")] = None,
+    api: ApiUrl = "http://127.0.0.1:5099",
+    api_token: ApiToken = None,
+) -> None:
+    """Release messages a `hold` rule keeps back."""
+    from faultlab.api.client import ApiClientError, release
+
+    try:
+        count = release(api, hold_id, token=api_token)
+    except ApiClientError as exc:
+        _fail(str(exc), 1)
+    typer.echo(f"released {count} message(s)")
+
+
+# -- profiles -----------------------------------------------------------------
+
+@profiles_app.command("list")
+def profiles_list() -> None:
+    """List the profile library (profiles/*.toml) with each one-line summary."""
+    from faultlab.faults import ProfileError, list_profiles
+
+    try:
+        profiles = list_profiles()
+    except ProfileError as exc:
+        _fail(str(exc))
+    width = max((len(p.name) for p in profiles), default=0)
+    for p in profiles:
+        typer.echo(f"{p.name:<{width}}  {p.summary}")
+
+
+@profiles_app.command("show")
+def profiles_show(name: Annotated[str, typer.Argument(metavar="NAME|FILE")]) -> None:
+    """Print a profile's TOML (example: faultlab profiles show register-503)."""
+    from faultlab.faults import ProfileError, load_profile
+
+    try:
+        profile = load_profile(name)
+    except ProfileError as exc:
+        _fail(str(exc))
+    typer.echo(f"# {profile.source}")
+    typer.echo(profile.text, nl=not profile.text.endswith("\n"))
+
+
+@profiles_app.command("check")
+def profiles_check(files: Annotated[list[Path], typer.Argument(metavar="FILE...")]) -> None:
+    """Validate profile files; exit 1 if any is bad (example: faultlab profiles check my.toml)."""
+    from faultlab.faults import ProfileError, load_profile
+
+    bad = 0
+    for path in files:
+        try:
+            profile = load_profile(path)
+        except ProfileError as exc:
+            bad += 1
+            typer.secho(f"FAIL {exc}", err=True, fg=typer.colors.RED)
+        else:
+            typer.echo(f"ok   {path}: {profile.name}: {len(profile.rules)} rule(s)"
+                       f"{', link' if profile.link else ''} — {profile.summary}")
+    if bad:
+        raise typer.Exit(1)
+
+
+ApiUrl = Annotated[str, typer.Option("--api", metavar="URL", envvar="FAULTLAB_API",
+                                     help="The proxy's control API, e.g. http://127.0.0.1:5099")]
+ApiToken = Annotated[Optional[str], typer.Option("--api-token", envvar="FAULTLAB_API_TOKEN",
+                                                 help="Bearer token, if the API requires one.")]
+
+
+@profile_app.command("set")
+def profile_set(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Profile name, or 'none' for no faults.")],
+    api: ApiUrl = "http://127.0.0.1:5099",
+    device: Annotated[Optional[str], typer.Option(help="Only for this device: IP or IP:PORT.")] = None,
+    api_token: ApiToken = None,
+) -> None:
+    """Switch the running proxy's profile (example: faultlab profile set register-drop --api http://127.0.0.1:5099)."""
+    from faultlab.api.client import ApiClientError, set_profile
+
+    try:
+        active = set_profile(api, None if name == "none" else name, device=device, token=api_token)
+    except ApiClientError as exc:
+        _fail(str(exc), 1)
+    where = f" for {device}" if device else ""
+    typer.echo(f"profile{where}: {active['name'] if active else 'none'}")
+
+
+@profile_app.command("active")
+def profile_active(api: ApiUrl = "http://127.0.0.1:5099", api_token: ApiToken = None) -> None:
+    """Show the running proxy's active profiles (global and per device)."""
+    from faultlab.api.client import ApiClientError, get_active
+
+    try:
+        active = get_active(api, token=api_token)
+    except ApiClientError as exc:
+        _fail(str(exc), 1)
+    glob = active.get("global")
+    typer.echo(f"global: {glob['name'] if glob else 'none'}")
+    for device, entry in active.get("devices", {}).items():
+        typer.echo(f"{device}: {entry['name'] if entry else 'none'}")
+
+
+@profile_app.command("release")
+def profile_release(
+    hold_id: Annotated[Optional[str], typer.Argument(help="The hold to release; all when omitted.")] = None,
+    api: ApiUrl = "http://127.0.0.1:5099",
+    api_token: ApiToken = None,
+) -> None:
+    """Release messages a `hold` rule keeps back."""
+    from faultlab.api.client import ApiClientError, release
+
+    try:
+        count = release(api, hold_id, token=api_token)
+    except ApiClientError as exc:
+        _fail(str(exc), 1)
+    typer.echo(f"released {count} message(s)")
 
 
 def main() -> None:

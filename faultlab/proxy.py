@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -51,6 +52,8 @@ class ProxyConfig:
     handle_signals: bool = False
     profile: Profile | None = None
     seed: int | None = None  # None: drawn at start, recorded in the trace
+    api: tuple[str, int] | None = None  # control API address; None: no API
+    api_token: str | None = None
 
     def upstream_for(self, transport: str) -> Endpoint:
         for ep in self.upstream:
@@ -72,6 +75,10 @@ class ProxyConfig:
                 raise ConfigError(f"--upstream {ep}: port 0 is not a destination; give the PBX's port")
         for ep in self.listen:
             self.upstream_for(ep.transport)
+        if self.api is not None:
+            from faultlab.api.server import check_api_bind
+
+            check_api_bind(self.api[0], self.api_token)
         if self.upstream_insecure and self.upstream_ca:
             raise ConfigError("--upstream-insecure and --upstream-ca exclude each other: choose one")
 
@@ -134,6 +141,8 @@ class Proxy:
             instance_id([str(ep) for ep in config.listen]), record_route=config.record_route
         )
         self.bound: dict[str, tuple[str, int]] = {}  # transport -> first bound address
+        self.api_address: tuple[str, int] | None = None
+        self.control = None  # ProxyControl, when the API runs
         self.listeners: list[tuple[Endpoint, tuple[str, int]]] = []
         self.ca_cert_path: Path | None = None
         self._t0 = trio.current_time()
@@ -396,6 +405,14 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
                     addr = await nursery.start(serve_stream, proxy, ep, upstream)
                 proxy.bound.setdefault(ep.transport, addr)
                 proxy.listeners.append((ep, addr))
+            if config.api is not None:
+                from faultlab.api.server import serve_api
+                from faultlab.control import ProxyControl
+
+                proxy.control = ProxyControl(proxy)
+                proxy.api_address = await nursery.start(
+                    partial(serve_api, proxy.control, *config.api, token=config.api_token))
+                proxy.emit("api", detail={"address": format_hostport(*proxy.api_address)})
             task_status.started(proxy)
     finally:
         proxy.emit("stop")

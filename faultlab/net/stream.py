@@ -12,6 +12,7 @@ resets the other side.
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 import struct
@@ -152,7 +153,7 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, forward: _Writer, back: _Wri
             await forward.submit(_Item(now + plan.delay, None, dest, close=plan.close))
         if plan.stall is not None:
             proxy.emit("stalled", flow=hop.flow, direction=hop.direction, transport=hop.transport,
-                       detail={"for": plan.stall})
+                       detail={"for": _seconds(plan.stall)})
             await trio.sleep(plan.stall)  # inf: until the pair ends
 
     while True:
@@ -255,6 +256,10 @@ async def _relay_pair(proxy: Proxy, device: trio.abc.Stream, upstream: trio.abc.
     return how
 
 
+def _seconds(value: float) -> float | str:
+    return value if math.isfinite(value) else "forever"
+
+
 async def _send_eof(stream: trio.SocketStream) -> None:
     """FIN to the other side; keep reading from it."""
     try:
@@ -313,7 +318,7 @@ async def serve_stream(
                 if decision.stall is not None:
                     # e.g. a TLS handshake that never completes: accept, then read nothing
                     proxy.emit("stalled", flow=flow, transport=transport, peer=format_hostport(*peer),
-                               detail={"for": decision.stall})
+                               detail={"for": _seconds(decision.stall)})
                     await trio.sleep(decision.stall)
             if server_ctx is not None:
                 device = trio.SSLStream(conn, server_ctx, server_side=True)

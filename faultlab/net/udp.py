@@ -86,9 +86,10 @@ class DatagramPaths:
             return
         self.proxy.sent(out, dest, **detail)
 
-    async def _later(self, deadline: float, send: Send, out: Outgoing, dest: tuple[str, int], **detail) -> None:
+    async def _later(self, deadline: float, send: Send, out: Outgoing, dest: tuple[str, int],
+                     detail: dict | None = None) -> None:
         await trio.sleep_until(deadline)
-        await self._send(send, out, dest, **detail)
+        await self._send(send, out, dest, **(detail or {}))
 
     async def _held(self, send: Send, plan: Plan, dest: tuple[str, int]) -> None:
         if await self.proxy.wait_hold(plan.hold):
@@ -114,7 +115,7 @@ class DatagramPaths:
         else:
             await self._send(send, out, dest)
         for n, delay in enumerate(plan.copies, 1):
-            self.nursery.start_soon(self._later, now + delay, send, out, dest, copy=n)
+            self.nursery.start_soon(self._later, now + delay, send, out, dest, {"copy": n})
 
 
 async def serve_udp(

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import trio
+import trio.testing
 
 from faultlab.net.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
@@ -91,3 +92,59 @@ async def test_cli_proxy_stops_cleanly_on_sigterm(tmp_path):
     assert "stopping" in kinds and kinds.count("received") == 1 and kinds.count("sent") == 1
     sent = next(e for e in events if e["kind"] == "sent")
     assert sent["method"] == "OPTIONS" and sent["direction"] == "to-pbx" and sent["raw"].endswith("\r\n\r\n")
+
+
+async def test_tcp_reset_after_register_profile(nursery, tmp_path):
+    """The 200 OK to REGISTER is delivered, then the device's connection is reset."""
+    from faultlab.faults import load_profile
+    from faultlab.sip import StreamFramer, NEED_DATA, build_response
+
+    async def pbx(stream):
+        framer = StreamFramer()
+        while data := await stream.receive_some():
+            framer.receive_data(data)
+            while (ev := framer.next_event()) is not NEED_DATA:
+                await stream.send_all(build_response(ev, 200))
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, pbx, 0, host="127.0.0.1"))
+    proxy = await nursery.start(serve_proxy, ProxyConfig(
+        listen=[parse_endpoint("tcp:127.0.0.1:0")],
+        upstream=[parse_endpoint(f"tcp:127.0.0.1:{listeners[0].socket.getsockname()[1]}")],
+        profile=load_profile("tcp-reset-after-register")))
+    device = await trio.open_tcp_stream(*proxy.bound["tcp"])
+    register = OPTIONS.replace(b"OPTIONS", b"REGISTER").replace(b"1 REGISTER", b"1 REGISTER")
+    await device.send_all(register.replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 REGISTER"))
+    got = b""
+    with trio.fail_after(5):
+        with pytest.raises(trio.BrokenResourceError) as info:
+            while data := await device.receive_some():
+                got += data
+    assert got.startswith(b"SIP/2.0 200 OK") and b"REGISTER" in got
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+
+
+async def test_tls_handshake_stall_profile(nursery, tmp_path):
+    """The device's TLS handshake never completes: faultlab accepts and then reads nothing."""
+    import ssl
+
+    from faultlab.faults import load_profile
+
+    proxy = await nursery.start(serve_proxy, ProxyConfig(
+        listen=[parse_endpoint("tls:127.0.0.1:0")], upstream=[parse_endpoint("tls:127.0.0.1:9")],
+        upstream_insecure=True, confdir=tmp_path, profile=load_profile("tls-handshake-stall")))
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_cert_path))
+    stream = trio.SSLStream(await trio.open_tcp_stream(*proxy.bound["tls"]), ctx, server_hostname="127.0.0.1")
+    handshake_done = trio.Event()
+
+    async def handshake():
+        await stream.do_handshake()
+        handshake_done.set()
+
+    nursery.start_soon(handshake)
+    with trio.fail_after(5):
+        while not [e for e in proxy.events if e.kind == "stalled"]:
+            await trio.sleep(0.001)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not handshake_done.is_set()
+    stalled = next(e for e in proxy.events if e.kind == "stalled")
+    assert stalled.detail == {"for": "forever"} and stalled.transport == "tls"

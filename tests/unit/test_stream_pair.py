@@ -87,3 +87,49 @@ async def test_pbx_close_closes_device_side(nursery, autojump_clock):
         await done.wait()
     closed = [e for e in proxy.events if e.kind == "closed"]
     assert closed[0].detail == {"how": "eof", "by": "pbx"}
+
+
+def proxy_with(profile_text):
+    from faultlab.faults import parse_profile
+
+    return Proxy(ProxyConfig(listen=[parse_endpoint("tcp:127.0.0.1:0")],
+                             upstream=[parse_endpoint("tcp:127.0.0.1:5060")],
+                             profile=parse_profile(profile_text), seed=1))
+
+
+async def test_a_delayed_message_holds_back_the_ones_behind_it(nursery, autojump_clock):
+    proxy = proxy_with('''
+        [[rules]]
+        name = "slow-first"
+        match = { method = "OPTIONS", headers = { "CSeq" = "^1 " } }
+        action = { delay = "2s" }
+    ''')
+    device, pbx, done = await run_pair(proxy, nursery)
+    first = OPTIONS
+    second = OPTIONS.replace(b"CSeq: 1", b"CSeq: 2")
+    start = trio.current_time()
+    await device.send_all(first + second)
+    got = b""
+    arrivals = []
+    while got.count(b"OPTIONS sip") < 2:
+        got += await pbx.receive_some()
+        arrivals.append(trio.current_time() - start)
+    assert got.index(b"CSeq: 1") < got.index(b"CSeq: 2")  # order kept
+    assert arrivals[0] == 2.0  # nothing at all arrived before the delayed one
+    sent = [e for e in proxy.events if e.kind == "sent"]
+    assert [e.cseq for e in sent] == [1, 2] and sent[0].t == sent[1].t
+
+
+async def test_close_before_loses_the_message_and_ends_both_sides(nursery, autojump_clock):
+    proxy = proxy_with('''
+        [[rules]]
+        name = "fin-on-options"
+        match = { method = "OPTIONS" }
+        action = { close = true, when = "before" }
+    ''')
+    device, pbx, done = await run_pair(proxy, nursery)
+    await device.send_all(OPTIONS)
+    assert await read_until_eof(pbx) == b""
+    assert await read_until_eof(device) == b""
+    with trio.fail_after(1):
+        await done.wait()

@@ -1,0 +1,133 @@
+"""The running relay as the control API sees it (``faultlab.api.control.Control``).
+
+Every call runs in the relay's trio thread and takes effect on the next
+message: switching a profile, adding or removing a rule, releasing held
+messages. Each change is a timeline event.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import trio
+
+from faultlab.faults import Engine, ProfileError, list_profiles, load_profile, parse_rule
+from faultlab.net.addr import format_hostport
+from faultlab.proxy import Proxy
+from faultlab.trace import Event
+
+SUBSCRIBER_BUFFER = 1000  # events a slow follower may lag behind before it is dropped
+
+
+def parse_device(spec: str) -> str:
+    """Normalise a device spec: ``IP`` or ``IP:PORT`` (IPv6 as ``[::1]:5060`` or bare ``::1``)."""
+    text = spec.strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if not sep or ip is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"device {spec!r}: give an IP address or IP:PORT, e.g. 10.0.0.2 or 10.0.0.2:5060")
+    return format_hostport(str(ip), int(port))
+
+
+class ProxyControl:
+    """Implements the control API's ``Control`` protocol on a :class:`Proxy`."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self._subscribers: list[trio.MemorySendChannel[Event]] = []
+        proxy.trace.add_sink(self._publish)
+
+    # -- profiles -----------------------------------------------------------
+    def list_profiles(self) -> list[dict[str, Any]]:
+        return [{"name": p.name, "summary": p.summary, "source": p.source} for p in list_profiles()]
+
+    def _describe(self, engine: Engine | None) -> dict[str, Any] | None:
+        if engine is None:
+            return None
+        return {"name": engine.profile.name, "summary": engine.profile.summary,
+                "activated_at": engine.activated_at}
+
+    def active(self) -> dict[str, Any]:
+        return {"global": self._describe(self.proxy.engine),
+                "devices": {dev: self._describe(e) for dev, e in self.proxy.device_engines.items()}}
+
+    def set_profile(self, name: str | None, device: str | None = None) -> dict[str, Any] | None:
+        key = parse_device(device) if device is not None else None
+        profile = load_profile(name) if name is not None else None
+        return self._describe(self.proxy.activate(profile, key))
+
+    # -- rules --------------------------------------------------------------
+    def _engine(self, device: str | None, *, create: bool) -> Engine:
+        proxy = self.proxy
+        key = parse_device(device) if device is not None else None
+        engine = proxy.engine if key is None else proxy.device_engines.get(key)
+        if engine is None:
+            if not create:
+                raise KeyError(f"no profile is active{f' for {key}' if key else ''}")
+            from faultlab.faults import parse_profile
+
+            engine = proxy.activate(parse_profile('name = "live"\nsummary = "rules added through the API"\n',
+                                                  source="<api>"), key)
+        return engine
+
+    def rules(self, device: str | None = None) -> list[dict[str, Any]]:
+        try:
+            engine = self._engine(device, create=False)
+        except KeyError:
+            return []
+        return [{"name": r.name, **{k: v for k, v in r.spec.items() if k != "name"}} for r in engine.profile.rules]
+
+    def add_rule(self, rule: dict[str, Any], device: str | None = None, index: int | None = None) -> dict[str, Any]:
+        parsed = parse_rule(rule, source="<api>")
+        engine = self._engine(device, create=True)
+        try:
+            engine.add_rule(parsed, index, now=self.proxy.now())
+        except ValueError as exc:
+            raise ProfileError("<api>", "rule.name", parsed.name, str(exc)) from None
+        self.proxy.emit("rule-added", detail={"rule": parsed.name, "device": device, "spec": rule})
+        return {"name": parsed.name, **{k: v for k, v in parsed.spec.items() if k != "name"}}
+
+    def remove_rule(self, name: str, device: str | None = None) -> None:
+        engine = self._engine(device, create=False)
+        engine.remove_rule(name)
+        self.proxy.emit("rule-removed", detail={"rule": name, "device": device})
+
+    # -- holds, flows, timeline -----------------------------------------------
+    def holds(self) -> list[dict[str, Any]]:
+        return [{"id": h.id, "flow": h.out.hop.flow, "direction": h.out.hop.direction,
+                 "summary": h.out.summary, "held_at": h.held_at} for h in self.proxy.holds.values()]
+
+    def release(self, hold_id: str | None = None) -> int:
+        return self.proxy.release(hold_id)
+
+    def flows(self) -> list[dict[str, Any]]:
+        return [dict(f) for f in self.proxy.flows.values()]
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Event]:
+        send, receive = trio.open_memory_channel[Event](SUBSCRIBER_BUFFER)
+        self._subscribers.append(send)
+        return receive
+
+    def _publish(self, event: Event) -> None:
+        if not self._subscribers:
+            return
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(send)  # the follower went away
+            except trio.WouldBlock:
+                self._subscribers.remove(send)  # too slow: cut it off rather than stall the relay
+                send.close()
+
+    def seed(self) -> int:
+        return self.proxy.seed
