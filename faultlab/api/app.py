@@ -1,0 +1,406 @@
+"""The control API as an ASGI app (Starlette), over a :class:`~faultlab.api.control.Control`.
+
+Resources, shaped after Toxiproxy's API (JSON in and out; errors as ``{"error": MESSAGE, "status": N}``)::
+
+    GET    /                            what this is, and the resources below
+    GET    /version                     {"version": "0.1.0"}
+    GET    /profiles                    the profile library: [{"name", "summary", "source"}]
+    GET    /active                      {"global": ENTRY | null, "devices": {DEVICE: ENTRY}}
+    PUT    /active                      {"profile": NAME | null} -> the new /active
+    GET    /devices                     {DEVICE: ENTRY} (the devices with a profile of their own)
+    GET    /devices/{device}/profile    {"device", "profile": ENTRY}; 404 if the device has none
+    PUT    /devices/{device}/profile    {"profile": NAME | null} -> {"device", "profile": ENTRY | null}
+    DELETE /devices/{device}/profile    204 (same as PUT null)
+    GET    /rules[?device=D]            the rules in force, in order
+    GET    /rules/{name}[?device=D]     one rule
+    POST   /rules                       {"rule": {...}, "device"?: D, "index"?: N} -> 201, the rule
+    DELETE /rules/{name}[?device=D]     204
+    GET    /holds                       held messages
+    POST   /holds/release               {"id"?: ID} ({} releases all) -> {"released": N}
+    GET    /flows                       open flows
+    GET    /seed                        {"seed": N}
+    GET    /events                      the timeline from now on: NDJSON, or SSE with Accept: text/event-stream
+
+ENTRY is ``{"name", "summary", "activated_at"}``; DEVICE is ``IP`` or ``IP:PORT`` (``[v6]:PORT``),
+percent-encoded in a path.
+
+Statuses: 400 bad input (the message gives the reason), 401 a token is configured and the request's
+``Authorization: Bearer TOKEN`` is missing or wrong, 403 (no token configured) a ``Host`` that is not a
+loopback name, 404 unknown profile, rule, hold or resource (the message lists what exists), 405 wrong
+method, 413 body over 64 KiB, 415 a body that is not ``application/json``.
+
+The last two guard the token-less loopback API against web pages in the user's own browser: a page can
+send a "simple" cross-origin POST with a text/plain body, and with DNS rebinding even read answers, so
+bodies must be JSON (which forces a CORS preflight, never granted) and the Host must be loopback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from faultlab import __version__
+
+from .control import Control, ProfileError
+from .stream import EventStream
+
+__all__ = ["MAX_BODY_SIZE", "create_app"]
+
+
+# A rule or a profile name is a few hundred bytes; 64 KiB leaves room for a large rule and no more.
+MAX_BODY_SIZE = 64 * 1024
+
+_DEVICE_HELP = 'a device is "IP" or "IP:PORT" (IPv6 as "[::1]:5060"), percent-encoded in a path'
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message, "status": status}``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class _JSON(JSONResponse):
+    """Compact JSON with a final newline, so ``curl`` output ends cleanly."""
+
+    def render(self, content: Any) -> bytes:
+        return (json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode()
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _JSON({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def create_app(control: Control, *, token: str | None = None) -> ASGIApp:
+    """The control API over ``control``; with ``token``, every request needs ``Authorization: Bearer TOKEN``."""
+    api = _Api(control)
+    routes = [
+        _route("/", GET=api.index),
+        _route("/version", GET=api.version),
+        _route("/profiles", GET=api.profiles),
+        _route("/active", GET=api.get_active, PUT=api.put_active),
+        _route("/devices", GET=api.devices),
+        _route("/devices/{device}/profile", GET=api.get_device, PUT=api.put_device, DELETE=api.delete_device),
+        _route("/rules", GET=api.get_rules, POST=api.post_rule),
+        _route("/rules/{name:path}", GET=api.get_rule, DELETE=api.delete_rule),  # a name may hold a "/"
+        _route("/holds", GET=api.holds),
+        _route("/holds/release", POST=api.release),
+        _route("/flows", GET=api.flows),
+        _route("/seed", GET=api.seed),
+        _route("/events", GET=api.events),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={ApiError: _on_api_error, HTTPException: _on_http_exception, Exception: _on_crash},
+    )
+    return _Guard(app, token=token)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _route(path: str, **by_method: Endpoint) -> Route:
+    """One route per path, so that a wrong method is a 405 whose Allow lists all the right ones."""
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await by_method[method](request)
+
+    return Route(path, dispatch, methods=list(by_method), name=path)
+
+
+class _Api:
+    """The endpoints: each one call on the control, its errors said as HTTP statuses."""
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+
+    async def index(self, request: Request) -> Response:
+        return _JSON({
+            "name": "faultlab control API",
+            "version": __version__,
+            "resources": [
+                "GET /version", "GET /profiles", "GET /active", "PUT /active", "GET /devices",
+                "GET|PUT|DELETE /devices/{device}/profile", "GET|POST /rules", "GET|DELETE /rules/{name}",
+                "GET /holds", "POST /holds/release", "GET /flows", "GET /seed", "GET /events",
+            ],
+        })
+
+    async def version(self, request: Request) -> Response:
+        return _JSON({"version": __version__})
+
+    async def profiles(self, request: Request) -> Response:
+        return _JSON(self.control.list_profiles())
+
+    # -- profiles: global and per device ----------------------------------------------------------
+
+    async def get_active(self, request: Request) -> Response:
+        return _JSON(self.control.active())
+
+    async def put_active(self, request: Request) -> Response:
+        body = await _json_body(request, required=("profile",), example='{"profile": "register-drop"}')
+        self._set_profile(_profile_name(body), None)
+        return _JSON(self.control.active())
+
+    async def devices(self, request: Request) -> Response:
+        return _JSON(self.control.active().get("devices", {}))
+
+    async def get_device(self, request: Request) -> Response:
+        device = request.path_params["device"]
+        devices = self.control.active().get("devices", {})
+        if device not in devices:
+            having = ", ".join(devices) or "none"
+            raise ApiError(404, f"device {device} has no profile of its own (it follows the global one); "
+                                f"devices with their own: {having}")
+        return _JSON({"device": device, "profile": devices[device]})
+
+    async def put_device(self, request: Request) -> Response:
+        device = request.path_params["device"]
+        body = await _json_body(request, required=("profile",), example='{"profile": "register-drop"}')
+        entry = self._set_profile(_profile_name(body), device)
+        return _JSON({"device": device, "profile": entry})
+
+    async def delete_device(self, request: Request) -> Response:
+        self._set_profile(None, request.path_params["device"])
+        return Response(status_code=204)
+
+    def _set_profile(self, name: str | None, device: str | None) -> dict[str, Any] | None:
+        try:
+            return self.control.set_profile(name, device)
+        except ProfileError as exc:
+            names = [p["name"] for p in self.control.list_profiles()]
+            if name not in names:
+                raise ApiError(404, _listing(str(exc), "available profiles", names, unless_given=True)) from None
+            raise ApiError(400, str(exc)) from None
+        except ValueError as exc:
+            raise ApiError(400, f"{exc} ({_DEVICE_HELP})" if device is not None else str(exc)) from None
+
+    # -- rules ------------------------------------------------------------------------------------
+
+    async def get_rules(self, request: Request) -> Response:
+        return _JSON(self._rules(_device_query(request)))
+
+    async def get_rule(self, request: Request) -> Response:
+        name, device = request.path_params["name"], _device_query(request)
+        rules = self._rules(device)
+        for rule in rules:
+            if rule.get("name") == name:
+                return _JSON(rule)
+        raise ApiError(404, _no_rule(name, device, rules))
+
+    async def post_rule(self, request: Request) -> Response:
+        body = await _json_body(request, required=("rule",), optional=("device", "index"),
+                                example='{"rule": {"name": "drop-register", "match": {"method": "REGISTER"}, '
+                                        '"action": {"drop": true}}}')
+        rule, device, index = body["rule"], body.get("device"), body.get("index")
+        if not isinstance(rule, dict):
+            raise ApiError(400, '"rule" must be an object, as the [[rules]] table of a profile is')
+        if device is not None and not isinstance(device, str):
+            raise ApiError(400, f'"device" must be a string: {_DEVICE_HELP}')
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+            raise ApiError(400, f'"index" must be an integer (the position among the rules), not {index!r}')
+        try:
+            stored = self.control.add_rule(rule, device, index)
+        except (ProfileError, ValueError) as exc:  # an invalid rule, or a bad device
+            raise ApiError(400, str(exc)) from None
+        return _JSON(stored, status_code=201)
+
+    async def delete_rule(self, request: Request) -> Response:
+        name, device = request.path_params["name"], _device_query(request)
+        try:
+            self.control.remove_rule(name, device)
+        except KeyError:
+            raise ApiError(404, _no_rule(name, device, self._rules(device))) from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        return Response(status_code=204)
+
+    def _rules(self, device: str | None) -> list[dict[str, Any]]:
+        try:
+            return self.control.rules(device)
+        except ValueError as exc:
+            raise ApiError(400, f"{exc} ({_DEVICE_HELP})") from None
+
+    # -- holds, flows, seed -----------------------------------------------------------------------
+
+    async def holds(self, request: Request) -> Response:
+        return _JSON(self.control.holds())
+
+    async def release(self, request: Request) -> Response:
+        body = await _json_body(request, optional=("id",), example='{"id": "h1"}, or {} to release all')
+        hold_id = body.get("id")
+        if hold_id is not None and not isinstance(hold_id, str):
+            raise ApiError(400, f'"id" must be a string (an id from GET /holds), not {hold_id!r}')
+        try:
+            released = self.control.release(hold_id)
+        except KeyError:
+            held = [h["id"] for h in self.control.holds()]
+            raise ApiError(404, _listing(f"no held message has id {hold_id!r}", "held", held)) from None
+        return _JSON({"released": released})
+
+    async def flows(self, request: Request) -> Response:
+        return _JSON(self.control.flows())
+
+    async def seed(self, request: Request) -> Response:
+        return _JSON({"seed": self.control.seed()})
+
+    # -- the timeline -----------------------------------------------------------------------------
+
+    async def events(self, request: Request) -> Response:
+        sse = "text/event-stream" in request.headers.get("accept", "")
+        if request.method == "HEAD":
+            return Response(media_type=EventStream.media_type(sse))
+        return EventStream(self.control.subscribe(), sse=sse)
+
+
+# -- request helpers ------------------------------------------------------------------------------
+
+async def _json_body(
+    request: Request, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = (), example: str
+) -> dict[str, Any]:
+    """The body as a JSON object with exactly the keys allowed; 400/415 saying what is wrong."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json', e.g. {example}")
+    raw = await _read_body(request)
+    if not raw.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the body is not valid JSON ({exc}); e.g. {example}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the body must be a JSON object, e.g. {example}")
+    allowed = required + optional
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise ApiError(400, f"unknown key {unknown[0]!r} in the body; allowed: {', '.join(allowed)}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ApiError(400, f"missing key {missing[0]!r} in the body, e.g. {example}")
+    return data
+
+
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused with 413 past :data:`MAX_BODY_SIZE` (without reading all of it)."""
+    too_large = ApiError(413, f"the body is over {MAX_BODY_SIZE} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_SIZE:
+        raise too_large
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_SIZE:
+            raise too_large
+    return raw
+
+
+def _profile_name(body: dict[str, Any]) -> str | None:
+    name = body["profile"]
+    if name is None or (isinstance(name, str) and name):
+        return name
+    raise ApiError(400, f'"profile" must be a profile name (see GET /profiles) or null for none, not {name!r}')
+
+
+def _device_query(request: Request) -> str | None:
+    return request.query_params.get("device") or None
+
+
+def _listing(message: str, what: str, names: list[str], *, unless_given: bool = False) -> str:
+    """``message`` plus the names that exist; with ``unless_given``, not when the message already
+    names every one of them (a control's own message may list them)."""
+    if unless_given and names and all(re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w.-])", message) for n in names):
+        return message
+    return f"{message}; {what}: {', '.join(names) if names else 'none'}"
+
+
+def _no_rule(name: str, device: str | None, rules: list[dict[str, Any]]) -> str:
+    where = f" for device {device}" if device else ""
+    return _listing(f"no rule named {name!r}{where}", "rules", [str(r.get("name")) for r in rules])
+
+
+# -- errors and the guard -------------------------------------------------------------------------
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail
+    if exc.status_code == 404:
+        message = f"no resource {request.url.path}; GET / lists them"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {exc.headers.get('Allow', '') if exc.headers else ''}"
+    return error_response(exc.status_code, message, dict(exc.headers) if exc.headers else None)
+
+
+async def _on_crash(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises after this answer, so the server logs the traceback ("faultlab.api" logger).
+    return error_response(500, f"internal error in faultlab: {type(exc).__name__}: {exc}")
+
+
+class _Guard:
+    """Token check (401) when a token is set; otherwise a loopback-Host check (403, against DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            problem = self._check(Headers(scope=scope))
+            if problem is not None:
+                await problem(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _check(self, headers: Headers) -> Response | None:
+        if self.token is None:
+            host = headers.get("host")
+            if host is not None and not _loopback_host_header(host):
+                return error_response(
+                    403, f"Host {host!r} is not a loopback name: this API has no token, so it answers only "
+                         "requests to localhost or a loopback address; use one, or start it with --api-token")
+            return None
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        challenge = {"WWW-Authenticate": 'Bearer realm="faultlab"'}
+        if scheme.lower() != "bearer" or not given.strip():
+            return error_response(
+                401, "this control API needs a token: send 'Authorization: Bearer TOKEN' "
+                     "(faultlab's client: --api-token TOKEN)", challenge)
+        if not hmac.compare_digest(given.strip().encode(), self.token):
+            return error_response(401, "wrong API token", challenge)
+        return None
+
+
+def _loopback_host_header(value: str) -> bool:
+    host = value.strip()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

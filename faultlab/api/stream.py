@@ -1,0 +1,85 @@
+"""``GET /events``: the live timeline as NDJSON or Server-Sent Events.
+
+One :meth:`faultlab.trace.Event.to_json` object per line (``application/x-ndjson``), or per ``data:``
+field (``text/event-stream``, when the client's Accept asks for it). The stream ends when the client
+disconnects or when the proxy closes the subscription (it is stopping). Either way the subscription
+channel is closed, which is how :meth:`Control.subscribe` is unsubscribed.
+
+The response is a small ASGI callable rather than Starlette's ``StreamingResponse``: it watches
+``receive()`` for ``http.disconnect`` itself, so a client that leaves is noticed at once, even when no
+event is coming, and not at the next failed write.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
+    from faultlab.trace import Event
+
+__all__ = ["EventStream", "SSE_KEEPALIVE"]
+
+# An SSE comment line this often when no event comes, so that idle-timeout proxies between the
+# client and faultlab keep the stream open (the same order as the 15 s that the SSE spec suggests).
+SSE_KEEPALIVE = 15.0
+
+
+class EventStream:
+    """An ASGI response that forwards ``channel`` until the client leaves or the channel ends; owns ``channel``."""
+
+    def __init__(self, channel: trio.MemoryReceiveChannel[Event], *, sse: bool, keepalive: float = SSE_KEEPALIVE) -> None:
+        self.channel = channel
+        self.sse = sse
+        self.keepalive = keepalive
+
+    @staticmethod
+    def media_type(sse: bool) -> str:
+        return "text/event-stream" if sse else "application/x-ndjson"
+
+    def encode(self, event: Event) -> bytes:
+        text = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"), default=str)
+        return f"data: {text}\n\n".encode() if self.sse else f"{text}\n".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        disconnected = False
+        async with self.channel:
+            await send({
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", f"{self.media_type(self.sse)}; charset=utf-8".encode()),
+                    (b"cache-control", b"no-store"),
+                    (b"x-accel-buffering", b"no"),  # reverse proxies: do not buffer a stream
+                ],
+            })
+            async with trio.open_nursery() as nursery:
+
+                async def until_disconnect() -> None:
+                    nonlocal disconnected
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    disconnected = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_disconnect)
+                await self._forward(send)
+                nursery.cancel_scope.cancel()  # the proxy ended the subscription
+        if not disconnected:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _forward(self, send: Send) -> None:
+        while True:
+            with trio.move_on_after(self.keepalive if self.sse else float("inf")) as idle:
+                try:
+                    event = await self.channel.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return
+            if idle.cancelled_caught:
+                await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+                continue
+            await send({"type": "http.response.body", "body": self.encode(event), "more_body": True})
