@@ -348,7 +348,8 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         message = f"no resource {request.url.path}; GET / lists them"
     elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}; allowed: {exc.headers.get('Allow', '') if exc.headers else ''}"
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
     return error_response(exc.status_code, message, dict(exc.headers) if exc.headers else None)
 
 

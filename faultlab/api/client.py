@@ -8,6 +8,7 @@ not be reached. Proxy settings from the environment are ignored: the API is usua
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import urllib.error
@@ -117,12 +118,22 @@ def seed(url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
 def events(url: str, token: str | None = None, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
     """The timeline from now on, one event (as JSON) at a time, until the proxy stops.
 
-    ``timeout`` bounds the wait for each read (None: wait as long as it takes). Closing the generator
-    closes the connection, which unsubscribes.
+    ``timeout`` bounds the wait for each event (None: wait as long as it takes); past it,
+    :class:`ApiClientError`. Closing the generator closes the connection, which unsubscribes.
     """
     base = _base(url)
     with _open(base, _request(base, "GET", "/events", token=token), timeout) as resp:
-        for line in resp:
+        while True:
+            try:
+                line = resp.readline()
+            except (TimeoutError, socket.timeout):
+                raise ApiClientError(f"no event from {base} within {timeout:g} s") from None
+            except (http.client.IncompleteRead, ConnectionError):
+                return  # the proxy stopped while the stream was open
+            except OSError as exc:
+                raise _unreachable(base, exc, timeout) from None
+            if not line:
+                return  # the proxy ended the stream
             if line.strip():
                 yield json.loads(line)
 

@@ -32,7 +32,9 @@ SSE_KEEPALIVE = 15.0
 class EventStream:
     """An ASGI response that forwards ``channel`` until the client leaves or the channel ends; owns ``channel``."""
 
-    def __init__(self, channel: trio.MemoryReceiveChannel[Event], *, sse: bool, keepalive: float = SSE_KEEPALIVE) -> None:
+    def __init__(
+        self, channel: trio.MemoryReceiveChannel[Event], *, sse: bool, keepalive: float = SSE_KEEPALIVE
+    ) -> None:
         self.channel = channel
         self.sse = sse
         self.keepalive = keepalive

@@ -631,3 +631,30 @@ async def test_client_follows_events(api):
         api.fake.publish(EV2)
     assert got == [[EV1.to_json(), EV2.to_json()]]
     await wait_unsubscribed(api.fake)
+
+
+async def test_client_events_end_when_the_proxy_stops():
+    fake = FakeControl()
+    got: list[dict] = []
+    got_one = trio.Event()
+
+    def follow(url: str) -> None:
+        for event in client.events(url, timeout=5):
+            got.append(event)
+            trio.from_thread.run_sync(got_one.set)
+
+    async with trio.open_nursery() as outer:
+        async with trio.open_nursery() as server:
+            _, port = await server.start(partial(serve_api, fake, "127.0.0.1", 0, token=None))
+            outer.start_soon(in_thread, follow, f"http://127.0.0.1:{port}")
+            with trio.fail_after(5):
+                await fake.subscribed.wait()
+                fake.publish(EV1)
+                await got_one.wait()
+            server.cancel_scope.cancel()  # the proxy stops: the iterator ends, it does not raise
+    assert got == [EV1.to_json()]
+
+
+async def test_client_events_timeout_is_an_api_client_error(api):
+    with pytest.raises(ApiClientError, match=r"no event from http://127\.0\.0\.1:\d+ within 0\.05 s"):
+        await in_thread(lambda: next(client.events(api.url, timeout=0.05)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
-import trio
 
 from faultlab.api import (
     DEFAULT_API_PORT,
