@@ -102,19 +102,28 @@ class _Writer:
         self.pending += 1
         await self._send.send(item)
 
-    async def _write(self, item: _Item) -> None:
-        out = item.out
+    async def submit_batch(self, items: list[_Item]) -> None:
+        """Messages due now, in order: one write for all when nothing is queued before them."""
+        if self.pending == 0:
+            await self._write(*items)
+        else:
+            for item in items:
+                await self.submit(item)
+
+    async def _write(self, *items: _Item) -> None:
+        data = items[0].out.data if len(items) == 1 else b"".join(item.out.data for item in items)
         async with self.lock:
-            # A message is written whole or not at all, even if the relay is stopping.
+            # Messages are written whole or not at all, even if the relay is stopping.
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(SEND_TIMEOUT) as timeout:
-                    await self.stream.send_all(out.data)
+                    await self.stream.send_all(data)
         if timeout.cancelled_caught:
             raise _Closed("error")
-        if item.kind == "responded":
-            self.proxy.responded(out, item.dest)
-        else:
-            self.proxy.sent(out, item.dest, **item.detail)
+        for item in items:
+            if item.kind == "responded":
+                self.proxy.responded(item.out, item.dest)
+            else:
+                self.proxy.sent(item.out, item.dest, **item.detail)
 
     async def run(self) -> None:
         async for item in self._receive:
@@ -137,8 +146,21 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, forward: _Writer, back: _Wri
     framer = StreamFramer()
     raw = False
 
+    ready: list[_Item] = []  # plain forwards of the current read, written together
+
+    async def flush() -> None:
+        if ready:
+            items = ready[:]
+            ready.clear()
+            await forward.submit_batch(items)
+
     async def carry_out(plan: Plan) -> None:
         now = trio.current_time()
+        if (plan.forward is not None and plan.delay <= 0 and not plan.copies and plan.respond is None
+                and plan.hold is None and plan.close is None and plan.stall is None):
+            ready.append(_Item(now, plan.forward, dest))
+            return
+        await flush()
         if plan.respond is not None:
             await back.submit(_Item(now, plan.respond, hop.peer, kind="responded"))
         if plan.close is not None and plan.close_when == "before":
@@ -171,6 +193,7 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, forward: _Writer, back: _Wri
             if not data:
                 return "eof"
             await carry_out(proxy.plan(data, hop))
+            await flush()
             continue
         framer.receive_data(data)
         while True:
@@ -183,14 +206,17 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, forward: _Writer, back: _Wri
                 leftover = framer.take_unframed()
                 if leftover:
                     await carry_out(proxy.plan(leftover, hop, error=str(exc)))
+                await flush()
                 if not data:
                     return "eof"
                 break
             if event is NEED_DATA:
                 break
             if event is EOF:
+                await flush()
                 return "eof"
             await carry_out(proxy.plan(event, hop))
+        await flush()
 
 
 async def _relay_pair(proxy: Proxy, device: trio.abc.Stream, upstream: trio.abc.Stream,

@@ -16,6 +16,7 @@ import trio
 import trustme
 
 from faultlab.net.addr import parse_endpoint
+from faultlab.net.udp import enlarge_buffers
 from faultlab.proxy import ProxyConfig, serve_proxy
 from faultlab.sip import NEED_DATA, StreamFramer, build_response, parse_datagram, parse_message, remove_top_value
 
@@ -64,6 +65,7 @@ async def fake_pbx_udp(sock, received: dict):
 
 async def test_udp_relay_is_faithful(nursery):
     pbx = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
+    enlarge_buffers(pbx)  # like a real PBX's: the relay delivers bursts
     await pbx.bind(("127.0.0.1", 0))
     at_pbx: dict = {}
     nursery.start_soon(fake_pbx_udp, pbx, at_pbx)
