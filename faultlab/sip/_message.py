@@ -79,6 +79,28 @@ def _name_key(name_b: bytes) -> tuple[str, str]:
     return result
 
 
+# Names the relay asks for on every message, already canonical.
+_KEYS = {k: k for k in ("via", "route", "record-route", "call-id", "cseq", "from", "to", "contact",
+                        "expires", "reason", "max-forwards", "content-length")}
+
+
+def _value(value_b: bytes) -> str:
+    """A header value as :class:`Header` gives it: unfolded, stripped, decoded."""
+    value = value_b[:-2].decode("utf-8", "surrogateescape")
+    if "\r" in value:
+        value = FOLD_RE.sub(" ", value)
+    return value.strip(" \t")
+
+
+def _header(span: tuple) -> Header:
+    name, key, value_b, start, end = span
+    # Header(...) minus the frozen-dataclass __init__, which costs 3x more.
+    h = object.__new__(Header)
+    object.__setattr__(h, "__dict__", {"name": name, "key": key, "value": _value(value_b),
+                                       "start": start, "end": end})
+    return h
+
+
 def _cached(fn: Callable[["Message"], Any]) -> property:
     """A read-only property computed once; exceptions are not cached."""
     name = fn.__name__
@@ -204,62 +226,41 @@ class Message:
         """Every header field, in order."""
         headers = self._headers
         if headers is None:
-            headers = self._headers = self._build_headers()
+            headers = self._headers = tuple(_header(span) for span in self._spans()[0])
         return headers
 
-    def _build_headers(self) -> tuple[Header, ...]:
-        raw = self._raw
-        pos = raw.index(b"\r\n") + 2
-        out = []
-        append = out.append
-        index: dict[str, list[Header]] = {}
-        names = _NAMES
-        new = object.__new__
-        setattr_ = object.__setattr__
-        for prefix, name_b, value_b in HEADER_FIELD_RE.findall(raw, pos, self._body_start - 2):
-            name_key = names.get(name_b)
-            if name_key is None:
-                name_key = _name_key(name_b)
-            value = value_b[:-2].decode("utf-8", "surrogateescape")
-            if "\r" in value:
-                value = FOLD_RE.sub(" ", value)
-            end = pos + len(prefix) + len(value_b)
-            # Header(...) minus the frozen-dataclass __init__, which costs 3x more.
-            h = new(Header)
-            setattr_(
-                h,
-                "__dict__",
-                {
-                    "name": name_key[0],
-                    "key": name_key[1],
-                    "value": value.strip(" \t"),
-                    "start": pos,
-                    "end": end,
-                },
-            )
-            append(h)
-            same = index.get(name_key[1])
-            if same is None:
-                index[name_key[1]] = [h]
-            else:
-                same.append(h)
-            pos = end
-        self._index = index
-        return tuple(out)
-
-    def _by_key(self) -> dict[str, list[Header]]:
+    def _spans(self) -> tuple[list[tuple], dict[str, list[tuple]]]:
+        """Where each header field is, found once: ``(name, key, value bytes, start, end)``
+        in order, and the same grouped by key. Values are decoded only when asked for:
+        a relay reads a handful of the headers of each message."""
         index = self._index
         if index is None:
-            self._headers = self._build_headers()
-            index = self._index
+            raw = self._raw
+            pos = raw.index(b"\r\n") + 2
+            spans: list[tuple] = []
+            index = {}
+            names = _NAMES
+            for prefix, name_b, value_b in HEADER_FIELD_RE.findall(raw, pos, self._body_start - 2):
+                name_key = names.get(name_b) or _name_key(name_b)
+                end = pos + len(prefix) + len(value_b)
+                span = (name_key[0], name_key[1], value_b, pos, end)
+                spans.append(span)
+                same = index.get(name_key[1])
+                if same is None:
+                    index[name_key[1]] = [span]
+                else:
+                    same.append(span)
+                pos = end
+            self._index = (spans, index)
+            return spans, index
         return index
 
     # -- generic lookup --------------------------------------------------
 
     def get(self, name: str) -> str | None:
         """The first header value named ``name`` (any case, compact or full)."""
-        found = self._by_key().get(canonical_key(name))
-        return found[0].value if found else None
+        found = self._spans()[1].get(_KEYS.get(name) or canonical_key(name))
+        return _value(found[0][2]) if found else None
 
     def get_all(self, name: str) -> list[str]:
         """All values of ``name`` across its header lines, in order.
@@ -268,20 +269,20 @@ class Message:
         Route, Contact, Allow, ...) are split at top-level commas (outside
         quoted strings and ``<>``); others give one value per line.
         """
-        key = canonical_key(name)
-        found = self._by_key().get(key)
+        key = _KEYS.get(name) or canonical_key(name)
+        found = self._spans()[1].get(key)
         if not found:
             return []
         if key not in LIST_HEADERS:
-            return [h.value for h in found]
+            return [_value(span[2]) for span in found]
         cached = self._cache.get("all:" + key)
         if cached is None:
-            cached = self._cache["all:" + key] = [v for h in found for v in split_list(h.value)]
+            cached = self._cache["all:" + key] = [v for span in found for v in split_list(_value(span[2]))]
         return list(cached)
 
     def header_fields(self, name: str) -> list[Header]:
         """Every :class:`Header` named ``name`` (any case, compact or full)."""
-        return list(self._by_key().get(canonical_key(name), ()))
+        return [_header(span) for span in self._spans()[1].get(canonical_key(name), ())]
 
     # -- typed accessors -------------------------------------------------
 
