@@ -116,6 +116,10 @@ def proxy(
     except (EndpointError, ConfigError, ProfileError, ApiAddressError, ApiBindError) as exc:
         _fail(str(exc))
 
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="faultlab: %(name)s: %(levelname)s: %(message)s")
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(serve_proxy, config)

@@ -8,6 +8,7 @@ messages. Each change is a timeline event.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 
 import trio
@@ -17,6 +18,7 @@ from faultlab.net.addr import format_hostport
 from faultlab.proxy import Proxy
 from faultlab.trace import Event
 
+_LIBRARY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*(?<!\.toml)")
 SUBSCRIBER_BUFFER = 1000  # events a slow follower may lag behind before it is dropped
 
 
@@ -62,6 +64,11 @@ class ProxyControl:
 
     def set_profile(self, name: str | None, device: str | None = None) -> dict[str, Any] | None:
         key = parse_device(device) if device is not None else None
+        if name is not None and not _LIBRARY_NAME.fullmatch(name):
+            # A path would let anyone who reaches the API make the relay read any file.
+            raise ProfileError("<api>", "profile", name,
+                               "a profile name from the library (faultlab profiles list); "
+                               "files are loaded only from the command line (--profile FILE)")
         profile = load_profile(name) if name is not None else None
         return self._describe(self.proxy.activate(profile, key))
 
@@ -128,6 +135,8 @@ class ProxyControl:
             except trio.WouldBlock:
                 self._subscribers.remove(send)  # too slow: cut it off rather than stall the relay
                 send.close()
+                self.proxy.warn(f"a timeline follower fell {SUBSCRIBER_BUFFER} events behind "
+                                "and was disconnected; reconnect to follow again")
 
     def seed(self) -> int:
         return self.proxy.seed

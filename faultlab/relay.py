@@ -19,10 +19,12 @@ is derived from the listen addresses, so it survives a restart.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from faultlab.net.addr import format_hostport
 from faultlab.sip import (
+    MAGIC_COOKIE,
     Message,
     add_top_header,
     format_via,
@@ -30,6 +32,9 @@ from faultlab.sip import (
     remove_top_value,
     stateless_branch,
 )
+
+# The branch parameter of a Via value (parameter names are case-insensitive).
+_BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.IGNORECASE)
 
 TO_PBX = "to-pbx"
 TO_DEVICE = "to-device"
@@ -90,7 +95,7 @@ class Rewriter:
             first, second = (dev, pbx) if direction == TO_PBX else (pbx, dev)
             msg = parse_message(add_top_header(msg, "Record-Route", first))
             msg = parse_message(add_top_header(msg, "Record-Route", second))
-        branch = self._branch_prefix + stateless_branch(msg, self.instance)[len("z9hG4bK") :]
+        branch = self._branch_prefix + self._branch_hash(msg)
         # The Via names faultlab's device-side address in both directions, with
         # rport: the PBX answers to the source of the request (RFC 3581), i.e.
         # the flow's socket, and seeing sent-by differ from the source it
@@ -100,11 +105,23 @@ class Rewriter:
         host, port = side.device
         return add_top_header(msg, "Via", format_via(side.transport.upper(), host, port, branch))
 
+    def _branch_hash(self, msg: Message) -> str:
+        """RFC 3261 §16.11: the same new branch for the same incoming one (and so for a
+        CANCEL and a non-2xx ACK as for their INVITE). The common case, an RFC 3261
+        branch, is read straight from the top Via; anything else takes the full rule."""
+        vias = msg.get_all("via")
+        found = _BRANCH.search(vias[0]) if vias else None
+        if found is not None and len(found.group(1)) > len(MAGIC_COOKIE) and found.group(1).startswith(MAGIC_COOKIE):
+            data = f"{self.instance}\0{found.group(1)}".encode("utf-8", "surrogateescape")
+            return hashlib.sha256(data).hexdigest()[:16]
+        return stateless_branch(msg, self.instance)[len(MAGIC_COOKIE) :]
+
     # -- responses --------------------------------------------------------
     def response(self, msg: Message) -> bytes | None:
         """The response without faultlab's Via; ``None`` if the top Via is not ours."""
-        via = msg.top_via
-        if via is None or not (via.branch or "").startswith(self._branch_prefix):
+        vias = msg.get_all("via")
+        found = _BRANCH.search(vias[0]) if vias else None
+        if found is None or not found.group(1).startswith(self._branch_prefix):
             return None
         return remove_top_value(msg, "via")
 

@@ -199,3 +199,18 @@ async def test_same_seed_same_decisions(nursery):
     assert results[0] == results[1]
     lost = sum(1 for _, action, _ in results[0] if action == "loss")
     assert 1 <= lost <= 25  # 10% of 100, within a generous binomial bound
+
+
+async def test_api_control_activates_library_names_only(nursery, tmp_path):
+    from faultlab.faults import ProfileError
+
+    proxy, pbx, device = await udp_setup(nursery)
+    control = ProxyControl(proxy)
+    secret = tmp_path / "secret.toml"
+    secret.write_text('name = "secret"\n')
+    for bad in (str(secret), "/etc/passwd", "../profiles/clean", "clean.toml"):
+        with pytest.raises(ProfileError, match="from the library"):
+            control.set_profile(bad)
+    with pytest.raises(ProfileError, match="register-drop"):  # unknown names list what exists
+        control.set_profile("no-such-profile")
+    assert control.active() == {"global": None, "devices": {}}
