@@ -129,6 +129,7 @@ class Plan:
     close: str | None = None  # "fin" | "rst"
     close_when: str = "after"
     stall: float | None = None
+    received_at: float = 0.0  # trio time the message arrived: delays count from here
 
 
 class Proxy:
@@ -223,6 +224,7 @@ class Proxy:
         ``bytes`` is input the framer could not parse (``error`` says why):
         it goes on unchanged unless the link loses or delays it.
         """
+        arrived = trio.current_time()
         fields = {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
         peer = format_hostport(*hop.peer)
         msg: Message | None = None
@@ -247,7 +249,7 @@ class Proxy:
         engine = self.engine_for(hop.device)
         if engine is None:
             data = self._rewrite(msg, hop) if msg is not None else raw
-            return Plan(forward=Outgoing(data, hop, summary, fields))
+            return Plan(forward=Outgoing(data, hop, summary, fields), received_at=arrived)
 
         trailing = getattr(msg, "trailing", b"") if msg is not None else b""
         view = MessageView(msg, raw[: len(raw) - len(trailing)] if trailing else raw, hop.direction,
@@ -257,7 +259,7 @@ class Proxy:
             self.emit("fault", peer=peer, summary=summary,
                       detail={"rule": fired.rule, "action": fired.action, **fired.detail}, **fields)
         plan = Plan(delay=decision.delay, copies=decision.copies, close=decision.close,
-                    close_when=decision.close_when, stall=decision.stall)
+                    close_when=decision.close_when, stall=decision.stall, received_at=arrived)
         rules = [f.rule for f in decision.events]
         if decision.respond is not None:
             back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)

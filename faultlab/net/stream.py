@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from faultlab.net import timer
 from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
 from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import EOF, NEED_DATA, SipError, StreamFramer
@@ -130,7 +131,7 @@ class _Writer:
             try:
                 if item.hold is not None and not await self.proxy.wait_hold(item.hold):
                     continue
-                await trio.sleep_until(item.at)
+                await timer.sleep_until(item.at)
                 if item.out is not None:
                     await self._write(item)
                 if item.close is not None:
@@ -155,7 +156,7 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, forward: _Writer, back: _Wri
             await forward.submit_batch(items)
 
     async def carry_out(plan: Plan) -> None:
-        now = trio.current_time()
+        now = plan.received_at
         if (plan.forward is not None and plan.delay <= 0 and not plan.copies and plan.respond is None
                 and plan.hold is None and plan.close is None and plan.stall is None):
             ready.append(_Item(now, plan.forward, dest))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from faultlab.net import timer
 from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
 from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import KeepAlive, Message, SipError, parse_datagram
@@ -41,8 +42,9 @@ def enlarge_buffers(sock: trio.socket.SocketType, size: int = SOCKET_BUFFER) -> 
                 pass
 
 
-# Datagrams handled per wake-up before the relay yields to other tasks.
-BATCH = 64
+# Datagrams handled per wake-up before the relay yields to other tasks (a
+# delayed message due meanwhile waits at most this many messages' work).
+BATCH = 16
 
 
 class Datagrams:
@@ -142,7 +144,7 @@ class DatagramPaths:
 
     async def _later(self, deadline: float, send: Send, out: Outgoing, dest: tuple[str, int],
                      detail: dict | None = None) -> None:
-        await trio.sleep_until(deadline)
+        await timer.sleep_until(deadline)
         await self._send(send, out, dest, **(detail or {}))
 
     async def _held(self, send: Send, plan: Plan, dest: tuple[str, int]) -> None:
@@ -163,7 +165,7 @@ class DatagramPaths:
         out = plan.forward
         if out is None:
             return
-        now = trio.current_time()
+        now = plan.received_at
         if plan.delay > 0:
             self.nursery.start_soon(self._later, now + plan.delay, send, out, dest)
         else:
