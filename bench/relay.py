@@ -896,7 +896,8 @@ class Bench:
             f = self.tmp / f"faultlab-{tr}.log"
             if f.exists():
                 lines = f.read_text(errors="replace").splitlines()
-                news = [l for l in lines if not l.startswith(("faultlab: listening", "faultlab: TLS certificates"))]
+                news = [l for l in lines if not l.startswith(("faultlab: listening", "faultlab: TLS certificates",
+                                                               "faultlab: profile ", "faultlab: stopped"))]
                 out[f"faultlab_{tr}"] = {"lines": len(lines), "other_lines": len(news), "sample": news[:20]}
         for proc in self.relays.get("faultlab", Relay("", list)).procs:
             if proc.poll() is not None:
