@@ -214,3 +214,23 @@ async def test_api_control_activates_library_names_only(nursery, tmp_path):
     with pytest.raises(ProfileError, match="register-drop"):  # unknown names list what exists
         control.set_profile("no-such-profile")
     assert control.active() == {"global": None, "devices": {}}
+
+
+async def test_switching_through_the_http_api_changes_behaviour_mid_run(nursery):
+    from faultlab.api import client
+
+    proxy, pbx, device = await udp_setup(nursery, api=("127.0.0.1", 0))
+    url = "http://%s:%d" % proxy.api_address
+    with trio.fail_after(10):
+        await device.send(REGISTER)
+        await pbx.recv(65535)  # no profile: through
+        active = await trio.to_thread.run_sync(client.set_profile, url, "register-503")
+        assert active["name"] == "register-503"
+        await device.send(REGISTER.replace(b"z9hG4bKr1", b"z9hG4bKr2"))
+        assert parse_datagram(await device.recv(65535)).status == 503
+        await trio.to_thread.run_sync(client.set_profile, url, None)
+        await device.send(REGISTER.replace(b"z9hG4bKr1", b"z9hG4bKr3"))
+        await pbx.recv(65535)
+        with pytest.raises(client.ApiClientError, match="register-drop"):  # unknown: lists what exists
+            await trio.to_thread.run_sync(client.set_profile, url, "no-such-profile")
+    assert [e.detail["profile"] for e in kinds(proxy, "profile")] == ["register-503", None]
