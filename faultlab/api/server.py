@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +19,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from faultlab.net.addr import format_hostport, is_ip
+from faultlab.net.addr import format_hostport, host_problem, is_ipv6
 
 from .app import create_app
 from .control import Control
@@ -41,7 +40,6 @@ log = logging.getLogger("faultlab.api")
 DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 5099
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
 
 class ApiAddressError(ValueError):
@@ -69,13 +67,13 @@ def parse_api_address(spec: str) -> tuple[str, int]:
         host, bracket, after = text[1:].partition("]")
         if not bracket:
             raise ApiAddressError(f"{spec!r}: missing ']' after the IPv6 address")
-        if not _is_ipv6(host):
+        if not is_ipv6(host):
             raise ApiAddressError(f"{spec!r}: {host!r} in brackets is not an IPv6 address")
         if after and not after.startswith(":"):
             raise ApiAddressError(f"{spec!r}: expected ':PORT' after [{host}]")
         port_text = after[1:] if after else str(DEFAULT_API_PORT)
     elif text.count(":") > 1:
-        hint = f"[{text}]:{DEFAULT_API_PORT}" if _is_ipv6(text) else example
+        hint = f"[{text}]:{DEFAULT_API_PORT}" if is_ipv6(text) else example
         raise ApiAddressError(f"{spec!r}: an IPv6 address needs brackets, e.g. {hint}")
     else:
         host, sep, port_text = text.partition(":")
@@ -83,10 +81,9 @@ def parse_api_address(spec: str) -> tuple[str, int]:
             port_text = str(DEFAULT_API_PORT)
         if not host:
             host = DEFAULT_API_HOST
-        if not is_ip(host) and re.fullmatch(r"[0-9.]+", host):
-            raise ApiAddressError(f"{spec!r}: {host!r} is not a valid IPv4 address")
-        if not is_ip(host) and not _HOSTNAME.match(host):
-            raise ApiAddressError(f"{spec!r}: {host!r} is neither an IP address nor a host name")
+        problem = host_problem(host)
+        if problem:
+            raise ApiAddressError(f"{spec!r}: {problem}")
     if not port_text.isdigit():
         raise ApiAddressError(f"{spec!r}: port {port_text!r} is not a number")
     port = int(port_text)
@@ -190,8 +187,3 @@ def _bind_message(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen for the control API on {format_hostport(host, port)}: {exc.strerror or exc}{hint}"
 
 
-def _is_ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False

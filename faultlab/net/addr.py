@@ -47,7 +47,18 @@ def is_ip(host: str) -> bool:
     return True
 
 
-def _is_ipv6(host: str) -> bool:
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (an IP address or host name, IPv6 without brackets) is unusable, or None."""
+    if is_ip(host):
+        return None
+    if re.fullmatch(r"[0-9.]+", host):
+        return f"{host!r} is not a valid IPv4 address"
+    if not _HOSTNAME.match(host):
+        return f"{host!r} is neither an IP address nor a host name"
+    return None
+
+
+def is_ipv6(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).version == 6
     except ValueError:
@@ -90,16 +101,15 @@ def parse_endpoint(spec: str, *, allow_port_zero: bool = True) -> Endpoint:
         host, sep, port_text = rest.rpartition(":")
         if not sep or not host:
             raise EndpointError(f"{spec!r}: expected HOST:PORT after '{transport}:', e.g. {example}")
-        if ":" in host and not _is_ipv6(host):
+        if ":" in host and not is_ipv6(host):
             raise EndpointError(f"{spec!r}: too many ':'; expected TRANSPORT:HOST:PORT, e.g. {example}")
         if ":" in host:
             raise EndpointError(
                 f"{spec!r}: an IPv6 address needs brackets, e.g. {transport}:[{host}]:{port_text}"
             )
-        if not is_ip(host) and re.fullmatch(r"[0-9.]+", host):
-            raise EndpointError(f"{spec!r}: {host!r} is not a valid IPv4 address")
-        if not is_ip(host) and not _HOSTNAME.match(host):
-            raise EndpointError(f"{spec!r}: {host!r} is neither an IP address nor a host name")
+        problem = host_problem(host)
+        if problem:
+            raise EndpointError(f"{spec!r}: {problem}")
     if not port_text.isdigit():
         raise EndpointError(f"{spec!r}: port {port_text!r} is not a number")
     port = int(port_text)

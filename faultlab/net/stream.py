@@ -222,22 +222,35 @@ async def _pump(proxy: Proxy, src: trio.abc.Stream, forward: _Writer, back: _Wri
 
 async def _relay_pair(proxy: Proxy, device: trio.abc.Stream, upstream: trio.abc.Stream,
                       to_pbx: Hop, to_device: Hop, up_addr: tuple[str, int]) -> str:
-    """Run both directions; return how the pair ended: "eof", "reset", "error",
-    or "fin"/"rst" when a profile closed it."""
+    """Run both directions; return how the pair ended: "eof" (in order, also when a
+    profile closed it with FIN), "reset" (also a profile's RST) or "error"."""
     how = "eof"
     eofs = 0
     async with trio.open_nursery() as nursery:
 
-        def end(by_profile: str) -> None:
-            nonlocal how
-            how = "reset" if by_profile == "rst" else "eof"
-            nursery.cancel_scope.cancel()
+        def closer(stream: trio.abc.Stream) -> Callable[[str], None]:
+            """What a writer does at a close item: "eof" passes an orderly close on (TCP:
+            FIN, and the other direction may finish for HALF_CLOSE_GRACE); a profile's
+            "fin"/"rst" ends the pair at once."""
+            def close(kind: str) -> None:
+                nonlocal how, eofs
+                if kind != "eof":
+                    how = "reset" if kind == "rst" else "eof"
+                    nursery.cancel_scope.cancel()
+                    return
+                eofs += 1
+                if isinstance(stream, trio.SocketStream) and eofs == 1:
+                    nursery.start_soon(_send_eof, stream)
+                    nursery.cancel_scope.deadline = trio.current_time() + HALF_CLOSE_GRACE
+                else:
+                    nursery.cancel_scope.cancel()
+            return close
 
-        to_up = _Writer(proxy, upstream, end)
-        to_dev = _Writer(proxy, device, end)
+        to_up = _Writer(proxy, upstream, closer(upstream))
+        to_dev = _Writer(proxy, device, closer(device))
 
         async def run(src, forward, back, hop, dest) -> None:
-            nonlocal how, eofs
+            nonlocal how
             try:
                 result = await _pump(proxy, src, forward, back, hop, dest)
             except _Closed as closed:
@@ -259,23 +272,6 @@ async def _relay_pair(proxy: Proxy, device: trio.abc.Stream, upstream: trio.abc.
                 how = closed.how
                 nursery.cancel_scope.cancel()
 
-        def end_eof(writer: _Writer) -> Callable[[str], None]:
-            def closer(kind: str) -> None:
-                nonlocal eofs
-                if kind != "eof":
-                    end(kind)
-                    return
-                eofs += 1
-                stream = writer.stream
-                if isinstance(stream, trio.SocketStream) and eofs == 1:
-                    nursery.start_soon(_send_eof, stream)
-                    nursery.cancel_scope.deadline = trio.current_time() + HALF_CLOSE_GRACE
-                else:
-                    nursery.cancel_scope.cancel()
-            return closer
-
-        to_up.end = end_eof(to_up)
-        to_dev.end = end_eof(to_dev)
         nursery.start_soon(write, to_up)
         nursery.start_soon(write, to_dev)
         nursery.start_soon(run, device, to_up, to_dev, to_pbx, up_addr)
