@@ -234,3 +234,31 @@ async def test_switching_through_the_http_api_changes_behaviour_mid_run(nursery)
         with pytest.raises(client.ApiClientError, match="register-drop"):  # unknown: lists what exists
             await trio.to_thread.run_sync(client.set_profile, url, "no-such-profile")
     assert [e.detail["profile"] for e in kinds(proxy, "profile")] == ["register-503", None]
+
+
+async def test_rules_added_and_removed_live(nursery):
+    from faultlab.faults import ProfileError
+
+    proxy, pbx, device = await udp_setup(nursery)
+    control = ProxyControl(proxy)
+    stored = control.add_rule({"name": "no-options", "match": {"method": "OPTIONS"}, "action": {"drop": True}})
+    assert stored["name"] == "no-options" and [r["name"] for r in control.rules()] == ["no-options"]
+    with pytest.raises(ProfileError, match="exists already"):
+        control.add_rule({"name": "no-options", "action": {"drop": True}})
+    with pytest.raises(ProfileError, match="dealy"):
+        control.add_rule({"name": "typo", "action": {"dealy": "1s"}})
+    options = REGISTER.replace(b"REGISTER sip", b"OPTIONS sip").replace(b"1 REGISTER", b"2 OPTIONS")
+    with trio.fail_after(5):
+        await device.send(options)
+        await device.send(REGISTER)
+        got = parse_datagram(await pbx.recv(65535))
+    assert got.method == "REGISTER"  # the OPTIONS before it was dropped by the live rule
+    await settle()
+    assert [e.method for e in kinds(proxy, "dropped")] == ["OPTIONS"]
+    control.remove_rule("no-options")
+    with pytest.raises(KeyError):
+        control.remove_rule("no-options")
+    with trio.fail_after(5):
+        await device.send(options.replace(b"z9hG4bKr1", b"z9hG4bKo2"))
+        assert parse_datagram(await pbx.recv(65535)).method == "OPTIONS"
+    assert [e.kind for e in proxy.events if e.kind.startswith("rule-")] == ["rule-added", "rule-removed"]
