@@ -1,0 +1,180 @@
+"""``faultlab net``: the lab network (namespaces for devices, gateway and PBX). Thin: parse, call, print.
+
+Mounted by faultlab/cli.py as ``app.add_typer(net_app, name="net")``. Everything here needs root.
+Exit codes: 0 done, 1 runtime failure (including not root), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from .topology import MAX_NAME, NOT_ROOT, Lab, LabError, _tool, exec_argv, lab_down, lab_status, lab_up
+
+app = typer.Typer(
+    help="The lab network: device, gateway and PBX namespaces joined through the gateway (needs root).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+NameOption = Annotated[str, typer.Option(
+    "--name", help=f"Lab name (letters, digits, '_'; at most {MAX_NAME} characters): "
+                         "every namespace and interface is called fl-<name>-...")]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    text = message if message.startswith("faultlab") else f"faultlab: {message}"
+    typer.secho(text, err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _lab_error(e: LabError) -> NoReturn:
+    _fail(str(e), 2 if e.usage else 1)
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        _fail(NOT_ROOT, 1)
+
+
+def _print_lab(lab: Lab) -> None:
+    rows = [("ROLE", "NAMESPACE", "ADDRESS", "INTERFACES")]
+    for r in lab.roles.values():
+        ifaces = ", ".join(f"{i.name} {' '.join(i.addresses) or '-'}" for i in r.interfaces) or "-"
+        rows.append((r.role, r.netns, r.address or "-", ifaces))
+    widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    subnet = lab.subnet or "unknown"
+    state = "" if lab.complete else "  (incomplete: faultlab net down --name " + lab.name + " removes it)"
+    typer.echo(f"lab {lab.name}: subnet {subnet}{state}")
+
+
+@app.command()
+def up(
+    name: NameOption = "lab",
+    subnet: Annotated[str, typer.Option(
+        help="IPv4 network cut into /24s: the first joins gateway and PBX, one more per device.")] = "10.213.0.0/16",
+    devices: Annotated[int, typer.Option(help="Number of device namespaces.", min=1, max=255)] = 1,
+) -> None:
+    """Create the lab: namespaces, veth pairs, addresses, routes via the gateway, forwarding on."""
+    _need_root()
+    try:
+        lab = lab_up(name, subnet, devices)
+    except LabError as e:
+        _lab_error(e)
+    _print_lab(lab)
+
+
+@app.command()
+def down(name: NameOption = "lab") -> None:
+    """Remove everything the lab made (also after a crash); doing it twice is fine."""
+    _need_root()
+    try:
+        removed = lab_down(name)
+    except LabError as e:
+        _lab_error(e)
+    for line in removed:
+        typer.echo(f"removed {line}")
+    if not removed:
+        typer.echo(f"lab {name}: nothing to remove")
+
+
+@app.command()
+def status(
+    name: NameOption = "lab",
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print JSON: each role with its namespace, interfaces and addresses.")] = False,
+) -> None:
+    """Show what exists of the lab; exit 1 if nothing does."""
+    _need_root()
+    try:
+        lab = lab_status(name)
+    except LabError as e:
+        _lab_error(e)
+    if lab is None:
+        if as_json:
+            typer.echo("null")
+            raise typer.Exit(1)
+        _fail(f"lab {name} does not exist (faultlab net up --name {name} creates it)", 1)
+    if as_json:
+        typer.echo(lab.to_json())
+    else:
+        _print_lab(lab)
+
+
+@app.command(
+    "exec",
+    context_settings={"ignore_unknown_options": True},
+)
+def exec_(
+    role: Annotated[str, typer.Argument(metavar="ROLE", help="gateway, pbx or device<N>.")],
+    command: Annotated[list[str], typer.Argument(metavar="-- CMD...", help="The command and its arguments.")],
+    name: NameOption = "lab",
+) -> None:
+    """Run a command inside a role's namespace and exit with its exit code.
+
+    Put the command after `--` so its options stay its own: faultlab net exec device1 --name lab -- ip route
+    """
+    _need_root()
+    if _tool("ip") is None:
+        _fail("the 'ip' command (iproute2) is missing: install iproute2", 1)
+    if command and command[0] == "--":
+        command = command[1:]
+    try:
+        argv = exec_argv(name, role, list(command))
+        lab = lab_status(name)
+    except LabError as e:
+        _lab_error(e)
+    if lab is None or role not in lab.roles:
+        known = ", ".join(lab.roles) if lab else "none: faultlab net up --name " + name + " creates the lab"
+        _fail(f"lab {name} has no role {role!r} (roles: {known})", 2)
+    try:
+        rc = subprocess.run(argv, check=False).returncode
+    except OSError as e:
+        _fail(f"could not run {command[0]!r} in {role}: {e}", 1)
+    raise typer.Exit(rc if rc >= 0 else 128 - rc)  # killed by signal N: 128+N, as a shell reports it
+
+
+@app.command()
+def impair(
+    name: NameOption = "lab",
+    profile: Annotated[Optional[str], typer.Option(
+        "--profile", "-p", metavar="NAME|FILE",
+        help="Apply this profile's [link] section to the gateway's links, each direction.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every impairment from the lab.")] = False,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Seed of the impairment's random choices (loss, jitter). Default: drawn and printed.", min=0)] = None,
+) -> None:
+    """Impair every packet through the gateway (delay, jitter, loss, ...) from a profile, or --clear it."""
+    if (profile is None) == (not clear):
+        _fail("give exactly one of --profile NAME or --clear", 2)
+    if clear and seed is not None:
+        _fail("--seed goes with --profile, not --clear", 2)
+    _need_root()
+    loaded = None
+    if profile is not None:
+        from faultlab.faults import ProfileError, load_profile
+
+        try:
+            loaded = load_profile(profile)
+        except ProfileError as e:
+            _fail(str(e), 2)
+    try:
+        from faultlab.link import clear_lab, impair_lab
+    except ImportError as e:
+        _fail(f"link impairment is not available: {e}", 1)
+    try:
+        if loaded is None:
+            text = clear_lab(name)
+        else:
+            text = impair_lab(name, loaded, seed=seed)
+    except LabError as e:
+        _lab_error(e)
+    except Exception as e:  # noqa: BLE001 - one red line, never a traceback
+        _fail(f"impair failed: {type(e).__name__}: {e}", 1)
+    typer.echo(text)
