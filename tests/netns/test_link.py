@@ -1,0 +1,240 @@
+"""Link impairment measured end to end, device namespace -> gateway -> PBX namespace.
+
+This kernel has no sch_netem, so this exercises faultlab's TUN wire (on a
+kernel with netem, ``impair_lab`` would pick netem; the wire is forced here
+so that the same path is tested everywhere). The lab is three namespaces of
+this test's own, ``fl-lk<pid>-device1|gateway|pbx``, removed in any case.
+Run: ``sudo python -m pytest tests/netns/test_link.py -s`` (prints the
+measured RTT and loss).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from faultlab.faults import parse_profile
+
+from faultlab.link import STATE_ROOT, clear_lab, impair_lab
+
+pytestmark = pytest.mark.netns
+
+PORT = 7777
+
+ECHO = r"""
+import socket, sys, threading
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", int(sys.argv[1])))
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", int(sys.argv[1]))); t.listen()
+def tcp():
+    while True:
+        c, _ = t.accept()
+        def serve(c=c):
+            with c:
+                while data := c.recv(65536):
+                    c.sendall(data)
+        threading.Thread(target=serve, daemon=True).start()
+threading.Thread(target=tcp, daemon=True).start()
+print("ready", flush=True)
+while True:
+    data, peer = u.recvfrom(2048)
+    u.sendto(data, peer)
+"""
+
+# UDP probes every `gap` seconds; RTT per echoed probe, measured on the client.
+PROBE = r"""
+import json, socket, struct, sys, time
+host, port, count, gap, drain = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+sent = {}; rtts = {}
+start = time.monotonic(); i = 0
+end = start + count * gap + drain
+while True:
+    now = time.monotonic()
+    if i < count and now >= start + i * gap:
+        sent[i] = now; s.sendto(struct.pack("!I", i) + b"x" * 60, (host, port)); i += 1; continue
+    if now >= end:
+        break
+    import select
+import shutil
+    nxt = start + i * gap if i < count else end
+    if select.select([s], [], [], max(0.0, min(nxt, end) - now))[0]:
+        while True:
+            try: data = s.recv(2048)
+            except BlockingIOError: break
+            n = struct.unpack("!I", data[:4])[0]
+            if n in sent and n not in rtts: rtts[n] = time.monotonic() - sent[n]
+print(json.dumps({"sent": len(sent), "rtts": sorted(rtts.values())}))
+"""
+
+TCP = r"""
+import json, socket, sys, time
+t0 = time.monotonic()
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=8)
+connect = time.monotonic() - t0
+payload = bytes(range(256)) * 256
+c.sendall(payload); got = b""
+while len(got) < len(payload):
+    data = c.recv(65536)
+    if not data: break
+    got += data
+c.close()
+print(json.dumps({"connect": connect, "ok": got == payload, "total": time.monotonic() - t0}))
+"""
+
+
+def run(*args: str, timeout: float = 10) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+
+class Lab:
+    """device (10.213.1.2) -- gw (10.213.1.1 | 10.213.2.1) -- pbx (10.213.2.2)."""
+
+    def __init__(self) -> None:
+        self.lab = f"lk{os.getpid()}"[:9]
+        prefix = f"fl-{self.lab}"  # named as faultlab's topology names a lab's namespaces
+        self.dev, self.gw, self.pbx = f"{prefix}-device1", f"{prefix}-gateway", f"{prefix}-pbx"
+        self.namespaces = {"gateway": self.gw, "pbx": self.pbx, "devices": [self.dev]}
+
+    def up(self) -> None:
+        for ns in (self.dev, self.gw, self.pbx):
+            run("ip", "netns", "add", ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        run("ip", "-n", self.gw, "link", "add", "gw-dev", "type", "veth", "peer", "name", "eth0", "netns", self.dev)
+        run("ip", "-n", self.gw, "link", "add", "gw-pbx", "type", "veth", "peer", "name", "eth0", "netns", self.pbx)
+        for ns, ifname, addr in (
+            (self.gw, "gw-dev", "10.213.1.1/24"),
+            (self.gw, "gw-pbx", "10.213.2.1/24"),
+            (self.dev, "eth0", "10.213.1.2/24"),
+            (self.pbx, "eth0", "10.213.2.2/24"),
+        ):
+            run("ip", "-n", ns, "addr", "add", addr, "dev", ifname)
+            run("ip", "-n", ns, "link", "set", ifname, "up")
+        run("ip", "-n", self.dev, "route", "add", "default", "via", "10.213.1.1")
+        run("ip", "-n", self.pbx, "route", "add", "default", "via", "10.213.2.1")
+        run("ip", "netns", "exec", self.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+    def down(self) -> None:
+        for ns in (self.dev, self.gw, self.pbx):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+    def python(self, ns: str, code: str, *args: str, timeout: float = 15) -> dict:
+        return json.loads(run("ip", "netns", "exec", ns, sys.executable, "-c", code, *args, timeout=timeout))
+
+
+def _missing() -> str | None:
+    """Why this machine cannot run these tests (skipped per test, so that CI=true turns it into a failure)."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "needs root on Linux (network namespaces, a TUN device)"
+    if shutil.which("ip") is None:
+        return "needs iproute2's ip"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun (the TUN driver)"
+    return None
+
+
+@pytest.fixture
+def lab():
+    if why := _missing():
+        pytest.skip(why)
+    lab = Lab()
+    echo = None
+    try:
+        lab.up()
+        echo = subprocess.Popen(
+            ["ip", "netns", "exec", lab.pbx, sys.executable, "-c", ECHO, str(PORT)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready, _, _ = select.select([echo.stdout], [], [], 10)
+        assert ready and echo.stdout.readline().strip() == "ready", "the echo server did not start"
+        yield lab
+    finally:
+        try:
+            clear_lab(lab.lab, namespaces=lab.namespaces)
+        finally:
+            if echo is not None:
+                echo.kill()  # our own child, by PID
+                echo.wait(timeout=5)
+            lab.down()
+
+
+def probe(lab: Lab, count: int, gap: float = 0.005, drain: float = 0.5) -> tuple[int, list[float]]:
+    out = lab.python(lab.dev, PROBE, "10.213.2.2", str(PORT), str(count), str(gap), str(drain))
+    return out["sent"], out["rtts"]
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def profile(tmp_path: Path, name: str, body: str):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'name = "{name}"\n{body}')
+    return parse_profile(path.read_text(), source=str(path))
+
+
+def wire_pid(lab: Lab) -> int:
+    return int((STATE_ROOT / lab.lab / "wire.pid").read_text())
+
+
+def test_wire_delay_and_loss_end_to_end(lab: Lab, tmp_path: Path) -> None:
+    sent, rtts = probe(lab, 20, drain=0.2)
+    assert len(rtts) == sent and median(rtts) < 0.005, f"the clean lab is not clean: {rtts}"
+
+    lossy = profile(tmp_path, "lk-lossy", '[link]\ndelay = "50ms"\nloss = "20%"\n')
+    text = impair_lab(lab.lab, lossy, seed=42, namespaces=lab.namespaces, use_netem=False)
+    assert "TUN wire" in text and "seed 42" in text and "50 ms, 20% loss" in text, text
+    pid = wire_pid(lab)
+
+    n = 300
+    sent, rtts = probe(lab, n)
+    assert sent == n
+    # Each way: 50 ms; round trip 100 ms plus the wire's own few ms.
+    assert min(rtts) >= 0.099, f"faster than the profile's delay: {min(rtts) * 1000:.1f} ms"
+    assert 0.099 <= median(rtts) <= 0.115, f"median RTT {median(rtts) * 1000:.1f} ms, expected about 100 ms"
+    # A probe comes back if neither it nor its echo is lost: p = 1 - 0.8 * 0.8 = 36%.
+    p = 1 - 0.8 * 0.8
+    lost = n - len(rtts)
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(lost - n * p) <= 4 * sigma, f"lost {lost} of {n}, expected {n * p:.0f} ± {4 * sigma:.0f} (4 sigma)"
+    print(f"wire: RTT median {median(rtts) * 1000:.1f} ms (profile 100 ms), loss {lost / n:.1%} (profile {p:.0%})")
+
+    cleared = clear_lab(lab.lab, namespaces=lab.namespaces)
+    assert f"pid {pid}" in cleared, cleared
+    print(cleared)
+    # The wire's own counts: every probe went to-pbx, a fifth of them lost there; every echo came back to-device.
+    counts = r"(\d+) packets in, (\d+) lost, (\d+) out"
+    m = re.search(rf"to-device {counts}; to-pbx {counts}", cleared)
+    assert m, cleared
+    dev_in, dev_lost, dev_out, pbx_in, pbx_lost, pbx_out = map(int, m.groups())
+    assert pbx_in == n and dev_in == pbx_out == n - pbx_lost and dev_out == len(rtts), cleared
+    assert abs(pbx_lost - n * 0.2) <= 4 * math.sqrt(n * 0.2 * 0.8), cleared
+    assert not Path(f"/proc/{pid}").exists() or b"faultlab.link.wire" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not (STATE_ROOT / lab.lab / "wire.pid").exists()
+    rules = run("ip", "-n", lab.gw, "rule", "show")
+    links = run("ip", "-n", lab.gw, "link", "show")
+    assert "2160" not in rules and "fltun0" not in links, (rules, links)
+    sent, rtts = probe(lab, 50, drain=0.2)
+    assert len(rtts) == sent and median(rtts) < 0.005, f"still impaired after clear: {rtts}"
+    assert "no link impairment" in clear_lab(lab.lab, namespaces=lab.namespaces)  # idempotent
+
+
+def test_wire_carries_tcp(lab: Lab, tmp_path: Path) -> None:
+    slow = profile(tmp_path, "lk-slow", '[link]\ndelay = "20ms"\n[link.to-pbx]\nduplicate = "5%"\n')
+    impair_lab(lab.lab, slow, seed=7, namespaces=lab.namespaces, use_netem=False)
+    out = lab.python(lab.dev, TCP, "10.213.2.2", str(PORT))
+    assert out["ok"], out
+    # connect() returns after SYN -> SYN-ACK: one round trip of 2 x 20 ms.
+    assert 0.039 <= out["connect"] <= 1.0, out
+    assert "pid" in clear_lab(lab.lab, namespaces=lab.namespaces)
