@@ -18,7 +18,6 @@ import select
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -53,7 +52,7 @@ while True:
 
 # UDP probes every `gap` seconds; RTT per echoed probe, measured on the client.
 PROBE = r"""
-import json, socket, struct, sys, time
+import json, select, socket, struct, sys, time
 host, port, count, gap, drain = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
 sent = {}; rtts = {}
@@ -65,8 +64,6 @@ while True:
         sent[i] = now; s.sendto(struct.pack("!I", i) + b"x" * 60, (host, port)); i += 1; continue
     if now >= end:
         break
-    import select
-import shutil
     nxt = start + i * gap if i < count else end
     if select.select([s], [], [], max(0.0, min(nxt, end) - now))[0]:
         while True:
