@@ -54,8 +54,14 @@ class ProxyConfig:
     seed: int | None = None  # None: drawn at start, recorded in the trace
     api: tuple[str, int] | None = None  # control API address; None: no API
     api_token: str | None = None
+    # Transparent mode (Linux, root): relay intercepted traffic to its original
+    # destination, adding no headers; spoof_source: the PBX sees the device's address.
+    transparent: bool = False
+    spoof_source: bool = False
 
-    def upstream_for(self, transport: str) -> Endpoint:
+    def upstream_for(self, transport: str) -> Endpoint | None:
+        if self.transparent:
+            return None
         for ep in self.upstream:
             if ep.transport == transport:
                 return ep
@@ -73,6 +79,17 @@ class ProxyConfig:
             seen.add(ep.transport)
             if ep.port == 0:
                 raise ConfigError(f"--upstream {ep}: port 0 is not a destination; give the PBX's port")
+        if self.spoof_source and not self.transparent:
+            raise ConfigError("--spoof-source needs --transparent")
+        if self.transparent:
+            if self.upstream:
+                raise ConfigError("--transparent relays each flow to where the device sent it: "
+                                  "drop --upstream")
+            from faultlab.net.transparent import support_problem
+
+            problem = support_problem()
+            if problem:
+                raise ConfigError(problem)
         for ep in self.listen:
             self.upstream_for(ep.transport)
         if self.api is not None:
@@ -330,6 +347,8 @@ class Proxy:
 
     def _rewrite(self, msg: Message, hop: Hop, *, with_trailing: bool = True) -> bytes:
         trailing = getattr(msg, "trailing", b"") if with_trailing else b""
+        if self.config.transparent:  # no headers of faultlab's own: the message as it came
+            return msg.raw + trailing if trailing else msg.raw
         try:
             if msg.is_request:
                 data = self.rewriter.request(msg, hop.direction, hop.side)
@@ -391,7 +410,9 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
         "wall_clock": time.time(),
         "listen": [str(ep) for ep in config.listen],
         "upstream": [str(ep) for ep in config.upstream],
-        "record_route": config.record_route,
+        "record_route": config.record_route and not config.transparent,
+        "transparent": config.transparent,
+        "spoof_source": config.spoof_source,
         "seed": proxy.seed,
         "profile": config.profile.name if config.profile else None,
     })
@@ -401,7 +422,11 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope, proxy)
             for ep in config.listen:
                 upstream = config.upstream_for(ep.transport)
-                if ep.transport == "udp":
+                if ep.transport == "udp" and config.transparent:
+                    from faultlab.net.transparent import serve_udp_transparent
+
+                    addr = await nursery.start(serve_udp_transparent, proxy, ep)
+                elif ep.transport == "udp":
                     addr = await nursery.start(serve_udp, proxy, ep, upstream)
                 else:
                     addr = await nursery.start(serve_stream, proxy, ep, upstream)

@@ -292,13 +292,16 @@ async def _send_eof(stream: trio.SocketStream) -> None:
 
 
 async def serve_stream(
-    proxy: Proxy, listen: Endpoint, upstream: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED
+    proxy: Proxy, listen: Endpoint, upstream: Endpoint | None, *, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
+    """Serve ``listen``; each connection goes to ``upstream``, or with ``upstream`` None
+    (transparent mode) to its original destination (SO_ORIGINAL_DST after REDIRECT)."""
     from faultlab.proxy import Hop
 
     transport = listen.transport
     config = proxy.config
-    _, up_addr = await resolve(upstream)
+    up_addr = None if upstream is None else (await resolve(upstream))[1]
+    up_transport = transport if upstream is None else upstream.transport
     _, addr = await resolve(listen)
     server_ctx = client_ctx = None
     if transport == "tls":
@@ -311,7 +314,7 @@ async def serve_stream(
         if addr[0] not in ("0.0.0.0", "::"):
             fallback.append(addr[0])
         server_ctx = server_context(ca, default_name=config.tls_name, fallback_names=fallback or ["localhost"])
-    if upstream.transport == "tls":
+    if up_transport == "tls":
         from faultlab.net.tls import client_context
 
         client_ctx = client_context(cafile=config.upstream_ca, insecure=config.upstream_insecure)
@@ -322,7 +325,8 @@ async def serve_stream(
         raise listen_error(listen, exc) from None
     bound = listeners[0].socket.getsockname()[:2]
     proxy.emit("listening", transport=transport, peer=format_hostport(*bound),
-               detail={"upstream": f"{upstream.transport}:{format_hostport(*up_addr)}"})
+               detail={"upstream": "original destination (transparent)" if upstream is None
+                       else f"{upstream.transport}:{format_hostport(*up_addr)}"})
 
     async def handle(conn: trio.SocketStream) -> None:
         flow = proxy.new_flow_id(transport)
@@ -332,7 +336,17 @@ async def serve_stream(
         up: trio.abc.Stream | None = None
         opened = False
         how = "error"
+        target = up_addr
         try:
+            if upstream is None:
+                from faultlab.net.transparent import original_dst, was_redirected
+
+                target = original_dst(conn.socket)
+                if not was_redirected(target, local):
+                    proxy.warn("connection not intercepted (made to faultlab itself, no original destination): "
+                               "closed; in transparent mode devices connect to the PBX",
+                               flow=flow, transport=transport, peer=format_hostport(*peer))
+                    return
             decision = proxy.on_connect(flow, transport, peer)
             if decision is not None:
                 if decision.close is not None:
@@ -354,14 +368,21 @@ async def serve_stream(
                     return
             try:
                 with trio.fail_after(config.connect_timeout):
-                    up_conn = await trio.open_tcp_stream(*up_addr)
+                    if upstream is None:
+                        from faultlab.net.transparent import open_tcp
+
+                        up_conn = await open_tcp(target, source_ip=peer[0] if config.spoof_source else None)
+                    else:
+                        up_conn = await trio.open_tcp_stream(*up_addr)
                     up = up_conn
                     if client_ctx is not None:
-                        up = trio.SSLStream(up_conn, client_ctx, server_hostname=upstream.host)
+                        name = upstream.host if upstream is not None else (config.tls_name or target[0])
+                        up = trio.SSLStream(up_conn, client_ctx, server_hostname=name)
                         await up.do_handshake()
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
                 reason = exc.__cause__ or exc if not isinstance(exc, trio.TooSlowError) else "timed out"
-                proxy.warn(f"cannot connect to upstream {upstream}: {reason}; closing the device connection",
+                where = upstream if upstream is not None else f"{up_transport}:{format_hostport(*target)}"
+                proxy.warn(f"cannot connect to upstream {where}: {reason}; closing the device connection",
                            flow=flow, transport=transport, peer=format_hostport(*peer))
                 _abort(device)
                 return
@@ -372,8 +393,8 @@ async def serve_stream(
             how = await _relay_pair(
                 proxy, device, up,
                 Hop(flow, TO_PBX, transport, peer, side, peer),
-                Hop(flow, TO_DEVICE, transport, up_addr, side, peer),
-                up_addr,
+                Hop(flow, TO_DEVICE, transport, target, side, peer),
+                target,
             )
         finally:
             for stream in (device, up):

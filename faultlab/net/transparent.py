@@ -1,0 +1,276 @@
+"""Transparent mode: relaying traffic the gateway intercepted (Linux, root, IPv4).
+
+The gateway's nftables table (:mod:`faultlab.netns.intercept`) hands faultlab
+SIP traffic that devices address to the PBX's real address. faultlab
+recovers where each packet was going and relays it there, byte for byte.
+
+TCP/TLS (``redirect``): the accepted connection's original destination is
+``getsockopt(SOL_IP, SO_ORIGINAL_DST)``; faultlab connects there.
+
+UDP (``tproxy``): the listen socket is IP_TRANSPARENT with IP_RECVORIGDSTADDR,
+so ``recvmsg`` gives each datagram's original destination. A flow is keyed
+by (device address, original destination) and has two sockets:
+
+- the *device-side* socket: IP_TRANSPARENT, bound to the original
+  destination (the PBX's address, which is not local: IP_TRANSPARENT allows
+  it) and connected to the device. What faultlab sends the device leaves
+  with the PBX's address as its source, as the device expects; and because
+  it is a connected transparent socket matching the 4-tuple, tproxy hands
+  the device's later datagrams of this flow straight to it.
+- the *upstream* socket, connected to the original destination. Plain (the
+  PBX sees the gateway's address), or with ``spoof_source`` IP_TRANSPARENT
+  and bound to the device's own (ip, port): the PBX sees the device. Its
+  answers are then addressed to the device; the interception table's
+  ``socket transparent 1`` rule marks them so the gateway delivers them to
+  this socket instead of forwarding them to the device directly.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
+from faultlab.net.udp import (
+    BATCH,
+    MAX_DATAGRAM,
+    SOCKET_BUFFER,
+    DatagramPaths,
+    Datagrams,
+    _parse,
+    enlarge_buffers,
+)
+from faultlab.relay import TO_DEVICE, TO_PBX, Side
+
+if TYPE_CHECKING:
+    from faultlab.proxy import Hop, Proxy
+
+SOL_IP = getattr(socket, "SOL_IP", 0)
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
+IP_ORIGDSTADDR = IP_RECVORIGDSTADDR  # the control message type has the same number
+SO_ORIGINAL_DST = 80
+
+
+def support_problem() -> str | None:
+    """Why transparent mode cannot run here, or None."""
+    if not sys.platform.startswith("linux"):
+        return f"--transparent needs Linux (IP_TRANSPARENT, TPROXY, SO_ORIGINAL_DST); this is {sys.platform}"
+    if os.geteuid() != 0:
+        return ("--transparent needs root (CAP_NET_ADMIN for IP_TRANSPARENT sockets): "
+                "run it as root on the lab gateway, e.g. `sudo ip netns exec GW faultlab proxy --transparent ...`")
+    return None
+
+
+def parse_sockaddr_in(data: bytes) -> tuple[str, int] | None:
+    """(ip, port) of a ``struct sockaddr_in``; None if it is not AF_INET."""
+    if len(data) < 8 or struct.unpack_from("=H", data, 0)[0] != socket.AF_INET:
+        return None
+    return socket.inet_ntoa(data[4:8]), struct.unpack_from("!H", data, 2)[0]
+
+
+def original_dst(sock) -> tuple[str, int] | None:
+    """Where a REDIRECTed TCP connection was going (SO_ORIGINAL_DST); None if unknown."""
+    try:
+        return parse_sockaddr_in(sock.getsockopt(SOL_IP, SO_ORIGINAL_DST, 16))
+    except OSError:
+        return None
+
+
+_local_cache: dict[str, bool] = {}
+
+
+def is_local_address(ip: str) -> bool:
+    """True if ``ip`` is one of this namespace's own addresses (can be bound without IP_TRANSPARENT)."""
+    known = _local_cache.get(ip)
+    if known is None:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind((ip, 0))
+            known = True
+        except OSError:
+            known = False
+        finally:
+            probe.close()
+        _local_cache[ip] = known
+    return known
+
+
+def was_redirected(dst: tuple[str, int] | None, listening: tuple[str, int]) -> bool:
+    """False when ``dst`` is faultlab's own listener (sent to it directly, not intercepted)."""
+    if dst is None:
+        return False
+    return not (dst[1] == listening[1] and (dst[0] == listening[0] or is_local_address(dst[0])))
+
+
+def make_transparent(sock: socket.socket, *, reuse: bool = True) -> None:
+    if reuse:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(SOL_IP, IP_TRANSPARENT, 1)
+
+
+async def open_tcp(dest: tuple[str, int], *, source_ip: str | None = None) -> trio.SocketStream:
+    """A TCP connection to ``dest``; from ``source_ip`` (not local: IP_TRANSPARENT) when given."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if source_ip is not None:
+            make_transparent(sock)
+            await sock.bind((source_ip, 0))
+        await sock.connect(dest)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+class OrigDstDatagrams(Datagrams):
+    """The transparent UDP listener: every datagram with its source and original destination."""
+
+    def __init__(self) -> None:
+        super().__init__(socket.AF_INET)
+        make_transparent(self.sock)
+        self.sock.setsockopt(SOL_IP, IP_RECVORIGDSTADDR, 1)
+
+    async def receive_batch_dst(self) -> list[tuple[bytes, tuple[str, int], tuple[str, int] | None]]:
+        await trio.lowlevel.checkpoint()
+        recvmsg = self.sock.recvmsg
+        space = socket.CMSG_SPACE(16)
+        while True:
+            batch = []
+            try:
+                for _ in range(BATCH):
+                    data, ancillary, _flags, addr = recvmsg(MAX_DATAGRAM, space)
+                    dst = None
+                    for level, kind, cdata in ancillary:
+                        if level == SOL_IP and kind == IP_ORIGDSTADDR:
+                            dst = parse_sockaddr_in(cdata)
+                    batch.append((data, addr[:2], dst))
+            except BlockingIOError:
+                pass
+            if batch:
+                return batch
+            await trio.lowlevel.wait_readable(self.sock)
+
+
+@dataclass(eq=False)
+class TransparentFlow:
+    id: str
+    device: tuple[str, int]
+    dest: tuple[str, int]  # the original destination: the PBX
+    dev: Datagrams  # bound to dest, connected to device
+    up: Datagrams  # connected to dest
+    to_pbx: Hop
+    to_device: Hop
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+async def serve_udp_transparent(proxy: Proxy, listen: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    from faultlab.proxy import Hop
+
+    family, addr = await resolve(listen)
+    if family != socket.AF_INET:
+        raise OSError(f"--listen {listen}: transparent mode supports IPv4 only")
+    spoof = proxy.config.spoof_source
+    idle = proxy.config.udp_idle_timeout
+    listener = OrigDstDatagrams()
+    enlarge_buffers(listener.sock)
+    flows: dict[tuple[tuple[str, int], tuple[str, int]], TransparentFlow] = {}
+    with listener.sock:
+        try:
+            listener.sock.bind(addr)
+        except OSError as exc:
+            raise listen_error(listen, exc) from None
+        bound = listener.sock.getsockname()[:2]
+        proxy.emit("listening", transport="udp", peer=format_hostport(*bound),
+                   detail={"upstream": "original destination (transparent)", "spoof_source": spoof})
+
+        def open_flow(device: tuple[str, int], dest: tuple[str, int]) -> TransparentFlow:
+            dev = Datagrams(socket.AF_INET)
+            up = Datagrams(socket.AF_INET)
+            try:
+                make_transparent(dev.sock)
+                dev.sock.bind(dest)
+                dev.sock.connect(device)
+                enlarge_buffers(up.sock, SOCKET_BUFFER // 8)
+                if spoof:
+                    make_transparent(up.sock)
+                    up.sock.bind(device)
+                up.sock.connect(dest)
+            except BaseException:
+                dev.close()
+                up.close()
+                raise
+            pbx_side = up.sock.getsockname()[:2]
+            side = Side("udp", device=dest, pbx=pbx_side)
+            fid = proxy.new_flow_id("udp")
+            flow = TransparentFlow(fid, device, dest, dev, up,
+                                   Hop(fid, TO_PBX, "udp", device, side, device),
+                                   Hop(fid, TO_DEVICE, "udp", dest, side, device))
+            flow.scope.deadline = trio.current_time() + idle
+            flows[(device, dest)] = flow
+            proxy.flow_opened(fid, "udp", device, pbx_side, dest)
+            return flow
+
+        async def reader(flow: TransparentFlow, paths: DatagramPaths, src: Datagrams, hop: Hop,
+                         send, dest, back, back_dest) -> None:
+            while True:
+                try:
+                    batch = await src.receive_batch()
+                except OSError as exc:  # ICMP errors of earlier sends surface here
+                    proxy.warn(f"{'upstream' if src is flow.up else 'device-side'} socket error: "
+                               f"{exc.strerror or exc}", flow=flow.id, transport="udp")
+                    continue
+                flow.scope.deadline = trio.current_time() + idle
+                for data, _ in batch:
+                    item, error = _parse(data)
+                    await paths.carry_out(proxy.plan(item, hop, error=error), send, dest, back, back_dest)
+
+        async def run_flow(flow: TransparentFlow, paths: DatagramPaths) -> None:
+            try:
+                with flow.scope:
+                    async with trio.open_nursery() as readers:
+                        readers.start_soon(reader, flow, paths, flow.up, flow.to_device,
+                                           flow.dev.send, flow.device, flow.up.send, flow.dest)
+                        readers.start_soon(reader, flow, paths, flow.dev, flow.to_pbx,
+                                           flow.up.send, flow.dest, flow.dev.send, flow.device)
+            finally:
+                flow.dev.close()
+                flow.up.close()
+                flows.pop((flow.device, flow.dest), None)
+                proxy.flow_closed(flow.id, "udp", flow.device, reason="idle")
+
+        async with trio.open_nursery() as nursery:
+            paths = DatagramPaths(proxy, nursery)
+            task_status.started(bound)
+            while True:
+                try:
+                    batch = await listener.receive_batch_dst()
+                except OSError as exc:
+                    proxy.warn(f"listen socket error: {exc.strerror or exc}", transport="udp")
+                    continue
+                for data, device, dest in batch:
+                    if not was_redirected(dest, bound):
+                        proxy.warn("datagram not intercepted (sent to faultlab itself, no original "
+                                   "destination): dropped; in transparent mode devices send to the PBX",
+                                   transport="udp", peer=format_hostport(*device))
+                        continue
+                    flow = flows.get((device, dest))
+                    if flow is None:
+                        try:
+                            flow = open_flow(device, dest)
+                        except OSError as exc:
+                            proxy.warn(f"cannot open a transparent flow to {format_hostport(*dest)}: "
+                                       f"{exc.strerror or exc}", transport="udp", peer=format_hostport(*device))
+                            continue
+                        nursery.start_soon(run_flow, flow, paths)
+                    else:
+                        flow.scope.deadline = trio.current_time() + idle
+                    item, error = _parse(data)
+                    await paths.carry_out(proxy.plan(item, flow.to_pbx, error=error), flow.up.send, dest,
+                                          flow.dev.send, device)
