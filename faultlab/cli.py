@@ -46,10 +46,20 @@ def proxy(
         "--listen", "-l", metavar="TRANSPORT:HOST:PORT",
         help="Address devices send SIP to: udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT "
              "(IPv6 in brackets: udp:[::1]:5060). Repeat for several.")],
-    upstream: Annotated[list[str], typer.Option(
+    upstream: Annotated[Optional[list[str]], typer.Option(
         "--upstream", "-u", metavar="TRANSPORT:HOST:PORT",
         help="The PBX, one per transport: each listener forwards to the upstream of its own "
-             "transport. HOST may be a name (resolved at start; the TLS server name).")],
+             "transport. HOST may be a name (resolved at start; the TLS server name). "
+             "Required, except with --transparent.")] = None,
+    transparent: Annotated[bool, typer.Option(
+        "--transparent",
+        help="Transparent mode (Linux, root, on the lab gateway, with the interception table of "
+             "faultlab.netns.intercept): relay "
+             "each intercepted flow to the address the device sent it to, adding no headers.")] = False,
+    spoof_source: Annotated[bool, typer.Option(
+        "--spoof-source",
+        help="With --transparent: connect to the PBX from the device's own address, so the PBX sees the "
+             "device (the interception table must mark the PBX's answers: spoof_source).")] = False,
     no_record_route: Annotated[bool, typer.Option(
         "--no-record-route",
         help="Do not Record-Route dialogs through faultlab (for a PBX that advertises faultlab's address itself).")] = False,
@@ -100,7 +110,9 @@ def proxy(
             api=parse_api_address(api) if api else None,
             api_token=api_token,
             listen=[parse_endpoint(spec) for spec in listen],
-            upstream=[parse_endpoint(spec, allow_port_zero=False) for spec in upstream],
+            upstream=[parse_endpoint(spec, allow_port_zero=False) for spec in upstream or []],
+            transparent=transparent,
+            spoof_source=spoof_source,
             record_route=not no_record_route,
             tls_name=tls_name,
             upstream_ca=upstream_ca,
@@ -124,8 +136,8 @@ def proxy(
         async with trio.open_nursery() as nursery:
             running = await nursery.start(serve_proxy, config)
             for ep, addr in running.listeners:
-                typer.echo(f"faultlab: listening on {ep.transport}:{_hp(addr)} -> {config.upstream_for(ep.transport)}",
-                           err=True)
+                target = config.upstream_for(ep.transport) or "original destination (transparent)"
+                typer.echo(f"faultlab: listening on {ep.transport}:{_hp(addr)} -> {target}", err=True)
             if running.ca_cert_path:
                 typer.echo(f"faultlab: TLS certificates from the lab CA {running.ca_cert_path}", err=True)
             name = config.profile.name if config.profile else "none (faithful relay)"
