@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from faultlab import __version__
+from faultlab.netns.cli import app as net_app
 
 app = typer.Typer(
     help="faultlab: a SIP fault-injection proxy and latency lab for VoIP apps.",
@@ -21,6 +22,7 @@ profiles_app = typer.Typer(help="The fault profile library: list, show, check.",
 app.add_typer(profiles_app, name="profiles")
 profile_app = typer.Typer(help="Switch a running proxy's faults through its control API.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
+app.add_typer(net_app, name="net")
 
 ConfdirOption = Annotated[
     Optional[Path],
