@@ -14,15 +14,18 @@ import json
 import math
 import os
 import re
+import random
 import select
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from faultlab.faults import parse_profile
+from faultlab.faults import LinkState, parse_profile
 
 from faultlab.link import STATE_ROOT, clear_lab, impair_lab
 
@@ -71,7 +74,7 @@ while True:
             except BlockingIOError: break
             n = struct.unpack("!I", data[:4])[0]
             if n in sent and n not in rtts: rtts[n] = time.monotonic() - sent[n]
-print(json.dumps({"sent": len(sent), "rtts": sorted(rtts.values())}))
+print(json.dumps({"sent": len(sent), "rtts": sorted(rtts.values()), "received": sorted(rtts)}))
 """
 
 TCP = r"""
@@ -166,8 +169,12 @@ def lab():
             lab.down()
 
 
+def probe_json(lab: Lab, count: int, gap: float = 0.005, drain: float = 0.5) -> dict:
+    return lab.python(lab.dev, PROBE, "10.213.2.2", str(PORT), str(count), str(gap), str(drain))
+
+
 def probe(lab: Lab, count: int, gap: float = 0.005, drain: float = 0.5) -> tuple[int, list[float]]:
-    out = lab.python(lab.dev, PROBE, "10.213.2.2", str(PORT), str(count), str(gap), str(drain))
+    out = probe_json(lab, count, gap, drain)
     return out["sent"], out["rtts"]
 
 
@@ -179,6 +186,10 @@ def profile(tmp_path: Path, name: str, body: str):
     path = tmp_path / f"{name}.toml"
     path.write_text(f'name = "{name}"\n{body}')
     return parse_profile(path.read_text(), source=str(path))
+
+
+def profile_from_text(name: str, body: str):
+    return parse_profile(f'name = "{name}"\n{body}')
 
 
 def wire_pid(lab: Lab) -> int:
@@ -235,3 +246,70 @@ def test_wire_carries_tcp(lab: Lab, tmp_path: Path) -> None:
     # connect() returns after SYN -> SYN-ACK: one round trip of 2 x 20 ms.
     assert 0.039 <= out["connect"] <= 1.0, out
     assert "pid" in clear_lab(lab.lab, namespaces=lab.namespaces)
+
+
+def test_wire_is_reproducible_with_its_seed(lab: Lab, tmp_path: Path) -> None:
+    """Loss toward the PBX only, so that the probes are the only packets
+    drawing from the wire's generator, in order: the lost probes are exactly
+    those LinkState picks with the same seed, run after run."""
+    lossy = profile(tmp_path, "lk-seeded", '[link.to-pbx]\nloss = "30%"\n')
+    spec = lossy.link.to_pbx
+    state = LinkState(spec, random.Random(1234))
+    n = 100
+    expected = [i for i in range(n) if not state.packet(92, 0.0).lost]
+    for _ in range(2):
+        impair_lab(lab.lab, lossy, seed=1234, namespaces=lab.namespaces, use_netem=False)
+        out = probe_json(lab, n, drain=0.2)
+        assert out["received"] == expected
+        clear_lab(lab.lab, namespaces=lab.namespaces)
+
+
+def test_clear_after_the_wire_was_killed(lab: Lab, tmp_path: Path) -> None:
+    """A wire killed with SIGKILL leaves its rules behind (its TUN goes with
+    it); clear_lab removes them and the lab is clean again."""
+    slow = profile(tmp_path, "lk-killed", '[link]\ndelay = "20ms"\n')
+    impair_lab(lab.lab, slow, seed=1, namespaces=lab.namespaces, use_netem=False)
+    pid = wire_pid(lab)
+    os.kill(pid, signal.SIGKILL)  # the wire this test started, by its recorded PID
+    deadline = time.monotonic() + 5
+    while "fltun0" in run("ip", "-n", lab.gw, "link", "show") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "2160" in run("ip", "-n", lab.gw, "rule", "show")
+    cleared = clear_lab(lab.lab, namespaces=lab.namespaces)
+    assert "removed the wire's routing rules" in cleared, cleared
+    assert "2160" not in run("ip", "-n", lab.gw, "rule", "show")
+    sent, rtts = probe(lab, 20, drain=0.2)
+    assert len(rtts) == sent and median(rtts) < 0.005, rtts
+
+
+def test_impair_lab_on_faultlab_topology() -> None:
+    """What ``faultlab net impair`` does: a lab made by lab_up, found by its name alone."""
+    if why := _missing():
+        pytest.skip(why)
+    from faultlab.netns.topology import lab_down, lab_up
+
+    name = f"lt{os.getpid()}"[:9]
+    echo = None
+    try:
+        built = lab_up(name, "10.231.0.0/16", 1)
+        assert built.pbx is not None and built.devices
+        pbx_ns, dev_ns, pbx_addr = built.pbx.netns, built.devices[0].netns, built.pbx.address
+        argv = ["ip", "netns", "exec", pbx_ns, sys.executable, "-c", ECHO, str(PORT)]
+        echo = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([echo.stdout], [], [], 10)
+        assert ready and echo.stdout.readline().strip() == "ready", "the echo server did not start"
+        text = impair_lab(name, profile_from_text(name, '[link]\ndelay = "25ms"\n'), seed=3)
+        assert "seed 3" in text and "to-device 25 ms; to-pbx 25 ms" in text, text
+        argv = ["ip", "netns", "exec", dev_ns, sys.executable, "-c", PROBE, pbx_addr, str(PORT), "20", "0.005", "0.2"]
+        out = json.loads(run(*argv, timeout=15))
+        assert len(out["rtts"]) == 20 and 0.049 <= median(out["rtts"]) <= 0.065, out
+        assert "stopped the TUN wire" in clear_lab(name)
+        assert "no link impairment" in clear_lab(name)
+    finally:
+        try:
+            clear_lab(name)
+        finally:
+            if echo is not None:
+                echo.kill()
+                echo.wait(timeout=5)
+            lab_down(name)
