@@ -140,7 +140,10 @@ def describe_spec(spec: LinkSpec) -> str:
 def _describe_link(profile: Profile) -> str:
     link = profile.link
     assert link is not None
-    return "; ".join(f"{d} {describe_spec(link.for_direction(d))}" for d in ("to-device", "to-pbx"))
+    text = "; ".join(f"{d} {describe_spec(link.for_direction(d))}" for d in ("to-device", "to-pbx"))
+    if link.dns_delay:
+        text += f"; DNS answers {_ms(link.dns_delay)} late"
+    return text
 
 
 def _lab_netns(lab: str, namespaces: Mapping | None) -> tuple[str, str, tuple[str, ...]]:
@@ -325,11 +328,13 @@ def impair_lab(
     clear_lab(lab, namespaces=namespaces)
     gateway, pbx, devices = _lab_netns(lab, namespaces)
     link = profile.link
-    if link is None or (link.to_pbx.is_clean and link.to_device.is_clean):
+    if link is None or (link.to_pbx.is_clean and link.to_device.is_clean and not link.dns_delay):
         return f"lab {lab!r}: profile {profile.name!r} has no [link] impairment; the links are clean"
     sides = gateway_sides(gateway, pbx, devices)
 
     unsupported = netem_unsupported(link.to_device) + netem_unsupported(link.to_pbx)
+    if link.dns_delay:
+        unsupported.append("a DNS delay (netem delays a whole link, not DNS answers)")
     if use_netem is None or use_netem:
         have, why = netem_available()
         if use_netem and not have:

@@ -58,6 +58,7 @@ __all__ = [
     "PRIORITY",
     "WireCore",
     "direction_of",
+    "is_dns_answer",
     "open_tun",
     "steer",
     "unsteer",
@@ -109,6 +110,33 @@ def _proto(packet: bytes) -> str:
     return _PROTOS.get(number, f"ip-proto-{number}")
 
 
+def _transport(packet: bytes) -> tuple[int, int] | None:
+    """(IP protocol number, offset of the transport header), IPv4 or IPv6
+    without extension headers; None for anything else."""
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= 20:
+        return packet[9], (packet[0] & 0x0F) * 4
+    if version == 6 and len(packet) >= 40:
+        return packet[6], 40
+    return None
+
+
+def is_dns_answer(packet: bytes) -> bool:
+    """A UDP datagram from port 53, or a TCP segment from port 53 that carries
+    data (not a bare SYN-ACK or ACK): what the profile's ``dns_delay`` holds back."""
+    found = _transport(packet)
+    if found is None:
+        return False
+    proto, off = found
+    if len(packet) < off + 4 or packet[off : off + 2] != b"\x00\x35":
+        return False
+    if proto == 17:
+        return True
+    if proto == 6 and len(packet) >= off + 13:
+        return len(packet) > off + (packet[off + 12] >> 4) * 4
+    return False
+
+
 def describe(packet: bytes) -> str:
     """A one-line scapy summary of an IP packet, for the per-packet log."""
     from scapy.layers.inet import IP
@@ -123,7 +151,9 @@ def describe(packet: bytes) -> str:
 @dataclass
 class WireCore:
     """The wire's decisions, without I/O: one :class:`LinkState` per impaired
-    direction (sharing ``rng``, as the proxy's engine does), and counters."""
+    direction (sharing ``rng``, as the proxy's engine does), and counters.
+    DNS answers toward the device (:func:`is_dns_answer`) wait the link's
+    ``dns_delay`` on top, as NLC's "DNS delay" does."""
 
     link: Link
     device_nets: list[Net]
@@ -143,15 +173,19 @@ class WireCore:
         direction = direction_of(data, self.device_nets)
         key = f"{direction or 'other'} {_proto(data)}"
         self.stats[f"{key} in"] += 1
+        extra = 0.0
+        if self.link.dns_delay and direction == "to-device" and is_dns_answer(data):
+            extra = self.link.dns_delay
+            self.stats[f"{key} dns-delayed"] += 1
         state = self.states.get(direction) if direction else None
         if state is None:
             self.stats[f"{key} out"] += 1
-            return direction, [0.0]
+            return direction, [extra]
         fate = state.packet(len(data), now)
         if fate.lost:
             self.stats[f"{key} lost"] += 1
             return direction, []
-        delays = [fate.delay, *fate.copies]
+        delays = [fate.delay + extra, *(c + extra for c in fate.copies)]
         self.stats[f"{key} out"] += len(delays)
         if fate.copies:
             self.stats[f"{key} duplicated"] += 1

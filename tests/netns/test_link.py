@@ -238,13 +238,26 @@ def test_wire_delay_and_loss_end_to_end(lab: Lab, tmp_path: Path) -> None:
     assert "no link impairment" in clear_lab(lab.lab, namespaces=lab.namespaces)  # idempotent
 
 
-def test_wire_carries_tcp(lab: Lab, tmp_path: Path) -> None:
-    slow = profile(tmp_path, "lk-slow", '[link]\ndelay = "20ms"\n[link.to-pbx]\nduplicate = "5%"\n')
-    impair_lab(lab.lab, slow, seed=7, namespaces=lab.namespaces, use_netem=False)
+def test_wire_carries_tcp_and_delays_dns_answers(lab: Lab, tmp_path: Path) -> None:
+    slow = profile(
+        tmp_path, "lk-slow", '[link]\ndelay = "20ms"\ndns_delay = "300ms"\n[link.to-pbx]\nduplicate = "5%"\n'
+    )
+    text = impair_lab(lab.lab, slow, seed=7, namespaces=lab.namespaces, use_netem=False)
+    assert "DNS answers 300 ms late" in text, text
     out = lab.python(lab.dev, TCP, "10.213.2.2", str(PORT))
     assert out["ok"], out
     # connect() returns after SYN -> SYN-ACK: one round trip of 2 x 20 ms.
     assert 0.039 <= out["connect"] <= 1.0, out
+    # A "DNS server" (the echo on port 53): its answers wait 300 ms more.
+    dns = subprocess.Popen(["ip", "netns", "exec", lab.pbx, sys.executable, "-c", ECHO, "53"], stdout=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([dns.stdout], [], [], 10)
+        assert ready and dns.stdout.readline().strip() == b"ready"
+        out = lab.python(lab.dev, PROBE, "10.213.2.2", "53", "10", "0.01", "0.6")
+        assert len(out["rtts"]) == 10 and 0.339 <= median(out["rtts"]) <= 0.36, out
+    finally:
+        dns.kill()  # our own child, by PID
+        dns.wait(timeout=5)
     assert "pid" in clear_lab(lab.lab, namespaces=lab.namespaces)
 
 

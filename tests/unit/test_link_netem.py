@@ -12,7 +12,7 @@ from pyroute2.netlink.rtnl.tcmsg import sched_netem
 from faultlab.faults import GilbertElliott, Link, LinkSpec, LinkState, parse_profile
 from faultlab.link import describe_spec, wire_counts
 from faultlab.link.netem import NETEM_LIMIT, NetemUnsupported, netem_request, netem_unsupported
-from faultlab.link.wire import WireCore, direction_of
+from faultlab.link.wire import WireCore, direction_of, is_dns_answer
 
 
 def test_request_units_microseconds_and_percent() -> None:
@@ -157,3 +157,34 @@ def test_wire_counts_from_its_log(tmp_path) -> None:
     )
     assert wire_counts(log) == {"to-pbx": {"in": 310, "lost": 61}, "to-device": {"out": 200}}
     assert wire_counts(tmp_path / "missing.log") == {}
+
+
+def udp4(src: str, dst: str, sport: int, dport: int) -> bytes:
+    packet = bytearray(ipv4(src, dst, 60))
+    packet[20:24] = struct.pack("!HH", sport, dport)
+    return bytes(packet)
+
+
+def tcp4(src: str, dst: str, sport: int, dport: int, payload: int) -> bytes:
+    packet = bytearray(ipv4(src, dst, 40 + payload, proto=6))
+    packet[20:24] = struct.pack("!HH", sport, dport)
+    packet[32] = 5 << 4  # data offset: 20 bytes
+    return bytes(packet)
+
+
+def test_dns_answers() -> None:
+    assert is_dns_answer(udp4("10.213.2.2", "10.213.1.2", 53, 40000))
+    assert not is_dns_answer(udp4("10.213.1.2", "10.213.2.2", 40000, 53))  # the query
+    assert is_dns_answer(tcp4("10.213.2.2", "10.213.1.2", 53, 40000, payload=30))
+    assert not is_dns_answer(tcp4("10.213.2.2", "10.213.1.2", 53, 40000, payload=0))  # SYN-ACK, ACK
+    assert not is_dns_answer(udp4("10.213.2.2", "10.213.1.2", 5060, 5060))
+    assert not is_dns_answer(b"")
+
+
+def test_dns_delay_adds_to_the_link() -> None:
+    core = WireCore(Link(to_device=LinkSpec(delay=0.05), dns_delay=3.0), DEVICE_NETS, random.Random(0))
+    assert core.packet(udp4("10.213.2.2", "10.213.1.2", 53, 40000), 0.0) == ("to-device", [3.05])
+    assert core.packet(udp4("10.213.2.2", "10.213.1.2", 5060, 5060), 0.0) == ("to-device", [0.05])
+    assert core.packet(udp4("10.213.1.2", "10.213.2.2", 40000, 53), 0.0) == ("to-pbx", [0.0])
+    only_dns = WireCore(Link(dns_delay=3.0), DEVICE_NETS, random.Random(0))
+    assert only_dns.packet(udp4("10.213.2.2", "10.213.1.2", 53, 40000), 0.0) == ("to-device", [3.0])
