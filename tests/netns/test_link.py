@@ -27,7 +27,7 @@ import pytest
 
 from faultlab.faults import LinkState, parse_profile
 
-from faultlab.link import STATE_ROOT, clear_lab, impair_lab
+from faultlab.link import STATE_ROOT, clear_lab, impair_lab, netem_available
 
 pytestmark = pytest.mark.netns
 
@@ -326,3 +326,23 @@ def test_impair_lab_on_faultlab_topology() -> None:
                 echo.kill()
                 echo.wait(timeout=5)
             lab_down(name)
+
+
+def test_impair_lab_takes_netem_where_the_kernel_has_it(lab: Lab, tmp_path: Path) -> None:
+    """Without ``use_netem``, impair_lab picks netem when the kernel has it and
+    names the reason when it does not. This project's CI kernel has no
+    sch_netem: here the fallback (the wire) is checked; on a kernel with
+    netem the same measurement checks the netem path."""
+    have, why = netem_available()
+    delayed = profile(tmp_path, "lk-auto", '[link]\ndelay = "30ms"\n')
+    text = impair_lab(lab.lab, delayed, seed=9, namespaces=lab.namespaces)
+    if have:
+        assert "sch_netem on the gateway's links" in text, text
+    else:
+        assert why in text and "TUN wire" in text and "seed 9" in text, (why, text)
+    sent, rtts = probe(lab, 20, drain=0.2)
+    assert len(rtts) == sent and 0.059 <= median(rtts) <= 0.075, rtts
+    cleared = clear_lab(lab.lab, namespaces=lab.namespaces)
+    assert ("removed netem" if have else "stopped the TUN wire") in cleared, cleared
+    sent, rtts = probe(lab, 20, drain=0.2)
+    assert len(rtts) == sent and median(rtts) < 0.005, rtts
