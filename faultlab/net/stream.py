@@ -314,6 +314,18 @@ async def serve_stream(
         if addr[0] not in ("0.0.0.0", "::"):
             fallback.append(addr[0])
         server_ctx = server_context(ca, default_name=config.tls_name, fallback_names=fallback or ["localhost"])
+    by_destination: dict[str, ssl.SSLContext] = {}
+
+    def device_context(target: tuple[str, int]) -> ssl.SSLContext:
+        """Transparent mode: the device connected to the PBX's address, so that address (besides the
+        SNI name and --tls-name) is on the certificate it is shown."""
+        if upstream is not None:
+            return server_ctx
+        ctx = by_destination.get(target[0])
+        if ctx is None:
+            ctx = by_destination[target[0]] = server_context(ca, default_name=config.tls_name,
+                                                             fallback_names=[target[0]])
+        return ctx
     if up_transport == "tls":
         from faultlab.net.tls import client_context
 
@@ -358,7 +370,7 @@ async def serve_stream(
                                detail={"for": _seconds(decision.stall)})
                     await trio.sleep(decision.stall)
             if server_ctx is not None:
-                device = trio.SSLStream(conn, server_ctx, server_side=True)
+                device = trio.SSLStream(conn, device_context(target), server_side=True)
                 try:
                     with trio.fail_after(config.connect_timeout):
                         await device.do_handshake()

@@ -19,10 +19,12 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from faultlab.netns import lab_down, lab_up
 from faultlab.netns.intercept import intercept_off, intercept_on, table_exists
 
 pytestmark = pytest.mark.netns
@@ -33,17 +35,16 @@ if not sys.platform.startswith("linux") or os.geteuid() != 0:
 
 REPO = Path(__file__).resolve().parents[2]
 PID = os.getpid()
-DEV, GW, PBX = f"fl-tp{PID}-dev", f"fl-tp{PID}-gw", f"fl-tp{PID}-pbx"
-DEV_IP, GW_DEV_IP = "10.77.1.2", "10.77.1.1"
-PBX_IP, GW_PBX_IP = "10.77.2.2", "10.77.2.1"
-SIP_PORT = 5060
-PROXY_PORT = 15060
-TABLE = f"faultlab_tp{PID}"
+LAB = f"tp{PID % 10**7}"  # the lab (faultlab.netns.topology): namespaces fl-<LAB>-gateway|pbx|device1
+SUBNET = "10.77.0.0/16"  # gateway 10.77.0.1 -- PBX 10.77.0.2; gateway 10.77.1.1 -- device1 10.77.1.2
+SIP_PORT, SIPS_PORT = 5060, 5061
+PROXY_PORT, PROXY_TLS_PORT = 15060, 15061
+TABLE = f"faultlab_{LAB}"  # the name lab_down removes, should the test be killed
 
 # A fake PBX: answers every request over UDP and TCP with 200 OK and logs what it received.
 PBX_SCRIPT = r'''
-import json, re, socket, sys, threading
-ip, port, log_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+import json, re, socket, ssl, sys, threading
+ip, port, log_path, tls_port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6]
 lock = threading.Lock()
 
 def answer(req):
@@ -63,7 +64,7 @@ def udp():
         log("udp", peer, data)
         s.sendto(answer(data), peer)
 
-def tcp_conn(c, peer):
+def tcp_conn(c, peer, transport="tcp"):
     buf = b""
     with c:
         while True:
@@ -78,33 +79,45 @@ def tcp_conn(c, peer):
                 if len(rest) < n:
                     break
                 msg, buf = head + b"\r\n\r\n" + rest[:n], rest[n:]
-                log("tcp", peer, msg)
+                log(transport, peer, msg)
                 c.sendall(answer(msg))
 
-def tcp():
+def tcp(port, ctx=None):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((ip, port))
     s.listen(16)
     while True:
         c, peer = s.accept()
-        threading.Thread(target=tcp_conn, args=(c, peer), daemon=True).start()
+        if ctx is not None:
+            try:
+                c = ctx.wrap_socket(c, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                log("tls-error", peer, str(exc).encode())
+                c.close()
+                continue
+        threading.Thread(target=tcp_conn, args=(c, peer, "tls" if ctx else "tcp"), daemon=True).start()
 
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(cert, key)
 threading.Thread(target=udp, daemon=True).start()
-threading.Thread(target=tcp, daemon=True).start()
+threading.Thread(target=tcp, args=(port,), daemon=True).start()
+threading.Thread(target=tcp, args=(tls_port, tls), daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
 '''
 
 # The device: one REGISTER to the PBX's real address; prints what it sent and got, and from where.
 DEVICE_SCRIPT = r'''
-import json, socket, sys
-transport, pbx_ip, port, call_id = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+import json, socket, ssl, sys
+transport, pbx_ip, port, call_id, cafile = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 if transport == "udp":
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", 0))
 else:
     s = socket.create_connection((pbx_ip, port), timeout=5)
+    if transport == "tls":  # verifies the certificate against the PBX's IP address (no SNI for an IP)
+        s = ssl.create_default_context(cafile=cafile).wrap_socket(s, server_hostname=pbx_ip)
 local = s.getsockname()
 req = (
     f"REGISTER sip:{pbx_ip} SIP/2.0\r\n"
@@ -131,6 +144,12 @@ else:
             break
         data += chunk
     peer = s.getpeername()
+    if transport == "tls":  # an orderly TLS close (close_notify), not a bare EOF
+        try:
+            s = s.unwrap()
+        except (OSError, ssl.SSLError):
+            pass
+    s.close()
 print(json.dumps({"sent": req.hex(), "local": list(local), "got": data.hex(), "peer": list(peer)}))
 '''
 
@@ -143,6 +162,7 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM by PID, SIGKILL if it does not end in 10 s."""
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
         try:
@@ -152,59 +172,66 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
-def lab_down() -> None:
-    for ns in (DEV, GW, PBX):
-        run("ip", "netns", "del", ns, check=False)
-
-
-def lab_up() -> None:
-    lab_down()
-    for ns in (DEV, GW, PBX):
-        run("ip", "netns", "add", ns)
-        run("ip", "-n", ns, "link", "set", "lo", "up")
-    d, gd, gp, p = f"tp{PID}d", f"tp{PID}gd", f"tp{PID}gp", f"tp{PID}p"
-    run("ip", "-n", DEV, "link", "add", d, "type", "veth", "peer", "name", gd, "netns", GW)
-    run("ip", "-n", PBX, "link", "add", p, "type", "veth", "peer", "name", gp, "netns", GW)
-    for ns, ifname, addr in ((DEV, d, DEV_IP), (GW, gd, GW_DEV_IP), (GW, gp, GW_PBX_IP), (PBX, p, PBX_IP)):
-        run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
-        run("ip", "-n", ns, "link", "set", ifname, "up")
-    run("ip", "-n", DEV, "route", "add", "default", "via", GW_DEV_IP)
-    run("ip", "-n", PBX, "route", "add", "default", "via", GW_PBX_IP)
-    run("ip", "netns", "exec", GW, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+@dataclass
+class Net:
+    tmp: Path
+    dev: str  # namespaces
+    gw: str
+    pbx: str
+    dev_ip: str
+    pbx_ip: str
+    gw_pbx_ip: str  # the gateway's address on the PBX's link
+    pbx_ca: Path  # the CA that signed the PBX's TLS certificate (faultlab's --upstream-ca)
+    confdir: Path  # faultlab's lab CA (what the TLS device trusts)
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def net(tmp_path_factory):
+    import trustme
+
     tmp = tmp_path_factory.mktemp("transparent")
     procs: list[subprocess.Popen] = []
+    gw = None
+    lab_down(LAB)
     try:
-        lab_up()
-        script = tmp / "pbx.py"
-        script.write_text(PBX_SCRIPT)
-        log = tmp / "pbx.jsonl"
-        log.touch()
-        pbx = subprocess.Popen(["ip", "netns", "exec", PBX, sys.executable, str(script), PBX_IP, str(SIP_PORT),
-                                str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lab = lab_up(LAB, subnet=SUBNET, devices=1)
+        gw = lab.gateway.netns
+        n = Net(tmp, lab.devices[0].netns, gw, lab.pbx.netns, lab.devices[0].address, lab.pbx.address,
+                lab.gateway.address, tmp / "pbx-ca.pem", tmp / "faultlab-conf")
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(str(n.pbx_ca))
+        leaf = ca.issue_cert(n.pbx_ip)
+        leaf.cert_chain_pems[0].write_to_path(str(tmp / "pbx.crt"))
+        leaf.private_key_pem.write_to_path(str(tmp / "pbx.key"))
+        run(sys.executable, "-m", "faultlab", "ca", "init", "--confdir", str(n.confdir))
+        (tmp / "pbx.py").write_text(PBX_SCRIPT)
+        (tmp / "pbx.jsonl").touch()
+        pbx = subprocess.Popen(["ip", "netns", "exec", n.pbx, sys.executable, str(tmp / "pbx.py"), n.pbx_ip,
+                                str(SIP_PORT), str(tmp / "pbx.jsonl"), str(SIPS_PORT), str(tmp / "pbx.crt"),
+                                str(tmp / "pbx.key")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(pbx)
         assert pbx.stdout.readline().strip() == "ready", pbx.stderr.read()
         (tmp / "device.py").write_text(DEVICE_SCRIPT)
-        yield tmp
+        yield n
     finally:
         for proc in procs:
             stop(proc)
-        intercept_off(GW, TABLE)
-        lab_down()
+        if gw:
+            intercept_off(gw, TABLE)
+        lab_down(LAB)
     leftover = run("ip", "netns", "list").stdout
-    assert f"fl-tp{PID}-" not in leftover
+    assert f"fl-{LAB}-" not in leftover
 
 
-def start_proxy(tmp: Path, trace: Path, *extra: str) -> subprocess.Popen:
+def start_proxy(n: Net, trace: Path, *extra: str) -> subprocess.Popen:
+    """faultlab proxy --transparent inside the gateway namespace, listening for UDP, TCP and TLS."""
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", GW, sys.executable, "-m", "faultlab", "proxy", "--transparent",
+        ["ip", "netns", "exec", n.gw, sys.executable, "-m", "faultlab", "proxy", "--transparent",
          "--listen", f"udp:0.0.0.0:{PROXY_PORT}", "--listen", f"tcp:0.0.0.0:{PROXY_PORT}",
-         "--trace", str(trace), "-q", *extra],
+         "--listen", f"tls:0.0.0.0:{PROXY_TLS_PORT}", "--confdir", str(n.confdir),
+         "--upstream-ca", str(n.pbx_ca), "--trace", str(trace), "-q", *extra],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # the trace file is buffered: the console lines on stderr say when both listeners are bound
+    # the trace file is buffered: the console lines on stderr say when the listeners are bound
     deadline = time.monotonic() + 15
     out = b""
     fd = proc.stderr.fileno()
@@ -216,7 +243,7 @@ def start_proxy(tmp: Path, trace: Path, *extra: str) -> subprocess.Popen:
                 proc.wait(timeout=5)
                 raise AssertionError(f"faultlab proxy exited: {out.decode(errors='replace')}")
             out += chunk
-            if out.count(b"listening on") >= 2:
+            if out.count(b"listening on") >= 3:
                 return proc
     stop(proc)
     raise AssertionError(f"faultlab proxy did not start listening in 15 s: {out.decode(errors='replace')}")
@@ -226,45 +253,52 @@ def events(trace: Path) -> list[dict]:
     return [json.loads(line) for line in trace.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("transport, spoof", [("udp", False), ("tcp", False), ("udp", True), ("tcp", True)],
-                         ids=["udp", "tcp", "udp-spoof-source", "tcp-spoof-source"])
-def test_register_through_transparent_interception(lab, transport, spoof):
-    trace = lab / f"trace-{transport}-{spoof}.jsonl"
-    proxy = start_proxy(lab, trace, *(["--spoof-source"] if spoof else []))
+CASES = [(t, spoof) for spoof in (False, True) for t in ("udp", "tcp", "tls")]
+
+
+@pytest.mark.parametrize("transport, spoof", CASES,
+                         ids=[f"{t}{'-spoof-source' if spoof else ''}" for t, spoof in CASES])
+def test_register_through_transparent_interception(net, transport, spoof):
+    n = net
+    trace = n.tmp / f"trace-{transport}-{spoof}.jsonl"
+    port = SIPS_PORT if transport == "tls" else SIP_PORT
+    proxy = start_proxy(n, trace, *(["--spoof-source"] if spoof else []))
     try:
-        intercept_on(GW, pbx=PBX_IP, ports=(SIP_PORT, 5061), proxy_udp_port=PROXY_PORT,
-                     proxy_tcp_port=PROXY_PORT, proxy_tls_port=None, table=TABLE, spoof_source=spoof)
-        assert table_exists(GW, TABLE)
+        intercept_on(n.gw, pbx=n.pbx_ip, ports=(SIP_PORT, SIPS_PORT), proxy_udp_port=PROXY_PORT,
+                     proxy_tcp_port=PROXY_PORT, proxy_tls_port=PROXY_TLS_PORT, table=TABLE, spoof_source=spoof)
+        assert table_exists(n.gw, TABLE)
         call_id = f"tp-{uuid.uuid4().hex[:12]}"
-        done = run("ip", "netns", "exec", DEV, sys.executable, str(lab / "device.py"), transport, PBX_IP,
-                   str(SIP_PORT), call_id, check=False)
+        done = run("ip", "netns", "exec", n.dev, sys.executable, str(n.tmp / "device.py"), transport, n.pbx_ip,
+                   str(port), call_id, str(n.confdir / "ca.crt"), check=False)
         assert done.returncode == 0, done.stderr
         device = json.loads(done.stdout)
     finally:
-        intercept_off(GW, TABLE)
+        intercept_off(n.gw, TABLE)
         stop(proxy)
-    assert not table_exists(GW, TABLE)
-    assert run("ip", "-n", GW, "rule", "show", "fwmark", "1").stdout.strip() == ""
+    assert not table_exists(n.gw, TABLE)
+    assert run("ip", "-n", n.gw, "rule", "show", "fwmark", "1").stdout.strip() == ""
+    assert "table 100" not in run("ip", "-n", n.gw, "route", "show", "table", "all").stdout
 
     # the device got its 200 from the PBX's real address
     got = bytes.fromhex(device["got"])
     assert got.startswith(b"SIP/2.0 200 OK\r\n"), got
     assert call_id.encode() in got
-    assert device["peer"][0] == PBX_IP and device["peer"][1] == SIP_PORT
+    assert device["peer"] == [n.pbx_ip, port]
 
     # the PBX received exactly the bytes the device sent: no Via of faultlab's
     sent = bytes.fromhex(device["sent"])
-    seen = [json.loads(line) for line in (lab / "pbx.jsonl").read_text().splitlines()]
-    mine = [entry for entry in seen if call_id in bytes.fromhex(entry["hex"]).decode()]
+    seen = [json.loads(line) for line in (n.tmp / "pbx.jsonl").read_text().splitlines()]
+    mine = [entry for entry in seen if call_id in bytes.fromhex(entry["hex"]).decode(errors="replace")]
     assert len(mine) == 1, seen
+    assert mine[0]["transport"] == transport
     assert bytes.fromhex(mine[0]["hex"]) == sent
     assert sent.count(b"Via:") == 1
     if spoof:  # the PBX sees the device itself
-        assert mine[0]["peer"][0] == DEV_IP
+        assert mine[0]["peer"][0] == n.dev_ip
         if transport == "udp":
             assert mine[0]["peer"][1] == device["local"][1]
     else:  # the PBX sees the gateway
-        assert mine[0]["peer"][0] == GW_PBX_IP
+        assert mine[0]["peer"][0] == n.gw_pbx_ip
 
     # the message really crossed faultlab: received from the device, sent to the PBX; and the answer back
     evs = [e for e in events(trace) if e.get("call_id") == call_id]
@@ -272,7 +306,7 @@ def test_register_through_transparent_interception(lab, transport, spoof):
     assert ("received", "to-pbx", transport) in kinds and ("sent", "to-pbx", transport) in kinds, kinds
     assert ("received", "to-device", transport) in kinds and ("sent", "to-device", transport) in kinds, kinds
     to_pbx = next(e for e in evs if e["kind"] == "sent" and e["direction"] == "to-pbx")
-    assert to_pbx["peer"] == f"{PBX_IP}:{SIP_PORT}"
+    assert to_pbx["peer"] == f"{n.pbx_ip}:{port}"
     assert to_pbx["raw"].encode() == sent
     warnings = [e for e in events(trace) if e["kind"] == "warning"]
     assert not warnings, warnings
