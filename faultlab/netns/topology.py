@@ -520,6 +520,15 @@ def lab_down(name: str = "lab") -> list[str]:
     removed: list[str] = []
     table = f"faultlab_{name}"
     namespaces = _lab_namespaces(name)
+    if namespaces:
+        try:  # the link impairment's wire process, routes and state files, the orderly way
+            from faultlab.link import clear_lab
+
+            text = clear_lab(name)
+            if not text.startswith("no link impairment"):
+                removed.append(f"link impairment ({text})")
+        except Exception:  # noqa: BLE001 - whatever is left, the namespaces' removal below takes
+            pass
     pids = netns.ns_pids() if namespaces else {}
     for ns in namespaces:
         for family, t in _nft_tables([_tool("ip") or "ip", "netns", "exec", ns], table):
