@@ -525,7 +525,7 @@ def lab_down(name: str = "lab") -> list[str]:
             from faultlab.link import clear_lab
 
             text = clear_lab(name)
-            if not text.startswith("no link impairment"):
+            if "no link impairment" not in text:
                 removed.append(f"link impairment ({text})")
         except Exception:  # noqa: BLE001 - whatever is left, the namespaces' removal below takes
             pass
