@@ -7,12 +7,20 @@ Checked: the device's answer comes from the PBX's address, the PBX received
 exactly the bytes the device sent (no Via or anything else added), and
 faultlab's trace shows the message received and sent (it really crossed
 faultlab). With --spoof-source the PBX sees the device's own address.
+
+Then the same with a real PBX: Kamailio (shared/pbx) in the PBX namespace and two scripted softphones
+(tests/sipua.py) in two device namespaces register and complete a call (INVITE, ACK, BYE) over UDP, TCP
+and TLS, every message to and from Kamailio's real address, every one relayed by faultlab unchanged.
+
+The lab is faultlab.netns.topology's (lab_up/lab_down); faultlab runs in the gateway namespace as a
+subprocess, stopped by PID. Everything created is removed, also when a test fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -183,6 +191,8 @@ class Net:
     gw_pbx_ip: str  # the gateway's address on the PBX's link
     pbx_ca: Path  # the CA that signed the PBX's TLS certificate (faultlab's --upstream-ca)
     confdir: Path  # faultlab's lab CA (what the TLS device trusts)
+    dev2: str  # a second device, for calls
+    dev2_ip: str
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +204,11 @@ def net(tmp_path_factory):
     gw = None
     lab_down(LAB)
     try:
-        lab = lab_up(LAB, subnet=SUBNET, devices=1)
+        lab = lab_up(LAB, subnet=SUBNET, devices=2)
         gw = lab.gateway.netns
         n = Net(tmp, lab.devices[0].netns, gw, lab.pbx.netns, lab.devices[0].address, lab.pbx.address,
-                lab.gateway.address, tmp / "pbx-ca.pem", tmp / "faultlab-conf")
+                lab.gateway.address, tmp / "pbx-ca.pem", tmp / "faultlab-conf",
+                lab.devices[1].netns, lab.devices[1].address)
         ca = trustme.CA()
         ca.cert_pem.write_to_path(str(n.pbx_ca))
         leaf = ca.issue_cert(n.pbx_ip)
@@ -223,13 +234,13 @@ def net(tmp_path_factory):
     assert f"fl-{LAB}-" not in leftover
 
 
-def start_proxy(n: Net, trace: Path, *extra: str) -> subprocess.Popen:
+def start_proxy(n: Net, trace: Path, *extra: str, upstream_ca: Path | None = None) -> subprocess.Popen:
     """faultlab proxy --transparent inside the gateway namespace, listening for UDP, TCP and TLS."""
     proc = subprocess.Popen(
         ["ip", "netns", "exec", n.gw, sys.executable, "-m", "faultlab", "proxy", "--transparent",
          "--listen", f"udp:0.0.0.0:{PROXY_PORT}", "--listen", f"tcp:0.0.0.0:{PROXY_PORT}",
          "--listen", f"tls:0.0.0.0:{PROXY_TLS_PORT}", "--confdir", str(n.confdir),
-         "--upstream-ca", str(n.pbx_ca), "--trace", str(trace), "-q", *extra],
+         "--upstream-ca", str(upstream_ca or n.pbx_ca), "--trace", str(trace), "-q", *extra],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # the trace file is buffered: the console lines on stderr say when the listeners are bound
     deadline = time.monotonic() + 15
@@ -310,3 +321,177 @@ def test_register_through_transparent_interception(net, transport, spoof):
     assert to_pbx["raw"].encode() == sent
     warnings = [e for e in events(trace) if e["kind"] == "warning"]
     assert not warnings, warnings
+
+
+# -- a full call through Kamailio --------------------------------------------------------------------
+
+PBX_DIR = REPO.parent / "shared" / "pbx"
+KAM_SIP_PORT, KAM_TLS_PORT = 5070, 5071  # beside the fake PBX's 5060/5061 in the same namespace
+KAM_TLS_NAME = "pbx.faultlab.test"  # on Kamailio's certificate (shared/pbx/gen-certs.sh)
+
+# A scripted softphone (tests/sipua.py) configured with the PBX's real address: register, then call or answer.
+UA_SCRIPT = r"""
+import json, sys, trio
+from tests.sipua import SipUA
+role, user, peer, transport, host, pbx_ip, port, cafile, tls_name = sys.argv[1:10]
+
+async def main():
+    ua = SipUA(user, transport, (pbx_ip, int(port)), domain=pbx_ip, host=host, ca_file=cafile,
+               tls_server_name=tls_name, timeout=8)
+    async with trio.open_nursery() as nursery:
+        await ua.start(nursery)
+        final = await ua.register()
+        assert final.status == 200, ua.ladder()
+        print("registered", flush=True)
+        if role == "callee":
+            dialog = await ua.answer()
+            await dialog.expect_bye()
+        else:
+            dialog = await ua.call(f"sip:{peer}@{pbx_ip}")
+            bye = await dialog.bye()
+            assert bye.status == 200, ua.ladder()
+        out = {"log": [[r.direction, r.summary, list(r.peer)] for r in ua.log
+                       if r.message.is_request or r.message.status >= 200],
+               "ladder": ua.ladder()}
+        print(json.dumps(out), flush=True)
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+def _kamailio_missing() -> str | None:
+    if not (PBX_DIR / "start-kamailio.sh").is_file():
+        return f"shared/pbx/start-kamailio.sh not found at {PBX_DIR}"
+    for program in ("kamailio", "openssl", "ss"):
+        if not any(Path(d, program).exists() for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin")):
+            return f"{program} is not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def kamailio(net):
+    missing = _kamailio_missing()
+    if missing:
+        pytest.skip(missing)
+    workdir = net.tmp / "kamailio"
+    env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin:/sbin", "KAM_WORKDIR": str(workdir),
+           "KAM_LISTEN_IP": net.pbx_ip}
+    done = subprocess.run(["ip", "netns", "exec", net.pbx, "bash", str(PBX_DIR / "start-kamailio.sh"),
+                           str(KAM_SIP_PORT), str(KAM_TLS_PORT)], env=env, capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    pid = int(done.stdout.strip()) if done.returncode == 0 and done.stdout.strip().isdigit() else None
+    try:
+        assert pid is not None, f"start-kamailio.sh failed: {done.stdout}{done.stderr}"
+        yield workdir
+    finally:
+        pidfile = workdir / "kamailio.pid"
+        if pid is None and pidfile.is_file() and pidfile.read_text().strip().isdigit():
+            pid = int(pidfile.read_text().strip())
+        if pid is not None:
+            _stop_group(pid)
+
+
+def _stop_group(pid: int) -> None:
+    """Kamailio runs under setsid: its PID leads a process group holding its workers; stop that group only."""
+    try:
+        if os.getpgid(pid) != pid:
+            return
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def start_ua(n: Net, ns: str, host: str, role: str, user: str, peer: str, transport: str) -> subprocess.Popen:
+    port = KAM_TLS_PORT if transport == "tls" else KAM_SIP_PORT
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, str(n.tmp / "ua.py"), role, user, peer, transport, host,
+         n.pbx_ip, str(port), str(n.confdir / "ca.crt"), n.pbx_ip],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+@pytest.mark.parametrize("transport, spoof", CASES,
+                         ids=[f"{t}{'-spoof-source' if spoof else ''}" for t, spoof in CASES])
+def test_call_through_kamailio_with_transparent_interception(net, kamailio, transport, spoof):
+    """Two devices configured with Kamailio's real address register and complete a call; faultlab, in the
+    gateway, sees every message of it and changes none."""
+    n = net
+    (n.tmp / "ua.py").write_text(UA_SCRIPT)
+    trace = n.tmp / f"trace-kamailio-{transport}-{spoof}.jsonl"
+    proxy = start_proxy(n, trace, "--tls-name", KAM_TLS_NAME, *(["--spoof-source"] if spoof else []),
+                        upstream_ca=kamailio / "certs" / "ca.crt")
+    alice = bob = None
+    alice_user, bob_user = f"alice-{transport}-{spoof:d}", f"bob-{transport}-{spoof:d}"
+    try:
+        intercept_on(n.gw, pbx=n.pbx_ip, ports=(KAM_SIP_PORT, KAM_TLS_PORT), tls_ports=(KAM_TLS_PORT,),
+                     proxy_udp_port=PROXY_PORT, proxy_tcp_port=PROXY_PORT, proxy_tls_port=PROXY_TLS_PORT,
+                     table=TABLE, spoof_source=spoof)
+        bob = start_ua(n, n.dev2, n.dev2_ip, "callee", bob_user, alice_user, transport)
+        line = bob.stdout.readline()
+        assert line.strip() == "registered", bob.stderr.read() if bob.wait(timeout=20) is not None else line
+        alice = start_ua(n, n.dev, n.dev_ip, "caller", alice_user, bob_user, transport)
+        out_alice, err_alice = alice.communicate(timeout=30)
+        out_bob, err_bob = bob.communicate(timeout=30)
+        assert alice.returncode == 0, err_alice
+        assert bob.returncode == 0, err_bob
+    finally:
+        for proc in (alice, bob):
+            if proc is not None:
+                stop(proc)
+        intercept_off(n.gw, TABLE)
+        stop(proxy)
+    a, b = (json.loads(out.strip().splitlines()[-1]) for out in (out_alice, out_bob))
+    port = KAM_TLS_PORT if transport == "tls" else KAM_SIP_PORT
+    pbx = [n.pbx_ip, port]
+    want = {
+        "alice": [("sent", "REGISTER"), ("received", "200 REGISTER"), ("sent", "INVITE"),
+                  ("received", "200 INVITE"), ("sent", "ACK"), ("sent", "BYE"), ("received", "200 BYE")],
+        "bob": [("sent", "REGISTER"), ("received", "200 REGISTER"), ("received", "INVITE"),
+                ("sent", "200 INVITE"), ("received", "ACK"), ("received", "BYE"), ("sent", "200 BYE")],
+    }
+    for name, ua in (("alice", a), ("bob", b)):
+        assert [(d, s) for d, s, _ in ua["log"]] == want[name], ua["ladder"]
+        # every message to and from the PBX's real address: the device knows nothing of faultlab
+        assert all(peer == pbx for _, _, peer in ua["log"]), ua["ladder"]
+
+    # where Kamailio saw each device register from: the device itself with --spoof-source, else the gateway
+    log = (kamailio / "kamailio.log").read_text(errors="replace")
+    for user, ip in ((alice_user, n.dev_ip), (bob_user, n.dev2_ip)):
+        found = re.search(rf"FLT registered sip:{re.escape(user)}@\S+ contact=<sip:[^@]+@([0-9.]+):(\d+)[^>]*>"
+                          rf".* src={transport}:([0-9.]+):(\d+)", log)
+        assert found, f"no registration of {user} in {kamailio / 'kamailio.log'}"
+        contact_ip, contact_port, src_ip, src_port = found.groups()
+        assert contact_ip == ip
+        assert src_ip == (ip if spoof else n.gw_pbx_ip)
+        if spoof and transport == "udp":
+            assert src_port == contact_port
+
+    # faultlab relayed all of it, byte for byte (nothing of its own added), and warned of nothing
+    evs = events(trace)
+    # the test UA ends its process without a TLS close_notify: faultlab reports that EOF, rightly
+    warnings = [e for e in evs if e["kind"] == "warning"
+                and "UNEXPECTED_EOF_WHILE_READING" not in e["detail"]["message"]]
+    assert not warnings, warnings
+    received = [e for e in evs if e["kind"] == "received" and e.get("parsed")]
+    sent = [e for e in evs if e["kind"] == "sent" and e.get("parsed")]
+    assert len(received) == len(sent) >= 14
+    for r, s_ in zip(sorted(received, key=lambda e: e["raw"]), sorted(sent, key=lambda e: e["raw"])):
+        assert r["raw"] == s_["raw"]
+    methods = {(e.get("method") or f"{e.get('status')} {e.get('cseq_method')}", e["direction"]) for e in sent}
+    for m in ("REGISTER", "INVITE", "ACK", "BYE"):
+        assert (m, "to-pbx") in methods, methods
+    for m in ("INVITE", "ACK", "BYE"):
+        assert (m, "to-device") in methods, methods
+    assert {e["transport"] for e in sent} == {transport}
