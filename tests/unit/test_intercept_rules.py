@@ -1,9 +1,15 @@
-"""The interception ruleset is generated from validated values only (no root needed)."""
+"""Transparent mode without root: the interception ruleset is generated from validated values only;
+the proxy's transparent configuration and original-destination parsing."""
 
 from __future__ import annotations
 
+import socket
+import struct
+
 import pytest
 
+from faultlab.net import transparent
+from faultlab.net.addr import parse_endpoint
 from faultlab.netns.intercept import (
     InterceptError,
     InterceptSpec,
@@ -11,6 +17,7 @@ from faultlab.netns.intercept import (
     rule_argv,
     ruleset,
 )
+from faultlab.proxy import ConfigError, ProxyConfig
 
 
 def spec(**kw):
@@ -85,3 +92,54 @@ def test_ip_argument_lists():
 def test_rejects_what_would_be_pasted_unchecked(kw, needle):
     with pytest.raises(InterceptError, match=needle):
         spec(**kw)
+
+
+# -- the proxy's side of transparent mode: configuration and original-destination parsing ------------
+
+
+def config(**kw) -> ProxyConfig:
+    args = dict(listen=[parse_endpoint("udp:0.0.0.0:15060")], upstream=[], transparent=True)
+    args.update(kw)
+    return ProxyConfig(**args)
+
+
+def test_transparent_needs_no_upstream_and_refuses_one(monkeypatch):
+    monkeypatch.setattr(transparent, "support_problem", lambda: None)
+    config().validate()
+    assert config().upstream_for("udp") is None
+    with pytest.raises(ConfigError, match="drop --upstream"):
+        config(upstream=[parse_endpoint("udp:10.0.0.2:5060")]).validate()
+
+
+def test_relay_mode_still_needs_an_upstream():
+    with pytest.raises(ConfigError, match="add --upstream udp"):
+        config(transparent=False).validate()
+
+
+def test_spoof_source_needs_transparent():
+    with pytest.raises(ConfigError, match="--spoof-source needs --transparent"):
+        config(transparent=False, spoof_source=True, upstream=[parse_endpoint("udp:10.0.0.2:5060")]).validate()
+
+
+def test_transparent_says_why_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(transparent.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(transparent.sys, "platform", "linux")
+    with pytest.raises(ConfigError, match="needs root"):
+        config().validate()
+    monkeypatch.setattr(transparent.sys, "platform", "darwin")
+    with pytest.raises(ConfigError, match="needs Linux"):
+        config().validate()
+
+
+def test_parse_sockaddr_in():
+    raw = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 5061) + socket.inet_aton("10.213.0.2") + bytes(8)
+    assert transparent.parse_sockaddr_in(raw) == ("10.213.0.2", 5061)
+    assert transparent.parse_sockaddr_in(struct.pack("=H", socket.AF_INET6) + bytes(14)) is None
+    assert transparent.parse_sockaddr_in(b"") is None
+
+
+def test_was_redirected_tells_intercepted_from_direct_traffic():
+    assert transparent.was_redirected(("10.213.0.2", 5060), ("0.0.0.0", 5060))  # the PBX, not local
+    assert not transparent.was_redirected(("127.0.0.1", 5060), ("0.0.0.0", 5060))  # faultlab itself
+    assert transparent.was_redirected(("127.0.0.1", 5070), ("0.0.0.0", 5060))
+    assert not transparent.was_redirected(None, ("0.0.0.0", 5060))
