@@ -178,3 +178,61 @@ def impair(
     except Exception as e:  # noqa: BLE001 - one red line, never a traceback
         _fail(f"impair failed: {type(e).__name__}: {e}", 1)
     typer.echo(text)
+
+
+@app.command()
+def intercept(
+    name: NameOption = "lab",
+    pbx: Annotated[Optional[str], typer.Option(
+        help="The PBX address whose SIP traffic the gateway hands to faultlab (default: the lab's PBX).")] = None,
+    ports: Annotated[str, typer.Option(help="SIP ports to intercept, comma-separated.")] = "5060,5061",
+    tls_ports: Annotated[str, typer.Option(help="Which of them carry TLS (TCP only).")] = "5061",
+    proxy_port: Annotated[int, typer.Option(
+        help="Where faultlab proxy --transparent listens in the gateway for UDP and TCP.", min=1, max=65535)] = 5060,
+    proxy_tls_port: Annotated[int, typer.Option(help="... and for TLS.", min=1, max=65535)] = 5061,
+    spoof_source: Annotated[bool, typer.Option(
+        help="Also route the PBX's answers back to faultlab (for faultlab proxy --spoof-source).")] = False,
+    off: Annotated[bool, typer.Option("--off", help="Remove the interception.")] = False,
+) -> None:
+    """Send the lab's SIP traffic for the PBX to faultlab in the gateway (nftables REDIRECT / TPROXY).
+
+    Then run the relay there: faultlab net exec gateway -- faultlab proxy --transparent
+    --listen udp:0.0.0.0:5060 --listen tcp:0.0.0.0:5060 --listen tls:0.0.0.0:5061
+    """
+    from faultlab.netns.intercept import InterceptError, intercept_off, intercept_on
+    from faultlab.netns.topology import lab_status, netns_name
+
+    _need_root()
+    try:
+        lab = lab_status(name)
+    except LabError as e:
+        _lab_error(e)
+    if lab is None or lab.gateway is None:
+        _fail(f"no lab {name!r}: run faultlab net up --name {name} first", 1)
+    gateway = netns_name(name, "gateway")
+    table = f"faultlab_{name}"
+    try:
+        if off:
+            intercept_off(gateway, table)
+            typer.echo(f"lab {name!r}: interception off")
+            return
+        port_list = [int(p) for p in ports.split(",") if p.strip()]
+        tls_list = [int(p) for p in tls_ports.split(",") if p.strip()]
+    except ValueError:
+        _fail(f"--ports and --tls-ports take comma-separated numbers, e.g. 5060,5061 (got {ports!r}, {tls_ports!r})", 2)
+    except InterceptError as e:
+        _fail(str(e), 1)
+    target = pbx or (lab.pbx.address if lab.pbx else None)
+    if target is None:
+        _fail(f"lab {name!r} has no PBX: give --pbx ADDRESS", 2)
+    try:
+        intercept_on(gateway, pbx=target, ports=port_list, tls_ports=tls_list, proxy_udp_port=proxy_port,
+                     proxy_tcp_port=proxy_port, proxy_tls_port=proxy_tls_port, table=table,
+                     spoof_source=spoof_source)
+    except (InterceptError, ValueError) as e:
+        _fail(str(e), 2 if isinstance(e, ValueError) and not isinstance(e, InterceptError) else 1)
+    typer.echo(f"lab {name!r}: SIP for {target} ports {','.join(map(str, port_list))} now goes to faultlab in "
+               f"{gateway} (UDP/TCP :{proxy_port}, TLS :{proxy_tls_port}); run there: "
+               f"faultlab net exec gateway --name {name} -- faultlab proxy --transparent "
+               f"--listen udp:0.0.0.0:{proxy_port} --listen tcp:0.0.0.0:{proxy_port} "
+               f"--listen tls:0.0.0.0:{proxy_tls_port}")
