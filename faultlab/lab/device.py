@@ -1,0 +1,481 @@
+"""The reference device: a simulated, well-behaved iOS VoIP app (or a known-bad one), on trio.
+
+:class:`Device` owns a small SIP UA that talks to one outbound proxy (faultlab's address) over UDP, TCP or TLS,
+reads VoIP pushes from a channel, and runs one :class:`~faultlab.lab.device_logic.DeviceLogic` per call: the
+CallKit/app rules live there (sans-IO); this module only does the I/O:
+
+* REGISTER with RFC 8599 Contact parameters
+  (``;pn-provider=apns;pn-prid=<token>;pn-param=<TEAMID>.<bundle>.voip``) and ``Expires``; on UDP retransmitted
+  per Timer E (0, 0.5, 1.5, 3.5, 7.5, 11.5 ... s) until a final response, Timer F (32 s), or the logic stops it;
+* answers INVITEs (100 at once, then whatever the logic says: 180, 200 with SDP, 487, 480, 603), retransmits the
+  2xx on UDP until the ACK (Timer G style), absorbs request retransmissions by resending the last response;
+* CANCEL (200, + 487 through the logic), BYE (200), ACK, OPTIONS (200); anything else 501;
+* device events go to the shared :class:`~faultlab.lab.timeline.Timeline` as kind ``"device"``, source
+  ``"device:<name>"``, with ``call_id`` and ``detail = {"event", "reason" (ended only), "uuid"}``.
+
+Pushes are any objects with ``.kind`` (``"call"`` | ``"cancel"``) and ``.payload`` (dict with ``call-id``,
+``uuid``, ...). Time is trio's clock only, so a Device runs under ``trio.testing.MockClock``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from faultlab.lab.device_logic import (
+    BEHAVIOURS,
+    DeviceConfig,
+    DeviceLogic,
+    Emit,
+    Output,
+    Reply,
+    SendRegister,
+    StopRegister,
+)
+from faultlab.lab.timeline import Timeline
+from faultlab.net.addr import Endpoint, format_hostport, parse_endpoint
+from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, build_response, parse_datagram
+
+__all__ = ["Device", "DeviceConfig", "BEHAVIOURS", "contact_uri", "T1", "T2", "TIMER_F"]
+
+T1, T2 = 0.5, 4.0  # RFC 3261 §17
+TIMER_F = 64 * T1  # non-INVITE transaction timeout
+USER_AGENT = "faultlab-reference-device"
+SDP_TEMPLATE = (
+    "v=0\r\no={user} 1 1 IN {ipv} {host}\r\ns=faultlab device\r\nc=IN {ipv} {host}\r\nt=0 0\r\n"
+    "m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+)
+Address = tuple[str, int]
+
+
+def contact_uri(user: str, local: Address, transport: str, token: str, team_id: str, bundle: str) -> str:
+    """The Contact URI with RFC 8599 push parameters (in the URI, §4.1)."""
+    uri = f"sip:{user}@{format_hostport(*local)}"
+    if transport != "udp":
+        uri += f";transport={transport}"
+    return f"{uri};pn-provider=apns;pn-prid={token};pn-param={team_id}.{bundle}.voip"
+
+
+def _retry_after(message: Message) -> float | None:
+    value = message.get("Retry-After")
+    m = re.match(r"\s*(\d+)", value or "")
+    return float(m.group(1)) if m else None
+
+
+@dataclass
+class _Request:
+    """A request received, with where its responses go: the ``ref`` the logic passes back."""
+
+    message: Message
+    source: Address
+    to_tag: str
+
+
+@dataclass
+class _Call:
+    logic: DeviceLogic
+    changed: trio.Event = field(default_factory=trio.Event)
+    register_scope: trio.CancelScope | None = None
+    acked: trio.Event = field(default_factory=trio.Event)
+    invite_branch: str | None = None
+
+
+class Device:
+    """The reference device. ``await device.run()`` (or ``nursery.start(device.run)``) until cancelled.
+
+    ``proxy``: ``"udp:HOST:PORT"`` / ``"tcp:..."`` / ``"tls:..."`` or an :class:`Endpoint` (HOST an IP address).
+    ``pushes``: a receive channel of push objects, or None (no pushes: only INVITEs while "in the foreground").
+    ``register_at_start``: send one REGISTER at start, as the app does at launch to leave its push binding.
+    ``on_event``: called with each device event's detail dict (after the timeline has it).
+    """
+
+    def __init__(
+        self,
+        *,
+        proxy: str | Endpoint,
+        user: str,
+        domain: str,
+        token: str,
+        pushes: Any = None,
+        timeline: Timeline | None = None,
+        config: DeviceConfig | None = None,
+        name: str | None = None,
+        team_id: str = "ABCDE12345",
+        bundle: str = "org.faultlab.device",
+        expires: int = 600,
+        host: str | None = None,
+        ca_file: str | Path | None = None,
+        tls_server_name: str | None = None,
+        register_at_start: bool = True,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.proxy = parse_endpoint(proxy) if isinstance(proxy, str) else proxy
+        self.user, self.domain, self.token = user, domain, token
+        self.pushes = pushes
+        self.timeline = timeline
+        self.config = config or DeviceConfig()
+        self.name = name or user
+        self.team_id, self.bundle, self.expires = team_id, bundle, expires
+        self.host = host or ("::1" if ":" in self.proxy.host else "127.0.0.1")
+        self.ca_file, self.tls_server_name = ca_file, tls_server_name
+        self.register_at_start = register_at_start
+        self.on_event = on_event
+        self.calls: list[_Call] = []
+        self.initial_register: int | str | None = None  # status, "timeout" or "transport: ..."
+        self._lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._sock: trio.socket.SocketType | None = None
+        self._stream: trio.abc.Stream | None = None
+        self._local: Address | None = None
+        self._send_lock = trio.Lock()
+        self._transactions: dict[str, trio.MemorySendChannel] = {}  # branch -> REGISTER responses
+        self._responses: dict[tuple[str | None, str | None], bytes] = {}  # (branch, method) -> last response
+        self._reg_call_id = secrets.token_hex(8) + "@" + self.host
+        self._cseq = 0
+
+    @property
+    def source(self) -> str:
+        return f"device:{self.name}"
+
+    @property
+    def proxy_address(self) -> Address:
+        return self.proxy.host, self.proxy.port
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.timeline is None:
+            self.timeline = Timeline()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.proxy.transport == "udp":
+                family = trio.socket.AF_INET6 if ":" in self.host else trio.socket.AF_INET
+                self._sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+                await self._sock.bind((self.host, 0))
+                self._local = self._sock.getsockname()[:2]
+                nursery.start_soon(self._read_datagrams)
+            if self.register_at_start:
+                result = await self._register_transaction()
+                if result[0] == "response":
+                    self.initial_register = result[1]
+                else:
+                    self.initial_register = "timeout" if result[0] == "timeout" else f"transport failure: {result[1]}"
+            if self.pushes is not None:
+                nursery.start_soon(self._read_pushes)
+            task_status.started()
+
+    # ------------------------------------------------------------------ transport
+
+    async def _ensure_stream(self) -> None:
+        """Connect (and for TLS, handshake) to the proxy if there is no open connection."""
+        if self._sock is not None or self._stream is not None:
+            return
+        tcp = await trio.open_tcp_stream(*self.proxy_address)
+        stream: trio.abc.Stream = tcp
+        if self.proxy.transport == "tls":
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+            stream = trio.SSLStream(tcp, context, server_hostname=self.tls_server_name or self.proxy.host)
+            try:
+                await stream.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+        self._stream = stream
+        self._local = tcp.socket.getsockname()[:2]
+        assert self._nursery is not None
+        self._nursery.start_soon(self._read_stream, stream)
+
+    async def _send(self, data: bytes, dest: Address | None = None) -> None:
+        if self._sock is not None:
+            await self._sock.sendto(data, dest or self.proxy_address)
+            return
+        if self._stream is None:
+            raise trio.BrokenResourceError("no connection to the proxy")
+        async with self._send_lock:
+            await self._stream.send_all(data)
+
+    async def _read_datagrams(self) -> None:
+        assert self._sock is not None
+        with self._sock:
+            while True:
+                data, source = await self._sock.recvfrom(65535)
+                try:
+                    message = parse_datagram(data)
+                except SipError:
+                    continue
+                if not isinstance(message, KeepAlive):
+                    await self._on_message(message, source[:2])
+
+    async def _read_stream(self, stream: trio.abc.Stream) -> None:
+        framer = StreamFramer()
+        try:
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                try:
+                    framer.receive_data(data)
+                    while (event := framer.next_event()) is not NEED_DATA:
+                        if event is EOF:
+                            return
+                        if not isinstance(event, KeepAlive):
+                            await self._on_message(event, self.proxy_address)
+                except SipError:
+                    return
+                if not data:
+                    return
+        finally:
+            if self._stream is stream:
+                self._stream = None
+            await trio.aclose_forcefully(stream)
+
+    # ------------------------------------------------------------------ REGISTER
+
+    def _contact(self) -> str:
+        assert self._local is not None
+        t = self.proxy.transport
+        return f"<{contact_uri(self.user, self._local, t, self.token, self.team_id, self.bundle)}>"
+
+    async def _register_transaction(self) -> tuple:
+        """One REGISTER transaction: ``("response", status, retry_after)``, ``("timeout",)`` or ``("transport", exc)``."""
+        try:
+            await self._ensure_stream()
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            return ("transport", exc)
+        assert self._local is not None
+        self._cseq += 1
+        branch = "z9hG4bK" + secrets.token_hex(8)
+        aor = f"sip:{self.user}@{self.domain}"
+        lines = [
+            f"REGISTER sip:{self.domain} SIP/2.0",
+            f"Via: SIP/2.0/{self.proxy.transport.upper()} {format_hostport(*self._local)};rport;branch={branch}",
+            "Max-Forwards: 70",
+            f"From: <{aor}>;tag={secrets.token_hex(6)}",
+            f"To: <{aor}>",
+            f"Call-ID: {self._reg_call_id}",
+            f"CSeq: {self._cseq} REGISTER",
+            f"Contact: {self._contact()}",
+            f"Expires: {self.expires}",
+            f"User-Agent: {USER_AGENT}",
+            "Content-Length: 0",
+        ]
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        send, receive = trio.open_memory_channel[Message](16)
+        self._transactions[branch] = send
+        try:
+            with trio.move_on_after(TIMER_F):
+                interval = T1
+                while True:
+                    try:
+                        await self._send(data)
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        return ("transport", exc)
+                    # Timer E on UDP; on a reliable transport, just wait (Timer F bounds it)
+                    with trio.move_on_after(interval if self._sock is not None else math.inf):
+                        while True:
+                            response = await receive.receive()
+                            if response.status >= 200:
+                                return ("response", response.status, _retry_after(response))
+                            interval = T2  # a provisional response: retransmit at T2 (§17.1.2.2)
+                    interval = min(2 * interval, T2)
+            return ("timeout",)
+        finally:
+            del self._transactions[branch]
+
+    async def _register_for(self, call: _Call) -> None:
+        with trio.CancelScope() as scope:
+            call.register_scope = scope
+            result = await self._register_transaction()
+        if scope.cancelled_caught or call.register_scope is not scope:
+            return
+        call.register_scope = None
+        now = trio.current_time()
+        if result[0] == "response":
+            await self._feed(call, call.logic.register_response(now, result[1], result[2]))
+        elif result[0] == "timeout":
+            await self._feed(call, call.logic.register_timeout(now))
+        else:
+            await self._feed(call, call.logic.transport_failed(now))
+
+    # ------------------------------------------------------------------ calls
+
+    def _new_call(self) -> _Call:
+        call = _Call(DeviceLogic(self.config))
+        self.calls.append(call)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._timers, call)
+        return call
+
+    def _find(self, call_id: str | None = None, uuid: str | None = None) -> _Call | None:
+        for call in reversed(self.calls):
+            if call.logic.matches(call_id, uuid):
+                return call
+        return None
+
+    async def _feed(self, call: _Call, outputs: list[Output]) -> None:
+        """Apply outputs in order (under the device lock: one input at a time), then wake the call's timers."""
+        async with self._lock:
+            for output in outputs:
+                await self._apply(call, output)
+        call.changed.set()
+        call.changed = trio.Event()
+
+    async def _apply(self, call: _Call, output: Output) -> None:
+        if isinstance(output, Emit):
+            detail: dict[str, Any] = {"event": output.event}
+            if output.reason is not None:
+                detail["reason"] = output.reason
+            detail["uuid"] = call.logic.uuid
+            assert self.timeline is not None
+            self.timeline.emit("device", source=self.source, call_id=call.logic.call_id, detail=detail)
+            if self.on_event is not None:
+                self.on_event({"t": self.timeline.now(), "call_id": call.logic.call_id, **detail})
+        elif isinstance(output, SendRegister):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._register_for, call)
+        elif isinstance(output, StopRegister):
+            if call.register_scope is not None:
+                call.register_scope.cancel()
+                call.register_scope = None
+        elif isinstance(output, Reply):
+            await self._reply(output.ref, output.status, call)
+
+    async def _timers(self, call: _Call) -> None:
+        logic = call.logic
+        while not (logic.ended and logic.next_timer() is None):
+            changed = call.changed
+            deadline = logic.next_timer()
+            with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
+                await changed.wait()
+            if scope.cancelled_caught:
+                await self._feed(call, logic.on_timer(trio.current_time()))
+
+    async def _read_pushes(self) -> None:
+        assert self.pushes is not None
+        async for push in self.pushes:
+            kind, payload = getattr(push, "kind", None), dict(getattr(push, "payload", None) or {})
+            call = self._find(payload.get("call-id"), payload.get("uuid"))
+            if call is None and kind == "call":
+                call = self._new_call()
+            if call is not None:
+                await self._feed(call, call.logic.push(trio.current_time(), kind, payload))
+
+    # ------------------------------------------------------------------ SIP in
+
+    async def _on_message(self, message: Message, source: Address) -> None:
+        try:
+            if message.top_via is None or message.cseq is None:
+                return
+            if not message.is_request:
+                branch = message.top_via.branch
+                if branch in self._transactions and message.cseq.method == "REGISTER":
+                    self._transactions[branch].send_nowait(message)
+                return
+            await self._on_request(message, source)
+        except (SipError, trio.WouldBlock):
+            return  # malformed or unexpected: a real phone ignores it
+
+    async def _on_request(self, message: Message, source: Address) -> None:
+        method = message.method
+        branch = message.top_via.branch
+        now = trio.current_time()
+        if method != "ACK" and (branch, method) in self._responses:  # a retransmission
+            await self._send(self._responses[(branch, method)], self._dest(message, source))
+            return
+        call = self._find(message.call_id)
+        if method == "INVITE" and message.to_tag is None:
+            if call is None:  # no push named this Call-ID: the newest call still waiting for its INVITE, else a new one
+                waiting = [c for c in self.calls if c.logic.invite is None and not c.logic.ended]
+                call = waiting[-1] if waiting else self._new_call()
+            ref = _Request(message, source, secrets.token_hex(6))
+            await self._reply(ref, 100, call)
+            if call.logic.invite is None and not call.logic.ended:
+                call.invite_branch = branch
+            await self._feed(call, call.logic.invite_received(now, ref, message.call_id))
+        elif method == "ACK":
+            if call is not None:
+                call.acked.set()
+                await self._feed(call, call.logic.ack_received(now))
+        elif method == "CANCEL":
+            ref = _Request(message, source, "")
+            if call is None or call.invite_branch != branch:
+                await self._reply(ref, 481, None)
+                return
+            try:
+                reason = message.reason
+            except SipError:
+                reason = None
+            await self._feed(call, call.logic.cancel_received(now, ref, reason))
+        elif method == "BYE":
+            ref = _Request(message, source, "")
+            if call is None:
+                await self._reply(ref, 481, None)
+                return
+            await self._feed(call, call.logic.bye_received(now, ref))
+        elif method == "OPTIONS":
+            await self._reply(_Request(message, source, secrets.token_hex(6)), 200, None)
+        else:
+            await self._reply(_Request(message, source, secrets.token_hex(6)), 501, None)
+
+    # ------------------------------------------------------------------ SIP out
+
+    def _dest(self, request: Message, source: Address) -> Address:
+        """Where a response goes on UDP: the source with rport (RFC 3581), else the Via's port (§18.2.2)."""
+        via = request.top_via
+        port = source[1] if via.rport is not None or via.port is None else via.port
+        return source[0], port
+
+    def _sdp(self) -> bytes:
+        assert self._local is not None
+        host = self._local[0]
+        ipv = "IP6" if ":" in host else "IP4"
+        return SDP_TEMPLATE.format(user=self.user, ipv=ipv, host=host, rtp_port=40000).encode()
+
+    async def _reply(self, ref: _Request, status: int, call: _Call | None) -> None:
+        m = ref.message
+        headers: list[tuple[str, str]] = []
+        body = b""
+        if m.method == "INVITE" and 100 < status < 300:
+            headers += [("Record-Route", rr) for rr in m.get_all("Record-Route")]
+            headers.append(("Contact", f"<sip:{self.user}@{format_hostport(*self._local)}"
+                                       + (f";transport={self.proxy.transport}>" if self.proxy.transport != "udp"
+                                          else ">")))
+        headers.append(("User-Agent", USER_AGENT))
+        if m.method == "INVITE" and status == 200:
+            headers.append(("Content-Type", "application/sdp"))
+            body = self._sdp()
+        data = build_response(m, status, to_tag=ref.to_tag or None, headers=headers, body=body)
+        dest = self._dest(m, ref.source)
+        key = (m.top_via.branch, m.method)
+        if status >= 200 or m.method == "INVITE":
+            self._responses[key] = data
+        try:
+            await self._send(data, dest)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if m.method == "INVITE" and status == 200 and self._sock is not None and call is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._retransmit_2xx, call, data, dest)
+
+    async def _retransmit_2xx(self, call: _Call, data: bytes, dest: Address) -> None:
+        """UDP: resend the 2xx at T1, doubling to T2, until the ACK or 64*T1 (RFC 3261 §13.3.1.4)."""
+        interval = T1
+        with trio.move_on_after(64 * T1):
+            while True:
+                with trio.move_on_after(interval):
+                    await call.acked.wait()
+                    return
+                try:
+                    await self._send(data, dest)
+                except OSError:
+                    return
+                interval = min(2 * interval, T2)

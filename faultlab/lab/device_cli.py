@@ -1,0 +1,195 @@
+"""``faultlab device``: run the reference device (a simulated iOS VoIP app) from the command line.
+
+Mounted by ``faultlab/cli.py`` with ``app.add_typer(device_app, name="device")``. Thin: parse the options, build a
+:class:`~faultlab.lab.device.Device`, print its device events as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Annotated, Optional
+
+import trio
+import typer
+
+from faultlab.faults import parse_duration
+from faultlab.lab.device import Device
+from faultlab.lab.device_logic import BEHAVIOURS, DeviceConfig
+from faultlab.lab.timeline import Timeline
+from faultlab.net.addr import EndpointError, parse_endpoint
+
+_BEHAVIOUR_HELP = " ".join(f"'{name}': {text}" for name, text in BEHAVIOURS.items())
+
+app = typer.Typer(
+    help="Run the reference device: a simulated, well-behaved iOS VoIP app (CallKit rules, tunable deadlines), "
+    "or one of its known-bad behaviours.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    invoke_without_command=True,
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"faultlab device: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _seconds(option: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)  # a bare number: seconds
+    except ValueError:
+        pass
+    try:
+        return parse_duration(text)
+    except ValueError:
+        _fail(f"{option} {text!r}: expected a duration such as 2s, 500ms or 1.5")
+    return None
+
+
+def push_from_line(line: str) -> SimpleNamespace | None:
+    """One NDJSON line of the gateway's push stream -> a push object (``.kind``, ``.payload``), or None.
+
+    Accepted: ``{"kind": "call"|"cancel", "payload": {...}}``, or a bare payload whose ``"type"`` is the kind.
+    """
+    line = line.strip()
+    if not line:
+        return None
+    obj = json.loads(line)
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("payload"), dict):
+        return SimpleNamespace(kind=obj.get("kind") or obj["payload"].get("type"), payload=obj["payload"])
+    return SimpleNamespace(kind=obj.get("type"), payload=obj)
+
+
+async def stream_pushes(url: str, send: trio.MemorySendChannel) -> None:
+    """Read the NDJSON push stream at ``url`` (urllib, in a thread) into ``send``; reconnect after 1 s on error."""
+
+    def read() -> None:
+        with urllib.request.urlopen(url) as response:
+            for raw in response:
+                push = push_from_line(raw.decode("utf-8", "replace"))
+                if push is not None:
+                    trio.from_thread.run(send.send, push)
+
+    while True:
+        try:
+            await trio.to_thread.run_sync(read, abandon_on_cancel=True)
+        except (OSError, ValueError) as exc:
+            typer.secho(f"faultlab device: push stream {url}: {exc}; retrying in 1 s", err=True,
+                        fg=typer.colors.YELLOW)
+        await trio.sleep(1)
+
+
+@app.callback(invoke_without_command=True)
+def device(
+    proxy: Annotated[str, typer.Option(
+        "--proxy", metavar="TRANSPORT:HOST:PORT",
+        help="The outbound proxy the device sends all SIP to (faultlab's address): udp:HOST:PORT, tcp:HOST:PORT "
+             "or tls:HOST:PORT (IPv6 in brackets). HOST must be an IP address.")],
+    user: Annotated[str, typer.Option("--user", help="The SIP user: the AOR is sip:USER@DOMAIN.")],
+    domain: Annotated[str, typer.Option("--domain", help="The SIP domain (registrar) of the AOR.")],
+    token: Annotated[str, typer.Option(
+        "--token", metavar="HEX",
+        help="The APNs VoIP device token: sent as pn-prid in the REGISTER Contact (RFC 8599); the push "
+             "gateway delivers pushes for this token.")],
+    push_url: Annotated[Optional[str], typer.Option(
+        "--push-url", metavar="URL",
+        help="Stream pushes from the push gateway: GET URL (e.g. http://HOST:PORT/devices/<token>/pushes), one "
+             "JSON push per line ({\"kind\": \"call\"|\"cancel\", \"payload\": {...}} or a bare payload with "
+             "\"type\"). Without it the device gets no pushes and only answers INVITEs (as an app in the "
+             "foreground).")] = None,
+    answer_after: Annotated[Optional[str], typer.Option(
+        "--answer-after", metavar="DURATION",
+        help="The scripted user taps answer this long after the call is reported (e.g. 2s). Before the INVITE "
+             "the answer is held; it is fulfilled after the 200 OK.")] = None,
+    decline_after: Annotated[Optional[str], typer.Option(
+        "--decline-after", metavar="DURATION",
+        help="The scripted user taps decline this long after the report: 603 to the INVITE (at once or when "
+             "it arrives), ended reason 'declined'.")] = None,
+    no_answer: Annotated[bool, typer.Option(
+        "--no-answer", help="The user never acts (the default): a ringing call ends after the 45 s ring "
+                            "timeout with 480, unanswered.")] = False,
+    register_deadline: Annotated[str, typer.Option(
+        "--register-deadline", metavar="DURATION",
+        help="D_register: push -> REGISTER 2xx. Past it the call ends 'failed'.")] = "8s",
+    invite_deadline: Annotated[str, typer.Option(
+        "--invite-deadline", metavar="DURATION",
+        help="D_invite: REGISTER 2xx -> INVITE. Past it the call ends 'unanswered'.")] = "5s",
+    total_deadline: Annotated[str, typer.Option(
+        "--total-deadline", metavar="DURATION",
+        help="D_total: push -> INVITE, a hard cap on both deadlines above.")] = "15s",
+    behaviour: Annotated[Optional[str], typer.Option(
+        "--behaviour", metavar="NAME",
+        help="A known-bad behaviour instead of the well-behaved app. " + _BEHAVIOUR_HELP)] = None,
+    team_id: Annotated[str, typer.Option(
+        "--team-id", help="Apple Team ID in pn-param (<TEAMID>.<bundle>.voip).")] = "ABCDE12345",
+    bundle: Annotated[str, typer.Option("--bundle", help="App bundle ID in pn-param.")] = "org.faultlab.device",
+    expires: Annotated[int, typer.Option("--expires", help="Expires proposed in each REGISTER (seconds).")] = 600,
+    name: Annotated[Optional[str], typer.Option(
+        "--name", help="The device's name in the timeline (source device:NAME) [default: USER].")] = None,
+    ca_file: Annotated[Optional[Path], typer.Option(
+        "--ca-file", help="CA certificates to verify a tls: proxy with (e.g. faultlab's lab CA) "
+                          "[default: the system's].", dir_okay=False)] = None,
+    tls_server_name: Annotated[Optional[str], typer.Option(
+        "--tls-server-name", help="TLS server name (SNI and verification) [default: the proxy's HOST].")] = None,
+    no_initial_register: Annotated[bool, typer.Option(
+        "--no-initial-register",
+        help="Do not REGISTER at start (by default the device registers once, as an app does at launch, "
+             "so that the PBX has its push binding).")] = False,
+) -> None:
+    """Run the reference device until interrupted; print each device event as a JSON line.
+
+    On a call push it reports the call at once, REGISTERs (binding refresh), waits for the INVITE within the
+    deadlines, follows the scripted user, maps CANCEL Reason causes to CallKit end reasons and ends exactly once.
+    See docs/reference-device.md.
+    """
+    try:
+        endpoint = parse_endpoint(proxy, allow_port_zero=False)
+    except EndpointError as exc:
+        _fail(f"--proxy: {exc}")
+    if not endpoint.is_ip:
+        _fail(f"--proxy: HOST must be an IP address, not {endpoint.host!r}")
+    if sum(x is not None and x is not False for x in (answer_after, decline_after, no_answer or None)) > 1:
+        _fail("--answer-after, --decline-after and --no-answer are exclusive")
+    if behaviour is not None and behaviour not in BEHAVIOURS:
+        _fail(f"--behaviour {behaviour!r}: use one of {', '.join(BEHAVIOURS)}")
+    try:
+        config = DeviceConfig(
+            register_deadline=_seconds("--register-deadline", register_deadline),
+            invite_deadline=_seconds("--invite-deadline", invite_deadline),
+            total_deadline=_seconds("--total-deadline", total_deadline),
+            answer_after=_seconds("--answer-after", answer_after),
+            decline_after=_seconds("--decline-after", decline_after),
+            behaviour=behaviour,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+
+    def print_event(event: dict) -> None:
+        print(json.dumps(event), flush=True)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            pushes = None
+            if push_url is not None:
+                send, pushes = trio.open_memory_channel(16)
+                nursery.start_soon(stream_pushes, push_url, send)
+            dev = Device(proxy=endpoint, user=user, domain=domain, token=token, pushes=pushes,
+                         timeline=Timeline(), config=config, name=name, team_id=team_id, bundle=bundle,
+                         expires=expires, ca_file=ca_file, tls_server_name=tls_server_name,
+                         register_at_start=not no_initial_register, on_event=print_event)
+            await nursery.start(dev.run)
+            if dev.initial_register is not None:
+                typer.echo(f"faultlab device: initial REGISTER: {dev.initial_register}", err=True)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        sys.exit(0)

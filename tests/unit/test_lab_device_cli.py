@@ -1,0 +1,78 @@
+"""``faultlab device``: --help explains every option; bad input is one clear line; the push stream's line format."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from faultlab.lab.device_cli import app, push_from_line
+from faultlab.lab.device_logic import BEHAVIOURS
+
+main = typer.Typer()
+main.add_typer(app, name="device")  # as faultlab/cli.py mounts it
+
+
+@main.command()
+def _other() -> None:  # a second command, so that "device" stays a sub-command as in the real CLI
+    pass
+
+
+runner = CliRunner()
+BASE = ["device", "--proxy", "udp:127.0.0.1:5060", "--user", "alice", "--domain", "lab.test", "--token", "ab12"]
+
+
+def test_help_explains_every_option() -> None:
+    result = runner.invoke(main, ["device", "--help"], env={"COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert result.exit_code == 0
+    for option in ("--proxy", "--user", "--domain", "--token", "--push-url", "--answer-after", "--decline-after",
+                   "--no-answer", "--register-deadline", "--invite-deadline", "--total-deadline", "--behaviour",
+                   "--team-id", "--bundle", "--expires", "--name", "--ca-file", "--tls-server-name",
+                   "--no-initial-register"):
+        assert option in result.output, option
+    flat = " ".join(result.output.replace("│", " ").split())
+    for name in BEHAVIOURS:
+        assert name in flat
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--behaviour", "nope"], "use one of depends-on-cancel-push"),
+    (["--answer-after", "2s", "--decline-after", "1s"], "exclusive"),
+    (["--answer-after", "2s", "--no-answer"], "exclusive"),
+    (["--answer-after", "soon"], "--answer-after 'soon'"),
+    (["--register-deadline", "-1"], "register_deadline"),
+])
+def test_bad_input_is_one_clear_line(args, words) -> None:
+    result = runner.invoke(main, BASE + args)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("proxy, words", [
+    ("udp:127.0.0.1:0", "out of range"),
+    ("sctp:127.0.0.1:5060", "unknown transport"),
+    ("udp:pbx.example.com:5060", "must be an IP address"),
+])
+def test_bad_proxy(proxy, words) -> None:
+    args = list(BASE)
+    args[2] = proxy
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2 and words in result.output
+
+
+def test_push_lines() -> None:
+    push = push_from_line('{"kind": "call", "payload": {"type": "call", "call-id": "c", "uuid": "u"}}\n')
+    assert push.kind == "call" and push.payload["call-id"] == "c"
+    bare = push_from_line('{"type": "cancel", "call-id": "c"}')
+    assert bare.kind == "cancel" and bare.payload == {"type": "cancel", "call-id": "c"}
+    assert push_from_line("  \n") is None and push_from_line("[1]") is None
+
+
+def test_docs_describe_every_behaviour() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "reference-device.md").read_text()
+    for name in BEHAVIOURS:
+        assert f"`{name}`" in doc, name
+    for reason in ("answeredElsewhere", "declinedElsewhere", "remoteEnded", "unanswered", "failed"):
+        assert reason in doc
