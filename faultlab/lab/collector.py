@@ -1,0 +1,202 @@
+"""The event collector: where a real, instrumented app posts its device events (``docs/device-events.md``).
+
+``POST /events`` takes one event (a JSON object) or a batch (a JSON array of them)::
+
+    {"device": "alice-iphone", "event": "ended", "uuid": "6F1C...", "call_id": "a84b4c76e66710",
+     "reason": "remoteEnded", "client_time": 1764166500.125, "detail": {"note": "free-form"}}
+
+- ``device`` (required): the device's name, 1-64 characters from ``A-Z a-z 0-9 . _ -``.
+- ``event`` (required): ``reported``, ``answer-tapped``, ``answer-fulfilled``, ``answer-failed``, ``ended``.
+- ``uuid`` (the CallKit UUID) and/or ``call_id`` (the SIP Call-ID): at least one.
+- ``reason``: required with ``ended`` and only there: ``failed``, ``remoteEnded``, ``unanswered``,
+  ``answeredElsewhere``, ``declinedElsewhere`` (CXCallEndedReason).
+- ``client_time`` (required): the device's clock, UNIX seconds (a number).
+- ``detail`` (optional): a JSON object, kept as it is.
+
+Answers: 200 ``{"accepted": N}``; 400 ``{"error": reason}`` for anything else (nothing of a bad batch is
+accepted); 413 over 64 KiB. Each accepted event goes on the timeline as ``kind="device"``,
+``source=f"device:{device}"``, ``call_id``, ``detail={"event", "reason" (ended only), "uuid",
+"client_time", "origin": "collector", "extra": detail}`` — the same shape the reference device emits with
+:meth:`DeviceEvent.emit`, so the checks read both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .timeline import Timeline
+
+__all__ = [
+    "END_REASONS",
+    "EVENTS",
+    "MAX_BODY",
+    "DeviceEvent",
+    "DeviceEventError",
+    "create_collector_app",
+    "parse_device_events",
+    "serve_collector",
+]
+
+EVENTS = ("reported", "answer-tapped", "answer-fulfilled", "answer-failed", "ended")
+END_REASONS = ("failed", "remoteEnded", "unanswered", "answeredElsewhere", "declinedElsewhere")
+MAX_BODY = 64 * 1024
+_DEVICE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_FIELDS = {"device", "event", "uuid", "call_id", "reason", "client_time", "detail"}
+
+
+class DeviceEventError(ValueError):
+    """A device event that does not follow the schema; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    device: str
+    event: str
+    client_time: float
+    uuid: str | None = None
+    call_id: str | None = None
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"device": self.device, "event": self.event}
+        for key in ("uuid", "call_id", "reason"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["client_time"] = self.client_time
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> DeviceEvent:
+        """Validate one event; raises :class:`DeviceEventError` naming the problem."""
+        if not isinstance(obj, Mapping):
+            raise DeviceEventError(f"an event is a JSON object, not {type(obj).__name__}")
+        unknown = sorted(set(obj) - _FIELDS)
+        if unknown:
+            raise DeviceEventError(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_FIELDS))}")
+        device = obj.get("device")
+        if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+            raise DeviceEventError("device: required, 1-64 characters from A-Z a-z 0-9 . _ -")
+        event = obj.get("event")
+        if event not in EVENTS:
+            raise DeviceEventError(f"event: {event!r} is not one of {', '.join(EVENTS)}")
+        uuid, call_id = obj.get("uuid"), obj.get("call_id")
+        for key, value in (("uuid", uuid), ("call_id", call_id)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise DeviceEventError(f"{key}: a non-empty string")
+        if uuid is None and call_id is None:
+            raise DeviceEventError("uuid or call_id: give at least one, to say which call")
+        reason = obj.get("reason")
+        if event == "ended":
+            if reason not in END_REASONS:
+                raise DeviceEventError(f"reason: {reason!r} is not one of {', '.join(END_REASONS)} "
+                                       "(required with event ended)")
+        elif reason is not None:
+            raise DeviceEventError(f"reason: only with event ended, not with {event}")
+        client_time = obj.get("client_time")
+        if isinstance(client_time, bool) or not isinstance(client_time, (int, float)) \
+                or not math.isfinite(client_time) or client_time < 0:
+            raise DeviceEventError("client_time: required, the device clock in UNIX seconds (a number)")
+        detail = obj.get("detail", {})
+        if not isinstance(detail, Mapping):
+            raise DeviceEventError("detail: a JSON object")
+        return cls(device=device, event=event, client_time=float(client_time), uuid=uuid,
+                   call_id=call_id, reason=reason, detail=dict(detail))
+
+    def emit(self, timeline: Timeline, *, origin: str = "collector"):
+        """Put this event on the timeline (kind ``device``, source ``device:<device>``)."""
+        summary = self.event + (f" ({self.reason})" if self.reason else "")
+        return timeline.emit(
+            "device", source=f"device:{self.device}", call_id=self.call_id, summary=summary,
+            detail={"event": self.event, **({"reason": self.reason} if self.reason else {}), "uuid": self.uuid,
+                    "client_time": self.client_time, "origin": origin, "extra": self.detail})
+
+
+def parse_device_events(body: bytes) -> list[DeviceEvent]:
+    """A request body (one JSON object, or an array of them) -> events; :class:`DeviceEventError` if bad."""
+    if not body.strip():
+        raise DeviceEventError("empty body: post a JSON object (one event) or an array of them")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DeviceEventError(f"the body is not JSON: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise DeviceEventError("an empty array: nothing to record")
+    events = []
+    for index, item in enumerate(items):
+        try:
+            events.append(DeviceEvent.from_json(item))
+        except DeviceEventError as exc:
+            if isinstance(data, list):
+                raise DeviceEventError(f"event {index}: {exc}") from None
+            raise
+    return events
+
+
+def create_collector_app(timeline: Timeline) -> Starlette:
+    """The collector as an ASGI app: ``POST /events``, ``GET /`` (what this is)."""
+
+    async def post_events(request: Request) -> JSONResponse:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return JSONResponse({"error": f"body over {MAX_BODY} bytes"}, status_code=413)
+        try:
+            events = parse_device_events(body)
+        except DeviceEventError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        for event in events:
+            event.emit(timeline)
+        return JSONResponse({"accepted": len(events)})
+
+    async def index(request: Request) -> JSONResponse:
+        return JSONResponse({"service": "faultlab event collector", "post": "/events",
+                             "events": list(EVENTS), "end_reasons": list(END_REASONS),
+                             "schema": "docs/device-events.md"})
+
+    return Starlette(routes=[Route("/events", post_events, methods=["POST"]), Route("/", index)])
+
+
+async def serve_collector(
+    timeline: Timeline,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the collector on ``host:port`` (HTTP/1.1 and h2c) until cancelled; started ``(host, port)``."""
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from faultlab.net.addr import format_hostport
+
+    config = Config()
+    config.bind = [format_hostport(host, port)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("faultlab.collector")
+    config.graceful_timeout = 0.5
+
+    class _Started:
+        def started(self, binds: Any = None) -> None:
+            bound = urlsplit(binds[0]).port
+            assert bound is not None, binds
+            task_status.started((host, bound))
+
+    await serve(create_collector_app(timeline), config, mode="asgi", task_status=_Started())  # type: ignore[arg-type]

@@ -1,0 +1,243 @@
+"""``faultlab push-gateway``: run the lab's APNs-compatible push gateway from the command line.
+
+Mounted by the main CLI with ``app.add_typer(push_app, name="push-gateway")``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+DEFAULT_LISTEN = "127.0.0.1:2197"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"faultlab: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def parse_listen(spec: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> ``(host, port)``; ``ValueError`` saying what is wrong."""
+    text = spec.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"{spec!r}: expected [IPv6]:PORT, e.g. [::1]:2197")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{spec!r}: expected HOST:PORT, e.g. 127.0.0.1:2197")
+        if ":" in host:
+            raise ValueError(f"{spec!r}: an IPv6 address needs brackets, e.g. [::1]:2197")
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{spec!r}: port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def _line(event) -> str | None:
+    d = event.detail
+    if event.kind == "push":
+        token = (d.get("token") or "-")[:16]
+        status = f"{d.get('status')}" + (f" {d['reason']}" if d.get("reason") else "")
+        extra = ""
+        if d.get("delay"):
+            extra += f" delay={d['delay']:g}s"
+        if d.get("copies", 1) > 1:
+            extra += f" copies={d['copies']}"
+        return (f"{event.t:10.3f} push      {d.get('push_kind') or '?':<6} {d.get('outcome'):<10} {status:<18} "
+                f"token={token} call-id={event.call_id or '-'}{extra}")
+    if event.kind == "push-delivered":
+        return f"{event.t:10.3f} delivered {d.get('push_kind'):<6} late       {d.get('status')} token={d['token'][:16]}"
+    if event.kind in ("push-subscribe", "push-unsubscribe"):
+        verb = "connected" if event.kind == "push-subscribe" else "gone"
+        return f"{event.t:10.3f} device    {verb} token={d['token'][:16]}"
+    if event.kind == "warning":
+        return f"{event.t:10.3f} lint      {d.get('message')}"
+    if event.kind == "device":
+        reason = f" ({d['reason']})" if d.get("reason") else ""
+        return f"{event.t:10.3f} {event.source:<9} {d.get('event')}{reason} call-id={event.call_id or '-'} uuid={d.get('uuid') or '-'}"
+    return None
+
+
+@app.callback(invoke_without_command=True)
+def run(
+    listen: Annotated[str, typer.Option(
+        "--listen", metavar="HOST:PORT",
+        help="Where to listen for APNs requests (POST /3/device/<token>) and device streams "
+             "(GET /devices/<token>/pushes). Port 0 picks a free one. Without --tls: HTTP/2 with prior "
+             "knowledge (h2c) and HTTP/1.1 on the same port.")] = DEFAULT_LISTEN,
+    tls: Annotated[bool, typer.Option(
+        "--tls", help="Serve TLS (HTTP/2 by ALPN, as APNs does). Uses --cert/--key, or else a certificate "
+                      "for the listen host from the lab CA in --confdir (install that CA on the PBX).")] = False,
+    cert: Annotated[Optional[Path], typer.Option(
+        "--cert", help="PEM certificate (chain) for --tls.", dir_okay=False, exists=True)] = None,
+    key: Annotated[Optional[Path], typer.Option(
+        "--key", help="PEM private key for --tls (may be the same file as --cert).", dir_okay=False,
+        exists=True)] = None,
+    confdir: Annotated[Optional[Path], typer.Option(
+        "--confdir", help="Config directory holding the lab CA, for --tls without --cert "
+                          "(default: $FAULTLAB_HOME, else ~/.faultlab).", file_okay=False)] = None,
+    drop_cancel: Annotated[bool, typer.Option(
+        "--drop-cancel", help="Accept cancel pushes (200) but never deliver them: shows whether the app "
+                              "depends on a cancel push.")] = False,
+    drop_all: Annotated[bool, typer.Option(
+        "--drop-all", help="Accept every push (200) and deliver none: a device that never wakes.")] = False,
+    delay: Annotated[str, typer.Option(
+        "--delay", metavar="DURATION",
+        help="Deliver each accepted push this long after it arrives, e.g. 500ms, 2s. The sender still "
+             "gets 200 at once.")] = "0s",
+    duplicate: Annotated[int, typer.Option(
+        "--duplicate", metavar="N", min=0,
+        help="Deliver each push N extra times (same apns-id): the app must not report the call twice.")] = 0,
+    relay: Annotated[Optional[str], typer.Option(
+        "--relay", metavar="URL",
+        help="Forward accepted pushes for tokens with no device connected here to this APNs URL over "
+             "HTTP/2 (e.g. https://api.sandbox.push.apple.com, or http://HOST:PORT for an h2c mock), after "
+             "validation, lints and faults; APNs's answer is passed back.")] = None,
+    relay_ca: Annotated[Optional[Path], typer.Option(
+        "--relay-ca", help="CA file (PEM) to verify the --relay server with, instead of the system CAs.",
+        dir_okay=False, exists=True)] = None,
+    topic_suffix: Annotated[str, typer.Option(
+        "--topic-suffix", help="apns-topic must end with this (400 BadTopic otherwise).")] = ".voip",
+    device: Annotated[Optional[list[str]], typer.Option(
+        "--device", metavar="TOKEN",
+        help="Accept pushes for this hex token here and just print them (repeatable); handy with curl or a "
+             "PBX under test when no device is connected.")] = None,
+    events: Annotated[Optional[str], typer.Option(
+        "--events", metavar="HOST:PORT",
+        help="Also run the device-event collector (POST /events, see docs/device-events.md) there, and "
+             "print the events on the same timeline.")] = None,
+    trace: Annotated[Optional[Path], typer.Option(
+        "--trace", help="Write the timeline (pushes, lints, device events) to this JSONL file.",
+        dir_okay=False)] = None,
+) -> None:
+    """Run an APNs-compatible push gateway: validate VoIP pushes as APNs would, lint them, apply push
+    faults, and deliver them to devices (or relay them to APNs). Prints each push as it arrives."""
+    import trio
+
+    from faultlab.faults import parse_duration
+    from faultlab.trace import JsonlWriter
+
+    from .collector import serve_collector
+    from .push import PushFaults, PushGateway, serve_push_gateway
+    from .timeline import Timeline
+
+    try:
+        host, port = parse_listen(listen)
+        events_at = parse_listen(events) if events else None
+        faults = PushFaults(drop_cancel=drop_cancel, drop_all=drop_all, delay=parse_duration(delay),
+                            duplicate=duplicate)
+    except ValueError as exc:
+        _fail(str(exc))
+    if (cert is None) != (key is None):
+        _fail("--cert and --key go together")
+    if cert is not None and not tls:
+        _fail("--cert/--key need --tls")
+    for token in device or []:
+        if not token or len(token) % 2 or any(c not in "0123456789abcdefABCDEF" for c in token):
+            _fail(f"--device {token!r}: a device token is an even number of hex digits")
+
+    logging.basicConfig(level=logging.WARNING, format="faultlab: %(name)s: %(levelname)s: %(message)s")
+    certfile = keyfile = None
+    tmp = None
+    if tls:
+        if cert is not None:
+            certfile, keyfile = str(cert), str(key)
+        else:
+            from faultlab.ca import CAError, LabCA, default_confdir
+
+            try:
+                ca = LabCA.load_or_init(confdir or default_confdir())
+                leaf, leaf_key = ca.issue_leaf([host if host not in ("0.0.0.0", "::") else "localhost"])
+            except (CAError, ValueError, OSError) as exc:
+                _fail(f"cannot issue a certificate from the lab CA: {exc}")
+            tmp = tempfile.TemporaryDirectory(prefix="faultlab-push-")
+            certfile = keyfile = str(Path(tmp.name) / "gateway.pem")
+            Path(certfile).write_bytes(leaf + leaf_key)
+            typer.echo(f"faultlab: TLS certificate from the lab CA {ca.cert_path}", err=True)
+
+    async def main() -> None:
+        timeline = Timeline()
+
+        def show(event) -> None:
+            line = _line(event)
+            if line:
+                print(line, flush=True)
+
+        timeline.trace.add_sink(show)
+        if trace is not None:
+            writer = JsonlWriter(trace)
+            timeline.trace.add_sink(writer, writer.close)
+        gateway = PushGateway(timeline, faults=faults, topic_suffix=topic_suffix, relay_url=relay,
+                              relay_ca=str(relay_ca) if relay_ca else None)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+                for token in device or []:
+                    nursery.start_soon(_drain, gateway.channel(token))
+                bound = await nursery.start(lambda task_status: serve_push_gateway(
+                    gateway, host, port, tls=tls, certfile=certfile, keyfile=keyfile, task_status=task_status))
+                scheme = "https" if tls else "http"
+                typer.echo(f"faultlab: push gateway on {scheme}://{_hp(bound)} "
+                           f"(POST /3/device/<token>; devices: GET /devices/<token>/pushes)", err=True)
+                active = [name for name, on in (("drop-cancel", drop_cancel), ("drop-all", drop_all),
+                                                (f"delay {faults.delay:g}s", faults.delay > 0),
+                                                (f"duplicate {duplicate}", duplicate > 0)) if on]
+                typer.echo(f"faultlab: push faults: {', '.join(active) or 'none'}"
+                           + (f"; relaying to {relay}" if relay else ""), err=True)
+                if events_at is not None:
+                    ebound = await nursery.start(serve_collector, timeline, *events_at)
+                    typer.echo(f"faultlab: event collector on http://{_hp(ebound)}/events", err=True)
+        finally:
+            timeline.trace.close()
+
+    try:
+        try:
+            trio.run(main)
+        except BaseExceptionGroup as group:
+            exc: BaseException = group
+            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            raise exc from None
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _fail(f"cannot start the push gateway: {exc.strerror or exc}", 1)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    typer.echo("faultlab: push gateway stopped", err=True)
+
+
+async def _stop_on_sigterm(scope) -> None:
+    """SIGTERM stops the gateway as Ctrl-C does (the trace file is flushed and closed)."""
+    import signal
+
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+async def _drain(channel) -> None:
+    async for _ in channel:
+        pass
+
+
+def _hp(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app(sys.argv[1:])
