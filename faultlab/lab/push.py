@@ -50,7 +50,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 from urllib.parse import unquote, urlsplit
 
@@ -681,7 +681,14 @@ class PushClient:
             for attempt in (1, 2):
                 fresh = self._conn is None
                 try:
-                    status, rheaders, rbody = await self._request(f"{self.prefix}/3/device/{token}", hdrs, body)
+                    try:
+                        status, rheaders, rbody = await self._request(f"{self.prefix}/3/device/{token}", hdrs, body)
+                    except BaseException:
+                        # cancelled or failed half-way: the connection may hold a partial frame; start afresh
+                        stream, self._stream, self._conn = self._stream, None, None
+                        if stream is not None:
+                            await trio.aclose_forcefully(stream)
+                        raise
                     break
                 except (PushError, trio.BrokenResourceError, trio.ClosedResourceError,
                         h2.exceptions.ProtocolError, OSError) as exc:

@@ -192,3 +192,19 @@ async def test_sender_is_the_pbx_send_push_callable():
                     await send_push("cd" * 32, CALL)
                 assert (info.value.status, info.value.reason) == (410, "Unregistered")
             nursery.cancel_scope.cancel()
+
+
+async def test_client_reconnects_when_its_connection_is_gone():
+    gw = PushGateway(Timeline())
+    channel = gw.channel(TOKEN)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(serve_push_gateway, gw, "127.0.0.1", 0)
+            async with PushClient(f"http://{host}:{port}") as client:
+                assert (await client.send(TOKEN, CALL, topic=TOPIC))[0] == 200
+                old = client._stream
+                await old.aclose()  # the connection dies under the client (idle timeout, NAT, restart)
+                assert (await client.send(TOKEN, CANCEL, topic=TOPIC))[0] == 200
+                assert client._stream is not old
+            assert [(await channel.receive()).kind for _ in range(2)] == ["call", "cancel"]
+            nursery.cancel_scope.cancel()
