@@ -1,0 +1,334 @@
+"""The embedded PBX: :class:`~faultlab.lab.pbx_logic.PbxLogic` driven by trio transports.
+
+``PBX(listen, timeline=..., send_push=...)`` serves UDP sockets and TCP/TLS listeners (TLS certificates
+from the lab CA, :func:`faultlab.net.tls.server_context`), feeds every message to the sans-IO logic, runs
+its timers on trio's clock, carries out its actions and writes the timeline (source ``"pbx"``):
+
+* ``received`` / ``sent`` for every SIP message (``flow``, ``transport``, ``peer``, ``summary``,
+  ``method``, ``status``, ``call_id``, ``raw``);
+* ``pbx`` for each decision, ``detail={"action": ...}``: ``register``, ``unregister``, ``hold``,
+  ``release``, ``forward``, ``hold-timeout``, ``cancel-held``, ``cancel-push``, ``forward-cancel``,
+  ``ring-timeout``, ``elsewhere``, ``push-sent``, ``push-failed``, ``bye``, ``drop``, ...
+
+Pushes go through the injected ``send_push(token, payload)`` coroutine (the push gateway client),
+each in its own task so a slow gateway never blocks SIP; a failing call push ends the held INVITE
+with 480. Without ``send_push`` pushes are only recorded (``push-unsent``) and the INVITE waits for a
+REGISTER as usual.
+
+For tests without sockets, pass ``transmit=`` (an ``async (flow, data)`` callable) and feed messages
+with :meth:`PBX.receive`; :meth:`PBX.run` then only runs the timers.
+
+Stop the PBX by cancelling the nursery that runs :meth:`PBX.run`, or with :meth:`PBX.stop`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
+
+import trio
+
+from faultlab.lab.pbx_logic import (
+    ELSEWHERE_REASONS,
+    Action,
+    Binding,
+    Flow,
+    Note,
+    PbxLogic,
+    Push,
+    Send,
+)
+from faultlab.lab.timeline import Timeline
+from faultlab.net.addr import Endpoint, format_hostport, listen_error, parse_endpoint, resolve
+from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, parse_datagram
+
+__all__ = ["PBX", "Flow", "Binding", "ELSEWHERE_REASONS", "SendPush", "Transmit"]
+
+log = logging.getLogger(__name__)
+
+SendPush = Callable[[str, dict], Awaitable[None]]
+Transmit = Callable[[Flow, bytes], Awaitable[None]]
+Address = tuple[str, int]
+
+SOURCE = "pbx"
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+class PBX:
+    """The embedded registrar/proxy with RFC 8599 push (see :mod:`faultlab.lab.pbx_logic`)."""
+
+    def __init__(
+        self,
+        listen: Sequence[Endpoint | str] = (),
+        *,
+        timeline: Timeline,
+        send_push: SendPush | None = None,
+        hold: float = 8.0,
+        ring_timeout: float = 45.0,
+        cancel_push: bool = True,
+        default_expires: int = 3600,
+        advertise_host: str | None = None,
+        confdir: Path | None = None,
+        tls_name: str | None = None,
+        transmit: Transmit | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.listen = [parse_endpoint(e) if isinstance(e, str) else e for e in listen]
+        self.timeline = timeline
+        self.send_push = send_push
+        self.advertise_host = advertise_host
+        self.confdir = confdir
+        self.tls_name = tls_name
+        self.logic = PbxLogic(hold=hold, ring_timeout=ring_timeout, cancel_push=cancel_push,
+                              default_expires=default_expires, wall_clock=wall_clock)
+        self.listeners: list[tuple[Endpoint, Address]] = []
+        self._transmit_override = transmit
+        self._udp: dict[Address, trio.socket.SocketType] = {}
+        self._conns: dict[int, tuple[trio.abc.Stream, trio.Lock]] = {}
+        self._conn_ids = itertools.count(1)
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._scope: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Open the listeners, report ``self`` as started, serve until cancelled or :meth:`stop`."""
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    for endpoint in self.listen:
+                        if endpoint.transport == "udp":
+                            await nursery.start(self._serve_udp, endpoint)
+                        else:
+                            await nursery.start(self._serve_stream, endpoint)
+                    nursery.start_soon(self._timers)
+                    self._emit_note({"action": "start", "listen": [
+                        f"{ep.transport}:{format_hostport(*addr)}" for ep, addr in self.listeners]})
+                    task_status.started(self)
+            finally:
+                self._nursery = None
+                for sock in self._udp.values():
+                    sock.close()
+                self._udp.clear()
+                for stream, _ in list(self._conns.values()):
+                    await trio.aclose_forcefully(stream)
+                self._conns.clear()
+
+    def stop(self) -> None:
+        """Stop :meth:`run`: close every socket and connection."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def address(self, transport: str) -> Address:
+        """The bound address of the first listener of ``transport``."""
+        for endpoint, addr in self.listeners:
+            if endpoint.transport == transport:
+                return addr
+        raise KeyError(f"no {transport} listener")
+
+    # ------------------------------------------------------------------ the API
+
+    async def receive(self, message: Message | KeepAlive | bytes, flow: Flow) -> None:
+        """Handle one message that arrived on ``flow`` (the transports call this; so can tests)."""
+        if isinstance(message, bytes):
+            try:
+                message = parse_datagram(message)
+            except SipError as exc:
+                self.timeline.emit("warning", source=SOURCE, flow=str(flow), transport=flow.transport,
+                                   peer=format_hostport(*flow.peer), summary=f"unparseable: {exc}", raw=message)
+                return
+        if isinstance(message, Message):
+            self._emit_message("received", message, flow)
+        await self._execute(self.logic.receive(message, flow, trio.current_time()))
+
+    async def cancel_elsewhere(self, call_id: str, reason: str = "answered") -> None:
+        """A second device "answered" or "declined": CANCEL toward the device with the matching Reason
+        (``SIP;cause=200;text="Call completed elsewhere"`` / ``SIP;cause=600;text="Busy Everywhere"``),
+        487 to the caller. See :meth:`PbxLogic.cancel_elsewhere`."""
+        await self._execute(self.logic.cancel_elsewhere(call_id, reason, trio.current_time()))
+
+    def bindings(self, user: str) -> list[Binding]:
+        return self.logic.bindings(user, trio.current_time())
+
+    def call_state(self, call_id: str) -> str | None:
+        return self.logic.call_state(call_id)
+
+    # ------------------------------------------------------------------ actions
+
+    async def _execute(self, actions: list[Action]) -> None:
+        self._wake.set()
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(action.flow, action.data)
+            elif isinstance(action, Note):
+                self._emit_note(action.detail, action.call_id)
+            elif isinstance(action, Push):
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._push, action)
+                else:
+                    await self._push(action)
+
+    async def _push(self, push: Push) -> None:
+        detail = {"action": "push-sent", "token": push.token, "type": push.payload.get("type"),
+                  "payload": push.payload}
+        if self.send_push is None:
+            self._emit_note({**detail, "action": "push-unsent", "why": "no push gateway configured"}, push.call_id)
+            return
+        self._emit_note(detail, push.call_id)
+        try:
+            await self.send_push(push.token, push.payload)
+        except Exception as exc:  # the gateway refused or is unreachable
+            log.warning("push for %s failed: %s", push.call_id, exc)
+            if push.payload.get("type") == "call":
+                await self._execute(self.logic.push_failed(push.call_id, f"{type(exc).__name__}: {exc}",
+                                                           trio.current_time()))
+            else:
+                self._emit_note({"action": "push-failed", "type": push.payload.get("type"),
+                                 "error": f"{type(exc).__name__}: {exc}"}, push.call_id)
+
+    async def _send(self, flow: Flow, data: bytes) -> None:
+        message = None
+        if data.strip(b"\r\n"):
+            try:
+                parsed = parse_datagram(data)
+                message = parsed if isinstance(parsed, Message) else None
+            except SipError:
+                pass
+        if message is not None:
+            self._emit_message("sent", message, flow)
+        try:
+            if self._transmit_override is not None:
+                await self._transmit_override(flow, data)
+            elif flow.conn is None:
+                sock = self._udp.get(flow.local)
+                if sock is None:
+                    raise OSError(f"no UDP socket on {format_hostport(*flow.local)}")
+                await sock.sendto(data, flow.peer)
+            else:
+                entry = self._conns.get(flow.conn)
+                if entry is None:
+                    raise OSError(f"connection {flow} is closed")
+                stream, lock = entry
+                async with lock:
+                    await stream.send_all(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.timeline.emit("warning", source=SOURCE, flow=str(flow), transport=flow.transport,
+                               peer=format_hostport(*flow.peer), summary=f"send failed: {exc}")
+
+    # ------------------------------------------------------------------ timeline
+
+    def _emit_note(self, detail: dict, call_id: str | None = None) -> None:
+        self.timeline.emit("pbx", source=SOURCE, call_id=call_id, summary=str(detail.get("action")), detail=detail)
+
+    def _emit_message(self, kind: str, message: Message, flow: Flow) -> None:
+        try:
+            call_id = message.call_id
+        except SipError:
+            call_id = None
+        self.timeline.emit(kind, source=SOURCE, flow=str(flow), transport=flow.transport,
+                           peer=format_hostport(*flow.peer), summary=message.summary(),
+                           method=message.method, status=message.status, call_id=call_id, raw=message.raw,
+                           direction="to-pbx" if kind == "received" else None)
+
+    # ------------------------------------------------------------------ timers
+
+    async def _timers(self) -> None:
+        while True:
+            self._wake = trio.Event()
+            deadline = self.logic.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._wake.wait()
+            now = trio.current_time()
+            deadline = self.logic.next_deadline()
+            if deadline is not None and deadline <= now:
+                await self._execute(self.logic.on_timer(now))
+
+    # ------------------------------------------------------------------ transports
+
+    def _advertised(self, bound: Address) -> Address:
+        host = self.advertise_host or bound[0]
+        if host in _WILDCARDS:
+            host = "::1" if bound[0] == "::" else "127.0.0.1"
+        return host, bound[1]
+
+    async def _serve_udp(self, endpoint: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        family, addr = await resolve(endpoint)
+        sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
+        try:
+            await sock.bind(addr)
+        except OSError as exc:
+            sock.close()
+            raise listen_error(endpoint, exc) from None
+        local = self._advertised(sock.getsockname()[:2])
+        self._udp[local] = sock
+        self.listeners.append((endpoint, sock.getsockname()[:2]))
+        task_status.started()
+        with sock:
+            while True:
+                try:
+                    data, source = await sock.recvfrom(65535)
+                except OSError:  # e.g. ICMP port unreachable reported on Linux
+                    continue
+                await self.receive(data, Flow("udp", source[:2], local))
+
+    async def _serve_stream(self, endpoint: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        _, addr = await resolve(endpoint)
+        ssl_ctx = None
+        if endpoint.transport == "tls":
+            from faultlab.ca import LabCA, default_confdir
+            from faultlab.net.tls import server_context
+
+            ca = LabCA.load_or_init(self.confdir or default_confdir())
+            fallback = [self.tls_name] if self.tls_name else []
+            if addr[0] not in _WILDCARDS:
+                fallback.append(addr[0])
+            ssl_ctx = server_context(ca, default_name=self.tls_name, fallback_names=fallback or ["localhost"])
+        try:
+            listeners = await trio.open_tcp_listeners(addr[1], host=addr[0])
+        except OSError as exc:
+            raise listen_error(endpoint, exc) from None
+        bound = listeners[0].socket.getsockname()[:2]
+        self.listeners.append((endpoint, bound))
+
+        async def handle(conn: trio.SocketStream) -> None:
+            conn_id = next(self._conn_ids)
+            peer = conn.socket.getpeername()[:2]
+            local = self._advertised(conn.socket.getsockname()[:2])
+            stream: trio.abc.Stream = conn
+            if ssl_ctx is not None:
+                stream = trio.SSLStream(conn, ssl_ctx, server_side=True)
+            flow = Flow(endpoint.transport, peer, local, conn_id)
+            self._conns[conn_id] = (stream, trio.Lock())
+            framer = StreamFramer()
+            try:
+                while True:
+                    try:
+                        data = await stream.receive_some(65536)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        data = b""
+                    framer.receive_data(data)
+                    while True:
+                        try:
+                            event = framer.next_event()
+                        except SipError as exc:
+                            self.timeline.emit("warning", source=SOURCE, flow=str(flow), transport=flow.transport,
+                                               peer=format_hostport(*peer), summary=f"unframeable: {exc}")
+                            return
+                        if event is NEED_DATA or event is EOF:
+                            break
+                        await self.receive(event, flow)
+                    if not data:
+                        return
+            finally:
+                self._conns.pop(conn_id, None)
+                await trio.aclose_forcefully(stream)
+
+        task_status.started()
+        await trio.serve_listeners(handle, listeners)

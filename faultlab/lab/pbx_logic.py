@@ -1,0 +1,637 @@
+"""The embedded PBX's SIP logic, sans-IO: (message, flow, now) in, actions out.
+
+:class:`PbxLogic` is a small stateful proxy and registrar (RFC 3261 §10, §16) that speaks RFC 8599 push:
+
+* **Registrar.** REGISTER binds the To user to each Contact (``expires`` contact parameter, else the
+  Expires header, else :attr:`PbxLogic.default_expires`); ``Expires: 0`` (or ``;expires=0``) removes a
+  binding, ``Contact: *`` with ``Expires: 0`` removes them all. A Contact carrying RFC 8599 parameters
+  (``pn-provider``, ``pn-prid``, ``pn-param``) is a *push binding*; a refresh with the same ``pn-prid``
+  replaces it even when its URI changed (a new port after a wake-up). The 200 lists every binding with
+  its remaining ``expires``. Each binding remembers the **flow** its REGISTER came on (transport and
+  source address, or the TCP/TLS connection): requests for the user go back on that flow, as Kamailio
+  does with NAT handling, whatever the Contact says.
+* **Calls.** An INVITE for a registered user is answered 100 Trying. If the newest binding has a
+  ``pn-prid``, the PBX asks for a VoIP push (:class:`Push`, type ``call``) and **holds** the INVITE
+  until a REGISTER with a non-zero expiry arrives from that user, then forwards it on that REGISTER's
+  flow; after :attr:`PbxLogic.hold` seconds without one, the caller gets 480. A binding without push
+  parameters gets the INVITE at once. A user without bindings gets 404.
+* **Forwarding.** The PBX retargets the Request-URI to the binding's Contact URI, adds its Via,
+  decrements Max-Forwards and Record-Routes itself (two entries when the two legs use different
+  transports or listeners, RFC 5658 style), so in-dialog requests (ACK, BYE, re-INVITE) come back
+  through it. It relays responses on the flow the request came from. In-dialog requests are routed by
+  dialog state: its own Route entries are removed, and the request goes to the other party's flow
+  (the caller is recognised by its From tag).
+* **CANCEL.** While the INVITE is held: 200 to the CANCEL, 487 to the INVITE, nothing sent to the
+  device, and (when :attr:`PbxLogic.cancel_push` is on, the default) a ``cancel`` push. After forwarding:
+  200 to the CANCEL, and a CANCEL toward the device carrying the caller's Reason header(s) byte for
+  byte; the device's 487 is relayed to the caller (and ACKed by the PBX, hop by hop).
+* **Ring timeout.** :attr:`PbxLogic.ring_timeout` seconds after forwarding without a final response:
+  CANCEL toward the device (no Reason), 480 to the caller at once.
+* **Elsewhere.** :meth:`PbxLogic.cancel_elsewhere` plays "a second device answered / declined":
+  CANCEL toward the device with ``Reason: SIP;cause=200;text="Call completed elsewhere"`` (answered)
+  or ``Reason: SIP;cause=600;text="Busy Everywhere"`` (declined), and **487** to the caller at once
+  (kept simple: the lab has no second device, so the caller is told the request was terminated; the
+  Reason is what the device under test judges). On a held INVITE it acts as a CANCEL while held.
+  The device's 487 is ACKed and absorbed.
+
+Non-2xx final responses from the device are ACKed by the PBX (RFC 3261 §17.1.1.3); the caller's ACK
+to a non-2xx final response is absorbed. There are no retransmission timers (loopback and reliable
+transports); a retransmitted INVITE gets the last response again.
+
+Actions: :class:`Send` (bytes on a flow), :class:`Push` (ask the push gateway), :class:`Note` (a
+decision for the timeline). Times are whatever clock the caller passes as ``now`` (trio's in
+:class:`faultlab.lab.pbx.PBX`), so timers run under ``trio.testing.MockClock``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Union
+
+from faultlab.net.addr import format_hostport
+from faultlab.sip import (
+    MAGIC_COOKIE,
+    KeepAlive,
+    Message,
+    SipError,
+    add_top_header,
+    build_response,
+    format_via,
+    parse_datagram,
+    parse_uri,
+    push_params,
+    remove_top_value,
+)
+
+__all__ = [
+    "Action",
+    "Binding",
+    "Flow",
+    "Note",
+    "PbxLogic",
+    "Push",
+    "Send",
+    "ELSEWHERE_REASONS",
+]
+
+Address = tuple[str, int]
+
+#: ``cancel_elsewhere`` reasons and the Reason header each puts in the CANCEL (RFC 3326; §2.2 of the
+#: reference: cause 200 = answered elsewhere, cause 600 = declined elsewhere).
+ELSEWHERE_REASONS = {
+    "answered": 'SIP;cause=200;text="Call completed elsewhere"',
+    "declined": 'SIP;cause=600;text="Busy Everywhere"',
+}
+
+RR_USER = "faultlab-pbx"
+"""User part of the PBX's Record-Route URIs, which is how it recognises its own Route entries."""
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Where a message came from / goes to.
+
+    ``transport`` is ``udp``, ``tcp`` or ``tls``; ``peer`` the remote address; ``local`` the PBX's own
+    address on it (the listener, used in Via and Record-Route); ``conn`` identifies a TCP/TLS
+    connection (``None`` for UDP, where the flow is the source address on the listener's socket).
+    """
+
+    transport: str
+    peer: Address
+    local: Address
+    conn: int | None = None
+
+    def __str__(self) -> str:
+        s = f"{self.transport}:{format_hostport(*self.peer)}"
+        return s if self.conn is None else f"{s}#{self.conn}"
+
+
+@dataclass(frozen=True)
+class Send:
+    flow: Flow
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Push:
+    """Ask the push gateway to push ``payload`` to device ``token`` (the binding's ``pn-prid``)."""
+
+    token: str
+    payload: dict
+    call_id: str
+
+
+@dataclass(frozen=True)
+class Note:
+    """A decision, for the timeline (``kind="pbx"``, ``detail``)."""
+
+    detail: dict
+    call_id: str | None = None
+
+
+Action = Union[Send, Push, Note]
+
+
+@dataclass
+class Binding:
+    user: str
+    contact: str  # the Contact URI
+    expires_at: float
+    flow: Flow
+    push: dict[str, str]
+    registered_at: float
+
+    @property
+    def token(self) -> str | None:
+        return self.push.get("pn-prid") or None
+
+    def remaining(self, now: float) -> int:
+        return max(0, int(self.expires_at - now + 0.5))
+
+
+@dataclass
+class _Call:
+    call_id: str
+    user: str
+    invite: Message  # as received from the caller
+    caller_flow: Flow
+    caller_tag: str | None
+    server_branch: str | None
+    state: str = "new"  # held | forwarded | confirmed | ended
+    last_response: bytes | None = None
+    final_sent: int | None = None  # status of the final response sent to the caller
+    token: str | None = None
+    callee_flow: Flow | None = None
+    out_invite: Message | None = None  # as forwarded to the device
+    out_branch: str | None = None
+    device_final: int | None = None
+    ended_by: str | None = None
+    held_at: float | None = None
+
+
+@dataclass
+class _ClientTxn:
+    method: str
+    call_id: str | None
+    in_flow: Flow | None  # where responses go (None: the PBX's own request, responses absorbed)
+
+
+def _digest(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _user_of(uri: str) -> str | None:
+    try:
+        parsed = parse_uri(uri)
+    except SipError:
+        return None
+    return parsed.user or parsed.host
+
+
+def _set_request_uri(raw: bytes, uri: str) -> bytes:
+    end = raw.index(b"\r\n")
+    method, _, rest = raw[:end].partition(b" ")
+    _, _, version = rest.rpartition(b" ")
+    return method + b" " + uri.encode("utf-8", "surrogateescape") + b" " + version + raw[end:]
+
+
+def _parse(raw: bytes) -> Message:
+    msg = parse_datagram(raw)
+    assert isinstance(msg, Message)
+    return msg
+
+
+def _set_header(msg: Message, name: str, value: str) -> bytes:
+    """``msg.raw`` with the first ``name`` field replaced (or added after the start line)."""
+    fields = msg.header_fields(name)
+    raw = msg.raw
+    line = f"{name}: {value}\r\n".encode()
+    if fields:
+        return raw[: fields[0].start] + line + raw[fields[0].end :]
+    pos = raw.index(b"\r\n") + 2
+    return raw[:pos] + line + raw[pos:]
+
+
+class PbxLogic:
+    """The PBX state machine. Not thread- or task-safe by itself: one driver calls it."""
+
+    def __init__(
+        self,
+        *,
+        hold: float = 8.0,
+        ring_timeout: float = 45.0,
+        cancel_push: bool = True,
+        default_expires: int = 3600,
+        advertise: Mapping[str, Address] | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.hold = hold
+        self.ring_timeout = ring_timeout
+        self.cancel_push = cancel_push
+        self.default_expires = default_expires
+        self.advertise = dict(advertise or {})
+        self.wall_clock = wall_clock
+        self._bindings: dict[str, list[Binding]] = {}
+        self._calls: dict[str, _Call] = {}
+        self._txns: dict[str, _ClientTxn] = {}
+        self._timers: dict[tuple[str, str], float] = {}  # (kind, call_id) -> deadline
+        self._seq = 0
+
+    # ------------------------------------------------------------------ queries
+
+    def bindings(self, user: str, now: float) -> list[Binding]:
+        """The user's unexpired bindings, oldest first."""
+        live = [b for b in self._bindings.get(user, []) if b.expires_at > now]
+        if live:
+            self._bindings[user] = live
+        else:
+            self._bindings.pop(user, None)
+        return list(live)
+
+    def call_state(self, call_id: str) -> str | None:
+        """``held``, ``forwarded``, ``confirmed``, ``ended`` or ``None`` (unknown call)."""
+        call = self._calls.get(call_id)
+        return None if call is None else call.state
+
+    def next_deadline(self) -> float | None:
+        return min(self._timers.values(), default=None)
+
+    # ------------------------------------------------------------------ entry points
+
+    def receive(self, message: Message | KeepAlive, flow: Flow, now: float) -> list[Action]:
+        """Handle one message that arrived on ``flow``."""
+        if isinstance(message, KeepAlive):
+            return [Send(flow, b"\r\n")] if message.raw == b"\r\n\r\n" and flow.conn is not None else []
+        try:
+            if message.is_request:
+                return self._request(message, flow, now)
+            return self._response(message, flow, now)
+        except SipError as exc:
+            out: list[Action] = [Note({"action": "bad-message", "error": str(exc)})]
+            if message.is_request and message.method != "ACK":
+                try:
+                    out.append(Send(flow, build_response(message, 400, str(exc)[:100].replace("\r", " ")
+                                                         .replace("\n", " "))))
+                except ValueError:
+                    pass
+            return out
+
+    def on_timer(self, now: float) -> list[Action]:
+        """Fire every timer due at ``now``."""
+        out: list[Action] = []
+        for key, deadline in sorted(self._timers.items(), key=lambda kv: kv[1]):
+            if deadline > now or self._timers.get(key) != deadline:
+                continue
+            del self._timers[key]
+            kind, call_id = key
+            call = self._calls.get(call_id)
+            if call is None:
+                continue
+            if kind == "hold" and call.state == "held":
+                out.append(Note({"action": "hold-timeout", "user": call.user, "hold": self.hold}, call_id))
+                call.state = "ended"
+                call.ended_by = "hold-timeout"
+                out += self._answer_caller(call, 480, "Temporarily Unavailable")
+            elif kind == "ring" and call.state == "forwarded" and call.final_sent is None:
+                out.append(Note({"action": "ring-timeout", "ring_timeout": self.ring_timeout}, call_id))
+                call.ended_by = "ring-timeout"
+                out += self._cancel_device(call, reasons=[])
+                out += self._answer_caller(call, 480, "Temporarily Unavailable")
+        return out
+
+    def push_failed(self, call_id: str, error: str, now: float) -> list[Action]:
+        """The push for a held call could not be sent: 480 to the caller (RFC 8599 §5.6.2)."""
+        call = self._calls.get(call_id)
+        if call is None or call.state != "held":
+            return []
+        self._timers.pop(("hold", call_id), None)
+        call.state = "ended"
+        call.ended_by = "push-failed"
+        return [Note({"action": "push-failed", "error": error}, call_id),
+                *self._answer_caller(call, 480, "Temporarily Unavailable")]
+
+    def cancel_elsewhere(self, call_id: str, reason: str, now: float) -> list[Action]:
+        """End a ringing call as if another device of the user had answered or declined it.
+
+        ``reason`` is ``"answered"`` (``Reason: SIP;cause=200;text="Call completed elsewhere"``) or
+        ``"declined"`` (``Reason: SIP;cause=600;text="Busy Everywhere"``). Forwarded call: CANCEL with
+        that Reason toward the device, 487 to the caller. Held call: as a CANCEL while held (487 to the
+        caller, nothing to the device, cancel push if enabled). Raises ``KeyError`` for an unknown
+        call and ``ValueError`` for another reason or a call no longer ringing.
+        """
+        if reason not in ELSEWHERE_REASONS:
+            raise ValueError(f"reason must be one of {sorted(ELSEWHERE_REASONS)}, not {reason!r}")
+        call = self._calls[call_id]
+        if call.final_sent is not None or call.state not in ("held", "forwarded"):
+            raise ValueError(f"call {call_id} is not ringing (state {call.state}, final {call.final_sent})")
+        out: list[Action] = [Note({"action": "elsewhere", "reason": reason, "state": call.state}, call_id)]
+        call.ended_by = f"elsewhere-{reason}"
+        if call.state == "held":
+            out += self._end_held(call)
+        else:
+            out += self._cancel_device(call, reasons=[ELSEWHERE_REASONS[reason]])
+            out += self._answer_caller(call, 487)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _local(self, flow: Flow) -> Address:
+        return self.advertise.get(flow.transport, flow.local)
+
+    def _new_branch(self, *parts: str) -> str:
+        self._seq += 1
+        return MAGIC_COOKIE + "pbx" + _digest(str(self._seq), *parts)
+
+    def _via(self, flow: Flow, branch: str) -> str:
+        host, port = self._local(flow)
+        return format_via(flow.transport.upper(), host, port, branch, rport=True)
+
+    def _rr(self, flow: Flow) -> str:
+        host, port = self._local(flow)
+        uri = f"sip:{RR_USER}@{format_hostport(host, port)}"
+        if flow.transport != "udp":
+            uri += f";transport={flow.transport}"
+        return f"<{uri};lr>"
+
+    def _respond(self, request: Message, flow: Flow, status: int, reason: str | None = None,
+                 **kwargs) -> Send:
+        return Send(flow, build_response(request, status, reason, **kwargs))
+
+    def _answer_caller(self, call: _Call, status: int, reason: str | None = None) -> list[Action]:
+        data = build_response(call.invite, status, reason, to_tag=_digest("pbx-tag", call.call_id)[:10])
+        call.last_response = data
+        call.final_sent = status
+        return [Send(call.caller_flow, data)]
+
+    def _forward(self, msg: Message, out_flow: Flow, in_flow: Flow | None, *, request_uri: str | None,
+                 record_route: bool, call_id: str | None) -> tuple[Message, str, Send]:
+        raw = msg.raw
+        if request_uri is not None:
+            raw = _set_request_uri(raw, request_uri)
+        m = _parse(raw)
+        mf = m.get("max-forwards")
+        hops = int(mf) - 1 if mf is not None and mf.strip().isdigit() else 69
+        m = _parse(_set_header(m, "Max-Forwards", str(max(hops, 0))))
+        if record_route:
+            assert in_flow is not None
+            m = _parse(add_top_header(m, "Record-Route", self._rr(in_flow)))
+            if (in_flow.transport, self._local(in_flow)) != (out_flow.transport, self._local(out_flow)):
+                m = _parse(add_top_header(m, "Record-Route", self._rr(out_flow)))
+        branch = self._new_branch(msg.get("call-id") or "", msg.get("cseq") or "", str(out_flow))
+        m = _parse(add_top_header(m, "Via", self._via(out_flow, branch)))
+        if msg.method != "ACK":
+            self._txns[branch] = _ClientTxn(msg.cseq.method if msg.cseq else (msg.method or ""), call_id, in_flow)
+        return m, branch, Send(out_flow, m.raw)
+
+    # ------------------------------------------------------------------ requests
+
+    def _request(self, msg: Message, flow: Flow, now: float) -> list[Action]:
+        method = msg.method
+        if method == "REGISTER":
+            return self._register(msg, flow, now)
+        if method == "CANCEL":
+            return self._cancel(msg, flow, now)
+        if method == "INVITE" and msg.to_tag is None:
+            return self._invite(msg, flow, now)
+        if msg.to_tag is not None or method == "ACK":
+            return self._in_dialog(msg, flow, now)
+        if method == "OPTIONS":
+            return [self._respond(msg, flow, 200, headers=[("Allow", "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS")])]
+        return [self._respond(msg, flow, 405, headers=[("Allow", "INVITE, ACK, CANCEL, BYE, REGISTER, OPTIONS")])]
+
+    def _register(self, msg: Message, flow: Flow, now: float) -> list[Action]:
+        to = msg.to_addr
+        user = _user_of(to.uri) if to is not None else None
+        if user is None:
+            return [self._respond(msg, flow, 400, "Bad To")]
+        header_expires = msg.expires
+        contacts = msg.contacts
+        out: list[Action] = []
+        refreshed: Binding | None = None
+        bindings = self.bindings(user, now)
+        if any(c.uri == "*" for c in contacts):
+            if len(contacts) != 1 or header_expires != 0:
+                return [self._respond(msg, flow, 400, "Invalid Contact *")]
+            self._bindings.pop(user, None)
+            out.append(Note({"action": "unregister", "user": user, "contact": "*"}))
+            bindings = []
+        for contact in contacts:
+            if contact.uri == "*":
+                continue
+            param = contact.params.get("expires")
+            if param is not None:
+                if not param.isdigit():
+                    return [self._respond(msg, flow, 400, "Bad expires")]
+                expires = int(param)
+            else:
+                expires = header_expires if header_expires is not None else self.default_expires
+            pn = push_params(contact)
+            token = pn.get("pn-prid")
+            same = [b for b in bindings if b.contact == contact.uri or (token and b.token == token)]
+            bindings = [b for b in bindings if b not in same]
+            if expires == 0:
+                out.append(Note({"action": "unregister", "user": user, "contact": contact.uri}))
+                continue
+            binding = Binding(user, contact.uri, now + expires, flow, pn, now)
+            bindings.append(binding)
+            refreshed = binding
+            out.append(Note({"action": "register", "user": user, "contact": contact.uri, "expires": expires,
+                             "flow": str(flow), "push": pn, "refresh": bool(same)}))
+        if bindings:
+            self._bindings[user] = bindings
+        else:
+            self._bindings.pop(user, None)
+        listed = [("Contact", f"<{b.contact}>;expires={b.remaining(now)}") for b in bindings]
+        out.append(self._respond(msg, flow, 200, headers=listed))
+        if refreshed is not None:
+            for call in list(self._calls.values()):
+                if call.state == "held" and call.user == user:
+                    self._timers.pop(("hold", call.call_id), None)
+                    held_for = None if call.held_at is None else round(now - call.held_at, 6)
+                    out.append(Note({"action": "release", "user": user, "flow": str(flow),
+                                     "held_for": held_for}, call.call_id))
+                    out += self._forward_invite(call, refreshed, now)
+        return out
+
+    def _invite(self, msg: Message, flow: Flow, now: float) -> list[Action]:
+        call_id = msg.call_id
+        if call_id is None or msg.cseq is None:
+            return [self._respond(msg, flow, 400, "Missing Call-ID or CSeq")]
+        branch = msg.top_via.branch if msg.top_via else None
+        call = self._calls.get(call_id)
+        if call is not None:
+            if call.server_branch == branch and call.last_response is not None:
+                return [Send(call.caller_flow, call.last_response)]  # a retransmission
+            if call.state != "ended":
+                return [self._respond(msg, flow, 482, "Loop Detected")]
+        mf = msg.get("max-forwards")
+        if mf is not None and mf.strip() == "0":
+            return [self._respond(msg, flow, 483)]
+        user = _user_of(msg.request_uri or "")
+        bindings = self.bindings(user, now) if user else []
+        if not bindings:
+            return [Note({"action": "no-binding", "user": user}, call_id), self._respond(msg, flow, 404)]
+        call = _Call(call_id, user, msg, flow, msg.from_tag, branch)
+        self._calls[call_id] = call
+        trying = build_response(msg, 100)
+        call.last_response = trying
+        out: list[Action] = [Send(flow, trying)]
+        binding = bindings[-1]
+        if binding.token:
+            call.state = "held"
+            call.token = binding.token
+            call.held_at = now
+            self._timers[("hold", call_id)] = now + self.hold
+            payload = self._payload("call", call)
+            out.append(Note({"action": "hold", "user": user, "token": binding.token, "hold": self.hold,
+                             "provider": binding.push.get("pn-provider")}, call_id))
+            out.append(Push(binding.token, payload, call_id))
+        else:
+            out += self._forward_invite(call, binding, now)
+        return out
+
+    def _payload(self, kind: str, call: _Call) -> dict:
+        frm = call.invite.from_addr
+        return {
+            "aps": {},
+            "type": kind,
+            "call-id": call.call_id,
+            "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, "faultlab-call:" + call.call_id)),
+            "from-uri": frm.uri if frm else "",
+            "display-name": (frm.display if frm and frm.display else (_user_of(frm.uri) if frm else "")) or "",
+            "send-time": self.wall_clock(),
+        }
+
+    def _forward_invite(self, call: _Call, binding: Binding, now: float) -> list[Action]:
+        fwd, branch, send = self._forward(call.invite, binding.flow, call.caller_flow, request_uri=binding.contact,
+                                          record_route=True, call_id=call.call_id)
+        call.state = "forwarded"
+        call.callee_flow = binding.flow
+        call.out_invite = fwd
+        call.out_branch = branch
+        self._timers[("ring", call.call_id)] = now + self.ring_timeout
+        return [Note({"action": "forward", "user": call.user, "flow": str(binding.flow),
+                      "contact": binding.contact}, call.call_id), send]
+
+    def _cancel(self, msg: Message, flow: Flow, now: float) -> list[Action]:
+        call = self._calls.get(msg.call_id or "")
+        branch = msg.top_via.branch if msg.top_via else None
+        if call is None or call.server_branch != branch:
+            return [self._respond(msg, flow, 481)]
+        out: list[Action] = [self._respond(msg, flow, 200)]
+        if call.final_sent is not None:
+            return out  # too late: the INVITE already has its final response
+        reasons = msg.get_all("reason")
+        call.ended_by = "cancel"
+        if call.state == "held":
+            out.append(Note({"action": "cancel-held", "reason": reasons}, call.call_id))
+            out += self._end_held(call)
+        elif call.state == "forwarded":
+            out.append(Note({"action": "forward-cancel", "reason": reasons}, call.call_id))
+            out += self._cancel_device(call, reasons=[h.value for h in msg.header_fields("reason")],
+                                       relay_487=True)
+        return out
+
+    def _end_held(self, call: _Call) -> list[Action]:
+        self._timers.pop(("hold", call.call_id), None)
+        call.state = "ended"
+        out = self._answer_caller(call, 487)
+        if self.cancel_push and call.token:
+            out.append(Note({"action": "cancel-push", "token": call.token}, call.call_id))
+            out.append(Push(call.token, self._payload("cancel", call), call.call_id))
+        return out
+
+    def _cancel_device(self, call: _Call, *, reasons: list[str], relay_487: bool = False) -> list[Action]:
+        """CANCEL the forwarded INVITE (same branch, Request-URI, Route; RFC 3261 §9.1)."""
+        self._timers.pop(("ring", call.call_id), None)
+        inv = call.out_invite
+        assert inv is not None and call.callee_flow is not None
+        lines = [f"CANCEL {inv.request_uri} SIP/2.0", f"Via: {inv.get_all('via')[0]}", "Max-Forwards: 70"]
+        lines += [f"Route: {r}" for r in inv.get_all("route")]
+        lines += [f"From: {inv.get('from')}", f"To: {inv.get('to')}", f"Call-ID: {inv.call_id}",
+                  f"CSeq: {inv.cseq.number} CANCEL"]
+        lines += [f"Reason: {r}" for r in reasons]
+        data = ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
+        if not relay_487:
+            call.state = "cancelling"
+        return [Send(call.callee_flow, data)]
+
+    def _in_dialog(self, msg: Message, flow: Flow, now: float) -> list[Action]:
+        call = self._calls.get(msg.call_id or "")
+        if msg.method == "ACK" and call is not None and call.final_sent is not None and call.final_sent >= 300:
+            branch = msg.top_via.branch if msg.top_via else None
+            if branch == call.server_branch:
+                return []  # ACK to our own non-2xx final response: absorbed (hop by hop)
+        if call is None or call.callee_flow is None:
+            if msg.method == "ACK":
+                return [Note({"action": "drop", "why": "ACK outside any dialog"}, msg.call_id)]
+            return [self._respond(msg, flow, 481)]
+        m = msg
+        while True:
+            routes = m.get_all("route")
+            if not routes or f"sip:{RR_USER}@" not in routes[0]:
+                break
+            m = _parse(remove_top_value(m, "Route"))
+        from_caller = msg.from_tag == call.caller_tag
+        out_flow = call.callee_flow if from_caller else call.caller_flow
+        _, _, send = self._forward(m, out_flow, None if msg.method == "ACK" else flow, request_uri=None,
+                                   record_route=False, call_id=call.call_id)
+        out: list[Action] = [send]
+        if msg.method == "BYE":
+            out.insert(0, Note({"action": "bye", "from": "caller" if from_caller else "callee"}, call.call_id))
+        return out
+
+    # ------------------------------------------------------------------ responses
+
+    def _response(self, msg: Message, flow: Flow, now: float) -> list[Action]:
+        via = msg.top_via
+        txn = self._txns.get(via.branch) if via is not None and via.branch else None
+        if txn is None:
+            return [Note({"action": "drop", "why": "response to no transaction of the PBX",
+                          "status": msg.status}, msg.call_id)]
+        stripped = _parse(remove_top_value(msg, "Via"))
+        status = msg.status
+        out: list[Action] = []
+        call = self._calls.get(txn.call_id or "")
+        if txn.method == "INVITE" and call is not None:
+            if status == 100:
+                return []
+            if status >= 200:
+                self._timers.pop(("ring", call.call_id), None)
+                call.device_final = status
+            if status >= 300:
+                out.append(self._ack_device(call, msg))
+            if call.final_sent is not None:
+                if 200 <= status < 300 and call.final_sent == status:
+                    return [Send(call.caller_flow, stripped.raw)]  # a 2xx retransmission
+                if 200 <= status < 300:
+                    out.append(Note({"action": "late-answer", "status": status,
+                                     "caller_got": call.final_sent}, call.call_id))
+                return out  # the caller already has its final response (timeout, elsewhere)
+            if status >= 200:
+                call.final_sent = status
+                call.state = "confirmed" if status < 300 else "ended"
+            out.append(Send(call.caller_flow, stripped.raw))
+            return out
+        if txn.in_flow is None:
+            return out  # response to the PBX's own CANCEL
+        if txn.method == "BYE" and status >= 200 and call is not None:
+            call.state = "ended"
+        out.append(Send(txn.in_flow, stripped.raw))
+        return out
+
+    def _ack_device(self, call: _Call, response: Message) -> Send:
+        """ACK a non-2xx final response from the device (RFC 3261 §17.1.1.3)."""
+        inv = call.out_invite
+        assert inv is not None and call.callee_flow is not None
+        lines = [f"ACK {inv.request_uri} SIP/2.0", f"Via: {inv.get_all('via')[0]}", "Max-Forwards: 70"]
+        lines += [f"Route: {r}" for r in inv.get_all("route")]
+        lines += [f"From: {inv.get('from')}", f"To: {response.get('to')}", f"Call-ID: {inv.call_id}",
+                  f"CSeq: {inv.cseq.number} ACK", "Content-Length: 0"]
+        return Send(call.callee_flow, ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape"))
