@@ -246,7 +246,10 @@ class Device:
         return f"<{contact_uri(self.user, self._local, t, self.token, self.team_id, self.bundle)}>"
 
     async def _register_transaction(self) -> tuple:
-        """One REGISTER transaction: ``("response", status, retry_after)``, ``("timeout",)`` or ``("transport", exc)``."""
+        """One REGISTER transaction.
+
+        Returns ``("response", status, retry_after)``, ``("timeout",)`` (Timer F) or ``("transport", exc)``.
+        """
         try:
             await self._ensure_stream()
         except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
@@ -446,9 +449,11 @@ class Device:
         body = b""
         if m.method == "INVITE" and 100 < status < 300:
             headers += [("Record-Route", rr) for rr in m.get_all("Record-Route")]
-            headers.append(("Contact", f"<sip:{self.user}@{format_hostport(*self._local)}"
-                                       + (f";transport={self.proxy.transport}>" if self.proxy.transport != "udp"
-                                          else ">")))
+            assert self._local is not None
+            uri = f"sip:{self.user}@{format_hostport(*self._local)}"
+            if self.proxy.transport != "udp":
+                uri += f";transport={self.proxy.transport}"
+            headers.append(("Contact", f"<{uri}>"))
         headers.append(("User-Agent", USER_AGENT))
         if m.method == "INVITE" and status == 200:
             headers.append(("Content-Type", "application/sdp"))

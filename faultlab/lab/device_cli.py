@@ -7,7 +7,6 @@ Mounted by ``faultlab/cli.py`` with ``app.add_typer(device_app, name="device")``
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -191,5 +190,5 @@ def device(
 
     try:
         trio.run(main)
-    except KeyboardInterrupt:
-        sys.exit(0)
+    except* KeyboardInterrupt:  # Ctrl-C: a normal way to stop the device
+        pass

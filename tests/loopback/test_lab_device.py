@@ -2,15 +2,19 @@
 (trio's autojump clock).
 
 S01: push -> REGISTER 200 -> INVITE -> 100/180 -> user answers at +2 s -> 200 -> ACK -> BYE -> 200, ended remoteEnded.
-Also: Timer E retransmissions of an unanswered REGISTER and the register deadline (S10), and a CANCEL with a Reason.
+Also: Timer E retransmissions of an unanswered REGISTER and the register deadline (S10), CANCEL with a Reason over
+UDP, TCP and TLS, a refused connection (S15), the REGISTER at start, and the --push-url NDJSON reader.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from types import SimpleNamespace
 
+import pytest
 import trio
+import trustme
 
 from faultlab.lab.device import Device
 from faultlab.lab.device_logic import DeviceConfig
@@ -140,18 +144,29 @@ async def test_s06_cancel_answered_elsewhere_and_duplicate_push(nursery, autojum
     assert [s for _, s, _ in pbx.log].count("REGISTER") == 1
 
 
-# ------------------------------------------------------------------ TCP, and a refused connection (S15)
+# ------------------------------------------------------------------ TCP and TLS, and a refused connection (S15)
 
 
-async def test_tcp_register_invite_cancel_declined_elsewhere(nursery, autojump_clock) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+async def test_stream_register_invite_cancel_declined_elsewhere(nursery, autojump_clock, tmp_path, transport) -> None:
     from faultlab.sip import NEED_DATA, StreamFramer
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
+    ca_file = None
+    if transport == "tls":
+        ca = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(server_context)
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        listeners = await trio.open_ssl_over_tcp_listeners(0, server_context, host="127.0.0.1")
+        port = listeners[0].transport_listener.socket.getsockname()[1]
+    else:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
     timeline = Timeline()
     send, receive = trio.open_memory_channel(10)
-    device = Device(proxy=f"tcp:127.0.0.1:{port}", user="alice", domain="lab.test", token="a1b2c3",
-                    pushes=receive, timeline=timeline, register_at_start=False)
+    device = Device(proxy=f"{transport}:127.0.0.1:{port}", user="alice", domain="lab.test", token="a1b2c3",
+                    pushes=receive, timeline=timeline, register_at_start=False, ca_file=ca_file)
     nursery.start_soon(device.run)
     await send.send(PUSH)
     stream = await listeners[0].accept()
@@ -163,10 +178,11 @@ async def test_tcp_register_invite_cancel_declined_elsewhere(nursery, autojump_c
         return event
 
     register = await recv()
-    assert register.method == "REGISTER" and "transport=tcp" in register.get("Contact")
-    assert register.top_via.transport == "TCP"
+    assert register.method == "REGISTER" and f"transport={transport}" in register.get("Contact")
+    assert register.top_via.transport == transport.upper()
     await stream.send_all(build_response(register, 200))
-    invite = ("INVITE sip:alice@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bKt1\r\n"
+    invite = ("INVITE sip:alice@127.0.0.1 SIP/2.0\r\n"
+              f"Via: SIP/2.0/{transport.upper()} 127.0.0.1:5060;branch=z9hG4bKt1\r\n"
               f"From: <sip:bob@lab.test>;tag=c\r\nTo: <sip:alice@lab.test>\r\nCall-ID: {CALL_ID}\r\n"
               "CSeq: 1 INVITE\r\nContact: <sip:bob@127.0.0.1;transport=tcp>\r\nContent-Length: 0\r\n\r\n")
     await stream.send_all(invite.encode())
