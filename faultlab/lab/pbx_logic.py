@@ -255,7 +255,9 @@ class PbxLogic:
         return list(live)
 
     def call_state(self, call_id: str) -> str | None:
-        """``held``, ``forwarded``, ``confirmed``, ``ended`` or ``None`` (unknown call)."""
+        """``held``, ``forwarded``, ``cancelling`` (the PBX CANCELled the device after a ring timeout or
+        "elsewhere"), ``confirmed``, ``late-answer`` (the device answered after the caller got its final
+        response: the PBX ACKs and BYEs it), ``ended``, or ``None`` (unknown call)."""
         call = self._calls.get(call_id)
         return None if call is None else call.state
 
@@ -595,6 +597,8 @@ class PbxLogic:
         if txn is None:
             return [Note({"action": "drop", "why": "response to no transaction of the PBX",
                           "status": msg.status}, msg.call_id)]
+        if msg.cseq is not None and msg.cseq.method == "CANCEL":
+            return []  # the device's answer to the PBX's CANCEL (same branch as the INVITE, §9.1)
         stripped = _parse(remove_top_value(msg, "Via"))
         status = msg.status
         out: list[Action] = []
@@ -610,20 +614,44 @@ class PbxLogic:
             if call.final_sent is not None:
                 if 200 <= status < 300 and call.final_sent == status:
                     return [Send(call.caller_flow, stripped.raw)]  # a 2xx retransmission
-                if 200 <= status < 300:
+                if 200 <= status < 300 and call.state != "late-answer":
+                    # the device answered as the CANCEL crossed it: close its dialog (ACK, then BYE)
+                    call.state = "late-answer"
                     out.append(Note({"action": "late-answer", "status": status,
                                      "caller_got": call.final_sent}, call.call_id))
+                    out += self._ack_and_bye_device(call, msg)
                 return out  # the caller already has its final response (timeout, elsewhere)
             if status >= 200:
                 call.final_sent = status
                 call.state = "confirmed" if status < 300 else "ended"
             out.append(Send(call.caller_flow, stripped.raw))
             return out
-        if txn.in_flow is None:
-            return out  # response to the PBX's own CANCEL
+        if txn.in_flow is None:  # response to the PBX's own CANCEL or BYE
+            if txn.method == "BYE" and status >= 200 and call is not None:
+                call.state = "ended"
+            return out
         if txn.method == "BYE" and status >= 200 and call is not None:
             call.state = "ended"
         out.append(Send(txn.in_flow, stripped.raw))
+        return out
+
+    def _ack_and_bye_device(self, call: _Call, response: Message) -> list[Action]:
+        """ACK a 2xx the caller will never see, and hang up that dialog (RFC 3261 §13.2.2.4, §15)."""
+        inv = call.out_invite
+        assert inv is not None and call.callee_flow is not None
+        contacts = response.contacts
+        target = contacts[0].uri if contacts else inv.request_uri
+        out: list[Action] = []
+        for method, number in (("ACK", inv.cseq.number), ("BYE", inv.cseq.number + 1)):
+            branch = self._new_branch(call.call_id, method)
+            lines = [f"{method} {target} SIP/2.0", f"Via: {self._via(call.callee_flow, branch)}",
+                     "Max-Forwards: 70", f"From: {inv.get('from')}", f"To: {response.get('to')}",
+                     f"Call-ID: {inv.call_id}", f"CSeq: {number} {method}"]
+            if method == "BYE":
+                lines.append('Reason: SIP;cause=487;text="Request Terminated"')
+                self._txns[branch] = _ClientTxn("BYE", call.call_id, None)
+            data = ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
+            out.append(Send(call.callee_flow, data))
         return out
 
     def _ack_device(self, call: _Call, response: Message) -> Send:

@@ -152,3 +152,35 @@ async def test_push_woken_call_over_tls_goes_down_the_new_connection(tmp_path):
     assert [r.summary for r in asleep.received()] == ["200 REGISTER"]
     release = [e for e in timeline.events if e.kind == "pbx" and e.detail.get("action") == "release"]
     assert len(release) == 1 and release[0].call_id == call.call_id
+
+
+async def test_cancel_after_forwarding_and_elsewhere_reach_the_device_with_their_reason():
+    timeline = Timeline()
+    with trio.fail_after(8):
+        async with trio.open_nursery() as nursery:
+            pbx = await _pbx(nursery, ["udp:127.0.0.1:0"], timeline)
+            addr = pbx.address("udp")
+            bob = SipUA("bob", "udp", addr)
+            await bob.start(nursery)
+            await bob.register()
+            caller = Caller("udp", addr, "alice", timeline)
+            await caller.start(nursery)
+            got = []
+            for how, reason in [("caller", 'SIP ;cause=200 ;text="Call completed elsewhere"'),
+                                ("declined", 'SIP;cause=600;text="Busy Everywhere"')]:
+                call = await caller.call(f"sip:bob@127.0.0.1:{addr[1]}")
+                invite = await bob.expect_request("INVITE", call_id=call.call_id)
+                await bob.reply(invite, 180, to_tag="bobtag")
+                await call.wait_for(180)
+                if how == "caller":
+                    await call.cancel(reason=reason)
+                else:
+                    await pbx.cancel_elsewhere(call.call_id, how)
+                cancel = await bob.expect_request("CANCEL", call_id=call.call_id)
+                got.append(cancel.message.get_all("reason"))
+                await bob.reply(cancel, 200)
+                await bob.reply(invite, 487, to_tag="bobtag")
+                await bob.expect_request("ACK", call_id=call.call_id)  # the PBX ACKs the 487 hop by hop
+                assert (await call.wait_final()).status == 487
+            nursery.cancel_scope.cancel()
+    assert got == [['SIP ;cause=200 ;text="Call completed elsewhere"'], ['SIP;cause=600;text="Busy Everywhere"']]

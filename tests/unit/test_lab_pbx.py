@@ -243,7 +243,8 @@ def test_cancel_after_forwarding_keeps_reason():
     assert f1 == CALLER and ok.status == 200
     assert f2 == PHONE_NEW and c.method == "CANCEL" and c.get_all("reason") == [reason]
     assert c.top_via.branch == fwd.top_via.branch and c.request_uri == fwd.request_uri
-    # the device's 487: relayed to the caller, ACKed by the PBX
+    # the device's 200 to that CANCEL stays in the PBX; its 487 is relayed to the caller, ACKed by the PBX
+    assert sends(pbx.receive(reply(c, 200, contact=False), PHONE_NEW, now=12.05)) == []
     (fa, ack), (fb, r487) = sends(pbx.receive(reply(fwd, 487), PHONE_NEW, now=12.1))
     assert fa == PHONE_NEW and ack.method == "ACK" and ack.top_via.branch == fwd.top_via.branch
     assert fb == CALLER and r487.status == 487
@@ -264,6 +265,22 @@ def test_cancel_elsewhere(reason, header):
     assert [(f, m.method) for f, m in sends(pbx.receive(reply(fwd, 487), PHONE_NEW, now=12.1))] == [(PHONE_NEW, "ACK")]
     with pytest.raises(ValueError):
         pbx.cancel_elsewhere("call1", reason, now=13.0)
+
+
+def test_device_answers_as_elsewhere_cancel_crosses_it_gets_ack_and_bye():
+    pbx = PbxLogic()
+    fwd = _forwarded(pbx)
+    pbx.cancel_elsewhere("call1", "answered", now=12.0)
+    out = pbx.receive(reply(fwd, 200), PHONE_NEW, now=12.01)
+    assert "late-answer" in notes(out)
+    (f1, ack), (f2, bye) = sends(out)
+    assert f1 == f2 == PHONE_NEW
+    assert ack.method == "ACK" and ack.request_uri == "sip:bob@127.0.0.1:41001;transport=tcp"
+    assert ack.to_tag == "btag" and ack.cseq.number == 1
+    assert bye.method == "BYE" and bye.to_tag == "btag" and bye.cseq.number == 2
+    assert pbx.call_state("call1") == "late-answer"
+    assert sends(pbx.receive(reply(bye, 200, contact=False), PHONE_NEW, now=12.02)) == []
+    assert pbx.call_state("call1") == "ended"
 
 
 def test_cancel_elsewhere_bad_reason_and_unknown_call():
