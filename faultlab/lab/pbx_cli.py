@@ -162,13 +162,19 @@ def pbx(
         pbx = PBX(endpoints, timeline=Timeline(events), send_push=send_push, hold=hold_s, ring_timeout=ring_s,
                   cancel_push=cancel_push, default_expires=default_expires, advertise_host=advertise,
                   confdir=confdir, tls_name=tls_name)
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(pbx.run)
-                for endpoint, addr in pbx.listeners:
-                    from faultlab.net.addr import format_hostport
+        import signal
 
-                    typer.echo(f"faultlab pbx: {endpoint.transport} on {format_hostport(*addr)}", err=True)
+        from faultlab.net.addr import format_hostport
+
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(pbx.run)
+                    for endpoint, addr in pbx.listeners:
+                        typer.echo(f"faultlab pbx: {endpoint.transport} on {format_hostport(*addr)}", err=True)
+                    async for _ in signals:  # Ctrl-C or SIGTERM: a clean stop
+                        pbx.stop()
+                        break
         finally:
             events.close()
 
