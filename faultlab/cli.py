@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from faultlab import __version__
+from faultlab.lab.device_cli import app as device_app
+from faultlab.lab.push_cli import app as push_app
 from faultlab.netns.cli import app as net_app
 
 app = typer.Typer(
@@ -23,6 +25,8 @@ app.add_typer(profiles_app, name="profiles")
 profile_app = typer.Typer(help="Switch a running proxy's faults through its control API.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
 app.add_typer(net_app, name="net")
+app.add_typer(push_app, name="push-gateway")
+app.add_typer(device_app, name="device")
 
 ConfdirOption = Annotated[
     Optional[Path],
