@@ -35,8 +35,14 @@
   The device's 487 is ACKed and absorbed.
 
 Non-2xx final responses from the device are ACKed by the PBX (RFC 3261 §17.1.1.3); the caller's ACK
-to a non-2xx final response is absorbed. There are no retransmission timers (loopback and reliable
-transports); a retransmitted INVITE gets the last response again.
+to a non-2xx final response is absorbed. A device that answers 2xx after the caller already got its
+final response (the CANCEL crossed the 200) is ACKed and sent a BYE. There are no retransmission
+timers (loopback and reliable transports); a retransmitted INVITE gets the last response again.
+
+Not handled (the lab does not need them): forking to several bindings (the newest binding gets the
+call), authentication, 423 Interval Too Brief, hop-by-hop ACK of a non-2xx answer to a re-INVITE
+(re-INVITEs are relayed like any in-dialog request), strict routers, and a failing flow (a send on a
+closed connection is a timeline warning; the caller then gets 480 at the ring timeout).
 
 Actions: :class:`Send` (bytes on a flow), :class:`Push` (ask the push gateway), :class:`Note` (a
 decision for the timeline). Times are whatever clock the caller passes as ``now`` (trio's in
@@ -603,7 +609,7 @@ class PbxLogic:
         status = msg.status
         out: list[Action] = []
         call = self._calls.get(txn.call_id or "")
-        if txn.method == "INVITE" and call is not None:
+        if txn.method == "INVITE" and call is not None and via.branch == call.out_branch:
             if status == 100:
                 return []
             if status >= 200:
