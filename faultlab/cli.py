@@ -9,6 +9,7 @@ import typer
 
 from faultlab import __version__
 from faultlab.lab.device_cli import app as device_app
+from faultlab.lab.pbx_cli import app as pbx_app
 from faultlab.lab.push_cli import app as push_app
 from faultlab.netns.cli import app as net_app
 
@@ -27,6 +28,7 @@ app.add_typer(profile_app, name="profile")
 app.add_typer(net_app, name="net")
 app.add_typer(push_app, name="push-gateway")
 app.add_typer(device_app, name="device")
+app.add_typer(pbx_app, name="pbx")
 
 ConfdirOption = Annotated[
     Optional[Path],
