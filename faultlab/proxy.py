@@ -58,6 +58,10 @@ class ProxyConfig:
     # destination, adding no headers; spoof_source: the PBX sees the device's address.
     transparent: bool = False
     spoof_source: bool = False
+    # Write the relay's events to this trace (e.g. a lab's shared timeline), with times relative to
+    # trace_t0 (trio clock); None: a trace of its own from now. A given trace is not closed at stop.
+    trace: Trace | None = None
+    trace_t0: float | None = None
 
     def upstream_for(self, transport: str) -> Endpoint | None:
         if self.transparent:
@@ -81,6 +85,8 @@ class ProxyConfig:
                 raise ConfigError(f"--upstream {ep}: port 0 is not a destination; give the PBX's port")
         if self.spoof_source and not self.transparent:
             raise ConfigError("--spoof-source needs --transparent")
+        if self.trace is not None and self.trace_path is not None:
+            raise ConfigError("a shared trace is written by its owner: give trace_path to it, not to the proxy")
         if self.transparent:
             if self.upstream:
                 raise ConfigError("--transparent relays each flow to where the device sent it: "
@@ -154,7 +160,7 @@ class Proxy:
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.trace = Trace(keep=config.keep_events)
+        self.trace = config.trace if config.trace is not None else Trace(keep=config.keep_events)
         self.rewriter = Rewriter(
             instance_id([str(ep) for ep in config.listen]), record_route=config.record_route
         )
@@ -163,7 +169,7 @@ class Proxy:
         self.control = None  # ProxyControl, when the API runs
         self.listeners: list[tuple[Endpoint, tuple[str, int]]] = []
         self.ca_cert_path: Path | None = None
-        self._t0 = trio.current_time()
+        self._t0 = config.trace_t0 if config.trace_t0 is not None else trio.current_time()
         self._flow_counter = 0
         self._hold_counter = 0
         self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
@@ -443,7 +449,8 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
             task_status.started(proxy)
     finally:
         proxy.emit("stop")
-        proxy.trace.close()
+        if config.trace is None:
+            proxy.trace.close()
 
 
 async def _stop_on_signal(scope: trio.CancelScope, proxy: Proxy) -> None:
