@@ -7,6 +7,8 @@ Mounted by ``faultlab/cli.py`` with ``app.add_typer(device_app, name="device")``
 from __future__ import annotations
 
 import json
+import signal
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -100,7 +102,8 @@ def device(
              "gateway delivers pushes for this token.")],
     push_url: Annotated[Optional[str], typer.Option(
         "--push-url", metavar="URL",
-        help="Stream pushes from the push gateway: GET URL (e.g. http://HOST:PORT/devices/<token>/pushes), one "
+        help="Stream pushes from the push gateway: its address (http://HOST:PORT, the device's stream "
+             "/devices/<token>/pushes is then used) or the full stream URL; one "
              "JSON push per line ({\"kind\": \"call\"|\"cancel\", \"payload\": {...}} or a bare payload with "
              "\"type\"). Without it the device gets no pushes and only answers INVITEs (as an app in the "
              "foreground).")] = None,
@@ -174,8 +177,18 @@ def device(
     def print_event(event: dict) -> None:
         print(json.dumps(event), flush=True)
 
+    if push_url is not None and urllib.parse.urlsplit(push_url).path in ("", "/"):
+        push_url = push_url.rstrip("/") + f"/devices/{token}/pushes"
+
+    async def stop_on_sigterm(scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                scope.cancel()
+                return
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
             pushes = None
             if push_url is not None:
                 send, pushes = trio.open_memory_channel(16)
