@@ -19,7 +19,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from faultlab.net.addr import format_hostport, host_problem, is_ipv6
+from faultlab.net.addr import bind_hint, format_hostport, host_problem, is_ipv6
 
 from .app import create_app
 from .control import Control
@@ -177,13 +177,7 @@ def _only(group: BaseExceptionGroup, kind: type[OSError]) -> OSError | None:
 
 
 def _bind_message(host: str, port: int, exc: OSError) -> str:
-    hint = ""
-    if exc.errno == 98:  # EADDRINUSE
-        hint = ": another program (or another faultlab) holds it; choose another port with --api HOST:PORT"
-    elif exc.errno == 99:  # EADDRNOTAVAIL
-        hint = ": no interface has this address"
-    elif exc.errno == 13:  # EACCES
-        hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE"
+    hint = bind_hint(exc, "another program (or another faultlab) holds it; choose another port with --api HOST:PORT")
     return f"cannot listen for the control API on {format_hostport(host, port)}: {exc.strerror or exc}{hint}"
 
 

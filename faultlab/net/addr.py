@@ -8,6 +8,7 @@ opened and with the part that is wrong.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
 import socket
@@ -130,13 +131,18 @@ async def resolve(endpoint: Endpoint) -> tuple[int, tuple[str, int]]:
     return family, (sockaddr[0], sockaddr[1])
 
 
+def bind_hint(exc: OSError, in_use: str) -> str:
+    """What to do about a failed bind; ``in_use`` is the advice for a port already taken."""
+    if exc.errno == errno.EADDRINUSE:
+        return f": {in_use}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ": no interface has this address"
+    if exc.errno == errno.EACCES:
+        return ": ports below 1024 need root or CAP_NET_BIND_SERVICE"
+    return ""
+
+
 def listen_error(endpoint: Endpoint, exc: OSError) -> EndpointError:
     """A bind failure, said with the address and what to do."""
-    hint = ""
-    if exc.errno == 98:  # EADDRINUSE
-        hint = ": another program (or faultlab) holds it; choose another port or stop that program"
-    elif exc.errno == 99:  # EADDRNOTAVAIL
-        hint = ": no interface has this address"
-    elif exc.errno == 13:  # EACCES
-        hint = ": ports below 1024 need root or CAP_NET_BIND_SERVICE"
+    hint = bind_hint(exc, "another program (or faultlab) holds it; choose another port or stop that program")
     return EndpointError(f"cannot listen on {endpoint}: {exc.strerror or exc}{hint}")
