@@ -45,6 +45,7 @@ from faultlab.net.udp import (
     Datagrams,
     _parse,
     enlarge_buffers,
+    relay_from,
 )
 from faultlab.relay import TO_DEVICE, TO_PBX, Side
 
@@ -217,28 +218,14 @@ async def serve_udp_transparent(proxy: Proxy, listen: Endpoint, *, task_status=t
             proxy.flow_opened(fid, "udp", device, pbx_side, dest)
             return flow
 
-        async def reader(flow: TransparentFlow, paths: DatagramPaths, src: Datagrams, hop: Hop,
-                         send, dest, back, back_dest) -> None:
-            while True:
-                try:
-                    batch = await src.receive_batch()
-                except OSError as exc:  # ICMP errors of earlier sends surface here
-                    proxy.warn(f"{'upstream' if src is flow.up else 'device-side'} socket error: "
-                               f"{exc.strerror or exc}", flow=flow.id, transport="udp")
-                    continue
-                flow.scope.deadline = trio.current_time() + idle
-                for data, _ in batch:
-                    item, error = _parse(data)
-                    await paths.carry_out(proxy.plan(item, hop, error=error), send, dest, back, back_dest)
-
         async def run_flow(flow: TransparentFlow, paths: DatagramPaths) -> None:
             try:
                 with flow.scope:
                     async with trio.open_nursery() as readers:
-                        readers.start_soon(reader, flow, paths, flow.up, flow.to_device,
-                                           flow.dev.send, flow.device, flow.up.send, flow.dest)
-                        readers.start_soon(reader, flow, paths, flow.dev, flow.to_pbx,
-                                           flow.up.send, flow.dest, flow.dev.send, flow.device)
+                        readers.start_soon(relay_from, proxy, paths, flow.up, "upstream", flow.to_device,
+                                           flow.scope, idle, flow.dev.send, flow.device, flow.up.send, flow.dest)
+                        readers.start_soon(relay_from, proxy, paths, flow.dev, "device-side", flow.to_pbx,
+                                           flow.scope, idle, flow.up.send, flow.dest, flow.dev.send, flow.device)
             finally:
                 flow.dev.close()
                 flow.up.close()

@@ -174,6 +174,23 @@ class DatagramPaths:
             self.nursery.start_soon(self._later, now + delay, send, out, dest, {"copy": n})
 
 
+async def relay_from(proxy: Proxy, paths: DatagramPaths, src: Datagrams, what: str, hop: Hop,
+                     scope: trio.CancelScope, idle: float, send: Send, dest: tuple[str, int],
+                     back: Send, back_dest: tuple[str, int]) -> None:
+    """Relay every datagram that arrives on one of a flow's sockets along ``hop``;
+    each one keeps the flow (``scope``) alive for ``idle`` more seconds."""
+    while True:
+        try:
+            batch = await src.receive_batch()
+        except OSError as exc:  # ICMP errors of earlier sends surface here
+            proxy.warn(f"{what} socket error: {exc.strerror or exc}", flow=hop.flow, transport="udp")
+            continue
+        scope.deadline = trio.current_time() + idle
+        for data, _ in batch:
+            item, error = _parse(data)
+            await paths.carry_out(proxy.plan(item, hop, error=error), send, dest, back, back_dest)
+
+
 async def serve_udp(
     proxy: Proxy, listen: Endpoint, upstream: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -222,18 +239,8 @@ async def serve_udp(
 
             try:
                 with flow.scope:
-                    while True:
-                        try:
-                            batch = await flow.sock.receive_batch()
-                        except OSError as exc:  # ICMP errors of earlier sends surface here
-                            proxy.warn(f"upstream socket error: {exc.strerror or exc}", flow=flow.id,
-                                       transport="udp")
-                            continue
-                        flow.scope.deadline = trio.current_time() + idle
-                        for data, _ in batch:
-                            item, error = _parse(data)
-                            plan = proxy.plan(item, flow.to_device, error=error)
-                            await paths.carry_out(plan, to_device, flow.device, flow.sock.send, up_addr)
+                    await relay_from(proxy, paths, flow.sock, "upstream", flow.to_device, flow.scope, idle,
+                                     to_device, flow.device, flow.sock.send, up_addr)
             finally:
                 flow.sock.close()
                 flows.pop(flow.device, None)
