@@ -26,8 +26,11 @@ Usage::
 ``LabStack.call`` scripts one call (cancel at t, answered elsewhere at t, hang up at t) and waits until the device
 ends it. Leaving the ``async with`` stops every actor.
 
-Real sockets on loopback: the lab runs under ``trio.testing.MockClock(autojump_threshold=0)`` (virtual time) as
-well as in real time. Not here: in-memory transports, and the actors as separate processes.
+``network="loopback"`` (the default) uses real sockets on 127.0.0.1; ``network="memory"`` puts every actor's
+sockets on an in-memory network (:mod:`faultlab.net.memnet`) for this ``trio.run``: the same code, no kernel, no
+ports. Either runs in real time or under ``trio.testing.MockClock(autojump_threshold=0)`` (virtual time); memory
+under the mock clock is the fast, deterministic way (a 30-second call in milliseconds). The actors as separate
+processes: ``faultlab push-gateway``, ``faultlab pbx``, ``faultlab proxy``, ``faultlab device``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from faultlab.lab.device_logic import DeviceConfig
 from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushClient, PushFaults, PushGateway, serve_push_gateway
 from faultlab.lab.timeline import Timeline
+from faultlab.net import memnet
 from faultlab.net.addr import Endpoint, format_hostport
 from faultlab.proxy import Proxy, ProxyConfig, serve_proxy
 from faultlab.trace import Event
@@ -55,6 +59,7 @@ __all__ = ["LabCall", "LabStack", "open_lab_stack"]
 
 HOST = "127.0.0.1"
 TRANSPORTS = ("udp", "tcp", "tls")
+NETWORKS = ("loopback", "memory")
 
 
 @dataclass
@@ -199,6 +204,7 @@ async def open_lab_stack(
     bundle: str = "org.faultlab.device",
     caller_user: str = "bob",
     timeline: Timeline | None = None,
+    network: str = "loopback",
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
 
@@ -207,14 +213,19 @@ async def open_lab_stack(
     temporary directory in tests). ``push``: ``"local"`` (in-process) or ``"http"`` (HTTP/2 on loopback).
     ``profile`` is faultlab's profile from the start, so it also meets the device's REGISTER at start (and its
     retransmissions); to fault only a call, switch it on later with ``lab.proxy.activate(profile)``.
-    ``seed`` seeds faultlab's random choices (recorded in its ``start`` event).
+    ``seed`` seeds faultlab's random choices (recorded in its ``start`` event). ``network``: ``"loopback"`` or
+    ``"memory"`` (see the module docstring; memory installs :mod:`faultlab.net.memnet` for the rest of this run).
     """
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
     if push not in ("local", "http"):
         raise ValueError(f"push must be 'local' or 'http', not {push!r}")
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
     if transport == "tls" and confdir is None:
         raise ValueError("a TLS lab needs confdir= (where the lab CA lives)")
+    if network == "memory":
+        memnet.install()
     timeline = timeline if timeline is not None else Timeline()
     topic = f"{bundle}.voip"
     async with trio.open_nursery() as nursery:

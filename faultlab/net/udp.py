@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from faultlab.net import timer
+from faultlab.net import memnet, timer
 from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
 from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import KeepAlive, Message, SipError, parse_datagram
@@ -58,7 +58,13 @@ class Datagrams:
     """
 
     def __init__(self, family: int) -> None:
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        net = memnet.current()
+        if net is not None:  # the lab on an in-memory network (faultlab.net.memnet)
+            self.sock = net.raw_udp(family)
+            self._wait_readable = self.sock.wait_readable
+        else:
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            self._wait_readable = lambda: trio.lowlevel.wait_readable(self.sock)
         self.sock.setblocking(False)
 
     def close(self) -> None:
@@ -78,7 +84,7 @@ class Datagrams:
                 pass
             if batch:
                 return batch
-            await trio.lowlevel.wait_readable(self.sock)
+            await self._wait_readable()
 
     async def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         while True:

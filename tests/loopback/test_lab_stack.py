@@ -1,12 +1,15 @@
 """The whole lab in one trio process on loopback (faultlab.lab.stack): caller -> embedded PBX -> push gateway ->
 reference device, the device's SIP through faultlab's relay, all judged from the one shared timeline.
-Virtual time (trio's autojump clock) over real loopback sockets, so deadlines are exact and take no wall time.
+Virtual time (trio's autojump clock), so deadlines are exact and take no wall time; each test runs over real
+loopback sockets and again on the in-memory network (faultlab.net.memnet), where opening a real socket fails the test.
 
 Issue 5, item 7: a push-woken call connects; a held INVITE is cancelled with no SIP reaching the device (with and
 without the cancel push); an answered-elsewhere CANCEL carries its Reason. Over UDP, TCP and TLS.
 """
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 import trio
@@ -30,8 +33,16 @@ action = { delay = "2s" }
 """)
 
 
-def lab_kwargs(transport: str, tmp_path) -> dict:
-    return {"confdir": tmp_path} if transport == "tls" else {}
+NETWORKS = ["loopback", "memory"]
+
+
+def lab_kwargs(transport: str, tmp_path, network: str, monkeypatch) -> dict:
+    """open_lab_stack's keywords; on the memory network, any real socket opened from now on fails the test."""
+    if network == "memory":
+        def real_socket(*args, **kwargs):
+            raise AssertionError("a real socket was opened by a lab on the memory network")
+        monkeypatch.setattr(socket, "socket", real_socket)
+    return {"network": network, **({"confdir": tmp_path} if transport == "tls" else {})}
 
 
 def index(events, pred) -> int:
@@ -51,11 +62,12 @@ def crossed(e, method, direction, call_id=None) -> bool:
     return e.status == method if isinstance(method, int) else e.method == method
 
 
-@pytest.mark.parametrize("push", ["local", "http"])
+@pytest.mark.parametrize(("network", "push"), [("loopback", "local"), ("loopback", "http"), ("memory", "local")])
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_push_woken_call_connects_through_faultlab(transport, push, tmp_path, autojump_clock):
+async def test_push_woken_call_connects_through_faultlab(transport, push, network, tmp_path, monkeypatch,
+                                                         autojump_clock):
     async with open_lab_stack(transport, push=push, device_config=DeviceConfig(answer_after=1.5),
-                              **lab_kwargs(transport, tmp_path)) as lab:
+                              **lab_kwargs(transport, tmp_path, network, monkeypatch)) as lab:
         # the device registered at start, through faultlab, with its push parameters
         assert lab.device.initial_register == 200
         [binding] = lab.pbx.bindings("alice")
@@ -109,11 +121,13 @@ async def test_push_woken_call_connects_through_faultlab(transport, push, tmp_pa
 
 
 @pytest.mark.parametrize("faults", [PushFaults(), PushFaults(drop_cancel=True)], ids=["cancel-push", "no-cancel-push"])
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_held_invite_cancelled_no_sip_reaches_the_device(transport, faults, tmp_path, autojump_clock):
+async def test_held_invite_cancelled_no_sip_reaches_the_device(transport, faults, network, tmp_path, monkeypatch,
+                                                               autojump_clock):
     config = DeviceConfig()  # register 8 s, INVITE 5 s after the REGISTER 2xx, total 15 s
     async with open_lab_stack(transport, push_faults=faults, device_config=config,
-                              **lab_kwargs(transport, tmp_path)) as lab:
+                              **lab_kwargs(transport, tmp_path, network, monkeypatch)) as lab:
         assert lab.device.initial_register == 200
         # from now on faultlab holds every REGISTER 2 s (switched on after the REGISTER at start, so that none of
         # its retransmissions reaches the PBX late and passes for the refresh)
@@ -149,9 +163,12 @@ async def test_held_invite_cancelled_no_sip_reaches_the_device(transport, faults
         (0.0, "reported", None), (2.0 + config.invite_deadline, "ended", "unanswered")]
 
 
+@pytest.mark.parametrize("network", NETWORKS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_answered_elsewhere_cancel_carries_its_reason(transport, tmp_path, autojump_clock):
-    async with open_lab_stack(transport, device_config=DeviceConfig(), **lab_kwargs(transport, tmp_path)) as lab:
+async def test_answered_elsewhere_cancel_carries_its_reason(transport, network, tmp_path, monkeypatch,
+                                                            autojump_clock):
+    async with open_lab_stack(transport, device_config=DeviceConfig(),
+                              **lab_kwargs(transport, tmp_path, network, monkeypatch)) as lab:
         start = lab.timeline.now()
         # the device rings (no answer); 0.5 s after the caller's 180 a second device answers
         result = await lab.call(answer_elsewhere=0.5)
