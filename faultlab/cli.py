@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from faultlab import __version__
+from faultlab.lab.caller_cli import app as call_app
 from faultlab.lab.device_cli import app as device_app
 from faultlab.lab.pbx_cli import app as pbx_app
 from faultlab.lab.push_cli import app as push_app
 from faultlab.netns.cli import app as net_app
+from faultlab.trace.cli import app as trace_app
 
 app = typer.Typer(
     help="faultlab: a SIP fault-injection proxy and latency lab for VoIP apps.",
@@ -29,6 +31,8 @@ app.add_typer(net_app, name="net")
 app.add_typer(push_app, name="push-gateway")
 app.add_typer(device_app, name="device")
 app.add_typer(pbx_app, name="pbx")
+app.add_typer(call_app, name="call")
+app.add_typer(trace_app, name="trace")
 
 ConfdirOption = Annotated[
     Optional[Path],
