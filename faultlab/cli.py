@@ -11,6 +11,8 @@ from faultlab import __version__
 from faultlab.lab.caller_cli import app as call_app
 from faultlab.lab.device_cli import app as device_app
 from faultlab.lab.pbx_cli import app as pbx_app
+from faultlab.lab.run_cli import app as lab_app
+from faultlab.lab.run_cli import demo
 from faultlab.lab.push_cli import app as push_app
 from faultlab.netns.cli import app as net_app
 from faultlab.trace.cli import app as trace_app
@@ -33,6 +35,8 @@ app.add_typer(device_app, name="device")
 app.add_typer(pbx_app, name="pbx")
 app.add_typer(call_app, name="call")
 app.add_typer(trace_app, name="trace")
+app.add_typer(lab_app, name="lab")
+app.command("demo")(demo)
 
 ConfdirOption = Annotated[
     Optional[Path],

@@ -1,0 +1,257 @@
+"""``faultlab lab scenarios|run`` and ``faultlab demo``: the scenario catalogue, lab runs and their verdicts.
+
+Mounted by ``faultlab/cli.py`` (``app.add_typer(lab_app, name="lab")``, ``app.command("demo")(demo)``). Thin: parse
+options, call :mod:`faultlab.lab.runner`, print with rich, write the reports of :mod:`faultlab.lab.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from faultlab.faults import ProfileError, load_profile
+from faultlab.lab.device_logic import BEHAVIOURS
+from faultlab.lab.report import to_json, to_junit
+from faultlab.lab.runner import Case, run_case, transports_for
+from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override
+
+app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check.",
+                  add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+_BEHAVIOURS = ", ".join(BEHAVIOURS)
+_CHECK_TITLES = {"ends-right": "1 end", "early-answer": "2 early", "cancel-push": "3 cancel", "invariants": "inv"}
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"faultlab lab: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@app.command("scenarios")
+def scenarios(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show each scenario's faults, script and "
+                                          "expectations.")] = False,
+) -> None:
+    """List the scenario catalogue (scenarios/*.toml): id, slug, transports, expected end and deadline."""
+    try:
+        catalogue = list_scenarios()
+    except ScenarioError as exc:
+        _fail(str(exc))
+    table = Table(show_lines=verbose)
+    for column in ("id", "slug", "title", "transports", "expected end", "deadline", "checks"):
+        table.add_column(column)
+    for s in catalogue:
+        checks = ["1"] + (["2"] if s.early_answer else []) + (["3"] if s.cancel_push_check else [])
+        title = s.title
+        if verbose:
+            title += f"\n[dim]faults: {s.faults.name if s.faults else 'none'}; {_script(s)}[/dim]"
+        table.add_row(s.id, s.slug, title, ",".join(s.transports), " or ".join(s.end) or "none",
+                      "; ".join(f"{b.after} + {b.within:g} s" for b in s.by) or "-", ",".join(checks))
+    Console().print(table)
+    typer.echo(f"{len(catalogue)} scenarios. Run one with: faultlab lab run --scenario {catalogue[0].id}")
+
+
+def _script(s: Scenario) -> str:
+    parts = []
+    if s.answer_at is not None:
+        parts.append(f"answer at {s.answer_at:g} s")
+    if s.decline_at is not None:
+        parts.append(f"decline at {s.decline_at:g} s")
+    if s.cancel_at is not None:
+        parts.append(f"caller cancels at {s.cancel_at:g} s")
+    if s.elsewhere is not None:
+        parts.append(f"{s.elsewhere} elsewhere {s.elsewhere_at:g} s after 180")
+    if s.hang_up_after is not None and (s.answer_at is not None):
+        parts.append(f"hang up {s.hang_up_after:g} s after 200")
+    return ", ".join(parts) or "no user action"
+
+
+def _parse_sets(sets: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set {item!r}: write KEY=VALUE, e.g. --set expect.end=failed or --set device.invite_deadline=3s")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+def execute(
+    scenario_names: list[str], profile_names: list[str], transports: list[str], *, device: str, behaviour: str | None,
+    pbx: str, seed: int | None, virtual: bool, network: str, sets: list[str], junit: Path | None,
+    json_path: Path | None, trace_dir: Path | None, quiet: bool, title: str = "faultlab lab run",
+) -> int:
+    """Run the matrix and print the table; the exit code (0: every check passed, 1: some failed)."""
+    err = Console(stderr=True)
+    if device == "external":
+        _fail("--device external is not available yet: the runner drives the reference device only. A real "
+              "device's events can be collected with `faultlab push-gateway --events` (docs/device-events.md).")
+    if device != "reference":
+        _fail(f"--device {device!r}: use reference (or external)")
+    if pbx != "embedded":
+        _fail(f"--pbx {pbx!r}: only the embedded PBX can run the catalogue's scenarios so far (it sends the pushes "
+              "and scripts answered/declined-elsewhere); use --pbx embedded")
+    if behaviour is not None and behaviour not in BEHAVIOURS:
+        _fail(f"--behaviour {behaviour!r}: use one of {_BEHAVIOURS}")
+    for t in transports:
+        if t not in ("udp", "tcp", "tls"):
+            _fail(f"--transport {t!r}: use udp, tcp or tls")
+    if network not in ("", "memory", "loopback"):
+        _fail(f"--network {network!r}: use memory or loopback")
+    if network == "memory" and not virtual:
+        _fail("--network memory needs virtual time (drop --real-time)")
+    try:
+        chosen = [load_scenario(n) for n in scenario_names] if scenario_names else list_scenarios()
+        for key, value in _parse_sets(sets):
+            chosen = [override(s, key, value) for s in chosen]
+    except ScenarioError as exc:
+        _fail(str(exc))
+    try:
+        profiles = [load_profile(p) for p in profile_names] or [None]
+    except ProfileError as exc:
+        _fail(str(exc))
+    if seed is None:
+        seed = random.randrange(2**31)
+    todo = [(s, p, t) for s in chosen for p in profiles for t in transports_for(s, transports)]
+    if not todo:
+        _fail("nothing to run: none of the chosen scenarios applies to --transport " + ",".join(transports))
+    clock = "virtual time" if virtual else "real time"
+    net = network or ("memory" if virtual else "loopback")
+    err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
+              + (f" with behaviour {behaviour}" if behaviour else ""))
+    cases: list[Case] = []
+    begun = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True, disable=quiet) as progress:
+        task = progress.add_task("running", total=len(todo))
+        for scenario, profile, transport in todo:
+            progress.update(task, description=f"{scenario.id} {profile.name if profile else 'none'} {transport}")
+            cases.append(run_case(scenario, profile, transport=transport, seed=seed, behaviour=behaviour,
+                                  virtual=virtual, network=network, trace_dir=trace_dir))
+            progress.advance(task)
+    wall = time.perf_counter() - begun
+    _print_table(cases, _console())
+    failed = [c for c in cases if not c.passed]
+    lab_seconds = sum(r.duration for c in cases for r in c.runs)
+    summary = (f"{len(cases) - len(failed)}/{len(cases)} cases passed in {wall:.1f} s "
+               f"({lab_seconds:.0f} s of lab time, {clock}); seed {seed}")
+    _console().print(("[green]PASS[/green] " if not failed else "[red]FAIL[/red] ") + summary)
+    settings = {"scenarios": [s.id for s in chosen], "profiles": [p.name if p else "none" for p in profiles],
+                "transports": transports or "first of each scenario", "device": device, "behaviour": behaviour,
+                "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets,
+                "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3)}
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(to_json(cases, settings), indent=2) + "\n")
+        err.print(f"JSON report: {json_path}")
+    if junit is not None:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_bytes(to_junit(cases, name=title))
+        err.print(f"JUnit report: {junit}")
+    if trace_dir is not None:
+        err.print(f"traces: {trace_dir}/ (faultlab trace ladder FILE, faultlab trace pcap FILE -o FILE.pcap)")
+    return 0 if not failed else 1
+
+
+def _console() -> Console:
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
+def _print_table(cases: list[Case], console: Console) -> None:
+    """One row per case: a column per check (pass / FAIL / - when it does not apply), the end, the key times."""
+    table = Table(title="verdicts (1 end: ends right, in time; 2 early: waits on an early answer; 3 cancel: no "
+                  "cancel-push dependence; inv: invariants; times in s after the push)", box=box.SIMPLE_HEAD)
+    for column in ("scenario", "profile", "transport"):
+        table.add_column(column, no_wrap=True)
+    for check in _CHECK_TITLES:
+        table.add_column(_CHECK_TITLES[check], justify="center", no_wrap=True, min_width=8)
+    for column in ("end", "tR", "tI"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for case in cases:
+        results = {c.check: c for c in case.checks}
+        cells = []
+        for check in _CHECK_TITLES:
+            r = results.get(check)
+            cells.append("-" if r is None else "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
+        times = case.times()
+        run = case.runs[0]
+        end = next((e for e in run.events if e.kind == "device" and e.call_id == run.call_id
+                    and e.detail.get("event") == "ended"), None)
+        end_text = f"{end.detail.get('reason')} {times['end']:.2f}" if end is not None and "end" in times else "none"
+        table.add_row(f"{case.scenario.id} {case.scenario.slug}", case.profile_name, case.transport, *cells,
+                      end_text, *(f"{times[k]:.2f}" if k in times else "-" for k in ("register-ok", "invite")))
+    console.print(table)
+    for case in cases:
+        for check in case.checks:
+            if not check.passed:
+                console.print(f"[red]FAIL[/red] {case.scenario.id} {case.scenario.slug} / {case.profile_name} / "
+                              f"{case.transport} / {check.check}: {check.message}", highlight=False)
+                for line in check.evidence:
+                    console.print(f"    {line}", highlight=False)
+
+
+@app.command("run")
+def run(
+    scenario: Annotated[list[str], typer.Option("--scenario", "-s", help="A scenario by id (S04), slug or TOML file; "
+                                                 "repeat for more. Default: the whole catalogue "
+                                                 "(faultlab lab scenarios).")] = [],
+    profile: Annotated[list[str], typer.Option("--profile", "-p", help="A fault profile (library name or file) "
+                                                "applied on top of each scenario's own faults; repeat for a matrix "
+                                                "scenarios x profiles. Default: none.")] = [],
+    transport: Annotated[list[str], typer.Option("--transport", "-t", help="udp, tcp or tls; repeat for more. "
+                                                  "Default: each scenario's first transport.")] = [],
+    device: Annotated[str, typer.Option(help="reference: faultlab's reference device (simulated iOS app).")] =
+        "reference",
+    behaviour: Annotated[Optional[str], typer.Option(help=f"Run the reference device with one of its known-bad "
+                                                     f"behaviours: {_BEHAVIOURS}.")] = None,
+    pbx: Annotated[str, typer.Option(help="embedded: faultlab's PBX (registrar with RFC 8599 push).")] = "embedded",
+    seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice (faultlab's faults); printed "
+                                                "and in the reports. Default: a random one.")] = None,
+    virtual_time: Annotated[bool, typer.Option("--virtual-time/--real-time", help="Virtual time (trio's mock "
+                                               "clock: a 30-second call in milliseconds) or the real clock.")] = True,
+    network: Annotated[str, typer.Option(help="memory (in-process network, virtual time only) or loopback (real "
+                                         "sockets on 127.0.0.1). Default: memory in virtual time, loopback in "
+                                         "real time.")] = "",
+    set_: Annotated[list[str], typer.Option("--set", help="Override a scenario field for this run, KEY=VALUE: "
+                                            "expect.end=failed, expect.by=register-ok+5s,push+15s, "
+                                            "device.invite_deadline=3s, call.cancel_at=2s, pbx.hold=6s ...")] = [],
+    junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML report here.")] = None,
+    json_: Annotated[Optional[Path], typer.Option("--json", help="Write a JSON report here.")] = None,
+    trace_dir: Annotated[Optional[Path], typer.Option(help="Write each run's timeline as JSONL here "
+                                                      "(faultlab trace ladder / pcap read them).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run scenarios x profiles in the lab (push gateway, embedded PBX, faultlab, reference device, caller) and
+    print a verdict per check. Exit code 0 only if every check passed."""
+    code = execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, seed=seed,
+                   virtual=virtual_time, network=network, sets=set_, junit=junit, json_path=json_, trace_dir=trace_dir,
+                   quiet=quiet)
+    raise typer.Exit(code)
+
+
+def demo(
+    behaviour: Annotated[Optional[str], typer.Option(help=f"Show how a known-bad device fails: {_BEHAVIOURS}.")]
+        = None,
+    real_time: Annotated[bool, typer.Option("--real-time", help="Run on the real clock over loopback sockets "
+                                            "(several minutes) instead of virtual time.")] = False,
+    trace_dir: Annotated[Optional[Path], typer.Option(help="Also write each run's timeline as JSONL here.")] = None,
+) -> None:
+    """Run the whole scenario catalogue against the embedded PBX and the reference device (no root, nothing
+    outside this process in virtual time) and print the verdicts."""
+    code = execute([], [], [], device="reference", behaviour=behaviour, pbx="embedded", seed=1, virtual=not real_time,
+                   network="loopback" if real_time else "", sets=[], junit=None, json_path=None, trace_dir=trace_dir,
+                   quiet=not sys.stderr.isatty(), title="faultlab demo")
+    if code == 0 and behaviour is None:
+        typer.echo("Next: faultlab demo --behaviour depends-on-cancel-push (a device that fails), "
+                   "faultlab lab scenarios, faultlab lab run --help.")
+    raise typer.Exit(code)

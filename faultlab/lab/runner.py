@@ -1,0 +1,272 @@
+"""Lab runs: a scenario x a profile, in a lab of its own, judged by the checks.
+
+One **run** (:func:`run_once`) starts a whole lab (:func:`faultlab.lab.stack.open_lab_stack`: push gateway,
+embedded PBX, faultlab's relay, the reference device, the caller), lets the device register at start, switches on
+the scenario's faults merged with the matrix profile, plays the scenario's call script, and stops when the device
+has ended the call and ``SETTLE`` seconds more have passed (to see a second end) or at the scenario's ``duration``.
+The run's timeline then goes through the checks (:mod:`faultlab.lab.checks`).
+
+Each run is its own ``trio.run``:
+
+* **virtual time** (default): the in-memory network (:mod:`faultlab.net.memnet`) under
+  ``trio.testing.MockClock(autojump_threshold=0)``: no sockets, and a 30-second call takes milliseconds;
+* **real time**: real sockets on 127.0.0.1 and the real clock.
+
+Both give the same verdicts for the same seed (tests/loopback/test_lab_runner.py compares them).
+
+A **case** (:func:`run_case`) is a scenario x profile x transport: one run, or for scenarios with check 3 two runs
+(cancel pushes delivered and dropped). :func:`run_matrix` runs every case of scenarios x profiles.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from faultlab.faults import Profile
+from faultlab.lab.checks import (
+    CheckResult,
+    anchors,
+    check_cancel_push,
+    check_early_answer,
+    check_end,
+    check_invariants,
+)
+from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.push import PushFaults
+from faultlab.lab.scenario import Scenario, merge_profiles
+from faultlab.lab.stack import open_lab_stack
+from faultlab.trace import Event, JsonlWriter
+
+__all__ = ["Case", "Run", "run_case", "run_matrix", "run_once", "SETTLE"]
+
+IDLE = 1.0  # seconds between the device's REGISTER at start and the call
+SETTLE = 2.0  # seconds after the device's end during which a second end (or a late message) is still seen
+
+
+@dataclass
+class Run:
+    """One run's outcome: its timeline and the call it made."""
+
+    scenario: Scenario
+    profile: Profile | None
+    transport: str
+    seed: int
+    behaviour: str | None
+    cancel_pushes: str  # "delivered" | "dropped"
+    virtual: bool
+    network: str = ""  # "memory" | "loopback"; default: memory in virtual time, loopback in real time
+    call_id: str | None = None
+    events: list[Event] = field(default_factory=list)
+    error: str | None = None  # the lab could not run the scenario (e.g. the device did not register at start)
+    wall: float = 0.0  # wall-clock seconds the run took
+    duration: float = 0.0  # lab seconds the run covered
+    trace_path: str | None = None  # where its trace JSONL was written, if it was
+
+
+@dataclass
+class Case:
+    """A scenario x profile x transport: its runs and the checks' results."""
+
+    scenario: Scenario
+    profile: Profile | None
+    transport: str
+    runs: list[Run]
+    checks: list[CheckResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def profile_name(self) -> str:
+        return self.profile.name if self.profile is not None else "none"
+
+    def times(self) -> dict[str, float]:
+        """Key times of the first run, relative to the push: register-ok, invite, end..."""
+        run = self.runs[0]
+        if run.call_id is None:
+            return {}
+        found = anchors(run.events, run.call_id)
+        if "push" not in found:
+            return {}
+        t0 = found["push"].t
+        return {name: found[name].t - t0 for name in ("register-ok", "invite", "ok", "end") if name in found}
+
+
+# ---------------------------------------------------------------------------------------------- one run
+
+
+def device_config(scenario: Scenario, behaviour: str | None) -> DeviceConfig:
+    return DeviceConfig(answer_after=scenario.answer_at, decline_after=scenario.decline_at, behaviour=behaviour,
+                        **scenario.device)
+
+
+async def play(run: Run, *, network: str, confdir: Path | None) -> None:
+    """Run ``run``'s scenario in a new lab in the current ``trio.run``; fill in its events and call id."""
+    scenario = run.scenario
+    push_faults = PushFaults(drop_cancel=run.cancel_pushes == "dropped" or scenario.push_drop_cancel,
+                             delay=scenario.push_delay, duplicate=scenario.push_duplicate)
+    faults = scenario.faults
+    if run.profile is not None:
+        faults = run.profile if faults is None else merge_profiles(faults, run.profile)
+    start_wall = time.perf_counter()
+    lab_kwargs = {"new_connection_on_push": True} if scenario.new_connection else {}
+    async with open_lab_stack(run.transport, device_config=device_config(scenario, run.behaviour),
+                              push_faults=push_faults, seed=run.seed, pbx_hold=scenario.pbx_hold,
+                              cancel_push=scenario.pbx_cancel_push, confdir=confdir, network=network,
+                              **lab_kwargs) as lab:
+        try:
+            if lab.device.initial_register != 200:
+                run.error = f"the device did not register at start: {lab.device.initial_register}"
+                return
+            await trio.sleep(IDLE)  # the app idles, registered, before the call
+            if faults is not None:
+                lab.proxy.activate(faults)
+            handle = await lab.caller.call(lab.device_aor)
+            run.call_id = handle.call_id
+            start = trio.current_time()
+            async with trio.open_nursery() as script:
+                if scenario.cancel_at is not None:
+                    async def cancel() -> None:
+                        await trio.sleep_until(start + scenario.cancel_at)
+                        if handle.final is None:
+                            await handle.cancel(reason=scenario.cancel_reason)
+                    script.start_soon(cancel)
+                if scenario.elsewhere is not None:
+                    async def elsewhere() -> None:
+                        await handle.wait_for(180, timeout=math.inf)
+                        await trio.sleep(scenario.elsewhere_at)
+                        if handle.final is None:
+                            await lab.pbx.cancel_elsewhere(handle.call_id, scenario.elsewhere)
+                    script.start_soon(elsewhere)
+                if scenario.hang_up_after is not None:
+                    async def hang_up() -> None:
+                        final = await handle.wait_final(timeout=math.inf)
+                        if 200 <= final.status < 300:
+                            await trio.sleep(scenario.hang_up_after)
+                            await handle.hang_up()
+                    script.start_soon(hang_up)
+                with trio.move_on_at(start + scenario.duration):
+                    await lab.wait_device_ended(handle.call_id, math.inf)
+                    await trio.sleep(SETTLE)
+                script.cancel_scope.cancel()
+        finally:
+            run.duration = lab.timeline.now()
+            run.events = list(lab.timeline.events)
+            run.wall = time.perf_counter() - start_wall
+
+
+def run_once(run: Run, *, confdir: Path | None = None) -> Run:
+    """Play ``run`` in a ``trio.run`` of its own: virtual time (on memory by default) or real time (loopback)."""
+    if not run.network:
+        run.network = "memory" if run.virtual else "loopback"
+    async def main() -> None:
+        try:
+            await play(run, network=run.network, confdir=confdir)
+        except Exception as exc:  # a lab that broke is a failed run with its reason, not a crashed matrix
+            run.error = f"{type(exc).__name__}: {exc}"
+
+    clock = trio.testing.MockClock(autojump_threshold=0) if run.virtual else None
+    begun = time.perf_counter()
+    trio.run(main, clock=clock)
+    run.wall = time.perf_counter() - begun
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- cases
+
+
+def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
+    """The checks of a case: checks 1 and 2 and the invariants on the first run, check 3 over both runs."""
+    first = runs[0]
+    if first.error is not None or first.call_id is None:
+        return [CheckResult("ends-right", False, f"the run failed: {first.error or 'no call was placed'}")]
+    results = [check_end(first.events, first.call_id, scenario)]
+    if scenario.early_answer:
+        results.append(check_early_answer(first.events, first.call_id, scenario))
+    if len(runs) > 1:
+        other = runs[1]
+        if other.error is not None or other.call_id is None:
+            results.append(CheckResult("cancel-push", False, f"the run without cancel pushes failed: {other.error}"))
+        else:
+            results.append(check_cancel_push((first.events, first.call_id), (other.events, other.call_id), scenario))
+    results.append(check_invariants(first.events, first.call_id, scenario))
+    return results
+
+
+def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: str = "udp", seed: int = 0,
+             behaviour: str | None = None, virtual: bool = True, network: str = "", confdir: Path | None = None,
+             trace_dir: Path | None = None) -> Case:
+    """Every run of one case (two when check 3 applies), judged."""
+    modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
+    if transport == "tls" and confdir is None:
+        confdir = _lab_ca_dir()
+    runs = []
+    for mode in modes:
+        run = Run(scenario, profile, transport, seed, behaviour, mode, virtual, network)
+        run_once(run, confdir=confdir)
+        runs.append(run)
+        if trace_dir is not None:
+            run.trace_path = str(write_trace(run, trace_dir))
+    return Case(scenario, profile, transport, runs, judge(scenario, runs))
+
+
+def trace_name(run: Run) -> str:
+    profile = run.profile.name if run.profile is not None else "none"
+    extra = "-no-cancel-push" if run.cancel_pushes == "dropped" and run.scenario.cancel_push_check else ""
+    return f"{run.scenario.id}-{run.scenario.slug}--{profile}--{run.transport}{extra}.jsonl"
+
+
+def write_trace(run: Run, trace_dir: Path) -> Path:
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    path = trace_dir / trace_name(run)
+    writer = JsonlWriter(path)
+    try:
+        for event in run.events:
+            writer(event)
+    finally:
+        writer.close()
+    return path
+
+
+_CA_DIR: tempfile.TemporaryDirectory | None = None
+
+
+def _lab_ca_dir() -> Path:
+    """A lab CA for TLS runs, made once per process in a temporary directory."""
+    global _CA_DIR
+    if _CA_DIR is None:
+        _CA_DIR = tempfile.TemporaryDirectory(prefix="faultlab-lab-ca-")
+    return Path(_CA_DIR.name)
+
+
+def transports_for(scenario: Scenario, wanted: Sequence[str] | None) -> list[str]:
+    """The transports a case runs on: the wanted ones the scenario applies to; by default its first one."""
+    if not wanted:
+        return [scenario.transports[0]]
+    return [t for t in wanted if t in scenario.transports]
+
+
+def run_matrix(scenarios: Sequence[Scenario], profiles: Sequence[Profile | None] = (None,), *,
+               transports: Sequence[str] | None = None, seed: int = 0, behaviour: str | None = None,
+               virtual: bool = True, network: str = "", trace_dir: Path | None = None,
+               on_case: Callable[[Case], None] | None = None) -> list[Case]:
+    """Every case of ``scenarios`` x ``profiles`` x transports, in order; ``on_case`` after each."""
+    cases = []
+    for scenario in scenarios:
+        for profile in profiles or (None,):
+            for transport in transports_for(scenario, transports):
+                case = run_case(scenario, profile, transport=transport, seed=seed, behaviour=behaviour,
+                                virtual=virtual, network=network, trace_dir=trace_dir)
+                cases.append(case)
+                if on_case is not None:
+                    on_case(case)
+    return cases

@@ -1,0 +1,432 @@
+"""Scenarios as data: the call script, the faults, and what a correct device does (``scenarios/*.toml``).
+
+A scenario is one TOML file in ``scenarios/`` (the catalogue of ``shared/reference/voip-push.md`` §6), named by
+its id (``S04``) or its slug (``cancel-before-register``)::
+
+    id = "S04"
+    slug = "cancel-before-register"
+    title = "The caller cancels 1 s after the push, before the REGISTER completes"
+    transports = ["udp", "tcp", "tls"]          # where it applies (default: all three)
+
+    [faults]                                     # faultlab's profile for the call: a library name ...
+    profile = "register-delay-2s"                # ... and/or inline rules/[link] in the profile format
+    # [[faults.rules]] ... / [faults.link] ...
+
+    [call]                                       # the script, times from the caller's INVITE (= the push)
+    cancel_at = "1s"                             # the caller CANCELs (if no final response yet)
+    cancel_reason = 'SIP;cause=486'              # ... with this Reason header
+    answer_at = "1s"                             # the user taps Answer this long after the report
+    decline_at = "1s"                            # ... or Decline
+    elsewhere = "answered"                       # a second device "answered" / "declined" ...
+    elsewhere_at = "0.5s"                        # ... this long after the caller's 180
+    hang_up_after = "10s"                        # after a 2xx, the caller hangs up this much later
+    duration = "30s"                             # the run ends this long after the push at the latest
+
+    [push]                                       # push gateway faults
+    duplicate = 1                                # extra deliveries of each push
+    drop_cancel = false
+    delay = "0s"
+
+    [pbx]
+    hold = "8s"                                  # how long the PBX holds an INVITE for the REGISTER
+    cancel_push = true                           # the PBX sends a cancel push on CANCEL
+
+    [device]                                     # the reference device: deadlines and connection habits
+    register_deadline = "8s"
+    invite_deadline = "5s"
+    total_deadline = "15s"
+    new_connection = false                       # TCP/TLS: a fresh connection for the push's REGISTER
+
+    [expect]
+    end = ["unanswered"]                         # accepted CallKit end reasons
+    by = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]   # deadline: the min
+    tolerance = "100ms"                          # slack on every bound (real-time runs)
+    early_answer = false                         # check 2 applies (the user answers before the INVITE)
+    cancel_push = "auto"                         # check 3 applies: true/false, auto = when the PBX sends one
+    milestones = [{ event = "register-ok", after = "push", within = "4.5s" }]
+
+Anchors (``after`` / ``event``) are named timeline events of the call (see :data:`ANCHORS`). Every field can be
+overridden from outside (``faultlab lab run --set expect.end=failed``): :func:`override`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from faultlab.faults import Profile, ProfileError, load_profile, parse_duration, parse_profile
+from faultlab.lab.device_logic import REASONS
+
+__all__ = ["ANCHORS", "Bound", "Scenario", "ScenarioError", "list_scenarios", "load_scenario", "override",
+           "parse_scenario", "scenarios_dir"]
+
+TRANSPORTS = ("udp", "tcp", "tls")
+ANCHORS: dict[str, str] = {
+    "push": "the call push delivered to the device (t0)",
+    "reported": "the device reported the call to CallKit",
+    "register-sent": "the first REGISTER faultlab received from the device after the push",
+    "register-ok": "the first REGISTER 2xx faultlab delivered to the device after the push (tR)",
+    "register-final": "the first final response to a REGISTER delivered to the device after the push",
+    "invite": "the call's INVITE delivered to the device by faultlab (tI)",
+    "ok": "the device's 200 OK to the INVITE, as faultlab received it",
+    "ack": "the ACK delivered to the device",
+    "cancel": "the caller's CANCEL (sent by the caller)",
+    "cancel-at-device": "a CANCEL delivered to the device",
+    "bye": "the caller's BYE (sent by the caller)",
+    "flow-lost": "faultlab closed or reset the device's connection after the push",
+    "reregister": "the first REGISTER faultlab received from the device after flow-lost",
+    "answer-tapped": "the user tapped Answer",
+    "end": "the device's end of the call",
+}
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
+_ID = re.compile(r"S\d\d[a-z]?")
+_TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
+        "expect"}
+_CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
+         "duration"}
+_PUSH = {"duplicate", "drop_cancel", "delay"}
+_PBX = {"hold", "cancel_push"}
+_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
+_EXPECT = {"end", "by", "tolerance", "early_answer", "cancel_push", "milestones"}
+_DURATION_HELP = "a duration with a unit: 500ms, 1s, 2.5s"
+
+
+class ScenarioError(ValueError):
+    """A scenario that is not valid: ``"<file>: <key>: <value> — <what is allowed>"``."""
+
+    def __init__(self, source: str, key: str, value: Any, allowed: str) -> None:
+        self.source, self.key, self.value, self.allowed = source, key, value, allowed
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {value!r} — {allowed}" if value is not None else f"{where}: {allowed}")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """``event`` happens within ``within`` seconds after the anchor ``after``."""
+
+    after: str
+    within: float
+    event: str = "end"
+
+    def describe(self) -> str:
+        return f"{self.event} ≤ {self.after} + {self.within:g} s"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    slug: str
+    title: str
+    summary: str = ""
+    reference: str = ""
+    transports: tuple[str, ...] = TRANSPORTS
+    faults: Profile | None = None
+    # the call script
+    cancel_at: float | None = None
+    cancel_reason: str | None = None
+    answer_at: float | None = None
+    decline_at: float | None = None
+    elsewhere: str | None = None
+    elsewhere_at: float = 0.5
+    hang_up_after: float | None = 10.0
+    duration: float = 30.0
+    # push gateway, PBX, device
+    push_duplicate: int = 0
+    push_drop_cancel: bool = False
+    push_delay: float = 0.0
+    pbx_hold: float = 8.0
+    pbx_cancel_push: bool = True
+    device: dict[str, float] = field(default_factory=dict)
+    new_connection: bool = False
+    # expectations
+    end: tuple[str, ...] = ()
+    by: tuple[Bound, ...] = ()
+    tolerance: float = 0.1
+    early_answer: bool = False
+    cancel_push_check: bool = False
+    milestones: tuple[Bound, ...] = ()
+    source: str = "<string>"
+
+    @property
+    def name(self) -> str:
+        return f"{self.id} {self.slug}"
+
+    @property
+    def cancels(self) -> bool:
+        """The caller or a second device cancels the call (so the PBX sends a cancel push when it does that)."""
+        return self.cancel_at is not None or self.elsewhere is not None
+
+
+class _Table:
+    def __init__(self, data: Any, key: str, source: str, allowed: set[str]) -> None:
+        if not isinstance(data, dict):
+            raise ScenarioError(source, key, data, "a table")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], sorted(allowed), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ScenarioError(source, self._key(key, unknown[0]), None,
+                                f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}")
+        self.data, self.key, self.source = data, key, source
+
+    @staticmethod
+    def _key(prefix: str, name: str) -> str:
+        return f"{prefix}.{name}" if prefix else name
+
+    def error(self, name: str, allowed: str) -> ScenarioError:
+        return ScenarioError(self.source, self._key(self.key, name), self.data.get(name), allowed)
+
+    def table(self, name: str, allowed: set[str]) -> _Table:
+        return _Table(self.data.get(name, {}), self._key(self.key, name), self.source, allowed)
+
+    def duration(self, name: str, default: float | None = None) -> float | None:
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            seconds = parse_duration(value)
+        except ValueError:
+            raise self.error(name, _DURATION_HELP) from None
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise self.error(name, _DURATION_HELP)
+        return seconds
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, "true or false")
+        return value
+
+    def text(self, name: str, default: str | None = None, pattern: re.Pattern | None = None,
+             allowed: str = "a string") -> str | None:
+        value = self.data.get(name, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
+            raise self.error(name, allowed)
+        return value
+
+    def bounds(self, name: str, *, with_event: bool) -> tuple[Bound, ...]:
+        value = self.data.get(name, [])
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.error(name, "a list of { after = ANCHOR, within = DURATION } tables")
+        out = []
+        keys = {"after", "within"} | ({"event"} if with_event else set())
+        for i, item in enumerate(value):
+            t = _Table(item, f"{self._key(self.key, name)}[{i}]", self.source, keys)
+            anchors = f"one of {', '.join(ANCHORS)}"
+            after = t.text("after", allowed=anchors)
+            if after not in ANCHORS:
+                raise t.error("after", anchors)
+            within = t.duration("within")
+            if within is None:
+                raise t.error("within", _DURATION_HELP)
+            event = t.text("event", "end", allowed=anchors)
+            if event not in ANCHORS:
+                raise t.error("event", anchors)
+            out.append(Bound(after, within, event))
+        return tuple(out)
+
+
+def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
+    """A scenario from TOML text; :class:`ScenarioError` names the key that is wrong and what is allowed."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(source, "", None, f"TOML syntax error: {exc}") from None
+    top = _Table(data, "", source, _TOP)
+    sid = top.text("id", allowed="S followed by two digits and an optional letter: S04, S12b", pattern=_ID)
+    slug = top.text("slug", allowed="lower-case letters, digits and dashes: cancel-before-register", pattern=_SLUG)
+    title = top.text("title")
+    for name, value in (("id", sid), ("slug", slug), ("title", title)):
+        if value is None:
+            raise top.error(name, "required")
+    transports = data.get("transports", list(TRANSPORTS))
+    if (not isinstance(transports, list) or not transports
+            or any(t not in TRANSPORTS for t in transports)):
+        raise top.error("transports", f"a non-empty list of {', '.join(TRANSPORTS)}")
+
+    faults = _faults(top.table("faults", {"profile", "rules", "link"}), source, slug)
+
+    call = top.table("call", _CALL)
+    elsewhere = call.text("elsewhere", allowed='"answered" or "declined"')
+    if elsewhere not in (None, "answered", "declined"):
+        raise call.error("elsewhere", '"answered" or "declined"')
+    answer_at, decline_at = call.duration("answer_at"), call.duration("decline_at")
+    if answer_at is not None and decline_at is not None:
+        raise call.error("decline_at", "either answer_at or decline_at, not both")
+    push = top.table("push", _PUSH)
+    duplicate = push.data.get("duplicate", 0)
+    if not isinstance(duplicate, int) or isinstance(duplicate, bool) or not 0 <= duplicate <= 5:
+        raise push.error("duplicate", "a whole number of extra deliveries, 0 to 5")
+    pbx = top.table("pbx", _PBX)
+    device_t = top.table("device", _DEVICE)
+    device = {k: device_t.duration(k) for k in sorted(_DEVICE - {"new_connection"}) if k in device_t.data}
+
+    expect = top.table("expect", _EXPECT)
+    end = expect.data.get("end", [])
+    if isinstance(end, str):
+        end = [end]
+    allowed_reasons = [r for r in REASONS if r != "declined"] + ["declined"]
+    if not isinstance(end, list) or any(r not in allowed_reasons for r in end):
+        raise expect.error("end", f"a list of CallKit end reasons: {', '.join(allowed_reasons)}")
+    by = expect.bounds("by", with_event=False)
+    if end and not by:
+        raise expect.error("by", "required with end: the deadline, e.g. [{ after = \"push\", within = \"15s\" }]")
+    cancel_push = expect.data.get("cancel_push", "auto")
+    if cancel_push not in (True, False, "auto"):
+        raise expect.error("cancel_push", 'true, false or "auto" (when the caller or a second device cancels)')
+    scenario = Scenario(
+        id=sid, slug=slug, title=title, summary=top.text("summary", "") or "", reference=top.text("reference", "") or "",
+        transports=tuple(transports), faults=faults,
+        cancel_at=call.duration("cancel_at"), cancel_reason=call.text("cancel_reason"),
+        answer_at=answer_at, decline_at=decline_at, elsewhere=elsewhere,
+        elsewhere_at=call.duration("elsewhere_at", 0.5), hang_up_after=call.duration("hang_up_after", 10.0),
+        duration=call.duration("duration", 30.0),
+        push_duplicate=duplicate, push_drop_cancel=push.bool("drop_cancel", False),
+        push_delay=push.duration("delay", 0.0),
+        pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
+        device=device, new_connection=device_t.bool("new_connection", False),
+        end=tuple(end), by=by, tolerance=expect.duration("tolerance", 0.1),
+        early_answer=expect.bool("early_answer", False), cancel_push_check=False,
+        milestones=expect.bounds("milestones", with_event=True), source=source,
+    )
+    check3 = scenario.cancels and scenario.pbx_cancel_push if cancel_push == "auto" else cancel_push
+    return replace(scenario, cancel_push_check=bool(check3))
+
+
+def _faults(t: _Table, source: str, slug: str) -> Profile | None:
+    name = t.text("profile", allowed="a profile name from the library (faultlab profiles list)")
+    base = None
+    if name is not None:
+        try:
+            base = load_profile(name)
+        except ProfileError as exc:
+            raise ScenarioError(source, "faults.profile", name, str(exc)) from None
+    inline = None
+    if "rules" in t.data or "link" in t.data:
+        body = {k: t.data[k] for k in ("rules", "link") if k in t.data}
+        try:
+            inline = parse_profile(_to_toml(body, name=f"{slug}-faults"), source=f"{source} [faults]")
+        except ProfileError as exc:
+            raise ScenarioError(source, "faults", None, str(exc)) from None
+    if base is None:
+        return inline
+    if inline is None:
+        return base
+    return merge_profiles(inline, base)
+
+
+def merge_profiles(first: Profile, second: Profile) -> Profile:
+    """One profile with ``first``'s rules, then ``second``'s; ``first``'s link, else ``second``'s."""
+    return replace(first, name=f"{first.name}+{second.name}", summary=f"{first.summary} + {second.summary}",
+                   rules=first.rules + second.rules, link=first.link or second.link, text="")
+
+
+def _to_toml(body: dict, *, name: str) -> str:
+    """TOML text for a profile table parsed from a scenario (rules and link), for the profile parser."""
+    lines = [f"name = {_toml_value(name)}"]
+    link = body.get("link")
+    if isinstance(link, dict):
+        lines.append("[link]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in link.items()]
+    rules = body.get("rules", [])
+    for rule in rules if isinstance(rules, list) else [rules]:
+        lines.append("[[rules]]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in (rule.items() if isinstance(rule, dict) else [])]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def scenarios_dir() -> Path:
+    """The catalogue: ``scenarios/`` at the top of the faultlab checkout (beside ``profiles/``)."""
+    return Path(__file__).resolve().parents[2] / "scenarios"
+
+
+def list_scenarios() -> list[Scenario]:
+    """The whole catalogue, in id order."""
+    found = [parse_scenario(p.read_text(encoding="utf-8"), source=str(p)) for p in scenarios_dir().glob("*.toml")]
+    return sorted(found, key=lambda s: (int(s.id[1:3]), s.id))
+
+
+def load_scenario(name: str) -> Scenario:
+    """A scenario by id (``S04``, case-insensitive), slug, ``ID-slug`` file name, or path to a TOML file."""
+    if "/" in name or name.endswith(".toml"):
+        path = Path(name)
+        try:
+            return parse_scenario(path.read_text(encoding="utf-8"), source=str(path))
+        except FileNotFoundError:
+            raise ScenarioError(str(path), "", None, "no such file") from None
+    catalogue = list_scenarios()
+    for s in catalogue:
+        if name.upper() == s.id.upper() or name == s.slug or name == f"{s.id}-{s.slug}":
+            return s
+    names = [s.id for s in catalogue] + [s.slug for s in catalogue]
+    near = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise ScenarioError("scenarios", "", name, f"no such scenario; {hint}`faultlab lab scenarios` lists them")
+
+
+def override(scenario: Scenario, key: str, value: str) -> Scenario:
+    """``scenario`` with one field set from text, as ``--set KEY=VALUE`` gives it (e.g. ``expect.end=failed``,
+    ``device.invite_deadline=3s``, ``call.cancel_at=2s``, ``expect.by=push+15s``)."""
+    section, _, name = key.partition(".")
+    src = f"--set {key}"
+    if section == "expect" and name == "end":
+        reasons = [r.strip() for r in value.split(",") if r.strip()]
+        bad = [r for r in reasons if r not in REASONS]
+        if bad:
+            raise ScenarioError(src, "", bad[0], f"a CallKit end reason: {', '.join(REASONS)}")
+        return replace(scenario, end=tuple(reasons))
+    if section == "expect" and name == "by":
+        bounds = []
+        for part in value.split(","):
+            m = re.fullmatch(r"\s*([a-z-]+)\s*\+\s*(\S+)\s*", part)
+            if not m or m.group(1) not in ANCHORS:
+                raise ScenarioError(src, "", part, f"ANCHOR+DURATION (e.g. register-ok+5s); anchors: {', '.join(ANCHORS)}")
+            bounds.append(Bound(m.group(1), _duration(src, m.group(2))))
+        return replace(scenario, by=tuple(bounds))
+    if section == "expect" and name == "tolerance":
+        return replace(scenario, tolerance=_duration(src, value))
+    if section == "device" and name in _DEVICE - {"new_connection"}:
+        return replace(scenario, device={**scenario.device, name: _duration(src, value)})
+    if section == "call" and name in ("cancel_at", "answer_at", "decline_at", "elsewhere_at", "hang_up_after",
+                                      "duration"):
+        return replace(scenario, **{name: _duration(src, value)})
+    if section == "pbx" and name == "hold":
+        return replace(scenario, pbx_hold=_duration(src, value))
+    if section == "push" and name == "delay":
+        return replace(scenario, push_delay=_duration(src, value))
+    allowed = ("expect.end, expect.by, expect.tolerance, device.{register_deadline,invite_deadline,total_deadline,"
+               "ring_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration}, pbx.hold, "
+               "push.delay")
+    raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")
+
+
+def _duration(source: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ScenarioError(source, "", text, _DURATION_HELP) from None
