@@ -1,0 +1,135 @@
+"""The checks (faultlab.lab.checks) on fabricated timelines: each verdict and the evidence behind it."""
+
+from __future__ import annotations
+
+from faultlab.lab.checks import anchors, check_cancel_push, check_early_answer, check_end, check_invariants
+from faultlab.lab.scenario import load_scenario, override
+from faultlab.trace import Event
+
+CALL = "c1@lab"
+
+
+def push(t, kind="call", outcome="delivered"):
+    return Event(t, "push", source="push", call_id=CALL, detail={"push_kind": kind, "outcome": outcome})
+
+
+def dev(t, event, reason=None):
+    detail = {"event": event} | ({"reason": reason} if reason else {})
+    return Event(t, "device", source="device:alice", call_id=CALL, detail=detail)
+
+
+def proxy(t, kind, direction, *, method=None, status=None, cseq_method=None, call_id=CALL, flow="u1"):
+    return Event(t, kind, source="proxy", flow=flow, direction=direction, method=method, status=status,
+                 cseq_method=cseq_method or method, call_id=call_id)
+
+
+def register(t_sent, t_ok, status=200):
+    return [proxy(t_sent, "received", "to-pbx", method="REGISTER", call_id="reg"),
+            proxy(t_ok, "sent", "to-device", status=status, cseq_method="REGISTER", call_id="reg")]
+
+
+def caller(t, method):
+    return Event(t, "sent", source="caller", method=method, call_id=CALL)
+
+
+S04 = load_scenario("S04")  # unanswered by min(register-ok + 5, push + 15)
+S05 = load_scenario("S05")  # remoteEnded by cancel-at-device + 0.5
+S17 = load_scenario("S17")  # early answer
+
+
+def test_anchors_count_registers_from_the_push_on():
+    events = register(0.0, 0.0) + [push(1.0), dev(1.0, "reported")] + register(1.0, 3.0)
+    found = anchors(events, CALL)
+    assert found["register-ok"].t == 3.0 and found["push"].t == 1.0
+
+
+def test_end_in_time_with_the_right_reason_passes():
+    events = [push(1.0), dev(1.0, "reported")] + register(1.0, 3.0) + [dev(8.0, "ended", "unanswered")]
+    result = check_end(events, CALL, S04)
+    assert result.passed and "by the deadline 8.000" in result.message
+    assert result.times == {"register-ok": 2.0, "end": 7.0}
+
+
+def test_end_late_fails_with_the_deadline_terms():
+    events = [push(1.0)] + register(1.0, 3.0) + [dev(8.5, "ended", "unanswered")]
+    result = check_end(events, CALL, S04)
+    assert not result.passed and "0.500 s after the deadline 8.000" in result.message
+    assert "deadline term: register-ok + 5 s = 8.000" in result.evidence
+    assert "deadline term: push + 15 s = 16.000" in result.evidence
+
+
+def test_end_deadline_falls_back_to_the_cap_when_the_register_never_succeeds():
+    events = [push(1.0), dev(16.0, "ended", "unanswered")]
+    assert check_end(events, CALL, S04).passed
+    assert not check_end(events + [], CALL, override(S04, "expect.end", "failed")).passed
+
+
+def test_wrong_reason_never_and_twice_fail():
+    base = [push(1.0)] + register(1.0, 1.1) + [proxy(2.0, "sent", "to-device", method="CANCEL")]
+    assert "expected remoteEnded" in check_end(base + [dev(2.1, "ended", "unanswered")], CALL, S05).message
+    assert "never ended" in check_end(base, CALL, S05).message
+    twice = base + [dev(2.1, "ended", "remoteEnded"), dev(2.2, "ended", "remoteEnded")]
+    assert "2 times" in check_end(twice, CALL, S05).message
+    assert check_end(base + [dev(2.5, "ended", "remoteEnded")], CALL, S05).passed
+
+
+def early(answer=1.0, invite=3.0, ok=3.0, ack=3.0, fulfilled=3.0, end=None):
+    events = [push(0.0), dev(0.0, "reported")] + register(0.0, 0.1) + [dev(answer, "answer-tapped")]
+    if invite is not None:
+        events.append(proxy(invite, "sent", "to-device", method="INVITE"))
+    if ok is not None:
+        events.append(proxy(ok, "received", "to-pbx", status=200, cseq_method="INVITE"))
+    if ack is not None:
+        events.append(proxy(ack, "sent", "to-device", method="ACK"))
+    if fulfilled is not None:
+        events.append(dev(fulfilled, "answer-fulfilled"))
+    if end is not None:
+        events.append(dev(end[0], end[1], end[2] if len(end) > 2 else None))
+    return sorted(events, key=lambda e: e.t)
+
+
+def test_early_answer_held_then_connected_passes():
+    result = check_early_answer(early(), CALL, S17)
+    assert result.passed and "answer held 2.000 s until the INVITE" in result.message
+
+
+def test_early_answer_failures():
+    assert "before the 200 OK" in check_early_answer(early(fulfilled=1.0), CALL, S17).message
+    assert "before the call connected" in check_early_answer(
+        early(ok=None, ack=None, fulfilled=None, end=(1.0, "ended", "failed")), CALL, S17).message
+    assert "0.900 s after the INVITE" in check_early_answer(early(ok=3.9, ack=3.9, fulfilled=3.9), CALL, S17).message
+    assert "never sent 200 OK" in check_early_answer(early(ok=None, ack=None, fulfilled=None), CALL, S17).message
+    assert "did not exercise an early answer" in check_early_answer(early(answer=4.0, invite=3.0), CALL, S17).message
+
+
+def test_no_invite_the_answer_must_fail_and_never_be_fulfilled():
+    S18 = load_scenario("S18")
+    failed = early(invite=None, ok=None, ack=None, fulfilled=None, end=(6.0, "answer-failed"))
+    assert check_early_answer(failed, CALL, S18).passed
+    ghost = early(invite=None, ok=None, ack=None, fulfilled=1.0)
+    assert "no INVITE ever arrived" in check_early_answer(ghost, CALL, S18).message
+
+
+def test_cancel_push_dependence():
+    with_push = [push(1.0), push(2.0, "cancel")] + register(1.0, 3.0) + [dev(8.0, "ended", "unanswered")]
+    without = [push(1.0), push(2.0, "cancel", "dropped")] + register(1.0, 3.0) + [dev(8.0, "ended", "unanswered")]
+    assert check_cancel_push((with_push, CALL), (without, CALL), S04).passed
+    dependent = [push(1.0), push(2.0, "cancel")] + register(1.0, 3.0) + [dev(8.0, "ended", "unanswered")]
+    never = [push(1.0), push(2.0, "cancel", "dropped")] + register(1.0, 3.0)
+    result = check_cancel_push((dependent, CALL), (never, CALL), S04)
+    assert not result.passed and result.message.startswith("passes only with the cancel push")
+    assert any("cancel pushes dropped: t=2.000 dropped" in line for line in result.evidence)
+    # both in time but 0.6 s apart
+    later = [push(1.0), push(2.0, "cancel", "dropped")] + register(1.0, 3.0) + [dev(7.4, "ended", "unanswered")]
+    assert "0.600 s apart" in check_cancel_push((with_push, CALL), (later, CALL), S04).message
+
+
+def test_invariants():
+    S22 = load_scenario("S22")
+    once = [push(1.0, outcome="duplicated"), dev(1.0, "reported"), dev(5.0, "ended", "remoteEnded")]
+    assert check_invariants(once, CALL, S22).passed
+    twice = once + [dev(1.1, "reported")]
+    assert "2 reports" in check_invariants(twice, CALL, S22).message
+    S11 = load_scenario("S11")  # register-ok <= push + 4.5 s
+    late = [push(1.0), dev(1.0, "reported")] + register(1.0, 6.0)
+    assert "milestone register-ok ≤ push + 4.5 s: 5.000 s" in check_invariants(late, CALL, S11).message

@@ -1,0 +1,83 @@
+"""Scenario files (faultlab.lab.scenario): the catalogue loads, names resolve, bad files say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from faultlab.lab.scenario import Bound, ScenarioError, list_scenarios, load_scenario, override, parse_scenario
+
+MINIMAL = '''
+id = "S90"
+slug = "my-scenario"
+title = "A scenario of a team's own"
+[call]
+cancel_at = "1s"
+[expect]
+end = ["unanswered"]
+by = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]
+'''
+
+
+def test_every_catalogue_file_loads_and_is_named_by_id_and_slug():
+    catalogue = list_scenarios()
+    assert [s.id for s in catalogue][:3] == ["S01", "S02", "S03"]
+    for s in catalogue:
+        assert load_scenario(s.id) == s == load_scenario(s.slug) == load_scenario(s.id.lower())
+        assert s.source.endswith(f"{s.id}-{s.slug}.toml")
+        assert s.end and s.by, f"{s.id} states no expectation"
+
+
+def test_a_scenario_file_of_ones_own(tmp_path):
+    s = parse_scenario(MINIMAL)
+    assert (s.id, s.slug, s.cancel_at, s.end) == ("S90", "my-scenario", 1.0, ("unanswered",))
+    assert s.by == (Bound("register-ok", 5.0), Bound("push", 15.0))
+    assert s.cancel_push_check  # the caller cancels and the PBX sends cancel pushes: check 3 applies
+    path = tmp_path / "mine.toml"
+    path.write_text(MINIMAL)
+    assert load_scenario(str(path)).slug == "my-scenario"
+
+
+def test_inline_faults_and_a_library_profile_merge():
+    s = load_scenario("S04")
+    assert s.faults is not None and [r.name for r in s.faults.rules] == ["delay-register-2s"]
+    merged = parse_scenario(MINIMAL + '\n[faults]\nprofile = "cancel-drop"\n'
+                            '[[faults.rules]]\nmatch = { method = "REGISTER" }\naction = { delay = "1s" }\n')
+    assert [r.name for r in merged.faults.rules] == ["rule-1", "drop-cancel"]
+
+
+@pytest.mark.parametrize(("edit", "key", "allowed"), [
+    (("[call]", "[call]\nanswer_in = \"1s\""), "call.answer_in", "did you mean 'answer_at'"),
+    (('cancel_at = "1s"', "cancel_at = 1"), "call.cancel_at", "a duration with a unit"),
+    (('after = "push"', 'after = "pushed"'), "expect.by[1].after", "one of push, reported"),
+    (('end = ["unanswered"]', 'end = ["missed"]'), "expect.end", "a list of CallKit end reasons"),
+    (('id = "S90"', 'id = "90"'), "id", "S followed by two digits"),
+])
+def test_errors_name_the_key_and_what_is_allowed(edit, key, allowed):
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(MINIMAL.replace(*edit), source="team.toml")
+    message = str(info.value)
+    assert message.startswith(f"team.toml: {key}") and allowed in message
+
+
+def test_a_bad_inline_rule_is_reported_with_the_profile_error():
+    with pytest.raises(ScenarioError, match=r"team.toml: faults.*action"):
+        parse_scenario(MINIMAL + '[[faults.rules]]\nmatch = { method = "REGISTER" }\naction = { delay = 3 }\n',
+                       source="team.toml")
+
+
+def test_unknown_scenario_suggests_and_points_to_the_list():
+    with pytest.raises(ScenarioError, match=r"did you mean 'baseline'.*faultlab lab scenarios"):
+        load_scenario("baselin")
+
+
+def test_overrides_as_a_team_decides():
+    s = load_scenario("S04")
+    failed = override(s, "expect.end", "failed")
+    assert failed.end == ("failed",) and s.end == ("unanswered",)
+    assert override(s, "expect.by", "register-ok+3s,push+10s").by == (Bound("register-ok", 3.0), Bound("push", 10.0))
+    assert override(s, "device.invite_deadline", "3s").device == {"invite_deadline": 3.0}
+    assert override(s, "call.cancel_at", "500ms").cancel_at == 0.5
+    with pytest.raises(ScenarioError, match="not a field that can be set"):
+        override(s, "call.colour", "red")
+    with pytest.raises(ScenarioError, match="a CallKit end reason"):
+        override(s, "expect.end", "missed")
