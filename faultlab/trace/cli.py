@@ -1,8 +1,128 @@
-"""``faultlab trace``: views of a trace JSONL file (being written; see issue 6)."""
+"""``faultlab trace``: views of a trace JSONL file (``--trace``): a pcap for Wireshark, ladder diagrams per call."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
+from ._event import Event
+
 app = typer.Typer(help="Views of a trace file: pcap for Wireshark, ladder diagrams.", add_completion=False,
-                  pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+TraceArg = Annotated[Path, typer.Argument(
+    metavar="FILE.jsonl", help="A trace written by --trace (faultlab proxy, or a lab run): one JSON event per line.",
+    show_default=False)]
+
+
+class TraceFileError(Exception):
+    """A file that cannot be read as a faultlab trace; the message names the file and, where it applies, the line."""
+
+
+def load_trace(path: Path) -> list[Event]:
+    """Every event of a trace file; :class:`TraceFileError` naming the line that is not a faultlab event."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TraceFileError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TraceFileError(f"{path}: is a directory, not a trace file") from None
+    except OSError as exc:
+        raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    events: list[Event] = []
+    for lineno, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+            event = Event.from_json(obj)
+            if isinstance(event.t, bool) or not isinstance(event.t, (int, float)) or not isinstance(event.kind, str):
+                raise ValueError("'t' must be a number and 'kind' a string")
+            if not isinstance(event.source, str) or not isinstance(event.detail, dict):
+                raise ValueError("'source' must be a string and 'detail' an object")
+        except (ValueError, TypeError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TraceFileError(f"{path}: line {lineno} is not a faultlab trace event ({reason})") from None
+        events.append(event)
+    if not events:
+        raise TraceFileError(f"{path}: empty: no trace events")
+    return events
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"faultlab: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _load(path: Path) -> list[Event]:
+    try:
+        return load_trace(path)
+    except TraceFileError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail raises
+
+
+@app.command()
+def pcap(
+    trace: TraceArg,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", metavar="FILE.pcap",
+        help="Where to write the pcap. Default: the trace's name with .pcap instead of .jsonl.",
+        show_default=False, dir_okay=False)] = None,
+) -> None:
+    """Write the trace's SIP messages as a pcap that Wireshark opens and decodes as SIP.
+
+    One packet per message on each hop (device <-> faultlab, faultlab <-> PBX, and lab actors' own messages), \
+with the trace's addresses and times; TCP and TLS hops as TCP carrying the SIP text. See docs/traces.md.
+    """
+    from .pcap import wire_messages, write_pcap
+
+    events = _load(trace)
+    if not wire_messages(events):
+        _fail(f"{trace}: no SIP messages with their bytes in this trace: nothing to write")
+    out = output if output is not None else trace.with_suffix(".pcap")
+    try:
+        count = write_pcap(events, out)
+    except OSError as exc:
+        _fail(f"{out}: cannot write: {exc.strerror or exc}")
+    typer.echo(f"wrote {count} packets to {out}")
+
+
+@app.command()
+def ladder(
+    trace: TraceArg,
+    call: Annotated[Optional[str], typer.Option(
+        "--call", "-c", metavar="CALL_ID",
+        help="Only this call (its Call-ID). Default: every call of the trace, in order.",
+        show_default=False)] = None,
+    width: Annotated[int, typer.Option(
+        "--width", "-w", metavar="N", min=40, help="Draw the ladder in at most N columns (at least 40).")] = 100,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the ladder rows as JSON (one list per call) instead of drawing them.")] = False,
+) -> None:
+    """Draw a ladder diagram per call: who sent what to whom, when, and what faultlab did to it.
+
+    Columns: device, faultlab, PBX, caller, push gateway (those that appear); faults (dropped, delayed, held, \
+answered by faultlab, duplicated, reset) on the row where they happened; pushes and device events as notes.
+    """
+    from .ladder import call_ids, ladder_rows, render_ladder
+
+    events = _load(trace)
+    calls = call_ids(events)
+    if not calls:
+        _fail(f"{trace}: no SIP messages with a Call-ID in this trace: no ladder to draw")
+    if call is not None:
+        if call not in calls:
+            shown = ", ".join(calls[:5]) + (f" and {len(calls) - 5} more" if len(calls) > 5 else "")
+            _fail(f"{trace}: no call with Call-ID {call!r}; the trace has {shown}")
+        calls = [call]
+    if as_json:
+        typer.echo(json.dumps({c: ladder_rows(events, c) for c in calls}, ensure_ascii=False, indent=1))
+        return
+    drawings = [render_ladder(ladder_rows(events, c), width=width, title=f"Call-ID {c}") for c in calls]
+    typer.echo("\n".join(drawings), nl=False)
