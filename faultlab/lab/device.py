@@ -10,6 +10,10 @@ CallKit/app rules live there (sans-IO); this module only does the I/O:
 * answers INVITEs (100 at once, then whatever the logic says: 180, 200 with SDP, 487, 480, 603), retransmits the
   2xx on UDP until the ACK (Timer G style), absorbs request retransmissions by resending the last response;
 * CANCEL (200, + 487 through the logic), BYE (200), ACK, OPTIONS (200); anything else 501;
+* the TCP/TLS connection is opened on demand and kept; when the network closes or resets it, every call's logic
+  hears ``flow_lost`` (flow recovery: a call waiting for its INVITE re-REGISTERs at once on a new connection) and
+  a REGISTER in flight on it fails at once. With ``new_connection_on_push`` a call push closes the connection
+  first, so that its REGISTER connects (and handshakes) anew, as a backgrounded app does;
 * device events go to the shared :class:`~faultlab.lab.timeline.Timeline` as kind ``"device"``, source
   ``"device:<name>"``, with ``call_id`` and ``detail = {"event", "reason" (ended only), "uuid"}``.
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +46,7 @@ from faultlab.lab.device_logic import (
     StopRegister,
 )
 from faultlab.lab.timeline import Timeline
-from faultlab.net.addr import Endpoint, format_hostport, parse_endpoint
+from faultlab.net.addr import Endpoint, format_hostport, is_ip, parse_endpoint
 from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, build_response, parse_datagram
 
 __all__ = ["Device", "DeviceConfig", "BEHAVIOURS", "contact_uri", "T1", "T2", "TIMER_F"]
@@ -54,6 +59,20 @@ SDP_TEMPLATE = (
     "m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
 )
 Address = tuple[str, int]
+
+
+def _source_address(proxy: Endpoint) -> str:
+    """The local address the system sends from toward the proxy (a UDP connect sends nothing), so that the
+    device's socket and Via work beyond loopback (e.g. in a lab namespace); loopback for a host name."""
+    loopback = "::1" if ":" in proxy.host else "127.0.0.1"
+    if not is_ip(proxy.host):
+        return loopback
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in proxy.host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((proxy.host, proxy.port or 5060))
+            return probe.getsockname()[0]
+    except OSError:  # no route: binding loopback, the send fails with a clear error later
+        return loopback
 
 
 def contact_uri(user: str, local: Address, transport: str, token: str, team_id: str, bundle: str) -> str:
@@ -80,6 +99,14 @@ class _Request:
 
 
 @dataclass
+class _Flow:
+    """One TCP/TLS connection to the proxy; ``lost`` is set when it is gone (closed by either side)."""
+
+    stream: trio.abc.Stream
+    lost: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass
 class _Call:
     logic: DeviceLogic
     changed: trio.Event = field(default_factory=trio.Event)
@@ -95,6 +122,9 @@ class Device:
     ``pushes``: a receive channel of push objects, or None (no pushes: only INVITEs while "in the foreground").
     ``register_at_start``: send one REGISTER at start, as the app does at launch to leave its push binding.
     ``on_event``: called with each device event's detail dict (after the timeline has it).
+    ``new_connection_on_push``: (TCP/TLS) a call push that starts a new call, with no other call in progress,
+    closes the connection to the proxy first, so that the binding-refresh REGISTER opens a new one (TCP connect
+    and TLS handshake), as an app woken in the background does (S14, S15).
     """
 
     def __init__(
@@ -116,6 +146,7 @@ class Device:
         tls_server_name: str | None = None,
         register_at_start: bool = True,
         on_event: Callable[[dict], None] | None = None,
+        new_connection_on_push: bool = False,
     ) -> None:
         self.proxy = parse_endpoint(proxy) if isinstance(proxy, str) else proxy
         self.user, self.domain, self.token = user, domain, token
@@ -124,16 +155,20 @@ class Device:
         self.config = config or DeviceConfig()
         self.name = name or user
         self.team_id, self.bundle, self.expires = team_id, bundle, expires
-        self.host = host or ("::1" if ":" in self.proxy.host else "127.0.0.1")
+        self.host = host or _source_address(self.proxy)
         self.ca_file, self.tls_server_name = ca_file, tls_server_name
         self.register_at_start = register_at_start
         self.on_event = on_event
+        self.new_connection_on_push = new_connection_on_push
         self.calls: list[_Call] = []
         self.initial_register: int | str | None = None  # status, "timeout" or "transport: ..."
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._sock: trio.socket.SocketType | None = None
-        self._stream: trio.abc.Stream | None = None
+        self._flow: _Flow | None = None  # the open TCP/TLS connection
+        self._connect_lock = trio.Lock()
+        self.connections = 0  # TCP/TLS connections opened (handshake done)
+        self.flows_lost = 0  # connections closed or reset by the network
         self._local: Address | None = None
         self._send_lock = trio.Lock()
         self._transactions: dict[str, trio.MemorySendChannel] = {}  # branch -> REGISTER responses
@@ -176,31 +211,46 @@ class Device:
 
     async def _ensure_stream(self) -> None:
         """Connect (and for TLS, handshake) to the proxy if there is no open connection."""
-        if self._sock is not None or self._stream is not None:
+        if self._sock is not None or self._flow is not None:
             return
-        tcp = await trio.open_tcp_stream(*self.proxy_address)
-        stream: trio.abc.Stream = tcp
-        if self.proxy.transport == "tls":
-            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-            stream = trio.SSLStream(tcp, context, server_hostname=self.tls_server_name or self.proxy.host)
+        async with self._connect_lock:  # one connection attempt at a time
+            if self._flow is not None:
+                return
+            tcp = await trio.open_tcp_stream(*self.proxy_address)
+            stream: trio.abc.Stream = tcp
+            if self.proxy.transport == "tls":
+                context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+                stream = trio.SSLStream(tcp, context, server_hostname=self.tls_server_name or self.proxy.host)
             try:
-                await stream.do_handshake()
+                if isinstance(stream, trio.SSLStream):
+                    await stream.do_handshake()
+                local = tcp.socket.getsockname()[:2]
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
-        self._stream = stream
-        self._local = tcp.socket.getsockname()[:2]
-        assert self._nursery is not None
-        self._nursery.start_soon(self._read_stream, stream)
+            flow = _Flow(stream)
+            self._flow = flow
+            self._local = local
+            self.connections += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._read_stream, flow)
+
+    async def _close_stream(self) -> None:
+        """Close the connection to the proxy (the device's own doing: no ``flow_lost``)."""
+        flow, self._flow = self._flow, None
+        if flow is not None:
+            flow.lost.set()
+            await trio.aclose_forcefully(flow.stream)
 
     async def _send(self, data: bytes, dest: Address | None = None) -> None:
         if self._sock is not None:
             await self._sock.sendto(data, dest or self.proxy_address)
             return
-        if self._stream is None:
+        flow = self._flow
+        if flow is None:
             raise trio.BrokenResourceError("no connection to the proxy")
         async with self._send_lock:
-            await self._stream.send_all(data)
+            await flow.stream.send_all(data)
 
     async def _read_datagrams(self) -> None:
         assert self._sock is not None
@@ -214,8 +264,10 @@ class Device:
                 if not isinstance(message, KeepAlive):
                     await self._on_message(message, source[:2])
 
-    async def _read_stream(self, stream: trio.abc.Stream) -> None:
+    async def _read_stream(self, flow: _Flow) -> None:
         framer = StreamFramer()
+        stream = flow.stream
+        ended = False  # EOF, reset or garbage: the connection is over (not a cancellation)
         try:
             while True:
                 try:
@@ -226,17 +278,31 @@ class Device:
                     framer.receive_data(data)
                     while (event := framer.next_event()) is not NEED_DATA:
                         if event is EOF:
+                            ended = True
                             return
                         if not isinstance(event, KeepAlive):
                             await self._on_message(event, self.proxy_address)
                 except SipError:
+                    ended = True
                     return
                 if not data:
+                    ended = True
                     return
         finally:
-            if self._stream is stream:
-                self._stream = None
+            flow.lost.set()
+            lost = self._flow is flow  # still the device's connection: the network ended it
+            if lost:
+                self._flow = None
             await trio.aclose_forcefully(stream)
+            if lost and ended and self._nursery is not None:
+                self._nursery.start_soon(self._on_flow_lost)
+
+    async def _on_flow_lost(self) -> None:
+        """The network closed or reset the connection: tell every call (flow recovery, S24)."""
+        self.flows_lost += 1
+        now = trio.current_time()
+        for call in list(self.calls):
+            await self._feed(call, call.logic.flow_lost(now))
 
     # ------------------------------------------------------------------ REGISTER
 
@@ -250,10 +316,14 @@ class Device:
 
         Returns ``("response", status, retry_after)``, ``("timeout",)`` (Timer F) or ``("transport", exc)``.
         """
-        try:
-            await self._ensure_stream()
-        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-            return ("transport", exc)
+        with trio.move_on_after(TIMER_F) as connect_scope:  # a handshake that never ends is a Timer F timeout
+            try:
+                await self._ensure_stream()
+            except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+                return ("transport", exc)
+        if connect_scope.cancelled_caught:
+            return ("timeout",)
+        flow = self._flow
         assert self._local is not None
         self._cseq += 1
         branch = "z9hG4bK" + secrets.token_hex(8)
@@ -282,10 +352,13 @@ class Device:
                         await self._send(data)
                     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         return ("transport", exc)
-                    # Timer E on UDP; on a reliable transport, just wait (Timer F bounds it)
+                    # Timer E on UDP; on a reliable transport, just wait (Timer F bounds it) or until the
+                    # connection is lost: then the transaction fails at once (RFC 3261 §8.1.3.1)
                     with trio.move_on_after(interval if self._sock is not None else math.inf):
                         while True:
-                            response = await receive.receive()
+                            response = await self._next_response(receive, flow)
+                            if response is None:
+                                return ("transport", trio.BrokenResourceError("connection lost"))
                             if response.status >= 200:
                                 return ("response", response.status, _retry_after(response))
                             interval = T2  # a provisional response: retransmit at T2 (§17.1.2.2)
@@ -293,6 +366,26 @@ class Device:
             return ("timeout",)
         finally:
             del self._transactions[branch]
+
+    @staticmethod
+    async def _next_response(receive: trio.MemoryReceiveChannel, flow: _Flow | None) -> Message | None:
+        """The next response of a transaction; None when its connection (``flow``; None on UDP) is lost first."""
+        if flow is None:
+            return await receive.receive()
+        result: list[Message | None] = []
+        async with trio.open_nursery() as race:
+            async def response() -> None:
+                result.append(await receive.receive())
+                race.cancel_scope.cancel()
+
+            async def lost() -> None:
+                await flow.lost.wait()
+                result.append(None)
+                race.cancel_scope.cancel()
+
+            race.start_soon(response)
+            race.start_soon(lost)
+        return result[0]
 
     async def _register_for(self, call: _Call) -> None:
         with trio.CancelScope() as scope:
@@ -368,6 +461,8 @@ class Device:
             kind, payload = getattr(push, "kind", None), dict(getattr(push, "payload", None) or {})
             call = self._find(payload.get("call-id"), payload.get("uuid"))
             if call is None and kind == "call":
+                if self.new_connection_on_push and not any(not c.logic.ended for c in self.calls):
+                    await self._close_stream()  # woken in the background: the old connection is gone
                 call = self._new_call()
             if call is not None:
                 await self._feed(call, call.logic.push(trio.current_time(), kind, payload))

@@ -145,6 +145,12 @@ def device(
         "--no-initial-register",
         help="Do not REGISTER at start (by default the device registers once, as an app does at launch, "
              "so that the PBX has its push binding).")] = False,
+    new_connection_on_push: Annotated[bool, typer.Option(
+        "--new-connection-on-push",
+        help="tcp:/tls: proxy only. On a call push (with no other call in progress) close the connection to the "
+             "proxy first, so that the push's REGISTER opens a new one (TCP connect and TLS handshake), as an app "
+             "woken in the background does. A connect or handshake that fails ends the call 'failed' at once; "
+             "one that never completes, at the register deadline.")] = False,
 ) -> None:
     """Run the reference device until interrupted; print each device event as a JSON line.
 
@@ -196,7 +202,8 @@ def device(
             dev = Device(proxy=endpoint, user=user, domain=domain, token=token, pushes=pushes,
                          timeline=Timeline(), config=config, name=name, team_id=team_id, bundle=bundle,
                          expires=expires, ca_file=ca_file, tls_server_name=tls_server_name,
-                         register_at_start=not no_initial_register, on_event=print_event)
+                         register_at_start=not no_initial_register, on_event=print_event,
+                         new_connection_on_push=new_connection_on_push)
             await nursery.start(dev.run)
             if dev.initial_register is not None:
                 typer.echo(f"faultlab device: initial REGISTER: {dev.initial_register}", err=True)

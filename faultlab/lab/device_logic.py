@@ -34,6 +34,17 @@ The rules (``docs/reference-device.md``; facts from
   header's SIP cause (200 -> answeredElsewhere, 600/603 ->
   declinedElsewhere, anything else or none -> remoteEnded); CANCEL after the
   final response: 200 only; BYE: 200, ``remoteEnded``;
+* flow recovery (RFC 5626 spirit, S24): :meth:`DeviceLogic.flow_lost` -- the driver's TCP/TLS connection to
+  the proxy was closed or reset by the network. While the call waits for its INVITE after a REGISTER 2xx, the
+  binding is on a dead flow: the logic re-REGISTERs at once (``SendRegister``; the driver opens a new connection)
+  and counts as not registered until that REGISTER's 2xx. The second 2xx is the new ``tR``: the INVITE deadline
+  becomes ``min(tR2 + invite_deadline, t0 + total_deadline)`` (the PBX forwards what it holds right after a
+  refresh, so ``invite_deadline`` is measured from the latest 2xx; the cap never moves). Until then the deadline
+  in force stays ``min(tR1 + invite_deadline, t0 + total_deadline)``, and if it passes first the call ends
+  ``failed`` (the latest REGISTER did not succeed); a failure of the re-REGISTER ends it ``failed`` at once, as
+  for the first one. At most :data:`MAX_FLOW_RECOVERIES` re-REGISTERs per call. A flow lost while a REGISTER is
+  in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``); a flow lost
+  after the INVITE, or with no call, ends nothing (the driver connects anew for the next request);
 * a cancel push is ignored for the outcome (the device never depends on it);
 * an INVITE for a call that has already ended gets 480 (603 if the user
   declined it);
@@ -68,6 +79,7 @@ BEHAVIOURS: dict[str, str] = {
 }
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
+MAX_FLOW_RECOVERIES = 3  # re-REGISTERs after a lost flow, per call (a network that kills every flow cannot loop us)
 
 
 @dataclass(frozen=True)
@@ -178,6 +190,7 @@ class DeviceLogic:
     _answer_at: float | None = None
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
+    flow_recoveries: int = 0  # re-REGISTERs sent after a lost flow (S24)
 
     # ------------------------------------------------------------ helpers
 
@@ -284,8 +297,8 @@ class DeviceLogic:
             self.t_registered = now
             return []
         if status == 503 and retry_after is not None and not self._retried_503:
-            deadline = min(self.t0 + self.config.register_deadline, self.t0 + self.config.total_deadline)
-            if now + retry_after < deadline:  # S12b: the retry fits the budget
+            deadline = self.invite_deadline  # before a 2xx: min(t0 + register_deadline, t0 + total_deadline)
+            if deadline is not None and now + retry_after < deadline:  # S12b: the retry fits the budget
                 self._retried_503 = True
                 self._reregister_at = now + retry_after
                 return []
@@ -304,6 +317,22 @@ class DeviceLogic:
         self.registering = False
         self.register_failed = True
         return self._register_failure(now)
+
+    def flow_lost(self, now: float) -> list[Output]:
+        """The TCP/TLS connection to the proxy was closed or reset by the network (not by the device).
+
+        Waiting for the INVITE after a REGISTER 2xx: re-REGISTER at once on a new connection (S24; see the module
+        docstring for the deadlines). Otherwise nothing: a REGISTER in flight fails on its own
+        (``transport_failed``), a 503 retry still to come connects anew, and after the INVITE the loss ends nothing.
+        """
+        if self.ended or self.t0 is None or self.invite is not None or self._deadline_passed:
+            return []
+        if not self.registered or self.registering or self.flow_recoveries >= MAX_FLOW_RECOVERIES:
+            return []
+        self.flow_recoveries += 1
+        self.registered = False
+        self.registering = True
+        return [SendRegister()]
 
     def _register_failure(self, now: float) -> list[Output]:
         if self.invite is not None:

@@ -205,6 +205,7 @@ async def open_lab_stack(
     caller_user: str = "bob",
     timeline: Timeline | None = None,
     network: str = "loopback",
+    new_connection_on_push: bool = False,
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
 
@@ -215,6 +216,8 @@ async def open_lab_stack(
     retransmissions); to fault only a call, switch it on later with ``lab.proxy.activate(profile)``.
     ``seed`` seeds faultlab's random choices (recorded in its ``start`` event). ``network``: ``"loopback"`` or
     ``"memory"`` (see the module docstring; memory installs :mod:`faultlab.net.memnet` for the rest of this run).
+    ``new_connection_on_push``: the device's ``Device(new_connection_on_push=...)``: over TCP/TLS a call push
+    makes it close its connection and REGISTER on a new one (connect and handshake anew, S14/S15).
     """
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
@@ -258,7 +261,8 @@ async def open_lab_stack(
         stack: LabStack
         device = Device(proxy=Endpoint(transport, HOST, proxy.bound[transport][1]), user=user, domain=domain,
                         token=token, pushes=pushes, timeline=timeline, config=device_config or DeviceConfig(),
-                        bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail))
+                        bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail),
+                        new_connection_on_push=new_connection_on_push)
         caller = Caller("udp", pbx.address("udp"), caller_user, timeline, domain=domain, timeout=60.0)
         stack = LabStack(timeline=timeline, gateway=gateway, pbx=pbx, proxy=proxy, device=device, caller=caller,
                          transport=transport, nursery=nursery)

@@ -28,7 +28,7 @@ def test_help_explains_every_option() -> None:
     for option in ("--proxy", "--user", "--domain", "--token", "--push-url", "--answer-after", "--decline-after",
                    "--no-answer", "--register-deadline", "--invite-deadline", "--total-deadline", "--behaviour",
                    "--team-id", "--bundle", "--expires", "--name", "--ca-file", "--tls-server-name",
-                   "--no-initial-register"):
+                   "--no-initial-register", "--new-connection-on-push"):
         assert option in result.output, option
     flat = " ".join(result.output.replace("│", " ").split())
     for name in BEHAVIOURS:

@@ -10,6 +10,7 @@ import pytest
 
 from faultlab.lab.device_logic import (
     BEHAVIOURS,
+    MAX_FLOW_RECOVERIES,
     DeviceConfig,
     DeviceLogic,
     Emit,
@@ -200,6 +201,88 @@ def test_s12b_503_retry_after_within_budget_retries_once() -> None:
 def test_s15_transport_failure_fails_fast() -> None:
     r = Run().push(0).at(0.01, "transport_failed").until(60)
     assert r.ended() == [(0.01, "failed")]
+
+
+def test_s14_handshake_that_never_completes_is_bounded_by_the_register_deadline() -> None:
+    # the driver's connect hangs: no input at all after the push; the REGISTER is stopped at t0 + 8
+    r = Run().push(0).until(60)
+    assert r.ended() == [(8.0, "failed")] and r.stops == [8.0]
+
+
+# ------------------------------------------------------------------ flow recovery (S24)
+
+
+def test_s24_flow_lost_after_register_re_registers_at_once() -> None:
+    r = Run().push(0).at(0.3, "register_response", 200).at(0.8, "flow_lost")
+    assert r.registers == [0, 0.8] and r.events == [(0, "reported", None)]
+    # the second 2xx is the new tR: the INVITE deadline is tR2 + 5 (capped at t0 + 15)
+    r.at(1.0, "register_response", 200).until(60)
+    assert r.ended() == [(6.0, "unanswered")]
+
+
+def test_s24_invite_after_the_re_register_rings_as_usual() -> None:
+    r = Run(answer_after=2.0).push(0).at(0.3, "register_response", 200).at(0.8, "flow_lost")
+    r.at(1.0, "register_response", 200).at(1.1, "invite_received", INVITE, "c1@pbx").at(9, "bye_received", BYE)
+    assert r.until(60).events == [(0, "reported", None), (2.0, "answer-tapped", None),
+                                  (2.0, "answer-fulfilled", None), (9, "ended", "remoteEnded")]
+    assert r.registers == [0, 0.8]
+
+
+def test_s24_re_register_keeps_the_total_cap() -> None:
+    r = Run().push(0).at(7.9, "register_response", 200).at(12.0, "flow_lost").at(12.5, "register_response", 200)
+    assert r.until(60).ended() == [(15.0, "unanswered")]
+
+
+def test_s24_deadline_before_the_re_register_2xx_ends_failed_at_the_deadline_in_force() -> None:
+    # tR1 = 0.3: the deadline in force stays 5.3 while the re-REGISTER is unanswered; it did not succeed: failed
+    r = Run().push(0).at(0.3, "register_response", 200).at(1.0, "flow_lost").until(60)
+    assert r.registers == [0, 1.0] and r.ended() == [(5.3, "failed")] and r.stops == [5.3]
+
+
+@pytest.mark.parametrize("failure", [("transport_failed",), ("register_response", 403), ("register_timeout",)])
+def test_s24_re_register_failure_ends_failed_at_once(failure) -> None:
+    r = Run().push(0).at(0.3, "register_response", 200).at(1.0, "flow_lost").at(1.2, *failure).until(60)
+    assert r.ended() == [(1.2, "failed")]
+
+
+def test_s24_re_register_503_retry_must_fit_the_deadline_in_force() -> None:
+    r = Run().push(0).at(0.3, "register_response", 200).at(1.0, "flow_lost")
+    r.at(1.2, "register_response", 503, 2.0).at(3.3, "register_response", 200).until(60)
+    assert r.registers == [0, 1.0, 3.2] and r.ended() == [(8.3, "unanswered")]
+    late = Run().push(0).at(0.3, "register_response", 200).at(1.0, "flow_lost")
+    assert late.at(1.2, "register_response", 503, 5.0).until(60).ended() == [(1.2, "failed")]  # 6.2 > 5.3
+
+
+def test_flow_lost_while_registering_is_left_to_the_register_transaction() -> None:
+    r = Run().push(0).at(0.2, "flow_lost")
+    assert r.registers == [0] and r.events == [(0, "reported", None)]
+    r.at(0.2, "transport_failed").until(60)  # the driver fails the REGISTER that was on the lost flow
+    assert r.ended() == [(0.2, "failed")]
+
+
+def test_flow_lost_after_the_invite_or_with_no_call_or_after_the_end_does_nothing() -> None:
+    idle = Run()
+    assert idle.logic.flow_lost(0.0) == []
+    r = Run().push(0).at(0.3, "register_response", 200).at(0.5, "invite_received", INVITE, "c1@pbx")
+    r.at(1.0, "flow_lost").until(100)
+    assert r.registers == [0] and r.ended() == [(45.5, "unanswered")]
+    assert r.logic.flow_lost(200.0) == []
+
+
+def test_flow_recoveries_are_bounded_per_call() -> None:
+    r = Run().push(0)
+    t = 0.0
+    for _ in range(MAX_FLOW_RECOVERIES + 1):
+        t += 0.1
+        r.at(t, "register_response", 200).at(t, "flow_lost")
+    assert len(r.registers) == 1 + MAX_FLOW_RECOVERIES
+    assert r.logic.registered is True  # the last 2xx stands: a lost flow beyond the bound is not recovered
+    assert r.until(60).ended() == [(round(t + 5.0, 6), "unanswered")]
+
+
+def test_depends_on_cancel_push_does_not_recover_after_its_deadline() -> None:
+    r = Run(behaviour="depends-on-cancel-push").push(0).at(0.3, "register_response", 200).until(6)
+    assert r.at(7, "flow_lost").registers == [0]
 
 
 def test_s20_no_user_action_ring_timeout_480_unanswered() -> None:
