@@ -314,11 +314,12 @@ def render_ladder(rows: list[dict[str, Any]], *, width: int = 100, title: str | 
             a, b = pos[frm], pos[to]
             lo, hi = min(a, b), max(a, b)
             lost = bool(extra) and extra.startswith("✗")
-            if lost:  # the arrow stops halfway, at the ✗
+            if lost:  # the arrow stops at the ✗, halfway or just past its label
+                reach = min(hi - lo - 1, max((hi - lo) // 2, len(r.get("label") or "") + 4, 2))
                 if b > a:
-                    hi = a + max((b - a) // 2, 2)
+                    hi = a + reach
                 else:
-                    lo = a - max((a - b) // 2, 2)
+                    lo = a - reach
             for x in range(lo + 1, hi):
                 line[x] = "-"
             if lost:
