@@ -15,12 +15,7 @@ tests/loopback/test_lab_stack.py's push-woken call, judged from what the process
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import trio
 
@@ -28,150 +23,63 @@ from faultlab.lab.caller import Caller
 from faultlab.lab.timeline import Timeline
 from faultlab.sip import parse_datagram, push_params
 from faultlab.trace import read_jsonl
+from tests.actors import actor_env, open_actors
 
-ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 TOKEN = "a1b2c3d4e5f60718"
 
 
-class Actor:
-    """One actor process: its stdout and stderr read line by line in the background (so pipes never fill)."""
-
-    def __init__(self, name: str, process: trio.Process) -> None:
-        self.name = name
-        self.process = process
-        self.lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self.eof: dict[str, bool] = {"stdout": False, "stderr": False}
-        self._changed = trio.Event()
-
-    async def read(self, which: str) -> None:
-        stream = getattr(self.process, which)
-        pending = b""
-        try:
-            while data := await stream.receive_some(65536):
-                pending += data
-                *complete, pending = pending.split(b"\n")
-                self.lines[which] += [line.decode("utf-8", "replace") for line in complete]
-                self._notify()
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-        if pending:
-            self.lines[which].append(pending.decode("utf-8", "replace"))
-        self.eof[which] = True
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_line(self, which: str, pattern: str) -> re.Match:
-        """The first line of ``which`` (stdout/stderr) matching the regex ``pattern``, already printed or next."""
-        seen = 0
-        while True:
-            for line in self.lines[which][seen:]:
-                if found := re.search(pattern, line):
-                    return found
-            seen = len(self.lines[which])
-            if self.eof[which]:
-                raise AssertionError(f"{self.name} closed its {which} without a line matching {pattern!r}")
-            await self._changed.wait()
-
-    def output(self) -> str:
-        return (f"--- {self.name} (pid {self.process.pid}, exit {self.process.returncode}) stdout:\n"
-                + "\n".join(self.lines["stdout"]) + f"\n--- {self.name} stderr:\n" + "\n".join(self.lines["stderr"]))
-
-
-async def stop(actor: Actor, timeout: float = 5.0) -> int:
-    """SIGTERM the actor's process (by its PID), then SIGKILL if it has not exited within ``timeout`` s."""
-    process = actor.process
-    if process.returncode is None:
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(timeout):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    return process.returncode
-
-
 async def test_push_woken_call_with_every_actor_in_its_own_process(tmp_path):
     trace = tmp_path / "faultlab.jsonl"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FAULTLAB_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    actors: list[Actor] = []
     started = trio.current_time()
 
-    async with trio.open_nursery() as readers:
-        async def spawn(name: str, *args: str) -> Actor:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "faultlab", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, cwd=str(ROOT), env=env)
-            actor = Actor(name, process)
-            actors.append(actor)
-            readers.start_soon(actor.read, "stdout")
-            readers.start_soon(actor.read, "stderr")
-            return actor
+    async with open_actors(actor_env(tmp_path / "home")) as actors:
+        with trio.fail_after(30):  # four interpreter start-ups, one after the other
+            gateway = await actors.spawn("push-gateway", "push-gateway", "--listen", f"{HOST}:0")
+            p = int((await gateway.wait_line("stderr", r"push gateway on http://127\.0\.0\.1:(\d+) ")).group(1))
 
-        try:
-            with trio.fail_after(30):  # four interpreter start-ups, one after the other
-                gateway = await spawn("push-gateway", "push-gateway", "--listen", f"{HOST}:0")
-                p = int((await gateway.wait_line("stderr", r"push gateway on http://127\.0\.0\.1:(\d+) ")).group(1))
+            pbx = await actors.spawn("pbx", "pbx", "--listen", f"udp:{HOST}:0", "--push-url", f"http://{HOST}:{p}")
+            q = int((await pbx.wait_line("stderr", r"^faultlab pbx: udp on 127\.0\.0\.1:(\d+)$")).group(1))
 
-                pbx = await spawn("pbx", "pbx", "--listen", f"udp:{HOST}:0", "--push-url", f"http://{HOST}:{p}")
-                q = int((await pbx.wait_line("stderr", r"^faultlab pbx: udp on 127\.0\.0\.1:(\d+)$")).group(1))
+            proxy = await actors.spawn("proxy", "proxy", "--listen", f"udp:{HOST}:0", "--upstream",
+                                       f"udp:{HOST}:{q}", "--trace", str(trace), "-q")
+            r = int((await proxy.wait_line("stderr", r"^faultlab: listening on udp:127\.0\.0\.1:(\d+) ")).group(1))
 
-                proxy = await spawn("proxy", "proxy", "--listen", f"udp:{HOST}:0", "--upstream", f"udp:{HOST}:{q}",
-                                    "--trace", str(trace), "-q")
-                r = int((await proxy.wait_line("stderr", r"^faultlab: listening on udp:127\.0\.0\.1:(\d+) ")).group(1))
+            device = await actors.spawn("device", "device", "--proxy", f"udp:{HOST}:{r}", "--user", "alice",
+                                        "--domain", "lab.test", "--token", TOKEN,
+                                        "--push-url", f"http://{HOST}:{p}/devices/{TOKEN}/pushes",
+                                        "--answer-after", "1s")
+            # ready: registered through faultlab (with its push binding) and subscribed to its pushes
+            await device.wait_line("stderr", r"initial REGISTER: 200$")
+            await gateway.wait_line("stdout", rf" device +connected token={TOKEN}")
+            ready = trio.current_time()
 
-                device = await spawn("device", "device", "--proxy", f"udp:{HOST}:{r}", "--user", "alice",
-                                     "--domain", "lab.test", "--token", TOKEN,
-                                     "--push-url", f"http://{HOST}:{p}/devices/{TOKEN}/pushes", "--answer-after", "1s")
-                # ready: registered through faultlab (with its push binding) and subscribed to its pushes
-                await device.wait_line("stderr", r"initial REGISTER: 200$")
-                await gateway.wait_line("stdout", rf" device +connected token={TOKEN}")
-                ready = trio.current_time()
+        with trio.fail_after(20):
+            # the caller, in this process, straight to the PBX over UDP
+            async with trio.open_nursery() as nursery:
+                caller = Caller("udp", (HOST, q), "bob", Timeline(), domain="lab.test", timeout=15.0)
+                await caller.start(nursery)
+                call = await caller.call("sip:alice@lab.test")
+                final = await call.wait_final()
+                answered = trio.current_time()
+                bye = await call.hang_up()
+                await caller.close()
+                nursery.cancel_scope.cancel()
+            assert final.status == 200, call.statuses
+            assert 180 in call.statuses and bye.status == 200 and call.ended == "local-bye"
+            call_id = call.call_id
 
-            with trio.fail_after(20):
-                # the caller, in this process, straight to the PBX over UDP
-                async with trio.open_nursery() as nursery:
-                    caller = Caller("udp", (HOST, q), "bob", Timeline(), domain="lab.test", timeout=15.0)
-                    await caller.start(nursery)
-                    call = await caller.call("sip:alice@lab.test")
-                    final = await call.wait_final()
-                    answered = trio.current_time()
-                    bye = await call.hang_up()
-                    await caller.close()
-                    nursery.cancel_scope.cancel()
-                assert final.status == 200, call.statuses
-                assert 180 in call.statuses and bye.status == 200 and call.ended == "local-bye"
-                call_id = call.call_id
+            # the device ends the call (remoteEnded) on the BYE
+            await device.wait_line("stdout", rf'"call_id": "{re.escape(call_id)}".*"event": "ended"')
+            await gateway.wait_line("stdout", rf" push +call +delivered .*call-id={re.escape(call_id)}")
 
-                # the device ends the call (remoteEnded) on the BYE
-                await device.wait_line("stdout", rf'"call_id": "{re.escape(call_id)}".*"event": "ended"')
-                await gateway.wait_line("stdout", rf" push +call +delivered .*call-id={re.escape(call_id)}")
-
-            # stop: the device first (its push stream goes away), then faultlab (closing its trace), PBX, gateway
-            with trio.fail_after(20):
-                await stop(device)
-                assert await stop(proxy) == 0, proxy.output()
-                assert await stop(pbx) == 0, pbx.output()
-                assert await stop(gateway) == 0, gateway.output()
-            stopped = trio.current_time()
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                for actor in reversed(actors):
-                    await stop(actor)
-            print("\n".join(actor.output() for actor in actors))
-            raise
-        finally:
-            with trio.CancelScope(shield=True):
-                for actor in reversed(actors):
-                    await stop(actor)
-                readers.cancel_scope.cancel()
-                for actor in actors:
-                    await actor.process.stdout.aclose()
-                    await actor.process.stderr.aclose()
+        # stop: the device first (its push stream goes away), then faultlab (closing its trace), PBX, gateway
+        with trio.fail_after(20):
+            await actors.stop(device)
+            assert await actors.stop(proxy) == 0, proxy.output()
+            assert await actors.stop(pbx) == 0, pbx.output()
+            assert await actors.stop(gateway) == 0, gateway.output()
+        stopped = trio.current_time()
 
     # the device, from its own stdout: reported, answered 1 s later, fulfilled, ended remoteEnded exactly once
     device_events = [json.loads(line) for line in device.lines["stdout"] if line.startswith("{")]
