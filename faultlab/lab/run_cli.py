@@ -164,7 +164,7 @@ def execute(
 
 
 def _console() -> Console:
-    return Console() if sys.stdout.isatty() else Console(width=120)
+    return Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def _print_table(cases: list[Case], console: Console) -> None:

@@ -202,10 +202,14 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
     return results
 
 
-def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: str = "udp", seed: int = 0,
+def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: str | None = None, seed: int = 0,
              behaviour: str | None = None, virtual: bool = True, network: str = "", confdir: Path | None = None,
              trace_dir: Path | None = None) -> Case:
-    """Every run of one case (two when check 3 applies), judged."""
+    """Every run of one case (two when check 3 applies), judged. ``transport``: one the scenario applies to
+    (default: its first)."""
+    transport = transport or scenario.transports[0]
+    if transport not in scenario.transports:
+        raise ValueError(f"{scenario.id} applies to {', '.join(scenario.transports)}, not {transport}")
     modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
     if transport == "tls" and confdir is None:
         confdir = _lab_ca_dir()

@@ -52,6 +52,7 @@ overridden from outside (``faultlab lab run --set expect.end=failed``): :func:`o
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 import tomllib
@@ -366,9 +367,15 @@ def scenarios_dir() -> Path:
 
 
 def list_scenarios() -> list[Scenario]:
-    """The whole catalogue, in id order."""
-    found = [parse_scenario(p.read_text(encoding="utf-8"), source=str(p)) for p in scenarios_dir().glob("*.toml")]
-    return sorted(found, key=lambda s: (int(s.id[1:3]), s.id))
+    """The whole catalogue, in id order (parsed again only when a file in ``scenarios/`` changed)."""
+    files = sorted(scenarios_dir().glob("*.toml"))
+    return list(_catalogue(tuple((str(p), p.stat().st_mtime_ns) for p in files)))
+
+
+@functools.lru_cache(maxsize=4)
+def _catalogue(files: tuple[tuple[str, int], ...]) -> tuple[Scenario, ...]:
+    found = [parse_scenario(Path(p).read_text(encoding="utf-8"), source=p) for p, _ in files]
+    return tuple(sorted(found, key=lambda s: (int(s.id[1:3]), s.id)))
 
 
 def load_scenario(name: str) -> Scenario:

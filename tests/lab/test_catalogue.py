@@ -36,7 +36,7 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
     },
     "never-ends": {s.id: ("ends-right", "never ended") for s in CATALOGUE if s.end},
     "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE
-                 if s.id not in ("S16", "S24")},  # S16's 4 s BYE budget absorbs a 3 s delay; S24 not yet (flows)
+                 if s.id not in ("S16", "S24")},  # their budgets (BYE + 4 s; push + 15 s) absorb a 3 s delay
 }
 
 
