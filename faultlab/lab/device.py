@@ -46,6 +46,7 @@ from faultlab.lab.device_logic import (
     StopRegister,
 )
 from faultlab.lab.timeline import Timeline
+from faultlab.net import memnet
 from faultlab.net.addr import Endpoint, format_hostport, is_ip, parse_endpoint
 from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, build_response, parse_datagram
 
@@ -65,7 +66,7 @@ def _source_address(proxy: Endpoint) -> str:
     """The local address the system sends from toward the proxy (a UDP connect sends nothing), so that the
     device's socket and Via work beyond loopback (e.g. in a lab namespace); loopback for a host name."""
     loopback = "::1" if ":" in proxy.host else "127.0.0.1"
-    if not is_ip(proxy.host):
+    if not is_ip(proxy.host) or memnet.current() is not None:  # on the in-memory network: no real socket
         return loopback
     try:
         with socket.socket(socket.AF_INET6 if ":" in proxy.host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
