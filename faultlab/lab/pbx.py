@@ -5,10 +5,18 @@ from the lab CA, :func:`faultlab.net.tls.server_context`), feeds every message t
 its timers on trio's clock, carries out its actions and writes the timeline (source ``"pbx"``):
 
 * ``received`` / ``sent`` for every SIP message (``flow``, ``transport``, ``peer``, ``summary``,
-  ``method``, ``status``, ``call_id``, ``raw``);
+  ``method``, ``status``, ``call_id``, ``raw``); a request the PBX retransmits over UDP is a ``sent``
+  event again, with ``detail={"retransmission": n}``;
 * ``pbx`` for each decision, ``detail={"action": ...}``: ``register``, ``unregister``, ``hold``,
   ``release``, ``forward``, ``hold-timeout``, ``cancel-held``, ``cancel-push``, ``forward-cancel``,
-  ``ring-timeout``, ``elsewhere``, ``push-sent``, ``push-failed``, ``bye``, ``drop``, ...
+  ``ring-timeout``, ``elsewhere``, ``push-sent``, ``push-failed``, ``bye``, ``drop``, ``cancel-deferred``,
+  ``timeout`` (Timer B or F fired: ``timer``, ``method``, ``branch``, ``flow``, ``retransmissions``), ...
+
+Requests sent over UDP are retransmitted per RFC 3261 Timers A/E until their transaction ends, and
+time out per Timers B/F (64*T1); the sans-IO logic decides (it keeps each UDP client transaction's
+retransmission state, keyed by branch and method, and returns the retransmissions as ``Send`` actions
+from ``on_timer``); this driver only runs its deadlines on trio's clock. Nothing is retransmitted on
+TCP/TLS.
 
 Pushes go through the injected ``send_push(token, payload)`` coroutine (the push gateway client),
 each in its own task so a slow gateway never blocks SIP; a failing call push ends the held INVITE
@@ -71,6 +79,8 @@ class PBX:
         ring_timeout: float = 45.0,
         cancel_push: bool = True,
         default_expires: int = 3600,
+        t1: float = 0.5,
+        t2: float = 4.0,
         advertise_host: str | None = None,
         confdir: Path | None = None,
         tls_name: str | None = None,
@@ -84,7 +94,7 @@ class PBX:
         self.confdir = confdir
         self.tls_name = tls_name
         self.logic = PbxLogic(hold=hold, ring_timeout=ring_timeout, cancel_push=cancel_push,
-                              default_expires=default_expires, wall_clock=wall_clock)
+                              default_expires=default_expires, wall_clock=wall_clock, t1=t1, t2=t2)
         self.listeners: list[tuple[Endpoint, Address]] = []
         self._transmit_override = transmit
         self._udp: dict[Address, trio.socket.SocketType] = {}
@@ -166,7 +176,7 @@ class PBX:
         self._wake.set()
         for action in actions:
             if isinstance(action, Send):
-                await self._send(action.flow, action.data)
+                await self._send(action.flow, action.data, action.retransmission)
             elif isinstance(action, Note):
                 self._emit_note(action.detail, action.call_id)
             elif isinstance(action, Push):
@@ -193,7 +203,7 @@ class PBX:
                 self._emit_note({"action": "push-failed", "type": push.payload.get("type"),
                                  "error": f"{type(exc).__name__}: {exc}"}, push.call_id)
 
-    async def _send(self, flow: Flow, data: bytes) -> None:
+    async def _send(self, flow: Flow, data: bytes, retransmission: int = 0) -> None:
         message = None
         if data.strip(b"\r\n"):
             try:
@@ -202,7 +212,8 @@ class PBX:
             except SipError:
                 pass
         if message is not None:
-            self._emit_message("sent", message, flow)
+            self._emit_message("sent", message, flow,
+                               {"retransmission": retransmission} if retransmission else None)
         try:
             if self._transmit_override is not None:
                 await self._transmit_override(flow, data)
@@ -227,7 +238,7 @@ class PBX:
     def _emit_note(self, detail: dict, call_id: str | None = None) -> None:
         self.timeline.emit("pbx", source=SOURCE, call_id=call_id, summary=str(detail.get("action")), detail=detail)
 
-    def _emit_message(self, kind: str, message: Message, flow: Flow) -> None:
+    def _emit_message(self, kind: str, message: Message, flow: Flow, detail: dict | None = None) -> None:
         try:
             call_id = message.call_id
         except SipError:
@@ -235,7 +246,7 @@ class PBX:
         self.timeline.emit(kind, source=SOURCE, flow=str(flow), transport=flow.transport,
                            peer=format_hostport(*flow.peer), summary=message.summary(),
                            method=message.method, status=message.status, call_id=call_id, raw=message.raw,
-                           direction="to-pbx" if kind == "received" else None)
+                           direction="to-pbx" if kind == "received" else None, **({"detail": detail} if detail else {}))
 
     # ------------------------------------------------------------------ timers
 

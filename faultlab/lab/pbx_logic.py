@@ -36,8 +36,30 @@
 
 Non-2xx final responses from the device are ACKed by the PBX (RFC 3261 §17.1.1.3); the caller's ACK
 to a non-2xx final response is absorbed. A device that answers 2xx after the caller already got its
-final response (the CANCEL crossed the 200) is ACKed and sent a BYE. There are no retransmission
-timers (loopback and reliable transports); a retransmitted INVITE gets the last response again.
+final response (the CANCEL crossed the 200) is ACKed and sent a BYE (and ACKed again if it retransmits
+that 2xx).
+
+**Retransmissions** (RFC 3261 §17.1). Every request the PBX sends over UDP (the forwarded INVITE,
+CANCEL, in-dialog requests it relays either way, its own BYE; not ACK) is a client transaction keyed by
+``(branch, CSeq method)`` with timers on the ``now`` the driver passes: an INVITE is retransmitted per
+Timer A (:attr:`PbxLogic.t1`, doubling without cap) until any response with its branch; any other
+request per Timer E (T1 doubling, capped at :attr:`PbxLogic.t2`, and every T2 once a provisional
+response came) until a final response. Retransmissions are :class:`Send` actions with
+``retransmission`` = 1, 2, ... After 64*T1 without the response that ends it (Timer B / F) the
+transaction times out (a ``timeout`` note): a forwarded INVITE gets the caller 408 (487 if the caller
+had cancelled), a relayed request gets its sender 408, a BYE ends the call. Over TCP/TLS nothing is
+retransmitted and nothing times out (the ring timeout still applies). A CANCEL toward a device whose
+INVITE is still being retransmitted (no response yet) waits for its first provisional response (§9.1;
+``cancel-deferred`` note) and is dropped if a final response or Timer B comes first.
+
+As a stateful element the PBX absorbs retransmissions: a retransmitted INVITE gets the last response
+the caller got again (the PBX's own or one it relayed); a retransmitted CANCEL gets 200 again and
+nothing more toward the device; a retransmitted in-dialog request (BYE, re-INVITE, ...) gets the
+response already relayed for it, or nothing while its forwarded copy is still pending (the PBX
+retransmits that copy itself); a retransmitted final response to a non-INVITE request the PBX
+forwarded is absorbed; a retransmitted non-2xx final response from the device is ACKed again and not
+relayed. A retransmitted 2xx to the INVITE is relayed to the caller again (§13.3.1.4: the UAS
+retransmits 2xx end to end until the caller's ACK reaches it).
 
 Not handled (the lab does not need them): forking to several bindings (the newest binding gets the
 call), authentication, 423 Interval Too Brief, hop-by-hop ACK of a non-2xx answer to a re-INVITE
@@ -117,8 +139,11 @@ class Flow:
 
 @dataclass(frozen=True)
 class Send:
+    """Bytes on a flow; ``retransmission`` is n for the n-th retransmission of a request, else 0."""
+
     flow: Flow
     data: bytes
+    retransmission: int = 0
 
 
 @dataclass(frozen=True)
@@ -176,6 +201,19 @@ class _Call:
     device_final: int | None = None
     ended_by: str | None = None
     held_at: float | None = None
+    cancelled: bool = False  # the PBX sent (or deferred) a CANCEL toward the device
+    pending_cancel: bytes | None = None  # CANCEL waiting for the device's first provisional response
+    late_ack: bytes | None = None  # the ACK for a 2xx the caller never saw (sent again on retransmissions)
+
+
+@dataclass
+class _ServerTxn:
+    """A request the PBX relayed in a dialog, to recognise its retransmissions."""
+
+    request: Message
+    flow: Flow
+    last_response: bytes | None = None
+    final: int | None = None
 
 
 @dataclass
@@ -183,6 +221,28 @@ class _ClientTxn:
     method: str
     call_id: str | None
     in_flow: Flow | None  # where responses go (None: the PBX's own request, responses absorbed)
+    server: _ServerTxn | None = None
+    final: int | None = None  # the first final response's status
+
+
+@dataclass
+class _Retx:
+    """Retransmission state of one client transaction over UDP (RFC 3261 §17.1.1.2, §17.1.2.2)."""
+
+    branch: str
+    method: str
+    flow: Flow
+    data: bytes
+    call_id: str | None
+    interval: float
+    next_at: float
+    timeout_at: float
+    count: int = 0
+    proceeding: bool = False
+
+    @property
+    def due(self) -> float:
+        return min(self.next_at, self.timeout_at)
 
 
 def _digest(*parts: str) -> str:
@@ -236,8 +296,12 @@ class PbxLogic:
         default_expires: int = 3600,
         advertise: Mapping[str, Address] | None = None,
         wall_clock: Callable[[], float] = time.time,
+        t1: float = 0.5,
+        t2: float = 4.0,
     ) -> None:
         self.hold = hold
+        self.t1 = t1
+        self.t2 = t2
         self.ring_timeout = ring_timeout
         self.cancel_push = cancel_push
         self.default_expires = default_expires
@@ -247,6 +311,8 @@ class PbxLogic:
         self._calls: dict[str, _Call] = {}
         self._txns: dict[str, _ClientTxn] = {}
         self._timers: dict[tuple[str, str], float] = {}  # (kind, call_id) -> deadline
+        self._retx: dict[tuple[str, str], _Retx] = {}  # (branch, CSeq method) -> UDP retransmissions
+        self._servers: dict[tuple[str, str], _ServerTxn] = {}  # (branch, method) of relayed requests
         self._seq = 0
 
     # ------------------------------------------------------------------ queries
@@ -268,7 +334,11 @@ class PbxLogic:
         return None if call is None else call.state
 
     def next_deadline(self) -> float | None:
-        return min(self._timers.values(), default=None)
+        return min([*self._timers.values(), *(r.due for r in self._retx.values())], default=None)
+
+    def retransmitting(self) -> list[tuple[str, str]]:
+        """``(branch, method)`` of every client transaction whose request is being retransmitted."""
+        return list(self._retx)
 
     # ------------------------------------------------------------------ entry points
 
@@ -309,8 +379,24 @@ class PbxLogic:
             elif kind == "ring" and call.state == "forwarded" and call.final_sent is None:
                 out.append(Note({"action": "ring-timeout", "ring_timeout": self.ring_timeout}, call_id))
                 call.ended_by = "ring-timeout"
-                out += self._cancel_device(call, reasons=[])
+                out += self._cancel_device(call, reasons=[], now=now)
                 out += self._answer_caller(call, 480, "Temporarily Unavailable")
+        for key, retx in sorted(self._retx.items(), key=lambda kv: kv[1].due):
+            if retx.due > now or self._retx.get(key) is not retx:
+                continue
+            if retx.timeout_at <= now:
+                del self._retx[key]
+                out += self._txn_timeout(retx, now)
+                continue
+            retx.count += 1
+            out.append(Send(retx.flow, retx.data, retransmission=retx.count))
+            if retx.proceeding:
+                retx.interval = self.t2
+            elif retx.method == "INVITE":
+                retx.interval *= 2  # Timer A: no cap
+            else:
+                retx.interval = min(retx.interval * 2, self.t2)  # Timer E
+            retx.next_at = now + retx.interval
         return out
 
     def push_failed(self, call_id: str, error: str, now: float) -> list[Action]:
@@ -343,7 +429,7 @@ class PbxLogic:
         if call.state == "held":
             out += self._end_held(call)
         else:
-            out += self._cancel_device(call, reasons=[ELSEWHERE_REASONS[reason]])
+            out += self._cancel_device(call, reasons=[ELSEWHERE_REASONS[reason]], now=now)
             out += self._answer_caller(call, 487)
         return out
 
@@ -377,8 +463,61 @@ class PbxLogic:
         call.final_sent = status
         return [Send(call.caller_flow, data)]
 
+    def _start_retx(self, send: Send, branch: str, method: str, call_id: str | None, now: float) -> None:
+        """Retransmit ``send`` (a request) until its transaction ends, when its flow is UDP."""
+        if send.flow.transport != "udp" or method == "ACK":
+            return
+        self._retx[(branch, method)] = _Retx(branch, method, send.flow, send.data, call_id, interval=self.t1,
+                                             next_at=now + self.t1, timeout_at=now + 64 * self.t1)
+
+    def _txn_response(self, branch: str, method: str, status: int) -> None:
+        """A response for client transaction ``(branch, method)``: stop or slow its retransmissions."""
+        retx = self._retx.get((branch, method))
+        if retx is None:
+            return
+        if method == "INVITE" or status >= 200:
+            del self._retx[(branch, method)]
+        else:
+            retx.proceeding = True  # Timer E now fires every T2
+
+    def _txn_timeout(self, retx: _Retx, now: float) -> list[Action]:
+        """Timer B / F: the client transaction got no (final) response in 64*T1 (RFC 3261 §17.1)."""
+        out: list[Action] = [Note({"action": "timeout", "timer": "B" if retx.method == "INVITE" else "F",
+                                   "method": retx.method, "branch": retx.branch, "flow": str(retx.flow),
+                                   "retransmissions": retx.count}, retx.call_id)]
+        call = self._calls.get(retx.call_id or "")
+        txn = self._txns.get(retx.branch)
+        if retx.method == "CANCEL":
+            return out
+        if retx.method == "INVITE" and call is not None and retx.branch == call.out_branch:
+            self._timers.pop(("ring", call.call_id), None)
+            call.pending_cancel = None
+            call.device_final = 408
+            if call.final_sent is None:
+                call.ended_by = call.ended_by or "timeout"
+                call.state = "ended"
+                if call.cancelled:
+                    out += self._answer_caller(call, 487)
+                else:
+                    out += self._answer_caller(call, 408, "Request Timeout")
+            elif call.state in ("forwarded", "cancelling"):
+                call.state = "ended"
+            return out
+        if txn is not None:
+            txn.final = 408
+            server = txn.server
+            if server is not None and server.final is None:  # tell the sender (RFC 3261 §16.7 step 6)
+                data = build_response(server.request, 408, "Request Timeout")
+                server.last_response = data
+                server.final = 408
+                out.append(Send(server.flow, data))
+        if retx.method == "BYE" and call is not None:
+            call.state = "ended"
+        return out
+
     def _forward(self, msg: Message, out_flow: Flow, in_flow: Flow | None, *, request_uri: str | None,
-                 record_route: bool, call_id: str | None) -> tuple[Message, str, Send]:
+                 record_route: bool, call_id: str | None, now: float,
+                 server: _ServerTxn | None = None) -> tuple[Message, str, Send]:
         raw = msg.raw
         if request_uri is not None:
             raw = _set_request_uri(raw, request_uri)
@@ -393,9 +532,12 @@ class PbxLogic:
                 m = _parse(add_top_header(m, "Record-Route", self._rr(out_flow)))
         branch = self._new_branch(msg.get("call-id") or "", msg.get("cseq") or "", str(out_flow))
         m = _parse(add_top_header(m, "Via", self._via(out_flow, branch)))
+        send = Send(out_flow, m.raw)
         if msg.method != "ACK":
-            self._txns[branch] = _ClientTxn(msg.cseq.method if msg.cseq else (msg.method or ""), call_id, in_flow)
-        return m, branch, Send(out_flow, m.raw)
+            method = msg.cseq.method if msg.cseq else (msg.method or "")
+            self._txns[branch] = _ClientTxn(method, call_id, in_flow, server)
+            self._start_retx(send, branch, method, call_id, now)
+        return m, branch, send
 
     # ------------------------------------------------------------------ requests
 
@@ -518,7 +660,7 @@ class PbxLogic:
 
     def _forward_invite(self, call: _Call, binding: Binding, now: float) -> list[Action]:
         fwd, branch, send = self._forward(call.invite, binding.flow, call.caller_flow, request_uri=binding.contact,
-                                          record_route=True, call_id=call.call_id)
+                                          record_route=True, call_id=call.call_id, now=now)
         call.state = "forwarded"
         call.callee_flow = binding.flow
         call.out_invite = fwd
@@ -533,8 +675,8 @@ class PbxLogic:
         if call is None or call.server_branch != branch:
             return [self._respond(msg, flow, 481)]
         out: list[Action] = [self._respond(msg, flow, 200)]
-        if call.final_sent is not None:
-            return out  # too late: the INVITE already has its final response
+        if call.final_sent is not None or call.cancelled:
+            return out  # too late (the INVITE already has its final response), or a retransmitted CANCEL
         reasons = msg.get_all("reason")
         call.ended_by = "cancel"
         if call.state == "held":
@@ -543,7 +685,7 @@ class PbxLogic:
         elif call.state == "forwarded":
             out.append(Note({"action": "forward-cancel", "reason": reasons}, call.call_id))
             out += self._cancel_device(call, reasons=[h.value for h in msg.header_fields("reason")],
-                                       relay_487=True)
+                                       relay_487=True, now=now)
         return out
 
     def _end_held(self, call: _Call) -> list[Action]:
@@ -555,8 +697,12 @@ class PbxLogic:
             out.append(Push(call.token, self._payload("cancel", call), call.call_id))
         return out
 
-    def _cancel_device(self, call: _Call, *, reasons: list[str], relay_487: bool = False) -> list[Action]:
-        """CANCEL the forwarded INVITE (same branch, Request-URI, Route; RFC 3261 §9.1)."""
+    def _cancel_device(self, call: _Call, *, reasons: list[str], now: float,
+                       relay_487: bool = False) -> list[Action]:
+        """CANCEL the forwarded INVITE (same branch, Request-URI, Route; RFC 3261 §9.1).
+
+        While the INVITE is still retransmitted without any response, the CANCEL waits for the first
+        provisional response (§9.1: no CANCEL before a provisional response)."""
         self._timers.pop(("ring", call.call_id), None)
         inv = call.out_invite
         assert inv is not None and call.callee_flow is not None
@@ -568,7 +714,14 @@ class PbxLogic:
         data = ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
         if not relay_487:
             call.state = "cancelling"
-        return [Send(call.callee_flow, data)]
+        call.cancelled = True
+        assert call.out_branch is not None
+        if (call.out_branch, "INVITE") in self._retx:
+            call.pending_cancel = data
+            return [Note({"action": "cancel-deferred", "why": "no response to the INVITE yet"}, call.call_id)]
+        send = Send(call.callee_flow, data)
+        self._start_retx(send, call.out_branch, "CANCEL", call.call_id, now)
+        return [send]
 
     def _in_dialog(self, msg: Message, flow: Flow, now: float) -> list[Action]:
         call = self._calls.get(msg.call_id or "")
@@ -588,8 +741,18 @@ class PbxLogic:
             m = _parse(remove_top_value(m, "Route"))
         from_caller = msg.from_tag == call.caller_tag
         out_flow = call.callee_flow if from_caller else call.caller_flow
+        server = None
+        if msg.method != "ACK":
+            branch = msg.top_via.branch if msg.top_via else None
+            key = (branch or "", msg.cseq.method if msg.cseq else (msg.method or ""))
+            known = self._servers.get(key) if branch else None
+            if known is not None and known.flow == flow:  # a retransmission of a request already relayed
+                return [Send(flow, known.last_response)] if known.last_response is not None else []
+            server = _ServerTxn(msg, flow)
+            if branch:
+                self._servers[key] = server
         _, _, send = self._forward(m, out_flow, None if msg.method == "ACK" else flow, request_uri=None,
-                                   record_route=False, call_id=call.call_id)
+                                   record_route=False, call_id=call.call_id, now=now, server=server)
         out: list[Action] = [send]
         if msg.method == "BYE":
             out.insert(0, Note({"action": "bye", "from": "caller" if from_caller else "callee"}, call.call_id))
@@ -603,15 +766,23 @@ class PbxLogic:
         if txn is None:
             return [Note({"action": "drop", "why": "response to no transaction of the PBX",
                           "status": msg.status}, msg.call_id)]
-        if msg.cseq is not None and msg.cseq.method == "CANCEL":
-            return []  # the device's answer to the PBX's CANCEL (same branch as the INVITE, §9.1)
-        stripped = _parse(remove_top_value(msg, "Via"))
         status = msg.status
+        if msg.cseq is not None and msg.cseq.method == "CANCEL":
+            self._txn_response(via.branch, "CANCEL", status)
+            return []  # the device's answer to the PBX's CANCEL (same branch as the INVITE, §9.1)
+        self._txn_response(via.branch, txn.method, status)
+        stripped = _parse(remove_top_value(msg, "Via"))
         out: list[Action] = []
         call = self._calls.get(txn.call_id or "")
         if txn.method == "INVITE" and call is not None and via.branch == call.out_branch:
+            if call.pending_cancel is not None:  # the first response to the INVITE: the deferred CANCEL goes
+                data, call.pending_cancel = call.pending_cancel, None
+                if status < 200 and call.callee_flow is not None:
+                    send = Send(call.callee_flow, data)
+                    self._start_retx(send, via.branch, "CANCEL", call.call_id, now)
+                    out.append(send)
             if status == 100:
-                return []
+                return out
             if status >= 200:
                 self._timers.pop(("ring", call.call_id), None)
                 call.device_final = status
@@ -620,28 +791,39 @@ class PbxLogic:
             if call.final_sent is not None:
                 if 200 <= status < 300 and call.final_sent == status:
                     return [Send(call.caller_flow, stripped.raw)]  # a 2xx retransmission
+                if 200 <= status < 300 and call.late_ack is not None and call.callee_flow is not None:
+                    return [Send(call.callee_flow, call.late_ack)]  # the late 2xx again: ACK it again
                 if 200 <= status < 300 and call.state != "late-answer":
                     # the device answered as the CANCEL crossed it: close its dialog (ACK, then BYE)
                     call.state = "late-answer"
                     out.append(Note({"action": "late-answer", "status": status,
                                      "caller_got": call.final_sent}, call.call_id))
-                    out += self._ack_and_bye_device(call, msg)
+                    out += self._ack_and_bye_device(call, msg, now)
                 return out  # the caller already has its final response (timeout, elsewhere)
             if status >= 200:
                 call.final_sent = status
                 call.state = "confirmed" if status < 300 else "ended"
+            call.last_response = stripped.raw  # what a retransmitted INVITE gets
             out.append(Send(call.caller_flow, stripped.raw))
             return out
+        if status >= 200 and txn.method != "INVITE":
+            if txn.final is not None:
+                return out  # a retransmitted final response: absorbed (RFC 3261 §17.1.2.2)
+            txn.final = status
         if txn.in_flow is None:  # response to the PBX's own CANCEL or BYE
             if txn.method == "BYE" and status >= 200 and call is not None:
                 call.state = "ended"
             return out
         if txn.method == "BYE" and status >= 200 and call is not None:
             call.state = "ended"
+        if txn.server is not None and (status > 100 or txn.server.last_response is None):
+            txn.server.last_response = stripped.raw
+            if status >= 200:
+                txn.server.final = status
         out.append(Send(txn.in_flow, stripped.raw))
         return out
 
-    def _ack_and_bye_device(self, call: _Call, response: Message) -> list[Action]:
+    def _ack_and_bye_device(self, call: _Call, response: Message, now: float) -> list[Action]:
         """ACK a 2xx the caller will never see, and hang up that dialog (RFC 3261 §13.2.2.4, §15)."""
         inv = call.out_invite
         assert inv is not None and call.callee_flow is not None
@@ -657,7 +839,12 @@ class PbxLogic:
                 lines.append('Reason: SIP;cause=487;text="Request Terminated"')
                 self._txns[branch] = _ClientTxn("BYE", call.call_id, None)
             data = ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
-            out.append(Send(call.callee_flow, data))
+            send = Send(call.callee_flow, data)
+            if method == "ACK":
+                call.late_ack = data
+            else:
+                self._start_retx(send, branch, method, call.call_id, now)
+            out.append(send)
         return out
 
     def _ack_device(self, call: _Call, response: Message) -> Send:

@@ -379,3 +379,202 @@ async def test_driver_push_failure_480(autojump_clock):
         await trio.sleep(0.1)
         pbx.stop()
     assert [m.status for m in wire] == [200, 100, 480]
+
+
+# ---------------------------------------------------------------------- retransmissions (RFC 3261 §17.1)
+
+PHONE_UDP = Flow("udp", ("127.0.0.1", 41002), PBX_UDP)
+
+
+def _forwarded_udp(pbx: PbxLogic, now: float = 0.0) -> Message:
+    """A plain softphone registered over UDP; the caller's INVITE forwarded to it at ``now``."""
+    pbx.receive(register(port=41002, transport="udp"), PHONE_UDP, now=now)
+    out = pbx.receive(invite(), CALLER, now=now)
+    [(f, fwd)] = [(f, m) for f, m in sends(out) if m.method == "INVITE"]
+    assert f == PHONE_UDP
+    return fwd
+
+
+def _retransmissions(out) -> list[tuple[Flow, str, int]]:
+    return [(a.flow, parse_datagram(a.data).method, a.retransmission) for a in out
+            if isinstance(a, Send) and a.retransmission]
+
+
+def _run_timers(pbx: PbxLogic, until: float) -> list[tuple[float, list]]:
+    """Fire the logic's timers in deadline order up to ``until``: [(time, actions)]."""
+    fired = []
+    while (t := pbx.next_deadline()) is not None and t <= until:
+        fired.append((t, pbx.on_timer(t)))
+    return fired
+
+
+def test_udp_invite_retransmitted_per_timer_a_then_timer_b_408():
+    pbx = PbxLogic(ring_timeout=45.0)
+    fwd = _forwarded_udp(pbx)
+    assert pbx.retransmitting() == [(fwd.top_via.branch, "INVITE")]
+    fired = _run_timers(pbx, 40.0)
+    resent = [(t, n) for t, out in fired for (f, m, n) in _retransmissions(out)]
+    assert resent == [(0.5, 1), (1.5, 2), (3.5, 3), (7.5, 4), (15.5, 5), (31.5, 6)]
+    for t, out in fired:
+        for a in out:
+            if isinstance(a, Send) and a.retransmission:
+                assert a.flow == PHONE_UDP and a.data == fwd.raw  # the same bytes, same branch
+    [(t, out)] = [(t, out) for t, out in fired if "timeout" in notes(out)]
+    assert t == 32.0
+    [note] = [a for a in out if isinstance(a, Note)]
+    assert note.detail["timer"] == "B" and note.detail["method"] == "INVITE" and note.detail["retransmissions"] == 6
+    assert [(f, m.status) for f, m in sends(out)] == [(CALLER, 408)]
+    assert pbx.call_state("call1") == "ended" and pbx.retransmitting() == []
+    assert pbx.next_deadline() is None  # the ring timer went with the call
+    # a retransmitted INVITE from the caller gets that 408 again
+    assert [(f, m.status) for f, m in sends(pbx.receive(invite(), CALLER, now=33.0))] == [(CALLER, 408)]
+
+
+@pytest.mark.parametrize("status", [100, 180])
+def test_udp_invite_retransmissions_stop_at_first_provisional(status):
+    pbx = PbxLogic(ring_timeout=45.0)
+    fwd = _forwarded_udp(pbx)
+    assert _retransmissions(pbx.on_timer(0.5)) == [(PHONE_UDP, "INVITE", 1)]
+    out = pbx.receive(reply(fwd, status), PHONE_UDP, now=1.0)
+    assert [m.status for _, m in sends(out)] == ([] if status == 100 else [180])
+    assert pbx.retransmitting() == []
+    assert pbx.next_deadline() == 45.0  # only the ring timer is left
+
+
+def test_tcp_nothing_retransmitted():
+    pbx = PbxLogic(ring_timeout=45.0)
+    _forwarded(pbx)  # the device is on TCP
+    assert pbx.retransmitting() == []
+    assert pbx.next_deadline() == 56.0  # forwarded at 11: only the ring timer
+    assert all(not _retransmissions(out) for _, out in _run_timers(pbx, 55.9))
+
+
+def _bye_from_caller(ok: Message, branch="z9hG4bKbye9") -> Message:
+    return msg("\n".join([
+        "BYE sip:bob@127.0.0.1:41002 SIP/2.0",
+        f"Via: SIP/2.0/UDP 127.0.0.1:40000;rport;branch={branch}", "Max-Forwards: 70",
+        *(f"Route: {r}" for r in ok.get_all("record-route")[::-1]),
+        'From: "Alice" <sip:alice@127.0.0.1>;tag=atag', "To: <sip:bob@127.0.0.1>;tag=btag",
+        "Call-ID: call1", "CSeq: 2 BYE", "Content-Length: 0"]))
+
+
+def test_udp_bye_retransmitted_per_timer_e_until_its_200_and_retransmissions_absorbed():
+    pbx = PbxLogic(ring_timeout=45.0)
+    fwd = _forwarded_udp(pbx)
+    pbx.receive(reply(fwd, 180), PHONE_UDP, now=0.2)
+    [(_, ok)] = sends(pbx.receive(reply(fwd, 200), PHONE_UDP, now=1.0))
+    assert pbx.next_deadline() is None
+    # a 2xx retransmission from the device is still relayed to the caller (RFC 3261 §13.3.1.4)
+    assert [(f, m.status) for f, m in sends(pbx.receive(reply(fwd, 200), PHONE_UDP, now=1.5))] == [(CALLER, 200)]
+    bye = _bye_from_caller(ok)
+    [(f, fbye)] = sends(pbx.receive(bye, CALLER, now=10.0))
+    assert f == PHONE_UDP and fbye.method == "BYE"
+    fired = _run_timers(pbx, 24.0)
+    resent = [(t - 10.0, n) for t, out in fired for (_, m, n) in _retransmissions(out)]
+    assert resent == [(0.5, 1), (1.5, 2), (3.5, 3), (7.5, 4), (11.5, 5)]  # T1 doubling, capped at T2 = 4 s
+    # the caller retransmits its BYE meanwhile: absorbed (the PBX retransmits its own copy)
+    assert pbx.receive(bye, CALLER, now=22.0) == []
+    [(f, r)] = sends(pbx.receive(reply(fbye, 200, to_tag="btag", contact=False), PHONE_UDP, now=22.5))
+    assert f == CALLER and r.status == 200 and pbx.call_state("call1") == "ended"
+    assert pbx.retransmitting() == [] and pbx.next_deadline() is None
+    # the device retransmits its 200: absorbed; the caller retransmits the BYE: it gets the 200 again
+    assert pbx.receive(reply(fbye, 200, to_tag="btag", contact=False), PHONE_UDP, now=23.0) == []
+    [(f, again)] = sends(pbx.receive(bye, CALLER, now=23.5))
+    assert f == CALLER and again.raw == r.raw
+
+
+def test_udp_bye_provisional_slows_to_t2_and_timer_f_408():
+    pbx = PbxLogic(ring_timeout=45.0)
+    fwd = _forwarded_udp(pbx)
+    [(_, ok)] = sends(pbx.receive(reply(fwd, 200), PHONE_UDP, now=1.0))
+    [(_, fbye)] = sends(pbx.receive(_bye_from_caller(ok), CALLER, now=10.0))
+    pbx.on_timer(10.5)
+    # a provisional response: Timer E now fires every T2 (RFC 3261 §17.1.2.2)
+    assert [m.status for _, m in sends(pbx.receive(reply(fbye, 100, contact=False), PHONE_UDP, now=10.6))] == [100]
+    fired = _run_timers(pbx, 60.0)
+    resent = [t - 10.0 for t, out in fired for _ in _retransmissions(out)]
+    assert resent[:3] == [1.5, 5.5, 9.5] and resent[-1] == 29.5
+    [(t, out)] = [(t, out) for t, out in fired if "timeout" in notes(out)]
+    assert t == 42.0 and [a.detail["timer"] for a in out if isinstance(a, Note)] == ["F"]
+    assert [(f, m.status, m.cseq.method) for f, m in sends(out)] == [(CALLER, 408, "BYE")]
+    assert pbx.call_state("call1") == "ended" and pbx.next_deadline() is None
+
+
+def test_udp_cancel_retransmitted_and_retransmitted_cancel_absorbed():
+    pbx = PbxLogic(ring_timeout=45.0)
+    fwd = _forwarded_udp(pbx)
+    pbx.receive(reply(fwd, 180), PHONE_UDP, now=0.2)
+    out = pbx.receive(cancel(), CALLER, now=1.0)
+    (f1, ok), (f2, c) = sends(out)
+    assert ok.status == 200 and f2 == PHONE_UDP and c.method == "CANCEL"
+    assert pbx.retransmitting() == [(fwd.top_via.branch, "CANCEL")]
+    assert _retransmissions(pbx.on_timer(1.5)) == [(PHONE_UDP, "CANCEL", 1)]
+    # the caller retransmits its CANCEL: 200 again, no second CANCEL toward the device
+    assert [(f, m.status) for f, m in sends(pbx.receive(cancel(), CALLER, now=1.6))] == [(CALLER, 200)]
+    assert pbx.receive(reply(c, 200, contact=False), PHONE_UDP, now=1.7) == []
+    assert pbx.retransmitting() == []
+    (fa, ack), (fb, r487) = sends(pbx.receive(reply(fwd, 487), PHONE_UDP, now=1.8))
+    assert ack.method == "ACK" and r487.status == 487 and fb == CALLER
+    # the device retransmits its 487 (our ACK was lost): ACKed again, not relayed
+    assert [(f, m.method) for f, m in sends(pbx.receive(reply(fwd, 487), PHONE_UDP, now=2.3))] == [(PHONE_UDP, "ACK")]
+
+
+def test_udp_cancel_waits_for_a_provisional_response():
+    pbx = PbxLogic(ring_timeout=45.0)
+    fwd = _forwarded_udp(pbx)
+    out = pbx.receive(cancel(), CALLER, now=0.2)
+    assert [(f, m.status) for f, m in sends(out)] == [(CALLER, 200)] and "cancel-deferred" in notes(out)
+    assert _retransmissions(pbx.on_timer(0.5)) == [(PHONE_UDP, "INVITE", 1)]
+    out = pbx.receive(reply(fwd, 180), PHONE_UDP, now=0.6)
+    assert [(f, m.method or m.status) for f, m in sends(out)] == [(PHONE_UDP, "CANCEL"), (CALLER, 180)]
+    assert pbx.retransmitting() == [(fwd.top_via.branch, "CANCEL")]
+
+
+def test_udp_cancel_before_any_response_then_timer_b_487():
+    pbx = PbxLogic(ring_timeout=45.0)
+    _forwarded_udp(pbx)
+    pbx.receive(cancel(), CALLER, now=0.2)
+    fired = _run_timers(pbx, 40.0)
+    assert [a.detail["action"] for _, out in fired for a in out if isinstance(a, Note)] == ["timeout"]
+    assert [(t, m.status) for t, out in fired for _, m in sends(out) if m.status] == [(32.0, 487)]
+
+
+def test_late_2xx_retransmission_acked_again_bye_retransmitted():
+    pbx = PbxLogic(ring_timeout=45.0)
+    fwd = _forwarded_udp(pbx)
+    pbx.receive(reply(fwd, 180), PHONE_UDP, now=0.2)
+    pbx.cancel_elsewhere("call1", "answered", now=1.0)
+    (_, ack), (_, bye) = sends(pbx.receive(reply(fwd, 200), PHONE_UDP, now=1.1))
+    assert _retransmissions(pbx.on_timer(1.5)) == [(PHONE_UDP, "CANCEL", 1)]
+    assert _retransmissions(pbx.on_timer(1.6)) == [(PHONE_UDP, "BYE", 1)]
+    # the device did not get the ACK: it retransmits the 200, the PBX ACKs it again (no new BYE)
+    again = sends(pbx.receive(reply(fwd, 200), PHONE_UDP, now=1.7))
+    assert [(f, m.method) for f, m in again] == [(PHONE_UDP, "ACK")] and again[0][1].raw == ack.raw
+    pbx.receive(reply(bye, 200, contact=False), PHONE_UDP, now=1.8)
+    assert pbx.call_state("call1") == "ended"
+    assert [m.method for _, m in sends(pbx.receive(reply(fwd, 200), PHONE_UDP, now=2.0))] == ["ACK"]
+
+
+async def test_driver_retransmits_on_mock_clock_with_sent_events(autojump_clock):
+    timeline = Timeline()
+    wire: list[tuple[float, Flow, Message]] = []
+
+    async def transmit(flow, data):
+        wire.append((trio.current_time(), flow, parse_datagram(data)))
+
+    pbx = PBX(timeline=timeline, transmit=transmit, ring_timeout=45.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pbx.run)
+        await pbx.receive(register(port=41002, transport="udp"), PHONE_UDP)
+        t0 = trio.current_time()
+        await pbx.receive(invite(), CALLER)
+        await trio.sleep(60.0)
+        pbx.stop()
+    to_device = [(t - t0, m.method) for t, f, m in wire if f == PHONE_UDP and m.method]
+    assert to_device == [(t, "INVITE") for t in (0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5)]
+    assert [(t - t0, m.status) for t, f, m in wire if f == CALLER] == [(0.0, 100), (32.0, 408)]
+    sent = [e for e in timeline.events if e.kind == "sent" and e.method == "INVITE"]
+    assert [e.detail.get("retransmission") for e in sent] == [None, 1, 2, 3, 4, 5, 6]
+    [timeout] = [e for e in timeline.events if e.kind == "pbx" and e.detail.get("action") == "timeout"]
+    assert timeout.detail["timer"] == "B" and timeout.call_id == "call1"
+    assert timeout.t == pytest.approx(sent[0].t + 32.0)
