@@ -40,7 +40,7 @@ app.command("demo")(demo)
 
 ConfdirOption = Annotated[
     Optional[Path],
-    typer.Option("--confdir", help="Config directory holding the lab CA [default: $FAULTLAB_HOME or ~/.faultlab]",
+    typer.Option("--confdir", help="Config directory holding the lab CA (default: $FAULTLAB_HOME or ~/.faultlab)",
                  file_okay=False),
 ]
 

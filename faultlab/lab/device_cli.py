@@ -135,12 +135,12 @@ def device(
     bundle: Annotated[str, typer.Option("--bundle", help="App bundle ID in pn-param.")] = "org.faultlab.device",
     expires: Annotated[int, typer.Option("--expires", help="Expires proposed in each REGISTER (seconds).")] = 600,
     name: Annotated[Optional[str], typer.Option(
-        "--name", help="The device's name in the timeline (source device:NAME) [default: USER].")] = None,
+        "--name", help="The device's name in the timeline (source device:NAME) (default: USER).")] = None,
     ca_file: Annotated[Optional[Path], typer.Option(
         "--ca-file", help="CA certificates to verify a tls: proxy with (e.g. faultlab's lab CA) "
-                          "[default: the system's].", dir_okay=False)] = None,
+                          "(default: the system's).", dir_okay=False)] = None,
     tls_server_name: Annotated[Optional[str], typer.Option(
-        "--tls-server-name", help="TLS server name (SNI and verification) [default: the proxy's HOST].")] = None,
+        "--tls-server-name", help="TLS server name (SNI and verification) (default: the proxy's HOST).")] = None,
     no_initial_register: Annotated[bool, typer.Option(
         "--no-initial-register",
         help="Do not REGISTER at start (by default the device registers once, as an app does at launch, "

@@ -109,7 +109,7 @@ def pbx(
         help="Name on the TLS certificate (default: the SNI name the device sends, else the listen address).")]
     = None,
     confdir: Annotated[Optional[Path], typer.Option(
-        "--confdir", help="Config directory holding the lab CA [default: $FAULTLAB_HOME or ~/.faultlab]",
+        "--confdir", help="Config directory holding the lab CA (default: $FAULTLAB_HOME or ~/.faultlab)",
         file_okay=False)] = None,
     trace: Annotated[Optional[Path], typer.Option(
         help="Write every event (messages with their bytes, decisions) to this JSONL file.", dir_okay=False)]
