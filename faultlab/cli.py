@@ -13,6 +13,7 @@ from faultlab.lab.device_cli import app as device_app
 from faultlab.lab.pbx_cli import app as pbx_app
 from faultlab.lab.run_cli import app as lab_app
 from faultlab.lab.run_cli import demo
+from faultlab.lab.sweep_cli import sweep_command
 from faultlab.lab.push_cli import app as push_app
 from faultlab.netns.cli import app as net_app
 from faultlab.trace.cli import app as trace_app
@@ -37,6 +38,7 @@ app.add_typer(call_app, name="call")
 app.add_typer(trace_app, name="trace")
 app.add_typer(lab_app, name="lab")
 app.command("demo")(demo)
+app.command("sweep")(sweep_command)
 
 ConfdirOption = Annotated[
     Optional[Path],

@@ -1,0 +1,132 @@
+"""``faultlab sweep``: a scenario over a grid of parameters x seeded runs, with results, a plot and a
+recommendation. Thin: parse options, call :mod:`faultlab.lab.sweep`, show progress with rich."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from faultlab.lab.device_logic import BEHAVIOURS
+from faultlab.lab.scenario import ScenarioError, load_scenario, override
+from faultlab.lab.sweep import SweepError, default_jobs, parse_param, recommend, summarise, sweep, write_results
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"faultlab sweep: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def sweep_command(
+    scenario: Annotated[str, typer.Option("--scenario", "-s", help="The scenario to sweep: id (S01), slug or TOML "
+                                          "file (faultlab lab scenarios).")],
+    param: Annotated[list[str], typer.Option("--param", "-P", help="KEY=VALUES to sweep, repeatable: a list (2,4,8) "
+                                             "or a range LO..HI:STEP. Keys: device.invite_deadline (alias "
+                                             "device.invite_wait), device.register_deadline, device.total_deadline, "
+                                             "device.ring_timeout (seconds); link.delay, link.jitter (ms, one way); "
+                                             "link.loss, link.duplicate, link.reorder (%); link.rate (1mbit); "
+                                             "rule.NAME.delay (s); call.*, pbx.hold, push.delay (s).")],
+    runs: Annotated[int, typer.Option(help="Runs per grid point (seeds SEED, SEED+1, ...: the same at every "
+                                      "point).")] = 20,
+    seed: Annotated[int, typer.Option(help="The first seed.")] = 1,
+    jobs: Annotated[str, typer.Option(help="Worker processes: a number, or auto (one per CPU core).")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Output directory: runs.jsonl (resumable), results.csv, "
+                                                "results.json, plot.html. Default: sweep-<scenario>.")] = None,
+    target: Annotated[float, typer.Option(help="Pass rate a deadline must reach to be recommended (0-1).")] = 0.99,
+    set_: Annotated[list[str], typer.Option("--set", help="Fix a scenario field for the whole sweep, KEY=VALUE "
+                                            "(as in faultlab lab run --set).")] = [],
+    behaviour: Annotated[Optional[str], typer.Option(help=f"Sweep a known-bad reference device: "
+                                                     f"{', '.join(BEHAVIOURS)}.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in virtual
+    time on every core; write results.csv, results.json and plot.html and print the smallest deadline that passes.
+    Interrupted (Ctrl-C)? Run the same command again: finished runs are kept."""
+    try:
+        base = load_scenario(scenario)
+        sets = []
+        for item in set_:
+            key, sep, value = item.partition("=")
+            if not sep:
+                _fail(f"--set {item!r}: write KEY=VALUE")
+            override(base, key.strip(), value.strip())
+            sets.append((key.strip(), value.strip()))
+        params = [parse_param(p) for p in param]
+    except (ScenarioError, SweepError) as exc:
+        _fail(str(exc))
+    if not params:
+        _fail("give at least one --param, e.g. --param device.invite_deadline=2,4,8")
+    if len({p.key for p in params}) != len(params):
+        _fail("each --param key once")
+    if runs < 1:
+        _fail("--runs must be at least 1")
+    if not 0 < target <= 1:
+        _fail("--target is a pass rate between 0 and 1, e.g. 0.99")
+    if behaviour is not None and behaviour not in BEHAVIOURS:
+        _fail(f"--behaviour {behaviour!r}: use one of {', '.join(BEHAVIOURS)}")
+    try:
+        n_jobs = default_jobs() if jobs == "auto" else int(jobs)
+        if n_jobs < 1:
+            raise ValueError
+    except ValueError:
+        _fail(f"--jobs {jobs!r}: a number of processes (1 or more) or auto")
+    out = out or Path(f"sweep-{base.id}")
+    grid = 1
+    for p in params:
+        grid *= len(p.values)
+    err = Console(stderr=True)
+    err.print(f"faultlab sweep: {base.id} {base.slug}, {grid} points x {runs} runs = {grid * runs} runs, seeds "
+              f"{seed}..{seed + runs - 1}, {n_jobs} jobs, virtual time; output in {out}/")
+    interrupted = False
+
+    def on_signal(signum, frame) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    previous = signal.signal(signal.SIGINT, on_signal)
+    begun = time.perf_counter()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=err, transient=True, disable=quiet) as progress:
+            task = progress.add_task("runs", total=grid * runs)
+
+            def on_row(row, done, total) -> None:
+                progress.update(task, completed=done)
+
+            rows = sweep(scenario, params, runs=runs, seed=seed, out=out, jobs=n_jobs, sets=sets,
+                         behaviour=behaviour, on_row=on_row, stop=lambda: interrupted)
+    except SweepError as exc:
+        _fail(str(exc))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    wall = time.perf_counter() - begun
+    if interrupted:
+        err.print(f"interrupted after {len(rows)} of {grid * runs} runs; run the same command again to finish")
+        raise typer.Exit(130)
+    summaries = summarise(rows, params)
+    lines = recommend(summaries, params, target)
+    write_results(out, rows, params, summaries, lines)
+    console = Console() if sys.stdout.isatty() else Console(width=140)
+
+    table = Table(title=f"{base.id} {base.slug}: pass rate and median times (s after the push) per point")
+    for p in params:
+        table.add_column(p.key, justify="right")
+    for column in ("runs", "pass", "→ ring", "→ connect", "→ end", "end reasons"):
+        table.add_column(column, justify="right")
+    for s in summaries:
+        table.add_row(*(p.label(s["point"][p.key]) for p in params), str(s["runs"]), f"{s['pass_rate']:.0%}",
+                      *(f"{s[k]:.2f}" if s[k] is not None else "-" for k in ("ring_median", "connect_median",
+                                                                             "end_median")),
+                      ", ".join(f"{k} {v}" for k, v in sorted(s["end_reasons"].items())))
+    console.print(table)
+    console.print("[bold]Recommendation[/bold]")
+    for line in lines:
+        console.print(line, highlight=False)
+    console.print(f"{len(rows)} runs in {wall:.1f} s; {out}/results.csv, results.json, plot.html")
