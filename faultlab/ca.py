@@ -312,6 +312,20 @@ class LabCA:
                 raise CAError(f"cannot write the CA certificate to {out}: {exc.strerror or exc}") from None
         return self._cert_pem
 
+    def export_mobileconfig(self, out: Path | None = None) -> bytes:
+        """Return the iOS configuration profile carrying the CA certificate (see
+        :mod:`faultlab.mobileconfig`) and, if ``out`` is given, write it there (mode 0644)."""
+        from faultlab.mobileconfig import build_mobileconfig
+
+        data = build_mobileconfig(self.cert)
+        if out is not None:
+            out = Path(out)
+            try:
+                _write_atomic(out, data, 0o644)
+            except OSError as exc:
+                raise CAError(f"cannot write the configuration profile to {out}: {exc.strerror or exc}") from None
+        return data
+
     # -- leaves ----------------------------------------------------------------
 
     def issue_leaf(self, names: Sequence[str]) -> tuple[bytes, bytes]:

@@ -211,20 +211,29 @@ def ca_init(
 def ca_export(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the CA certificate (PEM) here "
                                                 "instead of standard output.", dir_okay=False)] = None,
+    mobileconfig: Annotated[Optional[Path], typer.Option(
+        "--mobileconfig", metavar="FILE", dir_okay=False,
+        help="Write an iOS configuration profile (.mobileconfig, unsigned) carrying the CA here. After "
+             "installing it, enable full trust in Settings > General > About > Certificate Trust Settings. "
+             "Without --out, nothing goes to standard output.")] = None,
     confdir: ConfdirOption = None,
 ) -> None:
-    """Write the lab CA certificate (PEM), for devices to trust."""
+    """Write the lab CA certificate (PEM), or an iOS profile carrying it, for devices to trust."""
     from faultlab.ca import CAError, LabCA, default_confdir
 
     try:
         ca = LabCA.load(confdir or default_confdir())
+        if mobileconfig is not None:
+            ca.export_mobileconfig(mobileconfig)
+            typer.echo(f"wrote {mobileconfig} (iOS profile \"faultlab lab CA\"; then enable full trust for "
+                       f"\"{ca.common_name}\" in Settings > General > About > Certificate Trust Settings)", err=True)
+        if out is not None:
+            ca.export(out)
+            typer.echo(f"wrote {out}", err=True)
     except CAError as exc:
         _fail(str(exc))
-    if out is None:
+    if out is None and mobileconfig is None:
         typer.echo(ca.cert_pem.decode("ascii"), nl=False)
-    else:
-        ca.export(out)
-        typer.echo(f"wrote {out}", err=True)
 
 
 # -- profiles -----------------------------------------------------------------

@@ -444,7 +444,8 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
 
                 proxy.control = ProxyControl(proxy)
                 proxy.api_address = await nursery.start(
-                    partial(serve_api, proxy.control, *config.api, token=config.api_token))
+                    partial(serve_api, proxy.control, *config.api, token=config.api_token,
+                            ca_confdir=config.confdir))
                 proxy.emit("api", detail={"address": format_hostport(*proxy.api_address)})
             task_status.started(proxy)
     finally:

@@ -20,6 +20,8 @@ Resources, shaped after Toxiproxy's API (JSON in and out; errors as ``{"error": 
     GET    /flows                       open flows
     GET    /seed                        {"seed": N}
     GET    /events                      the timeline from now on: NDJSON, or SSE with Accept: text/event-stream
+    GET    /ca                          the lab CA install page for phones (and /ca/faultlab-ca.mobileconfig,
+                                        /ca/faultlab-ca.pem): public, no token (see faultlab.api.ca_page)
 
 ENTRY is ``{"name", "summary", "activated_at"}``; DEVICE is ``IP`` or ``IP:PORT`` (``[v6]:PORT``),
 percent-encoded in a path.
@@ -41,6 +43,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -53,6 +56,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from faultlab import __version__
 
+from .ca_page import ca_routes, is_public
 from .control import Control, ProfileError
 from .stream import EventStream
 
@@ -86,8 +90,9 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return _JSON({"error": message, "status": status}, status_code=status, headers=headers)
 
 
-def create_app(control: Control, *, token: str | None = None) -> ASGIApp:
-    """The control API over ``control``; with ``token``, every request needs ``Authorization: Bearer TOKEN``."""
+def create_app(control: Control, *, token: str | None = None, ca_confdir: Path | None = None) -> ASGIApp:
+    """The control API over ``control``; with ``token``, every request needs ``Authorization: Bearer TOKEN``
+    (but the public CA pages, served from ``ca_confdir``, default ``$FAULTLAB_HOME`` or ``~/.faultlab``)."""
     api = _Api(control)
     routes = [
         _route("/", GET=api.index),
@@ -103,6 +108,7 @@ def create_app(control: Control, *, token: str | None = None) -> ASGIApp:
         _route("/flows", GET=api.flows),
         _route("/seed", GET=api.seed),
         _route("/events", GET=api.events),
+        *ca_routes(ca_confdir),
     ]
     app = Starlette(
         routes=routes,
@@ -137,7 +143,7 @@ class _Api:
             "resources": [
                 "GET /version", "GET /profiles", "GET /active", "PUT /active", "GET /devices",
                 "GET|PUT|DELETE /devices/{device}/profile", "GET|POST /rules", "GET|DELETE /rules/{name}",
-                "GET /holds", "POST /holds/release", "GET /flows", "GET /seed", "GET /events",
+                "GET /holds", "POST /holds/release", "GET /flows", "GET /seed", "GET /events", "GET /ca",
             ],
         })
 
@@ -359,14 +365,15 @@ async def _on_crash(request: Request, exc: Exception) -> Response:
 
 
 class _Guard:
-    """Token check (401) when a token is set; otherwise a loopback-Host check (403, against DNS rebinding)."""
+    """Token check (401) when a token is set; otherwise a loopback-Host check (403, against DNS rebinding).
+    Neither for the public CA pages (:func:`~faultlab.api.ca_page.is_public`), which a phone must reach."""
 
     def __init__(self, app: ASGIApp, *, token: str | None) -> None:
         self.app = app
         self.token = token.encode() if token is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not is_public(scope):
             problem = self._check(Headers(scope=scope))
             if problem is not None:
                 await problem(scope, receive, send)

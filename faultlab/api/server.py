@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -123,9 +124,12 @@ async def serve_api(
     port: int,
     *,
     token: str | None,
+    ca_confdir: Path | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control API on ``host:port`` until cancelled; ``task_status.started((host, bound_port))``.
+
+    ``ca_confdir`` holds the lab CA that ``GET /ca`` offers devices (None: ``$FAULTLAB_HOME`` or ``~/.faultlab``).
 
     Raises :class:`ApiBindError` before listening when :func:`check_api_bind` refuses, or when the
     address cannot be bound (in use, not on this machine).
@@ -136,7 +140,7 @@ async def serve_api(
     config.accesslog = None
     config.errorlog = log  # hypercorn's "Running on ..." is info; errors go to faultlab's logging
     config.graceful_timeout = 1.0
-    app = create_app(control, token=token)
+    app = create_app(control, token=token, ca_confdir=ca_confdir)
     status = _Started(host, task_status)
     try:
         await serve(app, config, mode="asgi", task_status=status)  # type: ignore[arg-type]
