@@ -7,7 +7,9 @@ Mounted by ``faultlab/cli.py`` with ``app.add_typer(device_app, name="device")``
 from __future__ import annotations
 
 import json
+import math
 import signal
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -88,6 +90,42 @@ async def stream_pushes(url: str, send: trio.MemorySendChannel) -> None:
         await trio.sleep(1)
 
 
+def collector_event(name: str, event: dict) -> dict:
+    """A device event (the reference device's ``on_event`` dict) in the event collector's schema
+    (docs/device-events.md): device, event, call_id, uuid, reason (``ended`` only), client_time."""
+    body = {"device": name, "event": event["event"]}
+    for key in ("call_id", "uuid", "reason"):
+        if event.get(key) is not None:
+            body[key] = event[key]
+    body["client_time"] = time.time()
+    return body
+
+
+def events_url(url: str) -> str:
+    """``http://HOST:PORT`` -> its ``/events`` endpoint; a URL with a path is kept as it is."""
+    if urllib.parse.urlsplit(url).path in ("", "/"):
+        return url.rstrip("/") + "/events"
+    return url
+
+
+async def post_events(url: str, receive: trio.MemoryReceiveChannel) -> None:
+    """POST each event from ``receive`` to the collector at ``url``, one at a time in their order (urllib, in a
+    thread). A failed post is reported on stderr and skipped: the collector never changes what the device does."""
+
+    def post(body: dict) -> None:
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    async for body in receive:
+        try:
+            await trio.to_thread.run_sync(post, body, abandon_on_cancel=True)
+        except (OSError, ValueError) as exc:
+            typer.secho(f"faultlab device: posting {body['event']} to {url}: {exc}", err=True,
+                        fg=typer.colors.YELLOW)
+
+
 @app.callback(invoke_without_command=True)
 def device(
     proxy: Annotated[str, typer.Option(
@@ -136,6 +174,11 @@ def device(
     expires: Annotated[int, typer.Option("--expires", help="Expires proposed in each REGISTER (seconds).")] = 600,
     name: Annotated[Optional[str], typer.Option(
         "--name", help="The device's name in the timeline (source device:NAME) (default: USER).")] = None,
+    events_url_: Annotated[Optional[str], typer.Option(
+        "--events-url", metavar="URL",
+        help="Also POST each device event to this event collector (http://HOST:PORT, whose /events is then "
+             "used, or the full URL), as an instrumented app does (docs/device-events.md): device (--name), "
+             "event, call_id, uuid, reason, client_time. A failed post is reported and skipped.")] = None,
     ca_file: Annotated[Optional[Path], typer.Option(
         "--ca-file", help="CA certificates to verify a tls: proxy with (e.g. faultlab's lab CA) "
                           "(default: the system's).", dir_okay=False)] = None,
@@ -180,8 +223,12 @@ def device(
     except ValueError as exc:
         _fail(str(exc))
 
+    post_send, post_receive = trio.open_memory_channel(math.inf)
+
     def print_event(event: dict) -> None:
         print(json.dumps(event), flush=True)
+        if events_url_ is not None:
+            post_send.send_nowait(collector_event(name or user, event))
 
     if push_url is not None and urllib.parse.urlsplit(push_url).path in ("", "/"):
         push_url = push_url.rstrip("/") + f"/devices/{token}/pushes"
@@ -195,6 +242,8 @@ def device(
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
+            if events_url_ is not None:
+                nursery.start_soon(post_events, events_url(events_url_), post_receive)
             pushes = None
             if push_url is not None:
                 send, pushes = trio.open_memory_channel(16)

@@ -13,17 +13,20 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import trio
 import typer
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from faultlab.faults import ProfileError, load_profile
+from faultlab.faults import ProfileError, load_profile, parse_duration
+from faultlab.lab.external import ExternalLabError, ExternalSettings, open_external_lab
 from faultlab.lab.device_logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.runner import Case, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override
+from faultlab.net.addr import EndpointError, format_hostport, parse_endpoint
 
 app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check.",
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -88,16 +91,29 @@ def _parse_sets(sets: list[str]) -> list[tuple[str, str]]:
 
 def execute(
     scenario_names: list[str], profile_names: list[str], transports: list[str], *, device: str, behaviour: str | None,
-    pbx: str, seed: int | None, virtual: bool, network: str, sets: list[str], junit: Path | None,
+    pbx: str, seed: int | None, virtual: bool | None, network: str, sets: list[str], junit: Path | None,
     json_path: Path | None, trace_dir: Path | None, quiet: bool, title: str = "faultlab lab run",
+    external: dict | None = None,
 ) -> int:
-    """Run the matrix and print the table; the exit code (0: every check passed, 1: some failed)."""
+    """Run the matrix and print the table; the exit code (0: every check passed, 1: some failed).
+
+    ``virtual``: None when not given (virtual time for the reference device). ``external``: the options of
+    ``--device external`` (listen, push_listen, events_listen, user, apns_url, register_timeout, pause), None or
+    empty values when not given."""
     err = Console(stderr=True)
+    external_settings = None
     if device == "external":
-        _fail("--device external is not available yet: the runner drives the reference device only. A real "
-              "device's events can be collected with `faultlab push-gateway --events` (docs/device-events.md).")
-    if device != "reference":
-        _fail(f"--device {device!r}: use reference (or external)")
+        external_settings = _external_settings(external or {}, virtual=virtual, behaviour=behaviour,
+                                               network=network, transports=transports)
+        virtual = False
+    elif device != "reference":
+        _fail(f"--device {device!r}: use reference or external")
+    else:
+        given = [name for name, value in (external or {}).items() if value]
+        if given:
+            _fail(f"--{given[0].replace('_', '-')} only with --device external (a real device); the reference "
+                  "device runs in a lab of its own per run")
+        virtual = True if virtual is None else virtual
     if pbx != "embedded":
         _fail(f"--pbx {pbx!r}: only the embedded PBX can run the catalogue's scenarios so far (it sends the pushes "
               "and scripts answered/declined-elsewhere); use --pbx embedded")
@@ -123,18 +139,26 @@ def execute(
     if seed is None:
         seed = random.randrange(2**31)
     todo = [(s, p, t) for s in chosen for p in profiles for t in transports_for(s, transports)]
-    if not todo:
+    if not todo and external_settings is None:
         _fail("nothing to run: none of the chosen scenarios applies to --transport " + ",".join(transports))
     clock = "virtual time" if virtual else "real time"
     net = network or ("memory" if virtual else "loopback")
-    err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
-              + (f" with behaviour {behaviour}" if behaviour else ""))
     cases: list[Case] = []
     begun = time.perf_counter()
+    if external_settings is not None:
+        net = "external"
+        todo_external = [(s, p) for s in chosen for p in profiles]
+        err.print(f"{title}: {len(todo_external)} cases, seed {seed}, real time, external device "
+                  f"{external_settings.user} (the device's own transport)")
+        external_settings.seed = seed
+        cases = _run_external(external_settings, todo_external, trace_dir, err)
+    else:
+        err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
+                  + (f" with behaviour {behaviour}" if behaviour else ""))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=quiet) as progress:
+                  console=err, transient=True, disable=quiet or external_settings is not None) as progress:
         task = progress.add_task("running", total=len(todo))
-        for scenario, profile, transport in todo:
+        for scenario, profile, transport in (todo if external_settings is None else []):
             progress.update(task, description=f"{scenario.id} {profile.name if profile else 'none'} {transport}")
             cases.append(run_case(scenario, profile, transport=transport, seed=seed, behaviour=behaviour,
                                   virtual=virtual, network=network, trace_dir=trace_dir))
@@ -150,6 +174,11 @@ def execute(
                 "transports": transports or "first of each scenario", "device": device, "behaviour": behaviour,
                 "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets,
                 "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3)}
+    if external_settings is not None:
+        settings["external"] = {"listen": [str(e) for e in external_settings.listen],
+                                "push_listen": format_hostport(*external_settings.push_listen),
+                                "events_listen": format_hostport(*external_settings.events_listen),
+                                "user": external_settings.user, "apns_url": external_settings.apns_url}
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(to_json(cases, settings), indent=2) + "\n")
@@ -161,6 +190,82 @@ def execute(
     if trace_dir is not None:
         err.print(f"traces: {trace_dir}/ (faultlab trace ladder FILE, faultlab trace pcap FILE -o FILE.pcap)")
     return 0 if not failed else 1
+
+
+# ---------------------------------------------------------------------------------------------- --device external
+
+
+def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | None, network: str,
+                       transports: list[str]) -> ExternalSettings:
+    """The external lab's settings from the options of ``--device external``; refuses what cannot apply."""
+    if virtual is True:
+        _fail("--device external runs in real time only (a real device lives on the real clock): drop "
+              "--virtual-time")
+    if behaviour is not None:
+        _fail("--behaviour is the reference device's; with --device external the device behaves as it does")
+    if network:
+        _fail(f"--network {network}: with --device external the lab listens on --listen, --push-listen and "
+              "--events-listen")
+    if transports:
+        _fail("--transport: with --device external each case runs on the transport the device registered over; "
+              "choose it with --listen (udp:, tcp: or tls:)")
+    listen = []
+    for spec in options.get("listen") or ["udp:0.0.0.0:5060"]:
+        try:
+            listen.append(parse_endpoint(spec))
+        except EndpointError as exc:
+            _fail(f"--listen: {exc}")
+    pause = options.get("pause")
+    return ExternalSettings(
+        listen=listen,
+        push_listen=_hostport("--push-listen", options.get("push_listen") or "0.0.0.0:2197"),
+        events_listen=_hostport("--events-listen", options.get("events_listen") or "0.0.0.0:8090"),
+        user=options.get("user") or "alice",
+        domain=options.get("domain") or "lab.test",
+        apns_url=options.get("apns_url") or None,
+        register_timeout=_duration("--register-timeout", options.get("register_timeout") or "120s"),
+        pause=_duration("--pause", pause) if pause else 5.0,
+    )
+
+
+def _hostport(option: str, text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        _fail(f"{option} {text!r}: expected HOST:PORT, e.g. 0.0.0.0:8090 or [::]:8090")
+    return host, int(port)
+
+
+def _duration(option: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError:
+        _fail(f"{option} {text!r}: expected a duration such as 120s or 2m")
+    return 0.0
+
+
+def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None, err: Console) -> list[Case]:
+    """Open the external lab once, wait for the device, run every case in order (printing prompts)."""
+    cases: list[Case] = []
+
+    async def main() -> None:
+        async with open_external_lab(settings, say=lambda line: err.print(line, highlight=False)) as lab:
+            await lab.wait_ready()
+            for scenario, profile in todo:
+                case = await lab.run_case(scenario, profile, trace_dir=trace_dir)
+                if case is not None:
+                    cases.append(case)
+                    err.print(f"{scenario.name}: " + ("[green]pass[/green]" if case.passed else "[red]FAIL[/red]"))
+
+    try:
+        trio.run(main)
+    except ExternalLabError as exc:
+        _fail(str(exc), code=1)
+    except OSError as exc:
+        _fail(f"cannot open the external lab: {exc}")
+    except KeyboardInterrupt:
+        err.print("interrupted: the cases run so far follow")
+    return cases
 
 
 def _console() -> Console:
@@ -210,15 +315,20 @@ def run(
                                                 "scenarios x profiles. Default: none.")] = [],
     transport: Annotated[list[str], typer.Option("--transport", "-t", help="udp, tcp or tls; repeat for more. "
                                                   "Default: each scenario's first transport.")] = [],
-    device: Annotated[str, typer.Option(help="reference: faultlab's reference device (simulated iOS app).")] =
-        "reference",
+    device: Annotated[str, typer.Option(help="reference: faultlab's reference device (simulated iOS app), in a lab "
+                                        "of its own per run. external: a real, instrumented device that "
+                                        "registers through faultlab and posts its device events (real time; "
+                                        "see --listen ... --pause and docs/lab-runs.md).")] = "reference",
     behaviour: Annotated[Optional[str], typer.Option(help=f"Run the reference device with one of its known-bad "
                                                      f"behaviours: {_BEHAVIOURS}.")] = None,
     pbx: Annotated[str, typer.Option(help="embedded: faultlab's PBX (registrar with RFC 8599 push).")] = "embedded",
     seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice (faultlab's faults); printed "
                                                 "and in the reports. Default: a random one.")] = None,
-    virtual_time: Annotated[bool, typer.Option("--virtual-time/--real-time", help="Virtual time (trio's mock "
-                                               "clock: a 30-second call in milliseconds) or the real clock.")] = True,
+    virtual_time: Annotated[Optional[bool], typer.Option("--virtual-time/--real-time", help="Virtual time "
+                                                         "(trio's mock clock: a 30-second call in milliseconds) or "
+                                                         "the real clock. Default: virtual time; --device "
+                                                         "external is real time only.",
+                                                         show_default=False)] = None,
     network: Annotated[str, typer.Option(help="memory (in-process network, virtual time only) or loopback (real "
                                          "sockets on 127.0.0.1). Default: memory in virtual time, loopback in "
                                          "real time.")] = "",
@@ -230,12 +340,34 @@ def run(
     trace_dir: Annotated[Optional[Path], typer.Option(help="Write each run's timeline as JSONL here "
                                                       "(faultlab trace ladder / pcap read them).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    listen: Annotated[list[str], typer.Option("--listen", metavar="TRANSPORT:HOST:PORT", help="--device external: "
+                                              "faultlab's relay, where the device sends its SIP (in front of the "
+                                              "embedded PBX); repeat for more. Default: udp:0.0.0.0:5060.")] = [],
+    push_listen: Annotated[Optional[str], typer.Option("--push-listen", metavar="HOST:PORT", help="--device "
+                                                       "external: the APNs-compatible push gateway the PBX pushes "
+                                                       "through. Default: 0.0.0.0:2197.")] = None,
+    apns_url: Annotated[Optional[str], typer.Option("--apns-url", metavar="URL", help="--device external: relay "
+                                                    "pushes to this APNs (e.g. https://api.sandbox.push.apple.com); "
+                                                    "without it pushes go only to devices reading the gateway's "
+                                                    "stream /devices/<token>/pushes.")] = None,
+    events_listen: Annotated[Optional[str], typer.Option("--events-listen", metavar="HOST:PORT", help="--device "
+                                                         "external: the event collector the app posts its device "
+                                                         "events to (POST /events). Default: 0.0.0.0:8090.")] = None,
+    user: Annotated[Optional[str], typer.Option("--user", help="--device external: the user whose device is "
+                                                "called (sip:USER@lab.test). Default: alice.")] = None,
+    register_timeout: Annotated[Optional[str], typer.Option("--register-timeout", metavar="DURATION",
+                                                            help="--device external: how long to wait for the "
+                                                            "device to register. Default: 120s.")] = None,
+    pause: Annotated[Optional[str], typer.Option("--pause", metavar="DURATION", help="--device external: the "
+                                                 "pause between calls. Default: 5s.")] = None,
 ) -> None:
     """Run scenarios x profiles in the lab (push gateway, embedded PBX, faultlab, reference device, caller) and
     print a verdict per check. Exit code 0 only if every check passed."""
     code = execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, seed=seed,
                    virtual=virtual_time, network=network, sets=set_, junit=junit, json_path=json_, trace_dir=trace_dir,
-                   quiet=quiet)
+                   quiet=quiet, external={"listen": listen, "push_listen": push_listen, "apns_url": apns_url,
+                                          "events_listen": events_listen, "user": user,
+                                          "register_timeout": register_timeout, "pause": pause})
     raise typer.Exit(code)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import trio
 import trio.testing
 
 from faultlab.faults import Profile
+from faultlab.lab.caller import CallHandle
 from faultlab.lab.checks import (
     CheckResult,
     anchors,
@@ -40,12 +41,14 @@ from faultlab.lab.checks import (
     check_invariants,
 )
 from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushFaults
 from faultlab.lab.scenario import Scenario, merge_profiles
 from faultlab.lab.stack import open_lab_stack
 from faultlab.trace import Event, JsonlWriter
 
-__all__ = ["Case", "Run", "run_case", "run_matrix", "run_once", "SETTLE"]
+__all__ = ["Case", "Run", "case_faults", "judge", "play_call", "push_faults", "run_case", "run_matrix",
+           "run_once", "SETTLE"]
 
 IDLE = 1.0  # seconds between the device's REGISTER at start and the call
 SETTLE = 2.0  # seconds after the device's end during which a second end (or a late message) is still seen
@@ -109,20 +112,69 @@ def device_config(scenario: Scenario, behaviour: str | None) -> DeviceConfig:
                         **scenario.device)
 
 
+def case_faults(scenario: Scenario, profile: Profile | None) -> Profile | None:
+    """faultlab's profile for a case: the scenario's faults merged with the matrix profile (the scenario's first)."""
+    faults = scenario.faults
+    if profile is not None:
+        faults = profile if faults is None else merge_profiles(faults, profile)
+    return faults
+
+
+def push_faults(scenario: Scenario, cancel_pushes: str) -> PushFaults:
+    """The push gateway's faults for one run: the scenario's, with cancel pushes dropped for check 3's second run."""
+    return PushFaults(drop_cancel=cancel_pushes == "dropped" or scenario.push_drop_cancel,
+                      delay=scenario.push_delay, duplicate=scenario.push_duplicate)
+
+
+async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX,
+                    wait_ended: Callable[[], Awaitable[object]],
+                    user: Callable[[float], Awaitable[None]] | None = None) -> None:
+    """Play the scenario's call script on a placed call (``handle``, just sent): the caller's CANCEL, the second
+    device's answer/decline elsewhere, the caller's hang-up. Return ``SETTLE`` seconds after ``wait_ended()``
+    returns (the device ended the call), or at the scenario's ``duration`` after the INVITE.
+
+    ``user(start)``, if given, runs alongside (the external device's prompts: the reference device scripts its
+    user itself); ``start`` is the trio time of the INVITE."""
+    start = trio.current_time()
+    async with trio.open_nursery() as script:
+        if scenario.cancel_at is not None:
+            async def cancel() -> None:
+                await trio.sleep_until(start + scenario.cancel_at)
+                if handle.final is None:
+                    await handle.cancel(reason=scenario.cancel_reason)
+            script.start_soon(cancel)
+        if scenario.elsewhere is not None:
+            async def elsewhere() -> None:
+                await handle.wait_for(180, timeout=math.inf)
+                await trio.sleep(scenario.elsewhere_at)
+                if handle.final is None:
+                    await pbx.cancel_elsewhere(handle.call_id, scenario.elsewhere)
+            script.start_soon(elsewhere)
+        if scenario.hang_up_after is not None:
+            async def hang_up() -> None:
+                final = await handle.wait_final(timeout=math.inf)
+                if 200 <= final.status < 300:
+                    await trio.sleep(scenario.hang_up_after)
+                    await handle.hang_up()
+            script.start_soon(hang_up)
+        if user is not None:
+            script.start_soon(user, start)
+        with trio.move_on_at(start + scenario.duration):
+            await wait_ended()
+            await trio.sleep(SETTLE)
+        script.cancel_scope.cancel()
+
+
 async def play(run: Run, *, network: str, confdir: Path | None) -> None:
     """Run ``run``'s scenario in a new lab in the current ``trio.run``; fill in its events and call id."""
     scenario = run.scenario
-    push_faults = PushFaults(drop_cancel=run.cancel_pushes == "dropped" or scenario.push_drop_cancel,
-                             delay=scenario.push_delay, duplicate=scenario.push_duplicate)
-    faults = scenario.faults
-    if run.profile is not None:
-        faults = run.profile if faults is None else merge_profiles(faults, run.profile)
+    faults = case_faults(scenario, run.profile)
     start_wall = time.perf_counter()
     lab_kwargs = {"new_connection_on_push": True} if scenario.new_connection else {}
     async with open_lab_stack(run.transport, device_config=device_config(scenario, run.behaviour),
-                              push_faults=push_faults, seed=run.seed, pbx_hold=scenario.pbx_hold,
-                              cancel_push=scenario.pbx_cancel_push, confdir=confdir, network=network,
-                              **lab_kwargs) as lab:
+                              push_faults=push_faults(scenario, run.cancel_pushes), seed=run.seed,
+                              pbx_hold=scenario.pbx_hold, cancel_push=scenario.pbx_cancel_push, confdir=confdir,
+                              network=network, **lab_kwargs) as lab:
         try:
             if lab.device.initial_register != 200:
                 run.error = f"the device did not register at start: {lab.device.initial_register}"
@@ -132,32 +184,8 @@ async def play(run: Run, *, network: str, confdir: Path | None) -> None:
                 lab.proxy.activate(faults)
             handle = await lab.caller.call(lab.device_aor)
             run.call_id = handle.call_id
-            start = trio.current_time()
-            async with trio.open_nursery() as script:
-                if scenario.cancel_at is not None:
-                    async def cancel() -> None:
-                        await trio.sleep_until(start + scenario.cancel_at)
-                        if handle.final is None:
-                            await handle.cancel(reason=scenario.cancel_reason)
-                    script.start_soon(cancel)
-                if scenario.elsewhere is not None:
-                    async def elsewhere() -> None:
-                        await handle.wait_for(180, timeout=math.inf)
-                        await trio.sleep(scenario.elsewhere_at)
-                        if handle.final is None:
-                            await lab.pbx.cancel_elsewhere(handle.call_id, scenario.elsewhere)
-                    script.start_soon(elsewhere)
-                if scenario.hang_up_after is not None:
-                    async def hang_up() -> None:
-                        final = await handle.wait_final(timeout=math.inf)
-                        if 200 <= final.status < 300:
-                            await trio.sleep(scenario.hang_up_after)
-                            await handle.hang_up()
-                    script.start_soon(hang_up)
-                with trio.move_on_at(start + scenario.duration):
-                    await lab.wait_device_ended(handle.call_id, math.inf)
-                    await trio.sleep(SETTLE)
-                script.cancel_scope.cancel()
+            await play_call(scenario, handle, pbx=lab.pbx,
+                            wait_ended=lambda: lab.wait_device_ended(handle.call_id, math.inf))
         finally:
             run.duration = lab.timeline.now()
             run.events = list(lab.timeline.events)

@@ -6,7 +6,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from faultlab.lab.device_cli import app, push_from_line
+from faultlab.lab.device_cli import app, collector_event, events_url, post_events, push_from_line
 from faultlab.lab.device_logic import BEHAVIOURS
 
 main = typer.Typer()
@@ -28,7 +28,7 @@ def test_help_explains_every_option() -> None:
     for option in ("--proxy", "--user", "--domain", "--token", "--push-url", "--answer-after", "--decline-after",
                    "--no-answer", "--register-deadline", "--invite-deadline", "--total-deadline", "--behaviour",
                    "--team-id", "--bundle", "--expires", "--name", "--ca-file", "--tls-server-name",
-                   "--no-initial-register", "--new-connection-on-push"):
+                   "--no-initial-register", "--new-connection-on-push", "--events-url"):
         assert option in result.output, option
     flat = " ".join(result.output.replace("│", " ").split())
     for name in BEHAVIOURS:
@@ -76,3 +76,54 @@ def test_docs_describe_every_behaviour() -> None:
         assert f"`{name}`" in doc, name
     for reason in ("answeredElsewhere", "declinedElsewhere", "remoteEnded", "unanswered", "failed"):
         assert reason in doc
+
+
+# ---------------------------------------------------------------------------------------------- --events-url
+
+
+def test_device_events_follow_the_collector_schema() -> None:
+    from faultlab.lab.collector import DeviceEvent
+
+    ended = collector_event("alice", {"t": 3.2, "call_id": "c1@pbx", "event": "ended", "reason": "remoteEnded",
+                                      "uuid": "6F1C0A4E-0D0B-4C77-9B6E-2F3A0E5B1D10"})
+    reported = collector_event("alice", {"t": 1.0, "call_id": "c1@pbx", "event": "reported", "uuid": "6F1C"})
+    for body in (ended, reported):
+        assert DeviceEvent.from_json(body).to_json() == body  # accepted as is by the collector
+    assert set(ended) == {"device", "event", "call_id", "uuid", "reason", "client_time"}
+    assert "reason" not in reported and "t" not in reported
+
+
+@pytest.mark.parametrize("given, used", [
+    ("http://127.0.0.1:8090", "http://127.0.0.1:8090/events"),
+    ("http://127.0.0.1:8090/", "http://127.0.0.1:8090/events"),
+    ("http://lab:8090/my/events", "http://lab:8090/my/events"),
+])
+def test_events_url(given, used) -> None:
+    assert events_url(given) == used
+
+
+async def test_post_events_reach_a_collector_in_order_and_failures_are_skipped(capsys) -> None:
+    import trio
+
+    from faultlab.lab.collector import serve_collector
+    from faultlab.lab.timeline import Timeline
+
+    timeline = Timeline()
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(serve_collector, timeline, "127.0.0.1", 0)
+        send, receive = trio.open_memory_channel(10)
+        bad_send, bad_receive = trio.open_memory_channel(10)
+        for event in ("reported", "answer-tapped"):
+            send.send_nowait(collector_event("alice", {"event": event, "call_id": "c1@pbx"}))
+        send.send_nowait(collector_event("alice", {"event": "ended", "reason": "unanswered", "call_id": "c1@pbx"}))
+        send.close()
+        bad_send.send_nowait({"device": "alice", "event": "nope", "call_id": "x", "client_time": 1.0})
+        bad_send.close()
+        with trio.fail_after(10):
+            await post_events(f"http://127.0.0.1:{port}/events", bad_receive)  # 400: reported, skipped
+            await post_events(f"http://127.0.0.1:{port}/events", receive)
+        nursery.cancel_scope.cancel()
+    got = [(e.source, e.call_id, e.detail["event"], e.detail.get("reason")) for e in timeline.events]
+    assert got == [("device:alice", "c1@pbx", "reported", None), ("device:alice", "c1@pbx", "answer-tapped", None),
+                   ("device:alice", "c1@pbx", "ended", "unanswered")]
+    assert "posting nope" in capsys.readouterr().err

@@ -1,0 +1,133 @@
+"""``faultlab lab run --device external``: the external lab judging a device in another process.
+
+The external lab (:mod:`faultlab.lab.external`) runs in this test's trio run on 127.0.0.1 with port 0; the device
+is the reference device as a process of its own (``python -m faultlab device``), as a real phone would be: it
+registers through faultlab's relay with RFC 8599 parameters, reads its pushes from the gateway's stream and posts
+its device events to the lab's event collector (``--events-url``). Readiness comes from the lab's own
+registration wait, never from sleeps; the only sleeps are the lab's pauses between calls.
+"""
+
+from __future__ import annotations
+
+import time
+
+import trio
+from typer.testing import CliRunner
+
+from faultlab.cli import app as cli
+from faultlab.lab.external import ExternalSettings, open_external_lab, with_call_ids
+from faultlab.lab.scenario import load_scenario
+from faultlab.net.addr import Endpoint
+from faultlab.trace import Event
+from tests.actors import actor_env, open_actors
+
+HOST = "127.0.0.1"
+TOKEN = "a1b2c3d4e5f60718"
+
+
+def _settings() -> ExternalSettings:
+    return ExternalSettings(listen=[Endpoint("udp", HOST, 0)], push_listen=(HOST, 0), events_listen=(HOST, 0),
+                            user="alice", register_timeout=30.0, pause=0.5, seed=1)
+
+
+def _device_args(lab, *extra: str) -> list[str]:
+    return ["device", "--proxy", f"udp:{HOST}:{lab.proxy.bound['udp'][1]}", "--user", "alice",
+            "--domain", "lab.test", "--token", TOKEN, "--name", "alice-phone",
+            "--push-url", f"{lab.push_url}/devices/{TOKEN}/pushes", "--events-url", lab.events_url, *extra]
+
+
+async def test_external_lab_judges_a_device_in_another_process(tmp_path):
+    said: list[str] = []
+    begun = time.perf_counter()
+    async with open_external_lab(_settings(), say=said.append) as lab:
+        async with open_actors(actor_env(tmp_path / "home")) as actors:
+            await actors.spawn("device", *_device_args(lab))
+            with trio.fail_after(30):
+                binding = await lab.wait_ready()
+            assert binding.token == TOKEN and binding.push["pn-provider"] == "apns"
+            assert any("POSTs its CallKit events to http://127.0.0.1:" in line for line in said), said
+            assert any("device registered: sip:alice@lab.test over udp" in line for line in said), said
+
+            cases = []
+            with trio.fail_after(90):
+                for name in ("S05", "S06", "S04"):
+                    cases.append(await lab.run_case(load_scenario(name), trace_dir=tmp_path / "traces"))
+    for case in cases:
+        assert case is not None
+        assert case.passed, [(c.check, c.message, c.evidence) for c in case.checks]
+        assert [c.check for c in case.checks] == ["ends-right", "cancel-push", "invariants"]
+        assert len(case.runs) == 2 and case.runs[1].cancel_pushes == "dropped"
+        for run in case.runs:
+            ends = [e for e in run.events if e.kind == "device" and e.detail["event"] == "ended"]
+            assert [(e.source, e.call_id, e.detail["origin"]) for e in ends] == [
+                ("device:alice-phone", run.call_id, "collector")]  # posted by the device process
+        # no cancel push reached the device in the second run (the gateway dropped any)
+        cancels = [e for e in case.runs[1].events if e.kind == "push" and e.detail["push_kind"] == "cancel"]
+        assert {e.detail["outcome"] for e in cancels} <= {"dropped"}
+    s04 = cases[2]  # the PBX sends a cancel push for S04's held INVITE: delivered, then dropped
+    for run, outcome in zip(s04.runs, ("delivered", "dropped")):
+        assert [e.detail["outcome"] for e in run.events if e.kind == "push"
+                and e.detail["push_kind"] == "cancel"] == [outcome]
+    assert any(e.kind == "fault" for e in s04.runs[0].events)  # S04's REGISTER delay was switched on
+    assert not any(e.kind == "fault" for e in cases[0].runs[0].events)  # ... and only for S04
+    print(f"external lab: S05, S06, S04 (6 calls) judged in {time.perf_counter() - begun:.1f} s")
+
+
+async def test_a_device_with_the_wrong_reason_mapping_fails_check_1(tmp_path):
+    async with open_external_lab(_settings(), say=lambda line: None) as lab:
+        async with open_actors(actor_env(tmp_path / "home")) as actors:
+            await actors.spawn("device", *_device_args(lab, "--behaviour", "wrong-reason-mapping"))
+            with trio.fail_after(30):
+                await lab.wait_ready()
+            with trio.fail_after(60):
+                case = await lab.run_case(load_scenario("S06"))
+    assert case is not None and not case.passed
+    results = {c.check: c for c in case.checks}
+    assert not results["ends-right"].passed
+    assert "expected answeredElsewhere" in results["ends-right"].message
+
+
+async def test_no_device_is_a_clear_error_with_instructions():
+    said: list[str] = []
+    settings = _settings()
+    settings.register_timeout = 0.2
+    async with open_external_lab(settings, say=said.append) as lab:
+        try:
+            await lab.wait_ready()
+        except Exception as exc:
+            assert "no device registered as sip:alice@lab.test" in str(exc)
+        else:
+            raise AssertionError("wait_ready returned without a device")
+    text = "\n".join(said)
+    assert "pn-provider=apns;pn-prid=<VoIP token>" in text
+    assert "/devices/<token>/pushes" in text and "/events" in text
+
+
+def test_uuid_only_device_events_get_the_call_id_of_their_push():
+    uuid = "6F1C0A4E-0D0B-4C77-9B6E-2F3A0E5B1D10"
+    events = [Event(1.0, "device", source="device:phone", detail={"event": "reported", "uuid": uuid}),
+              Event(2.0, "device", source="device:phone", call_id="c1@pbx", detail={"event": "ended", "uuid": uuid}),
+              Event(3.0, "device", source="device:phone", detail={"event": "ended", "uuid": "other"})]
+    fixed = with_call_ids(events, {uuid.lower(): "c1@pbx"})
+    assert [e.call_id for e in fixed] == ["c1@pbx", "c1@pbx", None]
+
+
+runner = CliRunner()
+
+
+def test_cli_refuses_bad_combinations_with_external():
+    for args, words in [
+        (["--virtual-time"], "real time only"),
+        (["--behaviour", "never-ends"], "--behaviour"),
+        (["--network", "memory"], "--network"),
+        (["--transport", "tcp"], "--transport"),
+        (["--listen", "udp:nonsense"], "--listen"),
+        (["--register-timeout", "soon"], "--register-timeout"),
+    ]:
+        result = runner.invoke(cli, ["lab", "run", "--device", "external", "-s", "S05", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert words in result.output, (args, result.output)
+    result = runner.invoke(cli, ["lab", "run", "-s", "S05", "--listen", "udp:0.0.0.0:5060"])
+    assert result.exit_code == 2 and "only with --device external" in result.output, result.output
+    result = runner.invoke(cli, ["lab", "run", "-s", "S05", "--device", "phone"])
+    assert result.exit_code == 2 and "use reference or external" in result.output, result.output
