@@ -312,8 +312,13 @@ class Device:
         t = self.proxy.transport
         return f"<{contact_uri(self.user, self._local, t, self.token, self.team_id, self.bundle)}>"
 
-    async def _register_transaction(self) -> tuple:
-        """One REGISTER transaction.
+    async def unregister(self) -> tuple:
+        """Remove this device's binding (REGISTER with ``Expires: 0``), e.g. before leaving a PBX that outlives the
+        lab; returns as :meth:`_register_transaction`."""
+        return await self._register_transaction(expires=0)
+
+    async def _register_transaction(self, expires: int | None = None) -> tuple:
+        """One REGISTER transaction (``Expires`` is ``self.expires`` unless ``expires`` is given).
 
         Returns ``("response", status, retry_after)``, ``("timeout",)`` (Timer F) or ``("transport", exc)``.
         """
@@ -338,7 +343,7 @@ class Device:
             f"Call-ID: {self._reg_call_id}",
             f"CSeq: {self._cseq} REGISTER",
             f"Contact: {self._contact()}",
-            f"Expires: {self.expires}",
+            f"Expires: {self.expires if expires is None else expires}",
             f"User-Agent: {USER_AGENT}",
             "Content-Length: 0",
         ]

@@ -24,7 +24,7 @@ from faultlab.faults import ProfileError, load_profile, parse_duration
 from faultlab.lab.external import ExternalLabError, ExternalSettings, open_external_lab
 from faultlab.lab.device_logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
-from faultlab.lab.runner import Case, run_case, transports_for
+from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override
 from faultlab.net.addr import EndpointError, format_hostport, parse_endpoint
 
@@ -92,6 +92,7 @@ def _parse_sets(sets: list[str]) -> list[tuple[str, str]]:
 def execute(
     scenario_names: list[str], profile_names: list[str], transports: list[str], *, device: str, behaviour: str | None,
     pbx: str, seed: int | None, virtual: bool | None, network: str, sets: list[str], junit: Path | None,
+    pbx_tls_port: int | None = None, pbx_ca: Path | None = None,
     json_path: Path | None, trace_dir: Path | None, quiet: bool, title: str = "faultlab lab run",
     external: dict | None = None,
 ) -> int:
@@ -109,14 +110,21 @@ def execute(
     elif device != "reference":
         _fail(f"--device {device!r}: use reference or external")
     else:
-        given = [name for name, value in (external or {}).items() if value]
+        allowed = {"push_listen"} if pbx != "embedded" else set()
+        given = [name for name, value in (external or {}).items() if value and name not in allowed]
         if given:
             _fail(f"--{given[0].replace('_', '-')} only with --device external (a real device); the reference "
                   "device runs in a lab of its own per run")
-        virtual = True if virtual is None else virtual
+        if pbx != "embedded" and virtual:
+            _fail("--pbx HOST:PORT runs in real time: a PBX of your own does not follow faultlab's virtual clock "
+                  "(drop --virtual-time)")
+        virtual = (pbx == "embedded") if virtual is None else virtual
+    own_pbx = None
     if pbx != "embedded":
-        _fail(f"--pbx {pbx!r}: only the embedded PBX can run the catalogue's scenarios so far (it sends the pushes "
-              "and scripts answered/declined-elsewhere); use --pbx embedded")
+        if device == "external":
+            _fail("--device external with --pbx HOST:PORT is not available: a real device runs against the embedded "
+                  "PBX (the lab needs its bindings and push notes); use --pbx embedded")
+        own_pbx = _own_pbx(pbx, (external or {}).get("push_listen"), pbx_tls_port, pbx_ca)
     if behaviour is not None and behaviour not in BEHAVIOURS:
         _fail(f"--behaviour {behaviour!r}: use one of {_BEHAVIOURS}")
     for t in transports:
@@ -138,6 +146,12 @@ def execute(
         _fail(str(exc))
     if seed is None:
         seed = random.randrange(2**31)
+    skipped = []
+    if own_pbx is not None:
+        skipped = [(s.id, needs_embedded_pbx(s)) for s in chosen if needs_embedded_pbx(s)]
+        for sid, why in skipped:
+            err.print(f"{sid} skipped: {why}")
+        chosen = [s for s in chosen if not needs_embedded_pbx(s)]
     todo = [(s, p, t) for s in chosen for p in profiles for t in transports_for(s, transports)]
     if not todo and external_settings is None:
         _fail("nothing to run: none of the chosen scenarios applies to --transport " + ",".join(transports))
@@ -154,14 +168,15 @@ def execute(
         cases = _run_external(external_settings, todo_external, trace_dir, err)
     else:
         err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
-                  + (f" with behaviour {behaviour}" if behaviour else ""))
+                  + (f" with behaviour {behaviour}" if behaviour else "")
+                  + (f", PBX {pbx} (pushes to {format_hostport(*own_pbx['push_listen'])})" if own_pbx else ""))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=quiet or external_settings is not None) as progress:
         task = progress.add_task("running", total=len(todo))
         for scenario, profile, transport in (todo if external_settings is None else []):
             progress.update(task, description=f"{scenario.id} {profile.name if profile else 'none'} {transport}")
             cases.append(run_case(scenario, profile, transport=transport, seed=seed, behaviour=behaviour,
-                                  virtual=virtual, network=network, trace_dir=trace_dir))
+                                  virtual=virtual, network=network, trace_dir=trace_dir, **(own_pbx or {})))
             progress.advance(task)
     wall = time.perf_counter() - begun
     _print_table(cases, _console())
@@ -173,7 +188,8 @@ def execute(
     settings = {"scenarios": [s.id for s in chosen], "profiles": [p.name if p else "none" for p in profiles],
                 "transports": transports or "first of each scenario", "device": device, "behaviour": behaviour,
                 "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets,
-                "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3)}
+                "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3),
+                "skipped": [{"scenario": sid, "why": why} for sid, why in skipped]}
     if external_settings is not None:
         settings["external"] = {"listen": [str(e) for e in external_settings.listen],
                                 "push_listen": format_hostport(*external_settings.push_listen),
@@ -226,6 +242,20 @@ def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | 
         register_timeout=_duration("--register-timeout", options.get("register_timeout") or "120s"),
         pause=_duration("--pause", pause) if pause else 5.0,
     )
+
+
+def _own_pbx(spec: str, push_listen: str | None, tls_port: int | None, ca: Path | None) -> dict:
+    """``run_case``'s keywords for ``--pbx HOST:PORT``: UDP and TCP on PORT, TLS on ``--pbx-tls-port``
+    (default PORT + 1); the push gateway on ``--push-listen`` (required: that PBX must push there)."""
+    host, port = _hostport("--pbx", spec)
+    if not push_listen:
+        _fail("--pbx HOST:PORT needs --push-listen HOST:PORT: where your PBX sends its RFC 8599 pushes "
+              "(faultlab's push gateway; configure the PBX's APNs URL as http://HOST:PORT)")
+    if ca is not None and not ca.is_file():
+        _fail(f"--pbx-ca {ca}: no such file")
+    tls = tls_port if tls_port is not None else port + 1
+    return {"pbx": {"udp": (host, port), "tcp": (host, port), "tls": (host, tls)},
+            "push_listen": _hostport("--push-listen", push_listen), "pbx_ca": ca}
 
 
 def _hostport(option: str, text: str) -> tuple[str, int]:
@@ -321,7 +351,14 @@ def run(
                                         "see --listen ... --pause and docs/lab-runs.md).")] = "reference",
     behaviour: Annotated[Optional[str], typer.Option(help=f"Run the reference device with one of its known-bad "
                                                      f"behaviours: {_BEHAVIOURS}.")] = None,
-    pbx: Annotated[str, typer.Option(help="embedded: faultlab's PBX (registrar with RFC 8599 push).")] = "embedded",
+    pbx: Annotated[str, typer.Option(help="embedded: faultlab's PBX (registrar with RFC 8599 push), or HOST:PORT: "
+                                     "a PBX of your own (UDP and TCP on PORT, TLS on --pbx-tls-port) that sends its "
+                                     "RFC 8599 pushes to faultlab's push gateway on --push-listen; real time only; "
+                                     "scenarios that script a second device are skipped.")] = "embedded",
+    pbx_tls_port: Annotated[Optional[int], typer.Option(help="--pbx HOST:PORT: its TLS port (default PORT + 1).")]
+        = None,
+    pbx_ca: Annotated[Optional[Path], typer.Option(help="--pbx HOST:PORT: CA file to verify its TLS certificate "
+                                                   "(default: the system's CAs).", dir_okay=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of every random choice (faultlab's faults); printed "
                                                 "and in the reports. Default: a random one.")] = None,
     virtual_time: Annotated[Optional[bool], typer.Option("--virtual-time/--real-time", help="Virtual time "
@@ -344,8 +381,9 @@ def run(
                                               "faultlab's relay, where the device sends its SIP (in front of the "
                                               "embedded PBX); repeat for more. Default: udp:0.0.0.0:5060.")] = [],
     push_listen: Annotated[Optional[str], typer.Option("--push-listen", metavar="HOST:PORT", help="--device "
-                                                       "external: the APNs-compatible push gateway the PBX pushes "
-                                                       "through. Default: 0.0.0.0:2197.")] = None,
+                                                       "external or --pbx HOST:PORT: the APNs-compatible push "
+                                                       "gateway the PBX pushes through. Default (external): "
+                                                       "0.0.0.0:2197.")] = None,
     apns_url: Annotated[Optional[str], typer.Option("--apns-url", metavar="URL", help="--device external: relay "
                                                     "pushes to this APNs (e.g. https://api.sandbox.push.apple.com); "
                                                     "without it pushes go only to devices reading the gateway's "
@@ -363,7 +401,8 @@ def run(
 ) -> None:
     """Run scenarios x profiles in the lab (push gateway, embedded PBX, faultlab, reference device, caller) and
     print a verdict per check. Exit code 0 only if every check passed."""
-    code = execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, seed=seed,
+    code = execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, pbx_tls_port=pbx_tls_port,
+                   pbx_ca=pbx_ca, seed=seed,
                    virtual=virtual_time, network=network, sets=set_, junit=junit, json_path=json_, trace_dir=trace_dir,
                    quiet=quiet, external={"listen": listen, "push_listen": push_listen, "apns_url": apns_url,
                                           "events_listen": events_listen, "user": user,

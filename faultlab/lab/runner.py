@@ -51,6 +51,7 @@ __all__ = ["Case", "Run", "case_faults", "judge", "play_call", "push_faults", "r
            "run_once", "SETTLE"]
 
 IDLE = 1.0  # seconds between the device's REGISTER at start and the call
+UNREGISTER_TIMEOUT = 2.0  # with a PBX of one's own: how long the device's REGISTER Expires: 0 may take
 SETTLE = 2.0  # seconds after the device's end during which a second end (or a late message) is still seen
 
 
@@ -72,6 +73,9 @@ class Run:
     wall: float = 0.0  # wall-clock seconds the run took
     duration: float = 0.0  # lab seconds the run covered
     trace_path: str | None = None  # where its trace JSONL was written, if it was
+    pbx: dict[str, tuple[str, int]] | None = None  # a PBX of one's own (real time): {transport: (host, port)}
+    push_listen: tuple[str, int] | None = None  # where the push gateway listens for that PBX's pushes
+    pbx_ca: Path | None = None  # verifies that PBX's TLS certificate (default: the system's CAs)
 
 
 @dataclass
@@ -126,7 +130,7 @@ def push_faults(scenario: Scenario, cancel_pushes: str) -> PushFaults:
                       delay=scenario.push_delay, duplicate=scenario.push_duplicate)
 
 
-async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX,
+async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX | None,
                     wait_ended: Callable[[], Awaitable[object]],
                     user: Callable[[float], Awaitable[None]] | None = None) -> None:
     """Play the scenario's call script on a placed call (``handle``, just sent): the caller's CANCEL, the second
@@ -148,6 +152,8 @@ async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX,
                 await handle.wait_for(180, timeout=math.inf)
                 await trio.sleep(scenario.elsewhere_at)
                 if handle.final is None:
+                    if pbx is None:
+                        raise ValueError(f"{scenario.id}: answered/declined elsewhere needs the embedded PBX")
                     await pbx.cancel_elsewhere(handle.call_id, scenario.elsewhere)
             script.start_soon(elsewhere)
         if scenario.hang_up_after is not None:
@@ -170,7 +176,9 @@ async def play(run: Run, *, network: str, confdir: Path | None) -> None:
     scenario = run.scenario
     faults = case_faults(scenario, run.profile)
     start_wall = time.perf_counter()
-    lab_kwargs = {"new_connection_on_push": True} if scenario.new_connection else {}
+    lab_kwargs: dict = {"new_connection_on_push": True} if scenario.new_connection else {}
+    if run.pbx is not None:
+        lab_kwargs.update(external_pbx=run.pbx, push_listen=run.push_listen, pbx_ca=run.pbx_ca)
     async with open_lab_stack(run.transport, device_config=device_config(scenario, run.behaviour),
                               push_faults=push_faults(scenario, run.cancel_pushes), seed=run.seed,
                               pbx_hold=scenario.pbx_hold, cancel_push=scenario.pbx_cancel_push, confdir=confdir,
@@ -186,6 +194,9 @@ async def play(run: Run, *, network: str, confdir: Path | None) -> None:
             run.call_id = handle.call_id
             await play_call(scenario, handle, pbx=lab.pbx,
                             wait_ended=lambda: lab.wait_device_ended(handle.call_id, math.inf))
+            if run.pbx is not None:  # that PBX outlives the lab: leave no binding behind for the next run
+                with trio.move_on_after(UNREGISTER_TIMEOUT):
+                    await lab.device.unregister()
         finally:
             run.duration = lab.timeline.now()
             run.events = list(lab.timeline.events)
@@ -232,23 +243,38 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
 
 def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: str | None = None, seed: int = 0,
              behaviour: str | None = None, virtual: bool = True, network: str = "", confdir: Path | None = None,
-             trace_dir: Path | None = None) -> Case:
+             trace_dir: Path | None = None, pbx: dict[str, tuple[str, int]] | None = None,
+             push_listen: tuple[str, int] | None = None, pbx_ca: Path | None = None) -> Case:
     """Every run of one case (two when check 3 applies), judged. ``transport``: one the scenario applies to
-    (default: its first)."""
+    (default: its first). ``pbx``/``push_listen``/``pbx_ca``: a PBX of one's own instead of the embedded one
+    (:func:`faultlab.lab.stack.open_lab_stack`'s ``external_pbx``), real time only."""
     transport = transport or scenario.transports[0]
     if transport not in scenario.transports:
         raise ValueError(f"{scenario.id} applies to {', '.join(scenario.transports)}, not {transport}")
+    if pbx is not None:
+        if virtual:
+            raise ValueError("a PBX of one's own runs in real time (virtual=False)")
+        if needs_embedded_pbx(scenario):
+            raise ValueError(f"{scenario.id}: {needs_embedded_pbx(scenario)}")
     modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
     if transport == "tls" and confdir is None:
         confdir = _lab_ca_dir()
     runs = []
     for mode in modes:
-        run = Run(scenario, profile, transport, seed, behaviour, mode, virtual, network)
+        run = Run(scenario, profile, transport, seed, behaviour, mode, virtual, network, pbx=pbx,
+                  push_listen=push_listen, pbx_ca=pbx_ca)
         run_once(run, confdir=confdir)
         runs.append(run)
         if trace_dir is not None:
             run.trace_path = str(write_trace(run, trace_dir))
     return Case(scenario, profile, transport, runs, judge(scenario, runs))
+
+
+def needs_embedded_pbx(scenario: Scenario) -> str | None:
+    """Why ``scenario`` cannot run against a PBX of one's own (``None``: it can)."""
+    if scenario.elsewhere is not None:
+        return "a second device answering or declining is scripted through the embedded PBX"
+    return None
 
 
 def trace_name(run: Run) -> str:

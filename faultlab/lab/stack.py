@@ -76,7 +76,7 @@ class LabCall:
 class LabStack:
     """The running lab: its actors and the shared timeline (see the module docstring)."""
 
-    def __init__(self, *, timeline: Timeline, gateway: PushGateway, pbx: PBX, proxy: Proxy, device: Device,
+    def __init__(self, *, timeline: Timeline, gateway: PushGateway, pbx: PBX | None, proxy: Proxy, device: Device,
                  caller: Caller, transport: str, nursery: trio.Nursery) -> None:
         self.timeline = timeline
         self.gateway = gateway
@@ -162,6 +162,8 @@ class LabStack:
                     await handle.wait_for(180, timeout=math.inf)
                     await trio.sleep(answer_elsewhere)
                     if handle.final is None:
+                        if self.pbx is None:
+                            raise RuntimeError("answered/declined elsewhere needs the embedded PBX")
                         await self.pbx.cancel_elsewhere(handle.call_id, elsewhere)
                 script.start_soon(elsewhere_)
             with trio.move_on_after(end_timeout):
@@ -206,6 +208,9 @@ async def open_lab_stack(
     timeline: Timeline | None = None,
     network: str = "loopback",
     new_connection_on_push: bool = False,
+    external_pbx: dict[str, tuple[str, int]] | None = None,
+    push_listen: tuple[str, int] | None = None,
+    pbx_ca: Path | None = None,
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
 
@@ -218,6 +223,11 @@ async def open_lab_stack(
     ``"memory"`` (see the module docstring; memory installs :mod:`faultlab.net.memnet` for the rest of this run).
     ``new_connection_on_push``: the device's ``Device(new_connection_on_push=...)``: over TCP/TLS a call push
     makes it close its connection and REGISTER on a new one (connect and handshake anew, S14/S15).
+
+    ``external_pbx``: a PBX of one's own instead of the embedded one, ``{transport: (host, port)}`` (real sockets,
+    real time): faultlab relays to it, the caller calls through its UDP address, and the push gateway listens on
+    ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
+    ``pbx_ca`` verifies its TLS certificate (default: the system's CAs).
     """
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
@@ -227,6 +237,14 @@ async def open_lab_stack(
         raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
     if transport == "tls" and confdir is None:
         raise ValueError("a TLS lab needs confdir= (where the lab CA lives)")
+    if external_pbx is not None:
+        if network != "loopback":
+            raise ValueError("a lab with an external PBX runs on real sockets (network='loopback')")
+        if push_listen is None:
+            raise ValueError("a lab with an external PBX needs push_listen=(host, port): where that PBX pushes")
+        missing = [t for t in {transport, "udp"} if t not in external_pbx]
+        if missing:
+            raise ValueError(f"external_pbx has no address for {', '.join(sorted(missing))}")
     if network == "memory":
         memnet.install()
     timeline = timeline if timeline is not None else Timeline()
@@ -234,7 +252,11 @@ async def open_lab_stack(
     async with trio.open_nursery() as nursery:
         gateway = PushGateway(timeline, faults=push_faults)
         client: PushClient | None = None
-        if push == "local":
+        pbx: PBX | None = None
+        if external_pbx is not None:
+            assert push_listen is not None
+            await nursery.start(serve_push_gateway, gateway, *push_listen)
+        elif push == "local":
             await nursery.start(gateway.run)
             send_push = gateway.local_sender(topic=topic)
         else:
@@ -243,27 +265,34 @@ async def open_lab_stack(
             send_push = client.sender(topic=topic)
         pushes = gateway.channel(token, topic=topic)
 
-        listen = [f"{transport}:{HOST}:0"] + ([] if transport == "udp" else [f"udp:{HOST}:0"])
-        pbx = PBX(listen, timeline=timeline, send_push=send_push, hold=pbx_hold, ring_timeout=ring_timeout,
-                  cancel_push=cancel_push, confdir=confdir)
-        await nursery.start(pbx.run)
+        if external_pbx is None:
+            listen = [f"{transport}:{HOST}:0"] + ([] if transport == "udp" else [f"udp:{HOST}:0"])
+            pbx = PBX(listen, timeline=timeline, send_push=send_push, hold=pbx_hold, ring_timeout=ring_timeout,
+                      cancel_push=cancel_push, confdir=confdir)
+            await nursery.start(pbx.run)
 
         ca_file = None
         if transport == "tls":
             from faultlab.ca import LabCA
 
             ca_file = LabCA.load_or_init(confdir).cert_path
-        upstream = Endpoint(transport, HOST, pbx.address(transport)[1])
+        if pbx is not None:
+            upstream = Endpoint(transport, HOST, pbx.address(transport)[1])
+            upstream_ca = ca_file
+        else:
+            upstream = Endpoint(transport, *external_pbx[transport])
+            upstream_ca = pbx_ca
         proxy: Proxy = await nursery.start(serve_proxy, ProxyConfig(
             listen=[Endpoint(transport, HOST, 0)], upstream=[upstream], profile=profile, seed=seed,
-            confdir=confdir, upstream_ca=ca_file, trace=timeline.trace, trace_t0=timeline.t0))
+            confdir=confdir, upstream_ca=upstream_ca, trace=timeline.trace, trace_t0=timeline.t0))
 
         stack: LabStack
         device = Device(proxy=Endpoint(transport, HOST, proxy.bound[transport][1]), user=user, domain=domain,
                         token=token, pushes=pushes, timeline=timeline, config=device_config or DeviceConfig(),
                         bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail),
                         new_connection_on_push=new_connection_on_push)
-        caller = Caller("udp", pbx.address("udp"), caller_user, timeline, domain=domain, timeout=60.0)
+        caller_to = pbx.address("udp") if pbx is not None else external_pbx["udp"]
+        caller = Caller("udp", caller_to, caller_user, timeline, domain=domain, timeout=60.0)
         stack = LabStack(timeline=timeline, gateway=gateway, pbx=pbx, proxy=proxy, device=device, caller=caller,
                          transport=transport, nursery=nursery)
         await nursery.start(device.run)
