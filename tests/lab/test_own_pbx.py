@@ -32,7 +32,7 @@ async def test_scenarios_against_a_pbx_in_another_process(tmp_path):
                                  "--push-topic", "org.faultlab.device.voip")
         port = int((await pbx.wait_line("stderr", r"udp on 127\.0\.0\.1:(\d+)$")).group(1))
         own = {"pbx": {"udp": (HOST, port)}, "push_listen": (HOST, gateway)}
-        s01 = replace(load_scenario("S01"), hang_up_after=0.5)
+        s01 = replace(load_scenario("S01"), hang_up_after=0.5, duration=6.0)
         case = await trio.to_thread.run_sync(lambda: run_case(s01, seed=1, virtual=False, **own))
         assert case.passed, [c.message for c in case.checks]
         events = case.runs[0].events
