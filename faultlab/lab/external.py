@@ -40,6 +40,7 @@ from typing import AsyncIterator
 import trio
 
 from faultlab.faults import Profile
+from faultlab.lab.apns_auth import ApnsSigner
 from faultlab.lab.caller import Caller
 from faultlab.lab.collector import serve_collector
 from faultlab.lab.pbx import PBX
@@ -75,6 +76,9 @@ class ExternalSettings:
     caller_user: str = "bob"
     apns_url: str | None = None  # relay mode: pushes for devices not subscribed to the gateway go here
     apns_ca: str | None = None
+    apns_key: Path | None = None  # with apns_key_id and apns_team_id: the gateway signs relayed pushes (apns_auth)
+    apns_key_id: str | None = None
+    apns_team_id: str | None = None
     register_timeout: float = 120.0
     pause: float = 5.0  # seconds between calls, for the device to settle
     seed: int = 0
@@ -138,7 +142,10 @@ class ExternalLab:
             "RFC 8599 Contact parameters pn-provider=apns;pn-prid=<VoIP token>;pn-param=<TEAMID>.<bundle>.voip",
         ]
         if self.settings.apns_url:
-            lines.append(f"  pushes  the PBX pushes through {self.push_url}, relayed to {self.settings.apns_url}")
+            signed = (f", signed with APNs key {self.settings.apns_key_id}" if self.settings.apns_key is not None
+                      else " unsigned (no --apns-key: Apple refuses them)")
+            lines.append(f"  pushes  the PBX pushes through {self.push_url}, relayed to "
+                         f"{self.settings.apns_url}{signed}")
         else:
             lines.append(f"  pushes  the PBX pushes through {self.push_url}; no --apns-url, so the device must read "
                          f"its pushes from GET {self.push_url}/devices/<token>/pushes")
@@ -340,7 +347,10 @@ async def open_external_lab(settings: ExternalSettings, *,
         confdir = _lab_ca_dir()
     timeline = Timeline()
     async with trio.open_nursery() as nursery:
-        gateway = PushGateway(timeline, relay_url=settings.apns_url, relay_ca=settings.apns_ca)
+        signer = None
+        if settings.apns_key is not None:
+            signer = ApnsSigner.from_file(settings.apns_key, settings.apns_key_id or "", settings.apns_team_id or "")
+        gateway = PushGateway(timeline, relay_url=settings.apns_url, relay_ca=settings.apns_ca, relay_auth=signer)
         push_address = await nursery.start(serve_push_gateway, gateway, *settings.push_listen)
         events_address = await nursery.start(serve_collector, timeline, *settings.events_listen)
 

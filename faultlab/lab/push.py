@@ -26,7 +26,8 @@ A push is a *cancel push* when ``"type"`` is ``"cancel"``, or when the payload h
 Delivery: a device in the same process takes :meth:`PushGateway.channel`; a device in another process
 reads ``GET /devices/<token>/pushes`` on the same port (HTTP/1.1, NDJSON, one :meth:`Push.to_json` per
 line; see :func:`open_push_stream`). In relay mode pushes for tokens without a local device go to a
-real (or mock) APNs over HTTP/2 with :class:`PushClient`.
+real (or mock) APNs over HTTP/2 with :class:`PushClient`, with the sender's ``authorization`` header, or
+the gateway's own provider token when it has the team's key (``relay_auth``, :mod:`faultlab.lab.apns_auth`).
 
 Senders: :class:`PushClient` (HTTP/2, one reused connection) and, for the embedded PBX's
 ``send_push(token, payload)``, :meth:`PushClient.sender` over the network or :meth:`PushGateway.local_sender`
@@ -61,6 +62,7 @@ import h2.exceptions
 import h11
 import trio
 
+from .apns_auth import ApnsSigner
 from .timeline import Timeline
 
 __all__ = [
@@ -197,6 +199,10 @@ def _headers(headers: Mapping[str, str] | Iterable[tuple[Any, Any]]) -> dict[str
 class PushGateway:
     """APNs semantics (:meth:`handle`), push faults, and delivery to devices' channels or to a relay.
 
+    ``relay_auth``: sign relayed pushes with APNs token authentication (``authorization: bearer <JWT>`` from
+    :class:`~faultlab.lab.apns_auth.ApnsSigner`), replacing any ``authorization`` the sender sent; without it
+    the sender's header is passed on as it came.
+
     Delayed deliveries run in the gateway's own nursery: run :meth:`run` (``await nursery.start(gw.run)``)
     before sending delayed pushes; :func:`serve_push_gateway` does it for you.
     """
@@ -209,11 +215,13 @@ class PushGateway:
         topic_suffix: str = ".voip",
         relay_url: str | None = None,
         relay_ca: str | None = None,
+        relay_auth: ApnsSigner | None = None,
     ) -> None:
         self.timeline = timeline
         self.faults = faults
         self.topic_suffix = topic_suffix
         self.relay_url = relay_url
+        self.relay_auth = relay_auth
         self._relay = PushClient(relay_url, ca=relay_ca) if relay_url else None
         self._devices: dict[str, _Device] = {}
         self._nursery: trio.Nursery | None = None
@@ -407,6 +415,8 @@ class PushGateway:
         passed = {k: v for k, v in push.headers.items()
                   if k.startswith("apns-") or k == "authorization"}
         passed["apns-id"] = push.apns_id
+        if self.relay_auth is not None:  # the gateway's own provider token replaces the sender's
+            passed["authorization"] = self.relay_auth.authorization()
         status, body = 502, None
         for _ in range(copies):
             try:

@@ -105,6 +105,20 @@ def run(
     relay_ca: Annotated[Optional[Path], typer.Option(
         "--relay-ca", help="CA file (PEM) to verify the --relay server with, instead of the system CAs.",
         dir_okay=False, exists=True)] = None,
+    apns_key: Annotated[Optional[Path], typer.Option(
+        "--apns-key", metavar="FILE",
+        help="--relay: the team's APNs auth key (the .p8 file from Apple Developer > Keys: PKCS#8 PEM, EC P-256). "
+             "With --apns-key-id and --apns-team-id the gateway signs every relayed push with its own provider "
+             "token (authorization: bearer <JWT>, ES256, renewed every 50 minutes), replacing any authorization "
+             "header the PBX sent; without them the PBX's authorization header is passed on as it came (a PBX "
+             "that sends none, like faultlab pbx, is refused by Apple: 403 MissingProviderToken).",
+        dir_okay=False)] = None,
+    apns_key_id: Annotated[Optional[str], typer.Option(
+        "--apns-key-id", metavar="KEYID",
+        help="--apns-key: its Key ID (10 characters; the KEYID of AuthKey_KEYID.p8).")] = None,
+    apns_team_id: Annotated[Optional[str], typer.Option(
+        "--apns-team-id", metavar="TEAMID",
+        help="--apns-key: the Team ID of the app's developer team (10 characters).")] = None,
     topic_suffix: Annotated[str, typer.Option(
         "--topic-suffix", help="apns-topic must end with this (400 BadTopic otherwise).")] = ".voip",
     device: Annotated[Optional[list[str]], typer.Option(
@@ -141,6 +155,23 @@ def run(
         _fail("--cert and --key go together")
     if cert is not None and not tls:
         _fail("--cert/--key need --tls")
+    signer = None
+    given = [name for name, value in (("--apns-key", apns_key), ("--apns-key-id", apns_key_id),
+                                      ("--apns-team-id", apns_team_id)) if value is not None]
+    if given:
+        if len(given) < 3:
+            _fail("--apns-key, --apns-key-id and --apns-team-id go together (APNs token authentication); "
+                  f"only {', '.join(given)} given")
+        if not relay:
+            _fail("--apns-key signs the pushes the gateway relays: it needs --relay URL (e.g. "
+                  "--relay https://api.sandbox.push.apple.com)")
+        from .apns_auth import ApnsAuthError, ApnsSigner
+
+        try:
+            signer = ApnsSigner.from_file(apns_key, apns_key_id, apns_team_id)
+            signer.token()  # signs once now: a key that cannot sign fails here, not at the first push
+        except ApnsAuthError as exc:
+            _fail(str(exc))
     for token in device or []:
         if not token or len(token) % 2 or any(c not in "0123456789abcdefABCDEF" for c in token):
             _fail(f"--device {token!r}: a device token is an even number of hex digits")
@@ -177,7 +208,7 @@ def run(
             writer = JsonlWriter(trace)
             timeline.trace.add_sink(writer, writer.close)
         gateway = PushGateway(timeline, faults=faults, topic_suffix=topic_suffix, relay_url=relay,
-                              relay_ca=str(relay_ca) if relay_ca else None)
+                              relay_ca=str(relay_ca) if relay_ca else None, relay_auth=signer)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
@@ -192,7 +223,9 @@ def run(
                                                 (f"delay {faults.delay:g}s", faults.delay > 0),
                                                 (f"duplicate {duplicate}", duplicate > 0)) if on]
                 typer.echo(f"faultlab: push faults: {', '.join(active) or 'none'}"
-                           + (f"; relaying to {relay}" if relay else ""), err=True)
+                           + (f"; relaying to {relay}" if relay else "")
+                           + (f", signed with APNs key {signer.key_id} of team {signer.team_id}" if signer
+                              else ", with the sender's authorization" if relay else ""), err=True)
                 if events_at is not None:
                     ebound = await nursery.start(serve_collector, timeline, *events_at)
                     typer.echo(f"faultlab: event collector on http://{_hp(ebound)}/events", err=True)

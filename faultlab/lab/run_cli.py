@@ -99,8 +99,8 @@ def execute(
     """Run the matrix and print the table; the exit code (0: every check passed, 1: some failed).
 
     ``virtual``: None when not given (virtual time for the reference device). ``external``: the options of
-    ``--device external`` (listen, push_listen, events_listen, user, apns_url, register_timeout, pause), None or
-    empty values when not given."""
+    ``--device external`` (listen, push_listen, events_listen, user, apns_url, apns_key, apns_key_id, apns_team_id,
+    register_timeout, pause), None or empty values when not given."""
     err = Console(stderr=True)
     external_settings = None
     if device == "external":
@@ -239,9 +239,32 @@ def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | 
         user=options.get("user") or "alice",
         domain=options.get("domain") or "lab.test",
         apns_url=options.get("apns_url") or None,
+        **_apns_auth(options),
         register_timeout=_duration("--register-timeout", options.get("register_timeout") or "120s"),
         pause=_duration("--pause", pause) if pause else 5.0,
     )
+
+
+def _apns_auth(options: dict) -> dict:
+    """``--apns-key``, ``--apns-key-id``, ``--apns-team-id`` checked (all three, with ``--apns-url``; a readable EC
+    P-256 key, 10-character ids) as ExternalSettings keywords; none given: {}."""
+    names = ("apns_key", "apns_key_id", "apns_team_id")
+    given = [f"--{n.replace('_', '-')}" for n in names if options.get(n)]
+    if not given:
+        return {}
+    if len(given) < 3:
+        _fail(f"--apns-key, --apns-key-id and --apns-team-id go together (APNs token authentication); only "
+              f"{', '.join(given)} given")
+    if not options.get("apns_url"):
+        _fail("--apns-key signs the pushes relayed to APNs: it needs --apns-url (e.g. "
+              "https://api.sandbox.push.apple.com)")
+    from faultlab.lab.apns_auth import ApnsAuthError, ApnsSigner
+
+    try:
+        ApnsSigner.from_file(options["apns_key"], options["apns_key_id"], options["apns_team_id"]).token()
+    except ApnsAuthError as exc:
+        _fail(str(exc))
+    return {n: options[n] for n in names}
 
 
 def _own_pbx(spec: str, push_listen: str | None, tls_port: int | None, ca: Path | None) -> dict:
@@ -388,6 +411,15 @@ def run(
                                                     "pushes to this APNs (e.g. https://api.sandbox.push.apple.com); "
                                                     "without it pushes go only to devices reading the gateway's "
                                                     "stream /devices/<token>/pushes.")] = None,
+    apns_key: Annotated[Optional[Path], typer.Option("--apns-key", metavar="FILE", dir_okay=False, help="--apns-url: "
+                                                     "the team's APNs auth key (.p8, EC P-256); with --apns-key-id "
+                                                     "and --apns-team-id the push gateway signs the pushes it "
+                                                     "relays (authorization: bearer <JWT>), which Apple needs: the "
+                                                     "embedded PBX sends no authorization.")] = None,
+    apns_key_id: Annotated[Optional[str], typer.Option("--apns-key-id", metavar="KEYID", help="--apns-key: its Key "
+                                                       "ID (10 characters).")] = None,
+    apns_team_id: Annotated[Optional[str], typer.Option("--apns-team-id", metavar="TEAMID", help="--apns-key: the "
+                                                        "Team ID (10 characters).")] = None,
     events_listen: Annotated[Optional[str], typer.Option("--events-listen", metavar="HOST:PORT", help="--device "
                                                          "external: the event collector the app posts its device "
                                                          "events to (POST /events). Default: 0.0.0.0:8090.")] = None,
@@ -405,6 +437,8 @@ def run(
                    pbx_ca=pbx_ca, seed=seed,
                    virtual=virtual_time, network=network, sets=set_, junit=junit, json_path=json_, trace_dir=trace_dir,
                    quiet=quiet, external={"listen": listen, "push_listen": push_listen, "apns_url": apns_url,
+                                          "apns_key": apns_key, "apns_key_id": apns_key_id,
+                                          "apns_team_id": apns_team_id,
                                           "events_listen": events_listen, "user": user,
                                           "register_timeout": register_timeout, "pause": pause})
     raise typer.Exit(code)
