@@ -67,7 +67,10 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
     """The named events of one call (:data:`faultlab.lab.scenario.ANCHORS`) that happened: name -> first event.
 
     Events about the device's REGISTERs and its connection count from the call push on (in timeline order, so an
-    earlier REGISTER at the same instant does not count)."""
+    earlier REGISTER at the same instant does not count). A timeline with no push gateway on it (a real iPhone
+    through faultlab alone) takes the device's ``reported`` as ``push``, and counts from the call's first INVITE
+    when that came before the report (an app in the foreground); one with no caller on it takes ``cancel`` and
+    ``bye`` as faultlab received them on their way to the device."""
     events = list(events)
     found: dict[str, Event] = {}
 
@@ -78,10 +81,17 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
     dev = device_events(events, call_id)
     put("push", _first(events, lambda e: _call_push_delivered(e, call_id)))
     put("reported", _first(dev, lambda e: e.detail.get("event") == "reported"))
+    sources = {e.source for e in events}
+    if "push" not in found and "push" not in sources and "reported" in found:
+        # no push gateway on this timeline (a real iPhone through faultlab alone): the report stands in for t0
+        found["push"] = found["reported"]
     put("answer-tapped", _first(dev, lambda e: e.detail.get("event") == "answer-tapped"))
     put("end", _first(dev, lambda e: e.detail.get("event") == "ended"))
     origin = found.get("push") or found.get("reported")
     start = next((i for i, e in enumerate(events) if e is origin), 0)
+    if origin is not None and origin.kind == "device":  # no push: an app in the foreground reports on the INVITE
+        start = min([start] + [i for i, e in enumerate(events[:start]) if e.source == "proxy" and e.kind == "sent"
+                               and e.direction == "to-device" and e.method == "INVITE" and e.call_id == call_id])
 
     def proxy(kind: str, direction: str, pred, begin: int = start) -> Event | None:
         return _first(events, lambda e: e.source == "proxy" and e.kind == kind and e.direction == direction
@@ -98,10 +108,12 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
                     and e.cseq_method == "INVITE"))
     put("ack", proxy("sent", "to-device", lambda e: e.method == "ACK" and e.call_id == call_id))
     put("cancel-at-device", proxy("sent", "to-device", lambda e: e.method == "CANCEL" and e.call_id == call_id))
-    put("cancel", _first(events, lambda e: e.source == "caller" and e.kind == "sent" and e.method == "CANCEL"
-                         and e.call_id == call_id))
-    put("bye", _first(events, lambda e: e.source == "caller" and e.kind == "sent" and e.method == "BYE"
-                      and e.call_id == call_id))
+    # the caller's CANCEL and BYE as it sent them; with no caller on this timeline, as faultlab received them
+    caller = "caller" in sources
+    for name, method in (("cancel", "CANCEL"), ("bye", "BYE")):
+        put(name, _first(events, lambda e: e.call_id == call_id and e.method == method and (
+            (e.source == "caller" and e.kind == "sent") if caller else
+            (e.source == "proxy" and e.kind == "received" and e.direction == "to-device"))))
     device_flows = {e.flow for e in events if e.source == "proxy" and e.kind in ("received", "sent")
                     and e.direction == "to-pbx" and e.method == "REGISTER"}
     # closed by faultlab: a reset, or a close/reset fault on that flow
@@ -149,7 +161,8 @@ def check_end(events: Sequence[Event], call_id: str, scenario: Scenario) -> Chec
     evidence = [f"{_fmt(e.t)} device ended {e.detail.get('reason')}" for e in ends]
     times = _rel(found, ("register-ok", "invite", "cancel-at-device", "bye", "end"))
     if "push" in found:
-        evidence.insert(0, f"{_fmt(found['push'].t)} call push delivered")
+        what = "call push delivered" if found["push"].kind == "push" else "device reported (no push gateway: t0)"
+        evidence.insert(0, f"{_fmt(found['push'].t)} {what}")
     deadline, notes = _deadline(scenario.by, found)
     evidence += [f"deadline term: {n}" for n in notes]
     expected = " or ".join(scenario.end) if scenario.end else "no end"
