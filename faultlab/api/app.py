@@ -22,6 +22,14 @@ Resources, shaped after Toxiproxy's API (JSON in and out; errors as ``{"error": 
     GET    /events                      the timeline from now on: NDJSON, or SSE with Accept: text/event-stream
     GET    /ca                          the lab CA install page for phones (and /ca/faultlab-ca.mobileconfig,
                                         /ca/faultlab-ca.pem): public, no token (see faultlab.api.ca_page)
+    GET    / (Accept: text/html)        the web page (and /static/app.js, /static/app.css): public, no token
+    GET    /api/ladder[?call=ID]        {"call", "calls", "rows"}: a call's ladder (default: the newest INVITE's)
+    GET    /api/scenarios               the scenario catalogue
+    GET    /api/guided                  the guided run: prompts, call, verdict ({"phase": "idle"} if none)
+    POST   /api/guided/start            {"scenario": ID, "device"?: D}: the scenario's own faults on, guiding
+    POST   /api/guided/stop             {}: end the guided run, the profile before it back
+    POST   /events                      device events from an app (docs/device-events.md) -> {"accepted": N}
+    (these in faultlab.api.web)
 
 ENTRY is ``{"name", "summary", "activated_at"}``; DEVICE is ``IP`` or ``IP:PORT`` (``[v6]:PORT``),
 percent-encoded in a path.
@@ -93,9 +101,12 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 def create_app(control: Control, *, token: str | None = None, ca_confdir: Path | None = None) -> ASGIApp:
     """The control API over ``control``; with ``token``, every request needs ``Authorization: Bearer TOKEN``
     (but the public CA pages, served from ``ca_confdir``, default ``$FAULTLAB_HOME`` or ``~/.faultlab``)."""
+    from .web import WebPage, is_page
+
     api = _Api(control)
+    web = WebPage(control)
     routes = [
-        _route("/", GET=api.index),
+        _route("/", GET=web.index_or(api.index)),
         _route("/version", GET=api.version),
         _route("/profiles", GET=api.profiles),
         _route("/active", GET=api.get_active, PUT=api.put_active),
@@ -107,14 +118,15 @@ def create_app(control: Control, *, token: str | None = None, ca_confdir: Path |
         _route("/holds/release", POST=api.release),
         _route("/flows", GET=api.flows),
         _route("/seed", GET=api.seed),
-        _route("/events", GET=api.events),
+        _route("/events", GET=api.events, POST=web.post_events),
         *ca_routes(ca_confdir),
+        *web.routes(_route),
     ]
     app = Starlette(
         routes=routes,
         exception_handlers={ApiError: _on_api_error, HTTPException: _on_http_exception, Exception: _on_crash},
     )
-    return _Guard(app, token=token)
+    return _Guard(app, token=token, public=is_page)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -143,7 +155,9 @@ class _Api:
             "resources": [
                 "GET /version", "GET /profiles", "GET /active", "PUT /active", "GET /devices",
                 "GET|PUT|DELETE /devices/{device}/profile", "GET|POST /rules", "GET|DELETE /rules/{name}",
-                "GET /holds", "POST /holds/release", "GET /flows", "GET /seed", "GET /events", "GET /ca",
+                "GET /holds", "POST /holds/release", "GET /flows", "GET /seed", "GET /events",
+                "GET / (the web page, to a browser)", "GET /api/ladder", "GET /api/scenarios", "GET /api/guided",
+                "POST /api/guided/start", "POST /api/guided/stop", "POST /events", "GET /ca",
             ],
         })
 
@@ -366,14 +380,16 @@ async def _on_crash(request: Request, exc: Exception) -> Response:
 
 class _Guard:
     """Token check (401) when a token is set; otherwise a loopback-Host check (403, against DNS rebinding).
-    Neither for the public CA pages (:func:`~faultlab.api.ca_page.is_public`), which a phone must reach."""
+    Neither for the public CA pages (:func:`~faultlab.api.ca_page.is_public`), which a phone must reach, nor for the
+    web page's files (``public``: :func:`~faultlab.api.web.is_page`), which hold no data."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, *, token: str | None, public: Callable[[Scope], bool] | None = None) -> None:
         self.app = app
         self.token = token.encode() if token is not None else None
+        self.public = public  # more public requests: the web page's files (faultlab.api.web.is_page)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not is_public(scope):
+        if scope["type"] == "http" and not is_public(scope) and not (self.public and self.public(scope)):
             problem = self._check(Headers(scope=scope))
             if problem is not None:
                 await problem(scope, receive, send)

@@ -1,0 +1,279 @@
+"""A guided scenario with a real iPhone: prompts from the scenario's script, then the verdict. Pure functions.
+
+The web page (:mod:`faultlab.api.web`) starts a run with a catalogue scenario's faults switched on; from then on
+:func:`status` reads the proxy's timeline and says where the run is:
+
+- ``waiting``: no call yet. Prompt: call the device's AOR (from the REGISTER faultlab last relayed).
+- ``ringing`` / ``in-call``: the call is on. t0 is the device's ``reported`` event (the app reported the call to
+  CallKit), or the INVITE faultlab delivered when no report came; prompts are due at the scenario's scripted
+  times from there (``answer_at``, ``decline_at``, ``cancel_at``, ``elsewhere_at``; ``hang_up_after`` from the
+  device's 200 OK).
+- ``done``: the device's ``ended`` event for the call arrived, or the scenario's ``duration`` passed since t0.
+  The verdict is then built once (:func:`verdict`) and kept.
+
+Which call: the Call-ID of the first INVITE faultlab delivered to the device after the start. Device events
+(posted by the app to ``POST /events``) belong to it when they carry that Call-ID, carry only a CallKit ``uuid``,
+or carry a uuid seen with that Call-ID; device events of other calls are left out and counted. With no INVITE at
+all (the scenario keeps it from the device), the call is the one the device's first event names.
+
+The verdict runs :func:`~faultlab.lab.checks.check_end`, :func:`~faultlab.lab.checks.check_early_answer` (when
+the scenario exercises an early answer) and :func:`~faultlab.lab.checks.check_invariants` over the timeline since
+the start. Check 3 (the same outcome with cancel pushes dropped) needs a second run with faultlab's push gateway
+in the path: a guided run says it is not judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from faultlab.lab.checks import check_early_answer, check_end, check_invariants
+from faultlab.lab.scenario import Scenario
+from faultlab.sip import SipError, parse_message, parse_uri
+from faultlab.trace import Event
+
+__all__ = ["GuidedRun", "device_aor", "pick_call", "scenario_json", "status", "verdict"]
+
+RELAY = "proxy"
+
+
+@dataclass
+class GuidedRun:
+    """One guided run: the scenario, when it started (proxy time), the device its faults apply to (None: all)."""
+
+    scenario: Scenario
+    started_at: float
+    device: str | None = None
+    stopped_at: float | None = None
+    result: dict[str, Any] | None = None  # the verdict, once the run is done
+    notes: list[str] = field(default_factory=list)  # what this run cannot apply (push gateway faults, ...)
+
+
+def scenario_json(s: Scenario) -> dict[str, Any]:
+    """A scenario as the page lists it: id, title, the script, the faults and what a correct device does."""
+    script = {k: getattr(s, k) for k in ("cancel_at", "answer_at", "decline_at", "elsewhere", "hang_up_after")
+              if getattr(s, k) is not None}
+    if s.elsewhere is not None:
+        script["elsewhere_at"] = s.elsewhere_at
+    script["duration"] = s.duration
+    return {
+        "id": s.id, "slug": s.slug, "title": s.title, "summary": s.summary, "transports": list(s.transports),
+        "faults": s.faults.name if s.faults is not None else None,
+        "rules": [r.name for r in s.faults.rules] if s.faults is not None else [],
+        "script": script,
+        "expect": {"end": list(s.end), "by": [b.describe() for b in s.by], "early_answer": s.early_answer,
+                   "cancel_push": s.cancel_push_check},
+        "needs_push_gateway": needs_push_gateway(s),
+    }
+
+
+def needs_push_gateway(s: Scenario) -> list[str]:
+    """The parts of ``s`` only faultlab's push gateway and PBX apply (not faultlab's relay on its own)."""
+    out = []
+    if s.push_drop_cancel:
+        out.append("cancel pushes dropped")
+    if s.push_delay:
+        out.append(f"pushes delayed {s.push_delay:g} s")
+    if s.push_duplicate:
+        out.append(f"each push delivered {s.push_duplicate + 1} times")
+    return out
+
+
+# -- reading the timeline -------------------------------------------------------------------------
+
+def _sip(e: Event):
+    if e.raw is None:
+        return None
+    try:
+        return parse_message(e.raw)
+    except (SipError, ValueError):
+        return None
+
+
+def _host(peer: str | None) -> str | None:
+    if peer is None:
+        return None
+    host = peer.rpartition(":")[0] if peer.count(":") == 1 or peer.startswith("[") else peer
+    return host.strip("[]")
+
+
+def device_aor(events: Iterable[Event], device: str | None = None) -> dict[str, str] | None:
+    """The AOR the device registered through faultlab (its last REGISTER): ``{"aor", "user", "from"}``."""
+    found = None
+    for e in events:
+        if e.source == RELAY and e.kind == "received" and e.direction == "to-pbx" and e.method == "REGISTER" \
+                and (device is None or _host(e.peer) == _host(device)):
+            msg = _sip(e)
+            if msg is None or msg.to_addr is None:
+                continue
+            try:
+                uri = parse_uri(msg.to_addr.uri)
+            except (SipError, ValueError):
+                continue
+            found = {"aor": msg.to_addr.uri, "user": uri.user or "", "from": e.peer or ""}
+    return found
+
+
+def _initial_invite(e: Event, since: float) -> bool:
+    return (e.source == RELAY and e.kind == "sent" and e.direction == "to-device" and e.method == "INVITE"
+            and e.t >= since and e.call_id is not None)
+
+
+def pick_call(events: Sequence[Event], since: float) -> tuple[str | None, str]:
+    """The guided call: ``(call_id, how)``, from the first INVITE faultlab delivered since ``since``, else from
+    the first device event since then (its Call-ID, or ``uuid:UUID``); ``(None, ...)`` when there is neither."""
+    for e in events:
+        if _initial_invite(e, since):
+            return e.call_id, "the INVITE faultlab delivered to the device"
+    for e in events:
+        if e.kind == "device" and e.t >= since:
+            if e.call_id:
+                return e.call_id, "the device's first event (no INVITE reached the device)"
+            if e.detail.get("uuid"):
+                return f"uuid:{e.detail['uuid']}", "the device's first event, by CallKit uuid (no INVITE, no Call-ID)"
+    return None, "no call yet"
+
+
+def attribute(events: Sequence[Event], since: float, call_id: str) -> tuple[list[Event], list[str]]:
+    """The timeline since ``since`` with the device events of the guided call carrying ``call_id``; the Call-IDs
+    of device events left out (other calls)."""
+    mine = [e for e in events if e.t >= since]
+    uuids = {e.detail.get("uuid") for e in mine if e.kind == "device" and e.call_id == call_id} - {None}
+    if call_id.startswith("uuid:"):
+        uuids.add(call_id[5:])
+    out, other = [], []
+    for e in mine:
+        if e.kind == "device" and e.call_id != call_id:
+            if e.call_id is None or e.detail.get("uuid") in uuids:
+                e = replace(e, call_id=call_id)
+            else:
+                other.append(e.call_id)
+        out.append(e)
+    return out, other
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+def _first(events: Iterable[Event], pred) -> Event | None:
+    return next((e for e in events if pred(e)), None)
+
+
+def _dev(events: Sequence[Event], call_id: str, name: str) -> Event | None:
+    return _first(events, lambda e: e.kind == "device" and e.call_id == call_id and e.detail.get("event") == name)
+
+
+def _relay(events: Sequence[Event], call_id: str, kind: str, direction: str, pred) -> Event | None:
+    return _first(events, lambda e: e.source == RELAY and e.kind == kind and e.direction == direction
+                  and e.call_id == call_id and pred(e))
+
+
+def status(run: GuidedRun, events: Sequence[Event], now: float) -> dict[str, Any]:
+    """Where the run is: ``{"scenario", "phase", "prompt", "steps", "call", "device", "verdict", ...}``; once done,
+    also stores the verdict in ``run.result``."""
+    s = run.scenario
+    events = list(events)
+    aor = device_aor(events, run.device)
+    call_id, how = pick_call(events, run.started_at)
+    out: dict[str, Any] = {
+        "scenario": scenario_json(s), "started_at": run.started_at, "now": now, "device": run.device,
+        "aor": aor, "call": None, "phase": "waiting", "steps": [], "notes": list(run.notes),
+        "verdict": run.result,
+    }
+    who = f"{aor['aor']}" if aor else "the iPhone's number"
+    call_step = {"id": "call", "text": f"Call {who} from another phone now", "due": None, "done": False}
+    if aor is None:
+        call_step["hint"] = ("no REGISTER from the iPhone has passed through faultlab yet: check that the app "
+                             "registers through faultlab, then call its number")
+    if call_id is None:
+        out["steps"] = [call_step]
+        out["prompt"] = call_step["text"]
+        if run.stopped_at is not None:
+            out["phase"] = "stopped"
+            out["prompt"] = "Stopped before any call: no verdict"
+        return out
+
+    timeline, others = attribute(events, run.started_at, call_id)
+    reported = _dev(timeline, call_id, "reported")
+    invite = _relay(timeline, call_id, "sent", "to-device", lambda e: e.method == "INVITE")
+    origin = reported or invite
+    t0 = origin.t if origin is not None else None
+    ok = _relay(timeline, call_id, "received", "to-pbx", lambda e: e.status == 200 and e.cseq_method == "INVITE")
+    ended = _dev(timeline, call_id, "ended")
+    tapped = _dev(timeline, call_id, "answer-tapped")
+    cancel = _relay(timeline, call_id, "received", "to-device", lambda e: e.method == "CANCEL")
+    bye = _relay(timeline, call_id, "received", "to-device", lambda e: e.method == "BYE")
+    out["call"] = {"call_id": call_id, "picked_from": how, "t0": t0,
+                   "t0_from": "reported" if reported else ("invite" if invite else None),
+                   "other_calls_ignored": sorted(set(others))}
+    call_step["done"] = True
+    steps = [call_step]
+
+    def step(sid: str, text: str, due: float | None, done: bool, wait: str | None = None) -> None:
+        steps.append({"id": sid, "text": text, "due": due, "done": done, "wait": wait})
+
+    if t0 is not None:
+        if s.answer_at is not None:
+            step("answer", "Tap Answer on the iPhone now", t0 + s.answer_at, tapped is not None or ended is not None,
+                 "Let it ring: do not answer yet")
+        if s.decline_at is not None:
+            step("decline", "Tap Decline on the iPhone now", t0 + s.decline_at, ended is not None,
+                 "Let it ring: do not decline yet")
+        if s.cancel_at is not None:
+            step("cancel", "Now hang up the caller (before anyone answers)", t0 + s.cancel_at,
+                 cancel is not None or ended is not None, "Keep the caller ringing")
+        if s.elsewhere is not None:
+            verb = "Answer" if s.elsewhere == "answered" else "Decline"
+            step("elsewhere", f"{verb} the call on the other phone registered as {who} now", t0 + s.elsewhere_at,
+                 cancel is not None or ended is not None, "Let both phones ring")
+        if s.answer_at is not None and s.hang_up_after is not None:
+            due = ok.t + s.hang_up_after if ok is not None else None
+            step("hang-up", "Now hang up the caller", due, bye is not None or ended is not None,
+                 "Stay in the call" if ok is not None else "Waiting for the call to connect")
+        if not any(st["id"] != "call" for st in steps):
+            step("hands-off", "Do not touch the iPhone: let the call run its course", None, ended is not None)
+
+    done_at = None
+    if ended is not None:
+        done_at, why = ended.t, f"the iPhone ended the call ({ended.detail.get('reason')})"
+    elif t0 is not None and now >= t0 + s.duration:
+        done_at, why = t0 + s.duration, f"the scenario's {s.duration:g} s passed without an end from the iPhone"
+    elif run.stopped_at is not None:
+        done_at, why = run.stopped_at, "stopped from the page before the iPhone ended the call"
+    out["steps"] = steps
+    if done_at is not None:
+        out["phase"] = "done"
+        if run.result is None:
+            run.result = verdict(s, timeline, call_id, why)
+        out["verdict"] = run.result
+        out["prompt"] = "Done: " + why
+        return out
+    out["phase"] = "in-call" if ok is not None else "ringing"
+    pending = [st for st in steps if not st["done"]]
+    current = pending[0] if pending else None
+    if current is None:
+        out["prompt"] = "Waiting for the iPhone to end the call"
+    elif current["due"] is not None and now < current["due"]:
+        out["prompt"] = current["wait"] or current["text"]
+        out["next"] = {"text": current["text"], "in": round(current["due"] - now, 3)}
+    elif current["due"] is None and current.get("wait") and current["id"] == "hang-up":
+        out["prompt"] = current["wait"]
+    else:
+        out["prompt"] = current["text"]
+    return out
+
+
+def verdict(s: Scenario, events: Sequence[Event], call_id: str, why: str) -> dict[str, Any]:
+    """The checks over the guided call: ``{"passed", "why", "call_id", "checks": [CheckResult JSON + "judged"]}``."""
+    checks = [check_end(events, call_id, s).to_json()]
+    if s.early_answer:
+        checks.append(check_early_answer(events, call_id, s).to_json())
+    checks.append(check_invariants(events, call_id, s).to_json())
+    for c in checks:
+        c["judged"] = True
+    if s.cancel_push_check:
+        checks.append({"check": "cancel-push", "judged": False, "passed": None, "evidence": [], "times": {},
+                       "message": "not judged in a guided run: it needs a second run of this scenario with cancel "
+                                  "pushes dropped, through faultlab's push gateway (faultlab lab run)"})
+    passed = all(c["passed"] for c in checks if c["judged"])
+    return {"passed": passed, "why": why, "call_id": call_id, "checks": checks}

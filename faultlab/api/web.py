@@ -1,0 +1,254 @@
+"""The web page of the control API, and the endpoints it needs beyond the API's own resources.
+
+::
+
+    GET  /                     the page (to a browser: an Accept with text/html); JSON clients get the index
+    GET  /static/{file}        the page's script and style sheet
+    GET  /api/ladder[?call=ID] {"call", "calls": [{"call_id", "first", "t"}], "rows": ladder rows}; by default
+                               the newest call that has an INVITE (else the newest call)
+    GET  /api/scenarios        the scenario catalogue: [{"id", "slug", "title", "script", "expect", ...}]
+    POST /api/guided/start     {"scenario": "S17", "device"?: "IP[:PORT]"}: switch the catalogue scenario's
+                               own faults on (globally, or for that device) and start guiding -> the status
+    GET  /api/guided           the guided run's status (prompts, call, verdict); {"phase": "idle"} if none
+    POST /api/guided/stop      {}: end the guided run and put back the profile active before it -> the status
+    POST /events               device events from an instrumented app (docs/device-events.md), onto the
+                               proxy's timeline: {"accepted": N}
+
+The page itself and its two static files are the only resources answered without the token when one is set:
+they hold no data, and a phone's browser cannot send a header when it opens a URL. The page reads the token from
+``/?token=TOKEN`` once, keeps it in the browser's local storage, removes it from the address bar, and sends it as
+``Authorization: Bearer TOKEN`` on every request (the event stream then comes through ``fetch``, because
+``EventSource`` cannot send headers). Everything else follows the API's rules (token, loopback Host, JSON bodies).
+
+A scenario is named by its catalogue id or slug, never by a path: as with profiles, nothing that reaches the API
+makes faultlab read a file of the caller's choosing.
+
+These endpoints read and write the running proxy's timeline: they need a control with a ``proxy`` attribute
+(:class:`Lab`, which :class:`faultlab.proxy.Proxy` is); on another control they answer 501.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+from faultlab.trace import Event
+from faultlab.trace.ladder import call_ids, ladder_rows
+
+from .app import _JSON, ApiError, _json_body, _read_body
+from .control import Control
+from .guided import GuidedRun, needs_push_gateway, scenario_json, status
+
+__all__ = ["Lab", "WebPage", "is_page"]
+
+_STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+
+
+class Lab(Protocol):
+    """What the page needs from the running proxy beyond :class:`Control`: its timeline and its profiles."""
+
+    @property
+    def events(self) -> Sequence[Event]: ...
+
+    def now(self) -> float: ...
+
+    def emit(self, kind: str, **fields: Any) -> None: ...
+
+    def activate(self, profile: Any, device: str | None = None) -> Any: ...
+
+
+def is_page(scope: Scope) -> bool:
+    """The page and its static files: answered without the token or Host check (they carry no data)."""
+    if scope.get("method") not in ("GET", "HEAD"):
+        return False
+    path = scope.get("path", "")
+    if path.startswith("/static/"):
+        return True
+    if path != "/":
+        return False
+    accept = dict(scope.get("headers") or []).get(b"accept", b"")
+    return b"text/html" in accept
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("faultlab.api").joinpath("static", name).read_bytes()
+
+
+class WebPage:
+    """The page and its endpoints over ``control`` (and the proxy behind it)."""
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+        self.run: GuidedRun | None = None
+        self._before: tuple[str | None, Any] | None = None  # (device, Profile or None) before the guided run
+
+    # -- the page -----------------------------------------------------------------------------------
+
+    def index_or(self, json_index):
+        async def index(request: Request) -> Response:
+            if "text/html" in request.headers.get("accept", ""):
+                return Response(_asset("index.html"), media_type="text/html; charset=utf-8",
+                                headers={"Cache-Control": "no-cache"})
+            return await json_index(request)
+        return index
+
+    async def static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            raise ApiError(404, f"no static file {name!r}; there are: {', '.join(_STATIC)}")
+        return Response(_asset(name), media_type=f"{_STATIC[name]}; charset=utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+    def routes(self, route) -> list:
+        return [
+            route("/static/{name}", GET=self.static),
+            route("/api/ladder", GET=self.ladder),
+            route("/api/scenarios", GET=self.scenarios),
+            route("/api/guided", GET=self.guided),
+            route("/api/guided/start", POST=self.guided_start),
+            route("/api/guided/stop", POST=self.guided_stop),
+        ]
+
+    def _lab(self) -> Lab:
+        lab = getattr(self.control, "proxy", None)
+        if lab is None:
+            raise ApiError(501, "this control API is not in front of a running faultlab proxy: "
+                                "there is no timeline to read")
+        return lab
+
+    # -- the ladder ---------------------------------------------------------------------------------
+
+    async def ladder(self, request: Request) -> Response:
+        events = list(self._lab().events)
+        calls = _calls(events)
+        call = request.query_params.get("call") or None
+        if call is not None and call not in {c["call_id"] for c in calls}:
+            raise ApiError(404, f"no call {call!r} on the timeline (the proxy keeps the recent events); "
+                                f"calls: {', '.join(c['call_id'] for c in calls) or 'none'}")
+        if call is None:
+            invites = [c for c in calls if c["first"] == "INVITE"]
+            chosen = invites[-1] if invites else (calls[-1] if calls else None)
+            call = chosen["call_id"] if chosen else None
+        rows = ladder_rows(events, call) if call is not None else []
+        return _JSON({"call": call, "calls": calls, "rows": rows})
+
+    # -- guided scenarios ---------------------------------------------------------------------------
+
+    async def scenarios(self, request: Request) -> Response:
+        return _JSON([scenario_json(s) for s in _catalogue()])
+
+    async def guided(self, request: Request) -> Response:
+        return _JSON(self._status())
+
+    def _status(self) -> dict[str, Any]:
+        if self.run is None:
+            return {"phase": "idle"}
+        lab = self._lab()
+        return status(self.run, list(lab.events), lab.now())
+
+    async def guided_start(self, request: Request) -> Response:
+        body = await _json_body(request, required=("scenario",), optional=("device",),
+                                example='{"scenario": "S17"}, or {"scenario": "S17", "device": "10.0.0.2"}')
+        name, device = body["scenario"], body.get("device")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, f'"scenario" must be a scenario id or slug from GET /api/scenarios, not {name!r}')
+        if device is not None and not isinstance(device, str):
+            raise ApiError(400, '"device" must be a string: "IP" or "IP:PORT" (IPv6 as "[::1]:5060")')
+        catalogue = _catalogue()
+        scenario = next((s for s in catalogue if name.upper() == s.id.upper() or name == s.slug), None)
+        if scenario is None:
+            raise ApiError(404, f"no scenario {name!r} in the catalogue; scenarios: "
+                                f"{', '.join(s.id for s in catalogue)}")
+        lab = self._lab()
+        key = None
+        if device is not None:
+            from faultlab.control import parse_device
+
+            try:
+                key = parse_device(device)
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from None
+        self._restore()
+        if key is None:
+            engine = getattr(lab, "engine", None)
+        else:
+            engine = getattr(lab, "device_engines", {}).get(key)
+        self._before = (key, engine.profile if engine is not None else None)
+        lab.activate(scenario.faults, key)
+        now = lab.now()
+        self.run = GuidedRun(scenario, now, key)
+        missing = needs_push_gateway(scenario)
+        if missing:
+            self.run.notes.append("not applied by faultlab's relay (they need faultlab's push gateway in the "
+                                  f"push path): {', '.join(missing)}")
+        lab.emit("guided", detail={"action": "start", "scenario": scenario.id, "device": key,
+                                   "profile": scenario.faults.name if scenario.faults is not None else None})
+        return _JSON(self._status())
+
+    async def guided_stop(self, request: Request) -> Response:
+        await _json_body(request, example="{}")
+        if self.run is None:
+            raise ApiError(404, "no guided run to stop: start one with POST /api/guided/start")
+        lab = self._lab()
+        if self.run.stopped_at is None:
+            self.run.stopped_at = lab.now()
+        result = self._status()
+        self._restore()
+        lab.emit("guided", detail={"action": "stop", "scenario": self.run.scenario.id,
+                                   "passed": (self.run.result or {}).get("passed")})
+        result["phase"] = "stopped" if result["phase"] != "done" else "done"
+        result["restored"] = True
+        self.run = None
+        return _JSON(result)
+
+    def _restore(self) -> None:
+        """Put back the profile that was active before the guided run (once)."""
+        if self._before is None:
+            return
+        key, profile = self._before
+        self._before = None
+        self._lab().activate(profile, key)
+
+    # -- device events ------------------------------------------------------------------------------
+
+    async def post_events(self, request: Request) -> Response:
+        from faultlab.lab.collector import DeviceEventError, parse_device_events
+
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise ApiError(415, "send device events as JSON with 'Content-Type: application/json' "
+                                "(docs/device-events.md)")
+        lab = self._lab()
+        raw = await _read_body(request)
+        try:
+            events = parse_device_events(raw)
+        except DeviceEventError as exc:
+            raise ApiError(400, str(exc)) from None
+        for event in events:
+            event.emit(lab)  # type: ignore[arg-type]  # the proxy emits as a lab Timeline does
+        return _JSON({"accepted": len(events)})
+
+
+def _catalogue():
+    from faultlab.lab.scenario import ScenarioError, list_scenarios
+
+    try:
+        return list_scenarios()
+    except ScenarioError as exc:
+        raise ApiError(500, f"the scenario catalogue does not load: {exc}") from None
+
+
+def _calls(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """The timeline's calls in order of first appearance, each with its first method and time."""
+    first: dict[str, Event] = {}
+    for e in events:
+        if e.call_id and e.call_id not in first and e.kind in ("received", "sent", "responded", "dropped"):
+            first[e.call_id] = e
+    order = call_ids(events)
+    return [{"call_id": c, "first": first[c].method or first[c].cseq_method, "t": first[c].t}
+            for c in order if c in first]
