@@ -23,7 +23,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         _ci()
         and report.skipped
         and not hasattr(report, "wasxfail")
-        and (item.get_closest_marker("integration") is not None or item.get_closest_marker("netns") is not None)
+        and any(item.get_closest_marker(m) is not None for m in ("integration", "netns", "browser"))
     ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"

@@ -104,7 +104,7 @@ def test_lab_run_cli_profiles_transports_and_overrides():
     (["-s", "S01", "-t", "sctp"], "use udp, tcp or tls"),
     (["-s", "S01", "--set", "expect.end"], "write KEY=VALUE"),
     (["-s", "S14", "-t", "udp"], "nothing to run"),
-    (["-s", "S01", "--pbx", "127.0.0.1:5060"], "only the embedded PBX"),
+    (["-s", "S01", "--pbx", "127.0.0.1:5060"], "needs --push-listen"),
     (["-s", "S01", "--real-time", "--network", "memory"], "needs virtual time"),
 ])
 def test_lab_run_cli_bad_input(args, message):
