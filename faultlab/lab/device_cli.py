@@ -108,13 +108,16 @@ def events_url(url: str) -> str:
     return url
 
 
-async def post_events(url: str, receive: trio.MemoryReceiveChannel) -> None:
+async def post_events(url: str, receive: trio.MemoryReceiveChannel, token: str | None = None) -> None:
     """POST each event from ``receive`` to the collector at ``url``, one at a time in their order (urllib, in a
-    thread). A failed post is reported on stderr and skipped: the collector never changes what the device does."""
+    thread), with ``Authorization: Bearer <token>`` when a token is given (faultlab's control API). A failed post
+    is reported on stderr and skipped: the collector never changes what the device does."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
 
     def post(body: dict) -> None:
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
@@ -179,6 +182,10 @@ def device(
         help="Also POST each device event to this event collector (http://HOST:PORT, whose /events is then "
              "used, or the full URL), as an instrumented app does (docs/device-events.md): device (--name), "
              "event, call_id, uuid, reason, client_time. A failed post is reported and skipped.")] = None,
+    events_token: Annotated[Optional[str], typer.Option(
+        "--events-token", envvar="FAULTLAB_API_TOKEN", metavar="TOKEN",
+        help="Bearer token for --events-url when it is faultlab's control API started with --api-token "
+             "(POST /events there); also read from $FAULTLAB_API_TOKEN.")] = None,
     ca_file: Annotated[Optional[Path], typer.Option(
         "--ca-file", help="CA certificates to verify a tls: proxy with (e.g. faultlab's lab CA) "
                           "(default: the system's).", dir_okay=False)] = None,
@@ -243,7 +250,7 @@ def device(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
             if events_url_ is not None:
-                nursery.start_soon(post_events, events_url(events_url_), post_receive)
+                nursery.start_soon(post_events, events_url(events_url_), post_receive, events_token)
             pushes = None
             if push_url is not None:
                 send, pushes = trio.open_memory_channel(16)

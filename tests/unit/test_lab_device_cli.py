@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import typer
+import trio
 from typer.testing import CliRunner
 
 from faultlab.lab.device_cli import app, collector_event, events_url, post_events, push_from_line
@@ -127,3 +128,34 @@ async def test_post_events_reach_a_collector_in_order_and_failures_are_skipped(c
     assert got == [("device:alice", "c1@pbx", "reported", None), ("device:alice", "c1@pbx", "answer-tapped", None),
                    ("device:alice", "c1@pbx", "ended", "unanswered")]
     assert "posting nope" in capsys.readouterr().err
+
+
+async def test_post_events_send_the_api_token() -> None:
+    """--events-token: faultlab's control API (POST /events) with --api-token gets Authorization: Bearer."""
+    seen: list[bytes] = []
+
+    async def handle(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        seen.append(head)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                              b"Connection: close\r\n\r\n{}")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(trio.serve_tcp, handle, 0, host="127.0.0.1")
+        port = listener.socket.getsockname()[1]
+        send, receive = trio.open_memory_channel(4)
+        send.send_nowait({"device": "alice", "event": "reported", "call_id": "c1", "client_time": 1.0})
+        send.close()
+        await post_events(f"http://127.0.0.1:{port}/events", receive, "s3cret")
+        nursery.cancel_scope.cancel()
+    [head] = seen
+    assert head.startswith(b"POST /events ")
+    assert b"authorization: bearer s3cret" in head.lower()
