@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
-import typer
 import trio
+import typer
 from typer.testing import CliRunner
 
 from faultlab.lab.device_cli import app, collector_event, events_url, post_events, push_from_line
@@ -149,7 +151,7 @@ async def test_post_events_send_the_api_token() -> None:
         await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(trio.serve_tcp, handle, 0, host="127.0.0.1")
+        [listener] = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
         port = listener.socket.getsockname()[1]
         send, receive = trio.open_memory_channel(4)
         send.send_nowait({"device": "alice", "event": "reported", "call_id": "c1", "client_time": 1.0})
