@@ -20,13 +20,13 @@ import itertools
 import json
 import os
 import re
-import sys
 from typing import Iterator
 
 import pytest
 import trio
 
-from faultlab.netns.topology import Lab, _tool, exec_argv, lab_down, lab_up
+from faultlab.netns.topology import Lab, exec_argv, lab_down, lab_up
+from tests.netns import netns_skip_reason
 from faultlab.trace import read_jsonl
 from tests.actors import actor_env, open_actors
 
@@ -37,19 +37,11 @@ TOKEN = "c0ffee0123456789"
 _counter = itertools.count()
 
 
-def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root for network namespaces (run the suite with sudo; CI runs it as root)"
-    if _tool("ip") is None:
-        return "needs the `ip` command from iproute2 (apt-get install iproute2)"
-    return None
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    reason = _skip_reason()
+    reason = netns_skip_reason()
     if reason:
         pytest.skip(reason)
     name = f"la{os.getpid() % 10000}{next(_counter)}"

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from faultlab.netns import PREFIX, LabError, exec_argv, lab_down, lab_status, lab_up, netns_name
 from faultlab.netns.cli import app as net_app
 from faultlab.netns.topology import _tool
+from tests.netns import netns_skip_reason
 
 pytestmark = pytest.mark.netns
 
@@ -57,19 +58,9 @@ sys.exit(1)
 """
 
 
-def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root for network namespaces (run the suite with sudo; CI runs it as root)"
-    if _tool("ip") is None:
-        return "needs the `ip` command from iproute2 (apt-get install iproute2)"
-    return None
-
-
 @pytest.fixture
 def lab_name() -> Iterator[str]:
-    reason = _skip_reason()
+    reason = netns_skip_reason()
     if reason:
         pytest.skip(reason)
     name = f"t{os.getpid() % 1000}{next(_counter)}"
@@ -139,7 +130,7 @@ def test_bad_input_is_refused_before_touching_anything(kwargs: dict[str, object]
             lab_up(name, **kwargs)  # type: ignore[arg-type]
         assert e.value.usage
     finally:
-        if _skip_reason() is None:
+        if netns_skip_reason() is None:
             lab_down(name)  # only if the check above failed and a lab was built
 
 
