@@ -99,7 +99,6 @@ class ExternalLab:
     events_address: tuple[str, int]
     say: Callable[[str], None] = print
     binding: Binding | None = None
-    _changed: trio.Event = field(default_factory=trio.Event)
     _uuids: dict[str, str] = field(default_factory=dict)  # CallKit uuid (lower case) -> SIP Call-ID
 
     def __post_init__(self) -> None:
@@ -110,8 +109,6 @@ class ExternalLab:
             uuid = (event.detail.get("payload") or {}).get("uuid")
             if isinstance(uuid, str):
                 self._uuids[uuid.lower()] = event.call_id
-        self._changed.set()
-        self._changed = trio.Event()
 
     # -- addresses and instructions -----------------------------------------------------------------
 
@@ -159,15 +156,8 @@ class ExternalLab:
     async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = math.inf,
                        start: int = 0) -> Event | None:
         """The first timeline event from index ``start`` on for which ``predicate`` holds; None after ``timeout``."""
-        seen = start
         with trio.move_on_after(timeout):
-            while True:
-                events = self.timeline.events
-                for event in list(events)[seen:]:
-                    if predicate(event):
-                        return event
-                seen = len(events)
-                await self._changed.wait()
+            return await self.timeline.wait_for(predicate, start=start)
         return None
 
     def _ready_binding(self) -> Binding | None:
@@ -197,7 +187,7 @@ class ExternalLab:
                         elif not self.settings.apns_url:
                             self.say(f"{self.aor} registered; waiting for it to read its pushes from "
                                      f"{self.push_url}/devices/<token>/pushes (or give --apns-url)")
-                    await self._changed.wait()
+                    await self.timeline.changed()
             if binding is None:
                 raise ExternalLabError(f"no device registered as {self.aor} with RFC 8599 push parameters "
                                        f"within {timeout:g} s" + ("" if self.settings.apns_url else

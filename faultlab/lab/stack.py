@@ -88,25 +88,12 @@ class LabStack:
         self.nursery = nursery
         self._ended: dict[str, str] = {}
         self._ended_changed = trio.Event()
-        self._emitted = trio.Event()
-        timeline.trace.add_sink(self._on_emit)
-
-    def _on_emit(self, event: Event) -> None:
-        self._emitted.set()
-        self._emitted = trio.Event()
 
     async def wait_for_event(self, predicate: Callable[[Event], bool], timeout: float = 60.0) -> Event:
         """The first timeline event (already there, or the next ones) for which ``predicate`` is true;
         :class:`trio.TooSlowError` after ``timeout`` seconds."""
-        seen = 0
         with trio.fail_after(timeout):
-            while True:
-                events = self.timeline.events
-                for event in list(events)[seen:]:
-                    if predicate(event):
-                        return event
-                seen = len(events)
-                await self._emitted.wait()
+            return await self.timeline.wait_for(predicate)
 
     @property
     def device_aor(self) -> str:

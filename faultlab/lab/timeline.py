@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import trio
 
+from collections.abc import Callable
+
 from faultlab.trace import Event, Trace
 
 
@@ -17,6 +19,31 @@ class Timeline:
     def __init__(self, trace: Trace | None = None, *, t0: float | None = None) -> None:
         self.trace = trace if trace is not None else Trace()
         self.t0 = trio.current_time() if t0 is None else t0
+        self._changed: trio.Event | None = None
+
+    def _on_emit(self, event: Event) -> None:
+        assert self._changed is not None
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Return at the next event put on the timeline (by any actor)."""
+        if self._changed is None:
+            self._changed = trio.Event()
+            self.trace.add_sink(self._on_emit)
+        await self._changed.wait()
+
+    async def wait_for(self, predicate: Callable[[Event], bool], *, start: int = 0) -> Event:
+        """The first event from index ``start`` on (already there, or the next ones) for which ``predicate`` holds.
+        Bound it with ``trio.fail_after`` / ``trio.move_on_after``."""
+        seen = start
+        while True:
+            events = self.events
+            for event in list(events)[seen:]:
+                if predicate(event):
+                    return event
+            seen = max(seen, len(events))
+            await self.changed()
 
     @property
     def events(self):
