@@ -105,6 +105,9 @@ class ScenarioError(ValueError):
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {value!r} — {allowed}" if value is not None else f"{where}: {allowed}")
 
+    def __reduce__(self):  # pickle (e.g. back from a sweep worker process) with the 4 arguments __init__ takes
+        return (ScenarioError, (self.source, self.key, self.value, self.allowed))
+
 
 @dataclass(frozen=True)
 class Bound:
