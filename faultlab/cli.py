@@ -16,6 +16,7 @@ from faultlab.lab.run_cli import demo
 from faultlab.lab.sweep_cli import sweep_command
 from faultlab.lab.push_cli import app as push_app
 from faultlab.netns.cli import app as net_app
+from faultlab.netns.gateway_cli import app as gateway_app
 from faultlab.trace.cli import app as trace_app
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.add_typer(profiles_app, name="profiles")
 profile_app = typer.Typer(help="Switch a running proxy's faults through its control API.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
 app.add_typer(net_app, name="net")
+app.add_typer(gateway_app, name="gateway")
 app.add_typer(push_app, name="push-gateway")
 app.add_typer(device_app, name="device")
 app.add_typer(pbx_app, name="pbx")

@@ -16,6 +16,12 @@ original destination and relays there:
   those that belong to one of faultlab's transparent sockets (``socket
   transparent 1``), so they are delivered to faultlab instead of being
   forwarded past it.
+- With ``iface`` (a real gateway, in its own namespace: ``faultlab gateway
+  intercept``), every rule that catches traffic *to* the PBX also matches
+  ``iifname IFACE``, so only what arrives on that (Wi-Fi-side) interface is
+  handed to faultlab; the rules for the PBX's answers are not restricted
+  (those arrive on the uplink). ``counter`` adds an nftables counter to each
+  rule, so ``nft list table`` shows what was caught.
 
 The ruleset is generated as text from validated values only (addresses
 through :mod:`ipaddress`, ports and marks as ints, the table name checked)
@@ -37,6 +43,9 @@ DEFAULT_ROUTE_TABLE = 100
 
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no '/', no whitespace, not "." or "..";
+# quotes and backslashes are refused too, since the name is written into the nft script between quotes.
+_IFNAME = re.compile(r'^(?!\.{1,2}$)[^\s/"\'\\]{1,15}$')
 
 
 class InterceptError(RuntimeError):
@@ -57,6 +66,8 @@ class InterceptSpec:
     mark: int = DEFAULT_MARK
     route_table: int = DEFAULT_ROUTE_TABLE
     spoof_source: bool = False
+    iface: str | None = None
+    counter: bool = False
 
     @classmethod
     def make(
@@ -72,11 +83,15 @@ class InterceptSpec:
         mark: int = DEFAULT_MARK,
         route_table: int = DEFAULT_ROUTE_TABLE,
         spoof_source: bool = False,
+        iface: str | None = None,
+        counter: bool = False,
     ) -> InterceptSpec:
         try:
             address = ipaddress.ip_address(str(pbx))
         except ValueError:
-            raise InterceptError(f"PBX address {pbx!r} is not an IP address") from None
+            raise InterceptError(f"PBX address {pbx!r} is not an IP address: give the PBX's IPv4 address as "
+                                 "the phones reach it, e.g. 192.168.50.10 (for a host name, "
+                                 "'getent ahostsv4 NAME' shows it)") from None
         if not isinstance(address, ipaddress.IPv4Address):
             raise InterceptError(f"PBX address {address}: transparent interception supports IPv4 only")
         port_list = tuple(dict.fromkeys(_port(p, "SIP port") for p in ports))
@@ -95,7 +110,10 @@ class InterceptSpec:
                 or not 1 <= route_table <= 0xFFFFFFFF or route_table in (253, 254, 255)):
             raise InterceptError(f"route table {route_table!r}: must be an integer 1..4294967295, "
                                  "not 253/254/255 (default, main, local)")
-        return cls(address, port_list, udp, tcp, tls, tls_list, table, mark, route_table, bool(spoof_source))
+        if iface is not None:
+            check_iface_name(iface)
+        return cls(address, port_list, udp, tcp, tls, tls_list, table, mark, route_table, bool(spoof_source),
+                   iface, bool(counter))
 
 
 def _port(value: object, what: str) -> int:
@@ -105,10 +123,17 @@ def _port(value: object, what: str) -> int:
 
 
 def check_table_name(table: str) -> str:
-    if not isinstance(table, str) or not _TABLE_NAME.match(table):
+    if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
         raise InterceptError(f"nftables table name {table!r}: letters, digits and _ only, starting "
                              "with a letter, at most 63 characters")
     return table
+
+
+def check_iface_name(iface: str) -> str:
+    if not isinstance(iface, str) or not _IFNAME.fullmatch(iface):
+        raise InterceptError(f"interface name {iface!r} is not a Linux interface name (1-15 characters, "
+                             "no spaces, '/', quotes or backslashes): see 'ip -br link'")
+    return iface
 
 
 def _set(ports: Sequence[int]) -> str:
@@ -117,8 +142,11 @@ def _set(ports: Sequence[int]) -> str:
 
 def ruleset(spec: InterceptSpec) -> str:
     """The nftables script (for ``nft -f -``) that (re)creates the table atomically."""
-    pbx = str(spec.pbx)
     t = spec.table
+    # traffic to the PBX: only from the given interface, when there is one
+    to_pbx = (f'iifname "{spec.iface}" ' if spec.iface is not None else "") + f"ip daddr {spec.pbx}"
+    from_pbx = f"ip saddr {spec.pbx}"
+    count = "counter " if spec.counter else ""
     lines = [
         # create-then-delete makes the replace idempotent: the table may or may not exist
         f"table inet {t}",
@@ -129,9 +157,9 @@ def ruleset(spec: InterceptSpec) -> str:
     plain_tcp = [p for p in spec.ports if p not in spec.tls_ports]
     tls_tcp = [p for p in spec.ports if p in spec.tls_ports]
     if spec.proxy_tcp_port is not None and plain_tcp:
-        tcp_rules.append(f"ip daddr {pbx} tcp dport {_set(plain_tcp)} redirect to :{spec.proxy_tcp_port}")
+        tcp_rules.append(f"{to_pbx} tcp dport {_set(plain_tcp)} {count}redirect to :{spec.proxy_tcp_port}")
     if spec.proxy_tls_port is not None and tls_tcp:
-        tcp_rules.append(f"ip daddr {pbx} tcp dport {_set(tls_tcp)} redirect to :{spec.proxy_tls_port}")
+        tcp_rules.append(f"{to_pbx} tcp dport {_set(tls_tcp)} {count}redirect to :{spec.proxy_tls_port}")
     if tcp_rules:
         lines += ["  chain intercept_tcp {",
                   "    type nat hook prerouting priority dstnat; policy accept;"]
@@ -139,14 +167,14 @@ def ruleset(spec: InterceptSpec) -> str:
         lines.append("  }")
     udp_rules = []
     if spec.proxy_udp_port is not None:
-        udp_rules.append(f"ip daddr {pbx} udp dport {_set(spec.ports)} "
-                         f"tproxy ip to :{spec.proxy_udp_port} meta mark set {spec.mark} accept")
+        udp_rules.append(f"{to_pbx} udp dport {_set(spec.ports)} "
+                         f"{count}tproxy ip to :{spec.proxy_udp_port} meta mark set {spec.mark} accept")
     if spec.spoof_source:
         # the PBX answers the device's own address: deliver what belongs to
         # one of faultlab's transparent sockets to faultlab, not past it
         for proto in ("udp", "tcp"):
-            udp_rules.append(f"ip saddr {pbx} {proto} sport {_set(spec.ports)} "
-                             f"socket transparent 1 meta mark set {spec.mark} accept")
+            udp_rules.append(f"{from_pbx} {proto} sport {_set(spec.ports)} "
+                             f"socket transparent 1 {count}meta mark set {spec.mark} accept")
     if udp_rules:
         lines += ["  chain intercept_mark {",
                   "    type filter hook prerouting priority mangle; policy accept;"]
@@ -163,7 +191,7 @@ def needs_policy_route(spec: InterceptSpec) -> bool:
 def _ns(netns: str | None, argv: list[str]) -> list[str]:
     if netns is None:
         return argv
-    if not isinstance(netns, str) or not _NETNS_NAME.match(netns):
+    if not isinstance(netns, str) or not _NETNS_NAME.fullmatch(netns):
         raise InterceptError(f"network namespace name {netns!r} is not valid")
     return ["ip", "netns", "exec", netns, *argv]
 
@@ -181,6 +209,16 @@ def rule_argv(netns: str | None, action: str, mark: int, route_table: int) -> li
 
 def route_argv(netns: str | None, action: str, route_table: int) -> list[str]:
     return _ip(netns, "-4", "route", action, "local", "0.0.0.0/0", "dev", "lo", "table", str(route_table))
+
+
+def apply_argv(netns: str | None) -> list[str]:
+    """``nft -f -``: the ruleset comes on stdin."""
+    return _ns(netns, ["nft", "-f", "-"])
+
+
+def delete_table_argv(netns: str | None, table: str) -> list[str]:
+    check_table_name(table)
+    return _ns(netns, ["nft", "delete", "table", "inet", table])
 
 
 def _run(argv: list[str], *, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -206,31 +244,39 @@ def intercept_on(
     mark: int = DEFAULT_MARK,
     route_table: int = DEFAULT_ROUTE_TABLE,
     spoof_source: bool = False,
+    iface: str | None = None,
+    counter: bool = False,
 ) -> InterceptSpec:
     """Send SIP traffic for ``pbx`` in namespace ``netns`` (None: this one) to the local proxy.
 
     TCP to a port in ``tls_ports`` goes to ``proxy_tls_port`` (not intercepted
     when it is None), other TCP ports to ``proxy_tcp_port``, UDP to
-    ``proxy_udp_port``. Replaces a table of the same name. On failure
+    ``proxy_udp_port``. With ``iface``, only traffic arriving on that
+    interface is intercepted. Replaces a table of the same name. On failure
     nothing of it is left behind.
     """
     spec = InterceptSpec.make(pbx=pbx, ports=ports, proxy_udp_port=proxy_udp_port,
                               proxy_tcp_port=proxy_tcp_port, proxy_tls_port=proxy_tls_port,
                               tls_ports=tls_ports, table=table, mark=mark, route_table=route_table,
-                              spoof_source=spoof_source)
-    try:
-        if needs_policy_route(spec):
-            if not _has_rule(netns, spec.mark, spec.route_table):
-                _run(rule_argv(netns, "add", spec.mark, spec.route_table))
-            _run(route_argv(netns, "replace", spec.route_table))
-        _run(_ns(netns, ["nft", "-f", "-"]), stdin=ruleset(spec))
-    except BaseException:
-        intercept_off(netns, table, mark=mark, route_table=route_table)
-        raise
+                              spoof_source=spoof_source, iface=iface, counter=counter)
+    apply(netns, spec)
     return spec
 
 
-def _has_rule(netns: str | None, mark: int, route_table: int) -> bool:
+def apply(netns: str | None, spec: InterceptSpec) -> None:
+    """Install ``spec`` in namespace ``netns`` (None: this one); on failure nothing of it is left behind."""
+    try:
+        if needs_policy_route(spec):
+            if not has_rule(netns, spec.mark, spec.route_table):
+                _run(rule_argv(netns, "add", spec.mark, spec.route_table))
+            _run(route_argv(netns, "replace", spec.route_table))
+        _run(apply_argv(netns), stdin=ruleset(spec))
+    except BaseException:
+        intercept_off(netns, spec.table, mark=spec.mark, route_table=spec.route_table)
+        raise
+
+
+def has_rule(netns: str | None, mark: int, route_table: int) -> bool:
     done = _run(_ip(netns, "-4", "rule", "show", "fwmark", str(mark), "lookup", str(route_table)), check=False)
     return done.returncode == 0 and bool(done.stdout.strip())
 
@@ -244,7 +290,7 @@ def intercept_off(
 ) -> None:
     """Remove the table and the policy route; idempotent (nothing there is fine)."""
     check_table_name(table)
-    _run(_ns(netns, ["nft", "delete", "table", "inet", table]), check=False)
+    _run(delete_table_argv(netns, table), check=False)
     for _ in range(16):  # the rule may have been added more than once by hand
         if _run(rule_argv(netns, "del", mark, route_table), check=False).returncode != 0:
             break
@@ -254,3 +300,17 @@ def intercept_off(
 def table_exists(netns: str | None, table: str) -> bool:
     check_table_name(table)
     return _run(_ns(netns, ["nft", "list", "table", "inet", table]), check=False).returncode == 0
+
+
+def has_route(netns: str | None, route_table: int) -> bool:
+    """Whether table ``route_table`` holds the ``local 0.0.0.0/0 dev lo`` route TPROXY needs."""
+    done = _run(_ip(netns, "-4", "route", "show", "table", str(route_table), "type", "local",
+                     "exact", "0.0.0.0/0"), check=False)
+    return done.returncode == 0 and re.search(r"\bdev lo(\s|$)", done.stdout) is not None
+
+
+def list_table(netns: str | None, table: str) -> str | None:
+    """``nft list table inet TABLE`` (rules with their counters), or None when there is no such table."""
+    check_table_name(table)
+    done = _run(_ns(netns, ["nft", "list", "table", "inet", table]), check=False)
+    return done.stdout if done.returncode == 0 else None

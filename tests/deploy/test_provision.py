@@ -24,7 +24,7 @@ import typer
 from typer.testing import CliRunner
 
 from faultlab.cli import app
-from faultlab.netns.intercept import DEFAULT_MARK, DEFAULT_ROUTE_TABLE, InterceptSpec, route_argv, rule_argv, ruleset
+from faultlab.netns.intercept import InterceptSpec, ruleset
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "provision.sh"
@@ -182,37 +182,65 @@ def test_push_gateway_unit_parses(stub_path):
     assert "--tls" in args
 
 
-def test_interception_rules_are_faultlabs_own_on_the_wifi_interface(stub_path):
+def _intercept_dry_run(args: list[str]) -> str:
+    """The ruleset `faultlab gateway intercept ARGS --dry-run` prints (what the unit would apply)."""
+    wide = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}
+    done = CliRunner().invoke(app, [*args, "--dry-run"], env=wide)
+    assert done.exit_code == 0, done.output
+    return done.output.split("<<'EOF'\n", 1)[1].split("\nEOF", 1)[0] + "\n"
+
+
+def test_interception_is_faultlab_gateway_intercept_on_the_wifi_interface(stub_path):
     run = dry_run(stub_path, {**BASE, "FAULTLAB_PBX_PORTS": "5060,5061,5080"})
-    text = run.files["/etc/faultlab/intercept.nft"]
-    rules = "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))
-    assert PBX in rules and "5060" in rules and "5061" in rules and "5080" in rules
+    assert run.returncode == 0, run.stderr
+    unit = run.unit("faultlab-intercept.service")
+    (exec_start,) = unit["ExecStart"]
+    args = check_faultlab_exec(exec_start)
+    assert args[:2] == ["gateway", "intercept"] and "--off" not in args and "--spoof-source" not in args
+    assert _options(args, "--pbx") == [PBX] and _options(args, "--iface") == ["wlan0"]
+    assert _options(args, "--ports") == ["5060,5061,5080"] and _options(args, "--tls-ports") == ["5061"]
+    assert _options(args, "--table") == ["faultlab_gw"]
+    assert (_options(args, "--proxy-udp-port"), _options(args, "--proxy-tcp-port"),
+            _options(args, "--proxy-tls-port")) == (["5060"], ["5060"], ["5061"])
+    (exec_stop,) = unit["ExecStop"]
+    assert check_faultlab_exec(exec_stop) == ["gateway", "intercept", "--off", "--table", "faultlab_gw"]
+    assert unit["BindsTo"] == ["faultlab-proxy.service"]
+    # provisioning checks the values with the same command line before writing the unit
+    assert ["/opt/faultlab/venv/bin/faultlab", *args, "--dry-run"] in run.commands
+    assert ["systemctl", "restart", "faultlab-intercept.service"] in run.commands
+    assert "/etc/faultlab/intercept.nft" not in run.files
+
+    # what it applies is faultlab's own ruleset: the lab's, each rule toward the PBX restricted to wlan0
+    rules = _intercept_dry_run(args)
     to_pbx = [line for line in rules.splitlines() if f"ip daddr {PBX}" in line]
     assert len(to_pbx) == 3 and all(line.lstrip().startswith('iifname "wlan0" ') for line in to_pbx)
-    # without the interface restriction it is exactly what faultlab net intercept installs in a lab
-    spec = InterceptSpec.make(pbx=PBX, ports=(5060, 5061, 5080), proxy_udp_port=5060, proxy_tcp_port=5060,
-                              proxy_tls_port=5061, table="faultlab_gw")
-    assert rules.replace('iifname "wlan0" ', "") == ruleset(spec)
-
-    unit = run.unit("faultlab-intercept.service")
-    assert unit["ExecStart"] == ["/usr/sbin/nft -f /etc/faultlab/intercept.nft"]
-    assert unit["BindsTo"] == ["faultlab-proxy.service"]
-    pre = [shlex.split(v.lstrip("-")) for v in unit["ExecStartPre"]]
-    assert [Path(pre[1][0]).name, *pre[1][1:]] == rule_argv(None, "add", DEFAULT_MARK, DEFAULT_ROUTE_TABLE)
-    assert [Path(pre[2][0]).name, *pre[2][1:]] == route_argv(None, "replace", DEFAULT_ROUTE_TABLE)
-    assert "/usr/sbin/nft delete table inet faultlab_gw" in [v.lstrip("-") for v in unit["ExecStop"]]
-    assert ["systemctl", "restart", "faultlab-intercept.service"] in run.commands
+    lab = InterceptSpec.make(pbx=PBX, ports=(5060, 5061, 5080), proxy_udp_port=5060, proxy_tcp_port=5060,
+                             proxy_tls_port=5061, table="faultlab_gw")
+    assert rules.replace('iifname "wlan0" ', "").replace("counter ", "") == ruleset(lab)
 
 
 def test_spoof_source_marks_the_pbx_answers_on_any_interface(stub_path):
     run = dry_run(stub_path, {**BASE, "FAULTLAB_SPOOF_SOURCE": "1", "FAULTLAB_MASQUERADE": "0"})
     assert run.returncode == 0, run.stderr
-    rules = run.files["/etc/faultlab/intercept.nft"]
+    args = check_faultlab_exec(run.unit("faultlab-intercept.service")["ExecStart"][0])
+    assert "--spoof-source" in args
+    rules = _intercept_dry_run(args)
     answers = [line.strip() for line in rules.splitlines() if f"ip saddr {PBX}" in line]
     assert len(answers) == 2 and not any("iifname" in line for line in answers)
     args = check_faultlab_exec(run.unit("faultlab-proxy.service")["ExecStart"][0])
     assert "--spoof-source" in args
     assert "/etc/faultlab/masquerade.nft" not in run.files
+
+
+def test_listeners_decide_which_transports_are_intercepted(stub_path):
+    run = dry_run(stub_path, {**BASE, "FAULTLAB_LISTEN": "udp:0.0.0.0:5070", "FAULTLAB_PBX_TLS_PORTS": "none"})
+    assert run.returncode == 0, run.stderr
+    args = check_faultlab_exec(run.unit("faultlab-intercept.service")["ExecStart"][0])
+    assert _options(args, "--tls-ports") == ["none"]
+    assert (_options(args, "--proxy-udp-port"), _options(args, "--proxy-tcp-port"),
+            _options(args, "--proxy-tls-port")) == (["5070"], ["0"], ["0"])
+    rules = _intercept_dry_run(args)
+    assert "redirect" not in rules and "tproxy ip to :5070" in rules
 
 
 def test_relay_mode_forwards_to_the_pbx_per_transport(stub_path):
@@ -303,16 +331,6 @@ def test_unit_templates_have_no_unknown_placeholders():
             assert f"{key}=" in script, f"{template.name}: @{key}@ is never filled in by provision.sh"
 
 
-def test_intercept_rules_refuses_bad_values():
-    helper = REPO / "deploy" / "intercept_rules.py"
-    done = subprocess.run([sys.executable, str(helper), "--pbx", "10.0.0.1", "--iface", "wlan0"],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "nothing to intercept to" in done.stderr
-    done = subprocess.run([sys.executable, str(helper), "--pbx", "10.0.0.1", "--iface", 'a"b', "--udp-port", "5060"],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "not a Linux interface name" in done.stderr
-
-
 @pytest.mark.netns
 def test_generated_rulesets_pass_nft_check_in_a_scratch_namespace(stub_path, tmp_path):
     """nft -c (check only, nothing applied) in a network namespace made for this test and gone after it."""
@@ -323,9 +341,12 @@ def test_generated_rulesets_pass_nft_check_in_a_scratch_namespace(stub_path, tmp
     nft = shutil.which("nft")
     plain = dry_run(stub_path, BASE)
     spoof = dry_run(stub_path, {**BASE, "FAULTLAB_SPOOF_SOURCE": "1", "FAULTLAB_MASQUERADE": "0"})
-    for label, run, name in (("plain", plain, "intercept.nft"), ("spoof", spoof, "intercept.nft"),
-                             ("plain", plain, "masquerade.nft")):
-        path = tmp_path / f"{label}-{name}"
-        path.write_text(run.files[f"/etc/faultlab/{name}"])
+    scripts = {"masquerade.nft": plain.files["/etc/faultlab/masquerade.nft"]}
+    for label, run in (("plain", plain), ("spoof", spoof)):
+        args = check_faultlab_exec(run.unit("faultlab-intercept.service")["ExecStart"][0])
+        scripts[f"{label}-intercept.nft"] = _intercept_dry_run(args)
+    for name, text in scripts.items():
+        path = tmp_path / name
+        path.write_text(text)
         done = subprocess.run(["unshare", "--net", nft, "-c", "-f", str(path)], capture_output=True, text=True)
-        assert done.returncode == 0, f"{label} {name}: {done.stderr}"
+        assert done.returncode == 0, f"{name}: {done.stderr}"
