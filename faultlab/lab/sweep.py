@@ -20,6 +20,7 @@ Parameters (:func:`parse_param`), a value list ``a,b,c`` or a range ``lo..hi:ste
 from __future__ import annotations
 
 import csv
+import fcntl
 import html
 import itertools
 import json
@@ -28,7 +29,9 @@ import os
 import statistics
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +101,25 @@ def _percent(text: str) -> float:
     return float(text)
 
 
+def duration_text(seconds: float) -> str:
+    """``seconds`` as a duration :func:`override` reads back exactly: ``1e-05`` -> ``"0.00001s"`` (positional
+    digits of the shortest repr, never an exponent, which parse_duration refuses)."""
+    return f"{Decimal(repr(float(seconds))):f}s"
+
+
+def _checked(text: str, key: str, values: tuple[float, ...], *, durations: bool) -> tuple[float, ...]:
+    """``values`` without repeats (first kept, in order); every value finite, and not negative for a duration."""
+    for v in values:
+        if not math.isfinite(v):
+            raise SweepError(f"--param {text!r}: {v} is not a number")
+        if durations and v < 0:
+            raise SweepError(f"--param {text!r}: {v:g} is negative; {key} is a duration, 0 or more")
+    return tuple(dict.fromkeys(values))
+
+
 def parse_param(text: str) -> Param:
-    """``KEY=VALUES`` (see the module docstring) -> :class:`Param`; :class:`SweepError` says what is wrong."""
+    """``KEY=VALUES`` (see the module docstring) -> :class:`Param`; :class:`SweepError` says what is wrong.
+    Every value is checked (not only the first), repeated values are dropped."""
     key, sep, values = text.partition("=")
     key = ALIASES.get(key.strip(), key.strip())
     if not sep or not key or not values.strip():
@@ -107,21 +127,23 @@ def parse_param(text: str) -> Param:
     section, _, name = key.partition(".")
     try:
         if section == "link" and name in LINK_TIME:
-            return Param(key, _numbers(values, _millis), "ms")
+            return Param(key, _checked(text, key, _numbers(values, _millis), durations=True), "ms")
         if section == "link" and name in LINK_RATIO:
-            parsed = _numbers(values, _percent)
+            parsed = _checked(text, key, _numbers(values, _percent), durations=False)
             if any(not 0 <= v <= 100 for v in parsed):
                 raise SweepError(f"--param {text!r}: {name} is a percentage from 0 to 100")
             return Param(key, parsed, "%")
         if section == "link" and name == "rate":
-            return Param(key, _numbers(values, parse_bitrate), "bit/s")
+            return Param(key, _checked(text, key, _numbers(values, parse_bitrate), durations=True), "bit/s")
         if section == "link":
             raise SweepError(f"--param {text!r}: link fields are delay, jitter, loss, duplicate, reorder, rate")
         if section == "rule" and key.endswith(".delay") and key.count(".") >= 2:
-            return Param(key, _numbers(values, _seconds), "s")
+            return Param(key, _checked(text, key, _numbers(values, _seconds), durations=True), "s")
         if section in ("device", "call", "pbx", "push") or key in ("expect.tolerance",):
-            parsed = _numbers(values, _seconds)
-            override(load_scenario("S01"), key, f"{parsed[0]}s")  # the key must be one override() knows
+            parsed = _checked(text, key, _numbers(values, _seconds), durations=True)
+            s01 = load_scenario("S01")
+            for value in parsed:  # the key must be one override() knows, and take every value
+                override(s01, key, duration_text(value))
             return Param(key, parsed, "s")
     except ValueError as exc:
         if isinstance(exc, SweepError):
@@ -147,7 +169,7 @@ def apply(scenario: Scenario, values: dict[str, float]) -> Scenario:
             rule_name = key[len("rule."):-len(".delay")]
             scenario = _set_rule_delay(scenario, rule_name, value)
         else:
-            scenario = override(scenario, key, f"{value}s")
+            scenario = override(scenario, key, duration_text(value))
     if link_changes:
         faults = scenario.faults or Profile(name=f"{scenario.slug}-sweep", summary="sweep")
         base = faults.link or Link()
@@ -221,15 +243,56 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _drop_partial_line(path: Path) -> None:
+    """Cut ``path`` back to just after its last newline, so the next row does not glue onto a line an interruption
+    cut short."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def error_row(point: dict[str, float], seed: int, exc: BaseException) -> dict[str, Any]:
+    """The row of a run that raised instead of finishing: failed, with ``error`` ``"<Type>: <message>"``."""
+    return {"point": point, "seed": seed, "passed": False, "checks": {}, "end_reason": None,
+            "ring": None, "connect": None, "end": None, "error": f"{type(exc).__name__}: {exc}", "wall": 0.0}
+
+
+def run_point_safely(scenario_name: str, sets: Sequence[tuple[str, str]], point: dict[str, float], seed: int,
+                     behaviour: str | None = None) -> dict[str, Any]:
+    """:func:`run_point`, an exception turned into its :func:`error_row` (in the worker: nothing to unpickle)."""
+    try:
+        return run_point(scenario_name, sets, point, seed, behaviour)
+    except Exception as exc:  # noqa: BLE001 - one run's failure is that run's row, the sweep goes on
+        return error_row(point, seed, exc)
+
+
 def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int = 1,
           sets: Sequence[tuple[str, str]] = (), behaviour: str | None = None,
           on_row: Callable[[dict[str, Any], int, int], None] | None = None,
           stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
     """Run every (point, seed) not yet in ``out/runs.jsonl``; return all rows of this sweep, in grid order.
 
-    ``out/sweep.json`` records the settings; a different sweep in the same directory is refused. ``on_row(row,
-    done, total)`` after each run; ``stop()`` true ends the sweep early (what is done is kept)."""
+    ``out/sweep.json`` records the settings; a different sweep in the same directory is refused, the same sweep
+    with more ``runs`` only runs the new seeds. ``out/sweep.lock`` is held for the sweep's duration: a second sweep
+    into the same directory fails at once. A run that raises is recorded as a failed row with its ``error``.
+    ``on_row(row, done, total)`` after each run; ``stop()`` true ends the sweep early (what is done is kept)."""
     out.mkdir(parents=True, exist_ok=True)
+    with (out / "sweep.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepError(f"another sweep is running in {out}; wait for it or use another --out") from None
+        return _sweep_locked(scenario_name, params, runs=runs, seed=seed, out=out, jobs=jobs, sets=sets,
+                             behaviour=behaviour, on_row=on_row, stop=stop)
+
+
+def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int,
+                  sets: Sequence[tuple[str, str]], behaviour: str | None,
+                  on_row: Callable[[dict[str, Any], int, int], None] | None,
+                  stop: Callable[[], bool] | None) -> list[dict[str, Any]]:
     settings = {"scenario": scenario_name, "params": [{"key": p.key, "values": list(p.values), "unit": p.unit}
                                                       for p in params],
                 "runs": runs, "seed": seed, "set": [list(s) for s in sets], "behaviour": behaviour}
@@ -240,11 +303,15 @@ def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, 
             raise SweepError(f"{out} holds a different sweep ({settings_path}); use another --out directory")
     settings_path.write_text(json.dumps(settings, indent=2) + "\n")
     rows_path = out / "runs.jsonl"
-    done = {run_key(r["point"], r["seed"]): r for r in load_rows(rows_path)}
+    done: dict[str, dict[str, Any]] = {}
+    for row in load_rows(rows_path):  # a (point, seed) twice (e.g. an older, unlocked double run): the first counts
+        done.setdefault(run_key(row["point"], row["seed"]), row)
+    _drop_partial_line(rows_path)
     grid = points(params)
     todo = [(p, seed + i) for p in grid for i in range(runs) if run_key(p, seed + i) not in done]
     total = len(grid) * runs
     count = total - len(todo)
+    broken: BaseException | None = None
     with rows_path.open("a") as sink:
         def record(row: dict[str, Any]) -> None:
             nonlocal count
@@ -259,23 +326,37 @@ def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, 
             for point, s in todo:
                 if stop is not None and stop():
                     break
-                record(run_point(scenario_name, sets, point, s, behaviour))
+                record(run_point_safely(scenario_name, sets, point, s, behaviour))
         else:
             with ProcessPoolExecutor(jobs) as pool:
-                pending: set[Future] = set()
+                pending: dict[Future, tuple[dict[str, float], int]] = {}
                 queue = iter(todo)
-                for point, s in itertools.islice(queue, jobs * 4):
-                    pending.add(pool.submit(run_point, scenario_name, sets, point, s, behaviour))
+
+                def submit(n: int) -> None:
+                    for point, s in itertools.islice(queue, n):
+                        pending[pool.submit(run_point_safely, scenario_name, sets, point, s, behaviour)] = (point, s)
+
+                submit(jobs * 4)
                 while pending:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        record(future.result())
-                    if stop is not None and stop():
+                        point, s = pending.pop(future)
+                        try:
+                            row = future.result()
+                        except BrokenProcessPool as exc:  # a worker died: not this run's fault, leave it to redo
+                            broken = exc
+                            continue
+                        except Exception as exc:  # noqa: BLE001 - e.g. a result that could not be unpickled
+                            row = error_row(point, s, exc)
+                        record(row)
+                    if broken is not None or (stop is not None and stop()):
                         for future in pending:
                             future.cancel()
                         break
-                    for point, s in itertools.islice(queue, len(finished)):
-                        pending.add(pool.submit(run_point, scenario_name, sets, point, s, behaviour))
+                    submit(len(finished))
+    if broken is not None:
+        raise SweepError(f"a worker process died ({broken}); {count} of {total} runs are kept in {rows_path}: "
+                         "run the same command again to finish")
     return [done[k] for k in (run_key(p, seed + i) for p in grid for i in range(runs)) if k in done]
 
 
@@ -313,14 +394,20 @@ def summarise(rows: Sequence[dict[str, Any]], params: Sequence[Param]) -> list[d
         for r in group:
             reasons[str(r.get("end_reason"))] = reasons.get(str(r.get("end_reason")), 0) + 1
         summary["end_reasons"] = reasons
+        # the calls that never connected (a ghost ring, a missed call): how long until the device gave up
+        unconnected = [r["end"] for r in group if r.get("connect") is None and r.get("end") is not None]
+        summary["unconnected"] = len(unconnected)
+        summary["unconnected_end_median"] = statistics.median(unconnected) if unconnected else None
+        summary["errors"] = sum(1 for r in group if r.get("error"))
         out.append(summary)
     return out
 
 
 def recommend(summaries: Sequence[dict[str, Any]], params: Sequence[Param], target: float = 0.99) -> list[str]:
     """Plain-language findings: for a swept deadline (``device.*``), per condition (the other parameters' values),
-    the smallest value whose pass rate reaches ``target``, and the price of each extra second (the change in median
-    push -> end of the runs that did not connect, and in pass rate, per second of deadline)."""
+    the smallest value whose pass rate reaches ``target``, and the price of each step between neighbouring values of
+    the deadline: the change in pass rate (points) and in the median push -> end of the runs that never connected
+    (no ``connect`` time: the ghost ring or missed call a longer deadline prolongs)."""
     deadlines = [p for p in params if p.key.startswith("device.")]
     if not deadlines:
         return [f"no device deadline swept: pass rate per point is in results.csv (target {target:.0%})"]
@@ -341,18 +428,24 @@ def recommend(summaries: Sequence[dict[str, Any]], params: Sequence[Param], targ
                 top = max(series, key=lambda s: s["pass_rate"]) if series else None
                 lines.append(f"{where}: no {knob.key} tried reaches {target:.0%}"
                              + (f" (best {top['pass_rate']:.0%} at {knob.label(top['point'][knob.key])})" if top else ""))
-            if len(series) >= 2:
-                first, last = series[0], series[-1]
-                span = last["point"][knob.key] - first["point"][knob.key]
-                if span > 0:
-                    rate = (last["pass_rate"] - first["pass_rate"]) / span
-                    ends = [(s["point"][knob.key], s["end_median"]) for s in series if s["end_median"] is not None]
-                    cost = ""
-                    if len(ends) >= 2 and ends[-1][0] > ends[0][0]:
-                        slope = (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0])
-                        cost = f", median push → end {slope:+.2f} s"
-                    lines.append(f"    each extra second of {knob.key}: pass rate {rate * 100:+.1f} points{cost}")
+            for before, after in zip(series, series[1:]):
+                lines.append(f"    {_step(knob, before, after)}")
     return lines
+
+
+def _step(knob: Param, before: dict[str, Any], after: dict[str, Any]) -> str:
+    """``"1 s → 2 s: pass rate +14 points, push → end of calls that never connected +1.00 s"``."""
+    rate = (after["pass_rate"] - before["pass_rate"]) * 100
+    a, b = before.get("unconnected_end_median"), after.get("unconnected_end_median")
+    if a is not None and b is not None:
+        cost = f"{b - a:+.2f} s ({a:.2f} s → {b:.2f} s)"
+    elif a is None and b is None:
+        cost = "no such runs"
+    else:
+        missing = knob.label((before if a is None else after)["point"][knob.key])
+        cost = f"no such runs at {missing}"
+    return (f"{knob.label(before['point'][knob.key])} → {knob.label(after['point'][knob.key])}: pass rate "
+            f"{rate:+.0f} points, push → end of calls that never connected {cost}")
 
 
 def write_results(out: Path, rows: Sequence[dict[str, Any]], params: Sequence[Param], summaries, lines) -> None:

@@ -129,4 +129,8 @@ def sweep_command(
     console.print("[bold]Recommendation[/bold]")
     for line in lines:
         console.print(line, highlight=False)
+    errored = [r for r in rows if r.get("error")]
+    if errored:
+        console.print(f"{len(errored)} of {len(rows)} runs errored (counted as failed; the error column of "
+                      f"results.csv says why), e.g. {errored[0]['error']}", highlight=False)
     console.print(f"{len(rows)} runs in {wall:.1f} s; {out}/results.csv, results.json, plot.html")

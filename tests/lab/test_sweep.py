@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import pickle
 
 import pytest
 from typer.testing import CliRunner
 
 from faultlab.cli import app
-from faultlab.lab.scenario import load_scenario
-from faultlab.lab.sweep import SweepError, apply, parse_param, recommend, summarise, sweep
+from faultlab.lab.scenario import ScenarioError, load_scenario
+from faultlab.lab.sweep import Param, SweepError, apply, parse_param, recommend, summarise, sweep
 
 # S02: faultlab holds the INVITE (rule "delay-invite-3s"); the user answers 4 s after the report
 GRID = [parse_param("device.invite_wait=1,2,4"), parse_param("rule.delay-invite-3s.delay=0.5,3")]
@@ -80,6 +82,12 @@ def test_parameters_apply_to_the_scenario():
     ("link.colour=1", "link fields are"),
     ("device.patience=1,2", "not a field that can be set"),
     ("wifi=1", "unknown parameter"),
+    ("device.invite_deadline=1,-1", "-1 is negative; device.invite_deadline is a duration"),  # not only the first
+    ("device.invite_wait=2,-0.5", "is negative"),
+    ("call.cancel_at=1,-1", "is negative"),
+    ("rule.delay-invite-3s.delay=1,-2", "is negative"),
+    ("link.delay=10,-5", "is negative"),
+    ("device.invite_wait=1,nan", "not a number"),
 ])
 def test_bad_parameters_say_what_to_write(text, message):
     with pytest.raises(SweepError, match=message):
@@ -109,3 +117,132 @@ def test_sweep_command_writes_results_plot_and_recommendation(tmp_path):
     assert page.count("<svg") >= 3 and "pass rate vs device.invite_deadline" in page and "<script" not in page
     bad = CliRunner().invoke(app, ["sweep", "-s", "S02", "-P", "link.loss=0..20"])
     assert bad.exit_code == 2 and "LO..HI:STEP" in bad.output
+
+
+def test_a_negative_deadline_is_refused_before_any_run(tmp_path):
+    for jobs in ("1", "2"):
+        out = tmp_path / jobs
+        result = CliRunner().invoke(app, ["sweep", "-s", "S04", "-P", "device.invite_deadline=1,-1", "--jobs", jobs,
+                                          "--runs", "1", "--out", str(out), "-q"])
+        assert result.exit_code == 2, result.output
+        assert "-1 is negative" in result.output and not out.exists()
+
+
+def test_scenario_errors_survive_pickling():  # what a worker process sends back
+    error = pickle.loads(pickle.dumps(ScenarioError("--set device.invite_deadline", "", "-1.0s", "a duration")))
+    assert isinstance(error, ScenarioError) and error.value == "-1.0s" and "a duration" in str(error)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_run_that_raises_is_a_failed_row_and_the_sweep_goes_on(tmp_path, jobs):
+    bad = Param("device.invite_deadline", (2.0, -1.0), "s")  # past parse_param (the API): override() raises
+    rows = sweep("S04", [bad], runs=2, seed=1, out=tmp_path, jobs=jobs)
+    assert len(rows) == 4
+    good, broken = rows[:2], rows[2:]
+    assert all(r["error"] is None and r["end_reason"] == "unanswered" for r in good)
+    assert all(not r["passed"] and r["error"].startswith("ScenarioError: --set device.invite_deadline")
+               for r in broken)
+    summaries = summarise(rows, [bad])
+    assert summaries[1]["pass_rate"] == 0.0 and summaries[1]["errors"] == 2 and summaries[0]["errors"] == 0
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4
+
+
+def test_the_cli_says_how_many_runs_errored(tmp_path, monkeypatch):
+    import faultlab.lab.sweep as sweep_module
+
+    real = sweep_module.run_point
+
+    def flaky(scenario_name, sets, point, seed, behaviour=None):
+        if seed == 2:
+            raise RuntimeError("the lab fell over")
+        return real(scenario_name, sets, point, seed, behaviour)
+
+    monkeypatch.setattr(sweep_module, "run_point", flaky)
+    result = CliRunner().invoke(app, ["sweep", "-s", "S04", "-P", "device.invite_wait=1,2", "--runs", "2",
+                                      "--jobs", "1", "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "2 of 4 runs errored" in result.output and "RuntimeError: the lab fell over" in result.output
+    with (tmp_path / "results.csv").open() as f:
+        errors = [r["error"] for r in csv.DictReader(f)]
+    assert errors.count("RuntimeError: the lab fell over") == 2
+
+
+def test_resuming_after_a_cut_off_line_keeps_one_row_per_line(tmp_path):
+    params = [parse_param("device.invite_wait=1,4")]
+    sweep("S03", params, runs=2, seed=1, out=tmp_path)
+    path = tmp_path / "runs.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # killed while writing row 3
+    rows = sweep("S03", params, runs=2, seed=1, out=tmp_path)
+    assert len(rows) == 4
+    written = path.read_text().splitlines()
+    assert len(written) == 4 and [json.loads(line) for line in written]  # every line a whole row
+    assert strip(rows) == strip(sweep("S03", params, runs=2, seed=1, out=tmp_path / "fresh"))
+
+
+def test_repeated_values_run_once():
+    assert parse_param("device.invite_wait=2,2,1,2000ms").values == (2.0, 1.0)
+    assert parse_param("link.loss=0,0,10").values == (0.0, 10.0)
+
+
+@pytest.mark.parametrize("value", [1e-5, 0.0001, 1e-9, 123456789.5])
+def test_tiny_and_large_values_reach_the_scenario_exactly(value):
+    param = parse_param(f"device.invite_wait={value!r}")
+    assert param.values == (value,)
+    assert apply(load_scenario("S04"), {"device.invite_deadline": value}).device["invite_deadline"] == value
+    assert apply(load_scenario("S04"), {"call.cancel_at": value}).cancel_at == value
+
+
+def test_a_second_sweep_into_the_same_directory_fails_at_once(tmp_path):
+    params = [parse_param("device.invite_wait=1")]
+    with (tmp_path / "sweep.lock").open("a") as held:  # a sweep running in another process holds this lock
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SweepError, match=f"another sweep is running in {tmp_path}"):
+            sweep("S03", params, runs=1, seed=1, out=tmp_path)
+        assert not (tmp_path / "runs.jsonl").exists()
+    assert len(sweep("S03", params, runs=1, seed=1, out=tmp_path)) == 1  # released: runs
+    result = CliRunner().invoke(app, ["sweep", "-s", "S03", "-P", "device.invite_wait=1", "--runs", "1",
+                                      "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+
+
+def test_duplicate_rows_on_disk_count_once(tmp_path):
+    params = [parse_param("device.invite_wait=1,4")]
+    sweep("S03", params, runs=2, seed=1, out=tmp_path)
+    path = tmp_path / "runs.jsonl"
+    text = path.read_text()
+    path.write_text(text + text)  # two unlocked sweeps (older versions) appended the same runs
+    rows = sweep("S03", params, runs=2, seed=1, out=tmp_path)
+    assert len(rows) == 4 and len({(json.dumps(r["point"]), r["seed"]) for r in rows}) == 4
+    assert summarise(rows, params)[0]["runs"] == 2
+
+
+def test_more_runs_in_the_same_directory_only_run_the_new_seeds(tmp_path):
+    params = [parse_param("device.invite_wait=1,4")]
+    sweep("S03", params, runs=2, seed=1, out=tmp_path)
+    ran = []
+    rows = sweep("S03", params, runs=5, seed=1, out=tmp_path, on_row=lambda row, n, total: ran.append(row))
+    assert sorted((r["point"]["device.invite_deadline"], r["seed"]) for r in ran) == [
+        (1.0, 3), (1.0, 4), (1.0, 5), (4.0, 3), (4.0, 4), (4.0, 5)]
+    assert len(rows) == 10 and len((tmp_path / "runs.jsonl").read_text().splitlines()) == 10
+    assert strip(rows) == strip(sweep("S03", params, runs=5, seed=1, out=tmp_path / "fresh"))
+    assert len(sweep("S03", params, runs=3, seed=1, out=tmp_path)) == 6  # fewer: the first 3 seeds, nothing runs
+
+
+def test_the_price_of_each_step_of_deadline_counts_only_calls_that_never_connected():
+    param = parse_param("device.invite_wait=1,2,4")
+
+    def row(wait, seed, passed, connect, end):
+        return {"point": {param.key: wait}, "seed": seed, "passed": passed, "checks": {}, "end_reason": None,
+                "ring": None, "connect": connect, "end": end, "error": None}
+
+    rows = [row(1.0, 1, False, None, 3.0), row(1.0, 2, True, 5.0, 9.0),  # a connected call ends late: not counted
+            row(2.0, 1, False, None, 4.0), row(2.0, 2, True, 5.0, 9.0),
+            row(4.0, 1, True, 5.0, 9.0), row(4.0, 2, True, 5.0, 9.0)]
+    lines = recommend(summarise(rows, [param]), [param], target=0.99)
+    assert lines[0].startswith("all runs: device.invite_deadline = 4 s is the smallest value")
+    assert lines[1] == ("    1 s → 2 s: pass rate +0 points, push → end of calls that never connected +1.00 s "
+                        "(3.00 s → 4.00 s)")
+    assert lines[2] == "    2 s → 4 s: pass rate +50 points, push → end of calls that never connected no such runs at 4 s"
+    everyone = [dict(r, connect=5.0, passed=True) for r in rows]
+    assert recommend(summarise(everyone, [param]), [param])[1].endswith("never connected no such runs")
