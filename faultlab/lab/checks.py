@@ -11,8 +11,13 @@ not only that something did:
 3. :func:`check_cancel_push` -- a pair of runs of one scenario, cancel pushes delivered and dropped: both pass
    check 1, with the same end reason and end times within a bound of each other;
 
-plus :func:`check_invariants`: one ``reported`` per call push (duplicates included), at most one ``ended`` per call,
-every milestone of the scenario met.
+plus :func:`check_invariants`: the report inside the PushKit callback (≤ 0.5 s after the push), one ``reported`` per
+call push (duplicates included), at most one ``ended`` per call, every milestone of the scenario met.
+
+Check 1 bounds the end from both sides: no later than the deadline (``expect.by``), not before what causes it (the
+anchors of ``expect.by``: the BYE, the CANCEL, the REGISTER's answer...) and, where the scenario says so, not before
+the earliest right moment (``expect.not_before``: a device must not give up waiting sooner than the reference's
+deadline).
 
 Times are the timeline's (seconds from the lab's t0). :func:`anchors` finds the named events of
 :data:`faultlab.lab.scenario.ANCHORS` for one call.
@@ -32,6 +37,7 @@ __all__ = ["CheckResult", "EARLY_ANSWER_BOUND", "CANCEL_PUSH_BOUND", "anchors", 
 
 EARLY_ANSWER_BOUND = 0.5  # INVITE -> 200 OK, and 200/ACK -> fulfilment (reference §6 S17)
 CANCEL_PUSH_BOUND = 0.5  # end times with and without cancel pushes (reference §6, check 3)
+REPORT_BOUND = 0.5  # push -> reportNewIncomingCall, inside the PushKit callback (reference §7 D_report)
 
 
 @dataclass
@@ -108,6 +114,7 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
                     and e.cseq_method == "INVITE"))
     put("ack", proxy("sent", "to-device", lambda e: e.method == "ACK" and e.call_id == call_id))
     put("cancel-at-device", proxy("sent", "to-device", lambda e: e.method == "CANCEL" and e.call_id == call_id))
+    put("bye-at-device", proxy("sent", "to-device", lambda e: e.method == "BYE" and e.call_id == call_id))
     # the caller's CANCEL and BYE as it sent them; with no caller on this timeline, as faultlab received them
     caller = "caller" in sources
     for name, method in (("cancel", "CANCEL"), ("bye", "BYE")):
@@ -190,6 +197,19 @@ def check_end(events: Sequence[Event], call_id: str, scenario: Scenario) -> Chec
         late = end.t - deadline
         return CheckResult("ends-right", False, f"ended {reason} at {_fmt(end.t)}, {late:.3f} s after the deadline "
                            f"{deadline:.3f} ({'; '.join(b.describe() for b in scenario.by)})", evidence, times)
+    # an end cannot come before what causes it: the BYE, the CANCEL, the REGISTER's answer... (the anchors of `by`)
+    causes = [(b.after, found[b.after]) for b in scenario.by if b.after in found and found[b.after].t > end.t]
+    if causes:
+        name, cause = causes[0]
+        return CheckResult("ends-right", False, f"ended {reason} at {_fmt(end.t)}, before {name} "
+                           f"({_fmt(cause.t)}): the end came before what should cause it", evidence, times)
+    earliest, early_notes = _deadline(scenario.not_before, found)
+    evidence += [f"earliest term: {n}" for n in early_notes]
+    if earliest is not None and end.t < earliest - scenario.tolerance:
+        return CheckResult("ends-right", False, f"ended {reason} at {_fmt(end.t)}, {earliest - end.t:.3f} s before "
+                           f"the earliest right moment {earliest:.3f} "
+                           f"({'; '.join(b.describe().replace('≤', '≥') for b in scenario.not_before)}): "
+                           "gave up too soon", evidence, times)
     return CheckResult("ends-right", True, f"ended {reason} at {_fmt(end.t)}, by the deadline {deadline:.3f}",
                        evidence, times)
 
@@ -228,6 +248,12 @@ def check_early_answer(events: Sequence[Event], call_id: str, scenario: Scenario
         if not failed:
             return CheckResult("early-answer", False, "no INVITE arrived and the answer action never failed",
                                evidence, times)
+        # held until the INVITE could no longer come: not before the earliest right end (else the deadline)
+        hold_until, _ = _deadline(scenario.not_before or scenario.by, found)
+        if hold_until is not None and failed[0].t < hold_until - scenario.tolerance:
+            return CheckResult("early-answer", False, f"the answer failed at {_fmt(failed[0].t)}, "
+                               f"{hold_until - failed[0].t:.3f} s before the INVITE stopped being possible "
+                               f"({hold_until:.3f}): the early answer was not held", evidence, times)
         return CheckResult("early-answer", True, f"no INVITE; the answer failed at {_fmt(failed[0].t)} and was "
                            "never fulfilled", evidence, times)
     ok = found.get("ok")
@@ -315,6 +341,9 @@ def check_invariants(events: Sequence[Event], call_id: str, scenario: Scenario) 
     evidence += [f"{_fmt(e.t)} device reported" for e in reports]
     evidence += [f"{_fmt(e.t)} device ended {e.detail.get('reason')}" for e in ends]
     problems = []
+    if deliveries and reports and reports[0].t > deliveries[0].t + REPORT_BOUND + scenario.tolerance:
+        problems.append(f"reported {reports[0].t - deliveries[0].t:.3f} s after the push (must be inside the PushKit "
+                        f"callback: ≤ {REPORT_BOUND:g} s)")
     if deliveries and len(reports) != 1:
         problems.append(f"{len(reports)} reports for {len(deliveries)} deliveries of one call push (exactly one)")
     if len(ends) > 1:
@@ -334,4 +363,5 @@ def check_invariants(events: Sequence[Event], call_id: str, scenario: Scenario) 
             problems.append(f"milestone {m.describe()}: {event.t - anchor.t:.3f} s")
     if problems:
         return CheckResult("invariants", False, "; ".join(problems), evidence, times)
-    return CheckResult("invariants", True, "one report per push, at most one end, milestones met", evidence, times)
+    return CheckResult("invariants", True, "reported in time, one report per push, at most one end, milestones met",
+                       evidence, times)

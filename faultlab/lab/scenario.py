@@ -40,6 +40,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     [expect]
     end = ["unanswered"]                         # accepted CallKit end reasons
     by = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]   # deadline: the min
+    not_before = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]  # earliest end
     tolerance = "100ms"                          # slack on every bound (real-time runs)
     early_answer = false                         # check 2 applies (the user answers before the INVITE)
     cancel_push = "auto"                         # check 3 applies: true/false, auto = when the PBX sends one
@@ -79,6 +80,7 @@ ANCHORS: dict[str, str] = {
     "cancel": "the caller's CANCEL (sent by the caller)",
     "cancel-at-device": "a CANCEL delivered to the device",
     "bye": "the caller's BYE (sent by the caller)",
+    "bye-at-device": "the first BYE delivered to the device by faultlab",
     "flow-lost": "faultlab closed or reset the device's connection after the push",
     "reregister": "the first REGISTER faultlab received from the device after flow-lost",
     "answer-tapped": "the user tapped Answer",
@@ -93,7 +95,7 @@ _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "
 _PUSH = {"duplicate", "drop_cancel", "delay"}
 _PBX = {"hold", "cancel_push"}
 _DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
-_EXPECT = {"end", "by", "tolerance", "early_answer", "cancel_push", "milestones"}
+_EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones"}
 _DURATION_HELP = "a duration with a unit: 500ms, 1s, 2.5s"
 
 
@@ -150,6 +152,7 @@ class Scenario:
     # expectations
     end: tuple[str, ...] = ()
     by: tuple[Bound, ...] = ()
+    not_before: tuple[Bound, ...] = ()
     tolerance: float = 0.1
     early_answer: bool = False
     cancel_push_check: bool = False
@@ -284,6 +287,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     if not isinstance(end, list) or any(r not in allowed_reasons for r in end):
         raise expect.error("end", f"a list of CallKit end reasons: {', '.join(allowed_reasons)}")
     by = expect.bounds("by", with_event=False)
+    not_before = expect.bounds("not_before", with_event=False)
     if end and not by:
         raise expect.error("by", "required with end: the deadline, e.g. [{ after = \"push\", within = \"15s\" }]")
     cancel_push = expect.data.get("cancel_push", "auto")
@@ -300,7 +304,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         push_delay=push.duration("delay", 0.0),
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
         device=device, new_connection=device_t.bool("new_connection", False),
-        end=tuple(end), by=by, tolerance=expect.duration("tolerance", 0.1),
+        end=tuple(end), by=by, not_before=not_before, tolerance=expect.duration("tolerance", 0.1),
         early_answer=expect.bool("early_answer", False), cancel_push_check=False,
         milestones=expect.bounds("milestones", with_event=True), source=source,
     )
@@ -410,14 +414,16 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         if bad:
             raise ScenarioError(src, "", bad[0], f"a CallKit end reason: {', '.join(REASONS)}")
         return replace(scenario, end=tuple(reasons))
-    if section == "expect" and name == "by":
+    if section == "expect" and name in ("by", "not_before"):
         bounds = []
-        for part in value.split(","):
+        for part in filter(str.strip, value.split(",")):
             m = re.fullmatch(r"\s*([a-z-]+)\s*\+\s*(\S+)\s*", part)
             if not m or m.group(1) not in ANCHORS:
                 raise ScenarioError(src, "", part, f"ANCHOR+DURATION (e.g. register-ok+5s); anchors: {', '.join(ANCHORS)}")
             bounds.append(Bound(m.group(1), _duration(src, m.group(2))))
-        return replace(scenario, by=tuple(bounds))
+        if name == "by" and not bounds and scenario.end:
+            raise ScenarioError(src, "", value, "at least one ANCHOR+DURATION: the deadline")
+        return replace(scenario, **{name: tuple(bounds)})
     if section == "expect" and name == "tolerance":
         return replace(scenario, tolerance=_duration(src, value))
     if section == "device" and name in _DEVICE - {"new_connection"}:
@@ -429,7 +435,7 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         return replace(scenario, pbx_hold=_duration(src, value))
     if section == "push" and name == "delay":
         return replace(scenario, push_delay=_duration(src, value))
-    allowed = ("expect.end, expect.by, expect.tolerance, device.{register_deadline,invite_deadline,total_deadline,"
+    allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, device.{register_deadline,invite_deadline,total_deadline,"
                "ring_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration}, pbx.hold, "
                "push.delay")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")

@@ -14,11 +14,17 @@ its own (as Linux does for a local destination) and an ephemeral port.
 
 * **UDP**: delivered at once to the socket bound to the destination (or the wildcard
   address on that port); a datagram to nobody is counted in :attr:`MemoryNetwork.undelivered`
-  and gone, as on a real network. A connected UDP socket receives only from its peer.
+  and gone, as on a real network; a *connected* sender's next receive then raises
+  ``ConnectionRefusedError`` (Linux's answer to ICMP port unreachable). A connected UDP
+  socket receives only from its peer.
 * **TCP**: ``connect`` to a listener succeeds at once (``ConnectionRefusedError`` when
   nothing listens); bytes sent are readable by the peer at once; ``shutdown(SHUT_WR)``
   and ``close`` are an EOF for the peer, and ``close`` with ``SO_LINGER`` ``(1, 0)`` is a
-  reset (the peer's next receive raises ``ConnectionResetError``).
+  reset: the peer reads what had arrived, then its receive raises ``ConnectionResetError``.
+  A send to a peer that has closed is taken (the peer's RST comes back): the next send or
+  receive fails with ``ConnectionResetError``.
+* Not modelled: IPv4-mapped addresses on an IPv6 wildcard socket (the families are
+  separate networks here).
 
 Nothing here delays or drops: link impairment is faultlab's (the ``[link]`` of a profile).
 Host names other than ``localhost`` do not resolve (``socket.gaierror``), so a name
@@ -155,6 +161,7 @@ class _Endpoint:
         self.lot = trio.lowlevel.ParkingLot()
         # UDP
         self.datagrams: deque[tuple[bytes, Addr]] = deque()
+        self.refused = False  # a connected socket's datagram met no listener (ECONNREFUSED on the next receive)
         # TCP
         self.listening = False
         self.backlog: deque[_Endpoint] = deque()
@@ -188,6 +195,10 @@ class _Endpoint:
             source = (addr[0], source[1])
         if target is None or target.closed or (target.peer is not None and target.peer != source):
             self.net.undelivered += 1
+            if (target is None or target.closed) and self.peer is not None:
+                # ICMP port unreachable: a connected UDP socket's next receive reports it (as Linux does)
+                self.refused = True
+                self.wake()
         else:
             target.datagrams.append((bytes(data), source))
             target.wake()
@@ -196,6 +207,9 @@ class _Endpoint:
     def recvfrom(self) -> tuple[bytes, Addr]:
         if self.closed:
             raise _err(errno.EBADF)
+        if self.refused:
+            self.refused = False
+            raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
         if not self.datagrams:
             raise BlockingIOError(errno.EAGAIN, "no datagram ready")
         return self.datagrams.popleft()
@@ -260,7 +274,7 @@ class RawUdp:
         return data[:bufsize], _sockaddr(self._end.family, source)
 
     async def wait_readable(self) -> None:
-        if not self._end.datagrams and not self._end.closed:
+        if not self._end.datagrams and not self._end.closed and not self._end.refused:
             await self._end.lot.park()
 
     def close(self) -> None:
@@ -402,8 +416,12 @@ class MemorySocket(trio.socket.SocketType):
         other = end.other
         if other is None:
             raise _err(errno.ENOTCONN)
-        if end.shut_wr or other.closed:
+        if end.shut_wr:
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        if other.closed:  # as TCP: the kernel takes the bytes, the peer answers RST, the next send fails
+            end.reset = True
+            end.wake()
+            return len(data)
         other.inbox += data
         other.wake()
         return len(data)
@@ -419,13 +437,13 @@ class MemorySocket(trio.socket.SocketType):
         while True:
             if end.closed:
                 raise _err(errno.EBADF)
-            if end.reset:
-                raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
-            if end.inbox:
+            if end.inbox:  # what arrived before a reset is still read first
                 await trio.lowlevel.checkpoint()
                 data = bytes(end.inbox[:bufsize])
                 del end.inbox[:bufsize]
                 return data
+            if end.reset:
+                raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
             if end.eof:
                 await trio.lowlevel.checkpoint()
                 return b""
@@ -436,7 +454,7 @@ class MemorySocket(trio.socket.SocketType):
         while True:
             if end.closed:
                 raise _err(errno.EBADF)
-            if end.datagrams:
+            if end.datagrams or end.refused:
                 await trio.lowlevel.checkpoint()
                 data, source = end.recvfrom()
                 return data[:bufsize], _sockaddr(end.family, source)

@@ -67,17 +67,19 @@ def test_junit_has_the_usual_shape():
 
 def test_lab_run_cli_reports_and_exit_codes(tmp_path):
     runner = CliRunner()
-    out = runner.invoke(app, ["lab", "run", "-s", "S05", "-s", "S17", "--seed", "3", "-q",
+    out = runner.invoke(app, ["lab", "run", "-s", "S04", "-s", "S05", "-s", "S17", "--seed", "3", "-q",
                               "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml"),
                               "--trace-dir", str(tmp_path / "traces")])
     assert out.exit_code == 0, out.output
-    assert "2/2 cases passed" in out.output and "seed 3" in out.output
+    assert "3/3 cases passed" in out.output and "seed 3" in out.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["passed"] and report["settings"]["seed"] == 3
-    assert [c["scenario"] for c in report["cases"]] == ["S05", "S17"]
+    assert [c["scenario"] for c in report["cases"]] == ["S04", "S05", "S17"]
     traces = sorted(p.name for p in (tmp_path / "traces").iterdir())
-    assert "S05-cancel-after-invite--none--udp.jsonl" in traces
-    assert "S05-cancel-after-invite--none--udp-no-cancel-push.jsonl" in traces
+    # check 3 runs S04 again with its cancel push dropped; S05's PBX sends none (the INVITE was forwarded)
+    assert traces == ["S04-cancel-before-register--none--udp-no-cancel-push.jsonl",
+                      "S04-cancel-before-register--none--udp.jsonl", "S05-cancel-after-invite--none--udp.jsonl",
+                      "S17-answer-before-invite--none--udp.jsonl"]
     events = list(read_jsonl(tmp_path / "traces" / "S17-answer-before-invite--none--udp.jsonl"))
     assert any(e.kind == "device" and e.detail.get("event") == "answer-fulfilled" for e in events)
     ET.parse(tmp_path / "r.xml")

@@ -121,7 +121,8 @@ def test_cancel_push_dependence():
     assert any("cancel pushes dropped: t=2.000 dropped" in line for line in result.evidence)
     # both in time but 0.6 s apart
     later = [push(1.0), push(2.0, "cancel", "dropped")] + register(1.0, 3.0) + [dev(7.4, "ended", "unanswered")]
-    assert "0.600 s apart" in check_cancel_push((with_push, CALL), (later, CALL), S04).message
+    loose = override(S04, "expect.not_before", "")  # a team that accepts an earlier give-up
+    assert "0.600 s apart" in check_cancel_push((with_push, CALL), (later, CALL), loose).message
 
 
 def test_invariants():
@@ -133,3 +134,32 @@ def test_invariants():
     S11 = load_scenario("S11")  # register-ok <= push + 4.5 s
     late = [push(1.0), dev(1.0, "reported")] + register(1.0, 6.0)
     assert "milestone register-ok ≤ push + 4.5 s: 5.000 s" in check_invariants(late, CALL, S11).message
+
+
+def test_an_end_too_soon_or_before_its_cause_fails():
+    # S04: unanswered no earlier than min(tR + 5, t0 + 15): giving up at tR + 1 is too impatient
+    early = [push(1.0), dev(1.0, "reported")] + register(1.0, 3.0) + [dev(4.0, "ended", "unanswered")]
+    result = check_end(early, CALL, S04)
+    assert not result.passed and "gave up too soon" in result.message and "earliest term" in result.evidence[-2]
+    assert check_end(early, CALL, override(S04, "expect.not_before", "")).passed
+    # S19-like: ending on the BYE is right, ending before the BYE (on a late CANCEL) is not
+    s19 = load_scenario("S19")
+    base = [push(0.0), dev(0.0, "reported")] + register(0.0, 0.0) + [caller(4.0, "BYE")]
+    assert check_end(base + [dev(4.1, "ended", "remoteEnded")], CALL, s19).passed
+    before = check_end(sorted(base + [dev(3.0, "ended", "remoteEnded")], key=lambda e: e.t), CALL, s19)
+    assert not before.passed and "before bye" in before.message
+
+
+def test_an_early_answer_failed_before_the_invite_could_come_fails():
+    S18 = load_scenario("S18")  # the INVITE could still come until min(tR + 5, t0 + 15)
+    rushed = early(invite=None, ok=None, ack=None, fulfilled=None, end=(1.0, "answer-failed"))
+    result = check_early_answer(rushed, CALL, S18)
+    assert not result.passed and "the early answer was not held" in result.message
+
+
+def test_a_late_report_breaks_the_invariants():
+    S01 = load_scenario("S01")
+    late = [push(1.0), dev(2.0, "reported"), dev(9.0, "ended", "remoteEnded")]
+    result = check_invariants(late, CALL, S01)
+    assert not result.passed and "reported 1.000 s after the push" in result.message
+    assert check_invariants([push(1.0), dev(1.2, "reported")], CALL, S01).passed

@@ -138,3 +138,41 @@ async def test_install_is_per_run_and_nothing_before_it():
     assert memnet.current() is None
     net = memnet.install()
     assert memnet.current() is net
+
+
+async def test_data_sent_before_a_reset_is_read_first():
+    memnet.install()
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    client = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+    server = await listener.accept()
+    await client.send_all(b"200 OK")
+    client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.aclose()
+    assert await server.receive_some(100) == b"200 OK"
+    with pytest.raises(trio.BrokenResourceError):
+        await server.receive_some(100)
+
+
+async def test_a_send_to_a_closed_peer_is_taken_then_the_connection_is_reset():
+    memnet.install()
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    client = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+    server = await listener.accept()
+    await server.aclose()
+    await client.send_all(b"BYE")  # the kernel takes it; the peer answers RST
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send_all(b"BYE again")
+
+
+async def test_connected_udp_to_nobody_is_refused_on_the_next_receive():
+    memnet.install()
+    flow = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await flow.connect(("127.0.0.1", 5999))
+    await flow.send(b"REGISTER")
+    with pytest.raises(ConnectionRefusedError):
+        await flow.recv(100)
+    raw = Datagrams(socket.AF_INET)
+    raw.sock.connect(("127.0.0.1", 5998))
+    await raw.send(b"INVITE")
+    with pytest.raises(ConnectionRefusedError):
+        await raw.receive_batch()
