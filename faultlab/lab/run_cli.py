@@ -137,7 +137,11 @@ def execute(
     try:
         chosen = [load_scenario(n) for n in scenario_names] if scenario_names else list_scenarios()
         for key, value in _parse_sets(sets):
-            chosen = [override(s, key, value) for s in chosen]
+            only, sep, field_key = key.partition(":")  # "S04:call.cancel_at": that scenario only
+            if sep and not any(only.upper() == s.id.upper() for s in chosen):
+                _fail(f"--set {key}={value}: {only} is not among the chosen scenarios")
+            chosen = [override(s, field_key, value) if sep and only.upper() == s.id.upper() else
+                      s if sep else override(s, key, value) for s in chosen]
     except ScenarioError as exc:
         _fail(str(exc))
     try:
@@ -392,9 +396,10 @@ def run(
     network: Annotated[str, typer.Option(help="memory (in-process network, virtual time only) or loopback (real "
                                          "sockets on 127.0.0.1). Default: memory in virtual time, loopback in "
                                          "real time.")] = "",
-    set_: Annotated[list[str], typer.Option("--set", help="Override a scenario field for this run, KEY=VALUE: "
-                                            "expect.end=failed, expect.by=register-ok+5s,push+15s, "
-                                            "device.invite_deadline=3s, call.cancel_at=2s, pbx.hold=6s ...")] = [],
+    set_: Annotated[list[str], typer.Option("--set", help="Override a scenario field for this run, KEY=VALUE, for "
+                                            "every chosen scenario, or ID:KEY=VALUE for one: expect.end=failed, "
+                                            "expect.by=register-ok+5s,push+15s, S04:device.invite_deadline=3s, "
+                                            "call.cancel_at=2s, pbx.hold=6s ...")] = [],
     junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML report here.")] = None,
     json_: Annotated[Optional[Path], typer.Option("--json", help="Write a JSON report here.")] = None,
     trace_dir: Annotated[Optional[Path], typer.Option(help="Write each run's timeline as JSONL here "

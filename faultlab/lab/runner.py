@@ -12,7 +12,7 @@ Each run is its own ``trio.run``:
   ``trio.testing.MockClock(autojump_threshold=0)``: no sockets, and a 30-second call takes milliseconds;
 * **real time**: real sockets on 127.0.0.1 and the real clock.
 
-Both give the same verdicts for the same seed (tests/loopback/test_lab_runner.py compares them).
+Both give the same verdicts for the same seed (tests/lab/test_runner.py compares them).
 
 A **case** (:func:`run_case`) is a scenario x profile x transport: one run, or for scenarios with check 3 two runs
 (cancel pushes delivered and dropped). :func:`run_matrix` runs every case of scenarios x profiles.

@@ -120,3 +120,13 @@ def test_lab_scenarios_lists_the_catalogue():
     for sid in ("S01", "S12b", "S24"):
         assert sid in out.output
     assert "23 scenarios" in out.output
+
+
+def test_set_for_one_scenario_only(tmp_path):
+    out = CliRunner().invoke(app, ["lab", "run", "-s", "S01", "-s", "S03", "--seed", "1", "-q", "--json",
+                                   str(tmp_path / "r.json"), "--set", "S03:expect.end=failed"])
+    assert out.exit_code == 1 and "1/2 cases passed" in out.output, out.output
+    cases = {c["scenario"]: c["passed"] for c in json.loads((tmp_path / "r.json").read_text())["cases"]}
+    assert cases == {"S01": True, "S03": False}  # S01 untouched; S03 now expects "failed"
+    bad = CliRunner().invoke(app, ["lab", "run", "-s", "S01", "--set", "S04:call.cancel_at=1s"])
+    assert bad.exit_code == 2 and "S04 is not among the chosen scenarios" in bad.output
