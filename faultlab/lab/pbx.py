@@ -336,10 +336,11 @@ class PBX:
                             break
                         await self.receive(event, flow)
                     if not data:
-                        return
+                        break
             finally:
                 self._conns.pop(conn_id, None)
                 await trio.aclose_forcefully(stream)
+            await self._execute(self.logic.flow_closed(flow, trio.current_time()))  # the peer closed it
 
         task_status.started()
         await trio.serve_listeners(handle, listeners)

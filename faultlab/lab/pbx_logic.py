@@ -25,6 +25,9 @@
   device, and (when :attr:`PbxLogic.cancel_push` is on, the default) a ``cancel`` push. After forwarding:
   200 to the CANCEL, and a CANCEL toward the device carrying the caller's Reason header(s) byte for
   byte; the device's 487 is relayed to the caller (and ACKed by the PBX, hop by hop).
+* **Flow lost.** When the TCP/TLS connection an INVITE was forwarded on ends before the device answered
+  anything, the INVITE is held again (:meth:`PbxLogic.flow_closed`), and the device's next REGISTER gets it
+  on its new connection.
 * **Ring timeout.** :attr:`PbxLogic.ring_timeout` seconds after forwarding without a final response:
   CANCEL toward the device (no Reason), 480 to the caller at once.
 * **Elsewhere.** :meth:`PbxLogic.cancel_elsewhere` plays "a second device answered / declined":
@@ -204,6 +207,7 @@ class _Call:
     cancelled: bool = False  # the PBX sent (or deferred) a CANCEL toward the device
     pending_cancel: bytes | None = None  # CANCEL waiting for the device's first provisional response
     late_ack: bytes | None = None  # the ACK for a 2xx the caller never saw (sent again on retransmissions)
+    device_responded: bool = False  # the device answered the forwarded INVITE (even with 100)
 
 
 @dataclass
@@ -359,6 +363,23 @@ class PbxLogic:
                 except ValueError:
                     pass
             return out
+
+    def flow_closed(self, flow: Flow, now: float) -> list[Action]:
+        """A TCP/TLS connection ended. A call whose INVITE went out on it and got no response at all is held
+        again (as before its REGISTER), so the device's next REGISTER, on a new connection, gets the INVITE
+        (RFC 5626's flow recovery, seen from the registrar); the hold timer runs again."""
+        out: list[Action] = []
+        for call in self._calls.values():
+            if (call.state == "forwarded" and call.callee_flow == flow and not call.device_responded
+                    and not call.cancelled and call.final_sent is None):
+                self._timers.pop(("ring", call.call_id), None)
+                if call.out_branch is not None:
+                    self._retx.pop((call.out_branch, "INVITE"), None)
+                call.state = "held"
+                call.callee_flow = None
+                self._timers[("hold", call.call_id)] = now + self.hold
+                out.append(Note({"action": "rehold", "flow": str(flow), "hold": self.hold}, call.call_id))
+        return out
 
     def on_timer(self, now: float) -> list[Action]:
         """Fire every timer due at ``now``."""
@@ -775,6 +796,7 @@ class PbxLogic:
         out: list[Action] = []
         call = self._calls.get(txn.call_id or "")
         if txn.method == "INVITE" and call is not None and via.branch == call.out_branch:
+            call.device_responded = True
             if call.pending_cancel is not None:  # the first response to the INVITE: the deferred CANCEL goes
                 data, call.pending_cancel = call.pending_cancel, None
                 if status < 200 and call.callee_flow is not None:

@@ -36,8 +36,7 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
         "S07": ("ends-right", "ended remoteEnded"),
     },
     "never-ends": {s.id: ("ends-right", "never ended") for s in CATALOGUE if s.end},
-    "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE
-                 if s.id != "S24"},  # S24's budget (push + 15 s) absorbs a 3 s delay
+    "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE},
 }
 
 

@@ -93,6 +93,10 @@ action = { reset = true, when = "after" }
 name = "delay-second-register"
 match = { direction = "to-pbx", method = "REGISTER", occurrence = { after = 1 } }
 action = { delay = "2s" }
+[[rules]]
+name = "no-invite"
+match = { direction = "to-device", method = "INVITE" }
+action = { drop = true }
 """)
 
 
@@ -124,9 +128,15 @@ async def test_s24_flow_reset_after_register_re_registers_at_once(transport, tmp
     assert again.flow != refresh.flow
     assert [e.t for e in register_oks_to_device(lab, before)] == pytest.approx([start, start], abs=1e-6)
     assert (connections, lost) == (2, 1)
-    # no INVITE comes (the PBX released it once, on the dead flow): unanswered at the new tR + D_invite
+    # the INVITE the PBX forwarded on the dead flow got no answer: the PBX holds it again and sends it on the
+    # device's new flow, where the device rings it out (no user action): unanswered at its ring timeout
+    invites = [e for e in proxy_events(lab, before, "sent") if e.direction == "to-device" and e.method == "INVITE"]
+    assert [e.flow for e in invites] == [again.flow]
+    assert [e.detail.get("action") for e in list(lab.timeline.events)[before:]
+            if e.source == "pbx" and e.kind == "pbx" and e.detail.get("action") in ("forward", "rehold")] == [
+        "forward", "rehold", "forward"]
     assert rel(result.device_events, start) == [(0.0, "reported", None),
-                                                 (config.invite_deadline, "ended", "unanswered")]
+                                                 (config.ring_timeout, "ended", "unanswered")]
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
@@ -139,7 +149,8 @@ async def test_s24_the_invite_deadline_runs_from_the_second_register_2xx(transpo
     refresh, again = registers_to_pbx(lab, before)
     assert (round(refresh.t - start, 6), round(again.t - start, 6)) == (0.0, 2.0)  # sent at 0, held 2 s
     assert [round(e.t - start, 6) for e in register_oks_to_device(lab, before)] == [0.0, 2.0]
-    # tR moved to the second 2xx (t0 + 2): the call ends at tR2 + D_invite = t0 + 7, not tR1 + D_invite = t0 + 5
+    # no INVITE reaches the device (dropped), and tR moved to the second 2xx (t0 + 2): the call ends at
+    # tR2 + D_invite = t0 + 7, not tR1 + D_invite = t0 + 5
     assert rel(result.device_events, start) == [(0.0, "reported", None),
                                                  (2.0 + config.invite_deadline, "ended", "unanswered")]
 

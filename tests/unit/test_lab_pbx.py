@@ -578,3 +578,20 @@ async def test_driver_retransmits_on_mock_clock_with_sent_events(autojump_clock)
     [timeout] = [e for e in timeline.events if e.kind == "pbx" and e.detail.get("action") == "timeout"]
     assert timeout.detail["timer"] == "B" and timeout.call_id == "call1"
     assert timeout.t == pytest.approx(sent[0].t + 32.0)
+
+
+def test_invite_whose_flow_dies_unanswered_is_held_again_and_sent_on_the_next_register():
+    pbx = PbxLogic(wall_clock=lambda: 1700000000.0)
+    first = _forwarded(pbx)  # forwarded on PHONE_NEW (TCP) at 11.0
+    assert pbx.call_state("call1") == "forwarded"
+    out = pbx.flow_closed(PHONE_NEW, now=11.2)  # the connection died before any response
+    assert notes(out) == ["rehold"] and sends(out) == [] and pbx.call_state("call1") == "held"
+    assert pbx.next_deadline() == pytest.approx(11.2 + pbx.hold)  # held again for the hold time
+    third = Flow("tcp", ("127.0.0.1", 41003), ("127.0.0.1", 5060), conn=3)
+    out = pbx.receive(register(port=41003, contact_params=PN, cseq=3), third, now=11.3)
+    (f1, ok), (f2, again) = sends(out)
+    assert f1 == third and ok.status == 200 and f2 == third and again.method == "INVITE"
+    assert again.top_via.branch != first.top_via.branch and pbx.call_state("call1") == "forwarded"
+    # a flow that dies after the device answered something leaves the call alone
+    pbx.receive(reply(again, 180), third, now=11.4)
+    assert pbx.flow_closed(third, now=11.5) == [] and pbx.call_state("call1") == "forwarded"
