@@ -27,6 +27,13 @@
 #   FAULTLAB_PUSH              1: also run the push gateway                      (default 1)
 #   FAULTLAB_PUSH_LISTEN       its HOST:PORT for APNs requests                   (default 0.0.0.0:2197)
 #   FAULTLAB_PUSH_TLS          1: serve it over TLS with the lab CA              (default 0)
+#   FAULTLAB_PUSH_RELAY        the APNs URL to relay pushes to, e.g. https://api.sandbox.push.apple.com
+#                              (default: none: pushes reach only faultlab's simulated devices, and a real
+#                              phone's token gets 410 Unregistered, which makes many PBXs drop it)
+#   FAULTLAB_APNS_KEY          the team's APNs auth key (.p8) on this machine: the relay signs the pushes
+#                              with it; copied to /etc/faultlab/apns-key.p8 (mode 0600, root)
+#   FAULTLAB_APNS_KEY_ID       its Key ID (10 letters or digits)   } all three APNs settings or none;
+#   FAULTLAB_APNS_TEAM_ID      the app's Team ID (10 letters/digits) } they need FAULTLAB_PUSH_RELAY
 #   FAULTLAB_EVENTS            HOST:PORT of the device-event collector, or none  (default 0.0.0.0:8090)
 #   FAULTLAB_MASQUERADE        1: NAT what the phones send out of other interfaces (default 1)
 #   FAULTLAB_SRC               the faultlab checkout to install   (default: the one holding this script)
@@ -82,6 +89,11 @@ UPSTREAM_INSECURE=${FAULTLAB_UPSTREAM_INSECURE:-0}
 PUSH=${FAULTLAB_PUSH:-1}
 PUSH_LISTEN=${FAULTLAB_PUSH_LISTEN:-0.0.0.0:2197}
 PUSH_TLS=${FAULTLAB_PUSH_TLS:-0}
+PUSH_RELAY=${FAULTLAB_PUSH_RELAY:-}
+APNS_KEY=${FAULTLAB_APNS_KEY:-}
+APNS_KEY_ID=${FAULTLAB_APNS_KEY_ID:-}
+APNS_TEAM_ID=${FAULTLAB_APNS_TEAM_ID:-}
+APNS_KEY_DEST=$ETC/apns-key.p8   # where the units read the key (root only)
 EVENTS=${FAULTLAB_EVENTS-0.0.0.0:8090}; [[ $EVENTS != none ]] || EVENTS=
 MASQUERADE=${FAULTLAB_MASQUERADE:-1}
 SRC=${FAULTLAB_SRC:-$(dirname "$HERE")}
@@ -128,6 +140,33 @@ if [[ -n $API_TOKEN && ! $API_TOKEN =~ ^[A-Za-z0-9._~+/=-]{8,}$ ]]; then
 fi
 if [[ -n $PROFILE && ! $PROFILE =~ ^[A-Za-z0-9_./-]+$ ]]; then
   bad "FAULTLAB_PROFILE='$PROFILE': a profile name from 'faultlab profiles list' or a file path (letters, digits, '_./-')"
+fi
+if [[ -n $PUSH_RELAY && ! $PUSH_RELAY =~ ^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$ ]]; then
+  bad "FAULTLAB_PUSH_RELAY='$PUSH_RELAY': the APNs URL, scheme and host only, e.g. https://api.sandbox.push.apple.com (debug builds) or https://api.push.apple.com (release builds)"
+fi
+apns_given=() apns_missing=()
+for setting in APNS_KEY APNS_KEY_ID APNS_TEAM_ID; do
+  if [[ -n ${!setting} ]]; then apns_given+=("FAULTLAB_$setting"); else apns_missing+=("FAULTLAB_$setting"); fi
+done
+if ((${#apns_given[@]} && ${#apns_missing[@]})); then
+  bad "FAULTLAB_APNS_KEY, FAULTLAB_APNS_KEY_ID and FAULTLAB_APNS_TEAM_ID go together (the push gateway signs relayed pushes with that key): $(IFS=,; echo "${apns_given[*]}" | sed 's/,/, /g') given, $(IFS=,; echo "${apns_missing[*]}" | sed 's/,/, /g') missing; set all three, or none"
+fi
+if ((${#apns_given[@]})) && [[ -z $PUSH_RELAY ]]; then
+  bad "FAULTLAB_APNS_KEY/_KEY_ID/_TEAM_ID sign the pushes the gateway relays to APNs: they need FAULTLAB_PUSH_RELAY, e.g. https://api.sandbox.push.apple.com"
+fi
+for setting in APNS_KEY_ID APNS_TEAM_ID; do
+  if [[ -n ${!setting} && ! ${!setting} =~ ^[A-Za-z0-9]{10}$ ]]; then
+    bad "FAULTLAB_$setting='${!setting}' is not 10 letters or digits: $([[ $setting == APNS_KEY_ID ]] &&
+      echo "the Key ID of the .p8 key (the KEYID of AuthKey_KEYID.p8)" ||
+      echo "the Team ID of the app's developer team (Apple Developer > Membership)")"
+  fi
+done
+if [[ -n $APNS_KEY && ! $APNS_KEY =~ ^/[A-Za-z0-9_./-]+$ ]]; then
+  bad "FAULTLAB_APNS_KEY='$APNS_KEY': an absolute path on this machine (letters, digits, '_./-'), e.g. /root/AuthKey_ABC123DEFG.p8"
+elif [[ -n $APNS_KEY && ! -f $APNS_KEY ]]; then
+  bad "FAULTLAB_APNS_KEY='$APNS_KEY' does not exist on this machine: give the path of the team's .p8 key here (with Vagrant: the path on the host; the Vagrantfile uploads it)"
+elif [[ -n $APNS_KEY && ! -r $APNS_KEY ]]; then
+  bad "FAULTLAB_APNS_KEY='$APNS_KEY' is not readable by $(id -un): run provisioning as root (sudo)"
 fi
 if [[ -n $UPSTREAM_CA && $UPSTREAM_INSECURE == 1 ]]; then
   bad "FAULTLAB_UPSTREAM_CA and FAULTLAB_UPSTREAM_INSECURE=1 contradict each other: verify with the CA, or do not verify"
@@ -305,6 +344,20 @@ FAULTLAB_HOME=$STATE
 FAULTLAB_API_TOKEN=$API_TOKEN
 EOF
 
+section "APNs key (for the push gateway's relay)"
+if [[ $PUSH == 1 && -n $APNS_KEY ]]; then
+  # the contents are never printed: the path and size only
+  echo "APNs key: $APNS_KEY ($(wc -c <"$APNS_KEY" | tr -d ' ') bytes) -> $APNS_KEY_DEST (mode 0600, root)"
+  run install -m 0600 -o root -g root "$APNS_KEY" "$APNS_KEY_DEST"
+  # a key that cannot sign fails here, not at every service start
+  run "$VENV/bin/python" -c 'import sys; from faultlab.lab.apns_auth import ApnsSigner; ApnsSigner.from_file(*sys.argv[1:]).token()' \
+    "$APNS_KEY_DEST" "$APNS_KEY_ID" "$APNS_TEAM_ID"
+else
+  if [[ $PUSH == 0 ]]; then echo "FAULTLAB_PUSH=0: no push gateway, no APNs key"
+  else echo "no APNs key: relayed pushes (if any) keep the PBX's own authorization"; fi
+  [[ ! -f $APNS_KEY_DEST ]] || run rm -f "$APNS_KEY_DEST"
+fi
+
 section "IPv4 forwarding"
 write_file "$SYSCTL_FILE" 0644 <<'EOF'
 # faultlab gateway: route the test Wi-Fi's traffic (deploy/provision.sh)
@@ -382,6 +435,13 @@ if [[ $PUSH == 1 ]]; then
   push_args=(push-gateway --listen "$PUSH_LISTEN" --confdir "$STATE" --trace "$LOGS/push.jsonl")
   [[ $PUSH_TLS == 0 ]] || push_args+=(--tls)
   [[ -z $EVENTS ]] || push_args+=(--events "$EVENTS")
+  [[ -z $PUSH_RELAY ]] || push_args+=(--relay "$PUSH_RELAY")
+  [[ -z $APNS_KEY ]] || push_args+=(--apns-key "$APNS_KEY_DEST" --apns-key-id "$APNS_KEY_ID" --apns-team-id "$APNS_TEAM_ID")
+  if [[ -z $PUSH_RELAY ]]; then
+    echo "warning: FAULTLAB_PUSH_RELAY is not set: the push gateway delivers only to faultlab's simulated devices" \
+      "and answers 410 Unregistered for a real phone's token (many PBXs then delete it); do not point a" \
+      "production PBX at it"
+  fi
   write_file "$UNITS/faultlab-push-gateway.service" 0644 < <(render faultlab-push-gateway.service \
     EXEC_START="$(exec_line "$FAULTLAB" "${push_args[@]}")" ENV_FILE="$ETC/faultlab.env" LOGS="$LOGS")
 else

@@ -182,6 +182,122 @@ def test_push_gateway_unit_parses(stub_path):
     assert "--tls" in args
 
 
+RELAY = "https://api.sandbox.push.apple.com"
+KEY_ID, TEAM_ID = "ABC123DEFG", "DEF123GHIJ"
+
+
+@pytest.fixture
+def apns_key(tmp_path: Path) -> Path:
+    """A .p8 key as Apple hands it out: PKCS#8 PEM, EC P-256 (made here, signs nothing real)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / f"AuthKey_{KEY_ID}.p8"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    return path
+
+
+def _apns_settings(key: Path) -> dict[str, str]:
+    return {"FAULTLAB_PUSH_RELAY": RELAY, "FAULTLAB_APNS_KEY": str(key), "FAULTLAB_APNS_KEY_ID": KEY_ID,
+            "FAULTLAB_APNS_TEAM_ID": TEAM_ID}
+
+
+def _key_material(key: Path) -> list[str]:
+    """The key's secret lines (its base64 body), none of which may appear in the output."""
+    return [line for line in key.read_text().splitlines() if line and not line.startswith("-----")]
+
+
+def test_push_gateway_relays_to_apns_and_signs_with_the_team_key(stub_path, apns_key):
+    run = dry_run(stub_path, {**BASE, **_apns_settings(apns_key)})
+    assert run.returncode == 0, run.stderr
+    (exec_start,) = run.unit("faultlab-push-gateway.service")["ExecStart"]
+    args = check_faultlab_exec(exec_start)
+    assert args[0] == "push-gateway"
+    assert _options(args, "--relay") == [RELAY]
+    assert _options(args, "--apns-key") == ["/etc/faultlab/apns-key.p8"]
+    assert _options(args, "--apns-key-id") == [KEY_ID] and _options(args, "--apns-team-id") == [TEAM_ID]
+    # the key is copied for root alone, and checked with faultlab's own signer before the unit starts
+    assert ["install", "-m", "0600", "-o", "root", "-g", "root", str(apns_key), "/etc/faultlab/apns-key.p8"] \
+        in run.commands
+    check = next(c for c in run.commands if c[:2] == ["/opt/faultlab/venv/bin/python", "-c"])
+    assert "ApnsSigner.from_file" in check[2] and check[3:] == ["/etc/faultlab/apns-key.p8", KEY_ID, TEAM_ID]
+    # that check passes on this key (run here, with the key where the unit would read it)
+    done = subprocess.run([sys.executable, "-c", check[2], str(apns_key), KEY_ID, TEAM_ID], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "410" not in run.stdout  # no warning about a gateway that cannot reach real phones
+
+
+def test_the_apns_key_is_never_printed(stub_path, apns_key):
+    run = dry_run(stub_path, {**BASE, **_apns_settings(apns_key)})
+    assert run.returncode == 0, run.stderr
+    output = run.stdout + run.stderr
+    secret = _key_material(apns_key)
+    assert secret and not any(line in output for line in secret)
+    assert "PRIVATE KEY" not in output
+    # its path and size are shown instead
+    assert f"APNs key: {apns_key} ({apns_key.stat().st_size} bytes) -> /etc/faultlab/apns-key.p8" in run.stdout
+    assert "/etc/faultlab/apns-key.p8" not in run.files  # copied by install, never printed as a file
+
+    # nor when the configuration is refused
+    bad = dry_run(stub_path, {**BASE, **_apns_settings(apns_key), "FAULTLAB_APNS_TEAM_ID": ""})
+    assert bad.returncode == 2
+    assert not any(line in bad.stdout + bad.stderr for line in secret)
+
+
+def test_relay_without_a_key_passes_the_pbx_authorization_on(stub_path):
+    run = dry_run(stub_path, {**BASE, "FAULTLAB_PUSH_RELAY": "https://api.push.apple.com"})
+    assert run.returncode == 0, run.stderr
+    args = check_faultlab_exec(run.unit("faultlab-push-gateway.service")["ExecStart"][0])
+    assert _options(args, "--relay") == ["https://api.push.apple.com"]
+    assert not {"--apns-key", "--apns-key-id", "--apns-team-id"} & set(args)
+    assert not any("install" in c and "/etc/faultlab/apns-key.p8" in c for c in run.commands)
+
+
+def test_without_a_relay_the_dry_run_warns_that_real_phones_get_410(stub_path):
+    run = dry_run(stub_path, BASE)
+    assert run.returncode == 0, run.stderr
+    args = check_faultlab_exec(run.unit("faultlab-push-gateway.service")["ExecStart"][0])
+    assert "--relay" not in args and "--apns-key" not in args
+    assert "FAULTLAB_PUSH_RELAY is not set" in run.stdout and "410 Unregistered" in run.stdout
+
+
+@pytest.mark.parametrize(("drop", "missing"), [
+    (("FAULTLAB_APNS_KEY",), "FAULTLAB_APNS_KEY_ID, FAULTLAB_APNS_TEAM_ID given, FAULTLAB_APNS_KEY missing"),
+    (("FAULTLAB_APNS_KEY_ID",), "FAULTLAB_APNS_KEY, FAULTLAB_APNS_TEAM_ID given, FAULTLAB_APNS_KEY_ID missing"),
+    (("FAULTLAB_APNS_KEY_ID", "FAULTLAB_APNS_TEAM_ID"),
+     "FAULTLAB_APNS_KEY given, FAULTLAB_APNS_KEY_ID, FAULTLAB_APNS_TEAM_ID missing"),
+])
+def test_a_partial_set_of_apns_settings_is_refused(stub_path, apns_key, drop, missing):
+    settings = {k: v for k, v in _apns_settings(apns_key).items() if k not in drop}
+    run = dry_run(stub_path, {**BASE, **settings})
+    assert run.returncode == 2
+    assert "the configuration is not valid, nothing was done" in run.stderr
+    assert "FAULTLAB_APNS_KEY, FAULTLAB_APNS_KEY_ID and FAULTLAB_APNS_TEAM_ID go together" in run.stderr
+    assert missing in run.stderr and "set all three, or none" in run.stderr
+    assert not run.commands and not run.files
+
+
+def test_bad_apns_settings_are_refused(stub_path, apns_key):
+    def refused(extra: dict[str, str]) -> str:
+        run = dry_run(stub_path, {**BASE, **_apns_settings(apns_key), **extra})
+        assert run.returncode == 2 and not run.commands and not run.files
+        return run.stderr
+
+    assert "FAULTLAB_APNS_KEY_ID='ABC123' is not 10 letters or digits" in refused({"FAULTLAB_APNS_KEY_ID": "ABC123"})
+    assert "FAULTLAB_APNS_TEAM_ID='DEF123GHI!' is not 10 letters or digits" in \
+        refused({"FAULTLAB_APNS_TEAM_ID": "DEF123GHI!"})
+    assert f"FAULTLAB_APNS_KEY='{apns_key}.missing' does not exist on this machine" in \
+        refused({"FAULTLAB_APNS_KEY": f"{apns_key}.missing"})
+    assert "FAULTLAB_APNS_KEY='AuthKey.p8': an absolute path" in refused({"FAULTLAB_APNS_KEY": "AuthKey.p8"})
+    assert "they need FAULTLAB_PUSH_RELAY" in refused({"FAULTLAB_PUSH_RELAY": ""})
+    assert "FAULTLAB_PUSH_RELAY='api.push.apple.com': the APNs URL" in \
+        refused({"FAULTLAB_PUSH_RELAY": "api.push.apple.com"})
+
+
 def _intercept_dry_run(args: list[str]) -> str:
     """The ruleset `faultlab gateway intercept ARGS --dry-run` prints (what the unit would apply)."""
     wide = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}

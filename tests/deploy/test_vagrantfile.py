@@ -9,6 +9,7 @@ box, a provider or the network; Vagrant's state goes to a temporary directory, n
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -52,3 +53,21 @@ def test_provisioning_script_the_vagrantfile_names_exists_and_is_executable():
     assert 'path: "deploy/provision.sh"' in text
     script = REPO / "deploy" / "provision.sh"
     assert script.is_file() and os.access(script, os.X_OK)
+
+
+def test_vagrantfile_validates_with_an_apns_key_from_the_host(tmp_path):
+    key = tmp_path / "AuthKey_ABC123DEFG.p8"
+    key.write_text("not a real key: vagrant validate only needs the file to exist\n")
+    done = _validate(tmp_path, FAULTLAB_PBX="192.168.50.10", FAULTLAB_PUSH_RELAY="https://api.sandbox.push.apple.com",
+                     FAULTLAB_APNS_KEY=str(key), FAULTLAB_APNS_KEY_ID="ABC123DEFG", FAULTLAB_APNS_TEAM_ID="DEF123GHIJ")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_vagrantfile_passes_the_push_relay_settings_on():
+    text = (REPO / "Vagrantfile").read_text()
+    settings = text.split("PROVISION_SETTINGS = %w[", 1)[1].split("]", 1)[0].split()
+    assert {"FAULTLAB_PUSH_RELAY", "FAULTLAB_APNS_KEY", "FAULTLAB_APNS_KEY_ID", "FAULTLAB_APNS_TEAM_ID"} <= set(settings)
+    # every setting provision.sh documents is passed on
+    script = (REPO / "deploy" / "provision.sh").read_text()
+    documented = set(re.findall(r"^#   (FAULTLAB_[A-Z_]+)", script, re.M)) - {"FAULTLAB_SRC"}
+    assert documented <= set(settings), documented - set(settings)
