@@ -11,10 +11,13 @@ The web page (:mod:`faultlab.api.web`) starts a run with a catalogue scenario's 
 - ``done``: the device's ``ended`` event for the call arrived, or the scenario's ``duration`` passed since t0.
   The verdict is then built once (:func:`verdict`) and kept.
 
-Which call: the Call-ID of the first INVITE faultlab delivered to the device after the start. Device events
-(posted by the app to ``POST /events``) belong to it when they carry that Call-ID, carry only a CallKit ``uuid``,
-or carry a uuid seen with that Call-ID; device events of other calls are left out and counted. With no INVITE at
-all (the scenario keeps it from the device), the call is the one the device's first event names.
+Which call: the Call-ID of the first INVITE faultlab delivered to the device after the start (for a run for one
+device, to that device: the hop's peer). Device events (posted by the app to ``POST /events``) belong to it when
+they carry that Call-ID, or carry a CallKit uuid seen with that Call-ID. An event with only a uuid that no Call-ID
+came with is the call's only while a single phone is plausible: no device event has named a Call-ID yet and
+faultlab has delivered no other call's INVITE to a device yet. Device events of other calls are left out and
+counted. With no INVITE at all (the scenario keeps it from the device), the call is the one the device's first
+event names.
 
 The verdict runs :func:`~faultlab.lab.checks.check_end`, :func:`~faultlab.lab.checks.check_early_answer` (when
 the scenario exercises an early answer) and :func:`~faultlab.lab.checks.check_invariants` over the timeline since
@@ -115,40 +118,72 @@ def device_aor(events: Iterable[Event], device: str | None = None) -> dict[str, 
     return found
 
 
-def _initial_invite(e: Event, since: float) -> bool:
+def _initial_invite(e: Event, since: float, device: str | None = None) -> bool:
+    """An INVITE faultlab delivered to a device since ``since`` (to ``device`` when given: the hop's peer)."""
     return (e.source == RELAY and e.kind == "sent" and e.direction == "to-device" and e.method == "INVITE"
-            and e.t >= since and e.call_id is not None)
+            and e.t >= since and e.call_id is not None and (device is None or _is_device(e.peer, device)))
 
 
-def pick_call(events: Sequence[Event], since: float) -> tuple[str | None, str]:
-    """The guided call: ``(call_id, how)``, from the first INVITE faultlab delivered since ``since``, else from
-    the first device event since then (its Call-ID, or ``uuid:UUID``); ``(None, ...)`` when there is neither."""
+def _is_device(peer: str | None, device: str) -> bool:
+    """Whether the hop's peer ``HOST:PORT`` is ``device`` (``IP``, or ``IP:PORT`` as the device profiles key it)."""
+    return peer is not None and device in (peer, _host(peer))
+
+
+def pick_call(events: Sequence[Event], since: float, device: str | None = None) -> tuple[str | None, str]:
+    """The guided call: ``(call_id, how)``, from the first INVITE faultlab delivered since ``since`` (to
+    ``device``, when the run is for one device), else from the first device event since then (its Call-ID, or
+    ``uuid:UUID``); ``(None, ...)`` when there is neither."""
     for e in events:
-        if _initial_invite(e, since):
+        if _initial_invite(e, since, device):
             return e.call_id, "the INVITE faultlab delivered to the device"
+    elsewhere = {e.call_id for e in events if _initial_invite(e, since)}  # calls of other devices
     for e in events:
         if e.kind == "device" and e.t >= since:
             if e.call_id:
+                if e.call_id in elsewhere:
+                    continue
                 return e.call_id, "the device's first event (no INVITE reached the device)"
-            if e.detail.get("uuid"):
+            if e.detail.get("uuid") and not elsewhere:
                 return f"uuid:{e.detail['uuid']}", "the device's first event, by CallKit uuid (no INVITE, no Call-ID)"
     return None, "no call yet"
 
 
 def attribute(events: Sequence[Event], since: float, call_id: str) -> tuple[list[Event], list[str]]:
-    """The timeline since ``since`` with the device events of the guided call carrying ``call_id``; the Call-IDs
-    of device events left out (other calls)."""
+    """The timeline since ``since`` with the device events of the guided call carrying ``call_id``; the calls of
+    the device events left out (their Call-ID, else ``uuid:UUID``).
+
+    A device event is the guided call's when it carries ``call_id``, or a CallKit uuid seen on an event carrying
+    ``call_id``. An event with neither a Call-ID nor a known uuid (the app posts the uuid only) is the guided
+    call's only while nothing says another phone or call is about: no device event has named any Call-ID yet and
+    faultlab has delivered no other call's INVITE to a device yet; its uuid is then the guided call's from there
+    on. Anything else is another call's."""
     mine = [e for e in events if e.t >= since]
     uuids = {e.detail.get("uuid") for e in mine if e.kind == "device" and e.call_id == call_id} - {None}
+    foreign = {e.detail.get("uuid"): e.call_id for e in mine
+               if e.kind == "device" and e.call_id is not None and e.call_id != call_id and e.detail.get("uuid")}
     if call_id.startswith("uuid:"):
         uuids.add(call_id[5:])
+    named = other_invite = False
     out, other = [], []
     for e in mine:
+        if _initial_invite(e, since) and e.call_id != call_id:
+            other_invite = True
+        if e.kind == "device" and e.call_id is not None:
+            named = True  # the app named a Call-ID itself
         if e.kind == "device" and e.call_id != call_id:
-            if e.call_id is None or e.detail.get("uuid") in uuids:
+            uuid = e.detail.get("uuid")
+            if e.call_id is not None:
+                other.append(e.call_id)
+            elif uuid in uuids:
+                e = replace(e, call_id=call_id)
+            elif uuid in foreign:
+                other.append(foreign[uuid])
+            elif not named and not other_invite:
+                if uuid:
+                    uuids.add(uuid)
                 e = replace(e, call_id=call_id)
             else:
-                other.append(e.call_id)
+                other.append(f"uuid:{uuid}" if uuid else "(no Call-ID, no uuid)")
         out.append(e)
     return out, other
 
@@ -174,7 +209,7 @@ def status(run: GuidedRun, events: Sequence[Event], now: float) -> dict[str, Any
     s = run.scenario
     events = list(events)
     aor = device_aor(events, run.device)
-    call_id, how = pick_call(events, run.started_at)
+    call_id, how = pick_call(events, run.started_at, run.device)
     out: dict[str, Any] = {
         "scenario": scenario_json(s), "started_at": run.started_at, "now": now, "device": run.device,
         "aor": aor, "call": None, "phase": "waiting", "steps": [], "notes": list(run.notes),

@@ -8,7 +8,8 @@
                                the newest call that has an INVITE (else the newest call)
     GET  /api/scenarios        the scenario catalogue: [{"id", "slug", "title", "script", "expect", ...}]
     POST /api/guided/start     {"scenario": "S17", "device"?: "IP[:PORT]"}: switch the catalogue scenario's
-                               own faults on (globally, or for that device) and start guiding -> the status
+                               own faults on (globally, or for that device) and start guiding -> the status;
+                               for a device, a scenario without faults pins it to "clean" (no global faults)
     GET  /api/guided           the guided run's status (prompts, call, verdict); {"phase": "idle"} if none
     POST /api/guided/stop      {}: end the guided run and put back the profile active before it -> the status
     POST /events               device events from an instrumented app (docs/device-events.md), onto the
@@ -37,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from faultlab.faults import Profile
 from faultlab.trace import Event
 from faultlab.trace.ladder import call_ids, ladder_rows
 
@@ -44,7 +46,7 @@ from .app import _JSON, ApiError, _json_body, _read_body
 from .control import Control
 from .guided import GuidedRun, needs_push_gateway, scenario_json, status
 
-__all__ = ["Lab", "WebPage", "is_page"]
+__all__ = ["Lab", "WebPage", "is_page", "wants_html"]
 
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 
@@ -71,8 +73,14 @@ def is_page(scope: Scope) -> bool:
         return True
     if path != "/":
         return False
-    accept = dict(scope.get("headers") or []).get(b"accept", b"")
-    return b"text/html" in accept
+    return wants_html(scope.get("headers") or [])
+
+
+def wants_html(headers) -> bool:
+    """Whether the request's Accept header(s) ask for HTML: the one reading of Accept for both the guard
+    (:func:`is_page`) and the handler of ``/``. ``headers`` are the ASGI scope's raw ``(name, value)`` pairs;
+    every Accept header counts (a client may send several)."""
+    return any(name.lower() == b"accept" and b"text/html" in value for name, value in headers)
 
 
 def _asset(name: str) -> bytes:
@@ -91,7 +99,7 @@ class WebPage:
 
     def index_or(self, json_index):
         async def index(request: Request) -> Response:
-            if "text/html" in request.headers.get("accept", ""):
+            if wants_html(request.scope.get("headers") or []):
                 return Response(_asset("index.html"), media_type="text/html; charset=utf-8",
                                 headers={"Cache-Control": "no-cache"})
             return await json_index(request)
@@ -179,7 +187,12 @@ class WebPage:
         else:
             engine = getattr(lab, "device_engines", {}).get(key)
         self._before = (key, engine.profile if engine is not None else None)
-        lab.activate(scenario.faults, key)
+        faults = scenario.faults
+        if faults is None and key is not None:
+            # with no profile of its own the device would follow the global one: pin it to no faults instead
+            faults = Profile(name="clean", summary=f"No faults on this device during guided {scenario.id} "
+                                                   "(the scenario has none; the global profile does not apply)")
+        lab.activate(faults, key)
         now = lab.now()
         self.run = GuidedRun(scenario, now, key)
         missing = needs_push_gateway(scenario)
@@ -187,7 +200,7 @@ class WebPage:
             self.run.notes.append("not applied by faultlab's relay (they need faultlab's push gateway in the "
                                   f"push path): {', '.join(missing)}")
         lab.emit("guided", detail={"action": "start", "scenario": scenario.id, "device": key,
-                                   "profile": scenario.faults.name if scenario.faults is not None else None})
+                                   "profile": faults.name if faults is not None else None})
         return _JSON(self._status())
 
     async def guided_stop(self, request: Request) -> Response:

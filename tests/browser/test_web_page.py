@@ -264,6 +264,33 @@ async def test_the_page_with_an_api_token_follows_the_timeline_over_fetch(nurser
     pbx.close()
 
 
+
+BAD_GATEWAY = """
+const [path, done] = arguments;
+const real = window.fetch;
+window.fetch = (url, init) => url === path
+  ? Promise.resolve(new Response("<html><body><h1>502 Bad Gateway</h1></body></html>",
+                                 {status: 502, statusText: "Bad Gateway", headers: {"Content-Type": "text/html"}}))
+  : real(url, init);
+api("GET", path).then(() => done("resolved"), (err) => done(document.getElementById("problem").textContent
+                                                             + " | " + String(err && err.message)));
+"""
+
+
+async def test_an_error_that_is_not_json_shows_its_status(nursery, browser):
+    """A reverse proxy in front of faultlab may answer an HTML 502: the page says "HTTP 502 Bad Gateway"."""
+    pbx = trio.socket.socket(type=socket.SOCK_DGRAM)
+    await pbx.bind((HOST, 0))
+    proxy = await nursery.start(serve_proxy, ProxyConfig(
+        listen=[parse_endpoint(f"udp:{HOST}:0")], upstream=[parse_endpoint(f"udp:{HOST}:{pbx.getsockname()[1]}")],
+        seed=5, api=(HOST, 0)))
+    page = Page(browser)
+    await page.run(page.open, f"http://{HOST}:{proxy.api_address[1]}/")
+    shown = await page.run(browser.execute_async_script, BAD_GATEWAY, "/api/behind-a-gateway")
+    assert shown == "HTTP 502 Bad Gateway | HTTP 502 Bad Gateway", shown
+    assert await page.run(page.text, "problem") == "HTTP 502 Bad Gateway"
+    pbx.close()
+
 def test_the_page_has_no_external_resources():
     """No CDN, no external fonts: the page, its script and its style sheet load from faultlab only."""
     static = Path(__file__).resolve().parents[2] / "faultlab" / "api" / "static"

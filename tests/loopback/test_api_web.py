@@ -105,6 +105,32 @@ async def test_with_a_token_only_the_page_and_its_files_are_public(nursery):
     assert (await lab.get("/api/scenarios")).status == 200
 
 
+
+async def raw_get(port: int, head: bytes) -> tuple[int, bytes, bytes]:
+    """``GET /`` with these raw header lines (a client may repeat a header): (status, headers, body)."""
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: lab-gw.example.test\r\n" + head
+                                  + b"Connection: close\r\n\r\n")
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    top, _, body = data.partition(b"\r\n\r\n")
+    return int(top.split(b" ", 2)[1]), top, body
+
+
+async def test_the_guard_and_the_page_read_the_same_accept_headers(nursery):
+    """Two Accept headers, in either order: the page (public) both times, never the JSON index without the token."""
+    lab = await start_lab(nursery, token=TOKEN)
+    for head in (b"Accept: application/json\r\nAccept: text/html\r\n",
+                 b"Accept: text/html\r\nAccept: application/json\r\n"):
+        status, top, body = await raw_get(lab.port, head)
+        assert status == 200 and b"content-type: text/html" in top.lower(), (head, top, body[:200])
+        assert b'<script src="/static/app.js">' in body and b"resources" not in body
+    status, _, _ = await raw_get(lab.port, b"Accept: application/json\r\n")
+    assert status == 401  # the JSON index still needs the token
+
 # -- the ladder ---------------------------------------------------------------------------------------------
 
 async def test_ladder_shows_the_newest_call_with_an_invite_by_default(nursery):
@@ -173,6 +199,26 @@ async def test_guided_start_for_one_device(nursery):
     await lab.post("/api/guided/stop", {})
     assert (await in_thread(client.get_active, lab.url))["devices"] == {}
 
+
+
+async def test_a_device_run_of_a_scenario_without_faults_is_clean_for_that_device_not_the_global_profile(nursery):
+    lab = await start_lab(nursery, profile="invite-drop")
+    with trio.fail_after(10):
+        await lab.register()
+        reply = await lab.post("/api/guided/start", {"scenario": "S01", "device": "127.0.0.1"})
+        assert reply.status == 200, reply.body
+        active = await in_thread(client.get_active, lab.url)
+        assert active["global"]["name"] == "invite-drop" and active["devices"]["127.0.0.1"]["name"] == "clean"
+        assert (await lab.from_pbx(INVITE)).method == "INVITE"  # not dropped by the global invite-drop
+        # the app's report names the Call-ID; the guided call is the INVITE faultlab delivered to 127.0.0.1
+        await lab.post("/events", device_event("reported", uuid="U1", call_id="call1"))
+        status = (await lab.get("/api/guided")).json()
+        assert status["phase"] == "ringing" and status["call"]["call_id"] == "call1"
+        await lab.post("/api/guided/stop", {})
+    active = await in_thread(client.get_active, lab.url)
+    assert active["global"]["name"] == "invite-drop" and active["devices"] == {}
+    guided = [e.detail for e in lab.proxy.events if e.kind == "guided"]
+    assert guided[0]["profile"] == "clean"
 
 async def test_guided_start_refuses_what_is_not_a_catalogue_scenario(nursery):
     lab = await start_lab(nursery)

@@ -132,3 +132,62 @@ def test_early_answer_is_judged_when_the_scenario_asks_for_it():
     done = status(GuidedRun(s17, started_at=0.5), events, 7.2)
     assert [(c["check"], c["passed"]) for c in done["verdict"]["checks"]] == [
         ("ends-right", True), ("early-answer", True), ("invariants", True)]
+
+
+# -- which call: one device's run among several phones ------------------------------------------------------------
+
+PHONE_A, PHONE_B = "192.168.50.23", "192.168.50.24"
+
+
+def to_phone(t, host, call_id):
+    """faultlab's INVITE delivered to the phone at ``host`` (the hop's peer is that phone)."""
+    return Event(t, "sent", flow="u-" + host, direction="to-device", transport="udp", peer=f"{host}:5060",
+                 method="INVITE", cseq_method="INVITE", call_id=call_id)
+
+
+def two_phones():
+    """A run for phone A (.23); phone B (.24) got an INVITE first and posts its events with a uuid only."""
+    return [to_phone(1.0, PHONE_B, "callB"), device(1.1, "reported", call_id=None, uuid="UB"),
+            to_phone(1.5, PHONE_A, "callA"), device(1.6, "reported", call_id="callA", uuid="UA"),
+            device(1.8, "ended", call_id=None, uuid="UB", reason="failed")]
+
+
+def test_a_device_run_picks_the_invite_to_its_device_not_the_first_to_any_device():
+    events = two_phones()
+    assert pick_call(events, 0.5, PHONE_A)[0] == "callA"
+    assert pick_call(events, 0.5, PHONE_A + ":5060")[0] == "callA"
+    assert pick_call(events, 0.5, PHONE_B)[0] == "callB"
+    assert pick_call(events, 0.5)[0] == "callB"  # no device: the first INVITE to any device, as before
+
+
+def test_another_phones_uuid_only_events_are_not_the_guided_calls():
+    run = GuidedRun(load_scenario("S01"), started_at=0.5, device=PHONE_A)
+    now = status(run, two_phones(), 2.0)
+    assert now["call"]["call_id"] == "callA" and now["call"]["t0"] == 1.6
+    assert now["phase"] == "ringing" and run.result is None  # phone B's "ended" does not end phone A's call
+    assert now["call"]["other_calls_ignored"] == ["uuid:UB"]
+    # phone A's later uuid-only events are its own: their uuid came with its Call-ID
+    mine, _ = attribute(two_phones() + [device(2.5, "ended", call_id=None, uuid="UA", reason="remoteEnded")],
+                        0.5, "callA")
+    assert [(e.detail["uuid"], e.call_id) for e in mine if e.kind == "device"] == [
+        ("UB", None), ("UA", "callA"), ("UB", None), ("UA", "callA")]
+
+
+def test_uuid_only_events_are_the_single_phones_until_a_call_id_or_another_call_shows_up():
+    # one phone, uuid only: its events are the guided call's (the single-phone flow)
+    events = [to_phone(1.0, PHONE_A, "callA"), device(1.1, "reported", call_id=None, uuid="UA"),
+              device(1.3, "answer-tapped", call_id=None, uuid="UA")]
+    mine, others = attribute(events, 0.5, "callA")
+    assert [e.call_id for e in mine if e.kind == "device"] == ["callA", "callA"] and others == []
+    # once a device event named another Call-ID, an unknown uuid is not taken as the guided call's
+    named = events + [device(1.4, "reported", call_id="callX", uuid="UX"),
+                      device(1.5, "ended", call_id=None, uuid="UZ", reason="failed"),
+                      device(1.6, "ended", call_id=None, uuid="UX", reason="failed"),
+                      device(1.7, "ended", call_id=None, uuid="UA", reason="remoteEnded")]
+    mine, others = attribute(named, 0.5, "callA")
+    assert [e.call_id for e in mine if e.kind == "device"] == ["callA", "callA", "callX", None, None, "callA"]
+    assert sorted(set(others)) == ["callX", "uuid:UZ"]
+    # an INVITE to another phone before a uuid-only event: which phone sent it is unknown, so it is not taken
+    busy = [to_phone(1.0, PHONE_B, "callB"), to_phone(1.2, PHONE_A, "callA"),
+            device(1.3, "reported", call_id=None, uuid="U?")]
+    assert attribute(busy, 0.5, "callA")[1] == ["uuid:U?"]

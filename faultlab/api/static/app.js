@@ -50,9 +50,18 @@ async function api(method, path, body) {
     throw err;
   }
   const text = await resp.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch (err) {
+    // not JSON: an error page from something in front of faultlab (an HTML 502), or a broken answer
+    if (resp.ok) {
+      problem(`HTTP ${resp.status}: faultlab's answer is not JSON`);
+      throw err;
+    }
+  }
   if (!resp.ok) {
-    const msg = (data && data.error) || `HTTP ${resp.status}`;
+    const msg = (data && data.error) || `HTTP ${resp.status}${resp.statusText ? " " + resp.statusText : ""}`;
     problem(resp.status === 401
       ? "This faultlab needs its API token: open the page as /?token=TOKEN (" + msg + ")" : msg);
     throw new Error(msg);
