@@ -438,14 +438,14 @@ def _step(knob: Param, before: dict[str, Any], after: dict[str, Any]) -> str:
     rate = (after["pass_rate"] - before["pass_rate"]) * 100
     a, b = before.get("unconnected_end_median"), after.get("unconnected_end_median")
     if a is not None and b is not None:
-        cost = f"{b - a:+.2f} s ({a:.2f} s → {b:.2f} s)"
+        cost = f" {b - a:+.2f} s ({a:.2f} s → {b:.2f} s)"
     elif a is None and b is None:
-        cost = "no such runs"
+        cost = ": none"
     else:
         missing = knob.label((before if a is None else after)["point"][knob.key])
-        cost = f"no such runs at {missing}"
+        cost = f": none at {missing}"
     return (f"{knob.label(before['point'][knob.key])} → {knob.label(after['point'][knob.key])}: pass rate "
-            f"{rate:+.0f} points, push → end of calls that never connected {cost}")
+            f"{rate:+.0f} points, push → end of calls that never connected{cost}")
 
 
 def write_results(out: Path, rows: Sequence[dict[str, Any]], params: Sequence[Param], summaries, lines) -> None:

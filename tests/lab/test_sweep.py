@@ -243,6 +243,6 @@ def test_the_price_of_each_step_of_deadline_counts_only_calls_that_never_connect
     assert lines[0].startswith("all runs: device.invite_deadline = 4 s is the smallest value")
     assert lines[1] == ("    1 s → 2 s: pass rate +0 points, push → end of calls that never connected +1.00 s "
                         "(3.00 s → 4.00 s)")
-    assert lines[2] == "    2 s → 4 s: pass rate +50 points, push → end of calls that never connected no such runs at 4 s"
+    assert lines[2] == "    2 s → 4 s: pass rate +50 points, push → end of calls that never connected: none at 4 s"
     everyone = [dict(r, connect=5.0, passed=True) for r in rows]
-    assert recommend(summarise(everyone, [param]), [param])[1].endswith("never connected no such runs")
+    assert recommend(summarise(everyone, [param]), [param])[1].endswith("never connected: none")
