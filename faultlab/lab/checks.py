@@ -113,6 +113,8 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
     put("ok", proxy("received", "to-pbx", lambda e: e.call_id == call_id and e.status == 200
                     and e.cseq_method == "INVITE"))
     put("ack", proxy("sent", "to-device", lambda e: e.method == "ACK" and e.call_id == call_id))
+    put("invite-rejected", proxy("received", "to-pbx", lambda e: e.call_id == call_id and e.cseq_method == "INVITE"
+                                 and e.status is not None and e.status >= 400))
     put("cancel-at-device", proxy("sent", "to-device", lambda e: e.method == "CANCEL" and e.call_id == call_id))
     put("bye-at-device", proxy("sent", "to-device", lambda e: e.method == "BYE" and e.call_id == call_id))
     # the caller's CANCEL and BYE as it sent them; with no caller on this timeline, as faultlab received them

@@ -135,7 +135,8 @@ async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX | None,
                     user: Callable[[float], Awaitable[None]] | None = None) -> None:
     """Play the scenario's call script on a placed call (``handle``, just sent): the caller's CANCEL, the second
     device's answer/decline elsewhere, the caller's hang-up. Return ``SETTLE`` seconds after ``wait_ended()``
-    returns (the device ended the call), or at the scenario's ``duration`` after the INVITE.
+    returns (the device ended the call) and the caller's INVITE has its final response, or at the scenario's
+    ``duration`` after the INVITE.
 
     ``user(start)``, if given, runs alongside (the external device's prompts: the reference device scripts its
     user itself); ``start`` is the trio time of the INVITE."""
@@ -167,6 +168,7 @@ async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX | None,
             script.start_soon(user, start)
         with trio.move_on_at(start + scenario.duration):
             await wait_ended()
+            await handle.wait_final(timeout=math.inf)  # and the caller's INVITE is over (e.g. a late one rejected)
             await trio.sleep(SETTLE)
         script.cancel_scope.cancel()
 

@@ -76,6 +76,7 @@ ANCHORS: dict[str, str] = {
     "register-final": "the first final response to a REGISTER delivered to the device after the push",
     "invite": "the call's INVITE delivered to the device by faultlab (tI)",
     "ok": "the device's 200 OK to the INVITE, as faultlab received it",
+    "invite-rejected": "the device's 4xx-6xx final response to the INVITE, as faultlab received it",
     "ack": "the ACK delivered to the device",
     "cancel": "the caller's CANCEL (sent by the caller)",
     "cancel-at-device": "a CANCEL delivered to the device",
