@@ -156,7 +156,13 @@ class PBX:
                 return
         if isinstance(message, Message):
             self._emit_message("received", message, flow)
-        await self._execute(self.logic.receive(message, flow, trio.current_time()))
+        try:
+            actions = self.logic.receive(message, flow, trio.current_time())
+        except Exception as exc:  # a PBX bug must not take the lab down: say so on the timeline and go on
+            self.timeline.emit("warning", source=SOURCE, flow=str(flow), transport=flow.transport,
+                               peer=format_hostport(*flow.peer), summary=f"internal error: {exc!r}")
+            return
+        await self._execute(actions)
 
     async def cancel_elsewhere(self, call_id: str, reason: str = "answered") -> None:
         """A second device "answered" or "declined": CANCEL toward the device with the matching Reason
@@ -331,7 +337,8 @@ class PBX:
                         except SipError as exc:
                             self.timeline.emit("warning", source=SOURCE, flow=str(flow), transport=flow.transport,
                                                peer=format_hostport(*peer), summary=f"unframeable: {exc}")
-                            return
+                            data = b""  # the connection is given up: as closed by the peer
+                            break
                         if event is NEED_DATA or event is EOF:
                             break
                         await self.receive(event, flow)

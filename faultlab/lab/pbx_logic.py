@@ -369,16 +369,41 @@ class PbxLogic:
         again (as before its REGISTER), so the device's next REGISTER, on a new connection, gets the INVITE
         (RFC 5626's flow recovery, seen from the registrar); the hold timer runs again."""
         out: list[Action] = []
-        for call in self._calls.values():
-            if (call.state == "forwarded" and call.callee_flow == flow and not call.device_responded
-                    and not call.cancelled and call.final_sent is None):
-                self._timers.pop(("ring", call.call_id), None)
-                if call.out_branch is not None:
-                    self._retx.pop((call.out_branch, "INVITE"), None)
+        for call in list(self._calls.values()):
+            if call.callee_flow != flow or call.state not in ("forwarded", "cancelling") or call.device_final:
+                continue
+            if not call.device_responded and not call.cancelled and call.final_sent is None:
+                self._forget_branch(call)
                 call.state = "held"
-                call.callee_flow = None
+                call.held_at = now
                 self._timers[("hold", call.call_id)] = now + self.hold
                 out.append(Note({"action": "rehold", "flow": str(flow), "hold": self.hold}, call.call_id))
+            else:  # the device had answered something, or the call was being cancelled: nothing more will come
+                out += self._give_up_on_device(call, "flow-lost")
+        return out
+
+    def _forget_branch(self, call: _Call) -> None:
+        """The forwarded INVITE's client transaction is over (its flow died): a late response on it is dropped."""
+        self._timers.pop(("ring", call.call_id), None)
+        if call.out_branch is not None:
+            self._retx.pop((call.out_branch, "INVITE"), None)
+            self._retx.pop((call.out_branch, "CANCEL"), None)
+            self._txns.pop(call.out_branch, None)
+        call.out_branch = None
+        call.callee_flow = None
+        call.pending_cancel = None
+
+    def _give_up_on_device(self, call: _Call, why: str) -> list[Action]:
+        """No final response will come from the device: end the call, 487 to the caller if it was cancelled (by
+        the caller or the PBX), else 480."""
+        self._timers.pop(("cancel", call.call_id), None)
+        out: list[Action] = [Note({"action": why}, call.call_id)]
+        self._forget_branch(call)
+        call.state = "ended"
+        call.ended_by = call.ended_by or why
+        if call.final_sent is None:
+            out += (self._answer_caller(call, 487) if call.cancelled
+                    else self._answer_caller(call, 480, "Temporarily Unavailable"))
         return out
 
     def on_timer(self, now: float) -> list[Action]:
@@ -397,6 +422,8 @@ class PbxLogic:
                 call.state = "ended"
                 call.ended_by = "hold-timeout"
                 out += self._answer_caller(call, 480, "Temporarily Unavailable")
+            elif kind == "cancel" and call.device_final is None and call.state in ("forwarded", "cancelling"):
+                out += self._give_up_on_device(call, "cancel-timeout")
             elif kind == "ring" and call.state == "forwarded" and call.final_sent is None:
                 out.append(Note({"action": "ring-timeout", "ring_timeout": self.ring_timeout}, call_id))
                 call.ended_by = "ring-timeout"
@@ -509,6 +536,8 @@ class PbxLogic:
         call = self._calls.get(retx.call_id or "")
         txn = self._txns.get(retx.branch)
         if retx.method == "CANCEL":
+            if call is not None and call.device_final is None and call.state in ("forwarded", "cancelling"):
+                out += self._give_up_on_device(call, "cancel-timeout")  # the device answers nothing any more
             return out
         if retx.method == "INVITE" and call is not None and retx.branch == call.out_branch:
             self._timers.pop(("ring", call.call_id), None)
@@ -622,6 +651,16 @@ class PbxLogic:
         out.append(self._respond(msg, flow, 200, headers=listed))
         if refreshed is not None:
             for call in list(self._calls.values()):
+                if (call.state == "forwarded" and call.user == user and not call.device_responded
+                        and not call.cancelled and call.callee_flow is not None and call.callee_flow.conn is not None
+                        and call.callee_flow != flow):
+                    # the device registered on a new connection before the PBX learnt the old one died: the INVITE
+                    # sent there got no answer, so it goes on the new one (and the old branch is forgotten)
+                    out.append(Note({"action": "reforward", "from_flow": str(call.callee_flow), "flow": str(flow)},
+                                    call.call_id))
+                    self._forget_branch(call)
+                    out += self._forward_invite(call, refreshed, now)
+                    continue
                 if call.state == "held" and call.user == user:
                     self._timers.pop(("hold", call.call_id), None)
                     held_for = None if call.held_at is None else round(now - call.held_at, 6)
@@ -736,6 +775,8 @@ class PbxLogic:
         if not relay_487:
             call.state = "cancelling"
         call.cancelled = True
+        # RFC 3261 §9.1: if the INVITE gets no final response within 64*T1 of the CANCEL, the PBX ends it itself
+        self._timers[("cancel", call.call_id)] = now + 64 * self.t1
         assert call.out_branch is not None
         if (call.out_branch, "INVITE") in self._retx:
             call.pending_cancel = data
@@ -807,6 +848,7 @@ class PbxLogic:
                 return out
             if status >= 200:
                 self._timers.pop(("ring", call.call_id), None)
+                self._timers.pop(("cancel", call.call_id), None)
                 call.device_final = status
             if status >= 300:
                 out.append(self._ack_device(call, msg))

@@ -228,9 +228,11 @@ class _Endpoint:
             else:
                 other.eof = True
             other.wake()
-        for pending in self.backlog:
-            pending.reset = True
-            pending.wake()
+        for pending in self.backlog:  # connections never accepted: their clients are reset
+            pending.closed = True
+            if pending.other is not None:
+                pending.other.reset = True
+                pending.other.wake()
         self.backlog.clear()
         self.wake()
 

@@ -592,6 +592,43 @@ def test_invite_whose_flow_dies_unanswered_is_held_again_and_sent_on_the_next_re
     (f1, ok), (f2, again) = sends(out)
     assert f1 == third and ok.status == 200 and f2 == third and again.method == "INVITE"
     assert again.top_via.branch != first.top_via.branch and pbx.call_state("call1") == "forwarded"
-    # a flow that dies after the device answered something leaves the call alone
+    # a flow that dies after the device answered something cannot carry its final response: 480 to the caller
     pbx.receive(reply(again, 180), third, now=11.4)
-    assert pbx.flow_closed(third, now=11.5) == [] and pbx.call_state("call1") == "forwarded"
+    out = pbx.flow_closed(third, now=11.5)
+    assert "flow-lost" in notes(out) and [m.status for f, m in sends(out) if f == CALLER] == [480]
+    assert pbx.call_state("call1") == "ended"
+
+
+def test_a_cancelled_invite_the_device_never_finishes_ends_with_487_after_64_t1():
+    pbx = PbxLogic(wall_clock=lambda: 1700000000.0)
+    fwd = _forwarded(pbx)  # TCP: no retransmissions
+    pbx.receive(reply(fwd, 180), PHONE_NEW, now=11.1)
+    out = pbx.receive(cancel(), CALLER, now=12.0)
+    assert [m.status for f, m in sends(out) if f == CALLER] == [200]
+    assert pbx.next_deadline() == pytest.approx(12.0 + 64 * pbx.t1)
+    out = pbx.on_timer(12.0 + 64 * pbx.t1)  # the device never answers the CANCEL nor the INVITE
+    assert "cancel-timeout" in notes(out) and [m.status for f, m in sends(out) if f == CALLER] == [487]
+    assert pbx.call_state("call1") == "ended"
+
+
+def test_a_flow_lost_after_the_device_answered_ends_the_call_for_the_caller():
+    pbx = PbxLogic(wall_clock=lambda: 1700000000.0)
+    fwd = _forwarded(pbx)
+    pbx.receive(reply(fwd, 180), PHONE_NEW, now=11.1)
+    out = pbx.flow_closed(PHONE_NEW, now=11.5)
+    assert "flow-lost" in notes(out) and [m.status for f, m in sends(out) if f == CALLER] == [480]
+
+
+def test_a_register_on_a_new_connection_takes_an_unanswered_invite_along():
+    pbx = PbxLogic(wall_clock=lambda: 1700000000.0)
+    first = _forwarded(pbx)  # on PHONE_NEW; the PBX has not noticed that connection died
+    third = Flow("tcp", ("127.0.0.1", 41003), ("127.0.0.1", 5060), conn=3)
+    out = pbx.receive(register(port=41003, contact_params=PN, cseq=3), third, now=11.2)
+    assert "reforward" in notes(out)
+    [(f, again)] = [(f, m) for f, m in sends(out) if m.method == "INVITE"]
+    assert f == third and again.top_via.branch != first.top_via.branch
+    # the old connection's close comes later: nothing more happens
+    assert pbx.flow_closed(PHONE_NEW, now=11.3) == []
+    # a late answer on the forgotten branch is dropped, not relayed
+    assert sends(pbx.receive(reply(first, 486), PHONE_NEW, now=11.4)) == []
+    assert pbx.call_state("call1") == "forwarded"

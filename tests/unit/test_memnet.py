@@ -176,3 +176,12 @@ async def test_connected_udp_to_nobody_is_refused_on_the_next_receive():
     await raw.send(b"INVITE")
     with pytest.raises(ConnectionRefusedError):
         await raw.receive_batch()
+
+
+async def test_closing_a_listener_resets_connections_it_never_accepted():
+    memnet.install()
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    client = await trio.open_tcp_stream("127.0.0.1", listener.socket.getsockname()[1])
+    await listener.aclose()
+    with pytest.raises(trio.BrokenResourceError):
+        await client.receive_some(100)
