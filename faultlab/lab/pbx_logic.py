@@ -27,7 +27,11 @@
   byte; the device's 487 is relayed to the caller (and ACKed by the PBX, hop by hop).
 * **Flow lost.** When the TCP/TLS connection an INVITE was forwarded on ends before the device answered
   anything, the INVITE is held again (:meth:`PbxLogic.flow_closed`), and the device's next REGISTER gets it
-  on its new connection.
+  on its new connection; a REGISTER on a new connection that comes first takes the unanswered INVITE along.
+  A connection that ends after the device answered something (or while the INVITE is being cancelled) ends
+  the call for the caller: 487 if it was cancelled, else 480.
+* **CANCEL deadline.** A forwarded INVITE that has no final response 64*T1 after the PBX's CANCEL (or whose
+  CANCEL times out) is ended by the PBX: 487 to the caller (RFC 3261 §9.1).
 * **Ring timeout.** :attr:`PbxLogic.ring_timeout` seconds after forwarding without a final response:
   CANCEL toward the device (no Reason), 480 to the caller at once.
 * **Elsewhere.** :meth:`PbxLogic.cancel_elsewhere` plays "a second device answered / declined":
