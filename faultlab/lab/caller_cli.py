@@ -219,47 +219,59 @@ async def place_call(endpoint: Endpoint, target: str, *, user: str, domain: str 
                 await hang_up()
 
     interrupted = False
+    late_answer = False  # a 2xx came after the tidy-up's CANCEL (it crossed the CANCEL)
+    unreachable = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            try:
-                await caller.start(nursery)
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                outcome.reason = f"cannot reach the PBX at {endpoint}: {exc or 'timed out'}"
-                nursery.cancel_scope.cancel()
-                return outcome
-            call = await caller.call(target)
-            t0 = trio.current_time()  # the INVITE is sent
-            outcome.times["invite"] = 0.0
-            nursery.start_soon(watch)
+            work_scope = trio.CancelScope()
 
-            async def on_signal() -> None:
+            async def on_signal() -> None:  # from before the connect: a signal also stops a stalled handshake
                 nonlocal interrupted
                 async for signum in signals:
                     interrupted = True
                     _say(f"{signal.Signals(signum).name}: stopping")
-                    script_scope.cancel()
+                    work_scope.cancel()
                     return
 
             nursery.start_soon(on_signal)
-            with trio.CancelScope() as script_scope:
-                await script()
-            if interrupted or call.final is None:  # tidy up: no call left ringing or up at the far end
+            with work_scope:
+                try:
+                    await caller.start(nursery)
+                except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                    outcome.reason = f"cannot reach the PBX at {endpoint}: {exc or 'timed out'}"
+                    unreachable = True
+                if not unreachable:
+                    call = await caller.call(target)
+                    t0 = trio.current_time()  # the INVITE is sent
+                    outcome.times["invite"] = 0.0
+                    nursery.start_soon(watch)
+                    await script()
+            if call is not None and (interrupted or call.final is None):
+                # tidy up: no call left ringing or up at the far end
                 with trio.move_on_after(SETTLE):
                     if call.final is None:
                         mark("cancel")
                         await call.cancel(reason=cancel_reason)
                         await call._wait("final response", lambda: call.final, float("inf"))
-                    elif 200 <= call.final.status < 300 and call.ended is None:
-                        await hang_up()
+                        late_answer = 200 <= call.final.status < 300
+                    if 200 <= call.final.status < 300 and call.ended is None:
+                        await hang_up()  # a 2xx (also one that crossed the CANCEL): its dialog is up
             await trio.sleep(0)  # let watch() note the last change
             await caller.close()
             nursery.cancel_scope.cancel()
     record()
-
-    final = outcome.final
     if interrupted:
         outcome.reason = "interrupted"
-    elif outcome.reason:
+    elif unreachable:
+        return outcome
+    if late_answer:
+        hung_up = (f"hung up: BYE {outcome.bye}" if outcome.bye is not None
+                   else "hung up: no BYE response" if "bye" in outcome.times else "not hung up")
+        outcome.reason = (f"{'interrupted: ' if interrupted else ''}answered {outcome.final} after the CANCEL "
+                          f"({hung_up})")
+
+    final = outcome.final
+    if outcome.reason:
         pass
     elif final is None:
         outcome.reason = f"no final response within {timeout:g} s of the INVITE"
@@ -343,6 +355,8 @@ def call(
     Exit 1 too when the far end hung up first, the PBX was unreachable, or on SIGINT/SIGTERM. Exit 2: bad input.
 
     On --timeout or a signal an unanswered call is CANCELled, an answered one hung up (up to 2 s more).
+
+    A 2xx that crosses that CANCEL is hung up too (exit 1). A signal also stops a connect or TLS handshake.
 
     Example: faultlab call sip:alice@lab.test --pbx udp:127.0.0.1:5060 --from bob --hang-up-after 2s
     """

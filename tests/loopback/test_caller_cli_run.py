@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 
+import pytest
 import trio
 
 from faultlab.lab.pbx import PBX
@@ -120,3 +121,55 @@ async def test_sigterm_while_ringing_cancels_the_call(tmp_path):
             nursery.cancel_scope.cancel()
     outcome = _outcome(call)
     assert outcome["final"] == 487 and outcome["ended"] == "cancelled" and outcome["reason"] == "interrupted"
+
+
+@pytest.mark.parametrize("stop", ["timeout", "sigterm"])
+async def test_answer_crossing_the_tidy_up_cancel_is_hung_up(tmp_path, stop):
+    # No PBX: the callee answers the caller directly, with a 200 sent right after the CANCEL reaches it.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, open_actors(actor_env(tmp_path)) as actors:
+            alice = SipUA("alice", "udp", (HOST, 9), domain="lab.test", timeout=15.0)
+            await alice.start(nursery)
+            timeout = "1s" if stop == "timeout" else "60s"
+            pbx = f"udp:{HOST}:{alice.address[1]}"  # the callee itself
+            call = await actors.spawn("call", "call", "sip:alice@lab.test", "--pbx", pbx, "--timeout", timeout,
+                                      "--json")
+            invite = await alice.expect_request("INVITE")
+            await alice.reply(invite, 180, to_tag="late", contact=True)
+            if stop == "sigterm":
+                await call.wait_line("stderr", r"^faultlab call: 180 Ringing$")
+                call.process.send_signal(signal.SIGTERM)
+            cancel = await alice.expect_request("CANCEL", call_id=invite.message.call_id)
+            await alice.reply(invite, 200, to_tag="late", contact=True, body=alice.sdp(),
+                              content_type="application/sdp")
+            await alice.reply(cancel, 200)  # the INVITE transaction is already answered: the CANCEL has no effect
+            await alice.expect_request("ACK", call_id=invite.message.call_id)
+            bye = await alice.expect_request("BYE", call_id=invite.message.call_id)
+            await alice.reply(bye, 200)
+            assert await call.wait_exit() == 1, call.output()
+            nursery.cancel_scope.cancel()
+    outcome = _outcome(call)
+    assert outcome["final"] == 200 and outcome["ended"] == "local-bye" and outcome["bye_status"] == 200
+    assert outcome["ok"] is False
+    expected = "answered 200 after the CANCEL (hung up: BYE 200)"
+    assert outcome["reason"] == (expected if stop == "timeout" else f"interrupted: {expected}"), outcome
+
+
+async def test_sigterm_during_a_stalled_tls_handshake_stops_the_call(tmp_path):
+    # A listener that accepts the TCP connection and never answers the TLS ClientHello.
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, open_actors(actor_env(tmp_path)) as actors:
+            [listener] = await trio.open_tcp_listeners(0, host=HOST)
+            port = listener.socket.getsockname()[1]
+            call = await actors.spawn("call", "call", "sip:alice@lab.test", "--pbx", f"tls:{HOST}:{port}",
+                                      "--timeout", "60s", "--json")
+            connection = await listener.accept()  # the caller is connected and handshaking
+            call.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):  # not --timeout later
+                assert await call.wait_exit() == 1, call.output()
+            await connection.aclose()
+            await listener.aclose()
+            nursery.cancel_scope.cancel()
+    outcome = _outcome(call)
+    assert outcome["reason"] == "interrupted" and outcome["ok"] is False and outcome["call_id"] is None
+    assert "faultlab call: SIGTERM: stopping" in call.lines["stderr"], call.output()
