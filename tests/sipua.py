@@ -39,6 +39,7 @@ from faultlab.sip import (
     KeepAlive,
     Message,
     StreamFramer,
+    build_request,
     build_response,
     parse_datagram,
     parse_uri,
@@ -349,27 +350,15 @@ class SipUA:
         branch: str,
         routes: Sequence[str] = (),
         contact: bool = True,
-        headers: Sequence[str] = (),
+        headers: Sequence[tuple[str, str]] = (),
         body: bytes = b"",
         content_type: str | None = None,
     ) -> bytes:
-        lines = [
-            f"{method} {request_uri} SIP/2.0",
-            f"Via: SIP/2.0/{link.transport.upper()} {format_hostport(*link.local)};rport;branch={branch}",
-            "Max-Forwards: 70",
-            *(f"Route: {route}" for route in routes),
-            f"From: {from_}",
-            f"To: {to}",
-            f"Call-ID: {call_id}",
-            f"CSeq: {cseq} {method}",
-        ]
-        if contact:
-            lines.append(f"Contact: {self.contact}")
-        lines += [*headers, f"User-Agent: {USER_AGENT}"]
-        if content_type:
-            lines.append(f"Content-Type: {content_type}")
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        return build_request(
+            method, request_uri,
+            via=f"SIP/2.0/{link.transport.upper()} {format_hostport(*link.local)};rport;branch={branch}",
+            from_=from_, to=to, call_id=call_id, cseq=cseq, routes=routes, contact=self.contact if contact else None,
+            headers=[*headers, ("User-Agent", USER_AGENT)], body=body, content_type=content_type)
 
     async def _send_request(
         self, dest: Address, method: str, request_uri: str, *, branch: str | None = None, **kwargs: object
@@ -454,7 +443,7 @@ class SipUA:
             to=f"<{aor}>",
             cseq=self._next_cseq(),
             contact=False,
-            headers=[f"Contact: {contact or self.contact}", f"Expires: {expires}"],
+            headers=[("Contact", contact or self.contact), ("Expires", str(expires))],
         )
         _, final = await self._responses("REGISTER", branch)
         return final

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import secrets
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,17 @@ import trio
 
 from faultlab.lab.timeline import Timeline
 from faultlab.net.addr import format_hostport
-from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, build_response, parse_datagram
+from faultlab.sip import (
+    EOF,
+    NEED_DATA,
+    KeepAlive,
+    Message,
+    SipError,
+    StreamFramer,
+    build_request,
+    build_response,
+    parse_datagram,
+)
 
 __all__ = ["Caller", "CallHandle", "CallerTimeout"]
 
@@ -238,7 +249,7 @@ class Caller:
         self._note("cancel", handle.call_id, reason=reason)
         data = self._request("CANCEL", handle.callee_aor, branch=handle.branch, call_id=handle.call_id,
                              from_=handle.local, to=f"<{handle.callee_aor}>", cseq=handle.cseq,
-                             headers=[f"Reason: {reason}"] if reason else [])
+                             headers=[("Reason", reason)] if reason else [])
         await self._send(data, self.pbx_address)
 
     async def hang_up(self, handle: CallHandle | None = None) -> Message:
@@ -272,25 +283,12 @@ class Caller:
     # ------------------------------------------------------------------ building and sending
 
     def _request(self, method: str, uri: str, *, branch: str, call_id: str, from_: str, to: str, cseq: int,
-                 routes=(), contact: bool = False, headers=(), body: bytes = b"",
+                 routes=(), contact: bool = False, headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
                  content_type: str | None = None) -> bytes:
-        lines = [
-            f"{method} {uri} SIP/2.0",
-            f"Via: SIP/2.0/{self.transport.upper()} {format_hostport(*self.address)};rport;branch={branch}",
-            "Max-Forwards: 70",
-            *(f"Route: {r}" for r in routes),
-            f"From: {from_}",
-            f"To: {to}",
-            f"Call-ID: {call_id}",
-            f"CSeq: {cseq} {method}",
-        ]
-        if contact:
-            lines.append(f"Contact: {self.contact}")
-        lines += [*headers, f"User-Agent: {USER_AGENT}"]
-        if content_type:
-            lines.append(f"Content-Type: {content_type}")
-        lines.append(f"Content-Length: {len(body)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        return build_request(
+            method, uri, via=f"SIP/2.0/{self.transport.upper()} {format_hostport(*self.address)};rport;branch={branch}",
+            from_=from_, to=to, call_id=call_id, cseq=cseq, routes=routes, contact=self.contact if contact else None,
+            headers=[*headers, ("User-Agent", USER_AGENT)], body=body, content_type=content_type)
 
     def _next_hop(self, handle: CallHandle) -> Address:
         if handle.route_set:

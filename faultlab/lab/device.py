@@ -48,7 +48,17 @@ from faultlab.lab.device_logic import (
 from faultlab.lab.timeline import Timeline
 from faultlab.net import memnet
 from faultlab.net.addr import Endpoint, format_hostport, is_ip, parse_endpoint
-from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, build_response, parse_datagram
+from faultlab.sip import (
+    EOF,
+    NEED_DATA,
+    KeepAlive,
+    Message,
+    SipError,
+    StreamFramer,
+    build_request,
+    build_response,
+    parse_datagram,
+)
 
 __all__ = ["Device", "DeviceConfig", "BEHAVIOURS", "contact_uri", "T1", "T2", "TIMER_F"]
 
@@ -334,20 +344,12 @@ class Device:
         self._cseq += 1
         branch = "z9hG4bK" + secrets.token_hex(8)
         aor = f"sip:{self.user}@{self.domain}"
-        lines = [
-            f"REGISTER sip:{self.domain} SIP/2.0",
-            f"Via: SIP/2.0/{self.proxy.transport.upper()} {format_hostport(*self._local)};rport;branch={branch}",
-            "Max-Forwards: 70",
-            f"From: <{aor}>;tag={secrets.token_hex(6)}",
-            f"To: <{aor}>",
-            f"Call-ID: {self._reg_call_id}",
-            f"CSeq: {self._cseq} REGISTER",
-            f"Contact: {self._contact()}",
-            f"Expires: {self.expires if expires is None else expires}",
-            f"User-Agent: {USER_AGENT}",
-            "Content-Length: 0",
-        ]
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        data = build_request(
+            "REGISTER", f"sip:{self.domain}",
+            via=f"SIP/2.0/{self.proxy.transport.upper()} {format_hostport(*self._local)};rport;branch={branch}",
+            from_=f"<{aor}>;tag={secrets.token_hex(6)}", to=f"<{aor}>", call_id=self._reg_call_id, cseq=self._cseq,
+            contact=self._contact(),
+            headers=[("Expires", str(self.expires if expires is None else expires)), ("User-Agent", USER_AGENT)])
         send, receive = trio.open_memory_channel[Message](16)
         self._transactions[branch] = send
         try:

@@ -30,7 +30,7 @@ Decisions (RFC 4475 leaves some to the implementation):
   outside 100-699) raise ``ValueError``, not SipError.
 """
 
-from ._build import MAGIC_COOKIE, build_response, format_via, stateless_branch
+from ._build import MAGIC_COOKIE, build_request, build_response, format_via, stateless_branch
 from ._edit import add_top_header, remove_top_value
 from ._errors import EOF, NEED_DATA, SipError
 from ._framer import MAX_MESSAGE_SIZE, StreamFramer
@@ -54,6 +54,7 @@ __all__ = [
     "parse_message",
     "parse_datagram",
     "parse_uri",
+    "build_request",
     "push_params",
     "StreamFramer",
     "MAX_MESSAGE_SIZE",

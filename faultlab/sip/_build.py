@@ -12,7 +12,7 @@ from ._message import Header, Message
 from ._reasons import reason_phrase
 from ._values import parse_name_addr
 
-__all__ = ["build_response", "format_via", "stateless_branch", "MAGIC_COOKIE"]
+__all__ = ["build_request", "build_response", "format_via", "stateless_branch", "MAGIC_COOKIE"]
 
 MAGIC_COOKIE = "z9hG4bK"
 """RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with this."""
@@ -61,6 +61,39 @@ def _generated_tag(request: Message) -> str:
     top = _safe(lambda: request.top_via)
     branch = top.branch if top is not None and top.branch else (via[0] if via else "")
     return _digest(request.get("call-id") or "", request.get("cseq") or "", branch, length=12)
+
+
+def build_request(
+    method: str,
+    request_uri: str,
+    *,
+    via: str,
+    from_: str,
+    to: str,
+    call_id: str,
+    cseq: int,
+    routes: Sequence[str] = (),
+    contact: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> bytes:
+    """A request as a user agent sends it (RFC 3261 §8.1.1): the start line, ``Via`` (the value, e.g.
+    ``SIP/2.0/UDP 10.0.0.2:5060;rport;branch=z9hG4bK...``), ``Max-Forwards: 70``, one ``Route`` per entry of
+    ``routes``, From, To, Call-ID, CSeq, ``Contact`` when given, ``headers`` in order, ``Content-Type`` when given,
+    and ``Content-Length``. Raises ``ValueError`` for headers that are not ``token: value`` without CR/LF."""
+    fields = [("Via", via), ("Max-Forwards", "70"), *(("Route", r) for r in routes), ("From", from_), ("To", to),
+              ("Call-ID", call_id), ("CSeq", f"{cseq} {method}")]
+    if contact is not None:
+        fields.append(("Contact", contact))
+    fields += headers
+    if content_type:
+        fields.append(("Content-Type", content_type))
+    fields.append(("Content-Length", str(len(body))))
+    for name, value in fields:
+        check_header(name, value)
+    lines = [f"{method} {request_uri} SIP/2.0", *(f"{name}: {value}" for name, value in fields)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
 
 
 def build_response(

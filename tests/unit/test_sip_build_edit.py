@@ -17,8 +17,10 @@ from faultlab.sip import (
     Message,
     SipError,
     add_top_header,
+    build_request,
     build_response,
     format_via,
+    parse_datagram,
     parse_message,
     reason_phrase,
     remove_top_value,
@@ -333,3 +335,22 @@ def test_add_then_remove_is_identity() -> None:
     for name in ("Via", "Record-Route", "Route", "X-New"):
         added = add_top_header(m, name, "SIP/2.0/UDP h;branch=z9hG4bKq" if name == "Via" else "<sip:h;lr>")
         assert remove_top_value(parse_message(added), name) == INVITE
+
+
+def test_build_request_layout_parses_back_and_refuses_injection():
+    data = build_request("INVITE", "sip:bob@10.0.0.2", via="SIP/2.0/TCP 10.0.0.1:5060;rport;branch=z9hG4bKab",
+                         from_="<sip:alice@lab.test>;tag=1", to="<sip:bob@lab.test>", call_id="c1@x", cseq=7,
+                         routes=["<sip:10.0.0.9;lr>"], contact="<sip:alice@10.0.0.1>",
+                         headers=[("User-Agent", "ua")], body=b"v=0\r\n", content_type="application/sdp")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n") == [
+        b"INVITE sip:bob@10.0.0.2 SIP/2.0", b"Via: SIP/2.0/TCP 10.0.0.1:5060;rport;branch=z9hG4bKab",
+        b"Max-Forwards: 70", b"Route: <sip:10.0.0.9;lr>", b"From: <sip:alice@lab.test>;tag=1",
+        b"To: <sip:bob@lab.test>", b"Call-ID: c1@x", b"CSeq: 7 INVITE", b"Contact: <sip:alice@10.0.0.1>",
+        b"User-Agent: ua", b"Content-Type: application/sdp", b"Content-Length: 5"]
+    assert body == b"v=0\r\n"
+    message = parse_datagram(data)
+    assert message.method == "INVITE" and message.cseq.number == 7 and message.top_via.branch == "z9hG4bKab"
+    with pytest.raises(ValueError, match="CR or LF"):
+        build_request("BYE", "sip:b@c", via="SIP/2.0/UDP h;branch=z9hG4bKx", from_="<sip:a@c>;tag=1",
+                      to="<sip:b@c>", call_id="c", cseq=1, headers=[("Reason", "x\r\nEvil: 1")])
