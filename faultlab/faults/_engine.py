@@ -361,16 +361,6 @@ class Engine:
                 events.append(Fired(rule.name, "edit", detail))
             if not rule.continue_:
                 break
-        if not self._links:
-            return Decision(
-                data=data,
-                delay=delay,
-                copies=tuple(_round(delay + o) for o in offsets),
-                close=close,
-                close_when=close_when,
-                stall=stall,
-                events=tuple(events),
-            )
         return self._link(view, now, data, delay, offsets, events, close, close_when, stall)
 
     @staticmethod
