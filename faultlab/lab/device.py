@@ -46,8 +46,8 @@ from faultlab.lab.device_logic import (
     StopRegister,
 )
 from faultlab.lab.timeline import Timeline
-from faultlab.net import memnet
 from faultlab.net.addr import Endpoint, format_hostport, is_ip, parse_endpoint
+from faultlab.net.udp import local_address_towards
 from faultlab.sip import (
     EOF,
     NEED_DATA,
@@ -72,16 +72,15 @@ SDP_TEMPLATE = (
 Address = tuple[str, int]
 
 
-def _source_address(proxy: Endpoint) -> str:
-    """The local address the system sends from toward the proxy (a UDP connect sends nothing), so that the
-    device's socket and Via work beyond loopback (e.g. in a lab namespace); loopback for a host name."""
+async def _source_address(proxy: Endpoint) -> str:
+    """The local address the system sends from toward the proxy, so that the device's socket and Via work beyond
+    loopback (e.g. in a lab namespace); loopback for a host name or when there is no route."""
     loopback = "::1" if ":" in proxy.host else "127.0.0.1"
-    if not is_ip(proxy.host) or memnet.current() is not None:  # on the in-memory network: no real socket
+    if not is_ip(proxy.host):
         return loopback
+    family = socket.AF_INET6 if ":" in proxy.host else socket.AF_INET
     try:
-        with socket.socket(socket.AF_INET6 if ":" in proxy.host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect((proxy.host, proxy.port or 5060))
-            return probe.getsockname()[0]
+        return await local_address_towards(family, (proxy.host, proxy.port or 5060))
     except OSError:  # no route: binding loopback, the send fails with a clear error later
         return loopback
 
@@ -166,7 +165,7 @@ class Device:
         self.config = config or DeviceConfig()
         self.name = name or user
         self.team_id, self.bundle, self.expires = team_id, bundle, expires
-        self.host = host or _source_address(self.proxy)
+        self.host = host  # None: the address that reaches the proxy, found when the device starts
         self.ca_file, self.tls_server_name = ca_file, tls_server_name
         self.register_at_start = register_at_start
         self.on_event = on_event
@@ -184,7 +183,7 @@ class Device:
         self._send_lock = trio.Lock()
         self._transactions: dict[str, trio.MemorySendChannel] = {}  # branch -> REGISTER responses
         self._responses: dict[tuple[str | None, str | None], bytes] = {}  # (branch, method) -> last response
-        self._reg_call_id = secrets.token_hex(8) + "@" + self.host
+        self._reg_call_id = secrets.token_hex(8)  # "@host" follows once the host is known (run)
         self._cseq = 0
 
     @property
@@ -200,6 +199,9 @@ class Device:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.timeline is None:
             self.timeline = Timeline()
+        if self.host is None:
+            self.host = await _source_address(self.proxy)
+        self._reg_call_id = self._reg_call_id.partition("@")[0] + "@" + self.host
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.proxy.transport == "udp":
