@@ -2,25 +2,92 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+import typer.main
+from typer.core import TyperCommand, TyperGroup
 
 from faultlab import __version__
-from faultlab.lab.caller_cli import app as call_app
-from faultlab.lab.device_cli import app as device_app
-from faultlab.lab.pbx_cli import app as pbx_app
-from faultlab.lab.run_cli import app as lab_app
-from faultlab.lab.run_cli import demo
-from faultlab.lab.sweep_cli import sweep_command
-from faultlab.lab.push_cli import app as push_app
-from faultlab.netns.cli import app as net_app
-from faultlab.netns.gateway_cli import app as gateway_app
-from faultlab.trace.cli import app as trace_app
+
+# The subcommands that live in modules of their own, loaded only when run: `faultlab --help` and `faultlab
+# version` import none of them (docs/PERFORMANCE.md, bench/startup.py). The one-line help shown by
+# `faultlab --help` is written here; tests/unit/test_cli_lazy.py checks it against each command's own.
+LAZY: dict[str, tuple[str, str, str]] = {
+    "demo": ("faultlab.lab.run_cli", "demo",
+             "Run the whole scenario catalogue against the embedded PBX and the reference device (no root, nothing "
+             "outside this process in virtual time) and print the verdicts."),
+    "sweep": ("faultlab.lab.sweep_cli", "sweep_command",
+              "Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in "
+              "virtual time on every core; write results.csv, results.json and plot.html and print the smallest "
+              "deadline that passes."),
+    "net": ("faultlab.netns.cli", "app",
+            "The lab network: device, gateway and PBX namespaces joined through the gateway (needs root)."),
+    "gateway": ("faultlab.netns.gateway_cli", "app",
+                "Transparent interception on a real Linux gateway, in this network namespace (needs root)."),
+    "push-gateway": ("faultlab.lab.push_cli", "app",
+                     "Run an APNs-compatible push gateway: validate VoIP pushes as APNs would, lint them, apply push "
+                     "faults, and deliver them to devices (or relay them to APNs)."),
+    "device": ("faultlab.lab.device_cli", "app",
+               "Run the reference device: a simulated, well-behaved iOS VoIP app (CallKit rules, tunable deadlines), "
+               "or one of its known-bad behaviours."),
+    "pbx": ("faultlab.lab.pbx_cli", "app",
+            "Run the embedded PBX: a registrar and Record-Routing proxy that speaks RFC 8599 push."),
+    "call": ("faultlab.lab.caller_cli", "app",
+             "Place one call through a PBX, follow the script, print the outcome; exit 0 if the call went as "
+             "scripted."),
+    "trace": ("faultlab.trace.cli", "app", "Views of a trace file: pcap for Wireshark, ladder diagrams."),
+    "lab": ("faultlab.lab.run_cli", "app",
+            "Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check."),
+}
+ORDER = ("demo", "sweep", "version", "proxy", "ca", "profiles", "profile", "net", "gateway", "push-gateway",
+         "device", "pbx", "call", "trace", "lab")
+
+
+def load_lazy(name: str) -> Any:
+    """The command (typer's click command object) of a lazily loaded subcommand, imported now."""
+    module_name, attr, _ = LAZY[name]
+    target = getattr(importlib.import_module(module_name), attr)
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_command(target)
+    else:  # a plain function: a one-command app gives the command itself
+        single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """The root group: its own commands plus :data:`LAZY`, imported on first use. While it formats its own
+    help it shows the lazy ones by their one-line help, without importing them."""
+
+    _formatting_help = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = [*self.commands, *(n for n in LAZY if n not in self.commands)]
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in self.commands or cmd_name not in LAZY:
+            return self.commands.get(cmd_name)
+        if self._formatting_help:
+            return TyperCommand(cmd_name, help=LAZY[cmd_name][2], short_help=LAZY[cmd_name][2])
+        self.commands[cmd_name] = load_lazy(cmd_name)
+        return self.commands[cmd_name]
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._formatting_help = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._formatting_help = False
 
 app = typer.Typer(
     help="faultlab: a SIP fault-injection proxy and latency lab for VoIP apps.",
+    cls=LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -31,16 +98,6 @@ profiles_app = typer.Typer(help="The fault profile library: list, show, check.",
 app.add_typer(profiles_app, name="profiles")
 profile_app = typer.Typer(help="Switch a running proxy's faults through its control API.", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
-app.add_typer(net_app, name="net")
-app.add_typer(gateway_app, name="gateway")
-app.add_typer(push_app, name="push-gateway")
-app.add_typer(device_app, name="device")
-app.add_typer(pbx_app, name="pbx")
-app.add_typer(call_app, name="call")
-app.add_typer(trace_app, name="trace")
-app.add_typer(lab_app, name="lab")
-app.command("demo")(demo)
-app.command("sweep")(sweep_command)
 
 ConfdirOption = Annotated[
     Optional[Path],
