@@ -628,8 +628,8 @@ def test_sip_error_shape() -> None:
 
 
 # ---------------------------------------------------------------------------
-# hostile sizes: every path stays linear in the input (a quadratic scan of a
-# 60 KB header would take many seconds; the bound is loose for busy CI hosts)
+# hostile sizes: every accessor answers or refuses (bench/hostile_parse.py measures that the time stays linear in
+# the size: a quadratic scan of a 60 KB header would take many seconds)
 
 
 def _big(header: bytes) -> bytes:
@@ -651,10 +651,9 @@ def _big(header: bytes) -> bytes:
     ],
     ids=["params", "commas", "quoted-commas", "vias", "escapes", "angles", "spaced-params", "slashes", "spaces"],
 )
-def test_hostile_sizes_stay_linear(raw: bytes) -> None:
-    import time
-
-    began = time.perf_counter()
+def test_hostile_sizes_parse_or_refuse(raw: bytes) -> None:
+    """Every accessor either answers or raises SipError on these. (That they stay linear in the size is
+    measured by bench/hostile_parse.py; a quadratic regression would make this test take minutes.)"""
     m = parse_message(raw)
     for attr in ("top_via", "vias", "contacts"):
         try:
@@ -668,4 +667,3 @@ def test_hostile_sizes_stay_linear(raw: bytes) -> None:
             remove_top_value(m, name)
         except SipError:
             pass
-    assert time.perf_counter() - began < 5.0
