@@ -13,17 +13,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from faultlab.net.addr import bind_hint, format_hostport, host_problem, is_ipv6
 
-from .app import create_app
-from .control import Control
+if TYPE_CHECKING:
+    from .control import Control
 
 __all__ = [
     "DEFAULT_API_HOST",
@@ -134,6 +132,12 @@ async def serve_api(
     Raises :class:`ApiBindError` before listening when :func:`check_api_bind` refuses, or when the
     address cannot be bound (in use, not on this machine).
     """
+    # hypercorn and Starlette load only when an API is served: `faultlab proxy` without --api starts faster
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from .app import create_app
+
     check_api_bind(host, token)
     config = Config()
     config.bind = [format_hostport(host, port)]
