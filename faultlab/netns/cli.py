@@ -7,7 +7,9 @@ Exit codes: 0 done, 1 runtime failure (including not root), 2 bad input.
 from __future__ import annotations
 
 import os
-import subprocess
+import shutil
+import signal
+import sys
 from typing import Annotated, NoReturn, Optional
 
 import typer
@@ -116,9 +118,14 @@ def exec_(
     command: Annotated[list[str], typer.Argument(metavar="-- CMD...", help="The command and its arguments.")],
     name: NameOption = "lab",
 ) -> None:
-    """Run a command inside a role's namespace and exit with its exit code.
+    """Run a command inside a role's namespace; it takes this process's place.
 
     Put the command after `--` so its options stay its own: faultlab net exec device1 --name lab -- ip route
+
+    The command replaces faultlab (as `ip netns exec`, whose namespace setup it uses): same process id, so
+    every signal sent to `faultlab net exec` (TERM, INT, HUP, QUIT, ...) reaches the command itself, and the
+    exit status is the command's (a shell reports death by signal N as 128+N). Nothing is left behind when
+    it is killed. Exit 127: the command was not found.
     """
     _need_root()
     if _tool("ip") is None:
@@ -133,11 +140,27 @@ def exec_(
     if lab is None or role not in lab.roles:
         known = ", ".join(lab.roles) if lab else "none: faultlab net up --name " + name + " creates the lab"
         _fail(f"lab {name} has no role {role!r} (roles: {known})", 2)
+    if shutil.which(command[0]) is None:
+        _fail(f"{command[0]}: command not found (not on PATH, or not an executable file)", 127)
+    _exec(argv, command[0], role)
+
+
+def _exec(argv: list[str], command: str, role: str) -> NoReturn:
+    """Replace this process with ``argv`` (``ip netns exec NS CMD...``, which execs CMD in turn).
+
+    No process stays in between to forward or swallow signals. Python ignores SIGPIPE and SIGXFSZ for
+    itself; the command gets them back at their defaults, as a shell would start it (subprocess does the same).
+    Every other disposition and the signal mask pass on as inherited.
+    """
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        rc = subprocess.run(argv, check=False).returncode
+        os.execvp(argv[0], argv)
     except OSError as e:
-        _fail(f"could not run {command[0]!r} in {role}: {e}", 1)
-    raise typer.Exit(rc if rc >= 0 else 128 - rc)  # killed by signal N: 128+N, as a shell reports it
+        _fail(f"could not run {command!r} in {role}: {e.strerror or e}", 1)
 
 
 @app.command()
