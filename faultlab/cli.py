@@ -111,6 +111,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@app.callback()
+def root(
+    library: Annotated[Optional[list[Path]], typer.Option(
+        "--library", metavar="DIR",
+        help="A team library of profiles and scenarios (DIR/profiles/*.toml, DIR/scenarios/*.toml), searched "
+             "before the built-in one: its entries add to it and replace built-ins of the same name. Repeat for "
+             "more (the first wins); also FAULTLAB_PATH (directories separated by ':').")] = None,
+) -> None:
+    # No docstring: the root's help is the Typer's. Imports nothing unless --library is given.
+    if library:
+        from faultlab.library import LibraryError, add_to_path
+
+        try:
+            add_to_path(library)  # into FAULTLAB_PATH: every lookup, and every child process, sees it
+        except LibraryError as exc:
+            _fail(str(exc))
+
+
 @app.command()
 def version() -> None:
     """Print faultlab's version."""
@@ -166,7 +184,11 @@ def proxy(
     api_token: Annotated[Optional[str], typer.Option(
         envvar="FAULTLAB_API_TOKEN", help="Bearer token the control API requires.")] = None,
     confdir: ConfdirOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No console line per message.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Nothing on the console: no line per message or fault.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Console: also each message faultlab receives, and under every message its "
+                                "first line as on the wire.")] = False,
 ) -> None:
     """Relay SIP between devices and a PBX, applying a fault profile and recording every message.
 
@@ -197,6 +219,7 @@ def proxy(
             confdir=confdir,
             trace_path=trace,
             quiet=quiet,
+            verbose=verbose,
             udp_idle_timeout=udp_idle_timeout,
             keep_events=1000,
             handle_signals=True,
@@ -299,16 +322,25 @@ def ca_export(
 
 @profiles_app.command("list")
 def profiles_list() -> None:
-    """List the profile library (profiles/*.toml) with each one-line summary."""
-    from faultlab.faults import ProfileError, list_profiles
+    """List the profile library with each one-line summary and where it comes from: built-in, or a team library
+    (faultlab --library DIR, FAULTLAB_PATH), whose profiles replace built-ins of the same name."""
+    from faultlab.faults import ProfileError, profile_entries
+    from faultlab.library import where
 
     try:
-        profiles = list_profiles()
+        entries = profile_entries()
     except ProfileError as exc:
         _fail(str(exc))
-    width = max((len(p.name) for p in profiles), default=0)
-    for p in profiles:
-        typer.echo(f"{p.name:<{width}}  {p.summary}")
+    if not entries:
+        _fail(f"no profiles found; looked in: {where('profiles')}")
+    width = max(len(e.item.name) for e in entries)
+    origin_width = max(len(e.origin) for e in entries)
+    for e in entries:
+        typer.echo(f"{e.item.name:<{width}}  {e.origin:<{origin_width}}  {e.item.summary}")
+    for e in entries:
+        if e.hides:
+            typer.echo(f"note: {e.item.name} from {e.origin} replaces the {' and '.join(e.hides)} profile of that "
+                       "name", err=True)
 
 
 @profiles_app.command("show")

@@ -46,6 +46,7 @@ class ProxyConfig:
     confdir: Path | None = None
     trace_path: Path | None = None
     quiet: bool = True
+    verbose: bool = False  # console: also the messages received, and each message's first line
     udp_idle_timeout: float = 600.0
     connect_timeout: float = 10.0
     keep_events: int | None = None
@@ -407,11 +408,12 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
 
     config.validate()
     proxy = Proxy(config)
+    writer = None
     if config.trace_path is not None:
         writer = JsonlWriter(config.trace_path)
         proxy.trace.add_sink(writer, writer.close)
     if not config.quiet:
-        proxy.trace.add_sink(ConsolePrinter())
+        proxy.trace.add_sink(ConsolePrinter(verbose=config.verbose))
     proxy.emit("start", detail={
         "wall_clock": time.time(),
         "listen": [str(ep) for ep in config.listen],
@@ -424,6 +426,8 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
     })
     try:
         async with trio.open_nursery() as nursery:
+            if writer is not None:
+                nursery.start_soon(keep_flushed, writer)
             if config.handle_signals:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope, proxy)
             for ep in config.listen:
@@ -452,6 +456,27 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
         proxy.emit("stop")
         if config.trace is None:
             proxy.trace.close()
+
+
+async def keep_flushed(writer: JsonlWriter) -> None:
+    """Run beside a trace writer, until cancelled: what it buffers reaches the file within its flush
+    interval even when no further event comes to flush it. Sleeps only while something is buffered."""
+    wake = trio.Event()
+
+    def pending() -> None:
+        wake.set()
+
+    writer.on_pending = pending
+    try:
+        while True:
+            await wake.wait()
+            wake = trio.Event()
+            wait = writer.due_in()
+            if wait is not None:
+                await trio.sleep(wait)
+                writer.flush()
+    finally:
+        writer.on_pending = None
 
 
 async def _stop_on_signal(scope: trio.CancelScope, proxy: Proxy) -> None:

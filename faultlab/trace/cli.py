@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._event import Event
+from ._sinks import parse_event_line, still_being_written
 
 app = typer.Typer(help="Views of a trace file: pcap for Wireshark, ladder diagrams.", add_completion=False,
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -23,7 +24,8 @@ class TraceFileError(Exception):
 
 
 def load_trace(path: Path) -> list[Event]:
-    """Every event of a trace file; :class:`TraceFileError` naming the line that is not a faultlab event."""
+    """Every event of a trace file, also one still being written (a last line without its newline is left for
+    next time); :class:`TraceFileError` naming the line that is not a faultlab event."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -33,22 +35,16 @@ def load_trace(path: Path) -> list[Event]:
     except OSError as exc:
         raise TraceFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     events: list[Event] = []
-    for lineno, line in enumerate(data.splitlines(), 1):
+    for lineno, line in enumerate(data.splitlines(keepends=True), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ValueError(f"a JSON {type(obj).__name__}, not an object")
-            event = Event.from_json(obj)
-            if isinstance(event.t, bool) or not isinstance(event.t, (int, float)) or not isinstance(event.kind, str):
-                raise ValueError("'t' must be a number and 'kind' a string")
-            if not isinstance(event.source, str) or not isinstance(event.detail, dict):
-                raise ValueError("'source' must be a string and 'detail' an object")
-        except (ValueError, TypeError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            events.append(parse_event_line(line))
+        except ValueError as exc:
+            if still_being_written(line):  # the last line of a trace still being written: read it next time
+                break
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise TraceFileError(f"{path}: line {lineno} is not a faultlab trace event ({reason})") from None
-        events.append(event)
     if not events:
         raise TraceFileError(f"{path}: empty: no trace events")
     return events

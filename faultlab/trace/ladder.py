@@ -22,6 +22,7 @@ same message are not repeated (the same rule as :mod:`faultlab.trace.pcap`).
 
 from __future__ import annotations
 
+import collections
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 from ._event import Event
 from .pcap import RELAY, _AddressBook
 
-__all__ = ["PARTY_ORDER", "call_ids", "ladder_rows", "render_ladder"]
+__all__ = ["PARTY_ORDER", "LadderLayout", "LiveLadder", "call_ids", "ladder_rows", "render_ladder"]
 
 PARTY_ORDER = ("device", "faultlab", "pbx", "caller", "push")
 MIN_WIDTH = 40
@@ -116,40 +117,71 @@ def _key(e: Event) -> tuple:
     return (e.flow, e.direction, e.call_id, e.cseq, e.cseq_method, e.method, e.status)
 
 
-def ladder_rows(events: Iterable[Event], call_id: str) -> list[dict[str, Any]]:
-    """The rows of one call's ladder (see the module docstring); ``[]`` when the trace has no such call."""
-    events = list(events)
-    book = _AddressBook(events)
-    party_at: dict[str, str] = {a: "faultlab" for a in book.faultlab}
-    for device, _, _ in book.flows.values():
-        if device is not None:
-            party_at.setdefault(_hostport(device), "device")
-    for source, by_transport in book.actors.items():
-        for addr in by_transport.values():
-            party_at.setdefault(_hostport(addr), _party(source))
-    sources = {e.source for e in events}
-    recording = {_party(e.source) for e in events if e.kind == "sent" and e.raw is not None}
-    holds: dict[str, float] = {}  # hold id -> held at
-    hold_calls = {e.detail.get("hold"): e.call_id for e in events if e.kind == "held" and e.call_id == call_id}
-    # message key -> one group of fault events per reception not yet carried out (FIFO: retransmissions of a
-    # message share its key, and each reception has its own outcome)
-    pending: dict[tuple, list[list[dict[str, Any]]]] = {}
-    labels: dict[tuple, str] = {}
-    responds: dict[tuple, dict[str, Any]] = {}  # (flow, call_id, cseq) -> the respond fault
-    rows: list[dict[str, Any]] = []
+class _Parties:
+    """Who is where, from what the trace says (addresses, sources, who records its messages); grows as
+    events are added."""
 
-    def row(t: float, frm: str, to: str | None, label: str | None = None, fault: str | None = None,
-            note: str | None = None) -> None:
-        rows.append({"t": round(t, 6), "from": frm, "to": to, "label": label, "fault": fault, "note": note})
+    def __init__(self) -> None:
+        self.book = _AddressBook()
+        self.sources: set[str] = set()
+        self.recording: set[str] = set()  # parties whose trace records the messages they send
+        self._devices: set[str] = set()
+        self._actors: dict[str, str] = {}  # "host:port" -> party
 
-    def take(e: Event) -> list[str]:
-        groups = pending.get(_key(e))
-        return [_fault_text(f) for f in groups.pop(0)] if groups else []
+    def add(self, e: Event) -> None:
+        self.book.add(e)
+        self.sources.add(e.source)
+        if e.kind == "sent" and e.raw is not None:
+            self.recording.add(_party(e.source))
+        if e.source == RELAY and e.kind == "flow-open" and e.flow in self.book.flows:
+            device = self.book.flows[e.flow][0]
+            if device is not None:
+                self._devices.add(_hostport(device))
+        elif e.source in self.book.actors:
+            for addr in self.book.actors[e.source].values():
+                self._actors.setdefault(_hostport(addr), _party(e.source))
 
-    for e in events:
-        mine = e.call_id == call_id or (e.call_id is None and e.detail.get("hold") in hold_calls)
-        if not mine:
-            continue
+    def at(self, peer: str) -> str | None:
+        """The party at "host:port": faultlab's own sockets, then devices, then the lab actors."""
+        if peer in self.book.faultlab:
+            return "faultlab"
+        if peer in self._devices:
+            return "device"
+        return self._actors.get(peer)
+
+
+class _CallLadder:
+    """The rows of one call, built one event at a time (events of other calls are not given to it)."""
+
+    def __init__(self, call_id: str) -> None:
+        self.call_id = call_id
+        self.holds: dict[str, float] = {}  # hold id -> held at
+        self.hold_ids: set[str] = set()  # holds of this call (their later events carry no Call-ID)
+        # message key -> one group of fault events per reception not yet carried out (FIFO: retransmissions of
+        # a message share its key, and each reception has its own outcome)
+        self.pending: dict[tuple, list[list[dict[str, Any]]]] = {}
+        self.labels: dict[tuple, str] = {}
+        self.responds: dict[tuple, dict[str, Any]] = {}  # (flow, call_id, cseq) -> the respond fault
+        self.last_t = 0.0
+
+    def mine(self, e: Event) -> bool:
+        return e.call_id == self.call_id or (e.call_id is None and e.detail.get("hold") in self.hold_ids)
+
+    def add(self, e: Event, parties: _Parties) -> list[dict[str, Any]]:
+        """The rows ``e`` (an event of this call) adds."""
+        rows: list[dict[str, Any]] = []
+
+        def row(t: float, frm: str, to: str | None, label: str | None = None, fault: str | None = None,
+                note: str | None = None) -> None:
+            rows.append({"t": round(t, 6), "from": frm, "to": to, "label": label, "fault": fault, "note": note})
+            self.last_t = rows[-1]["t"]
+
+        pending, holds, responds = self.pending, self.holds, self.responds
+
+        def take(e: Event) -> list[str]:
+            groups = pending.get(_key(e))
+            return [_fault_text(f) for f in groups.pop(0)] if groups else []
+
         if e.source == RELAY:
             dev_hop_party = "device"
             far = "pbx" if e.direction == "to-pbx" else dev_hop_party
@@ -160,7 +192,7 @@ def ladder_rows(events: Iterable[Event], call_id: str) -> list[dict[str, Any]]:
             elif e.kind == "fault":
                 action = e.detail.get("action")
                 groups = pending.setdefault(_key(e), [])
-                labels[_key(e)] = _label(e)
+                self.labels[_key(e)] = _label(e)
                 if action == "respond":  # the request goes no further: its outcome is faultlab's response
                     responds[(e.flow, e.call_id, e.cseq)] = e.detail
                     take(e)
@@ -192,21 +224,23 @@ def ladder_rows(events: Iterable[Event], call_id: str) -> list[dict[str, Any]]:
                 if e.call_id is None:  # a hold that timed out into a drop
                     holds.pop(e.detail.get("hold"), None)
                     row(e.t, "faultlab", None, fault="✗ dropped (hold timed out)", note="held message")
-                    continue
+                    return rows
                 texts = take(e) or [f"✗ {e.detail.get('how', 'dropped')}"]
                 row(e.t, "faultlab", far, _label(e), fault="; ".join(texts))
             elif e.kind == "held":
+                self.hold_ids.add(e.detail.get("hold"))
                 holds[e.detail.get("hold")] = e.t
                 texts = take(e) or ["held"]
                 row(e.t, "faultlab", None, fault="; ".join(texts), note=f"holding {_label(e)}")
-            continue
+            return rows
         party = _party(e.source)
         if e.kind in ("received", "sent") and e.peer:
-            if e.peer in book.faultlab:
-                continue  # faultlab's own record of this hop is there
-            other = party_at.get(e.peer) or ("caller" if "caller" in sources and party != "caller" else e.peer)
-            if e.kind == "received" and other in recording:
-                continue  # the sender's record of it is there
+            if e.peer in parties.book.faultlab:
+                return rows  # faultlab's own record of this hop is there
+            other = parties.at(e.peer) or ("caller" if "caller" in parties.sources and party != "caller"
+                                           else e.peer)
+            if e.kind == "received" and other in parties.recording:
+                return rows  # the sender's record of it is there
             frm, to = (party, other) if e.kind == "sent" else (other, party)
             row(e.t, frm, to, _label(e))
         elif e.kind == "pbx":
@@ -230,11 +264,77 @@ def ladder_rows(events: Iterable[Event], call_id: str) -> list[dict[str, Any]]:
             if action != "call":
                 how = e.detail.get("how")
                 row(e.t, "caller", None, note=f"{action}: {how}" if how else str(action))
-    end = rows[-1]["t"] if rows else 0.0
-    for key, groups in pending.items():  # faults whose message had no outcome yet when the trace ended
-        for f in (f for group in groups for f in group):
-            row(end, "faultlab", None, fault=_fault_text(f), note=f"{labels[key]}: not sent by the end of the trace")
-    return rows
+        return rows
+
+    def finish(self, end: float | None = None) -> list[dict[str, Any]]:
+        """Rows for faults whose message had no outcome yet when the trace ended (at ``end``, default the
+        last row's time)."""
+        end = self.last_t if end is None else end
+        return [{"t": round(end, 6), "from": "faultlab", "to": None, "label": None, "fault": _fault_text(f),
+                 "note": f"{self.labels[key]}: not sent by the end of the trace"}
+                for key, groups in self.pending.items() for f in (f for group in groups for f in group)]
+
+
+def ladder_rows(events: Iterable[Event], call_id: str) -> list[dict[str, Any]]:
+    """The rows of one call's ladder (see the module docstring); ``[]`` when the trace has no such call."""
+    events = list(events)
+    parties = _Parties()
+    for e in events:
+        parties.add(e)
+    ladder = _CallLadder(call_id)
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        if ladder.mine(e):
+            rows.extend(ladder.add(e, parties))
+    return rows + ladder.finish()
+
+
+class LiveLadder:
+    """Ladder rows of a trace that is still being written: give it each event as it is read, it returns the
+    rows that event adds, with their Call-ID (every call, or only ``call``).
+
+    The rows are those of :func:`ladder_rows` with two differences: who is where is known from the events
+    read so far (a trace says it early: ``start``, ``listening``, ``flow-open``), and the rows of faults
+    still waiting for their message come from :meth:`finish`, when the trace ends. At most ``max_calls``
+    calls are followed at a time (the least recently active is forgotten first), so memory stays bounded
+    however long the trace grows.
+    """
+
+    def __init__(self, call: str | None = None, *, max_calls: int = 10_000) -> None:
+        self.call = call
+        self.max_calls = max_calls
+        self._parties = _Parties()
+        self._calls: collections.OrderedDict[str, _CallLadder] = collections.OrderedDict()
+        self._holds: collections.OrderedDict[str, str] = collections.OrderedDict()  # hold id -> Call-ID
+
+    def feed(self, e: Event) -> list[tuple[str, dict[str, Any]]]:
+        self._parties.add(e)
+        call_id = e.call_id
+        if call_id is None:
+            hold = e.detail.get("hold")
+            call_id = self._holds.get(hold) if isinstance(hold, str) else None
+            if call_id is None:
+                return []
+        elif e.kind == "held" and isinstance(e.detail.get("hold"), str):
+            self._holds[e.detail["hold"]] = call_id
+            while len(self._holds) > self.max_calls:
+                self._holds.popitem(last=False)
+        if self.call is not None and call_id != self.call:
+            return []
+        ladder = self._calls.get(call_id)
+        if ladder is None:
+            ladder = self._calls[call_id] = _CallLadder(call_id)
+            while len(self._calls) > self.max_calls:
+                self._calls.popitem(last=False)
+        else:
+            self._calls.move_to_end(call_id)
+        if not ladder.mine(e):
+            ladder.hold_ids.add(e.detail.get("hold"))
+        return [(call_id, r) for r in ladder.add(e, self._parties)]
+
+    def finish(self, end: float) -> list[tuple[str, dict[str, Any]]]:
+        """The rows of faults whose message was still waiting when the trace ended at ``end``."""
+        return [(c, r) for c, ladder in self._calls.items() for r in ladder.finish(end)]
 
 
 def _hostport(addr: tuple[str, int]) -> str:
@@ -260,48 +360,52 @@ def _fit(text: str, room: int) -> str:
     return text if len(text) <= room else text[: max(room - 1, 0)] + "…"
 
 
-def render_ladder(rows: list[dict[str, Any]], *, width: int = 100, title: str | None = None) -> str:
-    """Rows as a text ladder no wider than ``width`` columns (at least 40): a time column, one lane per party,
-    labels on the arrows, faults and notes to the right."""
-    if width < MIN_WIDTH:
-        raise ValueError(f"width must be at least {MIN_WIDTH} columns, not {width}")
-    names = parties(rows)
-    if not names:
-        return (title + "\n" if title else "") + "(no messages)\n"
-    margin = min(max(len(n) for n in names) // 2 + 1, 6)
-    n = len(names)
-    # lanes take what they need (about 20 columns between neighbours) and leave the rest to the notes
-    lanes_w = min(width - _TIME_WIDTH - max(14, int(width * 0.27)), (n - 1) * _LANE_GAP + 2 * margin + 1)
-    if n == 1:
-        pos = {names[0]: _TIME_WIDTH + lanes_w // 2}
-    else:
-        step = (lanes_w - 2 * margin) / (n - 1)
-        pos = {name: _TIME_WIDTH + margin + round(i * step) for i, name in enumerate(names)}
-    right = _TIME_WIDTH + lanes_w + 1  # where the fault/note text starts
+class LadderLayout:
+    """Where each party's lane, the time and the fault/note text go in ``width`` columns (at least 40);
+    :meth:`header` and :meth:`line` draw one line each, so a ladder can be drawn row by row as it grows."""
 
-    def blank() -> list[str]:
-        line = [" "] * width
-        for x in pos.values():
+    def __init__(self, names: list[str], width: int = 100) -> None:
+        if width < MIN_WIDTH:
+            raise ValueError(f"width must be at least {MIN_WIDTH} columns, not {width}")
+        if not names:
+            raise ValueError("a ladder needs at least one party")
+        self.names, self.width = list(names), width
+        margin = min(max(len(n) for n in names) // 2 + 1, 6)
+        n = len(names)
+        # lanes take what they need (about 20 columns between neighbours) and leave the rest to the notes
+        lanes_w = min(width - _TIME_WIDTH - max(14, int(width * 0.27)), (n - 1) * _LANE_GAP + 2 * margin + 1)
+        if n == 1:
+            self.pos = {names[0]: _TIME_WIDTH + lanes_w // 2}
+        else:
+            step = (lanes_w - 2 * margin) / (n - 1)
+            self.pos = {name: _TIME_WIDTH + margin + round(i * step) for i, name in enumerate(names)}
+        self.right = _TIME_WIDTH + lanes_w + 1  # where the fault/note text starts
+
+    def _blank(self) -> list[str]:
+        line = [" "] * self.width
+        for x in self.pos.values():
             line[x] = "|"
         return line
 
-    def put(line: list[str], x: int, text: str) -> None:
+    def _put(self, line: list[str], x: int, text: str) -> None:
         for i, ch in enumerate(text):
-            if 0 <= x + i < width:
+            if 0 <= x + i < self.width:
                 line[x + i] = ch
 
-    out: list[str] = []
-    if title:
-        out.append(_fit(title, width))
-    head = [" "] * width
-    put(head, 0, "     t (s)")
-    gap = min((b - a for a, b in zip(sorted(pos.values()), sorted(pos.values())[1:])), default=width)
-    for name in names:
-        label = _fit(name, max(gap - 1, 3))
-        put(head, pos[name] - len(label) // 2, label)
-    out.append("".join(head).rstrip())
-    for r in rows:
-        line = blank()
+    def header(self) -> str:
+        head = [" "] * self.width
+        self._put(head, 0, "     t (s)")
+        xs = sorted(self.pos.values())
+        gap = min((b - a for a, b in zip(xs, xs[1:])), default=self.width)
+        for name in self.names:
+            label = _fit(name, max(gap - 1, 3))
+            self._put(head, self.pos[name] - len(label) // 2, label)
+        return "".join(head).rstrip()
+
+    def line(self, r: dict[str, Any]) -> str:
+        """One row (its parties must be lanes of this layout)."""
+        pos, width, right, put = self.pos, self.width, self.right, self._put
+        line = self._blank()
         put(line, 0, f"{r['t']:{_TIME_WIDTH - 1}.3f}")
         frm, to = r["from"], r["to"]
         extra = r.get("fault")
@@ -335,5 +439,21 @@ def render_ladder(rows: list[dict[str, Any]], *, width: int = 100, title: str | 
                 extra = f"{extra}; {r['note']}" if extra else r["note"]
         if extra:
             put(line, right, _fit(extra, width - right))
-        out.append("".join(line).rstrip())
+        return "".join(line).rstrip()
+
+
+def render_ladder(rows: list[dict[str, Any]], *, width: int = 100, title: str | None = None) -> str:
+    """Rows as a text ladder no wider than ``width`` columns (at least 40): a time column, one lane per party,
+    labels on the arrows, faults and notes to the right."""
+    if width < MIN_WIDTH:
+        raise ValueError(f"width must be at least {MIN_WIDTH} columns, not {width}")
+    names = parties(rows)
+    if not names:
+        return (title + "\n" if title else "") + "(no messages)\n"
+    layout = LadderLayout(names, width)
+    out: list[str] = []
+    if title:
+        out.append(_fit(title, width))
+    out.append(layout.header())
+    out.extend(layout.line(r) for r in rows)
     return "\n".join(out) + "\n"

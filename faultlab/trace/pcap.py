@@ -104,35 +104,42 @@ def _usable(addr: tuple[str, int] | None) -> bool:
 class _AddressBook:
     """What the trace says about who is where."""
 
-    def __init__(self, events: list[Event]) -> None:
+    def __init__(self, events: Iterable[Event] = ()) -> None:
         self.flows: dict[str, tuple[tuple[str, int] | None, ...]] = {}  # flow -> (device, device_side, pbx_side)
         self.listen: dict[str, tuple[str, int]] = {}  # transport -> faultlab's listening address
         self.faultlab: set[str] = set()  # "host:port" of faultlab's own sockets
         self.actors: dict[str, dict[str, tuple[str, int]]] = {}  # source -> transport -> its own address
+        self.actor_addresses: set[str] = set()
         self.start_wall: float = 0.0
         for e in events:
-            if e.source == RELAY:
-                if e.kind == "start" and isinstance(e.detail.get("wall_clock"), (int, float)):
-                    self.start_wall = float(e.detail["wall_clock"]) - e.t
-                elif e.kind == "listening" and e.transport and e.peer:
-                    self.faultlab.add(e.peer)
-                    addr = _parse_hostport(e.peer)
-                    if addr is not None:
-                        self.listen.setdefault(e.transport, addr)
-                elif e.kind == "flow-open" and e.flow:
-                    dev_side, pbx_side = e.detail.get("device_side"), e.detail.get("pbx_side")
-                    self.faultlab.update(a for a in (dev_side, pbx_side) if a)
-                    self.flows[e.flow] = (_parse_hostport(e.peer), _parse_hostport(dev_side),
-                                          _parse_hostport(pbx_side))
-            elif isinstance(e.detail.get("listen"), list):
-                for spec in e.detail["listen"]:
-                    try:
-                        ep = parse_endpoint(str(spec))
-                    except ValueError:
-                        continue
-                    if ep.port and _parse_hostport(format_hostport(ep.host, ep.port)):
-                        self.actors.setdefault(e.source, {}).setdefault(ep.transport, (ep.host, ep.port))
-        self.actor_addresses = {format_hostport(*a) for by_t in self.actors.values() for a in by_t.values()}
+            self.add(e)
+
+    def add(self, e: Event) -> None:
+        """Learn what ``e`` says about addresses (a trace read as it grows adds its events one by one)."""
+        if e.source == RELAY:
+            if e.kind == "start" and isinstance(e.detail.get("wall_clock"), (int, float)):
+                self.start_wall = float(e.detail["wall_clock"]) - e.t
+            elif e.kind == "listening" and e.transport and e.peer:
+                self.faultlab.add(e.peer)
+                addr = _parse_hostport(e.peer)
+                if addr is not None:
+                    self.listen.setdefault(e.transport, addr)
+            elif e.kind == "flow-open" and e.flow:
+                dev_side, pbx_side = e.detail.get("device_side"), e.detail.get("pbx_side")
+                self.faultlab.update(a for a in (dev_side, pbx_side) if a)
+                self.flows[e.flow] = (_parse_hostport(e.peer), _parse_hostport(dev_side),
+                                      _parse_hostport(pbx_side))
+        elif isinstance(e.detail.get("listen"), list):
+            for spec in e.detail["listen"]:
+                try:
+                    ep = parse_endpoint(str(spec))
+                except ValueError:
+                    continue
+                if ep.port and _parse_hostport(format_hostport(ep.host, ep.port)):
+                    by_transport = self.actors.setdefault(e.source, {})
+                    if ep.transport not in by_transport:
+                        by_transport[ep.transport] = (ep.host, ep.port)
+                        self.actor_addresses.add(format_hostport(ep.host, ep.port))
 
 
 def _relay_message(e: Event, book: _AddressBook) -> WireMessage | None:
