@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from faultlab.faults import Engine, ProfileError, list_profiles, load_profile, parse_rule
+from faultlab.faults import Engine, ProfileError, load_profile, parse_rule, profile_entries
 from faultlab.net.addr import format_hostport
 from faultlab.proxy import Proxy
 from faultlab.trace import Event
@@ -50,7 +50,9 @@ class ProxyControl:
 
     # -- profiles -----------------------------------------------------------
     def list_profiles(self) -> list[dict[str, Any]]:
-        return [{"name": p.name, "summary": p.summary, "source": p.source} for p in list_profiles()]
+        # the same entries as `faultlab profiles list`: team libraries first, then the built-in ones they keep
+        return [{"name": e.item.name, "summary": e.item.summary, "source": e.item.source, "origin": e.origin,
+                 "replaces": list(e.hides)} for e in profile_entries()]
 
     def _describe(self, engine: Engine | None) -> dict[str, Any] | None:
         if engine is None:

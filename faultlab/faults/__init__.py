@@ -15,7 +15,15 @@ See docs/profiles.md for the format.
 from ._engine import ConnectView, Decision, Engine, Fired, MessageView
 from ._errors import ProfileError, UnitError
 from ._link import LinkState, PacketFate, draw_delay
-from ._load import KNOWN_METHODS, list_profiles, load_profile, parse_profile, parse_rule, profiles_dir
+from ._load import (
+    KNOWN_METHODS,
+    list_profiles,
+    load_profile,
+    parse_profile,
+    parse_rule,
+    profile_entries,
+    profiles_dir,
+)
 from ._match import transaction_key
 from ._model import (
     Action,
@@ -47,6 +55,7 @@ __all__ = [
     "format_duration",
     "profiles_dir",
     "list_profiles",
+    "profile_entries",
     "load_profile",
     "parse_profile",
     "parse_rule",

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import library
 from ..sip import SipError, parse_uri
 from ..sip._abnf import TOKEN_RE, canonical_key
 from ._errors import MISSING, ProfileError, UnitError
@@ -56,6 +57,7 @@ __all__ = [
     "parse_rule",
     "load_profile",
     "list_profiles",
+    "profile_entries",
     "profiles_dir",
     "KNOWN_METHODS",
 ]
@@ -689,15 +691,26 @@ def parse_profile(text: str, *, source: str = "<string>") -> Profile:
 
 
 def profiles_dir() -> Path:
-    """The profile library: the ``profiles/`` folder at the top of the faultlab
-    checkout (``Path(faultlab.__file__).parents[1] / "profiles"``). faultlab is
-    installed editable (``pip install -e .``), so this is the repository's folder."""
-    return Path(__file__).resolve().parents[2] / "profiles"
+    """The built-in profile library: ``profiles/`` inside the installed package (the top-level ``profiles/`` of
+    the source tree). A team's own libraries come first: :mod:`faultlab.library`."""
+    return library.builtin_dir("profiles")
 
 
 def list_profiles() -> list[Profile]:
-    """Every ``profiles/*.toml``, loaded and validated, sorted by name."""
-    return sorted((_load_file(p) for p in profiles_dir().glob("*.toml")), key=lambda p: p.name)
+    """Every profile a name finds (the team libraries' and the built-in ones they do not replace), loaded and
+    validated, sorted by name."""
+    return [entry.item for entry in profile_entries()]
+
+
+def profile_entries() -> list[library.Entry[Profile]]:
+    """:func:`list_profiles` with where each profile comes from (``entry.origin``: ``"built-in"`` or the library
+    directory) and which same-named profiles it replaces (``entry.hides``)."""
+    try:
+        winners = library.layer(((s, s) for s in library.files("profiles")), lambda s: [s.path.stem])
+    except library.LibraryError as exc:
+        raise ProfileError(exc.where, "", MISSING, exc.problem) from None
+    entries = [library.Entry(_load_file(e.item.path), e.source, e.hides) for e in winners]
+    return sorted(entries, key=lambda e: e.item.name)
 
 
 def _load_file(path: Path) -> Profile:
@@ -714,20 +727,27 @@ def load_profile(name_or_path: str | Path) -> Profile:
     """A profile by library name (``"register-drop"``) or by file path.
 
     A string with a ``/`` or ending in ``.toml``, or a :class:`~pathlib.Path`,
-    is a file; anything else is a name in :func:`profiles_dir`. An unknown
-    name raises :class:`ProfileError` listing the available names.
+    is a file; anything else is a name looked up in the team libraries, then
+    the built-in library (:mod:`faultlab.library`). An unknown name raises
+    :class:`ProfileError` listing the available names (or, when there are
+    none, where it looked).
     """
     if isinstance(name_or_path, Path) or "/" in name_or_path or name_or_path.endswith(".toml"):
         return _load_file(Path(name_or_path))
-    path = profiles_dir() / f"{name_or_path}.toml"
-    if not _NAME_RE.fullmatch(name_or_path) or not path.is_file():
-        names = sorted(p.stem for p in profiles_dir().glob("*.toml"))
+    try:
+        sources = library.files("profiles")
+    except library.LibraryError as exc:
+        raise ProfileError(exc.where, "", MISSING, exc.problem) from None
+    found = next((s for s in sources if s.path.stem == name_or_path), None)
+    if found is None or not _NAME_RE.fullmatch(name_or_path):
+        names = sorted({s.path.stem for s in sources})
         close = difflib.get_close_matches(name_or_path, names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
+        available = ", ".join(names) or f"none found; looked in: {library.where('profiles')}"
         raise ProfileError(
-            str(profiles_dir()),
+            "profile library",
             "profile",
             name_or_path,
-            f"{hint}a profile name ({', '.join(names) or 'none found'}) or a .toml file path",
+            f"{hint}a profile name ({available}) or a .toml file path",
         )
-    return _load_file(path)
+    return _load_file(found.path)

@@ -20,12 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from faultlab import library
 from faultlab.faults import ProfileError, load_profile, parse_duration
 from faultlab.lab.external import ExternalLabError, ExternalSettings, open_external_lab
 from faultlab.lab.device_logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
-from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override
+from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries
 from faultlab.net.addr import EndpointError, format_hostport, parse_endpoint
 
 app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check.",
@@ -45,23 +46,32 @@ def scenarios(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show each scenario's faults, script and "
                                           "expectations.")] = False,
 ) -> None:
-    """List the scenario catalogue (scenarios/*.toml): id, slug, transports, expected end and deadline."""
+    """List the scenario catalogue: id, slug, transports, expected end, deadline and where each comes from (the
+    built-in catalogue or a team library: faultlab --library DIR, FAULTLAB_PATH)."""
     try:
-        catalogue = list_scenarios()
+        entries = scenario_entries()
     except ScenarioError as exc:
         _fail(str(exc))
+    if not entries:
+        _fail(f"no scenarios found; looked in: {library.where('scenarios')}")
     table = Table(show_lines=verbose)
-    for column in ("id", "slug", "title", "transports", "expected end", "deadline", "checks"):
+    for column in ("id", "slug", "title", "transports", "expected end", "deadline", "checks", "from"):
         table.add_column(column)
-    for s in catalogue:
+    for entry in entries:
+        s = entry.item
         checks = ["1"] + (["2"] if s.early_answer else []) + (["3"] if s.cancel_push_check else [])
         title = s.title
         if verbose:
             title += f"\n[dim]faults: {s.faults.name if s.faults else 'none'}; {_script(s)}[/dim]"
+        origin = entry.origin + (f" (replaces {', '.join(entry.hides)})" if entry.hides else "")
         table.add_row(s.id, s.slug, title, ",".join(s.transports), " or ".join(s.end) or "none",
-                      "; ".join(f"{b.after} + {b.within:g} s" for b in s.by) or "-", ",".join(checks))
-    Console().print(table)
-    typer.echo(f"{len(catalogue)} scenarios. Run one with: faultlab lab run --scenario {catalogue[0].id}")
+                      "; ".join(f"{b.after} + {b.within:g} s" for b in s.by) or "-", ",".join(checks), origin)
+    _console().print(table)
+    for entry in entries:
+        if entry.hides:
+            typer.echo(f"note: {entry.item.id} {entry.item.slug} from {entry.origin} replaces the "
+                       f"{' and '.join(entry.hides)} scenario of the same id or slug", err=True)
+    typer.echo(f"{len(entries)} scenarios. Run one with: faultlab lab run --scenario {entries[0].item.id}")
 
 
 def _script(s: Scenario) -> str:
@@ -144,6 +154,8 @@ def execute(
                       s if sep else override(s, key, value) for s in chosen]
     except ScenarioError as exc:
         _fail(str(exc))
+    if not chosen:
+        _fail(f"no scenarios found; looked in: {library.where('scenarios')}")
     try:
         profiles = [load_profile(p) for p in profile_names] or [None]
     except ProfileError as exc:
@@ -158,6 +170,8 @@ def execute(
         chosen = [s for s in chosen if not needs_embedded_pbx(s)]
     todo = [(s, p, t) for s in chosen for p in profiles for t in transports_for(s, transports)]
     if not todo and external_settings is None:
+        if not chosen:
+            _fail("nothing to run: every chosen scenario needs the embedded PBX (see above)")
         _fail("nothing to run: none of the chosen scenarios applies to --transport " + ",".join(transports))
     clock = "virtual time" if virtual else "real time"
     net = network or ("memory" if virtual else "loopback")

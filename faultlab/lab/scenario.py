@@ -61,11 +61,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from faultlab import library
 from faultlab.faults import Profile, ProfileError, load_profile, parse_duration, parse_profile
 from faultlab.lab.device_logic import REASONS
 
 __all__ = ["ANCHORS", "Bound", "Scenario", "ScenarioError", "list_scenarios", "load_scenario", "override",
-           "parse_scenario", "scenarios_dir"]
+           "parse_scenario", "scenario_entries", "scenarios_dir"]
 
 TRANSPORTS = ("udp", "tcp", "tls")
 ANCHORS: dict[str, str] = {
@@ -370,20 +371,45 @@ def _toml_value(value: Any) -> str:
 
 
 def scenarios_dir() -> Path:
-    """The catalogue: ``scenarios/`` at the top of the faultlab checkout (beside ``profiles/``)."""
-    return Path(__file__).resolve().parents[2] / "scenarios"
+    """The built-in catalogue: ``scenarios/`` inside the installed package (the top-level ``scenarios/`` of the
+    source tree, beside ``profiles/``). A team's own libraries come first: :mod:`faultlab.library`."""
+    return library.builtin_dir("scenarios")
 
 
 def list_scenarios() -> list[Scenario]:
-    """The whole catalogue, in id order (parsed again only when a file in ``scenarios/`` changed)."""
-    files = sorted(scenarios_dir().glob("*.toml"))
-    return list(_catalogue(tuple((str(p), p.stat().st_mtime_ns) for p in files)))
+    """The whole catalogue, in id order: the team libraries' scenarios and the built-in ones they do not replace
+    (parsed again only when a file changed)."""
+    return [entry.item for entry in scenario_entries()]
+
+
+def scenario_entries() -> list[library.Entry[Scenario]]:
+    """:func:`list_scenarios` with where each scenario comes from (``entry.origin``: ``"built-in"`` or the
+    library directory) and which scenarios of the same id or slug it replaces (``entry.hides``)."""
+    try:
+        sources = library.files("scenarios")
+        stamps = tuple((s.origin, str(s.path), s.path.stat().st_mtime_ns) for s in sources)
+    except library.LibraryError as exc:
+        raise ScenarioError(exc.where, "", None, exc.problem) from None
+    except OSError as exc:
+        raise ScenarioError(str(exc.filename or "scenarios"), "", None, f"cannot read it: {exc.strerror or exc}") \
+            from None
+    return list(_catalogue(stamps))
 
 
 @functools.lru_cache(maxsize=4)
-def _catalogue(files: tuple[tuple[str, int], ...]) -> tuple[Scenario, ...]:
-    found = [parse_scenario(Path(p).read_text(encoding="utf-8"), source=p) for p, _ in files]
-    return tuple(sorted(found, key=lambda s: (int(s.id[1:3]), s.id)))
+def _catalogue(files: tuple[tuple[str, str, int], ...]) -> tuple[library.Entry[Scenario], ...]:
+    found = []
+    for origin, path, _ in files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError(path, "", None, f"cannot read it: {exc}") from None
+        found.append((library.Source(origin, Path(path)), parse_scenario(text, source=path)))
+    try:
+        entries = library.layer(found, lambda s: (f"id:{s.id.upper()}", f"slug:{s.slug}"))
+    except library.LibraryError as exc:
+        raise ScenarioError(exc.where, "", None, exc.problem) from None
+    return tuple(sorted(entries, key=lambda e: (int(e.item.id[1:3]), e.item.id)))
 
 
 def load_scenario(name: str) -> Scenario:
@@ -395,6 +421,8 @@ def load_scenario(name: str) -> Scenario:
         except FileNotFoundError:
             raise ScenarioError(str(path), "", None, "no such file") from None
     catalogue = list_scenarios()
+    if not catalogue:
+        raise ScenarioError("scenario catalogue", "", name, f"no scenarios found; looked in: {library.where('scenarios')}")
     for s in catalogue:
         if name.upper() == s.id.upper() or name == s.slug or name == f"{s.id}-{s.slug}":
             return s
