@@ -17,6 +17,10 @@ Choices, and why:
   millisecond, so a leaf can be issued inside the TLS handshake. iOS, Android,
   OpenSSL, GnuTLS and PJSIP accept it. (A very old SIP stack that offers only RSA
   cipher suites would not; nothing here needs RSA yet.)
+* **An IP address is named twice in subjectAltName**: as an IP entry (what
+  OpenSSL, Python, Apple and recent mbedTLS 3.x check) and as a DNS entry with the same
+  text (what mbedTLS 2.x, e.g. in linphone-based apps, checks: it reads no IP entry
+  and ignores the commonName once subjectAltName exists).
 * **Leaves follow Apple's rules for TLS server certificates** (iOS 13 / macOS
   10.15, https://support.apple.com/en-us/103769): names only in subjectAltName,
   extendedKeyUsage serverAuth, validity at most 825 days. We stay at 397 days, the
@@ -142,11 +146,20 @@ def _normalize_name(raw: str) -> str:
     return name
 
 
-def _general_name(name: str) -> x509.GeneralName:
+def _general_names(name: str) -> list[x509.GeneralName]:
+    """subjectAltName entries for one normalized name.
+
+    A DNS name is one DNS entry. An IP address is an IP entry *and* a DNS entry with the same text: mbedTLS
+    2.x (Debian 12 ships 2.28; linphone-sdk builds on mbedTLS, and so do many VoIP apps on iOS and Android)
+    compares the name given to ``mbedtls_ssl_set_hostname`` only with the DNS entries of subjectAltName and,
+    when that extension is present, never with the commonName: with the IP entry alone it reports "CN
+    mismatch". OpenSSL, Python, Apple's trustd and recent mbedTLS 3.x match an address against the IP entry.
+    """
     try:
-        return x509.IPAddress(ipaddress.ip_address(name))
+        address = ipaddress.ip_address(name)
     except ValueError:
-        return x509.DNSName(name)
+        return [x509.DNSName(name)]
+    return [x509.IPAddress(address), x509.DNSName(str(address))]
 
 
 def _now() -> datetime.datetime:
@@ -332,7 +345,9 @@ class LabCA:
         """A TLS server certificate for ``names``: ``(leaf cert PEM, leaf key PEM)``.
 
         ``names`` are DNS names or IP addresses (IPv4, IPv6); each goes into
-        subjectAltName (as a DNS or IP entry) and the first is the commonName. The
+        subjectAltName (a DNS name as a DNS entry; an IP address as an IP entry
+        and, for mbedTLS 2.x clients, a DNS entry with the same text, see
+        :func:`_general_names`) and the first is the commonName. The
         certificate PEM holds only the leaf: the CA is a root that devices trust
         directly, so there is nothing else to send. Results are cached by the
         normalized names (see :func:`normalize_names`), least recently used
@@ -385,7 +400,7 @@ class LabCA:
             )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(
-                x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
+                x509.SubjectAlternativeName([g for n in names for g in _general_names(n)]), critical=False
             )
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False

@@ -242,14 +242,17 @@ def sans(cert: x509.Certificate) -> list[object]:
     ("names", "expected"),
     [
         (["pbx.example.test"], [x509.DNSName("pbx.example.test")]),
-        (["192.0.2.10"], [x509.IPAddress(ipaddress.ip_address("192.0.2.10"))]),
-        (["2001:db8::10"], [x509.IPAddress(ipaddress.ip_address("2001:db8::10"))]),
+        # An address also as a DNS entry with the same text: mbedTLS 2.x checks nothing else.
+        (["192.0.2.10"], [x509.IPAddress(ipaddress.ip_address("192.0.2.10")), x509.DNSName("192.0.2.10")]),
+        (["2001:db8::10"], [x509.IPAddress(ipaddress.ip_address("2001:db8::10")), x509.DNSName("2001:db8::10")]),
         (
             ["sip.example.test", "10.0.0.1", "::1"],
             [
                 x509.DNSName("sip.example.test"),
                 x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                x509.DNSName("10.0.0.1"),
                 x509.IPAddress(ipaddress.ip_address("::1")),
+                x509.DNSName("::1"),
             ],
         ),
     ],
@@ -335,3 +338,24 @@ def test_normalize_names() -> None:
         "*.example.test",
         "_sip._tls.example.test",
     )
+
+
+@pytest.mark.parametrize("names", [["192.0.2.10"], ["2001:db8::10"], ["pbx.example.test", "192.0.2.10"]])
+def test_leaf_for_an_address_follows_apples_rules(ca: LabCA, names: list[str]) -> None:
+    """Apple's requirements for trusted TLS server certificates (iOS 13+), with the extra DNS entry too."""
+    cert = x509.load_pem_x509_certificate(ca.issue_leaf(names)[0])
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc <= 825 * DAY
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    for name in names:  # every name in subjectAltName; an address as IP and DNS entry
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            assert name in san.get_values_for_type(x509.DNSName)
+        else:
+            assert address in san.get_values_for_type(x509.IPAddress)
+            assert name in san.get_values_for_type(x509.DNSName)
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
+    assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)

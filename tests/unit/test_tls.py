@@ -106,8 +106,9 @@ def common_name(cert: x509.Certificate) -> str | None:
 
 
 def san_names(cert: x509.Certificate) -> list[str]:
+    """The names in subjectAltName, each once (an IP address is there as an IP and as a DNS entry)."""
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return [str(n.value) for n in san]
+    return list(dict.fromkeys(str(n.value) for n in san))
 
 
 def load_leaf(ca: LabCA, names: list[str], tmp_path: Path) -> ssl.SSLContext:
