@@ -1,25 +1,32 @@
 """faultlab.link: a profile's ``[link]`` section on every packet of a lab.
 
-Each direction is shaped on the lab gateway: ``to-device`` on its
-device-side interfaces, ``to-pbx`` on its PBX-side interface, for every
-packet (SIP, RTP, DNS, push traffic...), not only SIP.
+The lab's devices reach the gateway across the **air** (:mod:`faultlab.netns.topology`): a namespace
+between the devices and the gateway that only forwards. The impairment lives there, on the device side
+of the gateway, so every packet a device sends or receives (SIP over UDP, TCP and TLS, RTP, DNS, push
+traffic, ...) is impaired once on its way across, whatever the gateway then does with it: forward it, or
+hand it to faultlab by interception (TPROXY/REDIRECT). faultlab in the gateway sees a device's packets
+after the air and sends to it before the air, as a proxy on a real Wi-Fi network would. ``to-pbx`` is
+the way up (from a device), ``to-device`` the way down; the link between the gateway and the PBX is
+clean.
 
-- Where the kernel has ``sch_netem`` and pyroute2 can express the spec, a
-  netem qdisc per gateway interface (:mod:`faultlab.link.netem`).
-- Otherwise (this project's CI kernel has no netem) faultlab's own TUN wire
-  (:mod:`faultlab.link.wire`), a background process in the gateway namespace
-  that applies the same :class:`~faultlab.faults.LinkState` the proxy uses
-  per SIP message, with a seed.
+- Where the kernel has ``sch_netem`` and pyroute2 can express the spec, a netem qdisc on each of the
+  air's interfaces (:mod:`faultlab.link.netem`): ``to-device`` on those facing the devices, ``to-pbx``
+  on those facing the gateway (netem shapes egress).
+- Otherwise (this project's CI kernel has no netem) faultlab's own TUN wire (:mod:`faultlab.link.wire`),
+  a background process in the air namespace that applies the same :class:`~faultlab.faults.LinkState`
+  the proxy uses per SIP message, with a seed.
 
-:func:`impair_lab` and :func:`clear_lab` are what ``faultlab net impair``
-calls. Both use pyroute2's synchronous API: call them outside trio (or through
-``trio.to_thread``). State lives in ``/run/faultlab/<lab>/`` (``link.json``,
-``wire.pid``, ``wire.log``).
+A faultlab proxy whose profile has a ``[link]`` section applies it per SIP message on its own; in an
+impaired lab that comes on top (twice per message): :func:`impair_lab` says so in its text.
+
+:func:`impair_lab` and :func:`clear_lab` are what ``faultlab net impair`` calls, :func:`lab_impairment`
+what ``faultlab net status`` shows. They use pyroute2's synchronous API: call them outside trio (or
+through ``trio.to_thread``). State lives in ``/run/faultlab/<lab>/`` (``link.json``, ``wire.pid``,
+``wire.log``); ``faultlab net down`` removes it.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import random
@@ -28,7 +35,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +44,12 @@ from .netem import apply_netem, clear_netem, netem_available, netem_request, net
 __all__ = [
     "impair_lab",
     "clear_lab",
+    "lab_impairment",
     "describe_spec",
     "wire_counts",
-    "gateway_sides",
-    "GatewaySides",
+    "air_sides",
+    "AirSides",
+    "PROXY_LINK_NOTE",
     "netem_available",
     "netem_request",
     "apply_netem",
@@ -54,59 +62,44 @@ READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 
 
+PROXY_LINK_NOTE = (
+    "note: this impairs every packet between the devices and the gateway; a faultlab proxy in the lab "
+    "whose profile has a [link] section applies that link per SIP message on top (twice in all): give "
+    "the proxy a profile without [link] (e.g. clean) unless you mean both"
+)
+
+
 @dataclass(frozen=True)
-class GatewaySides:
-    """The gateway namespace and its interfaces on each side."""
+class AirSides:
+    """The air namespace and its interfaces on each side: facing the devices, facing the gateway."""
 
-    gateway: str
+    air: str
     device_ifs: tuple[str, ...]
-    pbx_ifs: tuple[str, ...]
+    pbx_ifs: tuple[str, ...]  # toward the gateway (and, beyond it, the PBX)
 
 
-def _addresses(ipr) -> list[tuple[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
-    out = []
-    for msg in ipr.get_addr():
-        iface = ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-        if not (iface.ip.is_loopback or iface.ip.is_link_local):
-            out.append((msg["index"], iface))
-    return out
-
-
-def gateway_sides(gateway_netns: str, pbx_netns: str, device_netns: tuple[str, ...] | list[str] = ()) -> GatewaySides:
-    """Which gateway interfaces face the PBX (their subnet holds one of the PBX
-    namespace's addresses) and which face the devices (their subnet holds an
-    address of one of ``device_netns``; with none given, every other
-    interface with an address). Interfaces on neither side are not impaired."""
+def air_sides(lab: str) -> AirSides:
+    """The air of lab ``lab`` (made by :func:`faultlab.netns.lab_up`): ``fl-<lab>-a<i>`` face the devices,
+    ``fl-<lab>-u<i>`` the gateway. :class:`LookupError` if the lab or its air does not exist."""
     from pyroute2 import IPRoute
 
-    def addresses_of(ns: str) -> list:
-        with IPRoute(netns=ns, flags=0) as ipr:
-            return [iface.ip for _, iface in _addresses(ipr)]
+    from ..netns.topology import AIR, netns_name
 
-    pbx_addrs = addresses_of(pbx_netns)
-    device_addrs = [a for ns in device_netns for a in addresses_of(ns)]
-    with IPRoute(netns=gateway_netns, flags=0) as ipr:
-        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-        device: list[str] = []
-        pbx: list[str] = []
-        for index, iface in _addresses(ipr):
-            name = names.get(index)
-            if not name or name.startswith("fltun"):
-                continue
-            if any(a in iface.network for a in pbx_addrs):
-                side = pbx
-            elif not device_netns or any(a in iface.network for a in device_addrs):
-                side = device
-            else:
-                continue
-            if name not in side:
-                side.append(name)
-    device = [n for n in device if n not in pbx]
-    if not pbx:
-        raise LookupError(f"no interface of {gateway_netns!r} shares a subnet with {pbx_netns!r}")
-    if not device:
-        raise LookupError(f"{gateway_netns!r} has no device-side interface")
-    return GatewaySides(gateway_netns, tuple(device), tuple(pbx))
+    air = netns_name(lab, AIR)
+    if not _netns_exists(air):
+        if _netns_exists(netns_name(lab, "gateway")):
+            raise LookupError(f"lab {lab!r} has no air namespace ({air}): it was made by an older faultlab; "
+                              f"faultlab net down --name {lab} && faultlab net up --name {lab} makes it anew")
+        raise LookupError(f"no lab {lab!r} (no namespace {air}): faultlab net up --name {lab} creates it")
+    prefix = f"fl-{lab}-"
+    with IPRoute(netns=air, flags=0) as ipr:
+        names = sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links())
+    device = tuple(n for n in names if re.fullmatch(re.escape(prefix) + r"a[0-9]+", n))
+    uplink = tuple(n for n in names if re.fullmatch(re.escape(prefix) + r"u[0-9]+", n))
+    if not device or not uplink:
+        raise LookupError(f"the air of lab {lab!r} ({air}) has no device-side or gateway-side interface: "
+                          f"faultlab net down --name {lab} && faultlab net up --name {lab} makes it anew")
+    return AirSides(air, device, uplink)
 
 
 def _ms(seconds: float) -> str:
@@ -144,21 +137,6 @@ def _describe_link(profile: Profile) -> str:
     if link.dns_delay:
         text += f"; DNS answers {_ms(link.dns_delay)} late"
     return text
-
-
-def _lab_netns(lab: str, namespaces: Mapping | None) -> tuple[str, str, tuple[str, ...]]:
-    """(gateway, pbx, devices) namespaces: from ``namespaces`` or the topology's names."""
-    if namespaces is not None:
-        return namespaces["gateway"], namespaces["pbx"], tuple(namespaces.get("devices", ()))
-    from ..netns.topology import netns_name  # the lab topology's naming: fl-<lab>-<role>
-
-    prefix = netns_name(lab, "device")
-    try:
-        found = os.listdir("/run/netns")
-    except OSError:
-        found = []
-    devices = sorted(n for n in found if n.startswith(prefix) and n[len(prefix) :].isdigit())
-    return netns_name(lab, "gateway"), netns_name(lab, "pbx"), tuple(devices)
 
 
 def _state_dir(lab: str) -> Path:
@@ -230,35 +208,56 @@ def _netns_exists(name: str) -> bool:
     return Path("/run/netns", name).exists()
 
 
-def _remove_tun(gateway: str) -> None:
+def _remove_tuns(netns: str) -> None:
     from pyroute2 import IPRoute
 
-    from .wire import TUN_NAME
+    from .wire import DOWN_TUN, UP_TUN
 
-    with IPRoute(netns=gateway, flags=0) as ipr:
-        for index in ipr.link_lookup(ifname=TUN_NAME):
-            try:
-                ipr.link("del", index=index)
-            except Exception:
-                pass
+    with IPRoute(netns=netns, flags=0) as ipr:
+        for name in (UP_TUN, DOWN_TUN):
+            for index in ipr.link_lookup(ifname=name):
+                try:
+                    ipr.link("del", index=index)
+                except Exception:
+                    pass
 
 
 _MY_FILES = ("link.json", "wire.pid", "wire.ready", "wire.log", "profile")
 
 
-def clear_lab(lab: str, *, namespaces: Mapping[str, str] | None = None) -> str:
+def lab_impairment(lab: str) -> dict | None:
+    """What impairs lab ``lab`` now (``/run/faultlab/<lab>/link.json``: mode, profile, seed, pid,
+    description, ...), with ``"running": False`` when the wire recorded there is gone; None when nothing
+    does."""
+    try:
+        state = json.loads((_state_dir(lab) / "link.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    if state.get("mode") == "wire":
+        try:
+            pid = int((_state_dir(lab) / "wire.pid").read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        state["pid"] = pid
+        state["running"] = pid is not None and _is_wire(pid, lab)
+    return state
+
+
+def clear_lab(lab: str) -> str:
     """Undo :func:`impair_lab`: stop the wire it started (only that PID, and
-    only while it is still that process), remove its rules, routes and TUN,
-    or delete the netem qdiscs. Idempotent: says so when there was nothing.
-    ``namespaces`` (as for :func:`impair_lab`) is only needed when
-    there is no record of the impairment and the lab was not made by
-    faultlab's topology."""
+    only while it is still that process), remove its rules, routes and TUNs,
+    or delete the netem qdiscs, and its state files. Idempotent: says so when
+    there was nothing."""
     state_dir = _state_dir(lab)
     state: dict = {}
     try:
         state = json.loads((state_dir / "link.json").read_text())
     except (OSError, ValueError):
         pass
+    if not isinstance(state, dict):
+        state = {}
     done: list[str] = []
     pid_file = state_dir / "wire.pid"
     try:
@@ -273,22 +272,25 @@ def clear_lab(lab: str, *, namespaces: Mapping[str, str] | None = None) -> str:
                 f"{direction} {c.get('in', 0)} packets in, {c.get('lost', 0)} lost, {c.get('out', 0)} out"
                 for direction, c in sorted(counts.items())
             ))
-    gateway = state.get("gateway")
-    if gateway is None:
+    air = state.get("air")
+    if not isinstance(air, str):
         try:
-            gateway = _lab_netns(lab, namespaces)[0]
-        except (ImportError, KeyError):
-            gateway = None
-    if gateway and _netns_exists(gateway):
+            from ..netns.topology import AIR, netns_name
+
+            air = netns_name(lab, AIR)
+        except Exception:  # noqa: BLE001 - a name topology refuses has no air
+            air = None
+    if air and _netns_exists(air):
         if state.get("mode") == "netem":
-            cleared = [i for i in state.get("device_ifs", []) + state.get("pbx_ifs", []) if clear_netem(gateway, i)]
+            ifs = [i for i in [*state.get("device_ifs", []), *state.get("pbx_ifs", [])] if isinstance(i, str)]
+            cleared = [i for i in ifs if clear_netem(air, i)]
             if cleared:
                 done.append(f"removed netem from {', '.join(cleared)}")
         from .wire import unsteer
 
-        if unsteer(gateway):
+        if unsteer(air):
             done.append("removed the wire's routing rules")
-        _remove_tun(gateway)
+        _remove_tuns(air)
     for name in _MY_FILES:
         path = state_dir / name
         if path.is_dir():
@@ -303,7 +305,7 @@ def clear_lab(lab: str, *, namespaces: Mapping[str, str] | None = None) -> str:
         pass  # other parts of faultlab keep files there, or it is gone
     if not done:
         return f"lab {lab!r}: no link impairment to clear"
-    return f"lab {lab!r}: " + "; ".join(done) + "; the links are clean"
+    return f"lab {lab!r}: " + "; ".join(done) + "; the air is clean"
 
 
 def impair_lab(
@@ -311,26 +313,22 @@ def impair_lab(
     profile: Profile,
     *,
     seed: int | None = None,
-    namespaces: Mapping[str, str] | None = None,
     use_netem: bool | None = None,
     log_packets: bool = False,
 ) -> str:
     """Apply ``profile``'s ``[link]`` to every packet crossing the lab's
-    gateway, replacing any earlier impairment; a text saying how.
+    air, replacing any earlier impairment; a text saying how.
 
     netem when the kernel has it and it can express the spec, else faultlab's
-    TUN wire, started as a detached process in the gateway namespace (PID in
+    TUN wire, started as a detached process in the air namespace (PID in
     ``/run/faultlab/<lab>/wire.pid``) with ``seed`` (a fresh one if None;
     the text names it). ``use_netem`` forces the choice (False: the wire even
-    where netem exists). ``namespaces`` (``{"gateway": ..., "pbx": ...}``)
-    (optionally ``"devices": [...]``) overrides the topology's names, for
-    labs made by other means."""
-    clear_lab(lab, namespaces=namespaces)
-    gateway, pbx, devices = _lab_netns(lab, namespaces)
+    where netem exists)."""
+    clear_lab(lab)
+    sides = air_sides(lab)
     link = profile.link
     if link is None or (link.to_pbx.is_clean and link.to_device.is_clean and not link.dns_delay):
-        return f"lab {lab!r}: profile {profile.name!r} has no [link] impairment; the links are clean"
-    sides = gateway_sides(gateway, pbx, devices)
+        return f"lab {lab!r}: profile {profile.name!r} has no [link] impairment; the air is clean"
 
     unsupported = netem_unsupported(link.to_device) + netem_unsupported(link.to_pbx)
     if link.dns_delay:
@@ -342,11 +340,11 @@ def impair_lab(
         if use_netem and unsupported:
             raise RuntimeError(f"lab {lab!r}: netem requested, but it cannot do " + "; ".join(unsupported))
         if have and not unsupported:
-            return _impair_netem(lab, profile, sides)
+            return _impair_netem(lab, profile, sides) + "\n" + PROXY_LINK_NOTE
         reason = why if not have else "netem through pyroute2 cannot do " + "; ".join(unsupported)
     else:
         reason = "the wire was asked for"
-    return _impair_wire(lab, profile, sides, seed, reason, log_packets)
+    return _impair_wire(lab, profile, sides, seed, reason, log_packets) + "\n" + PROXY_LINK_NOTE
 
 
 def _write_state(lab: str, state: dict) -> Path:
@@ -356,25 +354,26 @@ def _write_state(lab: str, state: dict) -> Path:
     return state_dir
 
 
-def _impair_netem(lab: str, profile: Profile, sides: GatewaySides) -> str:
+def _impair_netem(lab: str, profile: Profile, sides: AirSides) -> str:
     link = profile.link
     assert link is not None
     _write_state(
         lab,
-        {"mode": "netem", "gateway": sides.gateway, "device_ifs": sides.device_ifs, "pbx_ifs": sides.pbx_ifs},
+        {"mode": "netem", "air": sides.air, "device_ifs": sides.device_ifs, "pbx_ifs": sides.pbx_ifs,
+         "profile": profile.name, "description": _describe_link(profile)},
     )
     for ifname in sides.device_ifs:
-        apply_netem(sides.gateway, ifname, link.to_device)
+        apply_netem(sides.air, ifname, link.to_device)
     for ifname in sides.pbx_ifs:
-        apply_netem(sides.gateway, ifname, link.to_pbx)
+        apply_netem(sides.air, ifname, link.to_pbx)
     return (
-        f"lab {lab!r}: sch_netem on the gateway's links (to-device on {', '.join(sides.device_ifs)}, "
+        f"lab {lab!r}: sch_netem on the air's links in {sides.air} (to-device on {', '.join(sides.device_ifs)}, "
         f"to-pbx on {', '.join(sides.pbx_ifs)}; the kernel's random numbers, no seed): {_describe_link(profile)}"
     )
 
 
 def _impair_wire(
-    lab: str, profile: Profile, sides: GatewaySides, seed: int | None, reason: str, log_packets: bool
+    lab: str, profile: Profile, sides: AirSides, seed: int | None, reason: str, log_packets: bool
 ) -> str:
     if not profile.text:
         raise ValueError(f"profile {profile.name!r} has no TOML text to hand to the wire process")
@@ -384,11 +383,12 @@ def _impair_wire(
         lab,
         {
             "mode": "wire",
-            "gateway": sides.gateway,
+            "air": sides.air,
             "device_ifs": sides.device_ifs,
             "pbx_ifs": sides.pbx_ifs,
             "seed": seed,
             "profile": profile.name,
+            "description": _describe_link(profile),
         },
     )
     profile_dir = state_dir / "profile"
@@ -397,7 +397,7 @@ def _impair_wire(
     profile_file.write_text(profile.text)
     ready = state_dir / "wire.ready"
     ready.unlink(missing_ok=True)
-    cmd = ["ip", "netns", "exec", sides.gateway, sys.executable, "-m", "faultlab.link.wire"]
+    cmd = ["ip", "netns", "exec", sides.air, sys.executable, "-m", "faultlab.link.wire"]
     cmd += ["--lab", lab, "--profile-file", str(profile_file), "--seed", str(seed), "--ready-file", str(ready)]
     for ifname in sides.device_ifs:
         cmd += ["--device-if", ifname]
@@ -425,6 +425,6 @@ def _impair_wire(
             raise RuntimeError(f"lab {lab!r}: the TUN wire {what}; its log:\n{tail}")
         time.sleep(0.02)
     return (
-        f"lab {lab!r}: {reason}; impairing every packet through faultlab's TUN wire "
-        f"(pid {proc.pid}, seed {seed}): {_describe_link(profile)}"
+        f"lab {lab!r}: {reason}; impairing every packet across the air ({sides.air}) with faultlab's TUN "
+        f"wire (pid {proc.pid}, seed {seed}): {_describe_link(profile)}"
     )

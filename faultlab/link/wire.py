@@ -1,34 +1,37 @@
 """faultlab's own link impairment, for kernels without sch_netem: the TUN wire.
 
-Run inside the lab's gateway namespace (``python -m faultlab.link.wire``).
-Steering, all in that namespace:
+Run inside the lab's **air** namespace (``python -m faultlab.link.wire``), the
+hop between the devices and the gateway that only forwards (see
+:mod:`faultlab.netns.topology`). Steering, all in that namespace:
 
-- a TUN device ``fltun0`` (IFF_TUN | IFF_NO_PI), held open by this process;
-- routing table :data:`TABLE` with one route, ``default dev fltun0`` (IPv4
-  and IPv6), and a policy rule ``iif <if> lookup TABLE`` (priority
-  :data:`PRIORITY`) for each of the gateway's device-side and PBX-side
-  interfaces.
+- two TUN devices (IFF_TUN | IFF_NO_PI) held open by this process:
+  :data:`UP_TUN` (``fltun0``) for packets on their way up, from a device
+  toward the gateway, and :data:`DOWN_TUN` (``fltun1``) for packets on their
+  way down, from the gateway toward a device;
+- routing tables :data:`TABLE_UP` and :data:`TABLE_DOWN`, each with one
+  route, ``default dev <tun>`` (IPv4 and IPv6), and policy rules
+  (priority :data:`PRIORITY`) ``iif <device-side if> lookup TABLE_UP`` and
+  ``iif <gateway-side if> lookup TABLE_DOWN``.
 
-So every packet the gateway would forward between the device side and the PBX
-side (SIP, RTP, DNS, TCP, ICMP, ...) is routed into the TUN instead. This
-process reads it, decides its fate with the profile's
-:class:`~faultlab.faults.LinkState` for its direction, exactly as the proxy
-does per SIP message (loss, Gilbert-Elliott, duplicate, delay + jitter,
-reorder, rate; one seeded ``random.Random``), and writes it back to the TUN
-when its time comes. A packet written to the TUN enters the stack as
-received on ``fltun0``; no rule matches that interface, so the main table
-forwards it to its destination. Packets addressed to the gateway itself are
-delivered by the ``local`` table (priority 0) before the rules and are not
-impaired, nor is traffic the gateway sends itself (e.g. a transparent faultlab
-proxy, which applies the profile's link per SIP message on its own).
+So every packet that crosses the air (SIP over UDP, TCP and TLS, RTP, DNS,
+ICMP, ..., whatever the gateway later does with it: forward it, or hand it
+to faultlab by interception) is routed into a TUN first. This process reads
+it, decides its fate with the profile's :class:`~faultlab.faults.LinkState`
+for its direction (``to-pbx`` from the up TUN, ``to-device`` from the down
+TUN), exactly as the proxy does per SIP message (loss, Gilbert-Elliott,
+duplicate, delay + jitter, reorder, rate; one seeded ``random.Random``), and
+writes it back to the same TUN when its time comes. A packet written to a
+TUN enters the stack as received on it; the air's own rules then send it on
+(up: its device's uplink to the gateway; down: the device's /32 route).
 
-The direction is the one netem would see, the egress side: a packet whose
-destination is in a device-side subnet goes ``to-device``, any other
-``to-pbx``. When the process ends (SIGTERM/SIGINT) it removes its rules and
-routes and closes the TUN, which removes it; if it is killed, the TUN (and
-the route through it) vanishes with it and the leftover rules point to an
-empty table, which the kernel skips; :func:`faultlab.link.clear_lab` removes
-them.
+The gateway itself has no rule of the wire's, so the gateway's interception
+(TPROXY, REDIRECT) and the packets faultlab sends from there meet nothing of
+the impairment: they are impaired on their way across the air, once.
+
+When the process ends (SIGTERM/SIGINT) it removes its rules and routes and
+closes the TUNs, which removes them; if it is killed, the TUNs (and the
+routes through them) vanish with it and the leftover rules point to empty
+tables, which the kernel skips; :func:`faultlab.link.clear_lab` removes them.
 """
 
 from __future__ import annotations
@@ -54,7 +57,11 @@ from ..faults import Link, LinkState, load_profile
 
 __all__ = [
     "TUN_NAME",
+    "UP_TUN",
+    "DOWN_TUN",
     "TABLE",
+    "TABLE_UP",
+    "TABLE_DOWN",
     "PRIORITY",
     "WireCore",
     "direction_of",
@@ -65,11 +72,18 @@ __all__ = [
     "main",
 ]
 
-TUN_NAME = "fltun0"
-TABLE = 2160
-"""The policy-routing table that sends steered packets into the TUN."""
+UP_TUN = "fltun0"
+"""Packets from the devices, on their way to the gateway (``to-pbx``)."""
+DOWN_TUN = "fltun1"
+"""Packets from the gateway, on their way to a device (``to-device``)."""
+TUN_NAME = UP_TUN
+TABLE_UP = 2160
+"""The policy-routing table that sends packets from the devices into :data:`UP_TUN`."""
+TABLE_DOWN = 2161
+"""The policy-routing table that sends packets from the gateway into :data:`DOWN_TUN`."""
+TABLE = TABLE_UP
 PRIORITY = 2160
-"""The priority of faultlab's ``iif`` rules: after ``local`` (0), before ``main`` (32766)."""
+"""The priority of faultlab's ``iif`` rules: after ``local`` (0), before the air's own (3000) and ``main``."""
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -167,10 +181,13 @@ class WireCore:
             if not spec.is_clean:
                 self.states[direction] = LinkState(spec, self.rng)
 
-    def packet(self, data: bytes, now: float) -> tuple[str | None, list[float]]:
+    def packet(self, data: bytes, now: float, direction: str | None = None) -> tuple[str | None, list[float]]:
         """The direction of ``data`` and the delays (seconds from ``now``) of
-        the copies to write back: ``[]`` if lost, two entries if duplicated."""
-        direction = direction_of(data, self.device_nets)
+        the copies to write back: ``[]`` if lost, two entries if duplicated.
+        ``direction`` (``"to-pbx"``/``"to-device"``) is the TUN's; without it,
+        it is found from the destination (:func:`direction_of`)."""
+        if direction is None:
+            direction = direction_of(data, self.device_nets)
         key = f"{direction or 'other'} {_proto(data)}"
         self.stats[f"{key} in"] += 1
         extra = 0.0
@@ -217,41 +234,45 @@ def _sysctl(path: str, value: str) -> None:
         log.debug("sysctl %s=%s: %s", path, value, e)
 
 
-def _rule_kwargs(family: int, ifname: str) -> dict:
-    return {"family": family, "iifname": ifname, "table": TABLE, "priority": PRIORITY}
+def _rule_kwargs(family: int, ifname: str, table: int) -> dict:
+    return {"family": family, "iifname": ifname, "table": table, "priority": PRIORITY}
 
 
-def steer(ifnames: list[str], tun: str = TUN_NAME) -> None:
-    """Bring ``tun`` up and route everything arriving on ``ifnames`` into it."""
+def steer(up_ifs: list[str], down_ifs: list[str], up_tun: str = UP_TUN, down_tun: str = DOWN_TUN) -> None:
+    """Bring both TUNs up; route everything arriving on ``up_ifs`` (the
+    device side) into ``up_tun`` and everything arriving on ``down_ifs``
+    (the gateway side) into ``down_tun``."""
     from pyroute2 import IPRoute
 
-    # A reply written to the TUN arrives "on" fltun0 from an address routed
+    # A packet written to a TUN arrives "on" it from an address routed
     # elsewhere: reverse-path filtering would drop it.
-    for conf in ("all", "default", tun):
+    for conf in ("all", "default", up_tun, down_tun):
         _sysctl(f"net/ipv4/conf/{conf}/rp_filter", "0")
-    _sysctl(f"net/ipv6/conf/{tun}/addr_gen_mode", "1")  # no link-local address, no router solicitations
+    for tun in (up_tun, down_tun):
+        _sysctl(f"net/ipv6/conf/{tun}/addr_gen_mode", "1")  # no link-local address, no router solicitations
     with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=tun)[0]
-        ipr.link("set", index=idx, state="up")
-        ipr.route("replace", dst="0.0.0.0/0", oif=idx, table=TABLE)
-        try:
-            ipr.route("replace", family=socket.AF_INET6, dst="::/0", oif=idx, table=TABLE)
-        except Exception as e:  # IPv6 disabled in this namespace
-            log.info("no IPv6 route into %s: %s", tun, e)
-        for ifname in ifnames:
-            for family in (socket.AF_INET, socket.AF_INET6):
-                try:
-                    ipr.rule("add", **_rule_kwargs(family, ifname))
-                except Exception as e:
-                    if family == socket.AF_INET:
-                        raise
-                    log.info("no IPv6 rule for %s: %s", ifname, e)
+        for tun, table, ifnames in ((up_tun, TABLE_UP, up_ifs), (down_tun, TABLE_DOWN, down_ifs)):
+            idx = ipr.link_lookup(ifname=tun)[0]
+            ipr.link("set", index=idx, state="up")
+            ipr.route("replace", dst="0.0.0.0/0", oif=idx, table=table)
+            try:
+                ipr.route("replace", family=socket.AF_INET6, dst="::/0", oif=idx, table=table)
+            except Exception as e:  # IPv6 disabled in this namespace
+                log.info("no IPv6 route into %s: %s", tun, e)
+            for ifname in ifnames:
+                for family in (socket.AF_INET, socket.AF_INET6):
+                    try:
+                        ipr.rule("add", **_rule_kwargs(family, ifname, table))
+                    except Exception as e:
+                        if family == socket.AF_INET:
+                            raise
+                        log.info("no IPv6 rule for %s: %s", ifname, e)
 
 
 def unsteer(netns: str | None = None) -> int:
-    """Remove every rule pointing to :data:`TABLE` and that table's routes
-    (in ``netns``, default the current namespace); the number of rules
-    removed. Idempotent."""
+    """Remove every rule pointing to :data:`TABLE_UP` or :data:`TABLE_DOWN`
+    at :data:`PRIORITY`, and those tables' routes (in ``netns``, default the
+    current namespace); the number of rules removed. Idempotent."""
     from pyroute2 import IPRoute
 
     removed = 0
@@ -263,18 +284,17 @@ def unsteer(netns: str | None = None) -> int:
                 continue
             for rule in rules:
                 table = rule.get_attr("FRA_TABLE") or rule["table"]
-                if table == TABLE and rule.get_attr("FRA_PRIORITY") == PRIORITY:
+                if table in (TABLE_UP, TABLE_DOWN) and rule.get_attr("FRA_PRIORITY") == PRIORITY:
                     try:
-                        ipr.rule(
-                            "del", family=family, table=TABLE, priority=PRIORITY, iifname=rule.get_attr("FRA_IFNAME")
-                        )
+                        ipr.rule("del", **_rule_kwargs(family, rule.get_attr("FRA_IFNAME"), table))
                         removed += 1
                     except Exception as e:
                         log.debug("rule del: %s", e)
-            try:
-                ipr.flush_routes(table=TABLE, family=family)
-            except Exception as e:
-                log.debug("route flush: %s", e)
+            for table in (TABLE_UP, TABLE_DOWN):
+                try:
+                    ipr.flush_routes(table=table, family=family)
+                except Exception as e:
+                    log.debug("route flush: %s", e)
     return removed
 
 
@@ -283,23 +303,26 @@ def unsteer(netns: str | None = None) -> int:
 
 
 class _Wire:
-    def __init__(self, fd: int, core: WireCore, *, packets_log: bool = False) -> None:
-        self.fd = fd
+    """Reads each TUN (``fds``: fd -> direction), holds packets until their time, writes each back to the
+    TUN it came from."""
+
+    def __init__(self, fds: dict[int, str | None], core: WireCore, *, packets_log: bool = False) -> None:
+        self.fds = fds
         self.core = core
         self.packets_log = packets_log
-        self.heap: list[tuple[float, int, bytes]] = []
+        self.heap: list[tuple[float, int, int, bytes]] = []
         self.seq = 0
         self.wake = trio.Event()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, fd: int, data: bytes) -> None:
         try:
-            os.write(self.fd, data)
+            os.write(fd, data)
         except OSError as e:  # e.g. no route back: the kernel refuses it, as it would drop it
             self.core.stats["write errors"] += 1
             log.debug("write to TUN: %s", e)
 
-    async def reader(self) -> None:
-        fd = self.fd
+    async def reader(self, fd: int) -> None:
+        tun_direction = self.fds[fd]
         while True:
             await trio.lowlevel.wait_readable(fd)
             now = trio.current_time()
@@ -308,13 +331,13 @@ class _Wire:
                     data = os.read(fd, _MAX_PACKET)
                 except BlockingIOError:
                     break
-                direction, delays = self.core.packet(data, now)
+                direction, delays = self.core.packet(data, now, tun_direction)
                 for delay in delays:
                     if delay <= 0.0 and not self.heap:
-                        self._write(data)
+                        self._write(fd, data)
                     else:
                         self.seq += 1
-                        heapq.heappush(self.heap, (now + delay, self.seq, data))
+                        heapq.heappush(self.heap, (now + delay, self.seq, fd, data))
                         self.wake.set()
                 if self.packets_log:
                     fate = "lost" if not delays else " + ".join(f"{d * 1000:.1f} ms" for d in delays)
@@ -325,7 +348,8 @@ class _Wire:
         while True:
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                self._write(heapq.heappop(heap)[2])
+                _, _, fd, data = heapq.heappop(heap)
+                self._write(fd, data)
             self.wake = trio.Event()
             if heap:
                 with trio.move_on_at(heap[0][0]):
@@ -334,12 +358,22 @@ class _Wire:
                 await self.wake.wait()
 
 
-async def run(fd: int, core: WireCore, *, packets_log: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Impair packets from the TUN ``fd`` until SIGTERM/SIGINT or cancellation."""
-    wire = _Wire(fd, core, packets_log=packets_log)
+async def run(
+    fds: int | dict[int, str | None],
+    core: WireCore,
+    *,
+    packets_log: bool = False,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Impair packets from the TUN(s) until SIGTERM/SIGINT or cancellation. ``fds``: one TUN fd (direction
+    from each packet's destination) or ``{fd: direction}``."""
+    if isinstance(fds, int):
+        fds = {fds: None}
+    wire = _Wire(fds, core, packets_log=packets_log)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(wire.reader)
+            for fd in fds:
+                nursery.start_soon(wire.reader, fd)
             nursery.start_soon(wire.writer)
             task_status.started()
             async for signum in signals:
@@ -348,30 +382,15 @@ async def run(fd: int, core: WireCore, *, packets_log: bool = False, task_status
                 break
 
 
-def _device_nets(ifnames: list[str]) -> list[Net]:
-    from pyroute2 import IPRoute
-
-    nets: list[Net] = []
-    with IPRoute() as ipr:
-        for ifname in ifnames:
-            found = ipr.link_lookup(ifname=ifname)
-            if not found:
-                raise LookupError(f"no interface {ifname!r} in this namespace")
-            for msg in ipr.get_addr(index=found[0]):
-                addr = msg.get_attr("IFA_ADDRESS")
-                net = ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}").network
-                if not net.is_link_local:
-                    nets.append(net)
-    return nets
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m faultlab.link.wire", description=__doc__.split("\n")[0])
     p.add_argument("--lab", required=True, help="the lab's name (for the log and the process list)")
     p.add_argument("--profile-file", required=True, help="the profile's TOML file; its [link] section is applied")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--device-if", action="append", default=[], help="a device-side interface of this namespace")
-    p.add_argument("--pbx-if", action="append", default=[], help="a PBX-side interface of this namespace")
+    p.add_argument("--device-if", action="append", default=[],
+                   help="an interface of this namespace facing a device: what arrives there goes to-pbx")
+    p.add_argument("--pbx-if", action="append", default=[],
+                   help="an interface of this namespace facing the gateway: what arrives there goes to-device")
     p.add_argument("--ready-file", help="written once packets are steered through the wire")
     p.add_argument("--log-packets", action="store_true", help="log every packet (scapy summary and fate)")
     args = p.parse_args(argv)
@@ -379,32 +398,29 @@ def main(argv: list[str] | None = None) -> int:
 
     profile = load_profile(Path(args.profile_file))
     link = profile.link or Link()
-    core = WireCore(link, _device_nets(args.device_if), random.Random(args.seed))
-    log.info(
-        "lab %r profile %r seed %d: device side %s (%s), PBX side %s",
-        args.lab,
-        profile.name,
-        args.seed,
-        ",".join(args.device_if),
-        ", ".join(map(str, core.device_nets)),
-        ",".join(args.pbx_if),
-    )
+    core = WireCore(link, [], random.Random(args.seed))
+    log.info("lab %r profile %r seed %d: device side %s, gateway side %s", args.lab, profile.name, args.seed,
+             ",".join(args.device_if), ",".join(args.pbx_if))
+
     def _stop(signum, frame):  # until trio takes the signals over: still clean up
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, _stop)
-    fd = open_tun()
+    fds: dict[int, str | None] = {}
     try:
-        steer(args.device_if + args.pbx_if)
+        fds[open_tun(UP_TUN)] = "to-pbx"
+        fds[open_tun(DOWN_TUN)] = "to-device"
+        steer(args.device_if, args.pbx_if)
         if args.ready_file:
             Path(args.ready_file).write_text(f"{os.getpid()}\n")
-        log.info("ready: every packet between the device and PBX sides goes through %s", TUN_NAME)
-        trio.run(lambda: run(fd, core, packets_log=args.log_packets))
+        log.info("ready: every packet crossing the air goes through %s (up) and %s (down)", UP_TUN, DOWN_TUN)
+        trio.run(lambda: run(fds, core, packets_log=args.log_packets))
     finally:
         try:
             unsteer()
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
         for key in sorted(core.stats):
             log.info("%s: %d", key, core.stats[key])
     return 0

@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 runtime failure (including not root), 2 bad input.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -103,10 +104,26 @@ def status(
             typer.echo("null")
             raise typer.Exit(1)
         _fail(f"lab {name} does not exist (faultlab net up --name {name} creates it)", 1)
+    from faultlab.link import lab_impairment
+
+    impairment = lab_impairment(name)
     if as_json:
-        typer.echo(lab.to_json())
+        typer.echo(json.dumps({**lab.to_dict(), "impairment": impairment}, indent=2))
     else:
         _print_lab(lab)
+        typer.echo(_air_line(lab, impairment))
+
+
+def _air_line(lab: Lab, impairment: dict | None) -> str:
+    """What the air (between the devices and the gateway) does to every packet crossing it."""
+    where = f"air {lab.air.netns}" if lab.air else "air: none (a lab from an older faultlab: net down, net up)"
+    if impairment is None:
+        return f"{where}: clean (faultlab net impair --name {lab.name} --profile NAME impairs it)"
+    how = ("sch_netem" if impairment.get("mode") == "netem"
+           else f"TUN wire pid {impairment.get('pid')}, seed {impairment.get('seed')}")
+    if impairment.get("mode") == "wire" and not impairment.get("running"):
+        how += ", NOT RUNNING: faultlab net impair --clear, then impair again"
+    return f"{where}: profile {impairment.get('profile')} ({how}): {impairment.get('description', '?')}"
 
 
 @app.command(
@@ -198,6 +215,8 @@ def impair(
             text = impair_lab(name, loaded, seed=seed)
     except LabError as e:
         _lab_error(e)
+    except LookupError as e:  # no such lab, or no air in it: the message says what to run
+        _fail(str(e).strip("'\""), 1)
     except Exception as e:  # noqa: BLE001 - one red line, never a traceback
         _fail(f"impair failed: {type(e).__name__}: {e}", 1)
     typer.echo(text)

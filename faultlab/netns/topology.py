@@ -1,4 +1,4 @@
-"""The lab network: device, gateway and PBX namespaces joined by veth pairs (pyroute2, sync).
+"""The lab network: device, air, gateway and PBX namespaces joined by veth pairs (pyroute2, sync).
 
 Address plan (``subnet`` defaults to ``10.213.0.0/16``; it is cut into /24 blocks, taken in order):
 
@@ -6,6 +6,16 @@ Address plan (``subnet`` defaults to ``10.213.0.0/16``; it is cut into /24 block
   PBX ``.2`` on ``fl-<lab>-p``;
 * block *i* (``10.213.i.0/24``) joins the gateway and device *i*: gateway ``.1`` on ``fl-<lab>-g<i>``,
   device ``.2`` on ``fl-<lab>-d<i>``;
+* between the devices and the gateway lies the **air** (``fl-<lab>-air``): a namespace with no address
+  of its own that only forwards. Device *i*'s link ends there on ``fl-<lab>-a<i>``, and
+  ``fl-<lab>-u<i>`` (its uplink) joins the air to the gateway's ``fl-<lab>-g<i>``. Proxy ARP on both
+  makes the two ends of block *i* see each other as if on one wire: the device's next hop is still
+  the gateway's ``.1``, and the gateway's neighbour is still the device's ``.2``. What a device sends
+  goes up its own uplink (policy rules ``iif fl-<lab>-a<i>`` and, for packets the link impairment
+  hands back, ``iif fltun0 from 10.213.i.0/24``, to table ``AIR_TABLE + i``); what comes down goes
+  to the device by its /32 route. So every packet a device sends or receives crosses the air once,
+  and that is where ``faultlab net impair`` impairs it (:mod:`faultlab.link`): before the gateway,
+  and therefore before the gateway's interception and faultlab see it;
 * the device and PBX namespaces route everything (default route) via the gateway's address on their
   link; the gateway forwards (``net.ipv4.ip_forward=1`` in its namespace) and is directly connected to
   every block, so device -> PBX traffic always crosses the gateway, where faultlab intercepts it;
@@ -47,6 +57,14 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")
 _ROLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SETTLE = 5.0  # seconds to wait for an RTNL change to show up before calling it failed
 _ALIAS_KEY = "faultlab-lab"
+AIR = "air"
+"""The role of the namespace between the devices and the gateway, where the link impairment lives."""
+AIR_TABLE = 3000
+"""Routing table ``AIR_TABLE + i`` in the air holds device *i*'s uplink (default via the gateway)."""
+AIR_RULE_PRIORITY = 3000
+"""Priority of the air's uplink rules: after the link impairment's (:data:`faultlab.link.wire.PRIORITY`)."""
+AIR_UP_TUN = "fltun0"
+"""The TUN the link impairment writes packets bound up (toward the gateway) back to."""
 
 T = TypeVar("T")
 
@@ -157,9 +175,14 @@ class Lab:
 
     @property
     def complete(self) -> bool:
-        """Gateway, PBX and at least one device, each with its address."""
-        return (self.gateway is not None and self.pbx is not None and bool(self.devices)
+        """Gateway, PBX, air and at least one device, each with its address (the air has none)."""
+        return (self.gateway is not None and self.pbx is not None and self.air is not None
+                and bool(self.devices) and bool(self.air.interfaces)
                 and all(r.address for r in (self.gateway, self.pbx, *self.devices)))
+
+    @property
+    def air(self) -> Role | None:
+        return self.roles.get(AIR)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -185,12 +208,19 @@ class Lab:
 
 @dataclass(frozen=True)
 class _Link:
-    """One veth pair: ``gw_if`` in the gateway, ``peer_if`` in ``peer_role``'s namespace."""
+    """One block: ``gw_if`` in the gateway, ``peer_if`` in ``peer_role``'s namespace.
+
+    For a device, the block crosses the air: ``gw_if`` pairs with ``uplink_if`` and ``air_if`` with
+    ``peer_if`` (both in the air). For the PBX (``uplink_if`` empty), one veth pair joins the two.
+    """
 
     peer_role: str
     gw_if: str
     peer_if: str
     network: ipaddress.IPv4Network
+    air_if: str = ""
+    uplink_if: str = ""
+    number: int = 0
 
     @property
     def gw_addr(self) -> ipaddress.IPv4Address:
@@ -224,7 +254,8 @@ def _plan(name: str, subnet: str, devices: int) -> tuple[ipaddress.IPv4Network, 
     blocks = net.subnets(new_prefix=24)
     links = [_Link("pbx", _ifname(name, "gp"), _ifname(name, "p"), next(blocks))]
     for i in range(1, devices + 1):
-        links.append(_Link(f"device{i}", _ifname(name, f"g{i}"), _ifname(name, f"d{i}"), next(blocks)))
+        links.append(_Link(f"device{i}", _ifname(name, f"g{i}"), _ifname(name, f"d{i}"), next(blocks),
+                           _ifname(name, f"a{i}"), _ifname(name, f"u{i}"), i))
     return net, links
 
 
@@ -319,6 +350,28 @@ def _write_sysctl_in(ns: str, path: str, value: str) -> None:
         raise LabError(f"could not write {path} in namespace {ns}: {e}") from e
 
 
+def _write_sysctls_in(ns: str, items: list[tuple[str, str]]) -> None:
+    """Several /proc/sys writes in namespace ``ns`` (as :func:`_write_sysctl_in`), in one thread."""
+    from pyroute2 import netns
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            netns.setns(ns, flags=0)
+            for path, value in items:
+                with open(path, "w") as f:
+                    f.write(value)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            errors.append(e)
+
+    t = threading.Thread(target=run, name=f"faultlab-sysctl-{ns}")
+    t.start()
+    t.join()
+    if errors:
+        raise LabError(f"could not configure namespace {ns}: {errors[0]}") from errors[0]
+
+
 def _addr_text(a: Any) -> str:
     return f"{a.get('address')}/{a['prefixlen']}"
 
@@ -359,32 +412,64 @@ def _build(name: str, net: ipaddress.IPv4Network, links: list[_Link]) -> None:
     from pyroute2 import netns
 
     gw_ns = netns_name(name, "gateway")
-    for ns in [gw_ns, *(netns_name(name, link.peer_role) for link in links)]:
+    air_ns = netns_name(name, AIR)
+    for ns in [gw_ns, air_ns, *(netns_name(name, link.peer_role) for link in links)]:
         netns.create(ns)
         _wait_for(f"namespace {ns}", lambda ns=ns: ns in netns.listnetns())
 
-    with _ipr(gw_ns) as gw:
+    with _ipr(gw_ns) as gw, _ipr(air_ns) as air:
         _up(gw, _link_index(gw, "lo"), f"lo in {gw_ns}")
+        _up(air, _link_index(air, "lo"), f"lo in {air_ns}")
+        air_sysctls = [("/proc/sys/net/ipv4/conf/all/rp_filter", "0"),
+                       ("/proc/sys/net/ipv4/conf/default/rp_filter", "0"),
+                       ("/proc/sys/net/ipv4/ip_forward", "1")]
         for link in links:
             peer_ns = netns_name(name, link.peer_role)
-            # Created inside the gateway, the peer end moved straight to its namespace: no lab link ever
-            # exists in the host's namespace, even for an instant.
-            gw.link("add", ifname=link.gw_if, kind="veth", peer={"ifname": link.peer_if, "net_ns_fd": peer_ns})
+            via_air = bool(link.uplink_if)
+            # Created inside the gateway (or the air), the peer end moved straight to its namespace: no lab
+            # link ever exists in the host's namespace, even for an instant.
+            gw.link("add", ifname=link.gw_if, kind="veth",
+                    peer={"ifname": link.uplink_if if via_air else link.peer_if,
+                          "net_ns_fd": air_ns if via_air else peer_ns})
             gi = _link_index(gw, link.gw_if)
             _add_addr(gw, gi, link.gw_addr, link.network.prefixlen, f"{link.gw_if} in {gw_ns}")
             if link.peer_role == "pbx":
                 gw.link("set", index=gi, ifalias=f"{_ALIAS_KEY} name={name} subnet={net}")
             _up(gw, gi, f"{link.gw_if} in {gw_ns}")
+            if via_air:
+                air.link("add", ifname=link.air_if, kind="veth", peer={"ifname": link.peer_if, "net_ns_fd": peer_ns})
+                ui = _link_index(air, link.uplink_if)
+                ai = _link_index(air, link.air_if)
+                for ifname in (link.uplink_if, link.air_if):
+                    air_sysctls += [(f"/proc/sys/net/ipv4/conf/{ifname}/rp_filter", "0"),
+                                    (f"/proc/sys/net/ipv4/conf/{ifname}/proxy_arp", "1"),
+                                    (f"/proc/sys/net/ipv4/neigh/{ifname}/proxy_delay", "0")]
             with _ipr(peer_ns) as peer:
                 _up(peer, _link_index(peer, "lo"), f"lo in {peer_ns}")
                 pi = _link_index(peer, link.peer_if)
                 _add_addr(peer, pi, link.peer_addr, link.network.prefixlen, f"{link.peer_if} in {peer_ns}")
                 _up(peer, pi, f"{link.peer_if} in {peer_ns}")
+                if via_air:
+                    _up(air, ui, f"{link.uplink_if} in {air_ns}")
+                    _up(air, ai, f"{link.air_if} in {air_ns}")
+                    _air_routes(air, link, ui, ai)
                 # The route needs its gateway reachable (address present, link up): checked just above.
                 peer.route("add", dst="0.0.0.0/0", gateway=str(link.gw_addr), oif=pi)
                 _wait_for(f"default route in {peer_ns}",
                           lambda peer=peer: bool(peer.get_default_routes(family=socket.AF_INET)))
     _write_sysctl_in(gw_ns, "/proc/sys/net/ipv4/ip_forward", "1")
+    _write_sysctls_in(air_ns, air_sysctls)
+
+
+def _air_routes(air: Any, link: _Link, uplink: int, device: int) -> None:
+    """Device *i*'s routes in the air: down to its /32 on ``air_if``; up, whatever it sends, to the
+    gateway on its own uplink (table ``AIR_TABLE + i``), also when the link impairment hands it back."""
+    table = AIR_TABLE + link.number
+    air.route("add", dst=f"{link.peer_addr}/32", oif=device)
+    air.route("add", dst="0.0.0.0/0", gateway=str(link.gw_addr), oif=uplink, table=table, flags=4)  # RTNH_F_ONLINK
+    air.rule("add", family=socket.AF_INET, iifname=link.air_if, table=table, priority=AIR_RULE_PRIORITY)
+    air.rule("add", family=socket.AF_INET, iifname=AIR_UP_TUN, src=str(link.network.network_address),
+             src_len=link.network.prefixlen, table=table, priority=AIR_RULE_PRIORITY)
 
 
 def _read_role(lab: str, ns: str) -> tuple[Role, str]:
@@ -439,7 +524,9 @@ def lab_status(name: str = "lab") -> Lab | None:
             return (0, 0, key)
         if key == "pbx":
             return (1, 0, key)
-        return (2, n, key) if n is not None else (3, 0, key)
+        if key == AIR:
+            return (2, 0, key)
+        return (3, n, key) if n is not None else (4, 0, key)
 
     return Lab(name, subnet, {k: roles[k] for k in sorted(roles, key=order)})
 
@@ -508,10 +595,10 @@ def _not_zombie(pid: int) -> bool:
 def lab_down(name: str = "lab") -> list[str]:
     """Remove everything of lab ``name``; idempotent; works after a crash. Returns what was removed.
 
-    Removes: the nftables tables ``faultlab_<name>`` (any family) in the lab's namespaces and the host's,
-    the processes still running inside the lab's namespaces (SIGTERM, then SIGKILL after 2 s), every
-    ``fl-<name>-*`` namespace (its veths go with it) and any ``fl-<name>-*`` interface in the host's
-    namespace.
+    Removes: the link impairment (its wire process and ``/run/faultlab/<name>/``), the nftables tables
+    ``faultlab_<name>`` (any family) in the lab's namespaces and the host's, the processes still running
+    inside the lab's namespaces (SIGTERM, then SIGKILL after 2 s), every ``fl-<name>-*`` namespace (the
+    air among them; its veths go with it) and any ``fl-<name>-*`` interface in the host's namespace.
     """
     from pyroute2 import netns
 
@@ -520,15 +607,14 @@ def lab_down(name: str = "lab") -> list[str]:
     removed: list[str] = []
     table = f"faultlab_{name}"
     namespaces = _lab_namespaces(name)
-    if namespaces:
-        try:  # the link impairment's wire process, routes and state files, the orderly way
-            from faultlab.link import clear_lab
+    try:  # the link impairment's wire process, state files and routes, the orderly way (also after a crash)
+        from faultlab.link import clear_lab
 
-            text = clear_lab(name)
-            if "no link impairment" not in text:
-                removed.append(f"link impairment ({text})")
-        except Exception:  # noqa: BLE001 - whatever is left, the namespaces' removal below takes
-            pass
+        text = clear_lab(name)
+        if "no link impairment" not in text:
+            removed.append(f"link impairment ({text})")
+    except Exception:  # noqa: BLE001 - whatever is left, the namespaces' removal below takes
+        pass
     pids = netns.ns_pids() if namespaces else {}
     for ns in namespaces:
         for family, t in _nft_tables([_tool("ip") or "ip", "netns", "exec", ns], table):

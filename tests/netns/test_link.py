@@ -1,9 +1,9 @@
-"""Link impairment measured end to end, device namespace -> gateway -> PBX namespace.
+"""Link impairment measured end to end, device namespace -> air -> gateway -> PBX namespace.
 
 This kernel has no sch_netem, so this exercises faultlab's TUN wire (on a
 kernel with netem, ``impair_lab`` would pick netem; the wire is forced here
-so that the same path is tested everywhere). The lab is three namespaces of
-this test's own, ``fl-lk<pid>-device1|gateway|pbx``, removed in any case.
+so that the same path is tested everywhere). The lab is faultlab's own
+(``lab_up``), named for this test, ``fl-lk<pid>-*``, removed in any case.
 Run: ``sudo python -m pytest tests/netns/test_link.py -s`` (prints the
 measured RTT and loss).
 """
@@ -98,35 +98,26 @@ def run(*args: str, timeout: float = 10) -> str:
 
 
 class Lab:
-    """device (10.213.1.2) -- gw (10.213.1.1 | 10.213.2.1) -- pbx (10.213.2.2)."""
+    """A faultlab lab of this test's own (``fl-lk<pid>-...``): device1 10.213.1.2 -- air -- gateway --
+    PBX 10.213.0.2."""
 
-    def __init__(self) -> None:
-        self.lab = f"lk{os.getpid()}"[:9]
-        prefix = f"fl-{self.lab}"  # named as faultlab's topology names a lab's namespaces
-        self.dev, self.gw, self.pbx = f"{prefix}-device1", f"{prefix}-gateway", f"{prefix}-pbx"
-        self.namespaces = {"gateway": self.gw, "pbx": self.pbx, "devices": [self.dev]}
+    def __init__(self, name: str | None = None) -> None:
+        self.lab = name or f"lk{os.getpid()}"[:9]
+        prefix = f"fl-{self.lab}"  # faultlab's topology names a lab's namespaces so
+        self.dev, self.air, self.gw, self.pbx = (f"{prefix}-{r}" for r in ("device1", "air", "gateway", "pbx"))
+        self.pbx_ip = "10.213.0.2"
 
     def up(self) -> None:
-        for ns in (self.dev, self.gw, self.pbx):
-            run("ip", "netns", "add", ns)
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        run("ip", "-n", self.gw, "link", "add", "gw-dev", "type", "veth", "peer", "name", "eth0", "netns", self.dev)
-        run("ip", "-n", self.gw, "link", "add", "gw-pbx", "type", "veth", "peer", "name", "eth0", "netns", self.pbx)
-        for ns, ifname, addr in (
-            (self.gw, "gw-dev", "10.213.1.1/24"),
-            (self.gw, "gw-pbx", "10.213.2.1/24"),
-            (self.dev, "eth0", "10.213.1.2/24"),
-            (self.pbx, "eth0", "10.213.2.2/24"),
-        ):
-            run("ip", "-n", ns, "addr", "add", addr, "dev", ifname)
-            run("ip", "-n", ns, "link", "set", ifname, "up")
-        run("ip", "-n", self.dev, "route", "add", "default", "via", "10.213.1.1")
-        run("ip", "-n", self.pbx, "route", "add", "default", "via", "10.213.2.1")
-        run("ip", "netns", "exec", self.gw, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        from faultlab.netns.topology import lab_down, lab_up
+
+        lab_down(self.lab)  # a previous run with this pid may have died
+        built = lab_up(self.lab, "10.213.0.0/16", 1)
+        assert built.pbx is not None and built.pbx.address == self.pbx_ip
 
     def down(self) -> None:
-        for ns in (self.dev, self.gw, self.pbx):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        from faultlab.netns.topology import lab_down
+
+        lab_down(self.lab)
 
     def python(self, ns: str, code: str, *args: str, timeout: float = 15) -> dict:
         return json.loads(run("ip", "netns", "exec", ns, sys.executable, "-c", code, *args, timeout=timeout))
@@ -161,16 +152,17 @@ def lab():
         yield lab
     finally:
         try:
-            clear_lab(lab.lab, namespaces=lab.namespaces)
+            clear_lab(lab.lab)
         finally:
             if echo is not None:
                 echo.kill()  # our own child, by PID
                 echo.wait(timeout=5)
             lab.down()
+        assert not (STATE_ROOT / lab.lab).exists()
 
 
 def probe_json(lab: Lab, count: int, gap: float = 0.005, drain: float = 0.5) -> dict:
-    return lab.python(lab.dev, PROBE, "10.213.2.2", str(PORT), str(count), str(gap), str(drain))
+    return lab.python(lab.dev, PROBE, lab.pbx_ip, str(PORT), str(count), str(gap), str(drain))
 
 
 def probe(lab: Lab, count: int, gap: float = 0.005, drain: float = 0.5) -> tuple[int, list[float]]:
@@ -201,8 +193,8 @@ def test_wire_delay_and_loss_end_to_end(lab: Lab, tmp_path: Path) -> None:
     assert len(rtts) == sent and median(rtts) < 0.005, f"the clean lab is not clean: {rtts}"
 
     lossy = profile(tmp_path, "lk-lossy", '[link]\ndelay = "50ms"\nloss = "20%"\n')
-    text = impair_lab(lab.lab, lossy, seed=42, namespaces=lab.namespaces, use_netem=False)
-    assert "TUN wire" in text and "seed 42" in text and "50 ms, 20% loss" in text, text
+    text = impair_lab(lab.lab, lossy, seed=42, use_netem=False)
+    assert "TUN wire" in text and "seed 42" in text and "50 ms, 20% loss" in text and lab.air in text, text
     pid = wire_pid(lab)
 
     n = 300
@@ -218,7 +210,7 @@ def test_wire_delay_and_loss_end_to_end(lab: Lab, tmp_path: Path) -> None:
     assert abs(lost - n * p) <= 4 * sigma, f"lost {lost} of {n}, expected {n * p:.0f} ± {4 * sigma:.0f} (4 sigma)"
     print(f"wire: RTT median {median(rtts) * 1000:.1f} ms (profile 100 ms), loss {lost / n:.1%} (profile {p:.0%})")
 
-    cleared = clear_lab(lab.lab, namespaces=lab.namespaces)
+    cleared = clear_lab(lab.lab)
     assert f"pid {pid}" in cleared, cleared
     print(cleared)
     # The wire's own counts: every probe went to-pbx, a fifth of them lost there; every echo came back to-device.
@@ -230,21 +222,21 @@ def test_wire_delay_and_loss_end_to_end(lab: Lab, tmp_path: Path) -> None:
     assert abs(pbx_lost - n * 0.2) <= 4 * math.sqrt(n * 0.2 * 0.8), cleared
     assert not Path(f"/proc/{pid}").exists() or b"faultlab.link.wire" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     assert not (STATE_ROOT / lab.lab / "wire.pid").exists()
-    rules = run("ip", "-n", lab.gw, "rule", "show")
-    links = run("ip", "-n", lab.gw, "link", "show")
-    assert "2160" not in rules and "fltun0" not in links, (rules, links)
+    rules = run("ip", "-n", lab.air, "rule", "show")
+    links = run("ip", "-n", lab.air, "link", "show")
+    assert "lookup 2160" not in rules and "lookup 2161" not in rules and "fltun" not in links, (rules, links)
     sent, rtts = probe(lab, 50, drain=0.2)
     assert len(rtts) == sent and median(rtts) < 0.005, f"still impaired after clear: {rtts}"
-    assert "no link impairment" in clear_lab(lab.lab, namespaces=lab.namespaces)  # idempotent
+    assert "no link impairment" in clear_lab(lab.lab)  # idempotent
 
 
 def test_wire_carries_tcp_and_delays_dns_answers(lab: Lab, tmp_path: Path) -> None:
     slow = profile(
         tmp_path, "lk-slow", '[link]\ndelay = "20ms"\ndns_delay = "300ms"\n[link.to-pbx]\nduplicate = "5%"\n'
     )
-    text = impair_lab(lab.lab, slow, seed=7, namespaces=lab.namespaces, use_netem=False)
+    text = impair_lab(lab.lab, slow, seed=7, use_netem=False)
     assert "DNS answers 300 ms late" in text, text
-    out = lab.python(lab.dev, TCP, "10.213.2.2", str(PORT))
+    out = lab.python(lab.dev, TCP, lab.pbx_ip, str(PORT))
     assert out["ok"], out
     # connect() returns after SYN -> SYN-ACK: one round trip of 2 x 20 ms.
     assert 0.039 <= out["connect"] <= 1.0, out
@@ -253,12 +245,12 @@ def test_wire_carries_tcp_and_delays_dns_answers(lab: Lab, tmp_path: Path) -> No
     try:
         ready, _, _ = select.select([dns.stdout], [], [], 10)
         assert ready and dns.stdout.readline().strip() == b"ready"
-        out = lab.python(lab.dev, PROBE, "10.213.2.2", "53", "10", "0.01", "0.6")
+        out = lab.python(lab.dev, PROBE, lab.pbx_ip, "53", "10", "0.01", "0.6")
         assert len(out["rtts"]) == 10 and 0.339 <= median(out["rtts"]) <= 0.36, out
     finally:
         dns.kill()  # our own child, by PID
         dns.wait(timeout=5)
-    assert "pid" in clear_lab(lab.lab, namespaces=lab.namespaces)
+    assert "pid" in clear_lab(lab.lab)
 
 
 def test_wire_is_reproducible_with_its_seed(lab: Lab, tmp_path: Path) -> None:
@@ -271,26 +263,26 @@ def test_wire_is_reproducible_with_its_seed(lab: Lab, tmp_path: Path) -> None:
     n = 100
     expected = [i for i in range(n) if not state.packet(92, 0.0).lost]
     for _ in range(2):
-        impair_lab(lab.lab, lossy, seed=1234, namespaces=lab.namespaces, use_netem=False)
+        impair_lab(lab.lab, lossy, seed=1234, use_netem=False)
         out = probe_json(lab, n, drain=0.2)
         assert out["received"] == expected
-        clear_lab(lab.lab, namespaces=lab.namespaces)
+        clear_lab(lab.lab)
 
 
 def test_clear_after_the_wire_was_killed(lab: Lab, tmp_path: Path) -> None:
     """A wire killed with SIGKILL leaves its rules behind (its TUN goes with
     it); clear_lab removes them and the lab is clean again."""
     slow = profile(tmp_path, "lk-killed", '[link]\ndelay = "20ms"\n')
-    impair_lab(lab.lab, slow, seed=1, namespaces=lab.namespaces, use_netem=False)
+    impair_lab(lab.lab, slow, seed=1, use_netem=False)
     pid = wire_pid(lab)
     os.kill(pid, signal.SIGKILL)  # the wire this test started, by its recorded PID
     deadline = time.monotonic() + 5
-    while "fltun0" in run("ip", "-n", lab.gw, "link", "show") and time.monotonic() < deadline:
+    while "fltun" in run("ip", "-n", lab.air, "link", "show") and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert "2160" in run("ip", "-n", lab.gw, "rule", "show")
-    cleared = clear_lab(lab.lab, namespaces=lab.namespaces)
+    assert "lookup 2160" in run("ip", "-n", lab.air, "rule", "show")
+    cleared = clear_lab(lab.lab)
     assert "removed the wire's routing rules" in cleared, cleared
-    assert "2160" not in run("ip", "-n", lab.gw, "rule", "show")
+    assert "lookup 216" not in run("ip", "-n", lab.air, "rule", "show")
     sent, rtts = probe(lab, 20, drain=0.2)
     assert len(rtts) == sent and median(rtts) < 0.005, rtts
 
@@ -335,14 +327,14 @@ def test_impair_lab_takes_netem_where_the_kernel_has_it(lab: Lab, tmp_path: Path
     netem the same measurement checks the netem path."""
     have, why = netem_available()
     delayed = profile(tmp_path, "lk-auto", '[link]\ndelay = "30ms"\n')
-    text = impair_lab(lab.lab, delayed, seed=9, namespaces=lab.namespaces)
+    text = impair_lab(lab.lab, delayed, seed=9)
     if have:
-        assert "sch_netem on the gateway's links" in text, text
+        assert "sch_netem on the air's links" in text, text
     else:
         assert why in text and "TUN wire" in text and "seed 9" in text, (why, text)
     sent, rtts = probe(lab, 20, drain=0.2)
     assert len(rtts) == sent and 0.059 <= median(rtts) <= 0.075, rtts
-    cleared = clear_lab(lab.lab, namespaces=lab.namespaces)
+    cleared = clear_lab(lab.lab)
     assert ("removed netem" if have else "stopped the TUN wire") in cleared, cleared
     sent, rtts = probe(lab, 20, drain=0.2)
     assert len(rtts) == sent and median(rtts) < 0.005, rtts

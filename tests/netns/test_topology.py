@@ -139,34 +139,50 @@ def test_bad_input_is_refused_before_touching_anything(kwargs: dict[str, object]
 def test_up_creates_namespaces_addresses_routes(lab_name: str) -> None:
     lab = lab_up(lab_name, devices=2)
     p = f"fl-{lab_name}"
-    assert set(_ip("netns", "list").split()) >= {f"{p}-gateway", f"{p}-pbx", f"{p}-device1", f"{p}-device2"}
+    assert set(_ip("netns", "list").split()) >= {f"{p}-gateway", f"{p}-pbx", f"{p}-air", f"{p}-device1",
+                                                f"{p}-device2"}
     assert _leftovers(lab_name)[1] == []  # no lab link in the host's namespace
     assert (lab.gateway.address, lab.pbx.address) == ("10.213.0.1", "10.213.0.2")
     assert [d.address for d in lab.devices] == ["10.213.1.2", "10.213.2.2"]
     assert {i.name: i.addresses for i in lab.gateway.interfaces} == {
         f"{p}-gp": ("10.213.0.1/24",), f"{p}-g1": ("10.213.1.1/24",), f"{p}-g2": ("10.213.2.1/24",)}
+    # the air between the devices and the gateway: no address of its own, only forwarding
+    assert {i.name: i.addresses for i in lab.air.interfaces} == {
+        f"{p}-a1": (), f"{p}-u1": (), f"{p}-a2": (), f"{p}-u2": ()}
+    assert lab.air.address == "" and lab.complete
 
     for role, gw in (("device1", "10.213.1.1"), ("device2", "10.213.2.1"), ("pbx", "10.213.0.1")):
         routes = json.loads(_in(lab_name, role, "ip", "-j", "route", "show", "default").stdout)
         assert [(r["gateway"], r["dev"]) for r in routes] == [(gw, lab.roles[role].interfaces[0].name)]
     for role in lab.roles:
+        if role == "air":
+            continue
         lo = json.loads(_in(lab_name, role, "ip", "-j", "link", "show", "lo").stdout)[0]
         assert "UP" in lo["flags"], role
     assert _in(lab_name, "gateway", "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+    assert _in(lab_name, "air", "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
     assert _in(lab_name, "device1", "cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "0"
 
 
-def test_device_reaches_pbx_through_the_gateway(lab_name: str) -> None:
+def test_device_reaches_pbx_through_the_air_and_the_gateway(lab_name: str) -> None:
     lab = lab_up(lab_name, devices=2)
-    # The reply's TTL drops by one: exactly one router (the gateway) forwarded it.
-    assert _echo_ttl(lab_name, "device1", lab.pbx.address) == 63
-    assert _echo_ttl(lab_name, "pbx", lab.devices[1].address) == 63
-    assert _echo_ttl(lab_name, "device1", lab.devices[1].address) == 63
-    assert _echo_ttl(lab_name, "device1", "10.213.1.1") == 64  # the gateway itself: no hop
+    # The reply's TTL drops by one per router: the air and the gateway.
+    assert _echo_ttl(lab_name, "device1", lab.pbx.address) == 62
+    assert _echo_ttl(lab_name, "pbx", lab.devices[1].address) == 62
+    # device to device: up through the air, the gateway, down through the air again
+    assert _echo_ttl(lab_name, "device1", lab.devices[1].address) == 61
+    assert _echo_ttl(lab_name, "device1", "10.213.1.1") == 63  # the gateway itself: the air only
+    # the device's neighbour is the gateway's .1 as if on one wire (proxy ARP in the air)
+    neigh = json.loads(_in(lab_name, "device1", "ip", "-j", "neigh", "show", "10.213.1.1").stdout)
+    assert neigh and neigh[0]["dev"] == f"fl-{lab_name}-d1", neigh
     if _tool("ping"):
         r = _in(lab_name, "device1", "ping", "-c", "1", "-W", "1", lab.pbx.address)
         assert r.returncode == 0, r.stdout + r.stderr
-    # Forwarding off: the gateway no longer passes the echo, so forwarding is what carried it.
+    # Forwarding off: the air (then the gateway) no longer passes the echo, so forwarding is what carried it.
+    assert _in(lab_name, "air", "sysctl", "-qw", "net.ipv4.ip_forward=0").returncode == 0
+    assert _echo_ttl(lab_name, "device1", lab.pbx.address) is None
+    assert _in(lab_name, "air", "sysctl", "-qw", "net.ipv4.ip_forward=1").returncode == 0
+    assert _echo_ttl(lab_name, "device1", lab.pbx.address) == 62
     assert _in(lab_name, "gateway", "sysctl", "-qw", "net.ipv4.ip_forward=0").returncode == 0
     assert _echo_ttl(lab_name, "device1", lab.pbx.address) is None
 
@@ -177,14 +193,16 @@ def test_status_json_shape(lab_name: str) -> None:
     assert lab is not None and lab.complete and lab.subnet == "10.99.0.0/22"
     data = json.loads(lab.to_json())
     assert data["name"] == lab_name and data["subnet"] == "10.99.0.0/22" and data["complete"] is True
-    assert list(data["roles"]) == ["gateway", "pbx", "device1", "device2", "device3"]
+    assert list(data["roles"]) == ["gateway", "pbx", "air", "device1", "device2", "device3"]
     assert data["roles"]["device3"] == {
         "role": "device3", "netns": f"fl-{lab_name}-device3", "address": "10.99.3.2",
         "interfaces": [{"name": f"fl-{lab_name}-d3", "addresses": ["10.99.3.2/24"]}],
     }
     result = CliRunner().invoke(_cli(), ["net", "status", "--name", lab_name, "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == data
+    assert json.loads(result.output) == {**data, "impairment": None}
+    result = CliRunner().invoke(_cli(), ["net", "status", "--name", lab_name])
+    assert result.exit_code == 0 and f"air fl-{lab_name}-air: clean" in result.output, result.output
 
 
 def test_up_refuses_an_existing_lab(lab_name: str) -> None:
@@ -196,7 +214,7 @@ def test_up_refuses_an_existing_lab(lab_name: str) -> None:
 
 def test_down_removes_everything_and_is_idempotent(lab_name: str) -> None:
     lab_up(lab_name, devices=2)
-    expected = [f"namespace fl-{lab_name}-{r}" for r in ("gateway", "pbx", "device1", "device2")]
+    expected = [f"namespace fl-{lab_name}-{r}" for r in ("gateway", "pbx", "air", "device1", "device2")]
     if _tool("nft"):  # the interception's table (made by faultlab.netns.intercept) goes with the gateway
         r = _in(lab_name, "gateway", _tool("nft") or "nft", "add", "table", "inet", f"faultlab_{lab_name}")
         assert r.returncode == 0, r.stderr
