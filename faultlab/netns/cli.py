@@ -185,7 +185,7 @@ def impair(
     name: NameOption = "lab",
     profile: Annotated[Optional[str], typer.Option(
         "--profile", "-p", metavar="NAME|FILE",
-        help="Apply this profile's [link] section to the gateway's links, each direction.")] = None,
+        help="Apply this profile's \\[link] section to the gateway's links, each direction.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every impairment from the lab.")] = False,
     seed: Annotated[Optional[int], typer.Option(
         help="Seed of the impairment's random choices (loss, jitter). Default: drawn and printed.", min=0)] = None,
