@@ -159,8 +159,14 @@ def proxy(
         "--no-record-route",
         help="Do not Record-Route dialogs through faultlab (for a PBX that advertises faultlab's address itself).")] = False,
     tls_name: Annotated[Optional[str], typer.Option(
-        help="Name on the certificate shown to TLS devices (default: the SNI name the device sends, "
-             "else the listen address).")] = None,
+        help="Name put on the certificate shown to TLS devices, besides the SNI name the device sends and "
+             "the address it connected to. With --transparent it is also the name the PBX's certificate is "
+             "verified against, unless --upstream-tls-name is given: needed when that certificate names a "
+             "host while devices dial the PBX's IP (else: 'IP address mismatch').")] = None,
+    upstream_tls_name: Annotated[Optional[str], typer.Option(
+        help="Name the PBX's TLS certificate is verified against (and sent as SNI), e.g. pbx.example.com when "
+             "the PBX is reached by IP. Default: the --upstream host; with --transparent, --tls-name, else "
+             "the PBX's address.")] = None,
     upstream_ca: Annotated[Optional[Path], typer.Option(
         help="CA file (PEM) to verify the upstream's TLS certificate instead of the system CAs.",
         exists=True, dir_okay=False, readable=True)] = None,
@@ -214,6 +220,7 @@ def proxy(
             spoof_source=spoof_source,
             record_route=not no_record_route,
             tls_name=tls_name,
+            upstream_tls_name=upstream_tls_name,
             upstream_ca=upstream_ca,
             upstream_insecure=upstream_insecure,
             confdir=confdir,

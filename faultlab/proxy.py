@@ -41,6 +41,9 @@ class ProxyConfig:
     upstream: Sequence[Endpoint]
     record_route: bool = True
     tls_name: str | None = None
+    # The name the PBX's TLS certificate is verified against (and sent as SNI). None: the --upstream host,
+    # or in transparent mode tls_name, else the PBX's address.
+    upstream_tls_name: str | None = None
     upstream_ca: Path | None = None
     upstream_insecure: bool = False
     confdir: Path | None = None
@@ -105,6 +108,18 @@ class ProxyConfig:
             check_api_bind(self.api[0], self.api_token)
         if self.upstream_insecure and self.upstream_ca:
             raise ConfigError("--upstream-insecure and --upstream-ca exclude each other: choose one")
+        if self.upstream_tls_name is not None:
+            from faultlab.ca import normalize_names
+
+            try:
+                normalize_names([self.upstream_tls_name])
+            except ValueError as exc:
+                raise ConfigError(f"--upstream-tls-name: {exc}; give the name on the PBX's certificate") from None
+            tls_to_pbx = (any(ep.transport == "tls" for ep in self.listen) if self.transparent
+                          else any(ep.transport == "tls" for ep in self.upstream))
+            if not tls_to_pbx:
+                raise ConfigError("--upstream-tls-name is for TLS to the PBX: add --upstream tls:HOST:PORT "
+                                  "(with --transparent: --listen tls:HOST:PORT), or drop it")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ resets the other side.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import socket
 import ssl
@@ -306,7 +307,7 @@ async def serve_stream(
     server_ctx = client_ctx = None
     if transport == "tls":
         from faultlab.ca import LabCA, default_confdir
-        from faultlab.net.tls import server_context
+        from faultlab.net.tls import TLSConfigError, server_context
 
         ca = LabCA.load_or_init(config.confdir or default_confdir())
         proxy.ca_cert_path = ca.cert_path
@@ -316,15 +317,22 @@ async def serve_stream(
         server_ctx = server_context(ca, default_name=config.tls_name, fallback_names=fallback or ["localhost"])
     by_destination: dict[str, ssl.SSLContext] = {}
 
-    def device_context(target: tuple[str, int]) -> ssl.SSLContext:
-        """Transparent mode: the device connected to the PBX's address, so that address (besides the
-        SNI name and --tls-name) is on the certificate it is shown."""
-        if upstream is not None:
+    def device_context(target: tuple[str, int], local: tuple[str, int]) -> ssl.SSLContext:
+        """The address the device connected to is on the certificate it is shown (besides the SNI name
+        and --tls-name): in transparent mode the PBX's address, on a wildcard listener (0.0.0.0, ::) the
+        local address the connection arrived at, otherwise the listen address (server_ctx)."""
+        if upstream is not None and addr[0] not in ("0.0.0.0", "::"):
             return server_ctx
-        ctx = by_destination.get(target[0])
+        address = target[0] if upstream is None else local[0]
+        mapped = getattr(ipaddress.ip_address(address.split("%")[0]), "ipv4_mapped", None)
+        address = str(mapped) if mapped is not None else address
+        ctx = by_destination.get(address)
         if ctx is None:
-            ctx = by_destination[target[0]] = server_context(ca, default_name=config.tls_name,
-                                                             fallback_names=[target[0]])
+            try:
+                ctx = server_context(ca, default_name=config.tls_name, fallback_names=[address])
+            except TLSConfigError:  # e.g. a link-local address with a zone: the configured names only
+                ctx = server_ctx
+            by_destination[address] = ctx
         return ctx
     if up_transport == "tls":
         from faultlab.net.tls import client_context
@@ -370,7 +378,7 @@ async def serve_stream(
                                detail={"for": _seconds(decision.stall)})
                     await trio.sleep(decision.stall)
             if server_ctx is not None:
-                device = trio.SSLStream(conn, device_context(target), server_side=True)
+                device = trio.SSLStream(conn, device_context(target, local), server_side=True)
                 try:
                     with trio.fail_after(config.connect_timeout):
                         await device.do_handshake()
@@ -388,7 +396,8 @@ async def serve_stream(
                         up_conn = await trio.open_tcp_stream(*up_addr)
                     up = up_conn
                     if client_ctx is not None:
-                        name = upstream.host if upstream is not None else (config.tls_name or target[0])
+                        name = config.upstream_tls_name or (
+                            upstream.host if upstream is not None else (config.tls_name or target[0]))
                         up = trio.SSLStream(up_conn, client_ctx, server_hostname=name)
                         await up.do_handshake()
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:

@@ -12,8 +12,10 @@ certificate, signed by the lab CA, whose subjectAltName covers:
 
 1. the SNI name the device sent, if any (it is then also the commonName), and
 2. always, the *configured names*: ``default_name`` (the ``--tls-name`` option)
-   followed by ``fallback_names`` (the proxy passes its listen address), or,
-   when neither is given, :data:`DEFAULT_FALLBACK_NAMES`.
+   followed by ``fallback_names`` (the proxy passes the address the device
+   connected to: its listen address; on a wildcard listener, the local address
+   of the connection; in transparent mode, the PBX's address), or, when neither
+   is given, :data:`DEFAULT_FALLBACK_NAMES`.
 
 So ``--tls-name`` never hides the SNI name and SNI never hides ``--tls-name``:
 one certificate satisfies a device that checks the name it connected to and one
@@ -21,7 +23,9 @@ that checks its configured SIP domain (RFC 5922 lets a client connect to the hos
 of an SRV record yet match the certificate against the SIP domain). This matters
 because SIP phones often connect to an IP address, and TLS sends no SNI for IP
 literals (RFC 6066 section 3): then the configured names are all faultlab knows,
-and the device checks the IP address against an IP subjectAltName. An SNI name
+and the device checks the IP address against an IP subjectAltName (or, with
+mbedTLS 2.x, against the DNS entry with the same text that
+:meth:`faultlab.ca.LabCA.issue_leaf` adds for every address). An SNI name
 that is not a valid DNS name is ignored (the configured names are used), rather
 than failing the handshake.
 
