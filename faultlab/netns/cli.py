@@ -139,10 +139,9 @@ def exec_(
 
     Put the command after `--` so its options stay its own: faultlab net exec device1 --name lab -- ip route
 
-    The command replaces faultlab (as `ip netns exec`, whose namespace setup it uses): same process id, so
-    every signal sent to `faultlab net exec` (TERM, INT, HUP, QUIT, ...) reaches the command itself, and the
-    exit status is the command's (a shell reports death by signal N as 128+N). Nothing is left behind when
-    it is killed. Exit 127: the command was not found.
+    It runs as this very process (via `ip netns exec`): a signal sent to it (TERM, INT, HUP, QUIT) reaches the command.
+
+    The exit status is the command's (a shell shows death by signal N as 128+N); 127: command not found.
     """
     _need_root()
     if _tool("ip") is None:
