@@ -482,6 +482,8 @@ async def keep_flushed(writer: JsonlWriter) -> None:
         wake.set()
 
     writer.on_pending = pending
+    if writer.due_in() is not None:  # events buffered before this task ran
+        wake.set()
     try:
         while True:
             await wake.wait()
