@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +14,7 @@ import typer
 
 from ._event import Event
 from ._sinks import parse_event_line, still_being_written
+from .follow import TraceFileError
 
 app = typer.Typer(help="Views of a trace file: pcap for Wireshark, ladder diagrams.", add_completion=False,
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -19,8 +24,6 @@ TraceArg = Annotated[Path, typer.Argument(
     show_default=False)]
 
 
-class TraceFileError(Exception):
-    """A file that cannot be read as a faultlab trace; the message names the file and, where it applies, the line."""
 
 
 def load_trace(path: Path) -> list[Event]:
@@ -122,3 +125,105 @@ answered by faultlab, duplicated, reset) on the row where they happened; pushes 
         return
     drawings = [render_ladder(ladder_rows(events, c), width=width, title=f"Call-ID {c}") for c in calls]
     typer.echo("\n".join(drawings), nl=False)
+
+
+POLL_INTERVAL = 0.1  # seconds between looks at a followed file (faultlab flushes its traces every 0.1 s)
+
+
+def _color(stream) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@app.command()
+def follow(
+    trace: TraceArg,
+    from_end: Annotated[bool, typer.Option(
+        "--from-end", help="Only rows for what is appended from now on (what is there already is read for "
+                           "context: addresses, holds, faults waiting for their message).")] = False,
+    call: Annotated[Optional[str], typer.Option(
+        "--call", "-c", metavar="CALL_ID", help="Only this call (its Call-ID). Default: every call, as they come.",
+        show_default=False)] = None,
+    width: Annotated[Optional[int], typer.Option(
+        "--width", "-w", metavar="N", min=40,
+        help="Draw in at most N columns (at least 40). Default: the terminal's width, 100 when not a terminal.",
+        show_default=False)] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="If the file does not exist yet, wait for it (start this before the proxy).")] = False,
+    forever: Annotated[bool, typer.Option(
+        "--forever", help="Keep following after the trace's stop event: a new run that writes the same file "
+                          "is followed from its start. Default: stop there.")] = False,
+) -> None:
+    """Follow a trace as it is written, like tail -f: a ladder row per message as it is appended, faults marked.
+
+    Each row comes within about 0.1 s of the event (faultlab flushes its traces that often); a Call-ID line \
+whenever the call changes. Stops at the trace's stop event (the proxy stopped) after printing what follows it, \
+or on Ctrl-C. See docs/traces.md.
+    """
+    from .follow import LadderPrinter, TraceTail
+    from .ladder import LiveLadder
+
+    if width is None:
+        width = max(shutil.get_terminal_size((100, 24)).columns, 40) if _color_capable(sys.stdout) else 100
+    try:
+        tail = _open_tail(trace, wait)
+        printer = LadderPrinter(sys.stdout, width=width, color=_color(sys.stdout))
+        live = LiveLadder(call)
+        typer.echo(f"faultlab: following {trace}" + (" from its end" if from_end else "")
+                   + ("" if forever else " until the proxy stops") + " (Ctrl-C to stop)", err=True)
+        catching_up = from_end
+        stopped_at: float | None = None
+        while True:
+            events = tail.read()
+            if tail.restarted:
+                live, stopped_at = LiveLadder(call), None
+                printer.reset()
+                printer.note(f"-- {trace}: truncated or replaced (a new run?): following it from its start")
+            for e in events:
+                rows = live.feed(e)
+                if not catching_up:
+                    printer.rows(rows)
+                if e.kind == "stop" and e.source == "proxy":
+                    stopped_at = e.t
+            if tail.more:
+                continue
+            catching_up = False
+            if stopped_at is not None and not forever:
+                printer.rows(live.finish(stopped_at))
+                return
+            time.sleep(POLL_INTERVAL)
+    except TraceFileError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        return
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return
+
+
+def _color_capable(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _open_tail(path: Path, wait: bool):
+    from .follow import TraceTail
+
+    said = False
+    while True:
+        try:
+            return TraceTail(path)
+        except TraceFileError:
+            if not wait or path.exists():
+                raise
+        if not said:
+            typer.echo(f"faultlab: waiting for {path} to appear", err=True)
+            said = True
+        time.sleep(POLL_INTERVAL)
