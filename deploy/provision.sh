@@ -318,8 +318,11 @@ if [[ ! -x $VENV/bin/python ]]; then
   run python3 -m venv "$VENV"
 fi
 run "$VENV/bin/pip" install -q --upgrade pip
+# Installed as a user's `pip install .` is: a wheel built from the checkout (never editable), so the gateway
+# runs what ships, and the checkout can change or go without changing the installed faultlab.
 run "$VENV/bin/pip" install -q "$SRC"                                 # faultlab and its dependencies
 run "$VENV/bin/pip" install -q --force-reinstall --no-deps "$SRC"      # this checkout, even at the same version
+run "$FAULTLAB" profiles list   # the built-in profile library came with it (an install without it fails here)
 run ln -sfn "$FAULTLAB" /usr/local/bin/faultlab
 if [[ -n $PROFILE ]]; then
   run "$FAULTLAB" profiles show "$PROFILE"   # a bad profile fails here, not at every service start

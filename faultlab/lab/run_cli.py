@@ -55,15 +55,17 @@ def scenarios(
     if not entries:
         _fail(f"no scenarios found; looked in: {library.where('scenarios')}")
     table = Table(show_lines=verbose)
-    for column in ("id", "slug", "title", "transports", "expected end", "deadline", "checks", "from"):
+    origins = {id(e): e.origin + (f" (replaces {', '.join(e.hides)})" if e.hides else "") for e in entries}
+    for column in ("id", "slug", "title", "transports", "expected end", "deadline", "checks"):
         table.add_column(column)
+    table.add_column("from", no_wrap=True, min_width=max(map(len, origins.values())))  # a path, never cut
     for entry in entries:
         s = entry.item
         checks = ["1"] + (["2"] if s.early_answer else []) + (["3"] if s.cancel_push_check else [])
         title = s.title
         if verbose:
             title += f"\n[dim]faults: {s.faults.name if s.faults else 'none'}; {_script(s)}[/dim]"
-        origin = entry.origin + (f" (replaces {', '.join(entry.hides)})" if entry.hides else "")
+        origin = origins[id(entry)]
         table.add_row(s.id, s.slug, title, ",".join(s.transports), " or ".join(s.end) or "none",
                       "; ".join(f"{b.after} + {b.within:g} s" for b in s.by) or "-", ",".join(checks), origin)
     _console().print(table)

@@ -466,3 +466,41 @@ def test_generated_rulesets_pass_nft_check_in_a_scratch_namespace(stub_path, tmp
         path.write_text(text)
         done = subprocess.run(["unshare", "--net", nft, "-c", "-f", str(path)], capture_output=True, text=True)
         assert done.returncode == 0, f"{name}: {done.stderr}"
+
+
+@pytest.mark.integration
+def test_the_install_step_installs_a_wheel_that_carries_the_library(stub_path, tmp_path):
+    """The dry run's pip commands, run for real (the last one, which installs this checkout; the dependencies
+    come from this environment instead of PyPI) into a fresh virtualenv: the gateway's faultlab is not an
+    editable install of the checkout, and has every built-in profile and scenario. tests/ship runs the rest of
+    what ships (demo, proxy) from a wheel."""
+    from tests.ship.install import check_isolated, copy_checkout, fresh_venv, run as run_cmd, user_env
+
+    dry = dry_run(stub_path, {**BASE, "FAULTLAB_PROFILE": "register-drop"})
+    assert dry.returncode == 0, dry.stderr
+    pip = [c for c in dry.commands if c[0] == "/opt/faultlab/venv/bin/pip" and c[-1] == str(REPO)]
+    assert len(pip) == 2 and not any({"-e", "--editable"} & set(c) for c in pip), pip
+    install = pip[-1]
+    assert {"--force-reinstall", "--no-deps"} <= set(install), install
+    after = dry.commands[dry.commands.index(install) + 1:]
+    assert ["/opt/faultlab/venv/bin/faultlab", "profiles", "list"] in after
+    assert ["/opt/faultlab/venv/bin/faultlab", "profiles", "show", "register-drop"] in after
+
+    src = copy_checkout(tmp_path / "src")  # the VM builds in its own copy too (rsync of the checkout)
+    python = fresh_venv(tmp_path / "venv")
+    done = run_cmd([sys.executable, "-m", "pip", "--python", python, *install[1:-1], src])
+    assert done.returncode == 0, done.stdout + done.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = user_env(tmp_path / "venv", tmp_path / "home")
+    check_isolated(python, tmp_path / "venv", env, elsewhere)
+    faultlab = tmp_path / "venv" / "bin" / "faultlab"
+    listed = run_cmd([faultlab, "profiles", "list"], env=env, cwd=elsewhere)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == \
+        sorted(p.stem for p in (REPO / "profiles").glob("*.toml"))
+    shown = run_cmd([faultlab, "profiles", "show", "register-drop"], env=env, cwd=elsewhere)
+    assert shown.returncode == 0 and "drop" in shown.stdout, shown.stderr
+    scenarios = run_cmd([faultlab, "lab", "scenarios"], env=env, cwd=elsewhere)
+    assert scenarios.returncode == 0, scenarios.stderr
+    assert f"{len(list((REPO / 'scenarios').glob('*.toml')))} scenarios." in scenarios.stdout
