@@ -114,3 +114,15 @@ def test_pcap_unwritable_output(tmp_path: Path):
     result = run("pcap", trace, "-o", tmp_path / "no-such-dir" / "x.pcap")
     assert result.exit_code == 2
     assert "cannot write" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["pcap", "ladder"])
+def test_a_trace_still_being_written_is_read_up_to_its_last_whole_line(tmp_path: Path, command):
+    """A proxy still running (or killed) leaves a last line without its newline: it is not an error."""
+    trace = write(tmp_path / "run.jsonl", fabricated() if command == "pcap" else timeline())
+    whole = run(command, trace)
+    with open(trace, "ab") as f:
+        f.write(b'{"t":99.0,"kind":"sent","flow":"u1","summary":"INVITE sip:al')
+    result = run(command, trace)
+    assert result.exit_code == 0, result.output
+    assert result.output == whole.output
