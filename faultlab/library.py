@@ -149,8 +149,8 @@ def layer(found: Iterable[tuple[Source, T]], keys: Callable[[T], Iterable[str]])
         winner = winners[index]
         if winner[1].origin == source.origin:
             key = next(k for k in item_keys if k in taken)
-            raise LibraryError(str(source.path), f"{key!r} is already given by {winner[1].path}: one of the two "
-                               "must change its name")
+            raise LibraryError(str(source.path), f"{key} is already given by {winner[1].path} in the same library: "
+                               "rename one of the two (or remove it)")
         if source.origin not in winner[2]:
             winner[2].append(source.origin)
     return [Entry(item, source, tuple(hides)) for item, source, hides in winners]

@@ -68,7 +68,9 @@ def scenarios(
         origin = origins[id(entry)]
         table.add_row(s.id, s.slug, title, ",".join(s.transports), " or ".join(s.end) or "none",
                       "; ".join(f"{b.after} + {b.within:g} s" for b in s.by) or "-", ",".join(checks), origin)
-    _console().print(table)
+    # printed to a file or pipe, the table is as wide as the columns need, the library paths included
+    widest = max(map(len, origins.values()))
+    (Console() if sys.stdout.isatty() else Console(width=140 + widest)).print(table)
     for entry in entries:
         if entry.hides:
             typer.echo(f"note: {entry.item.id} {entry.item.slug} from {entry.origin} replaces the "

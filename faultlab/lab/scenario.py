@@ -406,7 +406,7 @@ def _catalogue(files: tuple[tuple[str, str, int], ...]) -> tuple[library.Entry[S
             raise ScenarioError(path, "", None, f"cannot read it: {exc}") from None
         found.append((library.Source(origin, Path(path)), parse_scenario(text, source=path)))
     try:
-        entries = library.layer(found, lambda s: (f"id:{s.id.upper()}", f"slug:{s.slug}"))
+        entries = library.layer(found, lambda s: (s.id.upper(), s.slug))
     except library.LibraryError as exc:
         raise ScenarioError(exc.where, "", None, exc.problem) from None
     return tuple(sorted(entries, key=lambda e: (int(e.item.id[1:3]), e.item.id)))
