@@ -212,6 +212,10 @@ def run(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+                if trace is not None:
+                    from faultlab.proxy import keep_flushed
+
+                    nursery.start_soon(keep_flushed, writer)  # the trace is readable as it is written
                 for token in device or []:
                     nursery.start_soon(_drain, gateway.channel(token))
                 bound = await nursery.start(lambda task_status: serve_push_gateway(
