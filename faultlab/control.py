@@ -46,6 +46,12 @@ class ProxyControl:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self._subscribers: list[trio.MemorySendChannel[Event]] = []
+        # Every event gets a sequence number (1, 2, ...; the events already held count first), so that a
+        # follower can ask for what it missed: see history().
+        held = proxy.trace.events
+        self._seq = len(held)
+        self._oldest: Event | None = held[0] if held else None
+        self._lost_t: float | None = None  # trace time of the newest event no longer held
         proxy.trace.add_sink(self._publish)
 
     # -- profiles -----------------------------------------------------------
@@ -126,9 +132,25 @@ class ProxyControl:
         self._subscribers.append(send)
         return receive
 
+    def history(self) -> tuple[int, list[Event], float | None]:
+        """The events still held, oldest first, with the sequence number of the first, and the trace time of
+        the newest event no longer held (None: none was dropped). Right after :meth:`subscribe` (no checkpoint
+        between), the subscription's first event is number ``first + len(events)``."""
+        held = list(self.proxy.trace.events)
+        return self._seq - len(held) + 1, held, self._lost_t
+
     def _publish(self, event: Event) -> None:
+        self._seq += 1
+        held = self.proxy.trace.events  # the trace appends before its sinks run; a full buffer drops its oldest
+        if not held:  # a trace that keeps nothing
+            self._lost_t = event.t
+        elif held[0] is not self._oldest:
+            if self._oldest is not None:  # it was just dropped
+                self._lost_t = self._oldest.t
+            self._oldest = held[0]
         if not self._subscribers:
             return
+        too_slow = 0
         for send in list(self._subscribers):
             try:
                 send.send_nowait(event)
@@ -137,8 +159,10 @@ class ProxyControl:
             except trio.WouldBlock:
                 self._subscribers.remove(send)  # too slow: cut it off rather than stall the relay
                 send.close()
-                self.proxy.warn(f"a timeline follower fell {SUBSCRIBER_BUFFER} events behind "
-                                "and was disconnected; reconnect to follow again")
+                too_slow += 1
+        if too_slow:  # after this event reached every follower, so that each sees the timeline in order
+            self.proxy.warn(f"a timeline follower fell {SUBSCRIBER_BUFFER} events behind "
+                            "and was disconnected; reconnect (GET /events?after=SEQ) to follow again")
 
     def seed(self) -> int:
         return self.proxy.seed

@@ -19,7 +19,8 @@ Resources, shaped after Toxiproxy's API (JSON in and out; errors as ``{"error": 
     POST   /holds/release               {"id"?: ID} ({} releases all) -> {"released": N}
     GET    /flows                       open flows
     GET    /seed                        {"seed": N}
-    GET    /events                      the timeline from now on: NDJSON, or SSE with Accept: text/event-stream
+    GET    /events[?since=T|?after=SEQ] the timeline from now on: NDJSON, or SSE with Accept: text/event-stream;
+                                        with since/after (or SSE's Last-Event-ID), what the proxy still holds first
     GET    /ca                          the lab CA install page for phones (and /ca/faultlab-ca.mobileconfig,
                                         /ca/faultlab-ca.pem): public, no token (see faultlab.api.ca_page)
     GET    / (Accept: text/html)        the web page (and /static/app.js, /static/app.css): public, no token
@@ -49,6 +50,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -283,9 +285,36 @@ class _Api:
 
     async def events(self, request: Request) -> Response:
         sse = "text/event-stream" in request.headers.get("accept", "")
+        since, after = _stream_cursor(request)
+        history = getattr(self.control, "history", None)  # optional in a Control
+        if history is None and (since is not None or after is not None):
+            raise ApiError(501, "this control API keeps no history of the timeline: "
+                                "GET /events without since, after or Last-Event-ID follows it from now")
         if request.method == "HEAD":
             return Response(media_type=EventStream.media_type(sse))
-        return EventStream(self.control.subscribe(), sse=sse)
+        channel = self.control.subscribe()
+        if history is None:
+            return EventStream(channel, sse=sse)
+        first, held, lost_t = history()  # in the same step as subscribe(): the live part follows on exactly
+        newest = first + len(held) - 1
+        if since is None and after is None:
+            return EventStream(channel, sse=sse, first_seq=newest + 1)
+        if after is not None:
+            if after > newest:
+                after = 0  # a number from an earlier run of the proxy: all that is held is new to this client
+            start = max(after + 1 - first, 0)
+            complete = after + 1 >= first
+        else:
+            start = next((i for i, e in enumerate(held) if e.t >= since), len(held))
+            complete = lost_t is None or lost_t < since
+        replay = held[start:]
+        lab = getattr(self.control, "proxy", None)
+        now = lab.now() if lab is not None and callable(getattr(lab, "now", None)) else (
+            held[-1].t if held else 0.0)
+        header = {"t": now, "kind": "replay", "source": "api", "detail": {
+            "since": since, "after": after, "first_seq": first + start, "replayed": len(replay),
+            "earliest": {"seq": first, "t": held[0].t} if held else None, "complete": complete}}
+        return EventStream(channel, sse=sse, replay=replay, first_seq=first + start, header=header)
 
 
 # -- request helpers ------------------------------------------------------------------------------
@@ -336,6 +365,37 @@ def _profile_name(body: dict[str, Any]) -> str | None:
     if name is None or (isinstance(name, str) and name):
         return name
     raise ApiError(400, f'"profile" must be a profile name (see GET /profiles) or null for none, not {name!r}')
+
+
+def _stream_cursor(request: Request) -> tuple[float | None, int | None]:
+    """``GET /events``: where the replay starts: ``since`` (trace seconds), or ``after`` (an event number;
+    SSE's ``Last-Event-ID`` header, sent by a reconnecting EventSource, is the same and wins)."""
+    query = request.query_params
+    last_id = request.headers.get("last-event-id", "").strip()
+    if last_id:
+        return None, _event_number(last_id, "Last-Event-ID")
+    since_text, after_text = query.get("since"), query.get("after")
+    if since_text is not None and after_text is not None:
+        raise ApiError(400, "give since (a trace time) or after (an event number), not both")
+    if after_text is not None:
+        return None, _event_number(after_text, "after")
+    if since_text is None:
+        return None, None
+    try:
+        since = float(since_text)
+    except ValueError:
+        since = math.nan
+    if not math.isfinite(since):
+        raise ApiError(400, f"since={since_text!r}: give a time in seconds on the trace clock "
+                            '(the events\' "t"), e.g. since=0 for all the proxy still holds')
+    return since, None
+
+
+def _event_number(text: str, where: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ApiError(400, f"{where}={text!r}: give an event number (SSE ids; in JSON lines, the replay "
+                            'record\'s "first_seq" numbers the events that follow it), e.g. after=0')
+    return int(text)
 
 
 def _device_query(request: Request) -> str | None:

@@ -115,14 +115,18 @@ def seed(url: str, token: str | None = None, *, timeout: float = DEFAULT_TIMEOUT
     return _call(url, "GET", "/seed", token=token, timeout=timeout)["seed"]
 
 
-def events(url: str, token: str | None = None, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+def events(url: str, token: str | None = None, *, timeout: float | None = None, since: float | None = None,
+           after: int | None = None) -> Iterator[dict[str, Any]]:
     """The timeline from now on, one event (as JSON) at a time, until the proxy stops.
 
-    ``timeout`` bounds the wait for each event (None: wait as long as it takes); past it,
-    :class:`ApiClientError`. Closing the generator closes the connection, which unsubscribes.
+    With ``since`` (seconds on the trace clock) or ``after`` (an event number), the events the proxy still holds
+    from there come first, after a ``{"kind": "replay", ...}`` record that says how many and whether any are no
+    longer held (docs/api.md). ``timeout`` bounds the wait for each event (None: wait as long as it takes); past
+    it, :class:`ApiClientError`. Closing the generator closes the connection, which unsubscribes.
     """
     base = _base(url)
-    with _open(base, _request(base, "GET", "/events", token=token), timeout) as resp:
+    query = {k: v for k, v in (("since", since), ("after", after)) if v is not None}
+    with _open(base, _request(base, "GET", "/events", token=token, query=query or None), timeout) as resp:
         while True:
             try:
                 line = resp.readline()

@@ -8,12 +8,19 @@ channel is closed, which is how :meth:`Control.subscribe` is unsubscribed.
 The response is a small ASGI callable rather than Starlette's ``StreamingResponse``: it watches
 ``receive()`` for ``http.disconnect`` itself, so a client that leaves is noticed at once, even when no
 event is coming, and not at the next failed write.
+
+Replay (``GET /events?since=T``, ``?after=SEQ``, or SSE's ``Last-Event-ID``): the endpoint subscribes and takes
+the events the proxy still holds in the same step (no checkpoint between), so the held events it replays and the
+subscription's live events follow on without a gap or a repeat. Events are numbered (``seq``) by the proxy; the
+stream says the number of its first event in a header (the ``replay`` record), and in SSE every event carries
+its number as ``id:``, so that a browser's ``EventSource`` resumes where it left off after a reconnect.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,22 +37,36 @@ SSE_KEEPALIVE = 15.0
 
 
 class EventStream:
-    """An ASGI response that forwards ``channel`` until the client leaves or the channel ends; owns ``channel``."""
+    """An ASGI response that forwards ``channel`` until the client leaves or the channel ends; owns ``channel``.
+
+    ``header`` (a JSON object) is written first: a line, or in SSE an ``event: replay`` record. Then ``replay``
+    (held events), then the channel's events. With ``first_seq`` (the number of the first event written),
+    SSE records carry ``id: SEQ``.
+    """
 
     def __init__(
-        self, channel: trio.MemoryReceiveChannel[Event], *, sse: bool, keepalive: float = SSE_KEEPALIVE
+        self, channel: trio.MemoryReceiveChannel[Event], *, sse: bool, keepalive: float = SSE_KEEPALIVE,
+        replay: Sequence[Event] = (), first_seq: int | None = None, header: dict[str, Any] | None = None,
     ) -> None:
         self.channel = channel
         self.sse = sse
         self.keepalive = keepalive
+        self.replay = replay
+        self.seq = first_seq  # the number of the next event written
+        self.header = header
 
     @staticmethod
     def media_type(sse: bool) -> str:
         return "text/event-stream" if sse else "application/x-ndjson"
 
     def encode(self, event: Event) -> bytes:
-        text = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"), default=str)
-        return f"data: {text}\n\n".encode() if self.sse else f"{text}\n".encode()
+        text = _json(event.to_json())
+        seq = self.seq
+        if seq is not None:
+            self.seq = seq + 1
+        if not self.sse:
+            return f"{text}\n".encode()
+        return (f"id: {seq}\ndata: {text}\n\n" if seq is not None else f"data: {text}\n\n").encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnected = False
@@ -69,10 +90,25 @@ class EventStream:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(until_disconnect)
+                await self._replay(send)
                 await self._forward(send)
                 nursery.cancel_scope.cancel()  # the proxy ended the subscription
         if not disconnected:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _replay(self, send: Send) -> None:
+        chunk = bytearray()
+        if self.header is not None:
+            text = _json(self.header)
+            chunk += (f"event: replay\ndata: {text}\n\n" if self.sse else f"{text}\n").encode()
+        for event in self.replay:
+            chunk += self.encode(event)
+            if len(chunk) >= _REPLAY_CHUNK:
+                await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+                chunk.clear()
+        self.replay = ()
+        if chunk:
+            await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
 
     async def _forward(self, send: Send) -> None:
         while True:
@@ -85,3 +121,10 @@ class EventStream:
                 await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
                 continue
             await send({"type": "http.response.body", "body": self.encode(event), "more_body": True})
+
+
+_REPLAY_CHUNK = 64 * 1024  # held events are written this many bytes at a time
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)

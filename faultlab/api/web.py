@@ -4,8 +4,9 @@
 
     GET  /                     the page (to a browser: an Accept with text/html); JSON clients get the index
     GET  /static/{file}        the page's script and style sheet
-    GET  /api/ladder[?call=ID] {"call", "calls": [{"call_id", "first", "t"}], "rows": ladder rows}; by default
-                               the newest call that has an INVITE (else the newest call)
+    GET  /api/ladder[?call=ID] {"call", "calls": [{"call_id", "first", "t"}], "devices": [DEVICE], "rows": ladder
+                               rows, each with "device"}; by default the newest call that has an INVITE (else the
+                               newest call); one column per device (see device_ladder)
     GET  /api/scenarios        the scenario catalogue: [{"id", "slug", "title", "script", "expect", ...}]
     POST /api/guided/start     {"scenario": "S17", "device"?: "IP[:PORT]"}: switch the catalogue scenario's
                                own faults on (globally, or for that device) and start guiding -> the status;
@@ -30,6 +31,7 @@ These endpoints read and write the running proxy's timeline: they need a control
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Protocol
@@ -41,12 +43,13 @@ from starlette.types import Scope
 from faultlab.faults import Profile
 from faultlab.trace import Event
 from faultlab.trace.ladder import call_ids, ladder_rows
+from faultlab.trace.pcap import RELAY
 
 from .app import _JSON, ApiError, _json_body, _read_body
 from .control import Control
 from .guided import GuidedRun, needs_push_gateway, scenario_json, status
 
-__all__ = ["Lab", "WebPage", "is_page", "wants_html"]
+__all__ = ["Lab", "WebPage", "device_ladder", "is_page", "wants_html"]
 
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 
@@ -142,8 +145,9 @@ class WebPage:
             invites = [c for c in calls if c["first"] == "INVITE"]
             chosen = invites[-1] if invites else (calls[-1] if calls else None)
             call = chosen["call_id"] if chosen else None
-        rows = ladder_rows(events, call) if call is not None else []
-        return _JSON({"call": call, "calls": calls, "rows": rows})
+        flows = self.control.flows() if call is not None else []
+        rows, devices = device_ladder(events, call, {f["id"]: f["device"] for f in flows}) if call else ([], [])
+        return _JSON({"call": call, "calls": calls, "devices": devices, "rows": rows})
 
     # -- guided scenarios ---------------------------------------------------------------------------
 
@@ -265,3 +269,52 @@ def _calls(events: Sequence[Event]) -> list[dict[str, Any]]:
     order = call_ids(events)
     return [{"call_id": c, "first": first[c].method or first[c].cseq_method, "t": first[c].t}
             for c in order if c in first]
+
+
+# Relay events that say who is where rather than what was sent: every ladder pass needs them.
+_BOOK_KINDS = frozenset({"start", "listening", "flow-open", "flow-close"})
+
+
+def device_ladder(events: Sequence[Event], call: str,
+                  open_flows: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """One call's ladder with a column per device: ``(rows, devices)``.
+
+    The rows are :func:`faultlab.trace.ladder.ladder_rows`'s, each with one more key, ``"device"``: the device
+    (``IP:PORT``, as in ``GET /flows``) that the row's ``"device"`` party stands for, or None. ``devices`` are those
+    columns in order of first appearance. faultlab's relay records which flow each message crossed, and a flow
+    has one device, so the relay's events are laddered per device (each device's flows on their own) and the rows
+    merged in time order; the rest of the timeline (device events from apps, lab actors) is laddered once, its
+    ``"device"`` party given to the one device when there is only one. ``open_flows``: flow id -> device, for
+    flows whose ``flow-open`` event is no longer held.
+    """
+    flow_device = dict(open_flows or {})
+    for e in events:
+        if e.source == RELAY and e.flow and e.peer and e.flow not in flow_device:
+            if e.kind == "flow-open" or (e.kind == "received" and e.direction == "to-pbx") or (
+                    e.kind == "sent" and e.direction == "to-device"):
+                flow_device[e.flow] = e.peer
+    by_device: dict[str, list[Event]] = {}
+    rest: list[Event] = []
+    for e in events:
+        if e.source == RELAY and e.flow and e.kind not in _BOOK_KINDS:
+            by_device.setdefault(flow_device.get(e.flow) or f"device {e.flow}", []).append(e)
+        else:
+            rest.append(e)
+    passes: list[tuple[str | None, list[dict[str, Any]]]] = [(None, ladder_rows(rest, call))]
+    for device, own in by_device.items():
+        rows = ladder_rows(own, call)
+        if rows:
+            passes.append((device, rows))
+    for device, rows in passes:
+        for r in rows:
+            r["device"] = device
+    merged = list(heapq.merge(*(rows for _, rows in passes), key=lambda r: r["t"]))
+    devices: list[str] = []
+    for r in merged:
+        if r["device"] is not None and r["device"] not in devices:
+            devices.append(r["device"])
+    if len(devices) == 1:
+        for r in passes[0][1]:
+            if "device" in (r["from"], r["to"]):
+                r["device"] = devices[0]
+    return merged, devices

@@ -540,6 +540,14 @@ async def test_events_end_cleanly_when_the_proxy_ends_the_subscription(api):
     await http.aclose()
 
 
+async def test_a_replay_from_a_control_without_history_is_a_501_and_subscribes_nothing(api):
+    reply = await request(api.port, "GET", "/events?since=0")
+    assert reply.status == 501
+    message = reply.json()["error"]
+    assert "keeps no history" in message and "without since, after or Last-Event-ID" in message
+    assert api.fake.subscribers == []
+
+
 async def test_head_events_does_not_subscribe(api):
     reply = await request(api.port, "HEAD", "/events")
     assert reply.status == 200 and reply.headers["content-type"].startswith("application/x-ndjson")

@@ -137,7 +137,7 @@ async def test_ladder_shows_the_newest_call_with_an_invite_by_default(nursery):
     lab = await start_lab(nursery)
     with trio.fail_after(10):
         empty = (await lab.get("/api/ladder")).json()
-        assert empty == {"call": None, "calls": [], "rows": []}
+        assert empty == {"call": None, "calls": [], "devices": [], "rows": []}
         await lab.register()
         await trio.testing.wait_all_tasks_blocked()
         only_register = (await lab.get("/api/ladder")).json()
@@ -153,9 +153,49 @@ async def test_ladder_shows_the_newest_call_with_an_invite_by_default(nursery):
     assert [c["first"] for c in ladder["calls"]] == ["REGISTER", "INVITE"]
     assert [(r["from"], r["to"], r["label"]) for r in ladder["rows"]] == [
         ("pbx", "faultlab", "INVITE"), ("faultlab", "device", "INVITE")]
+    me = f"127.0.0.1:{lab.device.getsockname()[1]}"
+    assert ladder["devices"] == [me] and {r["device"] for r in ladder["rows"]} == {me}
     assert (await lab.get("/api/ladder?call=reg1")).json()["call"] == "reg1"
     unknown = await lab.get("/api/ladder?call=nope")
     assert unknown.status == 404 and "calls: reg1, call1" in unknown.json()["error"]
+
+
+async def test_ladder_has_a_column_per_device(nursery):
+    """The PBX forks one INVITE to two registered devices: each device's messages are on its own column, and a
+    device event posted by an app lands on the only device's column when the call has one device."""
+    lab = await start_lab(nursery)
+    second = trio.socket.socket(type=socket.SOCK_DGRAM)
+    await second.bind(("127.0.0.1", 0))
+    await second.connect(lab.proxy.bound["udp"])
+    with trio.fail_after(10):
+        await lab.register()
+        first_side = lab.pbx_side
+        await second.send(REGISTER.replace(b"branch=z9hG4bKr1", b"branch=z9hG4bKr2").replace(b"reg1", b"reg2"))
+        data, second_side = await lab.pbx.recvfrom(65535)
+        await lab.pbx.sendto(build_response(parse_datagram(data), 200, "OK"), second_side)
+        await second.recv(65535)
+        assert (await lab.from_pbx(INVITE)).method == "INVITE"
+        await lab.pbx.sendto(INVITE.replace(b"z9hG4bKi1", b"z9hG4bKi2"), second_side)
+        assert parse_datagram(await second.recv(65535)).method == "INVITE"
+        await trio.testing.wait_all_tasks_blocked()
+        ladder = (await lab.get("/api/ladder")).json()
+        one = f"127.0.0.1:{lab.device.getsockname()[1]}"
+        two = f"127.0.0.1:{second.getsockname()[1]}"
+        assert first_side != second_side and ladder["call"] == "call1"
+        assert ladder["devices"] == [one, two]
+        assert [(r["from"], r["to"], r["label"], r["device"]) for r in ladder["rows"]] == [
+            ("pbx", "faultlab", "INVITE", one), ("faultlab", "device", "INVITE", one),
+            ("pbx", "faultlab", "INVITE", two), ("faultlab", "device", "INVITE", two)]
+        # the second device's REGISTER is a call of its own, with that device alone
+        reg2 = (await lab.get("/api/ladder?call=reg2")).json()
+        assert reg2["devices"] == [two] and {r["device"] for r in reg2["rows"]} == {two}
+        # an app's event on a one-device call is on that device's column
+        posted = await lab.post("/events", device_event("reported", call_id="reg1", uuid="u-1"))
+        assert posted.status == 200, posted.body
+        reg1 = (await lab.get("/api/ladder?call=reg1")).json()
+    note = reg1["rows"][-1]
+    assert (note["from"], note["to"], note["device"]) == ("device", None, one) and note["note"].startswith("reported")
+    second.close()
 
 
 # -- scenarios and guided runs --------------------------------------------------------------------------------
