@@ -65,7 +65,10 @@ def browser():
     options.binary_location = str(CHROMIUM)
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=390,844", "--no-first-run", "--no-default-browser-check"):
-        options.add_argument(arg)  # a phone-sized window
+        options.add_argument(arg)
+    # a phone's screen: headless Chromium's window is at least 500 pixels wide, the emulated viewport is not
+    options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844,
+                                                                           "pixelRatio": 2}})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -168,8 +171,8 @@ async def test_the_page_against_faultlab_and_the_lab_actors_as_processes(tmp_pat
         await page.run(page.until, "the page shows it", lambda d: page.text("active-global") == "register-503")
         await page.run(page.click, "clear-global")
         await wait_api(lambda: client.get_active(api)["global"] is None, "no global profile")
+        await page.run(page.type, "device-input", "127.0.0.1")  # first the device: the selector shows its profile
         await page.run(page.choose, "profile-select", "invite-drop")
-        await page.run(page.type, "device-input", "127.0.0.1")
         await page.run(page.click, "apply-device")
         await wait_api(lambda: client.get_active(api)["devices"].get("127.0.0.1", {}).get("name") == "invite-drop",
                        "invite-drop for 127.0.0.1")
@@ -188,7 +191,8 @@ async def test_the_page_against_faultlab_and_the_lab_actors_as_processes(tmp_pat
                    f"Call-ID: probe-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
         await probe.sendto(options, (HOST, r))
         row = await page.run(page.ladder_row, "OPTIONS")
-        assert row.get_attribute("data-from") == "device" and row.get_attribute("data-to") == "faultlab"
+        assert row.get_attribute("data-from") == f"{HOST}:{probe.getsockname()[1]}"  # the sender's own column
+        assert row.get_attribute("data-to") == "faultlab"
         probe.close()
 
         # 3. a guided scenario: S02 switches its own faults on (the INVITE delayed 3 s), prompts, then the verdict

@@ -81,13 +81,20 @@ function soon(name, fn, delay = 120) {
 }
 
 // -- profiles --------------------------------------------------------------------------------------------
+// The selector shows the profile in force for its target (every device, or the device typed below), so that one
+// tap on "Use ..." never applies a fault nobody chose; a choice the user made is kept until it is applied or the
+// target changes.
 let library = [];
+let active = null; // the last GET /active
+let profileTouched = false;
+const NONE = ""; // the selector's value when no profile is in force
 
 async function loadProfiles() {
   library = await api("GET", "/profiles");
   const select = $("profile-select");
-  select.replaceChildren(...library.map((p) => el("option", { value: p.name }, p.name)));
-  showSummary();
+  select.replaceChildren(el("option", { value: NONE }, "none (faithful): choose a profile"),
+    ...library.map((p) => el("option", { value: p.name }, p.name)));
+  syncProfile();
 }
 
 function showSummary() {
@@ -95,14 +102,59 @@ function showSummary() {
   $("profile-summary").textContent = chosen ? chosen.summary : "";
 }
 
+function hostOf(device) { // "10.0.0.2:5060" -> "10.0.0.2", "[::1]:5060" -> "::1", "::1" -> "::1"
+  const v6 = /^\[(.*)\](:\d+)?$/.exec(device);
+  if (v6) return v6[1];
+  return (device.match(/:/g) || []).length === 1 ? device.replace(/:\d+$/, "") : device;
+}
+
+// What is in force for the selector's target: {entry, own} (entry null: no profile).
+function inForce() {
+  if (!active) return null;
+  const device = $("device-input").value.trim().toLowerCase();
+  if (device) {
+    const own = active.devices[device] || active.devices[hostOf(device)];
+    if (own) return { entry: own, own: true, device };
+    return { entry: active.global, own: false, device };
+  }
+  return { entry: active.global, own: false, device: null };
+}
+
+function syncProfile(force) {
+  if (profileTouched && !force) return;
+  profileTouched = false;
+  const now = inForce();
+  const select = $("profile-select");
+  if (now && library.length) {
+    const name = now.entry ? now.entry.name : NONE;
+    if (!select.querySelector(`option[value="${CSS.escape(name)}"]`)) {
+      select.append(el("option", { value: name }, name)); // a profile loaded from a file, not in the library
+    }
+    select.value = name;
+  }
+  const target = $("profile-target");
+  if (!now) target.textContent = "";
+  else if (!now.device) target.textContent = "Showing what all devices get.";
+  else target.textContent = now.own ? `Showing ${now.device}'s own profile.`
+    : `${now.device} has no profile of its own: showing the global one it follows.`;
+  showSummary();
+}
+
 async function loadActive() {
-  const active = await api("GET", "/active");
+  active = await api("GET", "/active");
   $("active-global").textContent = active.global ? active.global.name : "none (faithful)";
   const list = $("active-devices");
   list.replaceChildren(...Object.entries(active.devices).map(([dev, entry]) =>
     el("li", { "data-device": dev }, `${dev}: `, el("strong", {}, entry ? entry.name : "none"))));
+  syncProfile();
   const holds = await api("GET", "/holds");
   $("hold-count").textContent = String(holds.length);
+}
+
+function chosenProfile() {
+  const name = $("profile-select").value;
+  if (name === NONE) { problem("Choose a profile from the list first."); return null; }
+  return name;
 }
 
 async function setProfile(name, device) {
@@ -112,6 +164,7 @@ async function setProfile(name, device) {
   } else {
     await api("PUT", "/active", { profile: name });
   }
+  profileTouched = false;
   await loadActive();
 }
 
@@ -134,7 +187,8 @@ async function loadFlows() {
 }
 
 // -- the ladder ----------------------------------------------------------------------------------------------
-const BASE_PARTIES = ["device", "faultlab", "pbx"];
+// One column per device (GET /api/ladder names each row's device), then faultlab, the PBX and the others.
+const AFTER_DEVICES = ["faultlab", "pbx"];
 let guidedCall = null; // the guided run's call: shown when no call is picked
 
 async function loadLadder() {
@@ -146,34 +200,56 @@ async function loadLadder() {
     ...data.calls.slice().reverse().map((c) =>
       el("option", { value: c.call_id }, `${c.first || "?"} ${c.call_id}`)));
   select.value = data.calls.some((c) => c.call_id === keep) ? keep : "";
-  renderLadder(data.rows, data.call);
+  renderLadder(data.rows, data.call, data.devices || []);
 }
 
-function renderLadder(rows, call) {
-  const parties = BASE_PARTIES.slice();
-  for (const r of rows) for (const p of [r.from, r.to]) if (p && !parties.includes(p)) parties.push(p);
-  const n = parties.length;
-  const x = (p) => ((parties.indexOf(p) + 0.5) / n) * 100;
-  const lanes = () => parties.map((p) => el("div", { class: "lane", style: `left:${x(p)}%` }));
-  $("ladder-parties").replaceChildren(...parties.map((p) => el("span", { style: `left:${x(p)}%` },
-    p === "pbx" ? "PBX" : p)));
+// the column of one end of a row: a device's own column for the "device" party
+const column = (r, party) => (party === "device" && r.device ? r.device : party);
+
+function columnLabel(name, devices) {
+  if (!devices.includes(name)) return [name === "pbx" ? "PBX" : name];
+  const m = /^(\[.*\]|[^:]*):(\d+)$/.exec(name);
+  return m ? [m[1], ":" + m[2]] : [name]; // address and port on two lines: four columns fit a phone
+}
+
+function renderLadder(rows, call, devices) {
+  const columns = devices.slice();
+  const generic = rows.some((r) => [r.from, r.to].some((p) => p === "device" && !r.device));
+  if (generic || !columns.length) columns.push("device");
+  columns.push(...AFTER_DEVICES);
+  for (const r of rows) for (const p of [r.from, r.to]) {
+    const c = p && column(r, p);
+    if (c && !columns.includes(c)) columns.push(c);
+  }
+  const n = columns.length;
+  const x = (c) => ((columns.indexOf(c) + 0.5) / n) * 100;
+  const lanes = () => columns.map((c) => el("div", { class: "lane", style: `left:${x(c)}%` }));
+  $("ladder-parties").replaceChildren(...columns.map((c) => {
+    const [first, second] = columnLabel(c, devices);
+    const parts = first.split(/(?<=[.:])/); // a line may break after a dot or a colon of an address
+    const label = parts.flatMap((part, i) => (i ? [el("wbr"), part] : [part]));
+    return el("span", { style: `left:${x(c)}%;max-width:${100 / n}%`, title: c, "data-column": c }, ...label,
+      second ? el("small", {}, second) : null);
+  }));
   $("ladder").dataset.call = call || "";
+  $("ladder").dataset.columns = String(n);
   $("ladder-rows").replaceChildren(...rows.map((r) => {
     const fault = r.fault || null;
     const cls = ["row"];
     if (fault) cls.push("fault");
     if (fault && fault.startsWith("✗")) cls.push("lost");
+    const from = column(r, r.from), to = r.to ? column(r, r.to) : "";
     const box = el("div", { class: "lanes" }, ...lanes());
-    if (r.to && r.to !== r.from) {
-      const a = x(r.from), b = x(r.to);
+    if (to && to !== from) {
+      const a = x(from), b = x(to);
       const lo = Math.min(a, b), hi = Math.max(a, b);
       box.append(el("div", { class: "arrow " + (b > a ? "right" : "left"), style: `left:${lo}%;width:${hi - lo}%` },
         el("span", { class: "label" }, r.label || "")));
     } else {
-      box.append(el("div", { class: "note", style: `margin-left:${x(r.from)}%` }, r.note || r.label || ""));
+      box.append(el("div", { class: "note", style: `margin-left:${x(from)}%` }, r.note || r.label || ""));
     }
-    const row = el("div", { class: cls.join(" "), "data-label": r.label || "", "data-from": r.from,
-                             "data-to": r.to || "" },
+    const row = el("div", { class: cls.join(" "), "data-label": r.label || "", "data-from": from, "data-to": to,
+                             "data-device": r.device || "" },
       el("span", { class: "t" }, r.t.toFixed(3)), box);
     if (fault) row.append(el("div", { class: "fault-text" }, fault + (r.note && r.to ? " — " + r.note : "")));
     return row;
@@ -351,14 +427,19 @@ function on(id, fn) {
   });
 }
 
-on("apply-global", () => setProfile($("profile-select").value, null));
+on("apply-global", () => { const p = chosenProfile(); return p && setProfile(p, null); });
 on("clear-global", () => setProfile(null, null));
-on("apply-device", () => { const d = deviceInput(); return d && setProfile($("profile-select").value, d); });
+on("apply-device", () => {
+  const d = deviceInput();
+  const p = d && chosenProfile();
+  return p && setProfile(p, d);
+});
 on("clear-device", () => { const d = deviceInput(); return d && setProfile(null, d); });
 on("release", async () => { await api("POST", "/holds/release", {}); await loadActive(); });
 on("guided-start", startGuided);
 on("guided-stop", stopGuided);
-$("profile-select").addEventListener("change", showSummary);
+$("profile-select").addEventListener("change", () => { profileTouched = true; showSummary(); });
+$("device-input").addEventListener("input", () => syncProfile(true));
 $("scenario-select").addEventListener("change", aboutScenario);
 $("call-select").addEventListener("change", () => soon("ladder", loadLadder, 0));
 
