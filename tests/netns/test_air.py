@@ -223,12 +223,13 @@ def air(tmp_path_factory):
         if done.returncode == 0 and done.stdout.strip().isdigit():
             kam_pid = int(done.stdout.strip())
         assert kam_pid is not None, f"start-kamailio.sh failed: {done.stdout}{done.stderr}"
+        # impairment first, interception after (docs/ci-with-namespaces.md's recipe does the other order)
+        text = impair("lossy-wifi", seed)
+        assert f"seed {seed}" in text and n.air in text, text
         intercept_on(gw, pbx=n.pbx_ip, ports=(SIP_PORT, SIPS_PORT), tls_ports=(SIPS_PORT,),
                      proxy_udp_port=PROXY_PORT, proxy_tcp_port=PROXY_PORT, proxy_tls_port=PROXY_TLS_PORT,
                      table=f"faultlab_{LAB}")
         proxy = start_proxy(n, n.kamailio / "certs" / "ca.crt")
-        text = impair("lossy-wifi", seed)
-        assert f"seed {seed}" in text and n.air in text, text
         print(f"\nair lab {LAB}: lossy-wifi, seed {seed}")
         yield n
     finally:
@@ -284,6 +285,10 @@ def test_udp_sip_is_lost_and_delayed_as_the_profile_says(air: Air) -> None:
     check_count("UDP OPTIONS answered", len(rtts), n, (1 - LOSS) ** 2)
     assert min(rtts) >= 2 * (DELAY - JITTER) - 0.001, f"faster than the profile allows: {min(rtts) * 1000:.1f} ms"
     check_median("UDP round trip", rtts, 2)
+    # the impairment lives in the air only: the gateway's policy routing is the interception's alone
+    rules = run("ip", "-n", air.gw, "rule", "show").stdout
+    assert "lookup 2160" not in rules and "lookup 2161" not in rules and "fwmark 0x1 lookup 100" in rules, rules
+    assert "lookup 2160" in run("ip", "-n", air.air, "rule", "show").stdout
 
 
 def _stream_checks(transport: str, out: dict) -> tuple[list[dict], list[dict]]:

@@ -338,3 +338,19 @@ def test_impair_lab_takes_netem_where_the_kernel_has_it(lab: Lab, tmp_path: Path
     assert ("removed netem" if have else "stopped the TUN wire") in cleared, cleared
     sent, rtts = probe(lab, 20, drain=0.2)
     assert len(rtts) == sent and median(rtts) < 0.005, rtts
+
+
+def test_down_after_the_wire_was_killed_leaves_nothing(lab: Lab, tmp_path: Path) -> None:
+    """A crash (the wire SIGKILLed, nothing cleared): ``net down`` still removes the namespaces and
+    ``/run/faultlab/<lab>``; running it again finds nothing."""
+    from faultlab.netns.topology import lab_down
+
+    impair_lab(lab.lab, profile(tmp_path, "lk-crash", '[link]\ndelay = "20ms"\n'), seed=2, use_netem=False)
+    pid = wire_pid(lab)
+    os.kill(pid, signal.SIGKILL)  # the wire this test started, by its recorded PID
+    removed = lab_down(lab.lab)
+    assert any(r.startswith("link impairment") and "was not running" in r for r in removed), removed
+    assert f"namespace {lab.air}" in removed, removed
+    assert not (STATE_ROOT / lab.lab).exists()
+    assert lab.air not in run("ip", "netns", "list")
+    assert lab_down(lab.lab) == []

@@ -188,3 +188,14 @@ def test_dns_delay_adds_to_the_link() -> None:
     assert core.packet(udp4("10.213.1.2", "10.213.2.2", 40000, 53), 0.0) == ("to-pbx", [0.0])
     only_dns = WireCore(Link(dns_delay=3.0), DEVICE_NETS, random.Random(0))
     assert only_dns.packet(udp4("10.213.2.2", "10.213.1.2", 53, 40000), 0.0) == ("to-device", [3.0])
+
+
+def test_the_tun_a_packet_came_from_decides_its_direction() -> None:
+    """In the air, packets from a device come up one TUN and packets toward a device down the other: a
+    packet from device 1 to device 2 on its way up is to-pbx (the uplink's impairment), whatever its
+    destination says."""
+    core = WireCore(Link(to_pbx=LinkSpec(delay=0.2), to_device=LinkSpec(delay=0.01)), [], random.Random(3))
+    device_to_device = ipv4("10.213.1.2", "10.213.2.2")
+    assert core.packet(device_to_device, 0.0, "to-pbx") == ("to-pbx", [0.2])
+    assert core.packet(device_to_device, 0.0, "to-device") == ("to-device", [0.01])
+    assert core.stats["to-pbx udp in"] == 1 and core.stats["to-device udp in"] == 1
