@@ -50,6 +50,7 @@ __all__ = [
     "air_sides",
     "AirSides",
     "PROXY_LINK_NOTE",
+    "proxies_with_link",
     "netem_available",
     "netem_request",
     "apply_netem",
@@ -67,6 +68,74 @@ PROXY_LINK_NOTE = (
     "whose profile has a [link] section applies that link per SIP message on top (twice in all): give "
     "the proxy a profile without [link] (e.g. clean) unless you mean both"
 )
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _profile_arg(args: list[str]) -> str | None:
+    for i, a in enumerate(args):
+        if a in ("--profile", "-p") and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--profile="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def proxies_with_link(lab: str) -> list[tuple[int, str]]:
+    """The faultlab proxies running in lab ``lab``'s namespaces whose ``--profile`` has a ``[link]``
+    impairment, as (pid, profile name): their SIP messages are impaired by the proxy and by the air."""
+    from pyroute2 import netns
+
+    from ..faults import load_profile
+
+    prefix = f"fl-{lab}-"
+    try:
+        pids = netns.ns_pids()
+    except Exception:  # noqa: BLE001 - a namespace that vanished meanwhile: nothing to warn of
+        return []
+    found = []
+    for ns, plist in sorted(pids.items()):
+        if not ns.startswith(prefix):
+            continue
+        for pid in sorted(plist):
+            args = _cmdline(pid)
+            if "proxy" not in args:
+                continue
+            head = args[: args.index("proxy")]
+            if not any(a == "faultlab" or a.endswith("/faultlab") for a in head):
+                continue
+            name = _profile_arg(args)
+            if name is None:
+                continue
+            if ("/" in name or name.endswith(".toml")) and not os.path.isabs(name):
+                try:
+                    name = os.path.join(os.readlink(f"/proc/{pid}/cwd"), name)
+                except OSError:
+                    continue
+            try:
+                profile = load_profile(name)
+            except Exception:  # noqa: BLE001 - a profile we cannot read: not ours to judge
+                continue
+            link = profile.link
+            if link is not None and not (link.to_pbx.is_clean and link.to_device.is_clean and not link.dns_delay):
+                found.append((pid, profile.name))
+    return found
+
+
+def _double_link_warning(lab: str) -> str:
+    found = proxies_with_link(lab)
+    if not found:
+        return PROXY_LINK_NOTE
+    who = ", ".join(f"pid {pid} (profile {name})" for pid, name in found)
+    return (f"warning: the faultlab proxy {who} in this lab applies its profile's [link] per SIP message on "
+            "top of the air's: each SIP message is impaired twice; restart it with a profile without [link] "
+            "unless you mean both")
 
 
 @dataclass(frozen=True)
@@ -340,11 +409,11 @@ def impair_lab(
         if use_netem and unsupported:
             raise RuntimeError(f"lab {lab!r}: netem requested, but it cannot do " + "; ".join(unsupported))
         if have and not unsupported:
-            return _impair_netem(lab, profile, sides) + "\n" + PROXY_LINK_NOTE
+            return _impair_netem(lab, profile, sides) + "\n" + _double_link_warning(lab)
         reason = why if not have else "netem through pyroute2 cannot do " + "; ".join(unsupported)
     else:
         reason = "the wire was asked for"
-    return _impair_wire(lab, profile, sides, seed, reason, log_packets) + "\n" + PROXY_LINK_NOTE
+    return _impair_wire(lab, profile, sides, seed, reason, log_packets) + "\n" + _double_link_warning(lab)
 
 
 def _write_state(lab: str, state: dict) -> Path:

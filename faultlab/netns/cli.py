@@ -123,7 +123,13 @@ def _air_line(lab: Lab, impairment: dict | None) -> str:
            else f"TUN wire pid {impairment.get('pid')}, seed {impairment.get('seed')}")
     if impairment.get("mode") == "wire" and not impairment.get("running"):
         how += ", NOT RUNNING: faultlab net impair --clear, then impair again"
-    return f"{where}: profile {impairment.get('profile')} ({how}): {impairment.get('description', '?')}"
+    line = f"{where}: profile {impairment.get('profile')} ({how}): {impairment.get('description', '?')}"
+    from faultlab.link import proxies_with_link
+
+    for pid, profile in proxies_with_link(lab.name):
+        line += (f"\nwarning: faultlab proxy pid {pid} runs profile {profile}, whose [link] comes on top of the "
+                 "air's: its SIP messages are impaired twice")
+    return line
 
 
 @app.command(

@@ -354,3 +354,31 @@ def test_down_after_the_wire_was_killed_leaves_nothing(lab: Lab, tmp_path: Path)
     assert not (STATE_ROOT / lab.lab).exists()
     assert lab.air not in run("ip", "netns", "list")
     assert lab_down(lab.lab) == []
+
+
+def test_impair_warns_of_a_proxy_whose_profile_impairs_too(lab: Lab, tmp_path: Path) -> None:
+    """A faultlab proxy in the lab with a [link] profile would impair each SIP message a second time:
+    ``impair`` says which process; ``net status`` too."""
+    from typer.testing import CliRunner
+
+    from faultlab.cli import app
+
+    proxy = subprocess.Popen(
+        ["ip", "netns", "exec", lab.gw, sys.executable, "-m", "faultlab", "proxy", "--listen", "udp:127.0.0.1:17060",
+         "--upstream", f"udp:{lab.pbx_ip}:5060", "--profile", "lossy-wifi", "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while b"proxy" not in Path(f"/proc/{proxy.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        text = impair_lab(lab.lab, profile(tmp_path, "lk-twice", '[link]\ndelay = "20ms"\n'), seed=4, use_netem=False)
+        assert f"warning: the faultlab proxy pid {proxy.pid} (profile lossy-wifi)" in text, text
+        status = CliRunner().invoke(app, ["net", "status", "--name", lab.lab])
+        assert status.exit_code == 0, status.output
+        assert "air fl-" in status.output and "profile lk-twice" in status.output, status.output
+        assert f"warning: faultlab proxy pid {proxy.pid} runs profile lossy-wifi" in status.output, status.output
+    finally:
+        proxy.kill()  # our own child, by PID
+        proxy.wait(timeout=5)
+    text = impair_lab(lab.lab, profile(tmp_path, "lk-once", '[link]\ndelay = "20ms"\n'), seed=4, use_netem=False)
+    assert "warning" not in text and text.endswith("unless you mean both"), text  # the general note only
