@@ -382,3 +382,24 @@ def test_impair_warns_of_a_proxy_whose_profile_impairs_too(lab: Lab, tmp_path: P
         proxy.wait(timeout=5)
     text = impair_lab(lab.lab, profile(tmp_path, "lk-once", '[link]\ndelay = "20ms"\n'), seed=4, use_netem=False)
     assert "warning" not in text and text.endswith("unless you mean both"), text  # the general note only
+
+
+def test_traffic_the_gateway_terminates_is_impaired_too(lab: Lab, tmp_path: Path) -> None:
+    """What a device exchanges with the gateway itself (faultlab's proxy in relay mode, interception's
+    local sockets, a DNS resolver there) crosses the air as well: 2 x 25 ms per round trip, 0 before."""
+    echo = subprocess.Popen(["ip", "netns", "exec", lab.gw, sys.executable, "-c", ECHO, str(PORT)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([echo.stdout], [], [], 10)
+        assert ready and echo.stdout.readline().strip() == "ready", "the echo server did not start"
+        gw_ip = "10.213.1.1"  # the gateway's address on device1's block
+        out = lab.python(lab.dev, PROBE, gw_ip, str(PORT), "20", "0.005", "0.2")
+        assert len(out["rtts"]) == 20 and median(out["rtts"]) < 0.005, out
+        impair_lab(lab.lab, profile(tmp_path, "lk-gw", '[link]\ndelay = "25ms"\n'), seed=5, use_netem=False)
+        out = lab.python(lab.dev, PROBE, gw_ip, str(PORT), "20", "0.005", "0.3")
+        assert len(out["rtts"]) == 20 and min(out["rtts"]) >= 0.049, out
+        tcp = lab.python(lab.dev, TCP, gw_ip, str(PORT))
+        assert tcp["ok"] and tcp["connect"] >= 0.049, tcp
+    finally:
+        echo.kill()  # our own child, by PID
+        echo.wait(timeout=5)
