@@ -157,7 +157,7 @@ class _Api:
             "resources": [
                 "GET /version", "GET /profiles", "GET /active", "PUT /active", "GET /devices",
                 "GET|PUT|DELETE /devices/{device}/profile", "GET|POST /rules", "GET|DELETE /rules/{name}",
-                "GET /holds", "POST /holds/release", "GET /flows", "GET /seed", "GET /events",
+                "GET /holds", "POST /holds/release", "GET /flows", "GET /seed", "GET /events[?since=T|?after=SEQ]",
                 "GET / (the web page, to a browser)", "GET /api/ladder", "GET /api/scenarios", "GET /api/guided",
                 "POST /api/guided/start", "POST /api/guided/stop", "POST /events", "GET /ca",
             ],

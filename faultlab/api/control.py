@@ -12,6 +12,13 @@ Errors an implementation raises, and what the API answers with:
 - :class:`ValueError`: 400 (a bad device spec, or other bad input; the message is shown as it is).
 - :class:`KeyError` from :meth:`Control.remove_rule` / :meth:`Control.release`: 404, listing the rules
   or holds that do exist.
+
+Optional: ``history() -> (first_seq, events, lost_t)``, the events the control still holds (oldest first), the
+sequence number of the first, and the trace time of the newest event no longer held (None: none dropped). With
+it, ``GET /events`` replays (``?since=T``, ``?after=SEQ``, ``Last-Event-ID``) and numbers SSE records; the API
+calls it right after :meth:`Control.subscribe`, with no checkpoint between, so the subscription's first event
+must be number ``first_seq + len(events)``. Without it, a replay is answered 501.
+:class:`faultlab.control.ProxyControl` implements it.
 """
 
 from __future__ import annotations
