@@ -228,9 +228,9 @@ function renderLadder(rows, call, devices) {
     const [first, second] = columnLabel(c, devices);
     const parts = first.split(/(?<=[.:])/); // a line may break after a dot or a colon of an address
     const label = parts.flatMap((part, i) => (i ? [el("wbr"), part] : [part]));
-    return el("span", { style: `left:${x(c)}%;max-width:${100 / n}%`, title: c, "data-column": c }, ...label,
-      second ? el("small", {}, second) : null);
+    return el("span", { title: c, "data-column": c }, ...label, second ? el("small", {}, second) : null);
   }));
+  $("ladder-parties").style.gridTemplateColumns = `repeat(${n}, 1fr)`; // cell i is centred at x(column i)
   $("ladder").dataset.call = call || "";
   $("ladder").dataset.columns = String(n);
   $("ladder-rows").replaceChildren(...rows.map((r) => {
