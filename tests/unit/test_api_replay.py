@@ -233,3 +233,26 @@ async def test_a_bad_cursor_is_a_400_that_says_what_to_give(nursery, query, head
     assert client.status == 400
     assert message in json.loads(client.body)["error"]
     assert proxy.control._subscribers == []  # nothing subscribed
+
+
+async def test_a_follower_cut_off_for_lagging_is_reported_after_the_event_that_overflowed_it():
+    """The others see the timeline in the order the proxy holds it (their event numbers depend on it)."""
+    from faultlab.control import SUBSCRIBER_BUFFER
+
+    proxy, _ = make_proxy()
+    lagging, reading = proxy.control.subscribe(), proxy.control.subscribe()
+    got = []
+    for i in range(SUBSCRIBER_BUFFER + 1):
+        emit(proxy, 1, start=i)
+        while True:
+            try:
+                got.append(reading.receive_nowait())
+            except trio.WouldBlock:
+                break
+    assert [e.kind for e in got[-2:]] == ["warning", "warning"]
+    assert got[-2].detail["message"] == f"m{SUBSCRIBER_BUFFER}" and "fell 1000 events behind" in got[-1].detail["message"]
+    first, held, _ = proxy.control.history()
+    assert first == 1 and list(held) == got  # the same order as the proxy holds them
+    with pytest.raises(trio.EndOfChannel):
+        for _ in range(SUBSCRIBER_BUFFER + 1):
+            lagging.receive_nowait()
