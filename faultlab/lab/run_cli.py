@@ -150,6 +150,7 @@ def execute(
         _fail("--network memory needs virtual time (drop --real-time)")
     try:
         chosen = [load_scenario(n) for n in scenario_names] if scenario_names else list_scenarios()
+        replaced = {e.item.id: e for e in scenario_entries() if e.hides and any(e.item is s for s in chosen)}
         for key, value in _parse_sets(sets):
             only, sep, field_key = key.partition(":")  # "S04:call.cancel_at": that scenario only
             if sep and not any(only.upper() == s.id.upper() for s in chosen):
@@ -162,8 +163,18 @@ def execute(
         _fail(f"no scenarios found; looked in: {library.where('scenarios')}")
     try:
         profiles = [load_profile(p) for p in profile_names] or [None]
-    except ProfileError as exc:
+        sources = library.files("profiles") if profile_names else []
+    except (ProfileError, library.LibraryError) as exc:
         _fail(str(exc))
+    for e in replaced.values():  # a team's entry used in place of a built-in one: say so (see lab scenarios)
+        err.print(f"note: {e.item.id} {e.item.slug} from {e.origin} replaces the {' and '.join(e.hides)} scenario",
+                  highlight=False, soft_wrap=True)
+    for p in filter(None, profiles):
+        used = next((s.origin for s in sources if str(s.path) == p.source), None)  # None: a file given by path
+        hidden = [s.origin for s in sources if s.path.stem == p.name and str(s.path) != p.source]
+        if used is not None and hidden:
+            err.print(f"note: profile {p.name} from {used} replaces the {' and '.join(hidden)} profile",
+                      highlight=False, soft_wrap=True)
     if seed is None:
         seed = random.randrange(2**31)
     skipped = []

@@ -44,7 +44,8 @@ def _scenario(sid: str, slug: str, title: str = "A team scenario") -> str:
 @pytest.fixture(autouse=True)
 def no_search_path(monkeypatch):
     """Each test starts without FAULTLAB_PATH, and whatever a test (or --library) sets is undone after it."""
-    monkeypatch.delenv(library.ENV, raising=False)
+    monkeypatch.setenv(library.ENV, "")  # recorded, so that teardown restores it even if it was not set
+    monkeypatch.delenv(library.ENV)
 
 
 @pytest.fixture
@@ -225,6 +226,10 @@ def test_lab_scenarios_and_lab_run_use_the_team_library(monkeypatch, team):
     assert f"note: S02 mine from {team} replaces the built-in scenario" in listed.output
     ran = cli("lab", "run", "-s", "S90", "-p", "team-drop-invite", "--seed", "1", "-q")
     assert ran.exit_code == 1 and "team-drop-invite" in ran.output, ran.output  # the INVITE never reaches it
+    replaced = cli("lab", "run", "-s", "S02", "-s", "S01", "-p", "register-drop", "--seed", "1", "-q")
+    assert f"note: S02 mine from {team} replaces the built-in scenario" in replaced.output, replaced.output
+    assert f"note: profile register-drop from {team} replaces the built-in profile" in replaced.output
+    assert "note: S01" not in replaced.output
 
 
 def test_a_missing_library_dir_is_a_clear_error(tmp_path):
