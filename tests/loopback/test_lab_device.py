@@ -222,7 +222,7 @@ async def test_push_url_stream_delivers_pushes(nursery) -> None:
     import http.server
     import threading
 
-    from faultlab.lab.device_cli import stream_pushes
+    from faultlab.cli.device import stream_pushes
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-RUN = "from faultlab.lab.pbx_cli import app; app(prog_name='faultlab pbx')"
+RUN = "from faultlab.cli.pbx import app; app(prog_name='faultlab pbx')"
 
 
 def test_pbx_process_registers_and_stops_on_sigint(tmp_path):

@@ -13,7 +13,7 @@ import trio
 from faultlab.lab.push import PushClient
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = "from faultlab.lab.push_cli import app; app(prog_name='faultlab push-gateway')"
+SCRIPT = "from faultlab.cli.push_gateway import app; app(prog_name='faultlab push-gateway')"
 
 
 async def _line_with(stream, buffer: bytearray, needle: bytes) -> bytes:

@@ -20,7 +20,7 @@ import typer
 from typer.testing import CliRunner
 
 from faultlab.netns import PREFIX, LabError, exec_argv, lab_down, lab_status, lab_up, netns_name
-from faultlab.netns.cli import app as net_app
+from faultlab.cli.net import app as net_app
 from faultlab.netns.topology import _tool
 from tests.netns import netns_skip_reason
 

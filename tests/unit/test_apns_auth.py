@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from typer.testing import CliRunner
 
 from faultlab.lab.apns_auth import TOKEN_LIFETIME, ApnsAuthError, ApnsSigner, check_id, load_key, make_token
-from faultlab.lab.push_cli import app as push_app
+from faultlab.cli.push_gateway import app as push_app
 
 KEY_ID = "ABC123DEFG"
 TEAM_ID = "DEF123GHIJ"
@@ -197,7 +197,7 @@ def test_lab_run_external_refuses_bad_apns_auth_options(tmp_path, key_file, extr
 
 
 def test_lab_run_external_takes_valid_apns_auth_into_its_settings(key_file):
-    from faultlab.lab.run_cli import _external_settings
+    from faultlab.cli.lab import _external_settings
 
     settings = _external_settings({"apns_url": "https://api.sandbox.push.apple.com", "apns_key": key_file,
                                    "apns_key_id": KEY_ID, "apns_team_id": TEAM_ID},

@@ -9,10 +9,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from faultlab.lab.caller_cli import app
+from faultlab.cli.call import app
 
 main = typer.Typer()
-main.add_typer(app, name="call")  # as faultlab/cli.py mounts it
+main.add_typer(app, name="call")  # as faultlab/cli/__init__.py mounts it
 
 
 @main.command()

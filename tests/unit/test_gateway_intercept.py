@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from faultlab.cli import app
-from faultlab.netns import gateway_cli
+from faultlab.cli import gateway as gateway_cli
 from faultlab.netns.intercept import InterceptError, InterceptSpec, route_argv, rule_argv, ruleset
 
 WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}

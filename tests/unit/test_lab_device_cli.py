@@ -9,11 +9,11 @@ import trio
 import typer
 from typer.testing import CliRunner
 
-from faultlab.lab.device_cli import app, collector_event, events_url, post_events, push_from_line
+from faultlab.cli.device import app, collector_event, events_url, post_events, push_from_line
 from faultlab.lab.device_logic import BEHAVIOURS
 
 main = typer.Typer()
-main.add_typer(app, name="device")  # as faultlab/cli.py mounts it
+main.add_typer(app, name="device")  # as faultlab/cli/__init__.py mounts it
 
 
 @main.command()

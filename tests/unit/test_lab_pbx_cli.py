@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from faultlab.lab.pbx_cli import app, parse_seconds
+from faultlab.cli.pbx import app, parse_seconds
 
 main = typer.Typer()
 main.add_typer(app, name="pbx")

@@ -6,8 +6,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from faultlab.lab.push_cli import app as push_app
-from faultlab.lab.push_cli import parse_listen
+from faultlab.cli.push_gateway import app as push_app
+from faultlab.cli.push_gateway import parse_listen
 
 root = typer.Typer()
 root.add_typer(push_app, name="push-gateway")

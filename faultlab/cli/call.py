@@ -1,6 +1,6 @@
 """``faultlab call``: the lab's caller (:class:`~faultlab.lab.caller.Caller`) as a process: one scripted call.
 
-Mounted by ``faultlab/cli.py`` with ``app.add_typer(call_app, name="call")``. Thin: parse the options, place the
+Mounted by ``faultlab/cli/__init__.py`` with ``app.add_typer(call_app, name="call")``. Thin: parse the options, place the
 call, follow the script (cancel, or hang up after the answer), print progress on stderr and the outcome on stdout.
 
 The script and its exit code:

@@ -16,30 +16,30 @@ from faultlab import __version__
 # version` import none of them (docs/PERFORMANCE.md, bench/startup.py). The one-line help shown by
 # `faultlab --help` is written here; tests/unit/test_cli_lazy.py checks it against each command's own.
 LAZY: dict[str, tuple[str, str, str]] = {
-    "demo": ("faultlab.lab.run_cli", "demo",
+    "demo": ("faultlab.cli.lab", "demo",
              "Run the whole scenario catalogue against the embedded PBX and the reference device (no root, nothing "
              "outside this process in virtual time) and print the verdicts."),
-    "sweep": ("faultlab.lab.sweep_cli", "sweep_command",
+    "sweep": ("faultlab.cli.sweep", "sweep_command",
               "Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in "
               "virtual time on every core; write results.csv, results.json and plot.html and print the smallest "
               "deadline that passes."),
-    "net": ("faultlab.netns.cli", "app",
+    "net": ("faultlab.cli.net", "app",
             "The lab network: device, gateway and PBX namespaces joined through the gateway (needs root)."),
-    "gateway": ("faultlab.netns.gateway_cli", "app",
+    "gateway": ("faultlab.cli.gateway", "app",
                 "Transparent interception on a real Linux gateway, in this network namespace (needs root)."),
-    "push-gateway": ("faultlab.lab.push_cli", "app",
+    "push-gateway": ("faultlab.cli.push_gateway", "app",
                      "Run an APNs-compatible push gateway: validate VoIP pushes as APNs would, lint them, apply push "
                      "faults, and deliver them to devices (or relay them to APNs)."),
-    "device": ("faultlab.lab.device_cli", "app",
+    "device": ("faultlab.cli.device", "app",
                "Run the reference device: a simulated, well-behaved iOS VoIP app (CallKit rules, tunable deadlines), "
                "or one of its known-bad behaviours."),
-    "pbx": ("faultlab.lab.pbx_cli", "app",
+    "pbx": ("faultlab.cli.pbx", "app",
             "Run the embedded PBX: a registrar and Record-Routing proxy that speaks RFC 8599 push."),
-    "call": ("faultlab.lab.caller_cli", "app",
+    "call": ("faultlab.cli.call", "app",
              "Place one call through a PBX, follow the script, print the outcome; exit 0 if the call went as "
              "scripted."),
-    "trace": ("faultlab.trace.cli", "app", "Views of a trace file: pcap for Wireshark, ladder diagrams."),
-    "lab": ("faultlab.lab.run_cli", "app",
+    "trace": ("faultlab.cli.trace", "app", "Views of a trace file: pcap for Wireshark, ladder diagrams."),
+    "lab": ("faultlab.cli.lab", "app",
             "Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check."),
 }
 ORDER = ("demo", "sweep", "version", "proxy", "ca", "profiles", "profile", "net", "gateway", "push-gateway",

@@ -1,6 +1,6 @@
 """``faultlab lab scenarios|run`` and ``faultlab demo``: the scenario catalogue, lab runs and their verdicts.
 
-Mounted by ``faultlab/cli.py`` (``app.add_typer(lab_app, name="lab")``, ``app.command("demo")(demo)``). Thin: parse
+Mounted by ``faultlab/cli/__init__.py`` (``app.add_typer(lab_app, name="lab")``, ``app.command("demo")(demo)``). Thin: parse
 options, call :mod:`faultlab.lab.runner`, print with rich, write the reports of :mod:`faultlab.lab.report`.
 """
 

@@ -140,9 +140,9 @@ def run(
     from faultlab.faults import parse_duration
     from faultlab.trace import JsonlWriter
 
-    from .collector import serve_collector
-    from .push import PushFaults, PushGateway, serve_push_gateway
-    from .timeline import Timeline
+    from faultlab.lab.collector import serve_collector
+    from faultlab.lab.push import PushFaults, PushGateway, serve_push_gateway
+    from faultlab.lab.timeline import Timeline
 
     try:
         host, port = parse_listen(listen)
@@ -165,7 +165,7 @@ def run(
         if not relay:
             _fail("--apns-key signs the pushes the gateway relays: it needs --relay URL (e.g. "
                   "--relay https://api.sandbox.push.apple.com)")
-        from .apns_auth import ApnsAuthError, ApnsSigner
+        from faultlab.lab.apns_auth import ApnsAuthError, ApnsSigner
 
         try:
             signer = ApnsSigner.from_file(apns_key, apns_key_id, apns_team_id)

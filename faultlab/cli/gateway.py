@@ -6,7 +6,7 @@ same in its own namespace, restricted to the interface toward the phones. This i
 (:func:`faultlab.netns.intercept.ruleset` with ``iface`` and ``counter``) and the same policy route for
 TPROXY, applied and removed by :mod:`faultlab.netns.intercept`. Thin: parse, call, print.
 
-Mounted by faultlab/cli.py as ``app.add_typer(gateway_app, name="gateway")``. Applying, removing and
+Mounted by faultlab/cli/__init__.py as ``app.add_typer(gateway_app, name="gateway")``. Applying, removing and
 showing need root; ``--dry-run`` does not. Exit codes: 0 done, 1 runtime failure (including not root),
 2 bad input.
 """
@@ -20,7 +20,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from .intercept import (
+from faultlab.netns.intercept import (
     DEFAULT_MARK,
     DEFAULT_ROUTE_TABLE,
     DEFAULT_TLS_PORTS,

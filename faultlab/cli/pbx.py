@@ -2,7 +2,7 @@
 
 Mounted by the main CLI with::
 
-    from faultlab.lab.pbx_cli import app as pbx_app
+    from faultlab.cli.pbx import app as pbx_app
     app.add_typer(pbx_app, name="pbx")
 """
 

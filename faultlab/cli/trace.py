@@ -12,9 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._event import Event
-from ._sinks import parse_event_line, still_being_written
-from .follow import TraceFileError
+from faultlab.trace._event import Event
+from faultlab.trace._sinks import parse_event_line, still_being_written
+from faultlab.trace.follow import TraceFileError
 
 app = typer.Typer(help="Views of a trace file: pcap for Wireshark, ladder diagrams.", add_completion=False,
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -79,7 +79,7 @@ def pcap(
     One packet per message on each hop (device <-> faultlab, faultlab <-> PBX, and lab actors' own messages), \
 with the trace's addresses and times; TCP and TLS hops as TCP carrying the SIP text. See docs/traces.md.
     """
-    from .pcap import wire_messages, write_pcap
+    from faultlab.trace.pcap import wire_messages, write_pcap
 
     events = _load(trace)
     if not wire_messages(events):
@@ -109,7 +109,7 @@ def ladder(
     Columns: device, faultlab, PBX, caller, push gateway (those that appear); faults (dropped, delayed, held, \
 answered by faultlab, duplicated, reset) on the row where they happened; pushes and device events as notes.
     """
-    from .ladder import call_ids, ladder_rows, render_ladder
+    from faultlab.trace.ladder import call_ids, ladder_rows, render_ladder
 
     events = _load(trace)
     calls = call_ids(events)
@@ -164,8 +164,8 @@ def follow(
 whenever the call changes. Stops at the trace's stop event (the proxy stopped) after printing what follows it, \
 or on Ctrl-C. See docs/traces.md.
     """
-    from .follow import LadderPrinter, TraceTail
-    from .ladder import LiveLadder
+    from faultlab.trace.follow import LadderPrinter, TraceTail
+    from faultlab.trace.ladder import LiveLadder
 
     if width is None:
         width = max(shutil.get_terminal_size((100, 24)).columns, 40) if _color_capable(sys.stdout) else 100
@@ -214,7 +214,7 @@ def _color_capable(stream) -> bool:
 
 
 def _open_tail(path: Path, wait: bool):
-    from .follow import TraceTail
+    from faultlab.trace.follow import TraceTail
 
     said = False
     while True:

@@ -1,6 +1,6 @@
 """``faultlab device``: run the reference device (a simulated iOS VoIP app) from the command line.
 
-Mounted by ``faultlab/cli.py`` with ``app.add_typer(device_app, name="device")``. Thin: parse the options, build a
+Mounted by ``faultlab/cli/__init__.py`` with ``app.add_typer(device_app, name="device")``. Thin: parse the options, build a
 :class:`~faultlab.lab.device.Device`, print its device events as JSON lines.
 """
 

@@ -1,6 +1,6 @@
 """``faultlab net``: the lab network (namespaces for devices, gateway and PBX). Thin: parse, call, print.
 
-Mounted by faultlab/cli.py as ``app.add_typer(net_app, name="net")``. Everything here needs root.
+Mounted by faultlab/cli/__init__.py as ``app.add_typer(net_app, name="net")``. Everything here needs root.
 Exit codes: 0 done, 1 runtime failure (including not root), 2 bad input.
 """
 
@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from .topology import MAX_NAME, NOT_ROOT, Lab, LabError, _tool, exec_argv, lab_down, lab_status, lab_up
+from faultlab.netns.topology import MAX_NAME, NOT_ROOT, Lab, LabError, _tool, exec_argv, lab_down, lab_status, lab_up
 
 app = typer.Typer(
     help="The lab network: device, gateway and PBX namespaces joined through the gateway (needs root).",
