@@ -50,8 +50,9 @@ ALPHA = 1e-7  # false-failure rate of each binomial check (fewer than 10 checks:
 
 # lossy-wifi, each way: 10% loss, delay uniform in [70, 130] ms
 LOSS, DELAY, JITTER = 0.10, 0.100, 0.030
-# What a busy 2-core machine may add to a round trip beyond the profile (the wire, faultlab, Kamailio).
-ALLOWANCE = 0.050
+# What a busy 2-core machine may add to a round trip beyond the profile (the wire, faultlab, Kamailio,
+# TLS work), median. Less than a second application of the profile would add (2 x DELAY per round trip).
+ALLOWANCE = 0.100
 
 
 # -- statistics -------------------------------------------------------------------------------------
@@ -92,12 +93,16 @@ def check_median(what: str, values: list[float], crossings: int) -> None:
     got = median(values)
     assert expected - slack <= got <= expected + slack + ALLOWANCE * crossings / 2, (
         f"{what}: median {got * 1000:.1f} ms over {len(values)}, profile {expected * 1000:.0f} ms "
-        f"(-{slack * 1000:.1f} / +{(slack + ALLOWANCE * crossings / 2) * 1000:.1f} ms)")
+        f"(-{slack * 1000:.1f} / +{(slack + ALLOWANCE * crossings / 2) * 1000:.1f} ms); {load()}")
 
 
 def check_count(what: str, k: int, n: int, p: float) -> None:
     lo, hi = binomial_bounds(n, p)
-    assert lo <= k <= hi, f"{what}: {k} of {n}, expected {n * p:.1f} (between {lo} and {hi}, p={p:.3f})"
+    assert lo <= k <= hi, f"{what}: {k} of {n}, expected {n * p:.1f} (between {lo} and {hi}, p={p:.3f}); {load()}"
+
+
+def load() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
 
 
 # -- the lab ----------------------------------------------------------------------------------------
@@ -171,27 +176,25 @@ class Air:
 
 
 def start_proxy(n: Air, kam_ca: Path) -> subprocess.Popen:
-    """faultlab proxy --transparent in the gateway, no profile (the air does the impairing)."""
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", n.gw, sys.executable, "-m", "faultlab", "proxy", "--transparent",
-         "--listen", f"udp:0.0.0.0:{PROXY_PORT}", "--listen", f"tcp:0.0.0.0:{PROXY_PORT}",
-         "--listen", f"tls:0.0.0.0:{PROXY_TLS_PORT}", "--confdir", str(n.confdir), "--tls-name", KAM_TLS_NAME,
-         "--upstream-ca", str(kam_ca), "--trace", str(n.trace), "-q"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """faultlab proxy --transparent in the gateway, no profile (the air does the impairing). Its console
+    goes to a file: a pipe nobody reads would stall it once full."""
+    log = n.tmp / "proxy.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", n.gw, sys.executable, "-m", "faultlab", "proxy", "--transparent",
+             "--listen", f"udp:0.0.0.0:{PROXY_PORT}", "--listen", f"tcp:0.0.0.0:{PROXY_PORT}",
+             "--listen", f"tls:0.0.0.0:{PROXY_TLS_PORT}", "--confdir", str(n.confdir), "--tls-name", KAM_TLS_NAME,
+             "--upstream-ca", str(kam_ca), "--trace", str(n.trace), "-q"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=out)
     deadline = time.monotonic() + 20
-    out = b""
-    fd = proc.stderr.fileno()
     while time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.1)[0]:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                proc.wait(timeout=5)
-                raise AssertionError(f"faultlab proxy exited: {out.decode(errors='replace')}")
-            out += chunk
-            if out.count(b"listening on") >= 3:
-                return proc
+        if log.read_bytes().count(b"listening on") >= 3:
+            return proc
+        if proc.poll() is not None:
+            raise AssertionError(f"faultlab proxy exited: {log.read_text(errors='replace')}")
+        time.sleep(0.05)
     stop(proc)
-    raise AssertionError(f"faultlab proxy did not start listening in 20 s: {out.decode(errors='replace')}")
+    raise AssertionError(f"faultlab proxy did not start listening in 20 s: {log.read_text(errors='replace')}")
 
 
 def impair(name: str, seed: int) -> str:
@@ -296,10 +299,10 @@ def _stream_checks(transport: str, out: dict) -> tuple[list[dict], list[dict]]:
     at least a 1 s SYN retransmission exactly when one of the two is lost (p = 1 - 0.9 * 0.9); otherwise
     2 x (100 +/- 30) ms."""
     probes = out["probes"]
-    slow_connect = [p for p in probes if p["connect"] is None or p["connect"] >= 0.7]
+    slow_connect = [p for p in probes if p["connect"] is None or p["connect"] >= 0.8]
     check_count(f"{transport}: connections that waited for a SYN retransmission", len(slow_connect), len(probes),
                 1 - (1 - LOSS) ** 2)
-    fast = [p for p in probes if p["connect"] is not None and p["connect"] < 0.7]
+    fast = [p for p in probes if p["connect"] is not None and p["connect"] < 0.8]
     assert min(p["connect"] for p in fast) >= 2 * (DELAY - JITTER) - 0.001
     check_median(f"{transport} handshake", [p["connect"] for p in fast], 2)
     connected = [p for p in probes if p["connect"] is not None]
@@ -309,13 +312,14 @@ def _stream_checks(transport: str, out: dict) -> tuple[list[dict], list[dict]]:
 def test_tcp_sip_is_lost_and_delayed_as_the_profile_says(air: Air) -> None:
     """Over TCP a loss is a retransmission: measured per connection. The OPTIONS (up) and its answer
     (down) cross the air once each; when either is lost, TCP resends it no sooner than a tail-loss probe
-    (2 x the smoothed RTT + 200 ms >= 480 ms), so the exchange takes >= 0.62 s, else <= 0.26 s."""
+    (2 x the smoothed RTT + 200 ms >= 480 ms), so the exchange takes >= 0.62 s, else <= 0.26 s (plus what
+    a busy machine adds)."""
     count = 120
     out = probe(air, "tcp", count, 0.025)
     _, connected = _stream_checks("tcp", out)
-    slow = [p for p in connected if p["exchange"] is None or p["exchange"] >= 0.45]
+    slow = [p for p in connected if p["exchange"] is None or p["exchange"] >= 0.5]
     check_count("tcp: OPTIONS exchanges that needed a retransmission", len(slow), len(connected), 1 - (1 - LOSS) ** 2)
-    fast = [p["exchange"] for p in connected if p["exchange"] is not None and p["exchange"] < 0.45]
+    fast = [p["exchange"] for p in connected if p["exchange"] is not None and p["exchange"] < 0.5]
     assert min(fast) >= 2 * (DELAY - JITTER) - 0.001
     check_median("tcp OPTIONS exchange", fast, 2)
 
@@ -332,14 +336,14 @@ def test_tls_sip_is_lost_and_delayed_as_the_profile_says(air: Air) -> None:
     versions = {p["version"] for p in connected if p["version"]}
     assert versions <= {"TLSv1.3", "TLSv1.2"} and len(versions) == 1, versions
     crossings = 4 if versions == {"TLSv1.3"} else 6
-    threshold = crossings * (DELAY + JITTER) + 0.13  # a retransmission adds >= 0.48 s
+    threshold = crossings * (DELAY + JITTER) + 0.18  # a retransmission adds >= 0.48 s
     total = [(p["tls"] + p["exchange"]) if p["tls"] is not None and p["exchange"] is not None else None
              for p in connected]
     slow = [t for t in total if t is None or t >= threshold]
     lo, _ = binomial_bounds(len(connected), 1 - (1 - LOSS) ** 4)
     _, hi = binomial_bounds(len(connected), 1 - (1 - LOSS) ** 10)
     assert lo <= len(slow) <= hi, (f"tls: {len(slow)} of {len(connected)} handshakes + exchanges needed a "
-                                   f"retransmission, expected between {lo} and {hi}")
+                                   f"retransmission, expected between {lo} and {hi}; {load()}")
     fast = [t for t in total if t is not None and t < threshold]
     assert min(fast) >= crossings * (DELAY - JITTER) - 0.001
     check_median("tls handshake + OPTIONS exchange", fast, crossings)
