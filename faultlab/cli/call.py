@@ -27,6 +27,8 @@ from typing import Annotated, Optional
 import trio
 import typer
 
+from faultlab.cli._common import failing
+
 from faultlab.faults import parse_duration
 from faultlab.net.addr import Endpoint, EndpointError, format_hostport, is_ip, parse_endpoint
 
@@ -42,9 +44,7 @@ app = typer.Typer(
 SETTLE = 2.0  # seconds to wait for the far end while tidying up (after a signal or --timeout)
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"faultlab call: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab call")
 
 
 def _say(message: str) -> None:

@@ -19,6 +19,8 @@ from typing import Annotated, Optional
 import trio
 import typer
 
+from faultlab.cli._common import failing
+
 from faultlab.faults import parse_duration
 from faultlab.lab.device import Device
 from faultlab.lab.device_logic import BEHAVIOURS, DeviceConfig
@@ -36,9 +38,7 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"faultlab device: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab device")
 
 
 def _seconds(option: str, text: str | None) -> float | None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import shlex
 import socket
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
+
+from faultlab.cli._common import failing
 
 from faultlab.netns.intercept import (
     DEFAULT_MARK,
@@ -59,10 +61,7 @@ RouteTableOption = Annotated[int, typer.Option(
     min=1, max=0xFFFFFFFF)]
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    text = message if message.startswith("faultlab") else f"faultlab: {message}"
-    typer.secho(text, err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab")
 
 
 def _need_root(command: str, dry_run_hint: bool = True) -> None:

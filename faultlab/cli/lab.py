@@ -15,6 +15,8 @@ from typing import Annotated, Optional
 
 import trio
 import typer
+
+from faultlab.cli._common import failing
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,9 +38,7 @@ _BEHAVIOURS = ", ".join(BEHAVIOURS)
 _CHECK_TITLES = {"ends-right": "1 end", "early-answer": "2 early", "cancel-push": "3 cancel", "invariants": "inv"}
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"faultlab lab: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab lab")
 
 
 @app.command("scenarios")

@@ -15,6 +15,8 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
+from faultlab.cli._common import failing
+
 from faultlab.netns.topology import MAX_NAME, NOT_ROOT, Lab, LabError, _tool, exec_argv, lab_down, lab_status, lab_up
 
 app = typer.Typer(
@@ -29,10 +31,7 @@ NameOption = Annotated[str, typer.Option(
                          "every namespace and interface is called fl-<name>-...")]
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    text = message if message.startswith("faultlab") else f"faultlab: {message}"
-    typer.secho(text, err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab")
 
 
 def _lab_error(e: LabError) -> NoReturn:

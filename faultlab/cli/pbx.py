@@ -14,14 +14,14 @@ from typing import Annotated, Awaitable, Callable, Optional
 
 import typer
 
+from faultlab.cli._common import failing
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 SendPush = Callable[[str, dict], Awaitable[None]]
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"faultlab: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab")
 
 
 def parse_seconds(text: str, what: str) -> float:

@@ -13,14 +13,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from faultlab.cli._common import failing
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 DEFAULT_LISTEN = "127.0.0.1:2197"
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"faultlab: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab")
 
 
 def parse_listen(spec: str) -> tuple[str, int]:

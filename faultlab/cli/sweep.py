@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from faultlab.cli._common import failing
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -19,9 +21,7 @@ from faultlab.lab.scenario import ScenarioError, load_scenario, override
 from faultlab.lab.sweep import SweepError, default_jobs, parse_param, recommend, summarise, sweep, write_results
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"faultlab sweep: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab sweep")
 
 
 def sweep_command(

@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from faultlab.cli._common import failing
+
 from faultlab.trace._event import Event
 from faultlab.trace._sinks import parse_event_line, still_being_written
 from faultlab.trace.follow import TraceFileError
@@ -53,9 +55,7 @@ def load_trace(path: Path) -> list[Event]:
     return events
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"faultlab: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
+_fail = failing("faultlab")
 
 
 def _load(path: Path) -> list[Event]:
@@ -164,7 +164,7 @@ def follow(
 whenever the call changes. Stops at the trace's stop event (the proxy stopped) after printing what follows it, \
 or on Ctrl-C. See docs/traces.md.
     """
-    from faultlab.trace.follow import LadderPrinter, TraceTail
+    from faultlab.trace.follow import LadderPrinter
     from faultlab.trace.ladder import LiveLadder
 
     if width is None:

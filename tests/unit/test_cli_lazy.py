@@ -36,7 +36,7 @@ def _loaded(*argv: str) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize("argv", [("--help",), ("version",)])
 def test_help_and_version_import_no_subcommand(argv: tuple[str, ...]) -> None:
     modules, heavy = _loaded(*argv)
-    assert modules == ["faultlab", "faultlab.cli"]
+    assert modules == ["faultlab", "faultlab.cli", "faultlab.cli._common"]
     assert heavy == []
 
 

@@ -1,0 +1,144 @@
+"""``faultlab proxy``: the relay in front of a PBX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from faultlab.cli._common import ConfdirOption, failing
+from faultlab.cli._common import hostport as _hp
+from faultlab.cli._common import single as _single
+
+_fail = failing("faultlab")
+
+
+def proxy(
+    listen: Annotated[list[str], typer.Option(
+        "--listen", "-l", metavar="TRANSPORT:HOST:PORT",
+        help="Address devices send SIP to: udp:HOST:PORT, tcp:HOST:PORT or tls:HOST:PORT "
+             "(IPv6 in brackets: udp:[::1]:5060). Repeat for several.")],
+    upstream: Annotated[Optional[list[str]], typer.Option(
+        "--upstream", "-u", metavar="TRANSPORT:HOST:PORT",
+        help="The PBX, one per transport: each listener forwards to the upstream of its own "
+             "transport. HOST may be a name (resolved at start; the TLS server name). "
+             "Required, except with --transparent.")] = None,
+    transparent: Annotated[bool, typer.Option(
+        "--transparent",
+        help="Transparent mode (Linux, root, on the lab gateway, with the interception table of "
+             "faultlab.netns.intercept): relay "
+             "each intercepted flow to the address the device sent it to, adding no headers.")] = False,
+    spoof_source: Annotated[bool, typer.Option(
+        "--spoof-source",
+        help="With --transparent: connect to the PBX from the device's own address, so the PBX sees the "
+             "device (the interception table must mark the PBX's answers: spoof_source).")] = False,
+    no_record_route: Annotated[bool, typer.Option(
+        "--no-record-route",
+        help="Do not Record-Route dialogs through faultlab (for a PBX that advertises faultlab's address itself).")] = False,
+    tls_name: Annotated[Optional[str], typer.Option(
+        help="Name put on the certificate shown to TLS devices, besides the SNI name the device sends and "
+             "the address it connected to. With --transparent it is also the name the PBX's certificate is "
+             "verified against, unless --upstream-tls-name is given: needed when that certificate names a "
+             "host while devices dial the PBX's IP (else: 'IP address mismatch').")] = None,
+    upstream_tls_name: Annotated[Optional[str], typer.Option(
+        help="Name the PBX's TLS certificate is verified against (and sent as SNI), e.g. pbx.example.com when "
+             "the PBX is reached by IP. Default: the --upstream host; with --transparent, --tls-name, else "
+             "the PBX's address.")] = None,
+    upstream_ca: Annotated[Optional[Path], typer.Option(
+        help="CA file (PEM) to verify the upstream's TLS certificate instead of the system CAs.",
+        exists=True, dir_okay=False, readable=True)] = None,
+    upstream_insecure: Annotated[bool, typer.Option(
+        help="Do not verify the upstream's TLS certificate (lab use only).")] = False,
+    trace: Annotated[Optional[Path], typer.Option(
+        help="Write every event (each message received and sent, with its bytes) to this JSONL file.",
+        dir_okay=False)] = None,
+    udp_idle_timeout: Annotated[float, typer.Option(
+        help="Seconds without traffic after which a device's UDP flow is closed.", min=1)] = 600.0,
+    profile: Annotated[Optional[str], typer.Option(
+        "--profile", "-p", metavar="NAME|FILE",
+        help="Fault profile to apply from the start: a name from `faultlab profiles list` or a TOML file.")] = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help="Seed of the run's random choices (loss, jitter, probability). Default: drawn and printed.",
+        min=0)] = None,
+    api: Annotated[Optional[str], typer.Option(
+        metavar="HOST:PORT",
+        help="Serve the control API (switch profiles, add rules, release holds, follow the timeline) here, "
+             "e.g. 127.0.0.1:5099. Any address but loopback needs --api-token.")] = None,
+    api_token: Annotated[Optional[str], typer.Option(
+        envvar="FAULTLAB_API_TOKEN", help="Bearer token the control API requires.")] = None,
+    confdir: ConfdirOption = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Nothing on the console: no line per message or fault.")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Console: also each message faultlab receives, and under every message its "
+                                "first line as on the wire.")] = False,
+) -> None:
+    """Relay SIP between devices and a PBX, applying a fault profile and recording every message.
+
+    Example: faultlab proxy --listen udp:0.0.0.0:5060 --upstream udp:pbx.example.test:5060
+    """
+    import trio
+
+    from faultlab.api.server import ApiAddressError, ApiBindError, parse_api_address
+    from faultlab.ca import CAError
+    from faultlab.faults import ProfileError, load_profile
+    from faultlab.net.addr import EndpointError, parse_endpoint
+    from faultlab.proxy import ConfigError, ProxyConfig, serve_proxy
+
+    try:
+        config = ProxyConfig(
+            profile=load_profile(profile) if profile else None,
+            seed=seed,
+            api=parse_api_address(api) if api else None,
+            api_token=api_token,
+            listen=[parse_endpoint(spec) for spec in listen],
+            upstream=[parse_endpoint(spec, allow_port_zero=False) for spec in upstream or []],
+            transparent=transparent,
+            spoof_source=spoof_source,
+            record_route=not no_record_route,
+            tls_name=tls_name,
+            upstream_tls_name=upstream_tls_name,
+            upstream_ca=upstream_ca,
+            upstream_insecure=upstream_insecure,
+            confdir=confdir,
+            trace_path=trace,
+            quiet=quiet,
+            verbose=verbose,
+            udp_idle_timeout=udp_idle_timeout,
+            keep_events=1000,
+            handle_signals=True,
+        )
+        config.validate()
+    except (EndpointError, ConfigError, ProfileError, ApiAddressError, ApiBindError) as exc:
+        _fail(str(exc))
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="faultlab: %(name)s: %(levelname)s: %(message)s")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(serve_proxy, config)
+            for ep, addr in running.listeners:
+                target = config.upstream_for(ep.transport) or "original destination (transparent)"
+                typer.echo(f"faultlab: listening on {ep.transport}:{_hp(addr)} -> {target}", err=True)
+            if running.ca_cert_path:
+                typer.echo(f"faultlab: TLS certificates from the lab CA {running.ca_cert_path}", err=True)
+            name = config.profile.name if config.profile else "none (faithful relay)"
+            typer.echo(f"faultlab: profile {name}; seed {running.seed} (--seed {running.seed} repeats it)", err=True)
+            if running.api_address:
+                typer.echo(f"faultlab: control API on http://{_hp(running.api_address)}", err=True)
+
+    try:
+        try:
+            trio.run(main)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
+    except (EndpointError, ConfigError, CAError, ApiBindError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot start: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), 1)
+    except KeyboardInterrupt:
+        pass
+    typer.echo("faultlab: stopped", err=True)
