@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from faultlab.faults import Engine, ProfileError, load_profile, parse_rule, profile_entries
-from faultlab.net.addr import format_hostport
+from faultlab.addr import format_hostport
 from faultlab.proxy import Proxy
 from faultlab.trace import Event
 

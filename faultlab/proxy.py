@@ -21,7 +21,7 @@ from pathlib import Path
 
 import trio
 
-from faultlab.net.addr import Endpoint, format_hostport
+from faultlab.addr import Endpoint, format_hostport
 from faultlab.faults import ConnectView, Decision, Engine, MessageView, Profile
 from faultlab.relay import TO_DEVICE, TO_PBX, Rewriter, Side, instance_id
 from faultlab.sip import KeepAlive, Message, SipError, parse_message

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from faultlab.lab.checks import CheckResult
     from faultlab.lab.runner import Case
     from faultlab.lab.stack import LabStack
-    from faultlab.net.addr import Endpoint
+    from faultlab.addr import Endpoint
     from faultlab.proxy import Proxy
 
 __all__ = ["ScenarioResult"]
@@ -121,7 +121,7 @@ def _lab_confdir(config: pytest.Config, factory: pytest.TempPathFactory) -> Path
 
 
 def _endpoints(spec: str | Endpoint | Sequence[str | Endpoint]) -> list[Endpoint]:
-    from faultlab.net.addr import parse_endpoint
+    from faultlab.addr import parse_endpoint
 
     items = [spec] if isinstance(spec, str) or not isinstance(spec, Sequence) else list(spec)
     return [parse_endpoint(item) if isinstance(item, str) else item for item in items]
@@ -138,7 +138,7 @@ def faultlab_proxy(request: pytest.FixtureRequest) -> Callable[..., Any]:
             ...
             assert [e for e in proxy.events if e.kind == "dropped"]
 
-    ``upstream``: ``"TRANSPORT:HOST:PORT"`` (or a :class:`faultlab.net.addr.Endpoint`), or a list of them, one per
+    ``upstream``: ``"TRANSPORT:HOST:PORT"`` (or a :class:`faultlab.addr.Endpoint`), or a list of them, one per
     transport. ``listen``: where faultlab listens (default: the upstream's transport on 127.0.0.1, port 0; read
     the port from ``proxy.bound[transport]``). ``profile``: a library name, a TOML path or a
     :class:`faultlab.faults.Profile` (default: none, a faithful relay); switch later with ``proxy.activate(...)``.
@@ -155,7 +155,7 @@ def faultlab_proxy(request: pytest.FixtureRequest) -> Callable[..., Any]:
                     **config: Any) -> AsyncIterator[Proxy]:
         import trio
 
-        from faultlab.net.addr import Endpoint
+        from faultlab.addr import Endpoint
         from faultlab.proxy import ProxyConfig, serve_proxy
 
         upstreams = _endpoints(upstream)

@@ -22,7 +22,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from faultlab.net.addr import format_hostport
+from faultlab.addr import format_hostport
 from faultlab.sip import (
     MAGIC_COOKIE,
     Message,

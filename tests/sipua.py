@@ -32,7 +32,7 @@ from pathlib import Path
 
 import trio
 
-from faultlab.net.addr import format_hostport
+from faultlab.addr import format_hostport
 from faultlab.sip import (
     EOF,
     NEED_DATA,

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from faultlab.net.addr import bind_hint, format_hostport, host_problem, is_ipv6
+from faultlab.addr import bind_hint, format_hostport, host_problem, is_ipv6
 
 if TYPE_CHECKING:
     from .control import Control

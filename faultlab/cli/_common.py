@@ -53,6 +53,6 @@ def run_trio(main: Callable[[], Awaitable[object]]) -> None:
 
 def hostport(addr: tuple[str, int]) -> str:
     """``host:port``, IPv6 in brackets."""
-    from faultlab.net.addr import format_hostport
+    from faultlab.addr import format_hostport
 
     return format_hostport(*addr)

@@ -30,7 +30,7 @@ import typer
 from faultlab.cli._common import failing
 
 from faultlab.faults import parse_duration
-from faultlab.net.addr import Endpoint, EndpointError, format_hostport, is_ip, parse_endpoint
+from faultlab.addr import Endpoint, EndpointError, format_hostport, is_ip, parse_endpoint
 
 app = typer.Typer(
     add_completion=False,

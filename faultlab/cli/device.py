@@ -25,7 +25,7 @@ from faultlab.faults import parse_duration
 from faultlab.lab.device import Device
 from faultlab.lab.device_logic import BEHAVIOURS, DeviceConfig
 from faultlab.lab.timeline import Timeline
-from faultlab.net.addr import EndpointError, parse_endpoint
+from faultlab.addr import EndpointError, parse_endpoint
 
 _BEHAVIOUR_HELP = " ".join(f"'{name}': {text}" for name, text in BEHAVIOURS.items())
 

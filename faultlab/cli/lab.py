@@ -29,7 +29,7 @@ from faultlab.lab.device_logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries
-from faultlab.net.addr import EndpointError, format_hostport, parse_endpoint
+from faultlab.addr import EndpointError, format_hostport, parse_endpoint
 
 app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check.",
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)

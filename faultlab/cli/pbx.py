@@ -127,7 +127,7 @@ def pbx(
     """
     import trio
 
-    from faultlab.net.addr import EndpointError, parse_endpoint
+    from faultlab.addr import EndpointError, parse_endpoint
 
     try:
         endpoints = [parse_endpoint(spec) for spec in listen]
@@ -164,7 +164,7 @@ def pbx(
                   confdir=confdir, tls_name=tls_name)
         import signal
 
-        from faultlab.net.addr import format_hostport
+        from faultlab.addr import format_hostport
 
         try:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -191,7 +191,7 @@ def pbx(
 
 def _endpoint_error(exc: BaseException) -> BaseException | None:
     """The EndpointError (e.g. a port in use) inside ``exc``, maybe wrapped in exception groups."""
-    from faultlab.net.addr import EndpointError
+    from faultlab.addr import EndpointError
 
     if isinstance(exc, EndpointError):
         return exc

@@ -83,7 +83,7 @@ def proxy(
     from faultlab.api.server import ApiAddressError, ApiBindError, parse_api_address
     from faultlab.ca import CAError
     from faultlab.faults import ProfileError, load_profile
-    from faultlab.net.addr import EndpointError, parse_endpoint
+    from faultlab.addr import EndpointError, parse_endpoint
     from faultlab.proxy import ConfigError, ProxyConfig, serve_proxy
 
     try:

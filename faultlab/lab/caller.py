@@ -37,7 +37,7 @@ from pathlib import Path
 import trio
 
 from faultlab.lab.timeline import Timeline
-from faultlab.net.addr import format_hostport
+from faultlab.addr import format_hostport
 from faultlab.sip import (
     EOF,
     NEED_DATA,

@@ -185,7 +185,7 @@ async def serve_collector(
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    from faultlab.net.addr import format_hostport
+    from faultlab.addr import format_hostport
 
     config = Config()
     config.bind = [format_hostport(host, port)]

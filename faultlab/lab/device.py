@@ -46,7 +46,7 @@ from faultlab.lab.device_logic import (
     StopRegister,
 )
 from faultlab.lab.timeline import Timeline
-from faultlab.net.addr import Endpoint, format_hostport, is_ip, parse_endpoint
+from faultlab.addr import Endpoint, format_hostport, is_ip, parse_endpoint
 from faultlab.net.udp import local_address_towards
 from faultlab.sip import (
     EOF,

@@ -49,7 +49,7 @@ from faultlab.lab.push import PushFaults, PushGateway, serve_push_gateway
 from faultlab.lab.runner import Case, Run, case_faults, judge, play_call, push_faults, write_trace
 from faultlab.lab.scenario import Scenario
 from faultlab.lab.timeline import Timeline
-from faultlab.net.addr import Endpoint, format_hostport
+from faultlab.addr import Endpoint, format_hostport
 from faultlab.proxy import Proxy, ProxyConfig, serve_proxy
 from faultlab.trace import Event
 

@@ -51,7 +51,8 @@ from faultlab.lab.pbx_logic import (
     Send,
 )
 from faultlab.lab.timeline import Timeline
-from faultlab.net.addr import Endpoint, format_hostport, listen_error, parse_endpoint, resolve
+from faultlab.addr import Endpoint, format_hostport, listen_error, parse_endpoint
+from faultlab.net.resolve import resolve
 from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, parse_datagram
 
 __all__ = ["PBX", "Flow", "Binding", "ELSEWHERE_REASONS", "SendPush", "Transmit"]

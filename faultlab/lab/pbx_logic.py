@@ -86,7 +86,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Union
 
-from faultlab.net.addr import format_hostport
+from faultlab.addr import format_hostport
 from faultlab.sip import (
     MAGIC_COOKIE,
     KeepAlive,

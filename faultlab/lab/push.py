@@ -545,7 +545,7 @@ async def serve_push_gateway(
     from hypercorn.config import Config
     from hypercorn.trio import serve
 
-    from faultlab.net.addr import format_hostport
+    from faultlab.addr import format_hostport
 
     if tls and not (certfile and keyfile):
         raise ValueError("TLS needs a certificate and a key (certfile=, keyfile=)")

@@ -51,7 +51,7 @@ from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushClient, PushFaults, PushGateway, serve_push_gateway
 from faultlab.lab.timeline import Timeline
 from faultlab.net import memnet
-from faultlab.net.addr import Endpoint, format_hostport
+from faultlab.addr import Endpoint, format_hostport
 from faultlab.proxy import Proxy, ProxyConfig, serve_proxy
 from faultlab.trace import Event
 

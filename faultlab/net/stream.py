@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from faultlab.net import timer
-from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
+from faultlab.addr import Endpoint, format_hostport, listen_error
+from faultlab.net.resolve import resolve
 from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import EOF, NEED_DATA, SipError, StreamFramer
 

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
+from faultlab.addr import Endpoint, format_hostport, listen_error
+from faultlab.net.resolve import resolve
 from faultlab.net.udp import (
     BATCH,
     MAX_DATAGRAM,

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from faultlab.net import memnet, timer
-from faultlab.net.addr import Endpoint, format_hostport, listen_error, resolve
+from faultlab.addr import Endpoint, format_hostport, listen_error
+from faultlab.net.resolve import resolve
 from faultlab.relay import TO_DEVICE, TO_PBX, Side
 from faultlab.sip import KeepAlive, Message, SipError, parse_datagram
 

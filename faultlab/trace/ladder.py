@@ -338,7 +338,7 @@ class LiveLadder:
 
 
 def _hostport(addr: tuple[str, int]) -> str:
-    from faultlab.net.addr import format_hostport
+    from faultlab.addr import format_hostport
 
     return format_hostport(*addr)
 

@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from faultlab.net.addr import format_hostport, parse_endpoint
+from faultlab.addr import format_hostport, parse_endpoint
 
 from ._event import Event
 

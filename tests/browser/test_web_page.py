@@ -35,7 +35,7 @@ import trio
 from faultlab.api import client
 from faultlab.lab.caller import Caller
 from faultlab.lab.timeline import Timeline
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
 from tests.actors import actor_env, open_actors
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from faultlab.api import client
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
 from tests.browser.test_web_page import HOST, Page, browser, wait_api  # noqa: F401  (browser: the fixture)
 

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from tests.integration.conftest import Kamailio
-from faultlab.net.addr import format_hostport
+from faultlab.addr import format_hostport
 from tests.sipua import TRANSPORTS, Address, CallFailed, Dialog, Record, SipUA
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ async def test_call_through_relay(
     kamailio: Kamailio, transport: str, hangup_by: str, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """alice and bob use faultlab as outbound proxy in front of Kamailio; every message of the call crosses it."""
-    from faultlab.net.addr import parse_endpoint
+    from faultlab.addr import parse_endpoint
     from faultlab.proxy import ProxyConfig, serve_proxy
 
     pbx = kamailio_address(kamailio, transport)

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from faultlab.faults import load_profile
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
 from tests.integration.conftest import Kamailio
 from tests.sipua import SipUA, UATimeout

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from faultlab.cli import app as cli
 from faultlab.lab.external import ExternalSettings, open_external_lab, with_call_ids
 from faultlab.lab.scenario import load_scenario
-from faultlab.net.addr import Endpoint
+from faultlab.addr import Endpoint
 from faultlab.trace import Event
 from tests.actors import actor_env, open_actors
 

@@ -10,7 +10,7 @@ import trio.testing
 
 from faultlab.api import client
 from faultlab.faults import load_profile
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
 from faultlab.sip import build_response, parse_datagram
 from tests.loopback.test_api import in_thread, request

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
 
 OPTIONS = (b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.2;branch=z9hG4bKa\r\n"

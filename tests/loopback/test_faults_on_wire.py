@@ -13,7 +13,7 @@ import trio.testing
 
 from faultlab.control import ProxyControl
 from faultlab.faults import load_profile, parse_profile
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
 from faultlab.sip import build_response, parse_datagram
 

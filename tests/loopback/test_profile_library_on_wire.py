@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from faultlab.faults import load_profile
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
 from faultlab.sip import parse_datagram
 

@@ -15,7 +15,7 @@ import pytest
 import trio
 import trustme
 
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.net.udp import enlarge_buffers
 from faultlab.proxy import ProxyConfig, serve_proxy
 from faultlab.sip import NEED_DATA, StreamFramer, build_response, parse_datagram, parse_message, remove_top_value

@@ -19,7 +19,7 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from faultlab.cli import app
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import Proxy, ProxyConfig, serve_proxy
 
 OPTIONS = (b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.2;branch=z9hG4bKa\r\n"

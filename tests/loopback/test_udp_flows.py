@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
 from faultlab.sip import build_response, parse_datagram
 

@@ -1,6 +1,6 @@
 import pytest
 
-from faultlab.net.addr import Endpoint, EndpointError, parse_endpoint
+from faultlab.addr import Endpoint, EndpointError, parse_endpoint
 
 
 @pytest.mark.parametrize(

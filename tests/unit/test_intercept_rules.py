@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from faultlab.net import transparent
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.netns.intercept import (
     InterceptError,
     InterceptSpec,

@@ -3,7 +3,7 @@
 import trio
 import trio.testing
 
-from faultlab.net.addr import parse_endpoint
+from faultlab.addr import parse_endpoint
 from faultlab.net.stream import _relay_pair
 from faultlab.proxy import Hop, Proxy, ProxyConfig
 from faultlab.relay import TO_DEVICE, TO_PBX, Side

@@ -1,9 +1,10 @@
 """Endpoint specs: ``udp:HOST:PORT``, ``tcp:HOST:PORT``, ``tls:HOST:PORT``.
 
 HOST is an IPv4 address, a bracketed IPv6 address (``udp:[::1]:5060``) or a
-host name. Parsing is pure: host names are resolved later, by the proxy at
-start (:func:`resolve`), so that a bad spec is reported before any socket is
-opened and with the part that is wrong.
+host name. Everything here is pure (no sockets, no trio): host names are
+resolved later, by the proxy at start (:func:`faultlab.net.resolve.resolve`),
+so that a bad spec is reported before any socket is opened and with the part
+that is wrong.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import re
-import socket
 from dataclasses import dataclass
-
-import trio
 
 TRANSPORTS = ("udp", "tcp", "tls")
 
@@ -118,17 +116,6 @@ def parse_endpoint(spec: str, *, allow_port_zero: bool = True) -> Endpoint:
     if not low <= port <= 65535:
         raise EndpointError(f"{spec!r}: port {port} is out of range {low}-65535")
     return Endpoint(transport, host, port)
-
-
-async def resolve(endpoint: Endpoint) -> tuple[int, tuple[str, int]]:
-    """Resolve an endpoint to ``(family, (ip, port))``; IP literals resolve to themselves."""
-    socktype = socket.SOCK_DGRAM if endpoint.transport == "udp" else socket.SOCK_STREAM
-    try:
-        infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port, type=socktype)
-    except socket.gaierror as exc:
-        raise EndpointError(f"{endpoint}: cannot resolve {endpoint.host!r}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
-    return family, (sockaddr[0], sockaddr[1])
 
 
 def bind_hint(exc: OSError, in_use: str) -> str:
