@@ -23,7 +23,7 @@ from faultlab.cli._common import failing
 
 from faultlab.faults import parse_duration
 from faultlab.lab.device import Device
-from faultlab.lab.device_logic import BEHAVIOURS, DeviceConfig
+from faultlab.lab.device.logic import BEHAVIOURS, DeviceConfig
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import EndpointError, parse_endpoint
 

@@ -25,7 +25,7 @@ from rich.table import Table
 from faultlab import library
 from faultlab.faults import ProfileError, load_profile, parse_duration
 from faultlab.lab.external import ExternalLabError, ExternalSettings, open_external_lab
-from faultlab.lab.device_logic import BEHAVIOURS
+from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from faultlab.lab.device_logic import BEHAVIOURS
+from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.scenario import ScenarioError, load_scenario, override
 from faultlab.lab.sweep import SweepError, default_jobs, parse_param, recommend, summarise, sweep, write_results
 

@@ -44,7 +44,7 @@ from faultlab.lab.apns_auth import ApnsSigner
 from faultlab.lab.caller import Caller
 from faultlab.lab.collector import serve_collector
 from faultlab.lab.pbx import PBX
-from faultlab.lab.pbx_logic import Binding
+from faultlab.lab.pbx.logic import Binding
 from faultlab.lab.push import PushFaults, PushGateway, serve_push_gateway
 from faultlab.lab.runner import Case, Run, case_faults, judge, play_call, push_faults, write_trace
 from faultlab.lab.scenario import Scenario

@@ -40,7 +40,7 @@ from faultlab.lab.checks import (
     check_end,
     check_invariants,
 )
-from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushFaults
 from faultlab.lab.scenario import Scenario, merge_profiles

@@ -63,7 +63,7 @@ from typing import Any
 
 from faultlab import library
 from faultlab.faults import Profile, ProfileError, load_profile, parse_duration, parse_profile
-from faultlab.lab.device_logic import REASONS
+from faultlab.lab.device.logic import REASONS
 
 __all__ = ["ANCHORS", "Bound", "Scenario", "ScenarioError", "list_scenarios", "load_scenario", "override",
            "parse_scenario", "scenario_entries", "scenarios_dir"]

@@ -46,7 +46,7 @@ import trio
 from faultlab.faults import Profile
 from faultlab.lab.caller import Caller, CallHandle
 from faultlab.lab.device import Device
-from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushClient, PushFaults, PushGateway, serve_push_gateway
 from faultlab.lab.timeline import Timeline

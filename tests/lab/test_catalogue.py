@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from faultlab.lab.device_logic import BEHAVIOURS
+from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.runner import run_case
 from faultlab.lab.scenario import list_scenarios, load_scenario
 

@@ -17,7 +17,7 @@ import trio
 import trustme
 
 from faultlab.lab.device import Device
-from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.timeline import Timeline
 from faultlab.sip import Message, build_response, parse_datagram, parse_uri, push_params
 

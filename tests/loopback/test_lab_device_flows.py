@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from faultlab.faults import load_profile, parse_profile
-from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.stack import open_lab_stack
 
 RESET_ON_CONNECT = parse_profile("""

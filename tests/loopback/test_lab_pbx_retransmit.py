@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from faultlab.faults import parse_profile
-from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.stack import open_lab_stack
 
 DROP_FIRST_INVITE = parse_profile("""

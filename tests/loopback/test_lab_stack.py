@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from faultlab.faults import parse_profile
-from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.push import PushFaults
 from faultlab.lab.stack import open_lab_stack
 from faultlab.sip import parse_datagram, push_params

@@ -10,7 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from faultlab.cli.device import app, collector_event, events_url, post_events, push_from_line
-from faultlab.lab.device_logic import BEHAVIOURS
+from faultlab.lab.device.logic import BEHAVIOURS
 
 main = typer.Typer()
 main.add_typer(app, name="device")  # as faultlab/cli/__init__.py mounts it

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from faultlab.lab.device_logic import (
+from faultlab.lab.device.logic import (
     BEHAVIOURS,
     MAX_FLOW_RECOVERIES,
     DeviceConfig,

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from faultlab.lab.pbx import PBX
-from faultlab.lab.pbx_logic import Flow, Note, PbxLogic, Push, Send
+from faultlab.lab.pbx.logic import Flow, Note, PbxLogic, Push, Send
 from faultlab.lab.timeline import Timeline
 from faultlab.sip import Message, parse_datagram
 

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from faultlab.faults import parse_profile
-from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.stack import open_lab_stack
 from faultlab.trace import Event, call_ids, ladder_rows, render_ladder
 

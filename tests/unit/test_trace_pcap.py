@@ -16,7 +16,7 @@ from scapy.packet import Raw
 from scapy.utils import rdpcap
 
 from faultlab.faults import parse_profile
-from faultlab.lab.device_logic import DeviceConfig
+from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.stack import open_lab_stack
 from faultlab.trace import Event, wire_messages, write_pcap
 

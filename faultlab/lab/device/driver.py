@@ -1,7 +1,7 @@
 """The reference device: a simulated, well-behaved iOS VoIP app (or a known-bad one), on trio.
 
 :class:`Device` owns a small SIP UA that talks to one outbound proxy (faultlab's address) over UDP, TCP or TLS,
-reads VoIP pushes from a channel, and runs one :class:`~faultlab.lab.device_logic.DeviceLogic` per call: the
+reads VoIP pushes from a channel, and runs one :class:`~faultlab.lab.device.logic.DeviceLogic` per call: the
 CallKit/app rules live there (sans-IO); this module only does the I/O:
 
 * REGISTER with RFC 8599 Contact parameters
@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from faultlab.lab.device_logic import (
+from faultlab.lab.device.logic import (
     BEHAVIOURS,
     DeviceConfig,
     DeviceLogic,

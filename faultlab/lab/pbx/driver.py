@@ -1,4 +1,4 @@
-"""The embedded PBX: :class:`~faultlab.lab.pbx_logic.PbxLogic` driven by trio transports.
+"""The embedded PBX: :class:`~faultlab.lab.pbx.logic.PbxLogic` driven by trio transports.
 
 ``PBX(listen, timeline=..., send_push=...)`` serves UDP sockets and TCP/TLS listeners (TLS certificates
 from the lab CA, :func:`faultlab.net.tls.server_context`), feeds every message to the sans-IO logic, runs
@@ -40,7 +40,7 @@ from typing import Awaitable, Callable, Sequence
 
 import trio
 
-from faultlab.lab.pbx_logic import (
+from faultlab.lab.pbx.logic import (
     ELSEWHERE_REASONS,
     Action,
     Binding,
@@ -68,7 +68,7 @@ _WILDCARDS = ("0.0.0.0", "::", "")
 
 
 class PBX:
-    """The embedded registrar/proxy with RFC 8599 push (see :mod:`faultlab.lab.pbx_logic`)."""
+    """The embedded registrar/proxy with RFC 8599 push (see :mod:`faultlab.lab.pbx.logic`)."""
 
     def __init__(
         self,
