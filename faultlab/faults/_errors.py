@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..tables import Refused
+
 __all__ = ["ProfileError", "UnitError", "MISSING"]
 
 
@@ -41,14 +43,10 @@ class ProfileError(ValueError):
         super().__init__(f"{': '.join(parts)} — {allowed}")
 
 
-class UnitError(ValueError):
+class UnitError(Refused):
     """A value with a missing or unknown unit (from ``parse_duration`` & co).
 
     ``value`` is the text given, ``allowed`` says what is accepted; the loader
-    turns it into a :class:`ProfileError` that adds the file and key.
+    turns it into a :class:`ProfileError` that adds the file and key. A ``ValueError``
+    (through :class:`faultlab.tables.Refused`, which says what is allowed).
     """
-
-    def __init__(self, value: Any, allowed: str) -> None:
-        self.value = value
-        self.allowed = allowed
-        super().__init__(f"{value!r} — {allowed}")

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
+from ._decision import Decision, Draft, Fired, round9
 from ._model import LinkSpec
 
-__all__ = ["LinkState", "PacketFate", "draw_delay"]
+__all__ = ["LinkState", "PacketFate", "draw_delay", "link_decision", "TCP_MIN_RTO", "TCP_MAX_RETRIES"]
 
 
 def draw_delay(rng: random.Random, delay: float, jitter: float, distribution: str) -> float:
@@ -119,3 +121,92 @@ class LinkState:
             copy_delay, _, _ = self._one(size, now)
             copies = (copy_delay,)
         return PacketFate(lost=False, delay=delay, copies=copies, reordered=reordered, queued=queued)
+
+
+# ---------------------------------------------------------------------------
+# the link applied to one SIP message (and its copies) in the proxy
+
+TCP_MIN_RTO = 0.2
+"""Linux's minimum TCP retransmission timeout (TCP_RTO_MIN, 200 ms): on a
+stream transport a message the link "loses" arrives this much later, doubling
+for each further loss (TCP retransmits; the bytes are never lost)."""
+TCP_MAX_RETRIES = 15
+"""Linux's tcp_retries2 default: after this many lost retransmissions the
+message is counted as lost (on a real stack the connection would time out)."""
+TCP_MAX_RTO = 120.0
+
+
+def _over_stream(
+    state: LinkState, size: int, at: float, label: str, model: str, events: list[Fired]
+) -> tuple[PacketFate, float] | None:
+    """One message on a stream: each loss costs a retransmission timeout (None: lost after every retry).
+    Returns the fate of the copy that got through and the time the retransmissions added."""
+    extra, retries, fate = 0.0, 0, None
+    rto = TCP_MIN_RTO
+    for _ in range(TCP_MAX_RETRIES + 1):
+        fate = state.packet(size, at + extra, duplicates=False)
+        if not fate.lost:
+            break
+        retries += 1
+        extra += rto
+        rto = min(rto * 2, TCP_MAX_RTO)
+    assert fate is not None
+    if fate.lost:
+        events.append(Fired("link", "loss", {"model": model, "packet": label, "tcp_retransmissions": retries}))
+        return None
+    if retries:
+        events.append(
+            Fired(
+                "link",
+                "loss",
+                {"model": model, "packet": label, "tcp_retransmissions": retries, "added": round9(extra)},
+            )
+        )
+    return fate, extra
+
+
+def link_decision(state: LinkState | None, transport: str, now: float, draft: Draft) -> Decision:
+    """The decision for the message in ``draft`` once the link of its direction (``state``; None: a clean
+    link) has delayed, lost, duplicated or reordered it and each of its copies."""
+    data = draft.data
+    assert data is not None
+    delay, events = draft.delay, draft.events
+    keep = {"close": draft.close, "close_when": draft.close_when, "stall": draft.stall}
+    if state is None:
+        copies = tuple(round9(delay + o) for o in draft.offsets)
+        return Decision(data=data, delay=delay, copies=copies, events=tuple(events), **keep)
+    model = "gilbert-elliott" if state.spec.loss_model is not None else "random"
+    arrivals: list[float] = []
+    for i, offset in enumerate([0.0] + list(draft.offsets)):
+        label = "message" if i == 0 else f"copy {i}"
+        start = delay + offset
+        if transport != "udp":
+            got = _over_stream(state, len(data), now + start, label, model, events)
+            if got is None:
+                continue
+            fate, extra = got
+            arrive = start + extra + fate.delay
+        else:
+            fate = state.packet(len(data), now + start)
+            if fate.lost:
+                events.append(Fired("link", "loss", {"model": model, "packet": label}))
+                continue
+            arrive = start + fate.delay
+            for c in fate.copies:
+                arrivals.append(round9(start + c))
+                events.append(Fired("link", "duplicate", {"packet": label, "delay": round9(c)}))
+        if fate.reordered:
+            events.append(Fired("link", "reorder", {"packet": label}))
+        if i == 0:
+            if arrive - start > 0:
+                detail: dict[str, Any] = {"delay": round9(arrive - start)}
+                if fate.queued:
+                    detail["queued"] = round9(fate.queued)
+                events.append(Fired("link", "delay", detail))
+            arrivals.insert(0, round9(arrive))
+        else:
+            arrivals.append(round9(arrive))
+    if not arrivals:
+        # close "after" still happens: the message was sent, the network lost it
+        return Decision(data=None, events=tuple(events), lost_by_link=True, **keep)
+    return Decision(data=data, delay=arrivals[0], copies=tuple(arrivals[1:]), events=tuple(events), **keep)

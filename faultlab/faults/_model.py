@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._kind import KINDS
+
 __all__ = [
     "Profile",
     "Rule",
@@ -33,16 +35,10 @@ __all__ = [
     "GilbertElliott",
     "DIRECTIONS",
     "TRANSPORTS",
-    "PRIMARY_ACTIONS",
-    "TERMINAL_ACTIONS",
 ]
 
 DIRECTIONS = ("to-pbx", "to-device")
 TRANSPORTS = ("udp", "tcp", "tls")
-PRIMARY_ACTIONS = ("drop", "delay", "respond", "duplicate", "hold", "close", "reset", "stall")
-"""The primary actions; a rule has at most one (none: forward, possibly with header edits)."""
-TERMINAL_ACTIONS = frozenset({"drop", "respond", "hold"})
-"""Actions after which no later rule is evaluated (also ``close``/``reset`` with ``when = "before"``)."""
 
 
 # ---------------------------------------------------------------------------
@@ -209,8 +205,8 @@ class CloseSpec:
 
 @dataclass(frozen=True)
 class Action:
-    """What a rule does. ``kind`` is one of :data:`PRIMARY_ACTIONS` or
-    ``"forward"`` (only header edits). The spec field of that kind is set."""
+    """What a rule does. ``kind`` names its class in :mod:`faultlab.faults.actions` (``"forward"``: only
+    header edits). The spec field of that kind is set."""
 
     kind: str = "forward"
     delay: DelaySpec | None = None
@@ -224,10 +220,8 @@ class Action:
 
     @property
     def terminal(self) -> bool:
-        """True when no later rule runs after this one."""
-        if self.kind in TERMINAL_ACTIONS:
-            return True
-        return self.close is not None and self.close.when == "before"
+        """True when no later rule runs after this one (drop, respond, hold, close/reset before forwarding)."""
+        return KINDS[self.kind].ends(self)
 
     @property
     def edits(self) -> bool:
