@@ -133,3 +133,21 @@ def listen_error(endpoint: Endpoint, exc: OSError) -> EndpointError:
     """A bind failure, said with the address and what to do."""
     hint = bind_hint(exc, "another program (or faultlab) holds it; choose another port or stop that program")
     return EndpointError(f"cannot listen on {endpoint}: {exc.strerror or exc}{hint}")
+
+
+def parse_device(spec: str) -> str:
+    """Normalise a device spec: ``IP`` or ``IP:PORT`` (IPv6 as ``[::1]:5060`` or bare ``::1``)."""
+    text = spec.strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if not sep or ip is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"device {spec!r}: give an IP address or IP:PORT, e.g. 10.0.0.2 or 10.0.0.2:5060")
+    return format_hostport(str(ip), int(port))

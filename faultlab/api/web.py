@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from faultlab.addr import parse_device
 from faultlab.faults import Profile
 from faultlab.trace import Event
 from faultlab.trace.ladder import call_ids, ladder_rows
@@ -179,8 +180,6 @@ class WebPage:
         lab = self._lab()
         key = None
         if device is not None:
-            from faultlab.control import parse_device
-
             try:
                 key = parse_device(device)
             except ValueError as exc:

@@ -32,26 +32,22 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.net.resolve import resolve
+from faultlab.net.scheduler import DatagramScheduler
 from faultlab.net.udp import (
     BATCH,
     MAX_DATAGRAM,
     SOCKET_BUFFER,
-    DatagramPaths,
     Datagrams,
-    _parse,
     enlarge_buffers,
+    parse_or_raw,
     relay_from,
 )
-from faultlab.relay import TO_DEVICE, TO_PBX, Side
-
-if TYPE_CHECKING:
-    from faultlab.proxy import Hop, Proxy
+from faultlab.relay import TO_DEVICE, TO_PBX, Hop, Relay, Side
 
 SOL_IP = getattr(socket, "SOL_IP", 0)
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -172,14 +168,12 @@ class TransparentFlow:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
-async def serve_udp_transparent(proxy: Proxy, listen: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    from faultlab.proxy import Hop
-
+async def serve_udp_transparent(relay: Relay, listen: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     family, addr = await resolve(listen)
     if family != socket.AF_INET:
         raise OSError(f"--listen {listen}: transparent mode supports IPv4 only")
-    spoof = proxy.config.spoof_source
-    idle = proxy.config.udp_idle_timeout
+    spoof = relay.config.spoof_source
+    idle = relay.config.udp_idle_timeout
     listener = OrigDstDatagrams()
     enlarge_buffers(listener.sock)
     flows: dict[tuple[tuple[str, int], tuple[str, int]], TransparentFlow] = {}
@@ -189,7 +183,7 @@ async def serve_udp_transparent(proxy: Proxy, listen: Endpoint, *, task_status=t
         except OSError as exc:
             raise listen_error(listen, exc) from None
         bound = listener.sock.getsockname()[:2]
-        proxy.emit("listening", transport="udp", peer=format_hostport(*bound),
+        relay.emit("listening", transport="udp", peer=format_hostport(*bound),
                    detail={"upstream": "original destination (transparent)", "spoof_source": spoof})
 
         def open_flow(device: tuple[str, int], dest: tuple[str, int]) -> TransparentFlow:
@@ -210,41 +204,41 @@ async def serve_udp_transparent(proxy: Proxy, listen: Endpoint, *, task_status=t
                 raise
             pbx_side = up.sock.getsockname()[:2]
             side = Side("udp", device=dest, pbx=pbx_side)
-            fid = proxy.new_flow_id("udp")
+            fid = relay.new_flow_id("udp")
             flow = TransparentFlow(fid, device, dest, dev, up,
                                    Hop(fid, TO_PBX, "udp", device, side, device),
                                    Hop(fid, TO_DEVICE, "udp", dest, side, device))
             flow.scope.deadline = trio.current_time() + idle
             flows[(device, dest)] = flow
-            proxy.flow_opened(fid, "udp", device, pbx_side, dest)
+            relay.flow_opened(fid, "udp", device, pbx_side, dest)
             return flow
 
-        async def run_flow(flow: TransparentFlow, paths: DatagramPaths) -> None:
+        async def run_flow(flow: TransparentFlow, paths: DatagramScheduler) -> None:
             try:
                 with flow.scope:
                     async with trio.open_nursery() as readers:
-                        readers.start_soon(relay_from, proxy, paths, flow.up, "upstream", flow.to_device,
+                        readers.start_soon(relay_from, relay, paths, flow.up, "upstream", flow.to_device,
                                            flow.scope, idle, flow.dev.send, flow.device, flow.up.send, flow.dest)
-                        readers.start_soon(relay_from, proxy, paths, flow.dev, "device-side", flow.to_pbx,
+                        readers.start_soon(relay_from, relay, paths, flow.dev, "device-side", flow.to_pbx,
                                            flow.scope, idle, flow.up.send, flow.dest, flow.dev.send, flow.device)
             finally:
                 flow.dev.close()
                 flow.up.close()
                 flows.pop((flow.device, flow.dest), None)
-                proxy.flow_closed(flow.id, "udp", flow.device, reason="idle")
+                relay.flow_closed(flow.id, "udp", flow.device, reason="idle")
 
         async with trio.open_nursery() as nursery:
-            paths = DatagramPaths(proxy, nursery)
+            paths = DatagramScheduler(relay, nursery)
             task_status.started(bound)
             while True:
                 try:
                     batch = await listener.receive_batch_dst()
                 except OSError as exc:
-                    proxy.warn(f"listen socket error: {exc.strerror or exc}", transport="udp")
+                    relay.warn(f"listen socket error: {exc.strerror or exc}", transport="udp")
                     continue
                 for data, device, dest in batch:
                     if not was_redirected(dest, bound):
-                        proxy.warn("datagram not intercepted (sent to faultlab itself, no original "
+                        relay.warn("datagram not intercepted (sent to faultlab itself, no original "
                                    "destination): dropped; in transparent mode devices send to the PBX",
                                    transport="udp", peer=format_hostport(*device))
                         continue
@@ -253,12 +247,12 @@ async def serve_udp_transparent(proxy: Proxy, listen: Endpoint, *, task_status=t
                         try:
                             flow = open_flow(device, dest)
                         except OSError as exc:
-                            proxy.warn(f"cannot open a transparent flow to {format_hostport(*dest)}: "
+                            relay.warn(f"cannot open a transparent flow to {format_hostport(*dest)}: "
                                        f"{exc.strerror or exc}", transport="udp", peer=format_hostport(*device))
                             continue
                         nursery.start_soon(run_flow, flow, paths)
                     else:
                         flow.scope.deadline = trio.current_time() + idle
-                    item, error = _parse(data)
-                    await paths.carry_out(proxy.plan(item, flow.to_pbx, error=error), flow.up.send, dest,
+                    item, error = parse_or_raw(data)
+                    await paths.carry_out(relay.plan(item, flow.to_pbx, error=error), flow.up.send, dest,
                                           flow.dev.send, device)

@@ -10,20 +10,16 @@ traffic either way for ``udp_idle_timeout`` seconds is closed.
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import trio
 
-from faultlab.net import memnet, timer
 from faultlab.addr import Endpoint, format_hostport, listen_error
+from faultlab.net import memnet
 from faultlab.net.resolve import resolve
-from faultlab.relay import TO_DEVICE, TO_PBX, Side
+from faultlab.net.scheduler import DatagramScheduler, Send
+from faultlab.relay import TO_DEVICE, TO_PBX, Hop, Relay, Side
 from faultlab.sip import KeepAlive, Message, SipError, parse_datagram
-
-if TYPE_CHECKING:
-    from faultlab.proxy import Hop, Outgoing, Plan, Proxy
 
 MAX_DATAGRAM = 65535
 # Socket buffers: a burst from many devices must not overflow the kernel's
@@ -104,7 +100,8 @@ class Datagrams:
                 await trio.lowlevel.wait_writable(self.sock)
 
 
-def _parse(data: bytes) -> tuple[Message | KeepAlive | bytes, str | None]:
+def parse_or_raw(data: bytes) -> tuple[Message | KeepAlive | bytes, str | None]:
+    """A datagram as a SIP message or keep-alive, or its bytes and why they do not parse."""
     try:
         return parse_datagram(data), None
     except SipError as exc:
@@ -129,59 +126,7 @@ async def local_address_towards(family: int, dest: tuple[str, int]) -> str:
         return probe.getsockname()[0]
 
 
-Send = Callable[[bytes], Awaitable[object]]
-
-
-class DatagramPaths:
-    """Carries out plans on UDP, where every message is on its own: a delayed
-    datagram holds nothing else back."""
-
-    def __init__(self, proxy: Proxy, nursery: trio.Nursery) -> None:
-        self.proxy = proxy
-        self.nursery = nursery
-
-    async def _send(self, send: Send, out: Outgoing, dest: tuple[str, int], **detail) -> None:
-        try:
-            await send(out.data)
-        except OSError as exc:
-            self.proxy.warn(f"cannot send to {format_hostport(*dest)}: {exc.strerror or exc}",
-                            flow=out.hop.flow, transport="udp", summary=out.summary)
-            return
-        self.proxy.sent(out, dest, **detail)
-
-    async def _later(self, deadline: float, send: Send, out: Outgoing, dest: tuple[str, int],
-                     detail: dict | None = None) -> None:
-        await timer.sleep_until(deadline)
-        await self._send(send, out, dest, **(detail or {}))
-
-    async def _held(self, send: Send, plan: Plan, dest: tuple[str, int]) -> None:
-        if await self.proxy.wait_hold(plan.hold):
-            await self._send(send, plan.hold.out, dest, released=plan.hold.id)
-
-    async def carry_out(self, plan: Plan, send: Send, dest: tuple[str, int], back: Send,
-                        back_dest: tuple[str, int]) -> None:
-        if plan.respond is not None:
-            try:
-                await back(plan.respond.data)
-                self.proxy.responded(plan.respond, back_dest)
-            except OSError as exc:
-                self.proxy.warn(f"cannot send response: {exc.strerror or exc}", flow=plan.respond.hop.flow,
-                                transport="udp", summary=plan.respond.summary)
-        if plan.hold is not None:
-            self.nursery.start_soon(self._held, send, plan, dest)
-        out = plan.forward
-        if out is None:
-            return
-        now = plan.received_at
-        if plan.delay > 0:
-            self.nursery.start_soon(self._later, now + plan.delay, send, out, dest)
-        else:
-            await self._send(send, out, dest)
-        for n, delay in enumerate(plan.copies, 1):
-            self.nursery.start_soon(self._later, now + delay, send, out, dest, {"copy": n})
-
-
-async def relay_from(proxy: Proxy, paths: DatagramPaths, src: Datagrams, what: str, hop: Hop,
+async def relay_from(relay: Relay, paths: DatagramScheduler, src: Datagrams, what: str, hop: Hop,
                      scope: trio.CancelScope, idle: float, send: Send, dest: tuple[str, int],
                      back: Send, back_dest: tuple[str, int]) -> None:
     """Relay every datagram that arrives on one of a flow's sockets along ``hop``;
@@ -190,25 +135,23 @@ async def relay_from(proxy: Proxy, paths: DatagramPaths, src: Datagrams, what: s
         try:
             batch = await src.receive_batch()
         except OSError as exc:  # ICMP errors of earlier sends surface here
-            proxy.warn(f"{what} socket error: {exc.strerror or exc}", flow=hop.flow, transport="udp")
+            relay.warn(f"{what} socket error: {exc.strerror or exc}", flow=hop.flow, transport="udp")
             continue
         scope.deadline = trio.current_time() + idle
         for data, _ in batch:
-            item, error = _parse(data)
-            await paths.carry_out(proxy.plan(item, hop, error=error), send, dest, back, back_dest)
+            item, error = parse_or_raw(data)
+            await paths.carry_out(relay.plan(item, hop, error=error), send, dest, back, back_dest)
 
 
 async def serve_udp(
-    proxy: Proxy, listen: Endpoint, upstream: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED
+    relay: Relay, listen: Endpoint, upstream: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
-    from faultlab.proxy import Hop
-
     up_family, up_addr = await resolve(upstream)
     family, addr = await resolve(listen)
     listener = Datagrams(family)
     sock = listener.sock
     enlarge_buffers(sock)
-    idle = proxy.config.udp_idle_timeout
+    idle = relay.config.udp_idle_timeout
     flows: dict[tuple[str, int], UdpFlow] = {}
     with sock:
         try:
@@ -217,7 +160,7 @@ async def serve_udp(
             raise listen_error(listen, exc) from None
         bound = sock.getsockname()[:2]
         wildcard = bound[0] in ("0.0.0.0", "::")
-        proxy.emit("listening", transport="udp", peer=format_hostport(*bound),
+        relay.emit("listening", transport="udp", peer=format_hostport(*bound),
                    detail={"upstream": f"udp:{format_hostport(*up_addr)}"})
 
         async def open_flow(device: tuple[str, int]) -> UdpFlow:
@@ -229,7 +172,7 @@ async def serve_udp(
             if wildcard:
                 device_side = (await local_address_towards(family, device), bound[1])
             side = Side("udp", device=device_side, pbx=pbx_side)
-            fid = proxy.new_flow_id("udp")
+            fid = relay.new_flow_id("udp")
             flow = UdpFlow(
                 fid, device, up,
                 Hop(fid, TO_PBX, "udp", device, side, device),
@@ -237,30 +180,30 @@ async def serve_udp(
             )
             flow.scope.deadline = trio.current_time() + idle
             flows[device] = flow
-            proxy.flow_opened(fid, "udp", device, pbx_side, device_side)
+            relay.flow_opened(fid, "udp", device, pbx_side, device_side)
             return flow
 
-        async def flow_reader(flow: UdpFlow, paths: DatagramPaths) -> None:
+        async def flow_reader(flow: UdpFlow, paths: DatagramScheduler) -> None:
             def to_device(data: bytes):
                 return listener.sendto(data, flow.device)
 
             try:
                 with flow.scope:
-                    await relay_from(proxy, paths, flow.sock, "upstream", flow.to_device, flow.scope, idle,
+                    await relay_from(relay, paths, flow.sock, "upstream", flow.to_device, flow.scope, idle,
                                      to_device, flow.device, flow.sock.send, up_addr)
             finally:
                 flow.sock.close()
                 flows.pop(flow.device, None)
-                proxy.flow_closed(flow.id, "udp", flow.device, reason="idle")
+                relay.flow_closed(flow.id, "udp", flow.device, reason="idle")
 
         async with trio.open_nursery() as nursery:
-            paths = DatagramPaths(proxy, nursery)
+            paths = DatagramScheduler(relay, nursery)
             task_status.started(bound)
             while True:
                 try:
                     batch = await listener.receive_batch()
                 except OSError as exc:
-                    proxy.warn(f"listen socket error: {exc.strerror or exc}", transport="udp")
+                    relay.warn(f"listen socket error: {exc.strerror or exc}", transport="udp")
                     continue
                 for data, device in batch:
                     flow = flows.get(device)
@@ -269,7 +212,7 @@ async def serve_udp(
                         nursery.start_soon(flow_reader, flow, paths)
                     else:
                         flow.scope.deadline = trio.current_time() + idle
-                    item, error = _parse(data)
-                    plan = proxy.plan(item, flow.to_pbx, error=error)
+                    item, error = parse_or_raw(data)
+                    plan = relay.plan(item, flow.to_pbx, error=error)
                     await paths.carry_out(plan, flow.sock.send, up_addr,
                                           lambda d, dev=device: listener.sendto(d, dev), device)

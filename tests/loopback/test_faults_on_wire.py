@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from faultlab.control import ProxyControl
+from faultlab.proxy import ProxyControl
 from faultlab.faults import load_profile, parse_profile
 from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy

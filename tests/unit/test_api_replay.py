@@ -1,5 +1,5 @@
 """``GET /events`` with a replay (``?since=T``, ``?after=SEQ``, SSE's ``Last-Event-ID``), in process: the API app
-over a real :class:`~faultlab.control.ProxyControl` on a :class:`~faultlab.proxy.Proxy` that serves nothing, driven
+over a real :class:`~faultlab.proxy.ProxyControl` on a :class:`~faultlab.proxy.Proxy` that serves nothing, driven
 as ASGI. What the proxy still holds comes first, then the live events, each exactly once and in timeline order."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from faultlab.api import create_app
-from faultlab.control import ProxyControl
+from faultlab.proxy import ProxyControl
 from faultlab.proxy import Proxy, ProxyConfig
 
 
@@ -237,7 +237,7 @@ async def test_a_bad_cursor_is_a_400_that_says_what_to_give(nursery, query, head
 
 async def test_a_follower_cut_off_for_lagging_is_reported_after_the_event_that_overflowed_it():
     """The others see the timeline in the order the proxy holds it (their event numbers depend on it)."""
-    from faultlab.control import SUBSCRIBER_BUFFER
+    from faultlab.proxy.control import SUBSCRIBER_BUFFER
 
     proxy, _ = make_proxy()
     lagging, reading = proxy.control.subscribe(), proxy.control.subscribe()

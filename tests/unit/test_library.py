@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from faultlab import library
 from faultlab.cli import app
-from faultlab.control import ProxyControl
+from faultlab.proxy import ProxyControl
 from faultlab.faults import ProfileError, list_profiles, load_profile, profile_entries
 from faultlab.lab.scenario import ScenarioError, list_scenarios, load_scenario, scenario_entries
 from faultlab.proxy import Proxy, ProxyConfig

@@ -5,8 +5,8 @@ import trio.testing
 
 from faultlab.addr import parse_endpoint
 from faultlab.net.stream import _relay_pair
-from faultlab.proxy import Hop, Proxy, ProxyConfig
-from faultlab.relay import TO_DEVICE, TO_PBX, Side
+from faultlab.proxy import Proxy, ProxyConfig
+from faultlab.relay import TO_DEVICE, TO_PBX, Hop, Side
 
 SIDE = Side("tcp", device=("127.0.0.1", 5060), pbx=("127.0.0.1", 40000))
 OPTIONS = (b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/TCP 10.0.0.2;branch=z9hG4bKa\r\n"

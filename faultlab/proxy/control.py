@@ -1,4 +1,4 @@
-"""The running relay as the control API sees it (``faultlab.api.control.Control``).
+"""The running relay as the control API sees it (``faultlab.api.protocol.Control``).
 
 Every call runs in the relay's trio thread and takes effect on the next
 message: switching a profile, adding or removing a rule, releasing held
@@ -7,43 +7,24 @@ messages. Each change is a timeline event.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 
 import trio
 
-from faultlab.faults import Engine, ProfileError, load_profile, parse_rule, profile_entries
-from faultlab.addr import format_hostport
-from faultlab.proxy import Proxy
+from faultlab.addr import parse_device
+from faultlab.faults import Engine, ProfileError, load_profile, parse_profile, parse_rule, profile_entries
+from faultlab.relay import Relay
 from faultlab.trace import Event
 
 _LIBRARY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*(?<!\.toml)")
 SUBSCRIBER_BUFFER = 1000  # events a slow follower may lag behind before it is dropped
 
 
-def parse_device(spec: str) -> str:
-    """Normalise a device spec: ``IP`` or ``IP:PORT`` (IPv6 as ``[::1]:5060`` or bare ``::1``)."""
-    text = spec.strip()
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    if not sep or ip is None or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"device {spec!r}: give an IP address or IP:PORT, e.g. 10.0.0.2 or 10.0.0.2:5060")
-    return format_hostport(str(ip), int(port))
-
-
 class ProxyControl:
-    """Implements the control API's ``Control`` protocol on a :class:`Proxy`."""
+    """Implements the control API's ``Control`` protocol on a :class:`~faultlab.relay.Relay` (a running proxy)."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Relay) -> None:
         self.proxy = proxy
         self._subscribers: list[trio.MemorySendChannel[Event]] = []
         # Every event gets a sequence number (1, 2, ...; the events already held count first), so that a
@@ -88,8 +69,6 @@ class ProxyControl:
         if engine is None:
             if not create:
                 raise KeyError(f"no profile is active{f' for {key}' if key else ''}")
-            from faultlab.faults import parse_profile
-
             engine = proxy.activate(parse_profile('name = "live"\nsummary = "rules added through the API"\n',
                                                   source="<api>"), key)
         return engine

@@ -1,0 +1,176 @@
+"""The one scheduler: carries out the relay's plans on the trio clock.
+
+A plan becomes timed steps (:func:`faultlab.relay.steps`); how they are written depends on the transport:
+
+- **FIFO per stream connection** (:class:`StreamWriter`): each direction of a TCP/TLS pair has one writer
+  and a queue, so a delayed or held message holds back the ones behind it, as a real TCP path would;
+- **independent per datagram** (:class:`DatagramScheduler`): a delayed or held UDP datagram holds nothing
+  else back; each waits in a task of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from faultlab.addr import format_hostport
+from faultlab.net import timer
+from faultlab.relay import Hold, Hop, Outgoing, Plan, Relay, Step, steps
+
+# A write that cannot finish in this time (peer not reading) fails the pair.
+SEND_TIMEOUT = 30.0
+# Messages waiting in one direction (delayed or held ones and those behind
+# them) before the reader stops reading: TCP flow control then reaches the sender.
+QUEUE_SIZE = 256
+
+
+async def wait_hold(relay: Relay, hold: Hold) -> bool:
+    """Wait until ``hold`` is released or times out; True: forward it, False: drop it."""
+    released = trio.Event()
+    hold.wake = released.set
+    if hold.released:
+        released.set()
+    if hold.timeout is None:
+        await released.wait()
+        return True
+    with trio.move_on_after(hold.timeout):
+        await released.wait()
+        return True
+    return relay.hold_timed_out(hold)
+
+
+def seconds(value: float) -> float | str:
+    return value if math.isfinite(value) else "forever"
+
+
+class Closed(Exception):
+    """A stream connection ended while writing or reading."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how  # "eof" | "reset" | "error"
+
+
+class StreamWriter:
+    """The one writer of a stream: FIFO, so a delayed or held message holds
+    back the ones behind it as a real TCP path would.
+
+    A message with nothing queued before it and nothing to wait for is
+    written at once by the task that has it (the common, no-fault path).
+    ``end`` is called with a close step's kind ("fin", "rst" or "eof").
+    """
+
+    def __init__(self, relay: Relay, stream: trio.abc.Stream, end: Callable[[str], None]) -> None:
+        self.relay = relay
+        self.stream = stream
+        self.end = end
+        self.pending = 0
+        self.lock = trio.StrictFIFOLock()
+        self._send, self._receive = trio.open_memory_channel[Step](QUEUE_SIZE)
+
+    async def submit(self, step: Step) -> None:
+        if (self.pending == 0 and step.hold is None and step.close is None
+                and step.at <= trio.current_time()):
+            await self._write(step)
+            return
+        self.pending += 1
+        await self._send.send(step)
+
+    async def submit_batch(self, batch: list[Step]) -> None:
+        """Messages due now, in order: one write for all when nothing is queued before them."""
+        if self.pending == 0:
+            await self._write(*batch)
+        else:
+            for step in batch:
+                await self.submit(step)
+
+    async def _write(self, *batch: Step) -> None:
+        data = batch[0].out.data if len(batch) == 1 else b"".join(step.out.data for step in batch)
+        async with self.lock:
+            # Messages are written whole or not at all, even if the relay is stopping.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(SEND_TIMEOUT) as timeout:
+                    await self.stream.send_all(data)
+        if timeout.cancelled_caught:
+            raise Closed("error")
+        for step in batch:
+            if step.kind == "responded":
+                self.relay.responded(step.out, step.dest)
+            else:
+                self.relay.sent(step.out, step.dest, **step.detail)
+
+    async def run(self) -> None:
+        async for step in self._receive:
+            try:
+                if step.hold is not None and not await wait_hold(self.relay, step.hold):
+                    continue
+                await timer.sleep_until(step.at)
+                if step.out is not None:
+                    await self._write(step)
+                if step.close is not None:
+                    self.end(step.close)
+                    return
+            finally:
+                self.pending -= 1
+
+
+async def carry_out_on_stream(relay: Relay, plan: Plan, hop: Hop, forward: StreamWriter, back: StreamWriter,
+                              dest: tuple[str, int]) -> None:
+    """Queue ``plan``'s steps on the pair's writers (the response on the way back), then stall the
+    reading side if the plan says so."""
+    for step in steps(plan, dest, hop.peer):
+        await (back if step.back else forward).submit(step)
+    if plan.stall is not None:
+        relay.emit("stalled", flow=hop.flow, direction=hop.direction, transport=hop.transport,
+                   detail={"for": seconds(plan.stall)})
+        await trio.sleep(plan.stall)  # inf: until the pair ends
+
+
+Send = Callable[[bytes], Awaitable[object]]
+
+
+class DatagramScheduler:
+    """Carries out plans on UDP, where every message is on its own: a delayed
+    datagram holds nothing else back."""
+
+    def __init__(self, relay: Relay, nursery: trio.Nursery) -> None:
+        self.relay = relay
+        self.nursery = nursery
+
+    async def _send(self, send: Send, out: Outgoing, dest: tuple[str, int], **detail) -> None:
+        try:
+            await send(out.data)
+        except OSError as exc:
+            self.relay.warn(f"cannot send to {format_hostport(*dest)}: {exc.strerror or exc}",
+                            flow=out.hop.flow, transport="udp", summary=out.summary)
+            return
+        self.relay.sent(out, dest, **detail)
+
+    async def _later(self, send: Send, step: Step) -> None:
+        if step.hold is not None:
+            if not await wait_hold(self.relay, step.hold):
+                return
+        else:
+            await timer.sleep_until(step.at)
+        await self._send(send, step.out, step.dest, **step.detail)
+
+    async def _respond(self, back: Send, out: Outgoing, dest: tuple[str, int]) -> None:
+        try:
+            await back(out.data)
+            self.relay.responded(out, dest)
+        except OSError as exc:
+            self.relay.warn(f"cannot send response: {exc.strerror or exc}", flow=out.hop.flow,
+                            transport="udp", summary=out.summary)
+
+    async def carry_out(self, plan: Plan, send: Send, dest: tuple[str, int], back: Send,
+                        back_dest: tuple[str, int]) -> None:
+        for step in steps(plan, dest, back_dest):
+            if step.out is None:  # a close: streams only
+                continue
+            if step.back:
+                await self._respond(back, step.out, step.dest)
+            elif step.hold is not None or step.copy or step.at > plan.received_at:
+                self.nursery.start_soon(self._later, send, step)
+            else:
+                await self._send(send, step.out, step.dest)

@@ -1,0 +1,100 @@
+"""The proxy's configuration (what ``faultlab proxy`` takes on its command line), checked before
+anything is bound: every error says how to fix it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from faultlab.addr import Endpoint
+from faultlab.api.server import check_api_bind
+from faultlab.ca import normalize_names
+from faultlab.faults import Profile
+from faultlab.net.transparent import support_problem
+from faultlab.trace import Trace
+
+
+class ConfigError(ValueError):
+    """A proxy configuration that cannot run; the message says how to fix it."""
+
+
+@dataclass
+class ProxyConfig:
+    listen: Sequence[Endpoint]
+    upstream: Sequence[Endpoint]
+    record_route: bool = True
+    tls_name: str | None = None
+    # The name the PBX's TLS certificate is verified against (and sent as SNI). None: the --upstream host,
+    # or in transparent mode tls_name, else the PBX's address.
+    upstream_tls_name: str | None = None
+    upstream_ca: Path | None = None
+    upstream_insecure: bool = False
+    confdir: Path | None = None
+    trace_path: Path | None = None
+    quiet: bool = True
+    verbose: bool = False  # console: also the messages received, and each message's first line
+    udp_idle_timeout: float = 600.0
+    connect_timeout: float = 10.0
+    keep_events: int | None = None
+    handle_signals: bool = False
+    profile: Profile | None = None
+    seed: int | None = None  # None: drawn at start, recorded in the trace
+    api: tuple[str, int] | None = None  # control API address; None: no API
+    api_token: str | None = None
+    # Transparent mode (Linux, root): relay intercepted traffic to its original
+    # destination, adding no headers; spoof_source: the PBX sees the device's address.
+    transparent: bool = False
+    spoof_source: bool = False
+    # Write the relay's events to this trace (e.g. a lab's shared timeline), with times relative to
+    # trace_t0 (trio clock); None: a trace of its own from now. A given trace is not closed at stop.
+    trace: Trace | None = None
+    trace_t0: float | None = None
+
+    def upstream_for(self, transport: str) -> Endpoint | None:
+        if self.transparent:
+            return None
+        for ep in self.upstream:
+            if ep.transport == transport:
+                return ep
+        raise ConfigError(
+            f"--listen {transport}:... has no upstream: add --upstream {transport}:HOST:PORT"
+        )
+
+    def validate(self) -> None:
+        if not self.listen:
+            raise ConfigError("nothing to listen on: add --listen udp:HOST:PORT (or tcp:, tls:)")
+        seen: set[str] = set()
+        for ep in self.upstream:
+            if ep.transport in seen:
+                raise ConfigError(f"two --upstream for {ep.transport}: give one per transport")
+            seen.add(ep.transport)
+            if ep.port == 0:
+                raise ConfigError(f"--upstream {ep}: port 0 is not a destination; give the PBX's port")
+        if self.spoof_source and not self.transparent:
+            raise ConfigError("--spoof-source needs --transparent")
+        if self.trace is not None and self.trace_path is not None:
+            raise ConfigError("a shared trace is written by its owner: give trace_path to it, not to the proxy")
+        if self.transparent:
+            if self.upstream:
+                raise ConfigError("--transparent relays each flow to where the device sent it: "
+                                  "drop --upstream")
+            problem = support_problem()
+            if problem:
+                raise ConfigError(problem)
+        for ep in self.listen:
+            self.upstream_for(ep.transport)
+        if self.api is not None:
+            check_api_bind(self.api[0], self.api_token)
+        if self.upstream_insecure and self.upstream_ca:
+            raise ConfigError("--upstream-insecure and --upstream-ca exclude each other: choose one")
+        if self.upstream_tls_name is not None:
+            try:
+                normalize_names([self.upstream_tls_name])
+            except ValueError as exc:
+                raise ConfigError(f"--upstream-tls-name: {exc}; give the name on the PBX's certificate") from None
+            tls_to_pbx = (any(ep.transport == "tls" for ep in self.listen) if self.transparent
+                          else any(ep.transport == "tls" for ep in self.upstream))
+            if not tls_to_pbx:
+                raise ConfigError("--upstream-tls-name is for TLS to the PBX: add --upstream tls:HOST:PORT "
+                                  "(with --transparent: --listen tls:HOST:PORT), or drop it")

@@ -1,0 +1,120 @@
+"""The proxy: serves the relay (``faultlab.relay``) on the listeners of ``faultlab.net``, with the
+timeline (``faultlab.trace``) and, when asked, the control API (``faultlab.api``).
+
+Every message takes the one path of the design::
+
+    bytes -> framer -> Message + Hop -> trace "received" -> engine -> rewrite -> scheduler -> writer -> trace "sent"
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from functools import partial
+
+import trio
+
+from faultlab.addr import Endpoint, format_hostport
+from faultlab.api.server import serve_api
+from faultlab.net.stream import serve_stream
+from faultlab.net.transparent import serve_udp_transparent
+from faultlab.net.udp import serve_udp
+from faultlab.proxy.config import ProxyConfig
+from faultlab.proxy.control import ProxyControl
+from faultlab.relay import Relay
+from faultlab.trace import ConsolePrinter, JsonlWriter
+
+
+class Proxy(Relay):
+    """A running proxy: the relay, its bound addresses, its control API."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        super().__init__(config, clock=trio.current_time)
+        self.bound: dict[str, tuple[str, int]] = {}  # transport -> first bound address
+        self.api_address: tuple[str, int] | None = None
+        self.control: ProxyControl | None = None  # when the API runs
+        self.listeners: list[tuple[Endpoint, tuple[str, int]]] = []
+
+
+async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run the relay until cancelled (or SIGINT/SIGTERM with ``handle_signals``).
+
+    ``task_status.started(proxy)`` reports the :class:`Proxy` once every
+    listener is bound; ``proxy.bound`` maps each transport to its address.
+    """
+    config.validate()
+    proxy = Proxy(config)
+    writer = None
+    if config.trace_path is not None:
+        writer = JsonlWriter(config.trace_path)
+        proxy.trace.add_sink(writer, writer.close)
+    if not config.quiet:
+        proxy.trace.add_sink(ConsolePrinter(verbose=config.verbose))
+    proxy.emit("start", detail={
+        "wall_clock": time.time(),
+        "listen": [str(ep) for ep in config.listen],
+        "upstream": [str(ep) for ep in config.upstream],
+        "record_route": config.record_route and not config.transparent,
+        "transparent": config.transparent,
+        "spoof_source": config.spoof_source,
+        "seed": proxy.seed,
+        "profile": config.profile.name if config.profile else None,
+    })
+    try:
+        async with trio.open_nursery() as nursery:
+            if writer is not None:
+                nursery.start_soon(keep_flushed, writer)
+            if config.handle_signals:
+                nursery.start_soon(_stop_on_signal, nursery.cancel_scope, proxy)
+            for ep in config.listen:
+                upstream = config.upstream_for(ep.transport)
+                if ep.transport == "udp" and config.transparent:
+                    addr = await nursery.start(serve_udp_transparent, proxy, ep)
+                elif ep.transport == "udp":
+                    addr = await nursery.start(serve_udp, proxy, ep, upstream)
+                else:
+                    addr = await nursery.start(serve_stream, proxy, ep, upstream)
+                proxy.bound.setdefault(ep.transport, addr)
+                proxy.listeners.append((ep, addr))
+            if config.api is not None:
+                proxy.control = ProxyControl(proxy)
+                proxy.api_address = await nursery.start(
+                    partial(serve_api, proxy.control, *config.api, token=config.api_token,
+                            ca_confdir=config.confdir))
+                proxy.emit("api", detail={"address": format_hostport(*proxy.api_address)})
+            task_status.started(proxy)
+    finally:
+        proxy.emit("stop")
+        if config.trace is None:
+            proxy.trace.close()
+
+
+async def keep_flushed(writer: JsonlWriter) -> None:
+    """Run beside a trace writer, until cancelled: what it buffers reaches the file within its flush
+    interval even when no further event comes to flush it. Sleeps only while something is buffered."""
+    wake = trio.Event()
+
+    def pending() -> None:
+        wake.set()
+
+    writer.on_pending = pending
+    if writer.due_in() is not None:  # events buffered before this task ran
+        wake.set()
+    try:
+        while True:
+            await wake.wait()
+            wake = trio.Event()
+            wait = writer.due_in()
+            if wait is not None:
+                await trio.sleep(wait)
+                writer.flush()
+    finally:
+        writer.on_pending = None
+
+
+async def _stop_on_signal(scope: trio.CancelScope, proxy: Proxy) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            proxy.emit("stopping", detail={"signal": signal.Signals(signum).name})
+            scope.cancel()
+            return

@@ -1,0 +1,266 @@
+"""The relay: the one message path, below its transports. Pure (the clock is given).
+
+Every message takes the path of the design::
+
+    bytes -> framer -> Message + Hop -> trace "received" -> engine -> rewrite -> Plan
+          -> scheduler -> writer -> trace "sent"
+
+The transports (``faultlab.net``) frame what they read, call :meth:`Relay.plan`, and carry the
+plan out through the one scheduler (``faultlab.net.scheduler``), which reports back with
+:meth:`Relay.sent` and :meth:`Relay.responded`. Input faultlab cannot parse is forwarded
+unchanged and recorded with ``parsed=False``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from faultlab.addr import format_hostport
+from faultlab.faults import ConnectView, Decision, Engine, MessageView, Profile
+from faultlab.relay.plan import Hold, Hop, Outgoing, Plan
+from faultlab.relay.rewrite import TO_DEVICE, TO_PBX, Rewriter, instance_id
+from faultlab.sip import KeepAlive, Message, SipError, parse_message
+from faultlab.trace import Event, Trace
+
+_FLOW_PREFIX = {"udp": "u", "tcp": "t", "tls": "s"}
+
+
+class Relay:
+    """The message path of a running proxy: its timeline, its faults, its flows.
+
+    ``config`` is the proxy's configuration (:class:`faultlab.proxy.ProxyConfig`); the relay reads
+    ``listen``, ``record_route``, ``transparent``, ``profile``, ``seed``, ``trace``, ``trace_t0`` and
+    ``keep_events``, and the transports in ``faultlab.net`` read their own settings from it.
+    ``clock`` is the one clock (``trio.current_time`` when served).
+    """
+
+    def __init__(self, config: Any, *, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.trace = config.trace if config.trace is not None else Trace(keep=config.keep_events)
+        self.rewriter = Rewriter(
+            instance_id([str(ep) for ep in config.listen]), record_route=config.record_route
+        )
+        self.ca_cert_path: Path | None = None  # the lab CA a TLS listener shows devices
+        self._t0 = config.trace_t0 if config.trace_t0 is not None else clock()
+        self._flow_counter = 0
+        self._hold_counter = 0
+        self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
+        self.rng = random.Random(self.seed)
+        self.engine: Engine | None = None  # the global profile
+        self.device_engines: dict[str, Engine] = {}  # "IP" or "IP:PORT" -> profile for that device
+        self.holds: dict[str, Hold] = {}
+        self.flows: dict[str, dict] = {}  # flow id -> description, for the API
+        if config.profile is not None:
+            self.engine = Engine(config.profile, self.rng, activated_at=0.0)
+
+    @property
+    def events(self):
+        return self.trace.events
+
+    def now(self) -> float:
+        return self.clock() - self._t0
+
+    def new_flow_id(self, transport: str) -> str:
+        self._flow_counter += 1
+        return f"{_FLOW_PREFIX[transport]}{self._flow_counter}"
+
+    def emit(self, kind: str, **fields) -> None:
+        self.trace.emit(Event(self.now(), kind, **fields))
+
+    def warn(self, message: str, **fields) -> None:
+        self.emit("warning", detail={"message": message}, **fields)
+
+    # -- flows (for the API) ----------------------------------------------
+    def flow_opened(self, flow: str, transport: str, device: tuple[str, int], pbx_side: tuple[str, int],
+                    device_side: tuple[str, int]) -> None:
+        self.flows[flow] = {"id": flow, "transport": transport, "device": format_hostport(*device),
+                            "pbx_side": format_hostport(*pbx_side), "opened_at": self.now(), "messages": 0}
+        self.emit("flow-open", flow=flow, transport=transport, peer=format_hostport(*device),
+                  detail={"pbx_side": format_hostport(*pbx_side), "device_side": format_hostport(*device_side)})
+
+    def flow_closed(self, flow: str, transport: str, device: tuple[str, int], **detail) -> None:
+        self.flows.pop(flow, None)
+        self.emit("flow-close", flow=flow, transport=transport, peer=format_hostport(*device), detail=detail)
+
+    # -- profiles ---------------------------------------------------------
+    def engine_for(self, device: tuple[str, int]) -> Engine | None:
+        if self.device_engines:
+            engine = self.device_engines.get(format_hostport(*device)) or self.device_engines.get(device[0])
+            if engine is not None:
+                return engine
+        return self.engine
+
+    def activate(self, profile: Profile | None, device: str | None = None) -> Engine | None:
+        """Make ``profile`` the active one (globally, or for ``device``); a timeline event."""
+        engine = None if profile is None else Engine(profile, self.rng, activated_at=self.now())
+        if device is None:
+            self.engine = engine
+        elif engine is None:
+            self.device_engines.pop(device, None)
+        else:
+            self.device_engines[device] = engine
+        self.emit("profile", detail={"profile": profile.name if profile else None, "device": device})
+        return engine
+
+    def on_connect(self, flow: str, transport: str, device: tuple[str, int]) -> Decision | None:
+        engine = self.engine_for(device)
+        if engine is None:
+            return None
+        decision = engine.on_connect(ConnectView(transport, device, flow), self.now())
+        for fired in decision.events:
+            self.emit("fault", flow=flow, transport=transport, peer=format_hostport(*device),
+                      detail={"rule": fired.rule, "action": fired.action, **fired.detail})
+        return decision
+
+    # -- the message path -------------------------------------------------
+    def plan(self, item: Message | KeepAlive | bytes, hop: Hop, *, error: str | None = None) -> Plan:
+        """Record ``item`` as received, ask the active profile, and say what to send.
+
+        ``bytes`` is input the framer could not parse (``error`` says why):
+        it goes on unchanged unless the link loses or delays it.
+        """
+        arrived = self.clock()
+        fields = {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
+        peer = format_hostport(*hop.peer)
+        msg: Message | None = None
+        if isinstance(item, bytes):
+            raw, summary = item, f"unparsed {len(item)} bytes"
+            fields["parsed"] = False
+            self.emit("received", peer=peer, raw=raw, summary=summary,
+                      detail={"error": error} if error else {}, **fields)
+        elif isinstance(item, KeepAlive):
+            raw = item.raw
+            summary = "keep-alive ping" if raw == b"\r\n\r\n" else "keep-alive"
+            self.emit("received", peer=peer, raw=raw, summary=summary, **fields)
+        else:
+            msg, raw, summary = item, item.raw, item.summary()
+            fields.update(_message_fields(item))
+            fields["parsed"] = True
+            self.emit("received", peer=peer, raw=raw, summary=summary, **fields)
+        flow_info = self.flows.get(hop.flow)
+        if flow_info is not None:
+            flow_info["messages"] += 1
+
+        engine = self.engine_for(hop.device)
+        if engine is None:
+            data = self._rewrite(msg, hop) if msg is not None else raw
+            return Plan(forward=Outgoing(data, hop, summary, fields), received_at=arrived)
+
+        trailing = getattr(msg, "trailing", b"") if msg is not None else b""
+        view = MessageView(msg, raw[: len(raw) - len(trailing)] if trailing else raw, hop.direction,
+                           hop.transport, hop.device, hop.flow)
+        decision = engine.decide(view, self.now())
+        for fired in decision.events:
+            self.emit("fault", peer=peer, summary=summary,
+                      detail={"rule": fired.rule, "action": fired.action, **fired.detail}, **fields)
+        plan = Plan(delay=decision.delay, copies=decision.copies, close=decision.close,
+                    close_when=decision.close_when, stall=decision.stall, received_at=arrived)
+        rules = [f.rule for f in decision.events]
+        if decision.respond is not None:
+            back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
+            resp_fields = {**fields, "direction": back.direction}
+            try:
+                resp_fields.update(_message_fields(parse_message(decision.respond)))
+            except SipError:
+                pass
+            plan.respond = Outgoing(decision.respond, back, f"response by faultlab to {summary}", resp_fields)
+        if decision.hold:
+            self._hold_counter += 1
+            held = self._edited(decision.held, msg, raw, hop) + trailing
+            hold = Hold(f"h{self._hold_counter}", Outgoing(held, hop, summary, fields), self.now(),
+                        decision.hold_timeout, decision.hold_then)
+            self.holds[hold.id] = hold
+            plan.hold = hold
+            self.emit("held", peer=peer, summary=summary, detail={"hold": hold.id, "rules": rules}, **fields)
+        elif decision.data is not None:
+            plan.forward = Outgoing(self._edited(decision.data, msg, raw, hop) + trailing, hop, summary, fields)
+        elif decision.respond is None:
+            how = "lost" if decision.lost_by_link else "dropped"
+            self.emit("dropped", peer=peer, raw=raw, summary=summary,
+                      detail={"how": how, "rules": rules}, **fields)
+        return plan
+
+    def _edited(self, data: bytes, msg: Message | None, raw: bytes, hop: Hop) -> bytes:
+        """Relay-mode rewriting of what the engine forwards (header edits included)."""
+        if msg is None:
+            return data
+        if data is not msg.raw and data != msg.raw:
+            try:
+                msg = parse_message(data)
+            except SipError as exc:
+                self.warn(f"edited message does not parse ({exc}): forwarded as edited", **_flow_fields(hop))
+                return data
+        return self._rewrite(msg, hop, with_trailing=False)
+
+    def sent(self, out: Outgoing, dest: tuple[str, int], **detail) -> None:
+        self.emit("sent", peer=format_hostport(*dest), raw=out.data, summary=out.summary, detail=detail,
+                  **out.fields)
+
+    def responded(self, out: Outgoing, dest: tuple[str, int]) -> None:
+        self.emit("responded", peer=format_hostport(*dest), raw=out.data, summary=out.summary, **out.fields)
+
+    def release(self, hold_id: str | None = None) -> int:
+        targets = list(self.holds.values()) if hold_id is None else [self.holds[hold_id]]
+        for hold in targets:
+            self.holds.pop(hold.id, None)
+            hold.release()
+            self.emit("released", flow=hold.out.hop.flow, direction=hold.out.hop.direction,
+                      summary=hold.out.summary, detail={"hold": hold.id})
+        return len(targets)
+
+    def hold_timed_out(self, hold: Hold) -> bool:
+        """``hold`` waited its timeout unreleased: True: forward it, False: drop it (a timeline event)."""
+        self.holds.pop(hold.id, None)
+        forward = hold.then == "forward"
+        self.emit("released" if forward else "dropped", flow=hold.out.hop.flow,
+                  direction=hold.out.hop.direction, summary=hold.out.summary,
+                  detail={"hold": hold.id, "how": f"hold timed out: {hold.then}"})
+        return forward
+
+    def _rewrite(self, msg: Message, hop: Hop, *, with_trailing: bool = True) -> bytes:
+        trailing = getattr(msg, "trailing", b"") if with_trailing else b""
+        if self.config.transparent:  # no headers of faultlab's own: the message as it came
+            return msg.raw + trailing if trailing else msg.raw
+        try:
+            if msg.is_request:
+                data = self.rewriter.request(msg, hop.direction, hop.side)
+            else:
+                data = self.rewriter.response(msg)
+                if data is None:
+                    self.warn("response whose top Via is not faultlab's: forwarded unchanged",
+                              **_flow_fields(hop), summary=msg.summary())
+                    data = msg.raw
+        except SipError as exc:
+            self.warn(f"cannot rewrite ({exc}): forwarded unchanged", **_flow_fields(hop),
+                      summary=msg.summary())
+            data = msg.raw
+        return data + trailing if trailing else data
+
+
+def _reverse(direction: str) -> str:
+    return TO_DEVICE if direction == TO_PBX else TO_PBX
+
+
+def _flow_fields(hop: Hop) -> dict:
+    return {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
+
+
+def _message_fields(msg: Message) -> dict:
+    fields: dict = {}
+    if msg.is_request:
+        fields["method"] = msg.method
+    else:
+        fields["status"] = msg.status
+    try:
+        fields["call_id"] = msg.call_id
+        cseq = msg.cseq
+        if cseq is not None:
+            fields["cseq"] = cseq.number
+            fields["cseq_method"] = cseq.method
+    except SipError:
+        pass
+    return fields
