@@ -48,7 +48,7 @@ from faultlab.trace.pcap import RELAY
 
 from .app import _JSON, ApiError, _json_body, _read_body
 from .control import Control
-from .guided import GuidedRun, needs_push_gateway, scenario_json, status
+from faultlab.lab.guided import GuidedRun, needs_push_gateway, scenario_json, status
 
 __all__ = ["Lab", "WebPage", "device_ladder", "is_page", "wants_html"]
 

@@ -1,9 +1,9 @@
-"""Guided runs (faultlab.api.guided) and the checks' anchors on a timeline with faultlab and device events only:
+"""Guided runs (faultlab.lab.guided) and the checks' anchors on a timeline with faultlab and device events only:
 fabricated timelines, no sockets."""
 
 from __future__ import annotations
 
-from faultlab.api.guided import GuidedRun, attribute, device_aor, pick_call, status
+from faultlab.lab.guided import GuidedRun, attribute, device_aor, pick_call, status
 from faultlab.lab.checks import anchors, check_end
 from faultlab.lab.scenario import load_scenario
 from faultlab.trace import Event
