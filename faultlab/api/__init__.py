@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app import create_app
-    from .control import Control, ProfileError
+    from .protocol import Control, ProfileError
     from .server import (
         DEFAULT_API_HOST,
         DEFAULT_API_PORT,
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "create_app": "app",
-    "Control": "control",
-    "ProfileError": "control",
+    "Control": "protocol",
+    "ProfileError": "protocol",
     "DEFAULT_API_HOST": "server",
     "DEFAULT_API_PORT": "server",
     "ApiAddressError": "server",

@@ -1,4 +1,4 @@
-"""The control API as an ASGI app (Starlette), over a :class:`~faultlab.api.control.Control`.
+"""The control API as an ASGI app (Starlette), over a :class:`~faultlab.api.protocol.Control`.
 
 Resources, shaped after Toxiproxy's API (JSON in and out; errors as ``{"error": MESSAGE, "status": N}``)::
 
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -60,51 +59,27 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from faultlab import __version__
 
+from ._http import MAX_BODY_SIZE, JSON, ApiError, error_response, json_body
 from .ca_page import ca_routes, is_public
-from .control import Control, ProfileError
+from .protocol import Control, ProfileError
 from .stream import EventStream
+from .web import WebPage, is_page
 
 __all__ = ["MAX_BODY_SIZE", "create_app"]
 
 
-# A rule or a profile name is a few hundred bytes; 64 KiB leaves room for a large rule and no more.
-MAX_BODY_SIZE = 64 * 1024
-
 _DEVICE_HELP = 'a device is "IP" or "IP:PORT" (IPv6 as "[::1]:5060"), percent-encoded in a path'
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message, "status": status}``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-class _JSON(JSONResponse):
-    """Compact JSON with a final newline, so ``curl`` output ends cleanly."""
-
-    def render(self, content: Any) -> bytes:
-        return (json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode()
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return _JSON({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 def create_app(control: Control, *, token: str | None = None, ca_confdir: Path | None = None) -> ASGIApp:
     """The control API over ``control``; with ``token``, every request needs ``Authorization: Bearer TOKEN``
     (but the public CA pages, served from ``ca_confdir``, default ``$FAULTLAB_HOME`` or ``~/.faultlab``)."""
-    from .web import WebPage, is_page
-
     api = _Api(control)
     web = WebPage(control)
     routes = [
@@ -151,7 +126,7 @@ class _Api:
         self.control = control
 
     async def index(self, request: Request) -> Response:
-        return _JSON({
+        return JSON({
             "name": "faultlab control API",
             "version": __version__,
             "resources": [
@@ -164,23 +139,23 @@ class _Api:
         })
 
     async def version(self, request: Request) -> Response:
-        return _JSON({"version": __version__})
+        return JSON({"version": __version__})
 
     async def profiles(self, request: Request) -> Response:
-        return _JSON(self.control.list_profiles())
+        return JSON(self.control.list_profiles())
 
     # -- profiles: global and per device ----------------------------------------------------------
 
     async def get_active(self, request: Request) -> Response:
-        return _JSON(self.control.active())
+        return JSON(self.control.active())
 
     async def put_active(self, request: Request) -> Response:
-        body = await _json_body(request, required=("profile",), example='{"profile": "register-drop"}')
+        body = await json_body(request, required=("profile",), example='{"profile": "register-drop"}')
         self._set_profile(_profile_name(body), None)
-        return _JSON(self.control.active())
+        return JSON(self.control.active())
 
     async def devices(self, request: Request) -> Response:
-        return _JSON(self.control.active().get("devices", {}))
+        return JSON(self.control.active().get("devices", {}))
 
     async def get_device(self, request: Request) -> Response:
         device = request.path_params["device"]
@@ -189,13 +164,13 @@ class _Api:
             having = ", ".join(devices) or "none"
             raise ApiError(404, f"device {device} has no profile of its own (it follows the global one); "
                                 f"devices with their own: {having}")
-        return _JSON({"device": device, "profile": devices[device]})
+        return JSON({"device": device, "profile": devices[device]})
 
     async def put_device(self, request: Request) -> Response:
         device = request.path_params["device"]
-        body = await _json_body(request, required=("profile",), example='{"profile": "register-drop"}')
+        body = await json_body(request, required=("profile",), example='{"profile": "register-drop"}')
         entry = self._set_profile(_profile_name(body), device)
-        return _JSON({"device": device, "profile": entry})
+        return JSON({"device": device, "profile": entry})
 
     async def delete_device(self, request: Request) -> Response:
         self._set_profile(None, request.path_params["device"])
@@ -215,18 +190,18 @@ class _Api:
     # -- rules ------------------------------------------------------------------------------------
 
     async def get_rules(self, request: Request) -> Response:
-        return _JSON(self._rules(_device_query(request)))
+        return JSON(self._rules(_device_query(request)))
 
     async def get_rule(self, request: Request) -> Response:
         name, device = request.path_params["name"], _device_query(request)
         rules = self._rules(device)
         for rule in rules:
             if rule.get("name") == name:
-                return _JSON(rule)
+                return JSON(rule)
         raise ApiError(404, _no_rule(name, device, rules))
 
     async def post_rule(self, request: Request) -> Response:
-        body = await _json_body(request, required=("rule",), optional=("device", "index"),
+        body = await json_body(request, required=("rule",), optional=("device", "index"),
                                 example='{"rule": {"name": "drop-register", "match": {"method": "REGISTER"}, '
                                         '"action": {"drop": true}}}')
         rule, device, index = body["rule"], body.get("device"), body.get("index")
@@ -240,7 +215,7 @@ class _Api:
             stored = self.control.add_rule(rule, device, index)
         except (ProfileError, ValueError) as exc:  # an invalid rule, or a bad device
             raise ApiError(400, str(exc)) from None
-        return _JSON(stored, status_code=201)
+        return JSON(stored, status_code=201)
 
     async def delete_rule(self, request: Request) -> Response:
         name, device = request.path_params["name"], _device_query(request)
@@ -261,10 +236,10 @@ class _Api:
     # -- holds, flows, seed -----------------------------------------------------------------------
 
     async def holds(self, request: Request) -> Response:
-        return _JSON(self.control.holds())
+        return JSON(self.control.holds())
 
     async def release(self, request: Request) -> Response:
-        body = await _json_body(request, optional=("id",), example='{"id": "h1"}, or {} to release all')
+        body = await json_body(request, optional=("id",), example='{"id": "h1"}, or {} to release all')
         hold_id = body.get("id")
         if hold_id is not None and not isinstance(hold_id, str):
             raise ApiError(400, f'"id" must be a string (an id from GET /holds), not {hold_id!r}')
@@ -273,13 +248,13 @@ class _Api:
         except KeyError:
             held = [h["id"] for h in self.control.holds()]
             raise ApiError(404, _listing(f"no held message has id {hold_id!r}", "held", held)) from None
-        return _JSON({"released": released})
+        return JSON({"released": released})
 
     async def flows(self, request: Request) -> Response:
-        return _JSON(self.control.flows())
+        return JSON(self.control.flows())
 
     async def seed(self, request: Request) -> Response:
-        return _JSON({"seed": self.control.seed()})
+        return JSON({"seed": self.control.seed()})
 
     # -- the timeline -----------------------------------------------------------------------------
 
@@ -318,47 +293,6 @@ class _Api:
 
 
 # -- request helpers ------------------------------------------------------------------------------
-
-async def _json_body(
-    request: Request, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = (), example: str
-) -> dict[str, Any]:
-    """The body as a JSON object with exactly the keys allowed; 400/415 saying what is wrong."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise ApiError(415, f"send the body as JSON with 'Content-Type: application/json', e.g. {example}")
-    raw = await _read_body(request)
-    if not raw.strip():
-        data: Any = {}
-    else:
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON ({exc}); e.g. {example}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, f"the body must be a JSON object, e.g. {example}")
-    allowed = required + optional
-    unknown = [k for k in data if k not in allowed]
-    if unknown:
-        raise ApiError(400, f"unknown key {unknown[0]!r} in the body; allowed: {', '.join(allowed)}")
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ApiError(400, f"missing key {missing[0]!r} in the body, e.g. {example}")
-    return data
-
-
-async def _read_body(request: Request) -> bytes:
-    """The request body, refused with 413 past :data:`MAX_BODY_SIZE` (without reading all of it)."""
-    too_large = ApiError(413, f"the body is over {MAX_BODY_SIZE} bytes")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_SIZE:
-        raise too_large
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_SIZE:
-            raise too_large
-    return raw
-
 
 def _profile_name(body: dict[str, Any]) -> str | None:
     name = body["profile"]

@@ -21,7 +21,7 @@ import trio
 from faultlab.addr import bind_hint, format_hostport, host_problem, is_ipv6
 
 if TYPE_CHECKING:
-    from .control import Control
+    from .protocol import Control
 
 __all__ = [
     "DEFAULT_API_HOST",

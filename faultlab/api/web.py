@@ -46,8 +46,8 @@ from faultlab.trace import Event
 from faultlab.trace.ladder import call_ids, ladder_rows
 from faultlab.trace.pcap import RELAY
 
-from .app import _JSON, ApiError, _json_body, _read_body
-from .control import Control
+from ._http import JSON, ApiError, json_body, read_body
+from .protocol import Control
 from faultlab.lab.guided import GuidedRun, needs_push_gateway, scenario_json, status
 
 __all__ = ["Lab", "WebPage", "device_ladder", "is_page", "wants_html"]
@@ -148,15 +148,15 @@ class WebPage:
             call = chosen["call_id"] if chosen else None
         flows = self.control.flows() if call is not None else []
         rows, devices = device_ladder(events, call, {f["id"]: f["device"] for f in flows}) if call else ([], [])
-        return _JSON({"call": call, "calls": calls, "devices": devices, "rows": rows})
+        return JSON({"call": call, "calls": calls, "devices": devices, "rows": rows})
 
     # -- guided scenarios ---------------------------------------------------------------------------
 
     async def scenarios(self, request: Request) -> Response:
-        return _JSON([scenario_json(s) for s in _catalogue()])
+        return JSON([scenario_json(s) for s in _catalogue()])
 
     async def guided(self, request: Request) -> Response:
-        return _JSON(self._status())
+        return JSON(self._status())
 
     def _status(self) -> dict[str, Any]:
         if self.run is None:
@@ -165,7 +165,7 @@ class WebPage:
         return status(self.run, list(lab.events), lab.now())
 
     async def guided_start(self, request: Request) -> Response:
-        body = await _json_body(request, required=("scenario",), optional=("device",),
+        body = await json_body(request, required=("scenario",), optional=("device",),
                                 example='{"scenario": "S17"}, or {"scenario": "S17", "device": "10.0.0.2"}')
         name, device = body["scenario"], body.get("device")
         if not isinstance(name, str) or not name:
@@ -204,10 +204,10 @@ class WebPage:
                                   f"push path): {', '.join(missing)}")
         lab.emit("guided", detail={"action": "start", "scenario": scenario.id, "device": key,
                                    "profile": faults.name if faults is not None else None})
-        return _JSON(self._status())
+        return JSON(self._status())
 
     async def guided_stop(self, request: Request) -> Response:
-        await _json_body(request, example="{}")
+        await json_body(request, example="{}")
         if self.run is None:
             raise ApiError(404, "no guided run to stop: start one with POST /api/guided/start")
         lab = self._lab()
@@ -220,7 +220,7 @@ class WebPage:
         result["phase"] = "stopped" if result["phase"] != "done" else "done"
         result["restored"] = True
         self.run = None
-        return _JSON(result)
+        return JSON(result)
 
     def _restore(self) -> None:
         """Put back the profile that was active before the guided run (once)."""
@@ -240,14 +240,14 @@ class WebPage:
             raise ApiError(415, "send device events as JSON with 'Content-Type: application/json' "
                                 "(docs/device-events.md)")
         lab = self._lab()
-        raw = await _read_body(request)
+        raw = await read_body(request)
         try:
             events = parse_device_events(raw)
         except DeviceEventError as exc:
             raise ApiError(400, str(exc)) from None
         for event in events:
             event.emit(lab)  # type: ignore[arg-type]  # the proxy emits as a lab Timeline does
-        return _JSON({"accepted": len(events)})
+        return JSON({"accepted": len(events)})
 
 
 def _catalogue():

@@ -1,4 +1,5 @@
-"""The contract between the control API and the running proxy.
+"""The contract between the control API and the running proxy: the :class:`Control` protocol the API
+is served over (:class:`faultlab.proxy.ProxyControl` is the proxy's implementation).
 
 The API holds no state of its own: every request is one call on a :class:`Control`, which the relay
 implements. All methods are called from the trio thread that runs the proxy (the API's endpoints are
@@ -18,7 +19,7 @@ sequence number of the first, and the trace time of the newest event no longer h
 it, ``GET /events`` replays (``?since=T``, ``?after=SEQ``, ``Last-Event-ID``) and numbers SSE records; the API
 calls it right after :meth:`Control.subscribe`, with no checkpoint between, so the subscription's first event
 must be number ``first_seq + len(events)``. Without it, a replay is answered 501.
-:class:`faultlab.control.ProxyControl` implements it.
+:class:`faultlab.proxy.ProxyControl` implements it.
 """
 
 from __future__ import annotations
@@ -30,20 +31,7 @@ if TYPE_CHECKING:
 
     from faultlab.trace import Event
 
-try:
-    from faultlab.faults import ProfileError
-except ImportError as exc:  # faultlab/faults/ is still being written: a stand-in with the same shape
-    if exc.name != "faultlab.faults":
-        raise
-
-    class ProfileError(ValueError):  # type: ignore[no-redef]
-        """A profile that is unknown or does not load: ``"<source>: <key>: <value!r> — <allowed>"``."""
-
-        def __init__(self, source: str, key: str, value: Any, allowed: str) -> None:
-            self.source, self.key, self.value, self.allowed = source, key, value, allowed
-            where = f"{source}: {key}" if key else source
-            super().__init__(f"{where}: {value!r} — {allowed}")
-
+from faultlab.faults import ProfileError
 
 __all__ = ["Control", "ProfileError"]
 
