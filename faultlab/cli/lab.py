@@ -291,7 +291,7 @@ def _apns_auth(options: dict) -> dict:
     if not options.get("apns_url"):
         _fail("--apns-key signs the pushes relayed to APNs: it needs --apns-url (e.g. "
               "https://api.sandbox.push.apple.com)")
-    from faultlab.lab.apns_auth import ApnsAuthError, ApnsSigner
+    from faultlab.lab.push.auth import ApnsAuthError, ApnsSigner
 
     try:
         ApnsSigner.from_file(options["apns_key"], options["apns_key_id"], options["apns_team_id"]).token()

@@ -165,7 +165,7 @@ def run(
         if not relay:
             _fail("--apns-key signs the pushes the gateway relays: it needs --relay URL (e.g. "
                   "--relay https://api.sandbox.push.apple.com)")
-        from faultlab.lab.apns_auth import ApnsAuthError, ApnsSigner
+        from faultlab.lab.push.auth import ApnsAuthError, ApnsSigner
 
         try:
             signer = ApnsSigner.from_file(apns_key, apns_key_id, apns_team_id)

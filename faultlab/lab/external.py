@@ -40,7 +40,7 @@ from typing import AsyncIterator
 import trio
 
 from faultlab.faults import Profile
-from faultlab.lab.apns_auth import ApnsSigner
+from faultlab.lab.push.auth import ApnsSigner
 from faultlab.lab.caller import Caller
 from faultlab.lab.collector import serve_collector
 from faultlab.lab.pbx import PBX

@@ -56,12 +56,11 @@ import difflib
 import functools
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from faultlab import library
+from faultlab import library, tables
 from faultlab.faults import Profile, ProfileError, load_profile, parse_duration, parse_profile
 from faultlab.lab.device.logic import REASONS
 
@@ -171,56 +170,20 @@ class Scenario:
         return self.cancel_at is not None or self.elsewhere is not None
 
 
-class _Table:
-    def __init__(self, data: Any, key: str, source: str, allowed: set[str]) -> None:
-        if not isinstance(data, dict):
-            raise ScenarioError(source, key, data, "a table")
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            near = difflib.get_close_matches(unknown[0], sorted(allowed), n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ScenarioError(source, self._key(key, unknown[0]), None,
-                                f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}")
-        self.data, self.key, self.source = data, key, source
+class _Table(tables.Table):
+    """A scenario table (:mod:`faultlab.tables`): errors are :class:`ScenarioError`."""
 
-    @staticmethod
-    def _key(prefix: str, name: str) -> str:
-        return f"{prefix}.{name}" if prefix else name
-
-    def error(self, name: str, allowed: str) -> ScenarioError:
-        return ScenarioError(self.source, self._key(self.key, name), self.data.get(name), allowed)
-
-    def table(self, name: str, allowed: set[str]) -> _Table:
-        return _Table(self.data.get(name, {}), self._key(self.key, name), self.source, allowed)
+    error_type = ScenarioError
 
     def duration(self, name: str, default: float | None = None) -> float | None:
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        try:
-            if not isinstance(value, str):
-                raise ValueError
-            seconds = parse_duration(value)
-        except ValueError:
-            raise self.error(name, _DURATION_HELP) from None
-        if not (math.isfinite(seconds) and seconds >= 0):
-            raise self.error(name, _DURATION_HELP)
-        return seconds
+        return self.get(name, _seconds, _DURATION_HELP, default)
 
     def bool(self, name: str, default: bool) -> bool:
-        value = self.data.get(name, default)
-        if not isinstance(value, bool):
-            raise self.error(name, "true or false")
-        return value
+        return self.get(name, tables.boolean, "true or false", default)
 
     def text(self, name: str, default: str | None = None, pattern: re.Pattern | None = None,
              allowed: str = "a string") -> str | None:
-        value = self.data.get(name, default)
-        if value is None:
-            return None
-        if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
-            raise self.error(name, allowed)
-        return value
+        return self.get(name, functools.partial(_text, pattern=pattern), allowed, default)
 
     def bounds(self, name: str, *, with_event: bool) -> tuple[Bound, ...]:
         value = self.data.get(name, [])
@@ -231,7 +194,7 @@ class _Table:
         out = []
         keys = {"after", "within"} | ({"event"} if with_event else set())
         for i, item in enumerate(value):
-            t = _Table(item, f"{self._key(self.key, name)}[{i}]", self.source, keys)
+            t = _Table(item, f"{self.key(name)}[{i}]", self.source, keys)
             anchors = f"one of {', '.join(ANCHORS)}"
             after = t.text("after", allowed=anchors)
             if after not in ANCHORS:
@@ -246,42 +209,57 @@ class _Table:
         return tuple(out)
 
 
+def _seconds(value: Any) -> float:
+    """A duration of at least 0 (any refusal is reported as _DURATION_HELP)."""
+    if not isinstance(value, str):
+        raise ValueError
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        raise ValueError from None
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError
+    return seconds
+
+
+def _text(value: Any, pattern: re.Pattern | None) -> str:
+    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
+        raise ValueError
+    return value
+
+
 def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     """A scenario from TOML text; :class:`ScenarioError` names the key that is wrong and what is allowed."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, "", None, f"TOML syntax error: {exc}") from None
-    top = _Table(data, "", source, _TOP)
+    top = _Table.read(text, source, _TOP)
     sid = top.text("id", allowed="S followed by two digits and an optional letter: S04, S12b", pattern=_ID)
     slug = top.text("slug", allowed="lower-case letters, digits and dashes: cancel-before-register", pattern=_SLUG)
     title = top.text("title")
     for name, value in (("id", sid), ("slug", slug), ("title", title)):
         if value is None:
             raise top.error(name, "required")
-    transports = data.get("transports", list(TRANSPORTS))
+    transports = top.data.get("transports", list(TRANSPORTS))
     if (not isinstance(transports, list) or not transports
             or any(t not in TRANSPORTS for t in transports)):
         raise top.error("transports", f"a non-empty list of {', '.join(TRANSPORTS)}")
 
-    faults = _faults(top.table("faults", {"profile", "rules", "link"}), source, slug)
+    faults = _faults(top.sub("faults", {"profile", "rules", "link"}), source, slug)
 
-    call = top.table("call", _CALL)
+    call = top.sub("call", _CALL)
     elsewhere = call.text("elsewhere", allowed='"answered" or "declined"')
     if elsewhere not in (None, "answered", "declined"):
         raise call.error("elsewhere", '"answered" or "declined"')
     answer_at, decline_at = call.duration("answer_at"), call.duration("decline_at")
     if answer_at is not None and decline_at is not None:
         raise call.error("decline_at", "either answer_at or decline_at, not both")
-    push = top.table("push", _PUSH)
+    push = top.sub("push", _PUSH)
     duplicate = push.data.get("duplicate", 0)
     if not isinstance(duplicate, int) or isinstance(duplicate, bool) or not 0 <= duplicate <= 5:
         raise push.error("duplicate", "a whole number of extra deliveries, 0 to 5")
-    pbx = top.table("pbx", _PBX)
-    device_t = top.table("device", _DEVICE)
+    pbx = top.sub("pbx", _PBX)
+    device_t = top.sub("device", _DEVICE)
     device = {k: device_t.duration(k) for k in sorted(_DEVICE - {"new_connection"}) if k in device_t.data}
 
-    expect = top.table("expect", _EXPECT)
+    expect = top.sub("expect", _EXPECT)
     end = expect.data.get("end", [])
     if isinstance(end, str):
         end = [end]

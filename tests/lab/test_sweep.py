@@ -148,7 +148,7 @@ def test_a_run_that_raises_is_a_failed_row_and_the_sweep_goes_on(tmp_path, jobs)
 
 
 def test_the_cli_says_how_many_runs_errored(tmp_path, monkeypatch):
-    import faultlab.lab.sweep as sweep_module
+    import faultlab.lab.sweep.run as sweep_module
 
     real = sweep_module.run_point
 

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from faultlab.lab.apns_auth import ApnsSigner
+from faultlab.lab.push.auth import ApnsSigner
 from faultlab.lab.push import PushClient, PushGateway, PushRejected, serve_push_gateway
 from faultlab.lab.timeline import Timeline
 from tests.unit.test_apns_auth import KEY_ID, TEAM_ID, Clock, verify

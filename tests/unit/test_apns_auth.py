@@ -1,4 +1,4 @@
-"""APNs token authentication (faultlab.lab.apns_auth): the JWT's exact shape and signature, token reuse and
+"""APNs token authentication (faultlab.lab.push.auth): the JWT's exact shape and signature, token reuse and
 renewal on an injected clock, and the errors for keys and ids that APNs would not accept, from the library and from
 the two CLIs that take ``--apns-key``."""
 
@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from typer.testing import CliRunner
 
-from faultlab.lab.apns_auth import TOKEN_LIFETIME, ApnsAuthError, ApnsSigner, check_id, load_key, make_token
+from faultlab.lab.push.auth import TOKEN_LIFETIME, ApnsAuthError, ApnsSigner, check_id, load_key, make_token
 from faultlab.cli.push_gateway import app as push_app
 
 KEY_ID = "ABC123DEFG"

@@ -1,0 +1,123 @@
+"""A sweep's results: one summary per grid point, the recommendation, and the files (CSV, JSON, the plot)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .params import Param, points
+from .plot import plot_html
+
+__all__ = ["TIMES", "recommend", "summarise", "write_results"]
+
+TIMES = ("ring", "connect", "end")
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+def summarise(rows: Sequence[dict[str, Any]], params: Sequence[Param]) -> list[dict[str, Any]]:
+    """One summary per grid point: runs, pass rate, median / p95 of each key time, end reasons."""
+    by_point: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_point.setdefault(json.dumps(row["point"], sort_keys=True), []).append(row)
+    out = []
+    for point in points(params):
+        group = by_point.get(json.dumps(point, sort_keys=True), [])
+        if not group:
+            continue
+        summary: dict[str, Any] = {"point": point, "runs": len(group),
+                                   "pass_rate": sum(r["passed"] for r in group) / len(group)}
+        for name in TIMES:
+            values = [r[name] for r in group if r.get(name) is not None]
+            summary[f"{name}_median"] = statistics.median(values) if values else None
+            summary[f"{name}_p95"] = _quantile(values, 0.95)
+        reasons: dict[str, int] = {}
+        for r in group:
+            reasons[str(r.get("end_reason"))] = reasons.get(str(r.get("end_reason")), 0) + 1
+        summary["end_reasons"] = reasons
+        # the calls that never connected (a ghost ring, a missed call): how long until the device gave up
+        unconnected = [r["end"] for r in group if r.get("connect") is None and r.get("end") is not None]
+        summary["unconnected"] = len(unconnected)
+        summary["unconnected_end_median"] = statistics.median(unconnected) if unconnected else None
+        summary["errors"] = sum(1 for r in group if r.get("error"))
+        out.append(summary)
+    return out
+
+
+def recommend(summaries: Sequence[dict[str, Any]], params: Sequence[Param], target: float = 0.99) -> list[str]:
+    """Plain-language findings: for a swept deadline (``device.*``), per condition (the other parameters' values),
+    the smallest value whose pass rate reaches ``target``, and the price of each step between neighbouring values of
+    the deadline: the change in pass rate (points) and in the median push -> end of the runs that never connected
+    (no ``connect`` time: the ghost ring or missed call a longer deadline prolongs)."""
+    deadlines = [p for p in params if p.key.startswith("device.")]
+    if not deadlines:
+        return [f"no device deadline swept: pass rate per point is in results.csv (target {target:.0%})"]
+    lines = []
+    for knob in deadlines:
+        others = [p for p in params if p is not knob]
+        conditions = points(others) if others else [{}]
+        for condition in conditions:
+            series = [s for s in summaries if all(s["point"].get(k) == v for k, v in condition.items())]
+            series.sort(key=lambda s: s["point"][knob.key])
+            where = ", ".join(f"{k} = {p.label(condition[k])}" for p in others for k in [p.key]) or "all runs"
+            passing = [s for s in series if s["pass_rate"] >= target]
+            if passing:
+                best = passing[0]
+                lines.append(f"{where}: {knob.key} = {knob.label(best['point'][knob.key])} is the smallest value "
+                             f"passing in ≥ {target:.0%} of runs ({best['pass_rate']:.0%} of {best['runs']})")
+            else:
+                top = max(series, key=lambda s: s["pass_rate"]) if series else None
+                lines.append(f"{where}: no {knob.key} tried reaches {target:.0%}"
+                             + (f" (best {top['pass_rate']:.0%} at {knob.label(top['point'][knob.key])})" if top else ""))
+            for before, after in zip(series, series[1:]):
+                lines.append(f"    {_step(knob, before, after)}")
+    return lines
+
+
+def _step(knob: Param, before: dict[str, Any], after: dict[str, Any]) -> str:
+    """``"1 s → 2 s: pass rate +14 points, push → end of calls that never connected +1.00 s"``."""
+    rate = (after["pass_rate"] - before["pass_rate"]) * 100
+    a, b = before.get("unconnected_end_median"), after.get("unconnected_end_median")
+    if a is not None and b is not None:
+        cost = f" {b - a:+.2f} s ({a:.2f} s → {b:.2f} s)"
+    elif a is None and b is None:
+        cost = ": none"
+    else:
+        missing = knob.label((before if a is None else after)["point"][knob.key])
+        cost = f": none at {missing}"
+    return (f"{knob.label(before['point'][knob.key])} → {knob.label(after['point'][knob.key])}: pass rate "
+            f"{rate:+.0f} points, push → end of calls that never connected{cost}")
+
+
+def write_results(out: Path, rows: Sequence[dict[str, Any]], params: Sequence[Param], summaries, lines) -> None:
+    """``results.csv`` (one row per run), ``results.json`` (settings, rows, summaries, recommendation) and
+    ``plot.html``."""
+    keys = [p.key for p in params]
+    with (out / "results.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(keys + ["seed", "passed", "end_reason", "push_to_ring", "push_to_connect", "push_to_end",
+                                "checks_failed", "error"])
+        for r in rows:
+            writer.writerow([r["point"][k] for k in keys] + [
+                r["seed"], int(r["passed"]), r.get("end_reason") or "", _blank(r.get("ring")),
+                _blank(r.get("connect")), _blank(r.get("end")),
+                ";".join(k for k, v in r["checks"].items() if not v), r.get("error") or ""])
+    settings = json.loads((out / "sweep.json").read_text())
+    (out / "results.json").write_text(json.dumps({"settings": settings, "summaries": summaries,
+                                                  "recommendation": lines, "rows": list(rows)}, indent=1) + "\n")
+    (out / "plot.html").write_text(plot_html(settings, summaries, params, lines))
+
+
+def _blank(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+

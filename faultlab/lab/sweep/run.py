@@ -1,0 +1,185 @@
+"""Running a sweep: every (point, seed) once, in virtual time, on a pool of worker processes, each row appended to
+``runs.jsonl`` as it finishes (so an interrupted sweep resumes), one sweep per directory at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+from faultlab.lab.scenario import load_scenario, override
+
+from .params import Param, SweepError, apply, points
+
+__all__ = ["default_jobs", "error_row", "load_rows", "run_key", "run_point", "run_point_safely", "sweep"]
+
+
+def run_key(point: dict[str, float], seed: int) -> str:
+    return json.dumps({"point": point, "seed": seed}, sort_keys=True)
+
+
+def run_point(scenario_name: str, sets: Sequence[tuple[str, str]], point: dict[str, float], seed: int,
+              behaviour: str | None = None) -> dict[str, Any]:
+    """One run in virtual time; its row. Runs in a worker process (everything it takes is picklable)."""
+    from faultlab.lab.checks import anchors
+    from faultlab.lab.runner import run_case
+
+    scenario = load_scenario(scenario_name)
+    for key, value in sets:
+        scenario = override(scenario, key, value)
+    case = run_case(apply(scenario, point), seed=seed, behaviour=behaviour)
+    run = case.runs[0]
+    found = anchors(run.events, run.call_id) if run.call_id else {}
+    t0 = found["push"].t if "push" in found else None
+
+    def since(name: str) -> float | None:
+        return round(found[name].t - t0, 6) if t0 is not None and name in found else None
+
+    end = found.get("end")
+    return {
+        "point": point, "seed": seed, "passed": case.passed,
+        "checks": {c.check: c.passed for c in case.checks},
+        "end_reason": end.detail.get("reason") if end is not None else None,
+        "ring": since("invite"), "connect": since("ok"), "end": since("end"),
+        "error": run.error, "wall": round(sum(r.wall for r in case.runs), 6),
+    }
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows already in ``runs.jsonl`` (a last line cut short by an interruption is ignored)."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut ``path`` back to just after its last newline, so the next row does not glue onto a line an interruption
+    cut short."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def error_row(point: dict[str, float], seed: int, exc: BaseException) -> dict[str, Any]:
+    """The row of a run that raised instead of finishing: failed, with ``error`` ``"<Type>: <message>"``."""
+    return {"point": point, "seed": seed, "passed": False, "checks": {}, "end_reason": None,
+            "ring": None, "connect": None, "end": None, "error": f"{type(exc).__name__}: {exc}", "wall": 0.0}
+
+
+def run_point_safely(scenario_name: str, sets: Sequence[tuple[str, str]], point: dict[str, float], seed: int,
+                     behaviour: str | None = None) -> dict[str, Any]:
+    """:func:`run_point`, an exception turned into its :func:`error_row` (in the worker: nothing to unpickle)."""
+    try:
+        return run_point(scenario_name, sets, point, seed, behaviour)
+    except Exception as exc:  # noqa: BLE001 - one run's failure is that run's row, the sweep goes on
+        return error_row(point, seed, exc)
+
+
+def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int = 1,
+          sets: Sequence[tuple[str, str]] = (), behaviour: str | None = None,
+          on_row: Callable[[dict[str, Any], int, int], None] | None = None,
+          stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+    """Run every (point, seed) not yet in ``out/runs.jsonl``; return all rows of this sweep, in grid order.
+
+    ``out/sweep.json`` records the settings; a different sweep in the same directory is refused, the same sweep
+    with more ``runs`` only runs the new seeds. ``out/sweep.lock`` is held for the sweep's duration: a second sweep
+    into the same directory fails at once. A run that raises is recorded as a failed row with its ``error``.
+    ``on_row(row, done, total)`` after each run; ``stop()`` true ends the sweep early (what is done is kept)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "sweep.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepError(f"another sweep is running in {out}; wait for it or use another --out") from None
+        return _sweep_locked(scenario_name, params, runs=runs, seed=seed, out=out, jobs=jobs, sets=sets,
+                             behaviour=behaviour, on_row=on_row, stop=stop)
+
+
+def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int,
+                  sets: Sequence[tuple[str, str]], behaviour: str | None,
+                  on_row: Callable[[dict[str, Any], int, int], None] | None,
+                  stop: Callable[[], bool] | None) -> list[dict[str, Any]]:
+    settings = {"scenario": scenario_name, "params": [{"key": p.key, "values": list(p.values), "unit": p.unit}
+                                                      for p in params],
+                "runs": runs, "seed": seed, "set": [list(s) for s in sets], "behaviour": behaviour}
+    settings_path = out / "sweep.json"
+    if settings_path.exists():
+        before = json.loads(settings_path.read_text())
+        if {k: v for k, v in before.items() if k != "runs"} != {k: v for k, v in settings.items() if k != "runs"}:
+            raise SweepError(f"{out} holds a different sweep ({settings_path}); use another --out directory")
+    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    rows_path = out / "runs.jsonl"
+    done: dict[str, dict[str, Any]] = {}
+    for row in load_rows(rows_path):  # a (point, seed) twice (e.g. an older, unlocked double run): the first counts
+        done.setdefault(run_key(row["point"], row["seed"]), row)
+    _drop_partial_line(rows_path)
+    grid = points(params)
+    todo = [(p, seed + i) for p in grid for i in range(runs) if run_key(p, seed + i) not in done]
+    total = len(grid) * runs
+    count = total - len(todo)
+    broken: BaseException | None = None
+    with rows_path.open("a") as sink:
+        def record(row: dict[str, Any]) -> None:
+            nonlocal count
+            sink.write(json.dumps(row, sort_keys=True) + "\n")
+            sink.flush()
+            done[run_key(row["point"], row["seed"])] = row
+            count += 1
+            if on_row is not None:
+                on_row(row, count, total)
+
+        if jobs <= 1:
+            for point, s in todo:
+                if stop is not None and stop():
+                    break
+                record(run_point_safely(scenario_name, sets, point, s, behaviour))
+        else:
+            with ProcessPoolExecutor(jobs) as pool:
+                pending: dict[Future, tuple[dict[str, float], int]] = {}
+                queue = iter(todo)
+
+                def submit(n: int) -> None:
+                    for point, s in itertools.islice(queue, n):
+                        pending[pool.submit(run_point_safely, scenario_name, sets, point, s, behaviour)] = (point, s)
+
+                submit(jobs * 4)
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        point, s = pending.pop(future)
+                        try:
+                            row = future.result()
+                        except BrokenProcessPool as exc:  # a worker died: not this run's fault, leave it to redo
+                            broken = exc
+                            continue
+                        except Exception as exc:  # noqa: BLE001 - e.g. a result that could not be unpickled
+                            row = error_row(point, s, exc)
+                        record(row)
+                    if broken is not None or (stop is not None and stop()):
+                        for future in pending:
+                            future.cancel()
+                        break
+                    submit(len(finished))
+    if broken is not None:
+        raise SweepError(f"a worker process died ({broken}); {count} of {total} runs are kept in {rows_path}: "
+                         "run the same command again to finish")
+    return [done[k] for k in (run_key(p, seed + i) for p in grid for i in range(runs)) if k in done]
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
