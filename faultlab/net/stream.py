@@ -21,8 +21,11 @@ from collections.abc import Callable
 import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
+from faultlab.ca import LabCA, default_confdir
 from faultlab.net.resolve import resolve
 from faultlab.net.scheduler import Closed, StreamWriter, carry_out_on_stream, seconds
+from faultlab.net.tls import TLSConfigError, client_context, server_context
+from faultlab.net.transparent import open_tcp, original_dst, was_redirected
 from faultlab.relay import TO_DEVICE, TO_PBX, Hop, Plan, Relay, Side, Step
 from faultlab.sip import EOF, NEED_DATA, SipError, StreamFramer
 
@@ -193,9 +196,6 @@ async def serve_stream(
     _, addr = await resolve(listen)
     server_ctx = client_ctx = None
     if transport == "tls":
-        from faultlab.ca import LabCA, default_confdir
-        from faultlab.net.tls import TLSConfigError, server_context
-
         ca = LabCA.load_or_init(config.confdir or default_confdir())
         relay.ca_cert_path = ca.cert_path
         fallback = [config.tls_name] if config.tls_name else []
@@ -222,8 +222,6 @@ async def serve_stream(
             by_destination[address] = ctx
         return ctx
     if up_transport == "tls":
-        from faultlab.net.tls import client_context
-
         client_ctx = client_context(cafile=config.upstream_ca, insecure=config.upstream_insecure)
 
     try:
@@ -246,8 +244,6 @@ async def serve_stream(
         target = up_addr
         try:
             if upstream is None:
-                from faultlab.net.transparent import original_dst, was_redirected
-
                 target = original_dst(conn.socket)
                 if not was_redirected(target, local):
                     relay.warn("connection not intercepted (made to faultlab itself, no original destination): "
@@ -276,8 +272,6 @@ async def serve_stream(
             try:
                 with trio.fail_after(config.connect_timeout):
                     if upstream is None:
-                        from faultlab.net.transparent import open_tcp
-
                         up_conn = await open_tcp(target, source_ip=peer[0] if config.spoof_source else None)
                     else:
                         up_conn = await trio.open_tcp_stream(*up_addr)
