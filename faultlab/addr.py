@@ -135,6 +135,39 @@ def listen_error(endpoint: Endpoint, exc: OSError) -> EndpointError:
     return EndpointError(f"cannot listen on {endpoint}: {exc.strerror or exc}{hint}")
 
 
+_BRACKETED = re.compile(r"\[([0-9A-Fa-f:.]+(?:%[^\]]+)?)\](?::([0-9]{1,5}))?")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_device_address(text: str) -> tuple[Network, int | None]:
+    """A device as people write it (profile rules, the control API, ``--device``): ``IP``, ``IP:PORT``,
+    ``[IPv6]``, ``[IPv6]:PORT``, a bare IPv6 address, or a network such as ``10.0.0.0/8`` (no port).
+
+    Returns the network (a single address is a /32 or /128) and the port (None: any). The one parser of
+    device addresses: :func:`parse_device` and the profile's ``device`` match use it. Raises ValueError
+    saying what is wrong.
+    """
+    s = text.strip()
+    m = _BRACKETED.fullmatch(s)
+    if m:
+        addr, port_text = m.groups()
+    elif s.count(":") == 1:
+        addr, port_text = s.split(":")
+    else:
+        addr, port_text = s, None
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit():
+            raise ValueError(f"{port_text!r} is not a port number")
+        port = int(port_text)
+        if not 0 < port <= 65535:
+            raise ValueError("port out of range")
+        if "/" in addr:
+            raise ValueError("a network takes no port")
+    return ipaddress.ip_network(addr, strict=False), port
+
+
 def parse_device(spec: str) -> str:
     """Normalise a device spec: ``IP`` or ``IP:PORT`` (IPv6 as ``[::1]:5060`` or bare ``::1``)."""
     text = spec.strip()
@@ -142,12 +175,10 @@ def parse_device(spec: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         pass
-    host, sep, port = text.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     try:
-        ip = ipaddress.ip_address(host)
+        network, port = parse_device_address(text)
     except ValueError:
-        ip = None
-    if not sep or ip is None or not port.isdigit() or not 0 < int(port) < 65536:
+        network, port = None, None
+    if network is None or port is None or "/" in text:
         raise ValueError(f"device {spec!r}: give an IP address or IP:PORT, e.g. 10.0.0.2 or 10.0.0.2:5060")
-    return format_hostport(str(ip), int(port))
+    return format_hostport(str(network.network_address), port)

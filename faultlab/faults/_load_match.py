@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..addr import parse_device_address
 from ..sip import SipError, parse_uri
 from ..sip._abnf import TOKEN_RE, canonical_key
 from ..tables import Table, boolean, choice, integer, listed, one_of
@@ -110,29 +110,16 @@ def _device(value: Any) -> tuple[DeviceSpec, ...]:
 
 
 def _device_one(text: str) -> DeviceSpec:
+    """One ``device`` value: a SIP AOR here, an address or network through :func:`faultlab.addr.parse_device_address`."""
     s = text.strip()
     if s.lower().startswith(("sip:", "sips:")):
         try:
             uri = parse_uri(s)
         except SipError as e:
             raise ValueError(str(e)) from None
-        user = uri.user
-        return DeviceSpec(text=text, aor_user=user, aor_host=uri.host.lower(), port=uri.port)
-    port = None
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,5}))?", s)
-    if m:
-        addr, port_s = m.groups()
-    elif s.count(":") == 1:
-        addr, port_s = s.split(":")
-    else:
-        addr, port_s = s, None
-    if port_s is not None:
-        port = int(port_s)
-        if not 0 < port <= 65535:
-            raise ValueError("port out of range")
-        if "/" in addr:
-            raise ValueError("a network takes no port")
-    return DeviceSpec(text=text, network=ipaddress.ip_network(addr, strict=False), port=port)
+        return DeviceSpec(text=text, aor_user=uri.user, aor_host=uri.host.lower(), port=uri.port)
+    network, port = parse_device_address(s)
+    return DeviceSpec(text=text, network=network, port=port)
 
 
 _DEVICE_ALLOWED = (

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from faultlab.addr import parse_device
 from faultlab.faults import (
     Action,
     CloseSpec,
@@ -131,6 +132,33 @@ def test_terminal_actions():
     assert one_rule("", 'close = true, when = "before"').action.terminal
     assert not one_rule("", "close = true").action.terminal
     assert not one_rule("", 'delay = "1s"').action.terminal
+
+
+@pytest.mark.parametrize(
+    "written, network, port",
+    [
+        ("192.0.2.7", "192.0.2.7/32", None),
+        ("192.0.2.7:5060", "192.0.2.7/32", 5060),
+        ("[2001:db8::7]:5060", "2001:db8::7/128", 5060),
+        ("[2001:db8::7]", "2001:db8::7/128", None),
+        ("2001:db8::7", "2001:db8::7/128", None),
+        ("[fe80::1%eth0]:5060", "fe80::1%eth0/128", 5060),
+        ("10.0.0.0/8", "10.0.0.0/8", None),
+    ],
+)
+def test_device_addresses_as_the_control_api_takes_them(written, network, port):
+    """A rule's device and a device given to the control API (``parse_device``) are read by one parser."""
+    spec = one_rule(f'device = "{written}"', "drop = true").match.device[0]
+    assert (str(spec.network), spec.port) == (network, port)
+    if port is not None:
+        assert parse_device(written) == written
+
+
+@pytest.mark.parametrize("port", ["", " 5060", "+5", "5_0", "0", "65536", "abc"])
+def test_a_device_port_is_a_number_from_1_to_65535(port):
+    with pytest.raises(ProfileError) as info:
+        one_rule(f'device = "192.0.2.7:{port}"', "drop = true")
+    assert info.value.key == "rules[0].match.device" and "an IP address" in info.value.allowed
 
 
 def test_connect_rule():
