@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from faultlab.lab.pbx import PBX
-from faultlab.lab.pbx.logic import Flow, Note, PbxLogic, Push, Send
+from faultlab.lab.pbx.logic import Flow, Note, PbxLogic, RequestPush, SendBytes
 from faultlab.lab.timeline import Timeline
 from faultlab.sip import Message, parse_datagram
 
@@ -81,11 +81,11 @@ def reply(request: Message, status: int, to_tag="btag", contact=True) -> Message
 
 
 def sends(actions) -> list[tuple[Flow, Message]]:
-    return [(a.flow, parse_datagram(a.data)) for a in actions if isinstance(a, Send)]
+    return [(a.flow, parse_datagram(a.data)) for a in actions if isinstance(a, SendBytes)]
 
 
-def pushes(actions) -> list[Push]:
-    return [a for a in actions if isinstance(a, Push)]
+def pushes(actions) -> list[RequestPush]:
+    return [a for a in actions if isinstance(a, RequestPush)]
 
 
 def notes(actions) -> list[str]:
@@ -397,7 +397,7 @@ def _forwarded_udp(pbx: PbxLogic, now: float = 0.0) -> Message:
 
 def _retransmissions(out) -> list[tuple[Flow, str, int]]:
     return [(a.flow, parse_datagram(a.data).method, a.retransmission) for a in out
-            if isinstance(a, Send) and a.retransmission]
+            if isinstance(a, SendBytes) and a.retransmission]
 
 
 def _run_timers(pbx: PbxLogic, until: float) -> list[tuple[float, list]]:
@@ -417,7 +417,7 @@ def test_udp_invite_retransmitted_per_timer_a_then_timer_b_408():
     assert resent == [(0.5, 1), (1.5, 2), (3.5, 3), (7.5, 4), (15.5, 5), (31.5, 6)]
     for t, out in fired:
         for a in out:
-            if isinstance(a, Send) and a.retransmission:
+            if isinstance(a, SendBytes) and a.retransmission:
                 assert a.flow == PHONE_UDP and a.data == fwd.raw  # the same bytes, same branch
     [(t, out)] = [(t, out) for t, out in fired if "timeout" in notes(out)]
     assert t == 32.0

@@ -1,6 +1,8 @@
 """The embedded PBX: a registrar and stateless-ish proxy that speaks RFC 8599 push.
 
-* :mod:`.logic` -- :class:`PbxLogic`, sans-IO: (message, flow, now) in, outputs out. No trio, no sockets.
+* :mod:`.logic` -- :class:`PbxLogic`, sans-IO: (message, flow, now) in, outputs out (:class:`SendBytes`,
+  :class:`RequestPush`, :class:`Note`). No trio, no sockets. Its parts: :mod:`.registrar`, :mod:`.calls`,
+  :mod:`.transactions`, and the data in :mod:`.model`.
 * :mod:`.driver` -- :class:`PBX`, the trio driver: UDP/TCP/TLS listeners, timers, pushes, the timeline.
 
 The driver is loaded on first use of ``PBX``, so importing the logic never loads trio.
@@ -10,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .logic import ELSEWHERE_REASONS, Action, Binding, Flow, Note, PbxLogic, Push, Send
+from .logic import ELSEWHERE_REASONS, Binding, Flow, Note, Output, PbxLogic, RequestPush, SendBytes
 
-__all__ = ["PBX", "PbxLogic", "Action", "Binding", "Flow", "Note", "Push", "Send", "ELSEWHERE_REASONS"]
+__all__ = ["PBX", "PbxLogic", "Output", "Binding", "Flow", "Note", "RequestPush", "SendBytes", "ELSEWHERE_REASONS"]
 
 
 def __getattr__(name: str) -> Any:

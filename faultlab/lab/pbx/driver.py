@@ -14,7 +14,7 @@ its timers on trio's clock, carries out its actions and writes the timeline (sou
 
 Requests sent over UDP are retransmitted per RFC 3261 Timers A/E until their transaction ends, and
 time out per Timers B/F (64*T1); the sans-IO logic decides (it keeps each UDP client transaction's
-retransmission state, keyed by branch and method, and returns the retransmissions as ``Send`` actions
+retransmission state, keyed by branch and method, and returns the retransmissions as ``SendBytes`` actions
 from ``on_timer``); this driver only runs its deadlines on trio's clock. Nothing is retransmitted on
 TCP/TLS.
 
@@ -42,13 +42,13 @@ import trio
 
 from faultlab.lab.pbx.logic import (
     ELSEWHERE_REASONS,
-    Action,
+    Output,
     Binding,
     Flow,
     Note,
     PbxLogic,
-    Push,
-    Send,
+    RequestPush,
+    SendBytes,
 )
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport, listen_error, parse_endpoint
@@ -179,20 +179,20 @@ class PBX:
 
     # ------------------------------------------------------------------ actions
 
-    async def _execute(self, actions: list[Action]) -> None:
+    async def _execute(self, actions: list[Output]) -> None:
         self._wake.set()
         for action in actions:
-            if isinstance(action, Send):
+            if isinstance(action, SendBytes):
                 await self._send(action.flow, action.data, action.retransmission)
             elif isinstance(action, Note):
                 self._emit_note(action.detail, action.call_id)
-            elif isinstance(action, Push):
+            elif isinstance(action, RequestPush):
                 if self._nursery is not None:
                     self._nursery.start_soon(self._push, action)
                 else:
                     await self._push(action)
 
-    async def _push(self, push: Push) -> None:
+    async def _push(self, push: RequestPush) -> None:
         detail = {"action": "push-sent", "token": push.token, "type": push.payload.get("type"),
                   "payload": push.payload}
         if self.send_push is None:
