@@ -6,7 +6,10 @@ raises :class:`ProfileError` naming the file, the key, the value and what is
 allowed. An :class:`Engine` applies one profile: the proxy hands it each
 message as a :class:`MessageView` with the current time and gets a
 :class:`Decision` (forward after a delay, drop, respond, duplicate, hold,
-close/reset, stall) plus the events to put on the timeline. Time comes in as
+close/reset, stall) plus the events to put on the timeline. Each kind of action
+is one class in :mod:`faultlab.faults.actions` (reading its keys of a rule's
+``action`` table and making its part of the decision), found through a
+registry by the loader and the engine. Time comes in as
 ``now`` (seconds on the relay's trio clock) and randomness only from the
 ``random.Random`` given to the engine: no trio, no sockets, no clock here.
 See docs/profiles.md for the format.
