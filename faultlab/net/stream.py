@@ -22,14 +22,13 @@ import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.ca import LabCA, default_confdir
+from faultlab.net.reader import SipStreamReader, Unframed
 from faultlab.net.resolve import resolve
 from faultlab.net.scheduler import Closed, StreamWriter, carry_out_on_stream, seconds
 from faultlab.net.tls import TLSConfigError, client_context, server_context
 from faultlab.net.transparent import open_tcp, original_dst, was_redirected
 from faultlab.relay import TO_DEVICE, TO_PBX, Hop, Plan, Relay, Side, Step
-from faultlab.sip import EOF, NEED_DATA, SipError, StreamFramer
 
-RECEIVE_SIZE = 65536
 # After one side closes in order, how long the other direction may still
 # deliver what it has in flight before the pair is closed.
 HALF_CLOSE_GRACE = 5.0
@@ -58,9 +57,7 @@ def _is_reset(exc: BaseException) -> bool:
 async def _pump(relay: Relay, src: trio.abc.Stream, forward: StreamWriter, back: StreamWriter, hop: Hop,
                 dest: tuple[str, int]) -> str:
     """Read one direction until it ends; return how: "eof", "reset" or "error"."""
-    framer = StreamFramer()
-    raw = False
-
+    reader = SipStreamReader(src)
     ready: list[Step] = []  # plain forwards of the current read, written together
 
     async def flush() -> None:
@@ -78,7 +75,7 @@ async def _pump(relay: Relay, src: trio.abc.Stream, forward: StreamWriter, back:
 
     while True:
         try:
-            data = await src.receive_some(RECEIVE_SIZE)
+            batch = await reader.read_batch()
         except trio.BrokenResourceError as exc:
             if _is_reset(exc):
                 return "reset"
@@ -87,33 +84,17 @@ async def _pump(relay: Relay, src: trio.abc.Stream, forward: StreamWriter, back:
             return "error"
         except trio.ClosedResourceError:
             return "error"
-        if raw:
-            if not data:
-                return "eof"
-            await carry_out(relay.plan(data, hop))
-            await flush()
-            continue
-        framer.receive_data(data)
-        while True:
-            try:
-                event = framer.next_event()
-            except SipError as exc:
-                relay.warn(f"cannot frame the stream ({exc}): relaying it raw from here on",
+        if batch is None:
+            return "eof"
+        for item in batch:
+            if not isinstance(item, Unframed):
+                await carry_out(relay.plan(item, hop))
+                continue
+            if item.error is not None:
+                relay.warn(f"cannot frame the stream ({item.error}): relaying it raw from here on",
                            flow=hop.flow, direction=hop.direction, transport=hop.transport)
-                raw = True
-                leftover = framer.take_unframed()
-                if leftover:
-                    await carry_out(relay.plan(leftover, hop, error=str(exc)))
-                await flush()
-                if not data:
-                    return "eof"
-                break
-            if event is NEED_DATA:
-                break
-            if event is EOF:
-                await flush()
-                return "eof"
-            await carry_out(relay.plan(event, hop))
+            if item.data:
+                await carry_out(relay.plan(item.data, hop, error=item.error))
         await flush()
 
 

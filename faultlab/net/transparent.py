@@ -37,6 +37,7 @@ import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.net.resolve import resolve
+from faultlab.net.reader import parse_or_raw
 from faultlab.net.scheduler import DatagramScheduler
 from faultlab.net.udp import (
     BATCH,
@@ -44,7 +45,6 @@ from faultlab.net.udp import (
     SOCKET_BUFFER,
     Datagrams,
     enlarge_buffers,
-    parse_or_raw,
     relay_from,
 )
 from faultlab.relay import TO_DEVICE, TO_PBX, Hop, Relay, Side

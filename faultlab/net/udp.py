@@ -16,10 +16,10 @@ import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.net import memnet
+from faultlab.net.reader import parse_or_raw
 from faultlab.net.resolve import resolve
 from faultlab.net.scheduler import DatagramScheduler, Send
 from faultlab.relay import TO_DEVICE, TO_PBX, Hop, Relay, Side
-from faultlab.sip import KeepAlive, Message, SipError, parse_datagram
 
 MAX_DATAGRAM = 65535
 # Socket buffers: a burst from many devices must not overflow the kernel's
@@ -98,14 +98,6 @@ class Datagrams:
                 return
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(self.sock)
-
-
-def parse_or_raw(data: bytes) -> tuple[Message | KeepAlive | bytes, str | None]:
-    """A datagram as a SIP message or keep-alive, or its bytes and why they do not parse."""
-    try:
-        return parse_datagram(data), None
-    except SipError as exc:
-        return data, str(exc)
 
 
 @dataclass(eq=False)
