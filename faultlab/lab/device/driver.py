@@ -2,7 +2,8 @@
 
 :class:`Device` owns a small SIP UA that talks to one outbound proxy (faultlab's address) over UDP, TCP or TLS,
 reads VoIP pushes from a channel, and runs one :class:`~faultlab.lab.device.logic.DeviceLogic` per call: the
-CallKit/app rules live there (sans-IO); this module only does the I/O:
+CallKit/app rules live there (sans-IO); this module and its two parts, :mod:`.register` (REGISTER) and
+:mod:`.answer` (answering requests), only do the I/O:
 
 * REGISTER with RFC 8599 Contact parameters
   (``;pn-provider=apns;pn-prid=<token>;pn-param=<TEAMID>.<bundle>.voip``) and ``Expires``; on UDP retransmitted
@@ -24,12 +25,10 @@ Pushes are any objects with ``.kind`` (``"call"`` | ``"cancel"``) and ``.payload
 from __future__ import annotations
 
 import math
-import re
 import secrets
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,30 +45,15 @@ from faultlab.lab.device.logic import (
     StopRegister,
 )
 from faultlab.lab.timeline import Timeline
-from faultlab.addr import Endpoint, format_hostport, is_ip, parse_endpoint
+from faultlab.addr import Endpoint, is_ip, parse_endpoint
 from faultlab.net.udp import local_address_towards
-from faultlab.sip import (
-    EOF,
-    NEED_DATA,
-    KeepAlive,
-    Message,
-    SipError,
-    StreamFramer,
-    build_request,
-    build_response,
-    parse_datagram,
-)
+from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, parse_datagram
+
+from .answer import Answering
+from .base import T1, T2, TIMER_F, Address, _Call, _Flow
+from .register import Registering, contact_uri
 
 __all__ = ["Device", "DeviceConfig", "BEHAVIOURS", "contact_uri", "T1", "T2", "TIMER_F"]
-
-T1, T2 = 0.5, 4.0  # RFC 3261 §17
-TIMER_F = 64 * T1  # non-INVITE transaction timeout
-USER_AGENT = "faultlab-reference-device"
-SDP_TEMPLATE = (
-    "v=0\r\no={user} 1 1 IN {ipv} {host}\r\ns=faultlab device\r\nc=IN {ipv} {host}\r\nt=0 0\r\n"
-    "m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
-)
-Address = tuple[str, int]
 
 
 async def _source_address(proxy: Endpoint) -> str:
@@ -85,47 +69,7 @@ async def _source_address(proxy: Endpoint) -> str:
         return loopback
 
 
-def contact_uri(user: str, local: Address, transport: str, token: str, team_id: str, bundle: str) -> str:
-    """The Contact URI with RFC 8599 push parameters (in the URI, §4.1)."""
-    uri = f"sip:{user}@{format_hostport(*local)}"
-    if transport != "udp":
-        uri += f";transport={transport}"
-    return f"{uri};pn-provider=apns;pn-prid={token};pn-param={team_id}.{bundle}.voip"
-
-
-def _retry_after(message: Message) -> float | None:
-    value = message.get("Retry-After")
-    m = re.match(r"\s*(\d+)", value or "")
-    return float(m.group(1)) if m else None
-
-
-@dataclass
-class _Request:
-    """A request received, with where its responses go: the ``ref`` the logic passes back."""
-
-    message: Message
-    source: Address
-    to_tag: str
-
-
-@dataclass
-class _Flow:
-    """One TCP/TLS connection to the proxy; ``lost`` is set when it is gone (closed by either side)."""
-
-    stream: trio.abc.Stream
-    lost: trio.Event = field(default_factory=trio.Event)
-
-
-@dataclass
-class _Call:
-    logic: DeviceLogic
-    changed: trio.Event = field(default_factory=trio.Event)
-    register_scope: trio.CancelScope | None = None
-    acked: trio.Event = field(default_factory=trio.Event)
-    invite_branch: str | None = None
-
-
-class Device:
+class Device(Registering, Answering):
     """The reference device. ``await device.run()`` (or ``nursery.start(device.run)``) until cancelled.
 
     ``proxy``: ``"udp:HOST:PORT"`` / ``"tcp:..."`` / ``"tls:..."`` or an :class:`Endpoint` (HOST an IP address).
@@ -319,98 +263,6 @@ class Device:
 
     # ------------------------------------------------------------------ REGISTER
 
-    def _contact(self) -> str:
-        assert self._local is not None
-        t = self.proxy.transport
-        return f"<{contact_uri(self.user, self._local, t, self.token, self.team_id, self.bundle)}>"
-
-    async def unregister(self) -> tuple:
-        """Remove this device's binding (REGISTER with ``Expires: 0``), e.g. before leaving a PBX that outlives the
-        lab; returns as :meth:`_register_transaction`."""
-        return await self._register_transaction(expires=0)
-
-    async def _register_transaction(self, expires: int | None = None) -> tuple:
-        """One REGISTER transaction (``Expires`` is ``self.expires`` unless ``expires`` is given).
-
-        Returns ``("response", status, retry_after)``, ``("timeout",)`` (Timer F) or ``("transport", exc)``.
-        """
-        with trio.move_on_after(TIMER_F) as connect_scope:  # a handshake that never ends is a Timer F timeout
-            try:
-                await self._ensure_stream()
-            except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
-                return ("transport", exc)
-        if connect_scope.cancelled_caught:
-            return ("timeout",)
-        flow = self._flow
-        assert self._local is not None
-        self._cseq += 1
-        branch = "z9hG4bK" + secrets.token_hex(8)
-        aor = f"sip:{self.user}@{self.domain}"
-        data = build_request(
-            "REGISTER", f"sip:{self.domain}",
-            via=f"SIP/2.0/{self.proxy.transport.upper()} {format_hostport(*self._local)};rport;branch={branch}",
-            from_=f"<{aor}>;tag={secrets.token_hex(6)}", to=f"<{aor}>", call_id=self._reg_call_id, cseq=self._cseq,
-            contact=self._contact(),
-            headers=[("Expires", str(self.expires if expires is None else expires)), ("User-Agent", USER_AGENT)])
-        send, receive = trio.open_memory_channel[Message](16)
-        self._transactions[branch] = send
-        try:
-            with trio.move_on_after(TIMER_F):
-                interval = T1
-                while True:
-                    try:
-                        await self._send(data)
-                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        return ("transport", exc)
-                    # Timer E on UDP; on a reliable transport, just wait (Timer F bounds it) or until the
-                    # connection is lost: then the transaction fails at once (RFC 3261 §8.1.3.1)
-                    with trio.move_on_after(interval if self._sock is not None else math.inf):
-                        while True:
-                            response = await self._next_response(receive, flow)
-                            if response is None:
-                                return ("transport", trio.BrokenResourceError("connection lost"))
-                            if response.status >= 200:
-                                return ("response", response.status, _retry_after(response))
-                            interval = T2  # a provisional response: retransmit at T2 (§17.1.2.2)
-                    interval = min(2 * interval, T2)
-            return ("timeout",)
-        finally:
-            del self._transactions[branch]
-
-    @staticmethod
-    async def _next_response(receive: trio.MemoryReceiveChannel, flow: _Flow | None) -> Message | None:
-        """The next response of a transaction; None when its connection (``flow``; None on UDP) is lost first."""
-        if flow is None:
-            return await receive.receive()
-        result: list[Message | None] = []
-        async with trio.open_nursery() as race:
-            async def response() -> None:
-                result.append(await receive.receive())
-                race.cancel_scope.cancel()
-
-            async def lost() -> None:
-                await flow.lost.wait()
-                result.append(None)
-                race.cancel_scope.cancel()
-
-            race.start_soon(response)
-            race.start_soon(lost)
-        return result[0]
-
-    async def _register_for(self, call: _Call) -> None:
-        with trio.CancelScope() as scope:
-            call.register_scope = scope
-            result = await self._register_transaction()
-        if scope.cancelled_caught or call.register_scope is not scope:
-            return
-        call.register_scope = None
-        now = trio.current_time()
-        if result[0] == "response":
-            await self._feed(call, call.logic.register_response(now, result[1], result[2]))
-        elif result[0] == "timeout":
-            await self._feed(call, call.logic.register_timeout(now))
-        else:
-            await self._feed(call, call.logic.transport_failed(now))
 
     # ------------------------------------------------------------------ calls
 
@@ -492,100 +344,7 @@ class Device:
         except (SipError, trio.WouldBlock):
             return  # malformed or unexpected: a real phone ignores it
 
-    async def _on_request(self, message: Message, source: Address) -> None:
-        method = message.method
-        branch = message.top_via.branch
-        now = trio.current_time()
-        if method != "ACK" and (branch, method) in self._responses:  # a retransmission
-            await self._send(self._responses[(branch, method)], self._dest(message, source))
-            return
-        call = self._find(message.call_id)
-        if method == "INVITE" and message.to_tag is None:
-            if call is None:  # no push named this Call-ID: the newest call still waiting for its INVITE, else a new one
-                waiting = [c for c in self.calls if c.logic.invite is None and not c.logic.ended]
-                call = waiting[-1] if waiting else self._new_call()
-            ref = _Request(message, source, secrets.token_hex(6))
-            await self._reply(ref, 100, call)
-            if call.logic.invite is None and not call.logic.ended:
-                call.invite_branch = branch
-            await self._feed(call, call.logic.invite_received(now, ref, message.call_id))
-        elif method == "ACK":
-            if call is not None:
-                call.acked.set()
-                await self._feed(call, call.logic.ack_received(now))
-        elif method == "CANCEL":
-            ref = _Request(message, source, "")
-            if call is None or call.invite_branch != branch:
-                await self._reply(ref, 481, None)
-                return
-            try:
-                reason = message.reason
-            except SipError:
-                reason = None
-            await self._feed(call, call.logic.cancel_received(now, ref, reason))
-        elif method == "BYE":
-            ref = _Request(message, source, "")
-            if call is None:
-                await self._reply(ref, 481, None)
-                return
-            await self._feed(call, call.logic.bye_received(now, ref))
-        elif method == "OPTIONS":
-            await self._reply(_Request(message, source, secrets.token_hex(6)), 200, None)
-        else:
-            await self._reply(_Request(message, source, secrets.token_hex(6)), 501, None)
 
     # ------------------------------------------------------------------ SIP out
 
-    def _dest(self, request: Message, source: Address) -> Address:
-        """Where a response goes on UDP: the source with rport (RFC 3581), else the Via's port (§18.2.2)."""
-        via = request.top_via
-        port = source[1] if via.rport is not None or via.port is None else via.port
-        return source[0], port
 
-    def _sdp(self) -> bytes:
-        assert self._local is not None
-        host = self._local[0]
-        ipv = "IP6" if ":" in host else "IP4"
-        return SDP_TEMPLATE.format(user=self.user, ipv=ipv, host=host, rtp_port=40000).encode()
-
-    async def _reply(self, ref: _Request, status: int, call: _Call | None) -> None:
-        m = ref.message
-        headers: list[tuple[str, str]] = []
-        body = b""
-        if m.method == "INVITE" and 100 < status < 300:
-            headers += [("Record-Route", rr) for rr in m.get_all("Record-Route")]
-            assert self._local is not None
-            uri = f"sip:{self.user}@{format_hostport(*self._local)}"
-            if self.proxy.transport != "udp":
-                uri += f";transport={self.proxy.transport}"
-            headers.append(("Contact", f"<{uri}>"))
-        headers.append(("User-Agent", USER_AGENT))
-        if m.method == "INVITE" and status == 200:
-            headers.append(("Content-Type", "application/sdp"))
-            body = self._sdp()
-        data = build_response(m, status, to_tag=ref.to_tag or None, headers=headers, body=body)
-        dest = self._dest(m, ref.source)
-        key = (m.top_via.branch, m.method)
-        if status >= 200 or m.method == "INVITE":
-            self._responses[key] = data
-        try:
-            await self._send(data, dest)
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        if m.method == "INVITE" and status == 200 and self._sock is not None and call is not None:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._retransmit_2xx, call, data, dest)
-
-    async def _retransmit_2xx(self, call: _Call, data: bytes, dest: Address) -> None:
-        """UDP: resend the 2xx at T1, doubling to T2, until the ACK or 64*T1 (RFC 3261 §13.3.1.4)."""
-        interval = T1
-        with trio.move_on_after(64 * T1):
-            while True:
-                with trio.move_on_after(interval):
-                    await call.acked.wait()
-                    return
-                try:
-                    await self._send(data, dest)
-                except OSError:
-                    return
-                interval = min(2 * interval, T2)

@@ -1,0 +1,120 @@
+"""The reference device answering requests: 100 at once, then what the logic says (180, 200 with SDP, 487, 480,
+603); the 2xx retransmitted on UDP until the ACK; a request's retransmission gets the last response again. A part
+of :class:`~faultlab.lab.device.driver.Device`."""
+
+from __future__ import annotations
+
+import secrets
+
+import trio
+
+from faultlab.addr import format_hostport
+from faultlab.sip import Message, SipError, build_response
+from .base import T1, T2, USER_AGENT, Address, _Call, _Request
+
+__all__ = ["Answering"]
+
+SDP_TEMPLATE = (
+    "v=0\r\no={user} 1 1 IN {ipv} {host}\r\ns=faultlab device\r\nc=IN {ipv} {host}\r\nt=0 0\r\n"
+    "m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+)
+
+
+class Answering:
+    """The server side of :class:`~faultlab.lab.device.driver.Device` (mixed in; shares its state)."""
+
+    async def _on_request(self, message: Message, source: Address) -> None:
+        method = message.method
+        branch = message.top_via.branch
+        now = trio.current_time()
+        if method != "ACK" and (branch, method) in self._responses:  # a retransmission
+            await self._send(self._responses[(branch, method)], self._dest(message, source))
+            return
+        call = self._find(message.call_id)
+        if method == "INVITE" and message.to_tag is None:
+            if call is None:  # no push named this Call-ID: the newest call still waiting for its INVITE, else a new one
+                waiting = [c for c in self.calls if c.logic.invite is None and not c.logic.ended]
+                call = waiting[-1] if waiting else self._new_call()
+            ref = _Request(message, source, secrets.token_hex(6))
+            await self._reply(ref, 100, call)
+            if call.logic.invite is None and not call.logic.ended:
+                call.invite_branch = branch
+            await self._feed(call, call.logic.invite_received(now, ref, message.call_id))
+        elif method == "ACK":
+            if call is not None:
+                call.acked.set()
+                await self._feed(call, call.logic.ack_received(now))
+        elif method == "CANCEL":
+            ref = _Request(message, source, "")
+            if call is None or call.invite_branch != branch:
+                await self._reply(ref, 481, None)
+                return
+            try:
+                reason = message.reason
+            except SipError:
+                reason = None
+            await self._feed(call, call.logic.cancel_received(now, ref, reason))
+        elif method == "BYE":
+            ref = _Request(message, source, "")
+            if call is None:
+                await self._reply(ref, 481, None)
+                return
+            await self._feed(call, call.logic.bye_received(now, ref))
+        elif method == "OPTIONS":
+            await self._reply(_Request(message, source, secrets.token_hex(6)), 200, None)
+        else:
+            await self._reply(_Request(message, source, secrets.token_hex(6)), 501, None)
+
+    def _dest(self, request: Message, source: Address) -> Address:
+        """Where a response goes on UDP: the source with rport (RFC 3581), else the Via's port (§18.2.2)."""
+        via = request.top_via
+        port = source[1] if via.rport is not None or via.port is None else via.port
+        return source[0], port
+
+    def _sdp(self) -> bytes:
+        assert self._local is not None
+        host = self._local[0]
+        ipv = "IP6" if ":" in host else "IP4"
+        return SDP_TEMPLATE.format(user=self.user, ipv=ipv, host=host, rtp_port=40000).encode()
+
+    async def _reply(self, ref: _Request, status: int, call: _Call | None) -> None:
+        m = ref.message
+        headers: list[tuple[str, str]] = []
+        body = b""
+        if m.method == "INVITE" and 100 < status < 300:
+            headers += [("Record-Route", rr) for rr in m.get_all("Record-Route")]
+            assert self._local is not None
+            uri = f"sip:{self.user}@{format_hostport(*self._local)}"
+            if self.proxy.transport != "udp":
+                uri += f";transport={self.proxy.transport}"
+            headers.append(("Contact", f"<{uri}>"))
+        headers.append(("User-Agent", USER_AGENT))
+        if m.method == "INVITE" and status == 200:
+            headers.append(("Content-Type", "application/sdp"))
+            body = self._sdp()
+        data = build_response(m, status, to_tag=ref.to_tag or None, headers=headers, body=body)
+        dest = self._dest(m, ref.source)
+        key = (m.top_via.branch, m.method)
+        if status >= 200 or m.method == "INVITE":
+            self._responses[key] = data
+        try:
+            await self._send(data, dest)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        if m.method == "INVITE" and status == 200 and self._sock is not None and call is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._retransmit_2xx, call, data, dest)
+
+    async def _retransmit_2xx(self, call: _Call, data: bytes, dest: Address) -> None:
+        """UDP: resend the 2xx at T1, doubling to T2, until the ACK or 64*T1 (RFC 3261 §13.3.1.4)."""
+        interval = T1
+        with trio.move_on_after(64 * T1):
+            while True:
+                with trio.move_on_after(interval):
+                    await call.acked.wait()
+                    return
+                try:
+                    await self._send(data, dest)
+                except OSError:
+                    return
+                interval = min(2 * interval, T2)
