@@ -165,56 +165,102 @@ async def _send_eof(stream: trio.SocketStream) -> None:
         pass
 
 
-async def serve_stream(
-    relay: Relay, listen: Endpoint, upstream: Endpoint | None, *, task_status=trio.TASK_STATUS_IGNORED
-) -> None:
-    """Serve ``listen``; each connection goes to ``upstream``, or with ``upstream`` None
-    (transparent mode) to its original destination (SO_ORIGINAL_DST after REDIRECT)."""
-    transport = listen.transport
-    config = relay.config
-    up_addr = None if upstream is None else (await resolve(upstream))[1]
-    up_transport = transport if upstream is None else upstream.transport
-    _, addr = await resolve(listen)
-    server_ctx = client_ctx = None
-    if transport == "tls":
-        ca = LabCA.load_or_init(config.confdir or default_confdir())
-        relay.ca_cert_path = ca.cert_path
-        fallback = [config.tls_name] if config.tls_name else []
-        if addr[0] not in ("0.0.0.0", "::"):
-            fallback.append(addr[0])
-        server_ctx = server_context(ca, default_name=config.tls_name, fallback_names=fallback or ["localhost"])
-    by_destination: dict[str, ssl.SSLContext] = {}
+_WILDCARD = ("0.0.0.0", "::")
 
-    def device_context(target: tuple[str, int], local: tuple[str, int]) -> ssl.SSLContext:
+
+class _DeviceTLS:
+    """The certificates a TLS listener shows devices, from the lab CA."""
+
+    def __init__(self, relay: Relay, addr: tuple[str, int], transparent: bool) -> None:
+        config = relay.config
+        self.ca = LabCA.load_or_init(config.confdir or default_confdir())
+        relay.ca_cert_path = self.ca.cert_path
+        self.tls_name = config.tls_name
+        self.addr = addr
+        self.transparent = transparent
+        fallback = [config.tls_name] if config.tls_name else []
+        if addr[0] not in _WILDCARD:
+            fallback.append(addr[0])
+        self.default = server_context(self.ca, default_name=config.tls_name, fallback_names=fallback or ["localhost"])
+        self.by_destination: dict[str, ssl.SSLContext] = {}
+
+    def context(self, target: tuple[str, int], local: tuple[str, int]) -> ssl.SSLContext:
         """The address the device connected to is on the certificate it is shown (besides the SNI name
         and --tls-name): in transparent mode the PBX's address, on a wildcard listener (0.0.0.0, ::) the
-        local address the connection arrived at, otherwise the listen address (server_ctx)."""
-        if upstream is not None and addr[0] not in ("0.0.0.0", "::"):
-            return server_ctx
-        address = target[0] if upstream is None else local[0]
+        local address the connection arrived at, otherwise the listen address (the default context)."""
+        if not self.transparent and self.addr[0] not in _WILDCARD:
+            return self.default
+        address = target[0] if self.transparent else local[0]
         mapped = getattr(ipaddress.ip_address(address.split("%")[0]), "ipv4_mapped", None)
         address = str(mapped) if mapped is not None else address
-        ctx = by_destination.get(address)
+        ctx = self.by_destination.get(address)
         if ctx is None:
             try:
-                ctx = server_context(ca, default_name=config.tls_name, fallback_names=[address])
+                ctx = server_context(self.ca, default_name=self.tls_name, fallback_names=[address])
             except TLSConfigError:  # e.g. a link-local address with a zone: the configured names only
-                ctx = server_ctx
-            by_destination[address] = ctx
+                ctx = self.default
+            self.by_destination[address] = ctx
         return ctx
-    if up_transport == "tls":
-        client_ctx = client_context(cafile=config.upstream_ca, insecure=config.upstream_insecure)
 
-    try:
-        listeners = await trio.open_tcp_listeners(addr[1], host=addr[0])
-    except OSError as exc:
-        raise listen_error(listen, exc) from None
-    bound = listeners[0].socket.getsockname()[:2]
-    relay.emit("listening", transport=transport, peer=format_hostport(*bound),
-               detail={"upstream": "original destination (transparent)" if upstream is None
-                       else f"{upstream.transport}:{format_hostport(*up_addr)}"})
 
-    async def handle(conn: trio.SocketStream) -> None:
+async def _close_all(how: str, *streams: trio.abc.Stream | None) -> None:
+    """Close the pair's streams as the pair ended: with RST after a reset, else in order (at most 1 s)."""
+    for stream in streams:
+        if stream is None:
+            continue
+        if how == "reset":
+            _abort(stream)
+            await trio.aclose_forcefully(stream)
+        else:
+            with trio.move_on_after(1) as cs:
+                cs.shield = True
+                try:
+                    await stream.aclose()
+                except (trio.BrokenResourceError, ssl.SSLError, OSError):
+                    await trio.aclose_forcefully(stream)
+
+
+class _StreamListener:
+    """Accepted connections of one listen endpoint, each relayed to its upstream connection."""
+
+    def __init__(self, relay: Relay, transport: str, upstream: Endpoint | None, up_addr: tuple[str, int] | None,
+                 device_tls: _DeviceTLS | None, client_ctx: ssl.SSLContext | None) -> None:
+        self.relay = relay
+        self.config = relay.config
+        self.transport = transport
+        self.upstream = upstream  # None: transparent mode, each connection's original destination
+        self.up_addr = up_addr
+        self.up_transport = transport if upstream is None else upstream.transport
+        self.device_tls = device_tls
+        self.client_ctx = client_ctx
+
+    async def _connect(self, flow: str, peer: tuple[str, int], target: tuple[str, int]):
+        """The upstream connection (TCP, and TLS over it); None (warned) when it cannot be made."""
+        config, upstream = self.config, self.upstream
+        up: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(config.connect_timeout):
+                if upstream is None:
+                    up_conn = await open_tcp(target, source_ip=peer[0] if config.spoof_source else None)
+                else:
+                    up_conn = await trio.open_tcp_stream(*self.up_addr)
+                up = up_conn
+                if self.client_ctx is not None:
+                    name = config.upstream_tls_name or (
+                        upstream.host if upstream is not None else (config.tls_name or target[0]))
+                    up = trio.SSLStream(up_conn, self.client_ctx, server_hostname=name)
+                    await up.do_handshake()
+                return up_conn, up
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            reason = exc.__cause__ or exc if not isinstance(exc, trio.TooSlowError) else "timed out"
+            where = upstream if upstream is not None else f"{self.up_transport}:{format_hostport(*target)}"
+            self.relay.warn(f"cannot connect to upstream {where}: {reason}; closing the device connection",
+                            flow=flow, transport=self.transport, peer=format_hostport(*peer))
+            await _close_all("error", up)  # a connection whose TLS handshake failed
+            return None
+
+    async def handle(self, conn: trio.SocketStream) -> None:
+        relay, transport = self.relay, self.transport
         flow = relay.new_flow_id(transport)
         peer = conn.socket.getpeername()[:2]
         local = conn.socket.getsockname()[:2]
@@ -222,9 +268,9 @@ async def serve_stream(
         up: trio.abc.Stream | None = None
         opened = False
         how = "error"
-        target = up_addr
+        target = self.up_addr
         try:
-            if upstream is None:
+            if self.upstream is None:
                 target = original_dst(conn.socket)
                 if not was_redirected(target, local):
                     relay.warn("connection not intercepted (made to faultlab itself, no original destination): "
@@ -241,64 +287,58 @@ async def serve_stream(
                     relay.emit("stalled", flow=flow, transport=transport, peer=format_hostport(*peer),
                                detail={"for": seconds(decision.stall)})
                     await trio.sleep(decision.stall)
-            if server_ctx is not None:
-                device = trio.SSLStream(conn, device_context(target, local), server_side=True)
+            if self.device_tls is not None:
+                device = trio.SSLStream(conn, self.device_tls.context(target, local), server_side=True)
                 try:
-                    with trio.fail_after(config.connect_timeout):
+                    with trio.fail_after(self.config.connect_timeout):
                         await device.do_handshake()
                 except (trio.BrokenResourceError, trio.TooSlowError) as exc:
                     relay.warn(f"TLS handshake with device failed: {exc.__cause__ or 'timed out'}",
                                flow=flow, transport=transport, peer=format_hostport(*peer))
                     return
-            try:
-                with trio.fail_after(config.connect_timeout):
-                    if upstream is None:
-                        up_conn = await open_tcp(target, source_ip=peer[0] if config.spoof_source else None)
-                    else:
-                        up_conn = await trio.open_tcp_stream(*up_addr)
-                    up = up_conn
-                    if client_ctx is not None:
-                        name = config.upstream_tls_name or (
-                            upstream.host if upstream is not None else (config.tls_name or target[0]))
-                        up = trio.SSLStream(up_conn, client_ctx, server_hostname=name)
-                        await up.do_handshake()
-            except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                reason = exc.__cause__ or exc if not isinstance(exc, trio.TooSlowError) else "timed out"
-                where = upstream if upstream is not None else f"{up_transport}:{format_hostport(*target)}"
-                relay.warn(f"cannot connect to upstream {where}: {reason}; closing the device connection",
-                           flow=flow, transport=transport, peer=format_hostport(*peer))
+            connected = await self._connect(flow, peer, target)
+            if connected is None:
                 _abort(device)
                 return
+            up_conn, up = connected
             pbx_side = up_conn.socket.getsockname()[:2]
             side = Side(transport, device=local, pbx=pbx_side)
             relay.flow_opened(flow, transport, peer, pbx_side, local)
             opened = True
-            how = await _relay_pair(
-                relay, device, up,
-                Hop(flow, TO_PBX, transport, peer, side, peer),
-                Hop(flow, TO_DEVICE, transport, target, side, peer),
-                target,
-            )
+            how = await _relay_pair(relay, device, up, Hop(flow, TO_PBX, transport, peer, side, peer),
+                                    Hop(flow, TO_DEVICE, transport, target, side, peer), target)
         finally:
-            for stream in (device, up):
-                if stream is None:
-                    continue
-                if how == "reset":
-                    _abort(stream)
-                    await trio.aclose_forcefully(stream)
-                else:
-                    with trio.move_on_after(1) as cs:
-                        cs.shield = True
-                        try:
-                            await stream.aclose()
-                        except (trio.BrokenResourceError, ssl.SSLError, OSError):
-                            await trio.aclose_forcefully(stream)
+            await _close_all(how, device, up)
             if opened:
                 relay.flow_closed(flow, transport, peer, how=how)
             else:
                 relay.emit("flow-close", flow=flow, transport=transport, peer=format_hostport(*peer),
                            detail={"how": how})
 
+
+async def serve_stream(
+    relay: Relay, listen: Endpoint, upstream: Endpoint | None, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``listen``; each connection goes to ``upstream``, or with ``upstream`` None
+    (transparent mode) to its original destination (SO_ORIGINAL_DST after REDIRECT)."""
+    transport = listen.transport
+    config = relay.config
+    up_addr = None if upstream is None else (await resolve(upstream))[1]
+    up_transport = transport if upstream is None else upstream.transport
+    _, addr = await resolve(listen)
+    device_tls = _DeviceTLS(relay, addr, transparent=upstream is None) if transport == "tls" else None
+    client_ctx = None
+    if up_transport == "tls":
+        client_ctx = client_context(cafile=config.upstream_ca, insecure=config.upstream_insecure)
+    try:
+        listeners = await trio.open_tcp_listeners(addr[1], host=addr[0])
+    except OSError as exc:
+        raise listen_error(listen, exc) from None
+    bound = listeners[0].socket.getsockname()[:2]
+    relay.emit("listening", transport=transport, peer=format_hostport(*bound),
+               detail={"upstream": "original destination (transparent)" if upstream is None
+                       else f"{upstream.transport}:{format_hostport(*up_addr)}"})
+    listener = _StreamListener(relay, transport, upstream, up_addr, device_tls, client_ctx)
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
-        await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
+        await trio.serve_listeners(listener.handle, listeners, handler_nursery=nursery)
