@@ -39,7 +39,7 @@ import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 import trio
 
@@ -174,6 +174,60 @@ class LabStack:
                 and (call_id is None or e.call_id == call_id) and (direction is None or e.direction == direction)]
 
 
+def _check_options(transport: str, *, push: str, network: str, confdir: Path | None,
+                   external_pbx: dict[str, tuple[str, int]] | None, push_listen: tuple[str, int] | None) -> None:
+    """Raise ValueError, saying what to change, for options :func:`open_lab_stack` cannot start with."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+    if push not in ("local", "http"):
+        raise ValueError(f"push must be 'local' or 'http', not {push!r}")
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
+    if transport == "tls" and confdir is None:
+        raise ValueError("a TLS lab needs confdir= (where the lab CA lives)")
+    if external_pbx is not None:
+        if network != "loopback":
+            raise ValueError("a lab with an external PBX runs on real sockets (network='loopback')")
+        if push_listen is None:
+            raise ValueError("a lab with an external PBX needs push_listen=(host, port): where that PBX pushes")
+        missing = [t for t in {transport, "udp"} if t not in external_pbx]
+        if missing:
+            raise ValueError(f"external_pbx has no address for {', '.join(sorted(missing))}")
+
+
+def _lab_ca_file(confdir: Path | None) -> Path:
+    """The lab CA's certificate (made on first use in ``confdir``): what the device and faultlab trust over TLS."""
+    from faultlab.ca import LabCA
+
+    return LabCA.load_or_init(confdir).cert_path
+
+
+async def _start_pbx(nursery: trio.Nursery, transport: str, timeline: Timeline, send_push: Any, *, hold: float,
+                     ring_timeout: float, cancel_push: bool, confdir: Path | None) -> PBX:
+    """The embedded PBX on loopback, for ``transport`` and UDP (the caller's)."""
+    listen = [f"{transport}:{HOST}:0"] + ([] if transport == "udp" else [f"udp:{HOST}:0"])
+    pbx = PBX(listen, timeline=timeline, send_push=send_push, hold=hold, ring_timeout=ring_timeout,
+              cancel_push=cancel_push, confdir=confdir)
+    await nursery.start(pbx.run)
+    return pbx
+
+
+async def _start_push(nursery: trio.Nursery, gateway: PushGateway, topic: str, push: str,
+                      external_listen: tuple[str, int] | None) -> tuple[Any, PushClient | None]:
+    """Start the push gateway: on ``external_listen`` for a PBX of one's own (no sender of ours), else in-process
+    (``push="local"``) or on loopback over HTTP/2 (``"http"``). -> (the embedded PBX's ``send_push``, the client
+    to close)."""
+    if external_listen is not None:
+        await nursery.start(serve_push_gateway, gateway, *external_listen)
+        return None, None
+    if push == "local":
+        await nursery.start(gateway.run)
+        return gateway.local_sender(topic=topic), None
+    _, port = await nursery.start(serve_push_gateway, gateway, HOST, 0)
+    client = PushClient(f"http://{format_hostport(HOST, port)}")
+    return client.sender(topic=topic), client
+
+
 @asynccontextmanager
 async def open_lab_stack(
     transport: str = "udp",
@@ -216,64 +270,28 @@ async def open_lab_stack(
     ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
     ``pbx_ca`` verifies its TLS certificate (default: the system's CAs).
     """
-    if transport not in TRANSPORTS:
-        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
-    if push not in ("local", "http"):
-        raise ValueError(f"push must be 'local' or 'http', not {push!r}")
-    if network not in NETWORKS:
-        raise ValueError(f"network must be one of {', '.join(NETWORKS)}, not {network!r}")
-    if transport == "tls" and confdir is None:
-        raise ValueError("a TLS lab needs confdir= (where the lab CA lives)")
-    if external_pbx is not None:
-        if network != "loopback":
-            raise ValueError("a lab with an external PBX runs on real sockets (network='loopback')")
-        if push_listen is None:
-            raise ValueError("a lab with an external PBX needs push_listen=(host, port): where that PBX pushes")
-        missing = [t for t in {transport, "udp"} if t not in external_pbx]
-        if missing:
-            raise ValueError(f"external_pbx has no address for {', '.join(sorted(missing))}")
+    _check_options(transport, push=push, network=network, confdir=confdir, external_pbx=external_pbx,
+                   push_listen=push_listen)
     if network == "memory":
         memnet.install()
     timeline = timeline if timeline is not None else Timeline()
     topic = f"{bundle}.voip"
     async with trio.open_nursery() as nursery:
         gateway = PushGateway(timeline, faults=push_faults)
-        client: PushClient | None = None
-        pbx: PBX | None = None
-        if external_pbx is not None:
-            assert push_listen is not None
-            await nursery.start(serve_push_gateway, gateway, *push_listen)
-        elif push == "local":
-            await nursery.start(gateway.run)
-            send_push = gateway.local_sender(topic=topic)
-        else:
-            _, port = await nursery.start(serve_push_gateway, gateway, HOST, 0)
-            client = PushClient(f"http://{format_hostport(HOST, port)}")
-            send_push = client.sender(topic=topic)
+        send_push, client = await _start_push(nursery, gateway, topic, push, push_listen if external_pbx else None)
         pushes = gateway.channel(token, topic=topic)
-
-        if external_pbx is None:
-            listen = [f"{transport}:{HOST}:0"] + ([] if transport == "udp" else [f"udp:{HOST}:0"])
-            pbx = PBX(listen, timeline=timeline, send_push=send_push, hold=pbx_hold, ring_timeout=ring_timeout,
-                      cancel_push=cancel_push, confdir=confdir)
-            await nursery.start(pbx.run)
-
-        ca_file = None
-        if transport == "tls":
-            from faultlab.ca import LabCA
-
-            ca_file = LabCA.load_or_init(confdir).cert_path
+        pbx = None if external_pbx is not None else await _start_pbx(
+            nursery, transport, timeline, send_push, hold=pbx_hold, ring_timeout=ring_timeout,
+            cancel_push=cancel_push, confdir=confdir)
+        ca_file = _lab_ca_file(confdir) if transport == "tls" else None
         if pbx is not None:
-            upstream = Endpoint(transport, HOST, pbx.address(transport)[1])
-            upstream_ca = ca_file
+            upstream, upstream_ca = Endpoint(transport, HOST, pbx.address(transport)[1]), ca_file
         else:
-            upstream = Endpoint(transport, *external_pbx[transport])
-            upstream_ca = pbx_ca
+            upstream, upstream_ca = Endpoint(transport, *external_pbx[transport]), pbx_ca
         proxy: Proxy = await nursery.start(serve_proxy, ProxyConfig(
             listen=[Endpoint(transport, HOST, 0)], upstream=[upstream], profile=profile, seed=seed,
             confdir=confdir, upstream_ca=upstream_ca, trace=timeline.trace, trace_t0=timeline.t0))
 
-        stack: LabStack
         device = Device(proxy=Endpoint(transport, HOST, proxy.bound[transport][1]), user=user, domain=domain,
                         token=token, pushes=pushes, timeline=timeline, config=device_config or DeviceConfig(),
                         bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail),
