@@ -268,13 +268,7 @@ def status(run: GuidedRun, events: Sequence[Event], now: float) -> dict[str, Any
         if not any(st["id"] != "call" for st in steps):
             step("hands-off", "Do not touch the iPhone: let the call run its course", None, ended is not None)
 
-    done_at = None
-    if ended is not None:
-        done_at, why = ended.t, f"the iPhone ended the call ({ended.detail.get('reason')})"
-    elif t0 is not None and now >= t0 + s.duration:
-        done_at, why = t0 + s.duration, f"the scenario's {s.duration:g} s passed without an end from the iPhone"
-    elif run.stopped_at is not None:
-        done_at, why = run.stopped_at, "stopped from the page before the iPhone ended the call"
+    done_at, why = _end_of(run, ended, t0, now)
     out["steps"] = steps
     if done_at is not None:
         out["phase"] = "done"
@@ -284,6 +278,25 @@ def status(run: GuidedRun, events: Sequence[Event], now: float) -> dict[str, Any
         out["prompt"] = "Done: " + why
         return out
     out["phase"] = "in-call" if ok is not None else "ringing"
+    _prompt(out, steps, now)
+    return out
+
+
+def _end_of(run: GuidedRun, ended: Event | None, t0: float | None, now: float) -> tuple[float | None, str]:
+    """When the guided call ended and why: the iPhone ended it, the scenario's time ran out, or the page stopped
+    the run; ``(None, "")`` while it goes on."""
+    s = run.scenario
+    if ended is not None:
+        return ended.t, f"the iPhone ended the call ({ended.detail.get('reason')})"
+    if t0 is not None and now >= t0 + s.duration:
+        return t0 + s.duration, f"the scenario's {s.duration:g} s passed without an end from the iPhone"
+    if run.stopped_at is not None:
+        return run.stopped_at, "stopped from the page before the iPhone ended the call"
+    return None, ""
+
+
+def _prompt(out: dict[str, Any], steps: list[dict[str, Any]], now: float) -> None:
+    """What to tell the person now: the first step not done (or what to wait for until it is due)."""
     pending = [st for st in steps if not st["done"]]
     current = pending[0] if pending else None
     if current is None:
@@ -295,7 +308,6 @@ def status(run: GuidedRun, events: Sequence[Event], now: float) -> dict[str, Any
         out["prompt"] = current["wait"]
     else:
         out["prompt"] = current["text"]
-    return out
 
 
 def verdict(s: Scenario, events: Sequence[Event], call_id: str, why: str) -> dict[str, Any]:
