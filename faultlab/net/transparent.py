@@ -1,6 +1,6 @@
 """Transparent mode: relaying traffic the gateway intercepted (Linux, root, IPv4).
 
-The gateway's nftables table (:mod:`faultlab.netns.intercept`) hands faultlab
+The gateway's nftables table (:mod:`faultlab.labnet.intercept`) hands faultlab
 SIP traffic that devices address to the PBX's real address. faultlab
 recovers where each packet was going and relays it there, byte for byte.
 
@@ -168,6 +168,27 @@ class TransparentFlow:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
+def _flow_sockets(device: tuple[str, int], dest: tuple[str, int], spoof: bool) -> tuple[Datagrams, Datagrams]:
+    """A flow's device-side socket (bound to the original destination, connected to the device) and its
+    upstream socket (connected to the destination; with ``spoof`` bound to the device's own address)."""
+    dev = Datagrams(socket.AF_INET)
+    up = Datagrams(socket.AF_INET)
+    try:
+        make_transparent(dev.sock)
+        dev.sock.bind(dest)
+        dev.sock.connect(device)
+        enlarge_buffers(up.sock, SOCKET_BUFFER // 8)
+        if spoof:
+            make_transparent(up.sock)
+            up.sock.bind(device)
+        up.sock.connect(dest)
+    except BaseException:
+        dev.close()
+        up.close()
+        raise
+    return dev, up
+
+
 async def serve_udp_transparent(relay: Relay, listen: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     family, addr = await resolve(listen)
     if family != socket.AF_INET:
@@ -187,21 +208,7 @@ async def serve_udp_transparent(relay: Relay, listen: Endpoint, *, task_status=t
                    detail={"upstream": "original destination (transparent)", "spoof_source": spoof})
 
         def open_flow(device: tuple[str, int], dest: tuple[str, int]) -> TransparentFlow:
-            dev = Datagrams(socket.AF_INET)
-            up = Datagrams(socket.AF_INET)
-            try:
-                make_transparent(dev.sock)
-                dev.sock.bind(dest)
-                dev.sock.connect(device)
-                enlarge_buffers(up.sock, SOCKET_BUFFER // 8)
-                if spoof:
-                    make_transparent(up.sock)
-                    up.sock.bind(device)
-                up.sock.connect(dest)
-            except BaseException:
-                dev.close()
-                up.close()
-                raise
+            dev, up = _flow_sockets(device, dest, spoof)
             pbx_side = up.sock.getsockname()[:2]
             side = Side("udp", device=dest, pbx=pbx_side)
             fid = relay.new_flow_id("udp")
