@@ -189,12 +189,18 @@ def impair(
     name: NameOption = "lab",
     profile: Annotated[Optional[str], typer.Option(
         "--profile", "-p", metavar="NAME|FILE",
-        help="Apply this profile's \\[link] section to the gateway's links, each direction.")] = None,
+        help="Apply this profile's \\[link] section on the air between the devices and the gateway: to-pbx on "
+             "what devices send, to-device on what they receive.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove every impairment from the lab.")] = False,
     seed: Annotated[Optional[int], typer.Option(
         help="Seed of the impairment's random choices (loss, jitter). Default: drawn and printed.", min=0)] = None,
 ) -> None:
-    """Impair every packet through the gateway (delay, jitter, loss, ...) from a profile, or --clear it."""
+    """Impair every packet a device sends or receives (delay, jitter, loss, ...) from a profile, or --clear it.
+
+    The impairment sits on the air: a forwarding-only namespace between the devices and the gateway, so it \
+applies once to every packet (SIP over UDP, TCP and TLS, RTP, DNS), before the gateway's interception and \
+faultlab see it, whether faultlab relays or intercepts.
+    """
     if (profile is None) == (not clear):
         _fail("give exactly one of --profile NAME or --clear", 2)
     if clear and seed is not None:
