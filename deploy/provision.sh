@@ -353,7 +353,7 @@ if [[ $PUSH == 1 && -n $APNS_KEY ]]; then
   echo "APNs key: $APNS_KEY ($(wc -c <"$APNS_KEY" | tr -d ' ') bytes) -> $APNS_KEY_DEST (mode 0600, root)"
   run install -m 0600 -o root -g root "$APNS_KEY" "$APNS_KEY_DEST"
   # a key that cannot sign fails here, not at every service start
-  run "$VENV/bin/python" -c 'import sys; from faultlab.lab.apns_auth import ApnsSigner; ApnsSigner.from_file(*sys.argv[1:]).token()' \
+  run "$VENV/bin/python" -c 'import sys; from faultlab.lab.push.auth import ApnsSigner; ApnsSigner.from_file(*sys.argv[1:]).token()' \
     "$APNS_KEY_DEST" "$APNS_KEY_ID" "$APNS_TEAM_ID"
 else
   if [[ $PUSH == 0 ]]; then echo "FAULTLAB_PUSH=0: no push gateway, no APNs key"
