@@ -94,9 +94,9 @@ def main() -> None:
         raise SystemExit("bench/air.py needs root (network namespaces): sudo python3 bench/air.py")
 
     from faultlab.faults import load_profile
-    from faultlab.link import STATE_ROOT, clear_lab, impair_lab
-    from faultlab.netns import lab_down, lab_up
-    from faultlab.netns.intercept import intercept_on
+    from faultlab.labnet import lab_down, lab_up
+    from faultlab.labnet.impair import STATE_ROOT, clear_lab, impair_lab
+    from faultlab.labnet.intercept import intercept_on
 
     profile = load_profile(a.profile)
     spec_up, spec_down = profile.link.to_pbx, profile.link.to_device

@@ -216,7 +216,7 @@ if [[ $TRANSPARENT == 0 ]] && ((${#ERRORS[@]} == 0)); then
   done
 fi
 
-if [[ ! -f $SRC/pyproject.toml || ! -f $SRC/faultlab/netns/intercept.py ]]; then
+if [[ ! -f $SRC/pyproject.toml || ! -f $SRC/faultlab/labnet/intercept.py ]]; then
   bad "FAULTLAB_SRC='$SRC' is not a faultlab checkout (no pyproject.toml / faultlab/): point it at the synced checkout, e.g. /opt/faultlab/src"
 fi
 

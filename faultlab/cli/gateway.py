@@ -3,8 +3,8 @@
 ``faultlab net intercept`` installs the interception in the gateway namespace of faultlab's own lab; a QA
 lab's real gateway (the Vagrant VM of deploy/, or any Linux router the test Wi-Fi's phones use) needs the
 same in its own namespace, restricted to the interface toward the phones. This is the same table
-(:func:`faultlab.netns.intercept.ruleset` with ``iface`` and ``counter``) and the same policy route for
-TPROXY, applied and removed by :mod:`faultlab.netns.intercept`. Thin: parse, call, print.
+(:func:`faultlab.labnet.intercept.ruleset` with ``iface`` and ``counter``) and the same policy route for
+TPROXY, applied and removed by :mod:`faultlab.labnet.intercept`. Thin: parse, call, print.
 
 Mounted by faultlab/cli/__init__.py as ``app.add_typer(gateway_app, name="gateway")``. Applying, removing and
 showing need root; ``--dry-run`` does not. Exit codes: 0 done, 1 runtime failure (including not root),
@@ -22,7 +22,7 @@ import typer
 
 from faultlab.cli._common import failing
 
-from faultlab.netns.intercept import (
+from faultlab.labnet.intercept import (
     DEFAULT_MARK,
     DEFAULT_ROUTE_TABLE,
     DEFAULT_TLS_PORTS,

@@ -11,13 +11,16 @@ import os
 import shutil
 import signal
 import sys
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from faultlab.cli._common import failing
 
-from faultlab.netns.topology import MAX_NAME, NOT_ROOT, Lab, LabError, _tool, exec_argv, lab_down, lab_status, lab_up
+from faultlab.labnet.names import MAX_NAME, NOT_ROOT, LabError, exec_argv, find_tool, netns_name
+
+if TYPE_CHECKING:
+    from faultlab.labnet.topology import Lab
 
 app = typer.Typer(
     help="The lab network: device, gateway and PBX namespaces joined through the gateway (needs root).",
@@ -64,6 +67,8 @@ def up(
     devices: Annotated[int, typer.Option(help="Number of device namespaces.", min=1, max=255)] = 1,
 ) -> None:
     """Create the lab: namespaces, veth pairs, addresses, routes via the gateway, forwarding on."""
+    from faultlab.labnet.topology import lab_up
+
     _need_root()
     try:
         lab = lab_up(name, subnet, devices)
@@ -75,6 +80,8 @@ def up(
 @app.command()
 def down(name: NameOption = "lab") -> None:
     """Remove everything the lab made (also after a crash); doing it twice is fine."""
+    from faultlab.labnet.topology import lab_down
+
     _need_root()
     try:
         removed = lab_down(name)
@@ -93,6 +100,9 @@ def status(
         "--json", help="Print JSON: each role with its namespace, interfaces and addresses.")] = False,
 ) -> None:
     """Show what exists of the lab; exit 1 if nothing does."""
+    from faultlab.labnet.impair import lab_impairment
+    from faultlab.labnet.topology import lab_status
+
     _need_root()
     try:
         lab = lab_status(name)
@@ -103,8 +113,6 @@ def status(
             typer.echo("null")
             raise typer.Exit(1)
         _fail(f"lab {name} does not exist (faultlab net up --name {name} creates it)", 1)
-    from faultlab.link import lab_impairment
-
     impairment = lab_impairment(name)
     if as_json:
         typer.echo(json.dumps({**lab.to_dict(), "impairment": impairment}, indent=2))
@@ -123,7 +131,7 @@ def _air_line(lab: Lab, impairment: dict | None) -> str:
     if impairment.get("mode") == "wire" and not impairment.get("running"):
         how += ", NOT RUNNING: faultlab net impair --clear, then impair again"
     line = f"{where}: profile {impairment.get('profile')} ({how}): {impairment.get('description', '?')}"
-    from faultlab.link import proxies_with_link
+    from faultlab.labnet.impair import proxies_with_link
 
     for pid, profile in proxies_with_link(lab.name):
         line += (f"\nwarning: faultlab proxy pid {pid} runs profile {profile}, whose [link] comes on top of the "
@@ -148,8 +156,10 @@ def exec_(
 
     The exit status is the command's (a shell shows death by signal N as 128+N); 127: command not found.
     """
+    from faultlab.labnet.topology import lab_status
+
     _need_root()
-    if _tool("ip") is None:
+    if find_tool("ip") is None:
         _fail("the 'ip' command (iproute2) is missing: install iproute2", 1)
     if command and command[0] == "--":
         command = command[1:]
@@ -215,7 +225,7 @@ faultlab see it, whether faultlab relays or intercepts.
         except ProfileError as e:
             _fail(str(e), 2)
     try:
-        from faultlab.link import clear_lab, impair_lab
+        from faultlab.labnet.impair import clear_lab, impair_lab
     except ImportError as e:
         _fail(f"link impairment is not available: {e}", 1)
     try:
@@ -251,8 +261,8 @@ def intercept(
     Then run the relay there: faultlab net exec gateway -- faultlab proxy --transparent
     --listen udp:0.0.0.0:5060 --listen tcp:0.0.0.0:5060 --listen tls:0.0.0.0:5061
     """
-    from faultlab.netns.intercept import InterceptError, intercept_off, intercept_on
-    from faultlab.netns.topology import lab_status, netns_name
+    from faultlab.labnet.intercept import InterceptError, intercept_off, intercept_on
+    from faultlab.labnet.topology import lab_status
 
     _need_root()
     try:

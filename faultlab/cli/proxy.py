@@ -27,7 +27,7 @@ def proxy(
     transparent: Annotated[bool, typer.Option(
         "--transparent",
         help="Transparent mode (Linux, root, on the lab gateway, with the interception table of "
-             "faultlab.netns.intercept): relay "
+             "faultlab.labnet.intercept): relay "
              "each intercepted flow to the address the device sent it to, adding no headers.")] = False,
     spoof_source: Annotated[bool, typer.Option(
         "--spoof-source",

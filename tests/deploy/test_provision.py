@@ -4,7 +4,7 @@ Each test runs the script with a sample configuration and a PATH whose package m
 firewall tools are stubs that record any call: a dry run must call none of them, write nothing, and
 print every command and file it would run and write. The printed systemd units are checked against
 faultlab's real CLI (each ExecStart option exists in that command's --help and parses), the
-interception rules against faultlab.netns.intercept's own generator, and bad settings must stop the
+interception rules against faultlab.labnet.intercept's own generator, and bad settings must stop the
 script before it does anything, saying what is wrong. Nothing here touches the machine's network.
 """
 
@@ -24,7 +24,7 @@ import typer
 from typer.testing import CliRunner
 
 from faultlab.cli import app
-from faultlab.netns.intercept import InterceptSpec, ruleset
+from faultlab.labnet.intercept import InterceptSpec, ruleset
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "provision.sh"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from faultlab.netns.topology import _tool
+from faultlab.labnet.names import find_tool
 
 
 def netns_skip_reason() -> str | None:
@@ -14,6 +14,6 @@ def netns_skip_reason() -> str | None:
         return "network namespaces need Linux"
     if os.geteuid() != 0:
         return "needs root for network namespaces (run the suite with sudo; CI runs it as root)"
-    if _tool("ip") is None:
+    if find_tool("ip") is None:
         return "needs the `ip` command from iproute2 (apt-get install iproute2)"
     return None

@@ -31,9 +31,9 @@ from pathlib import Path
 import pytest
 
 from faultlab.faults import load_profile
-from faultlab.link import clear_lab, impair_lab, lab_impairment
-from faultlab.netns import lab_down, lab_up
-from faultlab.netns.intercept import intercept_off, intercept_on
+from faultlab.labnet import lab_down, lab_up
+from faultlab.labnet.impair import clear_lab, impair_lab, lab_impairment
+from faultlab.labnet.intercept import intercept_off, intercept_on
 from tests.netns import netns_skip_reason
 
 pytestmark = pytest.mark.netns

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.netns
 def lab():
     if os.geteuid() != 0 or not shutil.which("nft"):
         pytest.skip("needs root and nft (network namespaces, nftables)")
-    from faultlab.netns.topology import lab_down, lab_up
+    from faultlab.labnet.topology import lab_down, lab_up
 
     name = f"ic{os.getpid() % 1000}"
     lab_up(name, subnet="10.88.0.0/16")

@@ -9,7 +9,7 @@
          +------------- push stream (HTTP, routed through the gateway) ----------------+
 
 The same call as tests/loopback/test_lab_processes.py, but each actor runs with ``ip netns exec <ns> python -m
-faultlab ...`` on its namespace's address (faultlab.netns.topology's plan), so every packet between the device
+faultlab ...`` on its namespace's address (faultlab.labnet.topology's plan), so every packet between the device
 and the PBX side crosses the gateway. Readiness comes from the processes' own lines, never from sleeps. The lab
 (its own name and subnet) is removed and every process stopped by its PID, also when the test fails.
 """
@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 import trio
 
-from faultlab.netns.topology import Lab, exec_argv, lab_down, lab_up
+from faultlab.labnet.topology import Lab, exec_argv, lab_down, lab_up
 from tests.netns import netns_skip_reason
 from faultlab.trace import read_jsonl
 from tests.actors import actor_env, open_actors

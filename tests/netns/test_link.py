@@ -27,7 +27,7 @@ import pytest
 
 from faultlab.faults import LinkState, parse_profile
 
-from faultlab.link import STATE_ROOT, clear_lab, impair_lab, netem_available
+from faultlab.labnet.impair import STATE_ROOT, clear_lab, impair_lab, netem_available
 
 pytestmark = pytest.mark.netns
 
@@ -108,14 +108,14 @@ class Lab:
         self.pbx_ip = "10.213.0.2"
 
     def up(self) -> None:
-        from faultlab.netns.topology import lab_down, lab_up
+        from faultlab.labnet.topology import lab_down, lab_up
 
         lab_down(self.lab)  # a previous run with this pid may have died
         built = lab_up(self.lab, "10.213.0.0/16", 1)
         assert built.pbx is not None and built.pbx.address == self.pbx_ip
 
     def down(self) -> None:
-        from faultlab.netns.topology import lab_down
+        from faultlab.labnet.topology import lab_down
 
         lab_down(self.lab)
 
@@ -220,7 +220,7 @@ def test_wire_delay_and_loss_end_to_end(lab: Lab, tmp_path: Path) -> None:
     dev_in, dev_lost, dev_out, pbx_in, pbx_lost, pbx_out = map(int, m.groups())
     assert pbx_in == n and dev_in == pbx_out == n - pbx_lost and dev_out == len(rtts), cleared
     assert abs(pbx_lost - n * 0.2) <= 4 * math.sqrt(n * 0.2 * 0.8), cleared
-    assert not Path(f"/proc/{pid}").exists() or b"faultlab.link.wire" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not Path(f"/proc/{pid}").exists() or b"faultlab.labnet.wire" not in Path(f"/proc/{pid}/cmdline").read_bytes()
     assert not (STATE_ROOT / lab.lab / "wire.pid").exists()
     rules = run("ip", "-n", lab.air, "rule", "show")
     links = run("ip", "-n", lab.air, "link", "show")
@@ -291,7 +291,7 @@ def test_impair_lab_on_faultlab_topology() -> None:
     """What ``faultlab net impair`` does: a lab made by lab_up, found by its name alone."""
     if why := _missing():
         pytest.skip(why)
-    from faultlab.netns.topology import lab_down, lab_up
+    from faultlab.labnet.topology import lab_down, lab_up
 
     name = f"lt{os.getpid()}"[:9]
     echo = None
@@ -343,7 +343,7 @@ def test_impair_lab_takes_netem_where_the_kernel_has_it(lab: Lab, tmp_path: Path
 def test_down_after_the_wire_was_killed_leaves_nothing(lab: Lab, tmp_path: Path) -> None:
     """A crash (the wire SIGKILLed, nothing cleared): ``net down`` still removes the namespaces and
     ``/run/faultlab/<lab>``; running it again finds nothing."""
-    from faultlab.netns.topology import lab_down
+    from faultlab.labnet.topology import lab_down
 
     impair_lab(lab.lab, profile(tmp_path, "lk-crash", '[link]\ndelay = "20ms"\n'), seed=2, use_netem=False)
     pid = wire_pid(lab)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from faultlab.netns import lab_down, lab_up, netns_name
-from faultlab.netns.topology import _tool
+from faultlab.labnet import lab_down, lab_up, netns_name
+from faultlab.labnet.names import find_tool
 from tests.netns import netns_skip_reason
 
 pytestmark = pytest.mark.netns
@@ -59,7 +59,7 @@ def lab() -> Iterator[str]:
 
 
 def _pids_in(lab: str, role: str) -> list[int]:
-    out = subprocess.run([_tool("ip") or "ip", "netns", "pids", netns_name(lab, role)], capture_output=True,
+    out = subprocess.run([find_tool("ip") or "ip", "netns", "pids", netns_name(lab, role)], capture_output=True,
                          text=True, timeout=10, check=False).stdout
     return [int(p) for p in out.split()]
 

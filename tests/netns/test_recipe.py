@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from faultlab.link import STATE_ROOT
-from faultlab.netns import lab_down
+from faultlab.labnet import lab_down
+from faultlab.labnet.impair import STATE_ROOT
 from tests.netns import netns_skip_reason
 
 pytestmark = pytest.mark.netns

@@ -1,4 +1,4 @@
-"""The lab topology (faultlab.netns.topology and `faultlab net`): real namespaces, so root.
+"""The lab topology (faultlab.labnet.topology and `faultlab net`): real namespaces, so root.
 
 Each test gets its own lab name (``t<pid%1000><n>``) and a fixture that calls ``lab_down`` in ``finally``;
 traffic goes only between the lab's own namespaces.
@@ -19,9 +19,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from faultlab.netns import PREFIX, LabError, exec_argv, lab_down, lab_status, lab_up, netns_name
+from faultlab.labnet import PREFIX, LabError, exec_argv, lab_down, lab_status, lab_up, netns_name
 from faultlab.cli.net import app as net_app
-from faultlab.netns.topology import _tool
+from faultlab.labnet.names import find_tool
 from tests.netns import netns_skip_reason
 
 pytestmark = pytest.mark.netns
@@ -73,7 +73,7 @@ def lab_name() -> Iterator[str]:
 
 
 def _ip(*args: str) -> str:
-    return subprocess.run([_tool("ip") or "ip", *args], capture_output=True, text=True, check=True,
+    return subprocess.run([find_tool("ip") or "ip", *args], capture_output=True, text=True, check=True,
                           timeout=10).stdout
 
 
@@ -175,7 +175,7 @@ def test_device_reaches_pbx_through_the_air_and_the_gateway(lab_name: str) -> No
     # the device's neighbour is the gateway's .1 as if on one wire (proxy ARP in the air)
     neigh = json.loads(_in(lab_name, "device1", "ip", "-j", "neigh", "show", "10.213.1.1").stdout)
     assert neigh and neigh[0]["dev"] == f"fl-{lab_name}-d1", neigh
-    if _tool("ping"):
+    if find_tool("ping"):
         r = _in(lab_name, "device1", "ping", "-c", "1", "-W", "1", lab.pbx.address)
         assert r.returncode == 0, r.stdout + r.stderr
     # Forwarding off: the air (then the gateway) no longer passes the echo, so forwarding is what carried it.
@@ -215,8 +215,8 @@ def test_up_refuses_an_existing_lab(lab_name: str) -> None:
 def test_down_removes_everything_and_is_idempotent(lab_name: str) -> None:
     lab_up(lab_name, devices=2)
     expected = [f"namespace fl-{lab_name}-{r}" for r in ("gateway", "pbx", "air", "device1", "device2")]
-    if _tool("nft"):  # the interception's table (made by faultlab.netns.intercept) goes with the gateway
-        r = _in(lab_name, "gateway", _tool("nft") or "nft", "add", "table", "inet", f"faultlab_{lab_name}")
+    if find_tool("nft"):  # the interception's table (made by faultlab.labnet.intercept) goes with the gateway
+        r = _in(lab_name, "gateway", find_tool("nft") or "nft", "add", "table", "inet", f"faultlab_{lab_name}")
         assert r.returncode == 0, r.stderr
         expected.append(f"nftables table inet faultlab_{lab_name} in fl-{lab_name}-gateway")
     removed = lab_down(lab_name)
@@ -230,7 +230,7 @@ def test_down_after_a_crash_removes_the_leftovers(lab_name: str) -> None:
     # lab_up in another process, SIGKILLed (with pyroute2's helper children: its process group) as soon
     # as the first namespace exists, so it dies partway.
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from faultlab.netns import lab_up; lab_up(sys.argv[1], devices=6)",
+        [sys.executable, "-c", "import sys; from faultlab.labnet import lab_up; lab_up(sys.argv[1], devices=6)",
          lab_name], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10

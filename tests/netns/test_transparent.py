@@ -12,7 +12,7 @@ Then the same with a real PBX: Kamailio (shared/pbx) in the PBX namespace and tw
 (tests/sipua.py) in two device namespaces register and complete a call (INVITE, ACK, BYE) over UDP, TCP
 and TLS, every message to and from Kamailio's real address, every one relayed by faultlab unchanged.
 
-The lab is faultlab.netns.topology's (lab_up/lab_down); faultlab runs in the gateway namespace as a
+The lab is faultlab.labnet.topology's (lab_up/lab_down); faultlab runs in the gateway namespace as a
 subprocess, stopped by PID. Everything created is removed, also when a test fails.
 """
 
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from faultlab.netns import lab_down, lab_up
-from faultlab.netns.intercept import intercept_off, intercept_on, table_exists
+from faultlab.labnet import lab_down, lab_up
+from faultlab.labnet.intercept import intercept_off, intercept_on, table_exists
 
 pytestmark = pytest.mark.netns
 
@@ -43,7 +43,7 @@ if not sys.platform.startswith("linux") or os.geteuid() != 0:
 
 REPO = Path(__file__).resolve().parents[2]
 PID = os.getpid()
-LAB = f"tp{PID % 10**7}"  # the lab (faultlab.netns.topology): namespaces fl-<LAB>-gateway|pbx|device1
+LAB = f"tp{PID % 10**7}"  # the lab (faultlab.labnet.topology): namespaces fl-<LAB>-gateway|pbx|device1
 SUBNET = "10.77.0.0/16"  # gateway 10.77.0.1 -- PBX 10.77.0.2; gateway 10.77.1.1 -- device1 10.77.1.2
 SIP_PORT, SIPS_PORT = 5060, 5061
 PROXY_PORT, PROXY_TLS_PORT = 15060, 15061

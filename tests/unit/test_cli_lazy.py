@@ -43,7 +43,7 @@ def test_help_and_version_import_no_subcommand(argv: tuple[str, ...]) -> None:
 def test_a_subcommand_loads_only_its_own_module() -> None:
     modules, _ = _loaded("trace", "--help")
     assert "faultlab.cli.trace" in modules
-    assert not any(m.startswith(("faultlab.lab", "faultlab.netns")) for m in modules)
+    assert not any(m.startswith(("faultlab.lab", "faultlab.labnet")) for m in modules)
 
 
 def test_root_help_lists_every_command_in_order() -> None:

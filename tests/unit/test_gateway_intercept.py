@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from faultlab.cli import app
 from faultlab.cli import gateway as gateway_cli
-from faultlab.netns.intercept import InterceptError, InterceptSpec, route_argv, rule_argv, ruleset
+from faultlab.labnet.intercept import InterceptError, InterceptSpec, route_argv, rule_argv, ruleset
 
 WIDE = {"COLUMNS": "250", "TERMINAL_WIDTH": "250"}
 

@@ -10,7 +10,7 @@ import pytest
 
 from faultlab.net import transparent
 from faultlab.addr import parse_endpoint
-from faultlab.netns.intercept import (
+from faultlab.labnet.intercept import (
     InterceptError,
     InterceptSpec,
     route_argv,

@@ -1,4 +1,4 @@
-"""faultlab.link without root: the netem request, the wire's decisions, the texts."""
+"""faultlab.labnet's link impairment without root: the netem request, the wire's decisions, the texts."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 from pyroute2.netlink.rtnl.tcmsg import sched_netem
 
 from faultlab.faults import GilbertElliott, Link, LinkSpec, LinkState, parse_profile
-from faultlab.link import describe_spec, wire_counts
-from faultlab.link.netem import NETEM_LIMIT, NetemUnsupported, netem_request, netem_unsupported
-from faultlab.link.wire import WireCore, direction_of, is_dns_answer
+from faultlab.labnet.impair import describe_spec
+from faultlab.labnet.netem import NETEM_LIMIT, NetemUnsupported, netem_request, netem_unsupported
+from faultlab.labnet.wire import WireCore, direction_of, is_dns_answer
+from faultlab.labnet.wire_process import wire_counts
 
 
 def test_request_units_microseconds_and_percent() -> None:

@@ -1,6 +1,6 @@
-"""faultlab.link: a profile's ``[link]`` section on every packet of a lab.
+"""A profile's ``[link]`` section on every packet of a lab: ``faultlab net impair``.
 
-The lab's devices reach the gateway across the **air** (:mod:`faultlab.netns.topology`): a namespace
+The lab's devices reach the gateway across the **air** (:mod:`faultlab.labnet.topology`): a namespace
 between the devices and the gateway that only forwards. The impairment lives there, on the device side
 of the gateway, so every packet a device sends or receives (SIP over UDP, TCP and TLS, RTP, DNS, push
 traffic, ...) is impaired once on its way across, whatever the gateway then does with it: forward it, or
@@ -10,11 +10,11 @@ the way up (from a device), ``to-device`` the way down; the link between the gat
 clean.
 
 - Where the kernel has ``sch_netem`` and pyroute2 can express the spec, a netem qdisc on each of the
-  air's interfaces (:mod:`faultlab.link.netem`): ``to-device`` on those facing the devices, ``to-pbx``
+  air's interfaces (:mod:`faultlab.labnet.netem`): ``to-device`` on those facing the devices, ``to-pbx``
   on those facing the gateway (netem shapes egress).
-- Otherwise (this project's CI kernel has no netem) faultlab's own TUN wire (:mod:`faultlab.link.wire`),
-  a background process in the air namespace that applies the same :class:`~faultlab.faults.LinkState`
-  the proxy uses per SIP message, with a seed.
+- Otherwise (this project's CI kernel has no netem) faultlab's own TUN wire (:mod:`faultlab.labnet.wire`),
+  a background process in the air namespace (:mod:`faultlab.labnet.wire_process`) that applies the same
+  :class:`~faultlab.faults.LinkState` the proxy uses per SIP message, with a seed.
 
 A faultlab proxy whose profile has a ``[link]`` section applies it per SIP message on its own; in an
 impaired lab that comes on top (twice per message): :func:`impair_lab` says so in its text.
@@ -31,15 +31,16 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..faults import LinkSpec, Profile
+from pyroute2 import IPRoute, netns
+
+from ..faults import LinkSpec, Profile, load_profile
+from .names import AIR, netns_name
 from .netem import apply_netem, clear_netem, netem_available, netem_request, netem_unsupported
+from .tun import remove_tuns, unsteer
+from .wire_process import WireFailed, is_wire, start_wire, stop_wire, wire_counts
 
 __all__ = [
     "impair_lab",
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 STATE_ROOT = Path("/run/faultlab")
-READY_TIMEOUT = 15.0
-"""Seconds to wait for the wire to steer packets (importing scapy and trio included)."""
-STOP_TIMEOUT = 5.0
 
 
 PROXY_LINK_NOTE = (
@@ -90,10 +88,6 @@ def _profile_arg(args: list[str]) -> str | None:
 def proxies_with_link(lab: str) -> list[tuple[int, str]]:
     """The faultlab proxies running in lab ``lab``'s namespaces whose ``--profile`` has a ``[link]``
     impairment, as (pid, profile name): their SIP messages are impaired by the proxy and by the air."""
-    from pyroute2 import netns
-
-    from ..faults import load_profile
-
     prefix = f"fl-{lab}-"
     try:
         pids = netns.ns_pids()
@@ -148,12 +142,8 @@ class AirSides:
 
 
 def air_sides(lab: str) -> AirSides:
-    """The air of lab ``lab`` (made by :func:`faultlab.netns.lab_up`): ``fl-<lab>-a<i>`` face the devices,
+    """The air of lab ``lab`` (made by :func:`faultlab.labnet.lab_up`): ``fl-<lab>-a<i>`` face the devices,
     ``fl-<lab>-u<i>`` the gateway. :class:`LookupError` if the lab or its air does not exist."""
-    from pyroute2 import IPRoute
-
-    from ..netns.topology import AIR, netns_name
-
     air = netns_name(lab, AIR)
     if not _netns_exists(air):
         if _netns_exists(netns_name(lab, "gateway")):
@@ -214,81 +204,8 @@ def _state_dir(lab: str) -> Path:
     return STATE_ROOT / lab
 
 
-def _is_wire(pid: int, lab: str) -> bool:
-    """Whether ``pid`` is still the wire of ``lab`` (and not a zombie, nor a reused PID)."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    try:
-        i = args.index(b"--lab")
-    except ValueError:
-        return False
-    return b"faultlab.link.wire" in args and args[i + 1 : i + 2] == [lab.encode()]
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # not our child: its parent (or init) reaps it
-        pass
-
-
-def _stop_wire(pid: int, lab: str) -> str:
-    if not _is_wire(pid, lab):
-        _reap(pid)
-        return f"the wire (pid {pid}) was not running"
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not _is_wire(pid, lab):
-            return f"stopped the TUN wire (pid {pid})"
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    time.sleep(0.05)
-    _reap(pid)
-    return f"killed the TUN wire (pid {pid}), which did not stop on SIGTERM within {STOP_TIMEOUT:g} s"
-
-
-_COUNT_RE = re.compile(r"wire\[\d+\] (to-pbx|to-device|other) \S+ (in|out|lost|duplicated|reordered): (\d+)$")
-
-
-def wire_counts(log_path: Path) -> dict[str, dict[str, int]]:
-    """The packet counts the wire logged when it stopped, per direction
-    (all protocols together): ``{"to-pbx": {"in": 300, "lost": 61, "out": 239}}``."""
-    counts: dict[str, dict[str, int]] = {}
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return counts
-    for line in lines:
-        m = _COUNT_RE.search(line)
-        if m:
-            c = counts.setdefault(m[1], {})
-            c[m[2]] = c.get(m[2], 0) + int(m[3])
-    return counts
-
-
 def _netns_exists(name: str) -> bool:
     return Path("/run/netns", name).exists()
-
-
-def _remove_tuns(netns: str) -> None:
-    from pyroute2 import IPRoute
-
-    from .wire import DOWN_TUN, UP_TUN
-
-    with IPRoute(netns=netns, flags=0) as ipr:
-        for name in (UP_TUN, DOWN_TUN):
-            for index in ipr.link_lookup(ifname=name):
-                try:
-                    ipr.link("del", index=index)
-                except Exception:
-                    pass
 
 
 _MY_FILES = ("link.json", "wire.pid", "wire.ready", "wire.log", "profile")
@@ -310,7 +227,7 @@ def lab_impairment(lab: str) -> dict | None:
         except (OSError, ValueError):
             pid = None
         state["pid"] = pid
-        state["running"] = pid is not None and _is_wire(pid, lab)
+        state["running"] = pid is not None and is_wire(pid, lab)
     return state
 
 
@@ -334,7 +251,7 @@ def clear_lab(lab: str) -> str:
     except (OSError, ValueError):
         pid = None
     if pid is not None:
-        done.append(_stop_wire(pid, lab))
+        done.append(stop_wire(pid, lab))
         counts = wire_counts(state_dir / "wire.log")
         if counts:
             done.append("it saw " + "; ".join(
@@ -344,8 +261,6 @@ def clear_lab(lab: str) -> str:
     air = state.get("air")
     if not isinstance(air, str):
         try:
-            from ..netns.topology import AIR, netns_name
-
             air = netns_name(lab, AIR)
         except Exception:  # noqa: BLE001 - a name topology refuses has no air
             air = None
@@ -355,11 +270,9 @@ def clear_lab(lab: str) -> str:
             cleared = [i for i in ifs if clear_netem(air, i)]
             if cleared:
                 done.append(f"removed netem from {', '.join(cleared)}")
-        from .wire import unsteer
-
         if unsteer(air):
             done.append("removed the wire's routing rules")
-        _remove_tuns(air)
+        remove_tuns(air)
     for name in _MY_FILES:
         path = state_dir / name
         if path.is_dir():
@@ -464,36 +377,13 @@ def _impair_wire(
     profile_dir.mkdir(exist_ok=True)
     profile_file = profile_dir / f"{profile.name}.toml"
     profile_file.write_text(profile.text)
-    ready = state_dir / "wire.ready"
-    ready.unlink(missing_ok=True)
-    cmd = ["ip", "netns", "exec", sides.air, sys.executable, "-m", "faultlab.link.wire"]
-    cmd += ["--lab", lab, "--profile-file", str(profile_file), "--seed", str(seed), "--ready-file", str(ready)]
-    for ifname in sides.device_ifs:
-        cmd += ["--device-if", ifname]
-    for ifname in sides.pbx_ifs:
-        cmd += ["--pbx-if", ifname]
-    if log_packets:
-        cmd.append("--log-packets")
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])  # so that -m finds this faultlab from any directory
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(state_dir / "wire.log", "ab") as log_file:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env
-        )
-    (state_dir / "wire.pid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = (state_dir / "wire.log").read_text(errors="replace")[-2000:]
-            clear_lab(lab)
-            if proc.returncode is not None:
-                what = f"exited with {proc.returncode}"
-            else:
-                what = f"was not ready in {READY_TIMEOUT:g} s"
-            raise RuntimeError(f"lab {lab!r}: the TUN wire {what}; its log:\n{tail}")
-        time.sleep(0.02)
+    try:
+        pid = start_wire(lab, sides.air, profile_file=profile_file, seed=seed, device_ifs=sides.device_ifs,
+                         pbx_ifs=sides.pbx_ifs, state_dir=state_dir, log_packets=log_packets)
+    except WireFailed:
+        clear_lab(lab)
+        raise
     return (
         f"lab {lab!r}: {reason}; impairing every packet across the air ({sides.air}) with faultlab's TUN "
-        f"wire (pid {proc.pid}, seed {seed}): {_describe_link(profile)}"
+        f"wire (pid {pid}, seed {seed}): {_describe_link(profile)}"
     )

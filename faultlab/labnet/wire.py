@@ -1,17 +1,13 @@
 """faultlab's own link impairment, for kernels without sch_netem: the TUN wire.
 
-Run inside the lab's **air** namespace (``python -m faultlab.link.wire``), the
+Run inside the lab's **air** namespace (``python -m faultlab.labnet.wire``), the
 hop between the devices and the gateway that only forwards (see
-:mod:`faultlab.netns.topology`). Steering, all in that namespace:
-
-- two TUN devices (IFF_TUN | IFF_NO_PI) held open by this process:
-  :data:`UP_TUN` (``fltun0``) for packets on their way up, from a device
-  toward the gateway, and :data:`DOWN_TUN` (``fltun1``) for packets on their
-  way down, from the gateway toward a device;
-- routing tables :data:`TABLE_UP` and :data:`TABLE_DOWN`, each with one
-  route, ``default dev <tun>`` (IPv4 and IPv6), and policy rules
-  (priority :data:`PRIORITY`) ``iif <device-side if> lookup TABLE_UP`` and
-  ``iif <gateway-side if> lookup TABLE_DOWN``.
+:mod:`faultlab.labnet.topology`). Steering, all in that namespace
+(:mod:`faultlab.labnet.tun`): two TUN devices held open by this process,
+``fltun0`` for packets on their way up (from a device toward the gateway) and
+``fltun1`` for packets on their way down, and policy rules that route what
+arrives on the device-side interfaces into the first and what arrives on the
+gateway-side interfaces into the second.
 
 So every packet that crosses the air (SIP over UDP, TCP and TLS, RTP, DNS,
 ICMP, ..., whatever the gateway later does with it: forward it, or hand it
@@ -31,21 +27,18 @@ the impairment: they are impaired on their way across the air, once.
 When the process ends (SIGTERM/SIGINT) it removes its rules and routes and
 closes the TUNs, which removes them; if it is killed, the TUNs (and the
 routes through them) vanish with it and the leftover rules point to empty
-tables, which the kernel skips; :func:`faultlab.link.clear_lab` removes them.
+tables, which the kernel skips; :func:`faultlab.labnet.impair.clear_lab` removes them.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import heapq
 import ipaddress
 import logging
 import os
 import random
 import signal
-import socket
-import struct
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,15 +47,12 @@ from pathlib import Path
 import trio
 
 from ..faults import Link, LinkState, load_profile
+from .names import DOWN_TUN, UP_TUN
+from .tun import open_tun, steer, unsteer
 
 __all__ = [
-    "TUN_NAME",
     "UP_TUN",
     "DOWN_TUN",
-    "TABLE",
-    "TABLE_UP",
-    "TABLE_DOWN",
-    "PRIORITY",
     "WireCore",
     "direction_of",
     "is_dns_answer",
@@ -72,25 +62,9 @@ __all__ = [
     "main",
 ]
 
-UP_TUN = "fltun0"
-"""Packets from the devices, on their way to the gateway (``to-pbx``)."""
-DOWN_TUN = "fltun1"
-"""Packets from the gateway, on their way to a device (``to-device``)."""
-TUN_NAME = UP_TUN
-TABLE_UP = 2160
-"""The policy-routing table that sends packets from the devices into :data:`UP_TUN`."""
-TABLE_DOWN = 2161
-"""The policy-routing table that sends packets from the gateway into :data:`DOWN_TUN`."""
-TABLE = TABLE_UP
-PRIORITY = 2160
-"""The priority of faultlab's ``iif`` rules: after ``local`` (0), before the air's own (3000) and ``main``."""
-
-TUNSETIFF = 0x400454CA
-IFF_TUN = 0x0001
-IFF_NO_PI = 0x1000
 _MAX_PACKET = 65535
 
-log = logging.getLogger("faultlab.link.wire")
+log = logging.getLogger("faultlab.labnet.wire")
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -153,6 +127,7 @@ def is_dns_answer(packet: bytes) -> bool:
 
 def describe(packet: bytes) -> str:
     """A one-line scapy summary of an IP packet, for the per-packet log."""
+    # only with --log-packets: loading scapy takes about a second the wire need not wait otherwise
     from scapy.layers.inet import IP
     from scapy.layers.inet6 import IPv6
 
@@ -209,93 +184,6 @@ class WireCore:
         if fate.reordered:
             self.stats[f"{key} reordered"] += 1
         return direction, delays
-
-
-# ---------------------------------------------------------------------------
-# the TUN and the routing that steers packets into it (current namespace)
-
-
-def open_tun(name: str = TUN_NAME) -> int:
-    """Create the TUN ``name`` (IFF_TUN | IFF_NO_PI) and return its
-    non-blocking fd; the device goes away when the fd is closed."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
-    except OSError:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _sysctl(path: str, value: str) -> None:
-    try:
-        Path("/proc/sys", path).write_text(value)
-    except OSError as e:
-        log.debug("sysctl %s=%s: %s", path, value, e)
-
-
-def _rule_kwargs(family: int, ifname: str, table: int) -> dict:
-    return {"family": family, "iifname": ifname, "table": table, "priority": PRIORITY}
-
-
-def steer(up_ifs: list[str], down_ifs: list[str], up_tun: str = UP_TUN, down_tun: str = DOWN_TUN) -> None:
-    """Bring both TUNs up; route everything arriving on ``up_ifs`` (the
-    device side) into ``up_tun`` and everything arriving on ``down_ifs``
-    (the gateway side) into ``down_tun``."""
-    from pyroute2 import IPRoute
-
-    # A packet written to a TUN arrives "on" it from an address routed
-    # elsewhere: reverse-path filtering would drop it.
-    for conf in ("all", "default", up_tun, down_tun):
-        _sysctl(f"net/ipv4/conf/{conf}/rp_filter", "0")
-    for tun in (up_tun, down_tun):
-        _sysctl(f"net/ipv6/conf/{tun}/addr_gen_mode", "1")  # no link-local address, no router solicitations
-    with IPRoute() as ipr:
-        for tun, table, ifnames in ((up_tun, TABLE_UP, up_ifs), (down_tun, TABLE_DOWN, down_ifs)):
-            idx = ipr.link_lookup(ifname=tun)[0]
-            ipr.link("set", index=idx, state="up")
-            ipr.route("replace", dst="0.0.0.0/0", oif=idx, table=table)
-            try:
-                ipr.route("replace", family=socket.AF_INET6, dst="::/0", oif=idx, table=table)
-            except Exception as e:  # IPv6 disabled in this namespace
-                log.info("no IPv6 route into %s: %s", tun, e)
-            for ifname in ifnames:
-                for family in (socket.AF_INET, socket.AF_INET6):
-                    try:
-                        ipr.rule("add", **_rule_kwargs(family, ifname, table))
-                    except Exception as e:
-                        if family == socket.AF_INET:
-                            raise
-                        log.info("no IPv6 rule for %s: %s", ifname, e)
-
-
-def unsteer(netns: str | None = None) -> int:
-    """Remove every rule pointing to :data:`TABLE_UP` or :data:`TABLE_DOWN`
-    at :data:`PRIORITY`, and those tables' routes (in ``netns``, default the
-    current namespace); the number of rules removed. Idempotent."""
-    from pyroute2 import IPRoute
-
-    removed = 0
-    with IPRoute(netns=netns, flags=0) if netns else IPRoute() as ipr:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                rules = ipr.get_rules(family=family)
-            except Exception:
-                continue
-            for rule in rules:
-                table = rule.get_attr("FRA_TABLE") or rule["table"]
-                if table in (TABLE_UP, TABLE_DOWN) and rule.get_attr("FRA_PRIORITY") == PRIORITY:
-                    try:
-                        ipr.rule("del", **_rule_kwargs(family, rule.get_attr("FRA_IFNAME"), table))
-                        removed += 1
-                    except Exception as e:
-                        log.debug("rule del: %s", e)
-            for table in (TABLE_UP, TABLE_DOWN):
-                try:
-                    ipr.flush_routes(table=table, family=family)
-                except Exception as e:
-                    log.debug("route flush: %s", e)
-    return removed
 
 
 # ---------------------------------------------------------------------------
@@ -383,7 +271,7 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m faultlab.link.wire", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m faultlab.labnet.wire", description=__doc__.split("\n")[0])
     p.add_argument("--lab", required=True, help="the lab's name (for the log and the process list)")
     p.add_argument("--profile-file", required=True, help="the profile's TOML file; its [link] section is applied")
     p.add_argument("--seed", type=int, required=True)

@@ -16,7 +16,7 @@ What :func:`netem_request` can express with pyroute2 0.9.x
   [delay - jitter, delay + jitter] (faultlab's ``uniform``);
 - rates of 2**32 bytes/s (34 Gbit/s) and more (``TCA_NETEM_RATE64``).
 
-For those, faultlab impairs through its own TUN wire (:mod:`faultlab.link.wire`)
+For those, faultlab impairs through its own TUN wire (:mod:`faultlab.labnet.wire`)
 with the same parameters. Everything here calls pyroute2's synchronous API:
 call it outside trio (or through ``trio.to_thread``).
 """
@@ -26,6 +26,9 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as namespaces
 
 from ..faults import LinkSpec
 
@@ -116,11 +119,9 @@ def netem_available() -> tuple[bool, str]:
         return True, "sch_netem is loaded"
     if os.geteuid() != 0:
         return False, "sch_netem is not loaded and probing for it needs root"
-    from pyroute2 import IPRoute, netns
-
     name = f"fl-netem-probe-{os.getpid()}"
     try:
-        netns.create(name)
+        namespaces.create(name)
     except OSError as e:
         return False, f"cannot create a namespace to probe for sch_netem: {e}"
     try:
@@ -141,7 +142,7 @@ def netem_available() -> tuple[bool, str]:
         return False, f"probing for sch_netem failed: {e}"
     finally:
         try:
-            netns.remove(name)
+            namespaces.remove(name)
         except OSError:
             pass
 
@@ -151,8 +152,6 @@ def apply_netem(netns: str, ifname: str, spec: LinkSpec) -> None:
     ``spec`` (just remove it when ``spec`` is clean). Needs sch_netem: not
     exercised on kernels without it (this project's CI kernel)."""
     req = None if spec.is_clean else netem_request(spec)
-    from pyroute2 import IPRoute
-
     with IPRoute(netns=netns, flags=0) as ipr:
         idx = _index(ipr, ifname)
         _del_root(ipr, idx)
@@ -163,8 +162,6 @@ def apply_netem(netns: str, ifname: str, spec: LinkSpec) -> None:
 def clear_netem(netns: str, ifname: str) -> bool:
     """Remove the root qdisc of ``ifname`` (back to the default). False when
     the namespace or interface is gone or had none; idempotent."""
-    from pyroute2 import IPRoute
-
     try:
         with IPRoute(netns=netns, flags=0) as ipr:
             found = ipr.link_lookup(ifname=ifname)
