@@ -81,51 +81,53 @@ def set_up(ipr: Any, index: int, what: str) -> None:
     wait_for(f"{what} up", is_up)
 
 
-def write_sysctl_in(ns: str, path: str, value: str) -> None:
-    """Write a /proc/sys file as seen from namespace ``ns``.
+def _in_namespace(ns: str, work: Callable[[], None]) -> BaseException | None:
+    """Run ``work`` in namespace ``ns``; what it raised, if anything.
 
     setns() moves only the calling thread, and /proc/sys/net resolves through the opener's namespace,
-    so a short-lived thread enters the namespace, writes and ends; the rest of the process stays put.
+    so a short-lived thread enters the namespace, works and ends; the rest of the process stays put.
     """
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
             netns.setns(ns, flags=0)
-            with open(path, "w") as f:
-                f.write(value)
-            with open(path) as f:
-                got = f.read().strip()
-            if got != value:
-                raise LabError(f"{path} in {ns} reads {got!r} after writing {value!r}")
+            work()
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             errors.append(e)
 
     t = threading.Thread(target=run, name=f"faultlab-sysctl-{ns}")
     t.start()
     t.join()
-    if errors:
-        e = errors[0]
-        if isinstance(e, LabError):
-            raise e
+    return errors[0] if errors else None
+
+
+def write_sysctl_in(ns: str, path: str, value: str) -> None:
+    """Write a /proc/sys file as seen from namespace ``ns``, and check that it reads back."""
+
+    def write() -> None:
+        with open(path, "w") as f:
+            f.write(value)
+        with open(path) as f:
+            got = f.read().strip()
+        if got != value:
+            raise LabError(f"{path} in {ns} reads {got!r} after writing {value!r}")
+
+    e = _in_namespace(ns, write)
+    if isinstance(e, LabError):
+        raise e
+    if e is not None:
         raise LabError(f"could not write {path} in namespace {ns}: {e}") from e
 
 
 def write_sysctls_in(ns: str, items: list[tuple[str, str]]) -> None:
-    """Several /proc/sys writes in namespace ``ns`` (as :func:`write_sysctl_in`), in one thread."""
-    errors: list[BaseException] = []
+    """Several /proc/sys writes in namespace ``ns`` (as :func:`write_sysctl_in`, unchecked), in one thread."""
 
-    def run() -> None:
-        try:
-            netns.setns(ns, flags=0)
-            for path, value in items:
-                with open(path, "w") as f:
-                    f.write(value)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            errors.append(e)
+    def write() -> None:
+        for path, value in items:
+            with open(path, "w") as f:
+                f.write(value)
 
-    t = threading.Thread(target=run, name=f"faultlab-sysctl-{ns}")
-    t.start()
-    t.join()
-    if errors:
-        raise LabError(f"could not configure namespace {ns}: {errors[0]}") from errors[0]
+    e = _in_namespace(ns, write)
+    if e is not None:
+        raise LabError(f"could not configure namespace {ns}: {e}") from e
