@@ -46,7 +46,16 @@ from faultlab.lab.collector import serve_collector
 from faultlab.lab.pbx import PBX
 from faultlab.lab.pbx.logic import Binding
 from faultlab.lab.push import PushFaults, PushGateway, serve_push_gateway
-from faultlab.lab.runner import Case, Run, case_faults, judge, play_call, push_faults, write_trace
+from faultlab.lab.runner import (
+    Case,
+    Run,
+    _lab_ca_dir,
+    case_faults,
+    judge,
+    play_call,
+    push_faults,
+    write_trace,
+)
 from faultlab.lab.scenario import Scenario
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport
@@ -332,8 +341,6 @@ async def open_external_lab(settings: ExternalSettings, *,
     transports = sorted({ep.transport for ep in settings.listen})
     confdir = settings.confdir
     if "tls" in transports and confdir is None:
-        from faultlab.lab.runner import _lab_ca_dir
-
         confdir = _lab_ca_dir()
     timeline = Timeline()
     async with trio.open_nursery() as nursery:
