@@ -50,7 +50,9 @@ class SipStreamReader:
         ``trio.ClosedResourceError``) pass through."""
         if self._ended:
             return None
-        data = await self.stream.receive_some(self.receive_size)
+        return self._frame(await self.stream.receive_some(self.receive_size))
+
+    def _frame(self, data: bytes) -> list[Item] | None:
         if self.raw:
             if not data:
                 return None
@@ -74,12 +76,14 @@ class SipStreamReader:
 
     async def items(self) -> AsyncIterator[Item]:
         """Every message and keep-alive until the stream ends (EOF, reset or closed), then, if it stopped
-        framing, one :class:`Unframed` saying why; an actor that cannot relay raw bytes stops there."""
+        framing, one :class:`Unframed` saying why; an actor that cannot relay raw bytes stops there.
+        A connection that breaks ends like one closed in order: a message it cut short is Unframed."""
         while True:
             try:
                 batch = await self.read_batch()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return
+                batch = None if self._ended else self._frame(b"")
+                self._ended = True
             if batch is None:
                 return
             for item in batch:

@@ -62,3 +62,30 @@ def test_a_datagram_parses_or_stays_bytes_with_the_reason():
     assert isinstance(message, Message) and error is None
     data, error = parse_or_raw(GARBAGE)
     assert data == GARBAGE and error
+
+
+class _ResetAfter(trio.abc.ReceiveStream):
+    """Hands out ``data`` in one read, then fails as a connection reset by the peer does."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        data, self.data = self.data, b""
+        if not data:
+            raise trio.BrokenResourceError("connection reset by peer")
+        return data
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_message_cut_short_by_a_broken_connection_ends_the_items_unframed():
+    items = [item async for item in SipStreamReader(_ResetAfter(OPTIONS + OPTIONS[:20])).items()]
+    assert [type(item) for item in items] == [Message, Unframed]
+    assert items[1].data == OPTIONS[:20] and "closed inside a message" in items[1].error
+
+
+async def test_a_broken_connection_between_messages_ends_the_items_quietly():
+    items = [item async for item in SipStreamReader(_ResetAfter(OPTIONS)).items()]
+    assert [item.raw for item in items] == [OPTIONS]
