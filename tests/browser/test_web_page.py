@@ -52,6 +52,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -115,9 +116,14 @@ class Page:
         self.d.find_element(By.ID, element_id).click()
 
     def type(self, element_id: str, text: str) -> None:
+        """Replace the field's text as a user does, with keys (select all, delete, type): each key fires the
+        ``input`` event the page follows. WebDriver's ``clear()`` fires no ``input`` event in Chromium."""
         box = self.d.find_element(By.ID, element_id)
-        box.clear()
-        box.send_keys(text)
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.BACKSPACE)
+        if text:
+            box.send_keys(text)
+        self.until(f"{element_id} holding {text!r}", lambda d: box.get_attribute("value") == text)
 
     def ladder_row(self, label: str, fault: str | None = None):
         """Wait for a ladder row with this arrow label (and a fault text containing ``fault``)."""
