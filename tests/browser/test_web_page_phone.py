@@ -66,6 +66,11 @@ async def test_the_profile_selector_opens_on_the_profile_in_force_for_its_target
     # back to every device; a change made elsewhere (the CLI) moves the selector while the user has not touched it
     await page.run(page.type, "device-input", "")
     await page.run(shows, page, "register-503", "the global profile again")
+    # a field emptied without an `input` event (autofill, a script, WebDriver's clear(): only `change`) as well
+    await page.run(page.type, "device-input", "127.0.0.2")
+    await page.run(shows, page, "invite-drop", "127.0.0.2's own, typed again")
+    await page.run(lambda: browser.find_element(By.ID, "device-input").clear())
+    await page.run(shows, page, "register-503", "the global profile after a clear() that fires only `change`")
     await trio.to_thread.run_sync(lambda: client.set_profile(api, "bye-drop"))
     await page.run(shows, page, "bye-drop", "the global profile switched through the API")
 

@@ -87,7 +87,9 @@ function soon(name, fn, delay = 120) {
 let library = [];
 let active = null; // the last GET /active
 let profileTouched = false;
+let shownFor = null; // the device field's value (the target) the selector last showed the profile for
 const NONE = ""; // the selector's value when no profile is in force
+const typedDevice = () => $("device-input").value.trim().toLowerCase();
 
 async function loadProfiles() {
   library = await api("GET", "/profiles");
@@ -111,7 +113,7 @@ function hostOf(device) { // "10.0.0.2:5060" -> "10.0.0.2", "[::1]:5060" -> "::1
 // What is in force for the selector's target: {entry, own} (entry null: no profile).
 function inForce() {
   if (!active) return null;
-  const device = $("device-input").value.trim().toLowerCase();
+  const device = typedDevice();
   if (device) {
     const own = active.devices[device] || active.devices[hostOf(device)];
     if (own) return { entry: own, own: true, device };
@@ -120,9 +122,12 @@ function inForce() {
   return { entry: active.global, own: false, device: null };
 }
 
+// The target is read from the field at each refresh, not only on its events: a field emptied without an `input`
+// event (some keyboards, autofill, scripts fire only `change`) still moves the selector to the new target.
 function syncProfile(force) {
-  if (profileTouched && !force) return;
+  if (profileTouched && !force && typedDevice() === shownFor) return;
   profileTouched = false;
+  shownFor = typedDevice();
   const now = inForce();
   const select = $("profile-select");
   if (now && library.length) {
@@ -439,7 +444,9 @@ on("release", async () => { await api("POST", "/holds/release", {}); await loadA
 on("guided-start", startGuided);
 on("guided-stop", stopGuided);
 $("profile-select").addEventListener("change", () => { profileTouched = true; showSummary(); });
-$("device-input").addEventListener("input", () => syncProfile(true));
+for (const kind of ["input", "change"]) { // a new target: show what is in force for it
+  $("device-input").addEventListener(kind, () => { if (typedDevice() !== shownFor) syncProfile(true); });
+}
 $("scenario-select").addEventListener("change", aboutScenario);
 $("call-select").addEventListener("change", () => soon("ladder", loadLadder, 0));
 
