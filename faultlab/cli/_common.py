@@ -1,11 +1,13 @@
 """What every command shares: failing with a message, the lab CA's --confdir option, running trio with its
-errors unwrapped, and printing addresses. Imports nothing heavy: `faultlab --help` loads it."""
+errors unwrapped, stopping on a signal, and printing addresses. Imports nothing heavy: `faultlab --help`
+loads it."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn, Optional, TypeVar
 
 import typer
 
@@ -39,6 +41,44 @@ def single(group: BaseExceptionGroup) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def find_in_group(exc: BaseException, kind: type[E]) -> E | None:
+    """The first ``kind`` error in ``exc`` or anywhere inside its (nested) exception groups, else None."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_in_group(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+@asynccontextmanager
+async def stopped_by(*signals: int, on_signal: Callable[[int], object] | None = None) -> AsyncIterator:
+    """A trio nursery that the first of ``signals`` stops: it calls ``on_signal(signum)``, or by default
+    cancels the nursery. The signals are caught from before the nursery opens until it has closed, so a
+    second one while the command tidies up does not interrupt it. The nursery also waits for the signal:
+    a command that ends by itself cancels its nursery."""
+    import trio
+
+    with trio.open_signal_receiver(*signals) as receiver:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in receiver:
+                    if on_signal is None:
+                        nursery.cancel_scope.cancel()
+                    else:
+                        on_signal(signum)
+                    return
+
+            nursery.start_soon(watch)
+            yield nursery
 
 
 def run_trio(main: Callable[[], Awaitable[object]]) -> None:

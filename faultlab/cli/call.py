@@ -27,7 +27,7 @@ from typing import Annotated, Optional
 import trio
 import typer
 
-from faultlab.cli._common import failing
+from faultlab.cli._common import failing, stopped_by
 
 from faultlab.faults import parse_duration
 from faultlab.addr import Endpoint, EndpointError, format_hostport, is_ip, parse_endpoint
@@ -221,44 +221,40 @@ async def place_call(endpoint: Endpoint, target: str, *, user: str, domain: str 
     interrupted = False
     late_answer = False  # a 2xx came after the tidy-up's CANCEL (it crossed the CANCEL)
     unreachable = False
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            work_scope = trio.CancelScope()
+    work_scope = trio.CancelScope()
 
-            async def on_signal() -> None:  # from before the connect: a signal also stops a stalled handshake
-                nonlocal interrupted
-                async for signum in signals:
-                    interrupted = True
-                    _say(f"{signal.Signals(signum).name}: stopping")
-                    work_scope.cancel()
-                    return
+    def on_signal(signum: int) -> None:  # from before the connect: a signal also stops a stalled handshake
+        nonlocal interrupted
+        interrupted = True
+        _say(f"{signal.Signals(signum).name}: stopping")
+        work_scope.cancel()
 
-            nursery.start_soon(on_signal)
-            with work_scope:
-                try:
-                    await caller.start(nursery)
-                except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                    outcome.reason = f"cannot reach the PBX at {endpoint}: {exc or 'timed out'}"
-                    unreachable = True
-                if not unreachable:
-                    call = await caller.call(target)
-                    t0 = trio.current_time()  # the INVITE is sent
-                    outcome.times["invite"] = 0.0
-                    nursery.start_soon(watch)
-                    await script()
-            if call is not None and (interrupted or call.final is None):
-                # tidy up: no call left ringing or up at the far end
-                with trio.move_on_after(SETTLE):
-                    if call.final is None:
-                        mark("cancel")
-                        await call.cancel(reason=cancel_reason)
-                        await call._wait("final response", lambda: call.final, float("inf"))
-                        late_answer = 200 <= call.final.status < 300
-                    if 200 <= call.final.status < 300 and call.ended is None:
-                        await hang_up()  # a 2xx (also one that crossed the CANCEL): its dialog is up
-            await trio.sleep(0)  # let watch() note the last change
-            await caller.close()
-            nursery.cancel_scope.cancel()
+    async with stopped_by(signal.SIGINT, signal.SIGTERM, on_signal=on_signal) as nursery:
+        with work_scope:
+            try:
+                await caller.start(nursery)
+            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                outcome.reason = f"cannot reach the PBX at {endpoint}: {exc or 'timed out'}"
+                unreachable = True
+            if not unreachable:
+                call = await caller.call(target)
+                t0 = trio.current_time()  # the INVITE is sent
+                outcome.times["invite"] = 0.0
+                nursery.start_soon(watch)
+                await script()
+        if call is not None and (interrupted or call.final is None):
+            # tidy up: no call left ringing or up at the far end
+            with trio.move_on_after(SETTLE):
+                if call.final is None:
+                    mark("cancel")
+                    await call.cancel(reason=cancel_reason)
+                    await call._wait("final response", lambda: call.final, float("inf"))
+                    late_answer = 200 <= call.final.status < 300
+                if 200 <= call.final.status < 300 and call.ended is None:
+                    await hang_up()  # a 2xx (also one that crossed the CANCEL): its dialog is up
+        await trio.sleep(0)  # let watch() note the last change
+        await caller.close()
+        nursery.cancel_scope.cancel()
     record()
     if interrupted:
         outcome.reason = "interrupted"

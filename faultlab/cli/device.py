@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 import trio
 import typer
 
-from faultlab.cli._common import failing
+from faultlab.cli._common import failing, stopped_by
 
 from faultlab.faults import parse_duration
 from faultlab.lab.device import Device
@@ -240,15 +240,8 @@ def device(
     if push_url is not None and urllib.parse.urlsplit(push_url).path in ("", "/"):
         push_url = push_url.rstrip("/") + f"/devices/{token}/pushes"
 
-    async def stop_on_sigterm(scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                scope.cancel()
-                return
-
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stop_on_sigterm, nursery.cancel_scope)
+        async with stopped_by(signal.SIGTERM) as nursery:
             if events_url_ is not None:
                 nursery.start_soon(post_events, events_url(events_url_), post_receive, events_token)
             pushes = None

@@ -14,7 +14,7 @@ from typing import Annotated, Awaitable, Callable, Optional
 
 import typer
 
-from faultlab.cli._common import failing
+from faultlab.cli._common import failing, find_in_group, stopped_by
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -166,15 +166,11 @@ def pbx(
 
         from faultlab.addr import format_hostport
 
-        try:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(pbx.run)
-                    for endpoint, addr in pbx.listeners:
-                        typer.echo(f"faultlab pbx: {endpoint.transport} on {format_hostport(*addr)}", err=True)
-                    async for _ in signals:  # Ctrl-C or SIGTERM: a clean stop
-                        pbx.stop()
-                        break
+        try:  # Ctrl-C or SIGTERM: a clean stop
+            async with stopped_by(signal.SIGINT, signal.SIGTERM, on_signal=lambda _: pbx.stop()) as nursery:
+                await nursery.start(pbx.run)
+                for endpoint, addr in pbx.listeners:
+                    typer.echo(f"faultlab pbx: {endpoint.transport} on {format_hostport(*addr)}", err=True)
         finally:
             events.close()
 
@@ -183,21 +179,7 @@ def pbx(
     except KeyboardInterrupt:
         pass
     except (EndpointError, BaseExceptionGroup) as exc:
-        bad = _endpoint_error(exc)
+        bad = find_in_group(exc, EndpointError)
         if bad is None:
             raise
         _fail(str(bad), 1)
-
-
-def _endpoint_error(exc: BaseException) -> BaseException | None:
-    """The EndpointError (e.g. a port in use) inside ``exc``, maybe wrapped in exception groups."""
-    from faultlab.addr import EndpointError
-
-    if isinstance(exc, EndpointError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _endpoint_error(inner)
-            if found is not None:
-                return found
-    return None

@@ -6,6 +6,7 @@ Mounted by the main CLI with ``app.add_typer(push_app, name="push-gateway")``.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from faultlab.cli._common import failing
+from faultlab.cli._common import failing, hostport, run_trio, stopped_by
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -135,8 +136,6 @@ def run(
 ) -> None:
     """Run an APNs-compatible push gateway: validate VoIP pushes as APNs would, lint them, apply push
     faults, and deliver them to devices (or relay them to APNs). Prints each push as it arrives."""
-    import trio
-
     from faultlab.faults import parse_duration
     from faultlab.trace import JsonlWriter
 
@@ -210,8 +209,7 @@ def run(
         gateway = PushGateway(timeline, faults=faults, topic_suffix=topic_suffix, relay_url=relay,
                               relay_ca=str(relay_ca) if relay_ca else None, relay_auth=signer)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
+            async with stopped_by(signal.SIGTERM) as nursery:  # SIGTERM stops it as Ctrl-C does
                 if trace is not None:
                     from faultlab.proxy import keep_flushed
 
@@ -221,7 +219,7 @@ def run(
                 bound = await nursery.start(lambda task_status: serve_push_gateway(
                     gateway, host, port, tls=tls, certfile=certfile, keyfile=keyfile, task_status=task_status))
                 scheme = "https" if tls else "http"
-                typer.echo(f"faultlab: push gateway on {scheme}://{_hp(bound)} "
+                typer.echo(f"faultlab: push gateway on {scheme}://{hostport(bound)} "
                            f"(POST /3/device/<token>; devices: GET /devices/<token>/pushes)", err=True)
                 active = [name for name, on in (("drop-cancel", drop_cancel), ("drop-all", drop_all),
                                                 (f"delay {faults.delay:g}s", faults.delay > 0),
@@ -232,18 +230,12 @@ def run(
                               else ", with the sender's authorization" if relay else ""), err=True)
                 if events_at is not None:
                     ebound = await nursery.start(serve_collector, timeline, *events_at)
-                    typer.echo(f"faultlab: event collector on http://{_hp(ebound)}/events", err=True)
+                    typer.echo(f"faultlab: event collector on http://{hostport(ebound)}/events", err=True)
         finally:
             timeline.trace.close()
 
     try:
-        try:
-            trio.run(main)
-        except BaseExceptionGroup as group:
-            exc: BaseException = group
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]
-            raise exc from None
+        run_trio(main)
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -254,26 +246,9 @@ def run(
     typer.echo("faultlab: push gateway stopped", err=True)
 
 
-async def _stop_on_sigterm(scope) -> None:
-    """SIGTERM stops the gateway as Ctrl-C does (the trace file is flushed and closed)."""
-    import signal
-
-    import trio
-
-    with trio.open_signal_receiver(signal.SIGTERM) as signals:
-        async for _ in signals:
-            scope.cancel()
-            return
-
-
 async def _drain(channel) -> None:
     async for _ in channel:
         pass
-
-
-def _hp(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 if __name__ == "__main__":  # pragma: no cover
