@@ -184,3 +184,23 @@ async def test_cancel_after_forwarding_and_elsewhere_reach_the_device_with_their
                 assert (await call.wait_final()).status == 487
             nursery.cancel_scope.cancel()
     assert got == [['SIP ;cause=200 ;text="Call completed elsewhere"'], ['SIP;cause=600;text="Busy Everywhere"']]
+
+
+async def test_a_connection_that_stops_framing_is_given_up_with_a_warning():
+    timeline = Timeline()
+    options = (b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bKgarbage\r\n"
+               b"From: <sip:x@lab>;tag=1\r\nTo: <sip:pbx@lab>\r\nCall-ID: garbage-1\r\nCSeq: 1 OPTIONS\r\n"
+               b"Content-Length: 0\r\n\r\n")
+    with trio.fail_after(8):
+        async with trio.open_nursery() as nursery:
+            pbx = await _pbx(nursery, ["tcp:127.0.0.1:0"], timeline)
+            stream = await trio.open_tcp_stream(*pbx.address("tcp"))
+            async with stream:
+                await stream.send_all(options + b"\x00\x01 not SIP at all\r\n\r\n")
+                while await stream.receive_some(65536):  # the answer to OPTIONS, then the PBX closes
+                    pass
+            nursery.cancel_scope.cancel()
+    received = [e for e in timeline.events if e.source == "pbx" and e.kind == "received"]
+    assert [e.call_id for e in received] == ["garbage-1"]  # what framed before the garbage was handled
+    [warning] = [e for e in timeline.events if e.kind == "warning"]
+    assert warning.summary.startswith("unframeable: ") and warning.transport == "tcp"

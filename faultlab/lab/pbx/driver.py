@@ -53,7 +53,8 @@ from faultlab.lab.pbx.logic import (
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport, listen_error, parse_endpoint
 from faultlab.net.resolve import resolve
-from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, parse_datagram
+from faultlab.net.reader import SipStreamReader, Unframed, parse_or_raw
+from faultlab.sip import KeepAlive, Message, SipError
 
 __all__ = ["PBX", "Flow", "Binding", "ELSEWHERE_REASONS", "SendPush", "Transmit"]
 
@@ -149,11 +150,11 @@ class PBX:
     async def receive(self, message: Message | KeepAlive | bytes, flow: Flow) -> None:
         """Handle one message that arrived on ``flow`` (the transports call this; so can tests)."""
         if isinstance(message, bytes):
-            try:
-                message = parse_datagram(message)
-            except SipError as exc:
+            data = message
+            message, error = parse_or_raw(data)
+            if error is not None:
                 self.timeline.emit("warning", source=SOURCE, flow=str(flow), transport=flow.transport,
-                                   peer=format_hostport(*flow.peer), summary=f"unparseable: {exc}", raw=message)
+                                   peer=format_hostport(*flow.peer), summary=f"unparseable: {error}", raw=data)
                 return
         if isinstance(message, Message):
             self._emit_message("received", message, flow)
@@ -213,11 +214,8 @@ class PBX:
     async def _send(self, flow: Flow, data: bytes, retransmission: int = 0) -> None:
         message = None
         if data.strip(b"\r\n"):
-            try:
-                parsed = parse_datagram(data)
-                message = parsed if isinstance(parsed, Message) else None
-            except SipError:
-                pass
+            parsed, _ = parse_or_raw(data)
+            message = parsed if isinstance(parsed, Message) else None
         if message is not None:
             self._emit_message("sent", message, flow,
                                {"retransmission": retransmission} if retransmission else None)
@@ -324,27 +322,13 @@ class PBX:
                 stream = trio.SSLStream(conn, ssl_ctx, server_side=True)
             flow = Flow(endpoint.transport, peer, local, conn_id)
             self._conns[conn_id] = (stream, trio.Lock())
-            framer = StreamFramer()
             try:
-                while True:
-                    try:
-                        data = await stream.receive_some(65536)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        data = b""
-                    framer.receive_data(data)
-                    while True:
-                        try:
-                            event = framer.next_event()
-                        except SipError as exc:
-                            self.timeline.emit("warning", source=SOURCE, flow=str(flow), transport=flow.transport,
-                                               peer=format_hostport(*peer), summary=f"unframeable: {exc}")
-                            data = b""  # the connection is given up: as closed by the peer
-                            break
-                        if event is NEED_DATA or event is EOF:
-                            break
-                        await self.receive(event, flow)
-                    if not data:
+                async for item in SipStreamReader(stream).items():
+                    if isinstance(item, Unframed):  # the connection is given up: as closed by the peer
+                        self.timeline.emit("warning", source=SOURCE, flow=str(flow), transport=flow.transport,
+                                           peer=format_hostport(*peer), summary=f"unframeable: {item.error}")
                         break
+                    await self.receive(item, flow)
             finally:
                 self._conns.pop(conn_id, None)
                 await trio.aclose_forcefully(stream)
