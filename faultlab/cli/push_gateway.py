@@ -5,6 +5,7 @@ Mounted by the main CLI with ``app.add_typer(push_app, name="push-gateway")``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
@@ -136,106 +137,22 @@ def run(
 ) -> None:
     """Run an APNs-compatible push gateway: validate VoIP pushes as APNs would, lint them, apply push
     faults, and deliver them to devices (or relay them to APNs). Prints each push as it arrives."""
-    from faultlab.faults import parse_duration
-    from faultlab.trace import JsonlWriter
-
-    from faultlab.lab.collector import serve_collector
-    from faultlab.lab.push import PushFaults, PushGateway, serve_push_gateway
-    from faultlab.lab.timeline import Timeline
-
-    try:
-        host, port = parse_listen(listen)
-        events_at = parse_listen(events) if events else None
-        faults = PushFaults(drop_cancel=drop_cancel, drop_all=drop_all, delay=parse_duration(delay),
-                            duplicate=duplicate)
-    except ValueError as exc:
-        _fail(str(exc))
-    if (cert is None) != (key is None):
-        _fail("--cert and --key go together")
-    if cert is not None and not tls:
-        _fail("--cert/--key need --tls")
-    signer = None
-    given = [name for name, value in (("--apns-key", apns_key), ("--apns-key-id", apns_key_id),
-                                      ("--apns-team-id", apns_team_id)) if value is not None]
-    if given:
-        if len(given) < 3:
-            _fail("--apns-key, --apns-key-id and --apns-team-id go together (APNs token authentication); "
-                  f"only {', '.join(given)} given")
-        if not relay:
-            _fail("--apns-key signs the pushes the gateway relays: it needs --relay URL (e.g. "
-                  "--relay https://api.sandbox.push.apple.com)")
-        from faultlab.lab.push.auth import ApnsAuthError, ApnsSigner
-
-        try:
-            signer = ApnsSigner.from_file(apns_key, apns_key_id, apns_team_id)
-            signer.token()  # signs once now: a key that cannot sign fails here, not at the first push
-        except ApnsAuthError as exc:
-            _fail(str(exc))
-    for token in device or []:
-        if not token or len(token) % 2 or any(c not in "0123456789abcdefABCDEF" for c in token):
-            _fail(f"--device {token!r}: a device token is an even number of hex digits")
-
+    host, port = parse_listen_or_fail(listen)
+    events_at = parse_listen_or_fail(events) if events else None
+    faults = _faults(drop_cancel, drop_all, delay, duplicate)
+    signer = _checked(tls, cert, key, relay, apns_key, apns_key_id, apns_team_id, device)
     logging.basicConfig(level=logging.WARNING, format="faultlab: %(name)s: %(levelname)s: %(message)s")
-    certfile = keyfile = None
-    tmp = None
-    if tls:
-        if cert is not None:
-            certfile, keyfile = str(cert), str(key)
-        else:
-            from faultlab.ca import CAError, LabCA, default_confdir
+    tmp, certfile, keyfile = _tls_files(tls, cert, key, confdir, host)
+    _run(functools.partial(
+        _serve, faults=faults, topic_suffix=topic_suffix, relay=relay, relay_ca=relay_ca, signer=signer,
+        trace=trace, device=device, host=host, port=port, tls=tls, certfile=certfile, keyfile=keyfile,
+        events_at=events_at, duplicate=duplicate, drop_cancel=drop_cancel, drop_all=drop_all), tmp)
 
-            try:
-                ca = LabCA.load_or_init(confdir or default_confdir())
-                leaf, leaf_key = ca.issue_leaf([host if host not in ("0.0.0.0", "::") else "localhost"])
-            except (CAError, ValueError, OSError) as exc:
-                _fail(f"cannot issue a certificate from the lab CA: {exc}")
-            tmp = tempfile.TemporaryDirectory(prefix="faultlab-push-")
-            certfile = keyfile = str(Path(tmp.name) / "gateway.pem")
-            Path(certfile).write_bytes(leaf + leaf_key)
-            typer.echo(f"faultlab: TLS certificate from the lab CA {ca.cert_path}", err=True)
 
-    async def main() -> None:
-        timeline = Timeline()
-
-        def show(event) -> None:
-            line = _line(event)
-            if line:
-                print(line, flush=True)
-
-        timeline.trace.add_sink(show)
-        if trace is not None:
-            writer = JsonlWriter(trace)
-            timeline.trace.add_sink(writer, writer.close)
-        gateway = PushGateway(timeline, faults=faults, topic_suffix=topic_suffix, relay_url=relay,
-                              relay_ca=str(relay_ca) if relay_ca else None, relay_auth=signer)
-        try:
-            async with stopped_by(signal.SIGTERM) as nursery:  # SIGTERM stops it as Ctrl-C does
-                if trace is not None:
-                    from faultlab.proxy import keep_flushed
-
-                    nursery.start_soon(keep_flushed, writer)  # the trace is readable as it is written
-                for token in device or []:
-                    nursery.start_soon(_drain, gateway.channel(token))
-                bound = await nursery.start(lambda task_status: serve_push_gateway(
-                    gateway, host, port, tls=tls, certfile=certfile, keyfile=keyfile, task_status=task_status))
-                scheme = "https" if tls else "http"
-                typer.echo(f"faultlab: push gateway on {scheme}://{hostport(bound)} "
-                           f"(POST /3/device/<token>; devices: GET /devices/<token>/pushes)", err=True)
-                active = [name for name, on in (("drop-cancel", drop_cancel), ("drop-all", drop_all),
-                                                (f"delay {faults.delay:g}s", faults.delay > 0),
-                                                (f"duplicate {duplicate}", duplicate > 0)) if on]
-                typer.echo(f"faultlab: push faults: {', '.join(active) or 'none'}"
-                           + (f"; relaying to {relay}" if relay else "")
-                           + (f", signed with APNs key {signer.key_id} of team {signer.team_id}" if signer
-                              else ", with the sender's authorization" if relay else ""), err=True)
-                if events_at is not None:
-                    ebound = await nursery.start(serve_collector, timeline, *events_at)
-                    typer.echo(f"faultlab: event collector on http://{hostport(ebound)}/events", err=True)
-        finally:
-            timeline.trace.close()
-
+def _run(serve, tmp: tempfile.TemporaryDirectory | None) -> None:
+    """Run the gateway until Ctrl-C or SIGTERM; remove the certificate's temporary directory after."""
     try:
-        run_trio(main)
+        run_trio(serve)
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -244,6 +161,135 @@ def run(
         if tmp is not None:
             tmp.cleanup()
     typer.echo("faultlab: push gateway stopped", err=True)
+
+
+def _checked(tls: bool, cert: Path | None, key: Path | None, relay: str | None, apns_key: Path | None,
+             apns_key_id: str | None, apns_team_id: str | None, device: list[str] | None):
+    """Fail on options that do not go together or a bad --device token; the APNs signer (or None)."""
+    if (cert is None) != (key is None):
+        _fail("--cert and --key go together")
+    if cert is not None and not tls:
+        _fail("--cert/--key need --tls")
+    signer = _signer(relay, apns_key, apns_key_id, apns_team_id)
+    for token in device or []:
+        if not token or len(token) % 2 or any(c not in "0123456789abcdefABCDEF" for c in token):
+            _fail(f"--device {token!r}: a device token is an even number of hex digits")
+    return signer
+
+
+def _tls_files(tls: bool, cert: Path | None, key: Path | None, confdir: Path | None, host: str):
+    """(temporary directory to remove or None, certfile, keyfile): --cert/--key, else one from the lab CA."""
+    if not tls:
+        return None, None, None
+    if cert is not None:
+        return None, str(cert), str(key)
+    tmp, pem = _lab_certificate(confdir, host)
+    return tmp, pem, pem
+
+
+def parse_listen_or_fail(spec: str) -> tuple[str, int]:
+    try:
+        return parse_listen(spec)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _faults(drop_cancel: bool, drop_all: bool, delay: str, duplicate: int):
+    from faultlab.faults import parse_duration
+    from faultlab.lab.push import PushFaults
+
+    try:
+        return PushFaults(drop_cancel=drop_cancel, drop_all=drop_all, delay=parse_duration(delay),
+                          duplicate=duplicate)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _signer(relay: str | None, apns_key: Path | None, apns_key_id: str | None, apns_team_id: str | None):
+    """The APNs signer of --apns-key/--apns-key-id/--apns-team-id (all three, with --relay), or None."""
+    given = [name for name, value in (("--apns-key", apns_key), ("--apns-key-id", apns_key_id),
+                                      ("--apns-team-id", apns_team_id)) if value is not None]
+    if not given:
+        return None
+    if len(given) < 3:
+        _fail("--apns-key, --apns-key-id and --apns-team-id go together (APNs token authentication); "
+              f"only {', '.join(given)} given")
+    if not relay:
+        _fail("--apns-key signs the pushes the gateway relays: it needs --relay URL (e.g. "
+              "--relay https://api.sandbox.push.apple.com)")
+    from faultlab.lab.push.auth import ApnsAuthError, ApnsSigner
+
+    try:
+        signer = ApnsSigner.from_file(apns_key, apns_key_id, apns_team_id)
+        signer.token()  # signs once now: a key that cannot sign fails here, not at the first push
+    except ApnsAuthError as exc:
+        _fail(str(exc))
+    return signer
+
+
+def _lab_certificate(confdir: Path | None, host: str) -> tuple[tempfile.TemporaryDirectory, str]:
+    """A certificate and key (one PEM file, in a temporary directory) for ``host`` from the lab CA."""
+    from faultlab.ca import CAError, LabCA, default_confdir
+
+    try:
+        ca = LabCA.load_or_init(confdir or default_confdir())
+        leaf, leaf_key = ca.issue_leaf([host if host not in ("0.0.0.0", "::") else "localhost"])
+    except (CAError, ValueError, OSError) as exc:
+        _fail(f"cannot issue a certificate from the lab CA: {exc}")
+    tmp = tempfile.TemporaryDirectory(prefix="faultlab-push-")
+    pem = str(Path(tmp.name) / "gateway.pem")
+    Path(pem).write_bytes(leaf + leaf_key)
+    typer.echo(f"faultlab: TLS certificate from the lab CA {ca.cert_path}", err=True)
+    return tmp, pem
+
+
+async def _serve(*, faults, topic_suffix, relay, relay_ca, signer, trace, device, host, port, tls, certfile,
+                 keyfile, events_at, duplicate, drop_cancel, drop_all) -> None:
+    """Serve the gateway (and the event collector) until SIGTERM or Ctrl-C, printing each push."""
+    from faultlab.trace import JsonlWriter
+
+    from faultlab.lab.collector import serve_collector
+    from faultlab.lab.push import PushGateway, serve_push_gateway
+    from faultlab.lab.timeline import Timeline
+
+    timeline = Timeline()
+
+    def show(event) -> None:
+        line = _line(event)
+        if line:
+            print(line, flush=True)
+
+    timeline.trace.add_sink(show)
+    if trace is not None:
+        writer = JsonlWriter(trace)
+        timeline.trace.add_sink(writer, writer.close)
+    gateway = PushGateway(timeline, faults=faults, topic_suffix=topic_suffix, relay_url=relay,
+                          relay_ca=str(relay_ca) if relay_ca else None, relay_auth=signer)
+    try:
+        async with stopped_by(signal.SIGTERM) as nursery:  # SIGTERM stops it as Ctrl-C does
+            if trace is not None:
+                from faultlab.proxy import keep_flushed
+
+                nursery.start_soon(keep_flushed, writer)  # the trace is readable as it is written
+            for token in device or []:
+                nursery.start_soon(_drain, gateway.channel(token))
+            bound = await nursery.start(lambda task_status: serve_push_gateway(
+                gateway, host, port, tls=tls, certfile=certfile, keyfile=keyfile, task_status=task_status))
+            scheme = "https" if tls else "http"
+            typer.echo(f"faultlab: push gateway on {scheme}://{hostport(bound)} "
+                       f"(POST /3/device/<token>; devices: GET /devices/<token>/pushes)", err=True)
+            active = [name for name, on in (("drop-cancel", drop_cancel), ("drop-all", drop_all),
+                                            (f"delay {faults.delay:g}s", faults.delay > 0),
+                                            (f"duplicate {duplicate}", duplicate > 0)) if on]
+            typer.echo(f"faultlab: push faults: {', '.join(active) or 'none'}"
+                       + (f"; relaying to {relay}" if relay else "")
+                       + (f", signed with APNs key {signer.key_id} of team {signer.team_id}" if signer
+                          else ", with the sender's authorization" if relay else ""), err=True)
+            if events_at is not None:
+                ebound = await nursery.start(serve_collector, timeline, *events_at)
+                typer.echo(f"faultlab: event collector on http://{hostport(ebound)}/events", err=True)
+    finally:
+        timeline.trace.close()
 
 
 async def _drain(channel) -> None:
