@@ -208,51 +208,62 @@ def device(
     deadlines, follows the scripted user, maps CANCEL Reason causes to CallKit end reasons and ends exactly once.
     See docs/reference-device.md.
     """
+    _run(SimpleNamespace(**locals()))  # the options, by name
+
+
+def _checked(o: SimpleNamespace) -> tuple:
+    """The proxy's endpoint and the device's config from the options; fails on a bad or clashing one."""
     try:
-        endpoint = parse_endpoint(proxy, allow_port_zero=False)
+        endpoint = parse_endpoint(o.proxy, allow_port_zero=False)
     except EndpointError as exc:
         _fail(f"--proxy: {exc}")
     if not endpoint.is_ip:
         _fail(f"--proxy: HOST must be an IP address, not {endpoint.host!r}")
-    if sum(x is not None and x is not False for x in (answer_after, decline_after, no_answer or None)) > 1:
+    if sum(x is not None and x is not False for x in (o.answer_after, o.decline_after, o.no_answer or None)) > 1:
         _fail("--answer-after, --decline-after and --no-answer are exclusive")
-    if behaviour is not None and behaviour not in BEHAVIOURS:
-        _fail(f"--behaviour {behaviour!r}: use one of {', '.join(BEHAVIOURS)}")
+    if o.behaviour is not None and o.behaviour not in BEHAVIOURS:
+        _fail(f"--behaviour {o.behaviour!r}: use one of {', '.join(BEHAVIOURS)}")
     try:
         config = DeviceConfig(
-            register_deadline=_seconds("--register-deadline", register_deadline),
-            invite_deadline=_seconds("--invite-deadline", invite_deadline),
-            total_deadline=_seconds("--total-deadline", total_deadline),
-            answer_after=_seconds("--answer-after", answer_after),
-            decline_after=_seconds("--decline-after", decline_after),
-            behaviour=behaviour,
+            register_deadline=_seconds("--register-deadline", o.register_deadline),
+            invite_deadline=_seconds("--invite-deadline", o.invite_deadline),
+            total_deadline=_seconds("--total-deadline", o.total_deadline),
+            answer_after=_seconds("--answer-after", o.answer_after),
+            decline_after=_seconds("--decline-after", o.decline_after),
+            behaviour=o.behaviour,
         )
     except ValueError as exc:
         _fail(str(exc))
+    return endpoint, config
 
+
+def _run(o: SimpleNamespace) -> None:
+    """Run the device with the command's options until SIGTERM or Ctrl-C, printing its events."""
+    endpoint, config = _checked(o)
     post_send, post_receive = trio.open_memory_channel(math.inf)
 
     def print_event(event: dict) -> None:
         print(json.dumps(event), flush=True)
-        if events_url_ is not None:
-            post_send.send_nowait(collector_event(name or user, event))
+        if o.events_url_ is not None:
+            post_send.send_nowait(collector_event(o.name or o.user, event))
 
+    push_url = o.push_url
     if push_url is not None and urllib.parse.urlsplit(push_url).path in ("", "/"):
-        push_url = push_url.rstrip("/") + f"/devices/{token}/pushes"
+        push_url = push_url.rstrip("/") + f"/devices/{o.token}/pushes"
 
     async def main() -> None:
         async with stopped_by(signal.SIGTERM) as nursery:
-            if events_url_ is not None:
-                nursery.start_soon(post_events, events_url(events_url_), post_receive, events_token)
+            if o.events_url_ is not None:
+                nursery.start_soon(post_events, events_url(o.events_url_), post_receive, o.events_token)
             pushes = None
             if push_url is not None:
                 send, pushes = trio.open_memory_channel(16)
                 nursery.start_soon(stream_pushes, push_url, send)
-            dev = Device(proxy=endpoint, user=user, domain=domain, token=token, pushes=pushes,
-                         timeline=Timeline(), config=config, name=name, team_id=team_id, bundle=bundle,
-                         expires=expires, ca_file=ca_file, tls_server_name=tls_server_name,
-                         register_at_start=not no_initial_register, on_event=print_event,
-                         new_connection_on_push=new_connection_on_push)
+            dev = Device(proxy=endpoint, user=o.user, domain=o.domain, token=o.token, pushes=pushes,
+                         timeline=Timeline(), config=config, name=o.name, team_id=o.team_id, bundle=o.bundle,
+                         expires=o.expires, ca_file=o.ca_file, tls_server_name=o.tls_server_name,
+                         register_at_start=not o.no_initial_register, on_event=print_event,
+                         new_connection_on_push=o.new_connection_on_push)
             await nursery.start(dev.run)
             if dev.initial_register is not None:
                 typer.echo(f"faultlab device: initial REGISTER: {dev.initial_register}", err=True)
