@@ -8,6 +8,7 @@ Mounted by the main CLI with::
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Annotated, Awaitable, Callable, Optional
@@ -125,8 +126,6 @@ def pbx(
 
     Example: faultlab pbx --listen udp:127.0.0.1:5060 --listen tcp:127.0.0.1:5060 --push-url http://127.0.0.1:2197
     """
-    import trio
-
     from faultlab.addr import EndpointError, parse_endpoint
 
     try:
@@ -139,43 +138,54 @@ def pbx(
         _fail("give at least one --listen")
 
     logging.basicConfig(level=logging.WARNING, format="faultlab: %(name)s: %(levelname)s: %(message)s")
+    _run(functools.partial(
+        _serve, endpoints, trace=trace, quiet=quiet, push_url=push_url, push_topic=push_topic, push_ca=push_ca,
+        push_insecure=push_insecure, hold=hold_s, ring_timeout=ring_s, cancel_push=cancel_push,
+        default_expires=default_expires, advertise_host=advertise, confdir=confdir, tls_name=tls_name))
 
-    async def main() -> None:
-        from faultlab.lab.pbx import PBX
-        from faultlab.lab.timeline import Timeline
-        from faultlab.trace import JsonlWriter, Trace
 
-        events = Trace(keep=1000)
-        if trace is not None:
-            writer = JsonlWriter(trace)
-            events.add_sink(writer, writer.close)
-        if not quiet:
-            def console(event) -> None:
-                line = _line(event)
-                if line:
-                    typer.echo(line)
-            events.add_sink(console)
-        send_push = None
-        if push_url:
-            send_push = push_sender(push_url, topic=push_topic, ca=str(push_ca) if push_ca else None,
-                                    insecure=push_insecure)
-        pbx = PBX(endpoints, timeline=Timeline(events), send_push=send_push, hold=hold_s, ring_timeout=ring_s,
-                  cancel_push=cancel_push, default_expires=default_expires, advertise_host=advertise,
-                  confdir=confdir, tls_name=tls_name)
-        import signal
+async def _serve(endpoints, *, trace: Path | None, quiet: bool, push_url: str | None, push_topic: str,
+                 push_ca: Path | None, push_insecure: bool, **options) -> None:
+    """Serve the PBX (``options`` go to it) until Ctrl-C or SIGTERM, each event on the console unless quiet."""
+    import signal
 
-        from faultlab.addr import format_hostport
+    from faultlab.addr import format_hostport
+    from faultlab.lab.pbx import PBX
+    from faultlab.lab.timeline import Timeline
+    from faultlab.trace import JsonlWriter, Trace
 
-        try:  # Ctrl-C or SIGTERM: a clean stop
-            async with stopped_by(signal.SIGINT, signal.SIGTERM, on_signal=lambda _: pbx.stop()) as nursery:
-                await nursery.start(pbx.run)
-                for endpoint, addr in pbx.listeners:
-                    typer.echo(f"faultlab pbx: {endpoint.transport} on {format_hostport(*addr)}", err=True)
-        finally:
-            events.close()
+    events = Trace(keep=1000)
+    if trace is not None:
+        writer = JsonlWriter(trace)
+        events.add_sink(writer, writer.close)
+    if not quiet:
+        def console(event) -> None:
+            line = _line(event)
+            if line:
+                typer.echo(line)
+        events.add_sink(console)
+    send_push = None
+    if push_url:
+        send_push = push_sender(push_url, topic=push_topic, ca=str(push_ca) if push_ca else None,
+                                insecure=push_insecure)
+    pbx = PBX(endpoints, timeline=Timeline(events), send_push=send_push, **options)
+    try:  # Ctrl-C or SIGTERM: a clean stop
+        async with stopped_by(signal.SIGINT, signal.SIGTERM, on_signal=lambda _: pbx.stop()) as nursery:
+            await nursery.start(pbx.run)
+            for endpoint, addr in pbx.listeners:
+                typer.echo(f"faultlab pbx: {endpoint.transport} on {format_hostport(*addr)}", err=True)
+    finally:
+        events.close()
+
+
+def _run(serve: Callable[[], Awaitable[None]]) -> None:
+    """Run ``serve``; a port in use (an EndpointError, maybe inside exception groups) fails with its message."""
+    import trio
+
+    from faultlab.addr import EndpointError
 
     try:
-        trio.run(main)
+        trio.run(serve)
     except KeyboardInterrupt:
         pass
     except (EndpointError, BaseExceptionGroup) as exc:

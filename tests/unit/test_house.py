@@ -23,7 +23,6 @@ LONG_FUNCTIONS = {
     "cli/lab.py:execute": 136,
     "cli/proxy.py:proxy": 128,
     "cli/call.py:call": 124,
-    "cli/pbx.py:pbx": 117,
     "cli/sweep.py:sweep_command": 110,
     "cli/lab.py:run": 84,
     "trace/ladder.py:add": 98,
