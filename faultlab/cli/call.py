@@ -22,7 +22,8 @@ import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from types import SimpleNamespace
+from typing import Annotated, NoReturn, Optional
 
 import trio
 import typer
@@ -153,7 +154,7 @@ async def place_call(endpoint: Endpoint, target: str, *, user: str, domain: str 
                      cancel_after: float | None, cancel_reason: str | None, hang_up_after: float,
                      timeout: float, expect: int, ca_file: Path | None, tls_name: str | None) -> Outcome:
     """Place one call and follow the script; the outcome (never raises for what the far end does)."""
-    from faultlab.lab.caller import Caller, CallerTimeout
+    from faultlab.lab.caller import Caller
     from faultlab.lab.timeline import Timeline
     from faultlab.trace import Trace
 
@@ -161,14 +162,37 @@ async def place_call(endpoint: Endpoint, target: str, *, user: str, domain: str 
     events.add_sink(_progress)
     caller = Caller(endpoint.transport, (endpoint.host, endpoint.port), user, Timeline(events), domain=domain,
                     host=host, ca_file=ca_file, tls_server_name=tls_name, timeout=timeout)
-    outcome = Outcome(target, expect)
-    call = None
-    t0 = 0.0
+    script = _Script(caller, endpoint, target, expect=expect, cancel_after=cancel_after,
+                     cancel_reason=cancel_reason, hang_up_after=hang_up_after, timeout=timeout)
+    await script.run()
+    return script.verdict()
 
-    def mark(what: str) -> None:
-        outcome.times.setdefault(what, trio.current_time() - t0)
 
-    def record() -> None:
+class _Script:
+    """One call placed and followed by its script (cancel, or hang up after a while), until a signal."""
+
+    def __init__(self, caller, endpoint: Endpoint, target: str, *, expect: int, cancel_after: float | None,
+                 cancel_reason: str | None, hang_up_after: float, timeout: float) -> None:
+        self.caller = caller
+        self.endpoint = endpoint
+        self.target = target
+        self.cancel_after = cancel_after
+        self.cancel_reason = cancel_reason
+        self.hang_up_after = hang_up_after
+        self.timeout = timeout
+        self.outcome = Outcome(target, expect)
+        self.call = None
+        self.t0 = 0.0
+        self.interrupted = False
+        self.late_answer = False  # a 2xx came after the tidy-up's CANCEL (it crossed the CANCEL)
+        self.unreachable = False
+        self.work_scope = trio.CancelScope()
+
+    def mark(self, what: str) -> None:
+        self.outcome.times.setdefault(what, trio.current_time() - self.t0)
+
+    def record(self) -> None:
+        call, outcome = self.call, self.outcome
         if call is not None:
             outcome.call_id = call.call_id
             outcome.statuses = call.statuses
@@ -179,109 +203,119 @@ async def place_call(endpoint: Endpoint, target: str, *, user: str, domain: str 
             if call.bye_response is not None:
                 outcome.bye = call.bye_response.status
 
-    async def watch() -> None:  # times of the responses, as they come
+    async def watch(self) -> None:  # times of the responses, as they come
+        call = self.call
         seen = 0
         while True:
             for response in call.responses[seen:]:
-                mark(str(response.status))
+                self.mark(str(response.status))
             seen = len(call.responses)
             if call.final is not None:
-                mark("final")
+                self.mark("final")
             if call.ended is not None:
-                mark("ended")
+                self.mark("ended")
             await call._changed.wait()
 
-    async def hang_up() -> None:
-        mark("bye")
-        try:
-            await call.hang_up()
-        except CallerTimeout:
-            outcome.reason = f"no response to the BYE within {timeout:g} s"
-        mark("bye_response")
+    async def hang_up(self) -> None:
+        from faultlab.lab.caller import CallerTimeout
 
-    async def script() -> None:
-        if cancel_after is not None:
-            with trio.move_on_after(cancel_after):
+        self.mark("bye")
+        try:
+            await self.call.hang_up()
+        except CallerTimeout:
+            self.outcome.reason = f"no response to the BYE within {self.timeout:g} s"
+        self.mark("bye_response")
+
+    async def script(self) -> None:
+        from faultlab.lab.caller import CallerTimeout
+
+        call = self.call
+        if self.cancel_after is not None:
+            with trio.move_on_after(self.cancel_after):
                 await call.wait_final(timeout=float("inf"))
             if call.final is None:
-                mark("cancel")
-                await call.cancel(reason=cancel_reason)
+                self.mark("cancel")
+                await call.cancel(reason=self.cancel_reason)
         try:
-            final = await call.wait_final(timeout=max(0.0, timeout - (trio.current_time() - t0)))
+            final = await call.wait_final(timeout=max(0.0, self.timeout - (trio.current_time() - self.t0)))
         except CallerTimeout:
-            outcome.reason = f"no final response within {timeout:g} s of the INVITE"
+            self.outcome.reason = f"no final response within {self.timeout:g} s of the INVITE"
             return
         if 200 <= final.status < 300:
-            if hang_up_after:
-                with trio.move_on_after(hang_up_after):
+            if self.hang_up_after:
+                with trio.move_on_after(self.hang_up_after):
                     await call.wait_ended(timeout=float("inf"))
             if call.ended is None:
-                await hang_up()
+                await self.hang_up()
 
-    interrupted = False
-    late_answer = False  # a 2xx came after the tidy-up's CANCEL (it crossed the CANCEL)
-    unreachable = False
-    work_scope = trio.CancelScope()
-
-    def on_signal(signum: int) -> None:  # from before the connect: a signal also stops a stalled handshake
-        nonlocal interrupted
-        interrupted = True
+    def on_signal(self, signum: int) -> None:  # from before the connect: a signal also stops a stalled handshake
+        self.interrupted = True
         _say(f"{signal.Signals(signum).name}: stopping")
-        work_scope.cancel()
+        self.work_scope.cancel()
 
-    async with stopped_by(signal.SIGINT, signal.SIGTERM, on_signal=on_signal) as nursery:
-        with work_scope:
-            try:
-                await caller.start(nursery)
-            except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                outcome.reason = f"cannot reach the PBX at {endpoint}: {exc or 'timed out'}"
-                unreachable = True
-            if not unreachable:
-                call = await caller.call(target)
-                t0 = trio.current_time()  # the INVITE is sent
-                outcome.times["invite"] = 0.0
-                nursery.start_soon(watch)
-                await script()
-        if call is not None and (interrupted or call.final is None):
-            # tidy up: no call left ringing or up at the far end
-            with trio.move_on_after(SETTLE):
-                if call.final is None:
-                    mark("cancel")
-                    await call.cancel(reason=cancel_reason)
-                    await call._wait("final response", lambda: call.final, float("inf"))
-                    late_answer = 200 <= call.final.status < 300
-                if 200 <= call.final.status < 300 and call.ended is None:
-                    await hang_up()  # a 2xx (also one that crossed the CANCEL): its dialog is up
-        await trio.sleep(0)  # let watch() note the last change
-        await caller.close()
-        nursery.cancel_scope.cancel()
-    record()
-    if interrupted:
-        outcome.reason = "interrupted"
-    elif unreachable:
+    async def run(self) -> None:
+        """Connect, call and follow the script until done or a signal, then tidy up."""
+        caller = self.caller
+        async with stopped_by(signal.SIGINT, signal.SIGTERM, on_signal=self.on_signal) as nursery:
+            with self.work_scope:
+                try:
+                    await caller.start(nursery)
+                except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                    self.outcome.reason = f"cannot reach the PBX at {self.endpoint}: {exc or 'timed out'}"
+                    self.unreachable = True
+                if not self.unreachable:
+                    self.call = await caller.call(self.target)
+                    self.t0 = trio.current_time()  # the INVITE is sent
+                    self.outcome.times["invite"] = 0.0
+                    nursery.start_soon(self.watch)
+                    await self.script()
+            if self.call is not None and (self.interrupted or self.call.final is None):
+                await self.tidy_up()
+            await trio.sleep(0)  # let watch() note the last change
+            await caller.close()
+            nursery.cancel_scope.cancel()
+        self.record()
+
+    async def tidy_up(self) -> None:
+        """No call left ringing or up at the far end."""
+        call = self.call
+        with trio.move_on_after(SETTLE):
+            if call.final is None:
+                self.mark("cancel")
+                await call.cancel(reason=self.cancel_reason)
+                await call._wait("final response", lambda: call.final, float("inf"))
+                self.late_answer = 200 <= call.final.status < 300
+            if 200 <= call.final.status < 300 and call.ended is None:
+                await self.hang_up()  # a 2xx (also one that crossed the CANCEL): its dialog is up
+
+    def verdict(self) -> Outcome:
+        """The outcome, with the reason the call did not go as scripted (empty if it did)."""
+        outcome = self.outcome
+        if self.interrupted:
+            outcome.reason = "interrupted"
+        elif self.unreachable:
+            return outcome
+        if self.late_answer:
+            hung_up = (f"hung up: BYE {outcome.bye}" if outcome.bye is not None
+                       else "hung up: no BYE response" if "bye" in outcome.times else "not hung up")
+            outcome.reason = (f"{'interrupted: ' if self.interrupted else ''}answered {outcome.final} after the "
+                              f"CANCEL ({hung_up})")
+        final, expect = outcome.final, outcome.expect
+        if outcome.reason:
+            pass
+        elif final is None:
+            outcome.reason = f"no final response within {self.timeout:g} s of the INVITE"
+        elif not (final == expect or (expect == 200 and 200 <= final < 300)):
+            outcome.reason = f"final response {final}, expected {expect}"
+            if 200 <= final < 300 and outcome.bye is not None:
+                outcome.reason += f" (hung up: BYE {outcome.bye})"
+        elif 200 <= final < 300:
+            if outcome.ended == "remote-bye":
+                outcome.reason = "the far end hung up first"
+            elif outcome.bye is None or not 200 <= outcome.bye < 300:
+                outcome.reason = f"BYE answered {outcome.bye}" if outcome.bye is not None else "no BYE response"
+        outcome.ok = not outcome.reason
         return outcome
-    if late_answer:
-        hung_up = (f"hung up: BYE {outcome.bye}" if outcome.bye is not None
-                   else "hung up: no BYE response" if "bye" in outcome.times else "not hung up")
-        outcome.reason = (f"{'interrupted: ' if interrupted else ''}answered {outcome.final} after the CANCEL "
-                          f"({hung_up})")
-
-    final = outcome.final
-    if outcome.reason:
-        pass
-    elif final is None:
-        outcome.reason = f"no final response within {timeout:g} s of the INVITE"
-    elif not (final == expect or (expect == 200 and 200 <= final < 300)):
-        outcome.reason = f"final response {final}, expected {expect}"
-        if 200 <= final < 300 and outcome.bye is not None:
-            outcome.reason += f" (hung up: BYE {outcome.bye})"
-    elif 200 <= final < 300:
-        if outcome.ended == "remote-bye":
-            outcome.reason = "the far end hung up first"
-        elif outcome.bye is None or not 200 <= outcome.bye < 300:
-            outcome.reason = f"BYE answered {outcome.bye}" if outcome.bye is not None else "no BYE response"
-    outcome.ok = not outcome.reason
-    return outcome
 
 
 @app.callback(invoke_without_command=True)
@@ -356,6 +390,52 @@ def call(
 
     Example: faultlab call sip:alice@lab.test --pbx udp:127.0.0.1:5060 --from bob --hang-up-after 2s
     """
+    _run(SimpleNamespace(**locals()))  # the options, by name
+
+
+def _run(o: SimpleNamespace) -> NoReturn:
+    """Check the options, place the call, print its outcome and exit 0 if it went as scripted, else 1."""
+    endpoint = _checked_target(o.target, o.pbx)
+    if o.bind is not None and not is_ip(o.bind):
+        _fail(f"--bind {o.bind!r}: expected an IP address such as 127.0.0.1")
+    if not o.from_user or any(c in o.from_user for c in "@:<> ;\"\r\n"):
+        _fail(f"--from {o.from_user!r}: expected a SIP user name such as bob (no '@', ':', spaces)")
+    cancel_s = _seconds("--cancel-after", o.cancel_after)
+    if o.cancel_reason is not None and cancel_s is None:
+        _fail("--cancel-reason needs --cancel-after (the time to CANCEL at)")
+    if o.cancel_reason is not None and any(c in o.cancel_reason for c in "\r\n"):
+        _fail("--cancel-reason: must be one line")
+    hang_up_s = _seconds("--hang-up-after", o.hang_up_after)
+    timeout_s = _seconds("--timeout", o.timeout, zero=False)
+    if cancel_s is not None and cancel_s >= timeout_s:
+        _fail(f"--cancel-after {o.cancel_after} is not before --timeout {o.timeout}: the call would time out first")
+    if o.ca_file is not None and not o.ca_file.is_file():
+        _fail(f"--ca {str(o.ca_file)!r}: no such file")
+    if endpoint.transport != "tls" and (o.ca_file is not None or o.tls_name is not None):
+        _fail("--ca and --tls-name are for a tls: PBX")
+    expected = o.expect if o.expect is not None else (487 if cancel_s is not None else 200)
+    bind = o.bind
+    if bind is None:
+        try:
+            bind = _source_address(endpoint)
+        except OSError as exc:
+            _fail(f"no route to the PBX at {format_hostport(endpoint.host, endpoint.port)}: {exc}", 1)
+
+    outcome = trio.run(lambda: place_call(
+        endpoint, o.target, user=o.from_user, domain=o.domain, host=bind, cancel_after=cancel_s,
+        cancel_reason=o.cancel_reason, hang_up_after=hang_up_s, timeout=timeout_s, expect=expected,
+        ca_file=o.ca_file, tls_name=o.tls_name))
+    if o.as_json:
+        typer.echo(json.dumps(outcome.to_dict()))
+    else:
+        typer.echo(outcome.text())
+    if not outcome.ok:
+        _say(f"not as scripted: {outcome.reason}")
+    raise typer.Exit(0 if outcome.ok else 1)
+
+
+def _checked_target(target: str | None, pbx: str | None) -> Endpoint:
+    """Fail unless TARGET is a SIP URI and --pbx an IP endpoint; the PBX's endpoint."""
     from faultlab.sip import SipError, parse_uri
 
     if target is None:
@@ -374,38 +454,4 @@ def call(
         _fail(f"--pbx: {exc}")
     if not endpoint.is_ip:
         _fail(f"--pbx: HOST must be an IP address, not {endpoint.host!r}")
-    if bind is not None and not is_ip(bind):
-        _fail(f"--bind {bind!r}: expected an IP address such as 127.0.0.1")
-    if not from_user or any(c in from_user for c in "@:<> ;\"\r\n"):
-        _fail(f"--from {from_user!r}: expected a SIP user name such as bob (no '@', ':', spaces)")
-    cancel_s = _seconds("--cancel-after", cancel_after)
-    if cancel_reason is not None and cancel_s is None:
-        _fail("--cancel-reason needs --cancel-after (the time to CANCEL at)")
-    if cancel_reason is not None and any(c in cancel_reason for c in "\r\n"):
-        _fail("--cancel-reason: must be one line")
-    hang_up_s = _seconds("--hang-up-after", hang_up_after)
-    timeout_s = _seconds("--timeout", timeout, zero=False)
-    if cancel_s is not None and cancel_s >= timeout_s:
-        _fail(f"--cancel-after {cancel_after} is not before --timeout {timeout}: the call would time out first")
-    if ca_file is not None and not ca_file.is_file():
-        _fail(f"--ca {str(ca_file)!r}: no such file")
-    if endpoint.transport != "tls" and (ca_file is not None or tls_name is not None):
-        _fail("--ca and --tls-name are for a tls: PBX")
-    expected = expect if expect is not None else (487 if cancel_s is not None else 200)
-    if bind is None:
-        try:
-            bind = _source_address(endpoint)
-        except OSError as exc:
-            _fail(f"no route to the PBX at {format_hostport(endpoint.host, endpoint.port)}: {exc}", 1)
-
-    outcome = trio.run(lambda: place_call(
-        endpoint, target, user=from_user, domain=domain, host=bind, cancel_after=cancel_s,
-        cancel_reason=cancel_reason, hang_up_after=hang_up_s, timeout=timeout_s, expect=expected,
-        ca_file=ca_file, tls_name=tls_name))
-    if as_json:
-        typer.echo(json.dumps(outcome.to_dict()))
-    else:
-        typer.echo(outcome.text())
-    if not outcome.ok:
-        _say(f"not as scripted: {outcome.reason}")
-    raise typer.Exit(0 if outcome.ok else 1)
+    return endpoint
