@@ -13,23 +13,22 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import trio
 import typer
 
 from faultlab.cli._common import failing
+from faultlab.cli._lab_external import _external_settings, _own_pbx, _run_external
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from faultlab import library
-from faultlab.faults import ProfileError, load_profile, parse_duration
-from faultlab.lab.external import ExternalLabError, ExternalSettings, open_external_lab
+from faultlab.faults import ProfileError, load_profile
 from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries
-from faultlab.addr import EndpointError, format_hostport, parse_endpoint
+from faultlab.addr import format_hostport
 
 app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check.",
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -39,6 +38,9 @@ _CHECK_TITLES = {"ends-right": "1 end", "early-answer": "2 early", "cancel-push"
 
 
 _fail = failing("faultlab lab")
+# the options of `lab run` for --device external (and --push-listen for --pbx HOST:PORT), in their order
+_EXTERNAL_OPTIONS = ("listen", "push_listen", "apns_url", "apns_key", "apns_key_id", "apns_team_id", "events_listen",
+                     "user", "register_timeout", "pause")
 
 
 @app.command("scenarios")
@@ -116,16 +118,69 @@ def execute(
     ``--device external`` (listen, push_listen, events_listen, user, apns_url, apns_key, apns_key_id, apns_team_id,
     register_timeout, pause), None or empty values when not given."""
     err = Console(stderr=True)
+    external_settings, virtual, own_pbx = _mode(device, pbx, virtual, external or {}, behaviour=behaviour,
+                                                network=network, transports=transports, pbx_tls_port=pbx_tls_port,
+                                                pbx_ca=pbx_ca)
+    chosen, profiles = _chosen(scenario_names, profile_names, sets, err)
+    if seed is None:
+        seed = random.randrange(2**31)
+    skipped = []
+    if own_pbx is not None:
+        skipped = [(s.id, needs_embedded_pbx(s)) for s in chosen if needs_embedded_pbx(s)]
+        for sid, why in skipped:
+            err.print(f"{sid} skipped: {why}")
+        chosen = [s for s in chosen if not needs_embedded_pbx(s)]
+    todo = [(s, p, t) for s in chosen for p in profiles for t in transports_for(s, transports)]
+    if not todo and external_settings is None:
+        if not chosen:
+            _fail("nothing to run: every chosen scenario needs the embedded PBX (see above)")
+        _fail("nothing to run: none of the chosen scenarios applies to --transport " + ",".join(transports))
+    clock = "virtual time" if virtual else "real time"
+    net = "external" if external_settings is not None else network or ("memory" if virtual else "loopback")
+    begun = time.perf_counter()
+    if external_settings is not None:
+        todo_external = [(s, p) for s in chosen for p in profiles]
+        err.print(f"{title}: {len(todo_external)} cases, seed {seed}, real time, external device "
+                  f"{external_settings.user} (the device's own transport)")
+        external_settings.seed = seed
+        cases = _run_external(external_settings, todo_external, trace_dir, err)
+    else:
+        err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
+                  + (f" with behaviour {behaviour}" if behaviour else "")
+                  + (f", PBX {pbx} (pushes to {format_hostport(*own_pbx['push_listen'])})" if own_pbx else ""))
+        cases = _run_reference(todo, err, quiet=quiet, seed=seed, behaviour=behaviour, virtual=virtual,
+                               network=network, trace_dir=trace_dir, own_pbx=own_pbx)
+    wall = time.perf_counter() - begun
+    _print_table(cases, _console())
+    failed = [c for c in cases if not c.passed]
+    lab_seconds = sum(r.duration for c in cases for r in c.runs)
+    summary = (f"{len(cases) - len(failed)}/{len(cases)} cases passed in {wall:.1f} s "
+               f"({lab_seconds:.0f} s of lab time, {clock}); seed {seed}")
+    _console().print(("[green]PASS[/green] " if not failed else "[red]FAIL[/red] ") + summary)
+    settings = {"scenarios": [s.id for s in chosen], "profiles": [p.name if p else "none" for p in profiles],
+                "transports": transports or "first of each scenario", "device": device, "behaviour": behaviour,
+                "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets,
+                "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3),
+                "skipped": [{"scenario": sid, "why": why} for sid, why in skipped]}
+    _write_reports(cases, settings, external_settings, json_path=json_path, junit=junit, trace_dir=trace_dir,
+                   title=title, err=err)
+    return 0 if not failed else 1
+
+
+def _mode(device: str, pbx: str, virtual: bool | None, external: dict, *, behaviour: str | None, network: str,
+          transports: list[str], pbx_tls_port: int | None, pbx_ca: Path | None) -> tuple:
+    """(external lab settings or None, virtual time or not, ``run_case``'s keywords for a PBX of the user's own or
+    None), from the options; fails on options that do not go together."""
     external_settings = None
     if device == "external":
-        external_settings = _external_settings(external or {}, virtual=virtual, behaviour=behaviour,
+        external_settings = _external_settings(external, virtual=virtual, behaviour=behaviour,
                                                network=network, transports=transports)
         virtual = False
     elif device != "reference":
         _fail(f"--device {device!r}: use reference or external")
     else:
         allowed = {"push_listen"} if pbx != "embedded" else set()
-        given = [name for name, value in (external or {}).items() if value and name not in allowed]
+        given = [name for name, value in external.items() if value and name not in allowed]
         if given:
             _fail(f"--{given[0].replace('_', '-')} only with --device external (a real device); the reference "
                   "device runs in a lab of its own per run")
@@ -138,7 +193,7 @@ def execute(
         if device == "external":
             _fail("--device external with --pbx HOST:PORT is not available: a real device runs against the embedded "
                   "PBX (the lab needs its bindings and push notes); use --pbx embedded")
-        own_pbx = _own_pbx(pbx, (external or {}).get("push_listen"), pbx_tls_port, pbx_ca)
+        own_pbx = _own_pbx(pbx, external.get("push_listen"), pbx_tls_port, pbx_ca)
     if behaviour is not None and behaviour not in BEHAVIOURS:
         _fail(f"--behaviour {behaviour!r}: use one of {_BEHAVIOURS}")
     for t in transports:
@@ -148,6 +203,12 @@ def execute(
         _fail(f"--network {network!r}: use memory or loopback")
     if network == "memory" and not virtual:
         _fail("--network memory needs virtual time (drop --real-time)")
+    return external_settings, virtual, own_pbx
+
+
+def _chosen(scenario_names: list[str], profile_names: list[str], sets: list[str], err: Console) -> tuple:
+    """The scenarios (with the --set overrides) and the profiles to run ([None] for none); notes on stderr for
+    entries of a team library that replace built-in ones."""
     try:
         chosen = [load_scenario(n) for n in scenario_names] if scenario_names else list_scenarios()
         replaced = {e.item.id: e for e in scenario_entries() if e.hides and any(e.item is s for s in chosen)}
@@ -175,54 +236,25 @@ def execute(
         if used is not None and hidden:
             err.print(f"note: profile {p.name} from {used} replaces the {' and '.join(hidden)} profile",
                       highlight=False, soft_wrap=True)
-    if seed is None:
-        seed = random.randrange(2**31)
-    skipped = []
-    if own_pbx is not None:
-        skipped = [(s.id, needs_embedded_pbx(s)) for s in chosen if needs_embedded_pbx(s)]
-        for sid, why in skipped:
-            err.print(f"{sid} skipped: {why}")
-        chosen = [s for s in chosen if not needs_embedded_pbx(s)]
-    todo = [(s, p, t) for s in chosen for p in profiles for t in transports_for(s, transports)]
-    if not todo and external_settings is None:
-        if not chosen:
-            _fail("nothing to run: every chosen scenario needs the embedded PBX (see above)")
-        _fail("nothing to run: none of the chosen scenarios applies to --transport " + ",".join(transports))
-    clock = "virtual time" if virtual else "real time"
-    net = network or ("memory" if virtual else "loopback")
+    return chosen, profiles
+
+
+def _run_reference(todo: list, err: Console, *, quiet: bool, own_pbx: dict | None, **options) -> list[Case]:
+    """Run each (scenario, profile, transport) with the reference device, with a progress bar on stderr."""
     cases: list[Case] = []
-    begun = time.perf_counter()
-    if external_settings is not None:
-        net = "external"
-        todo_external = [(s, p) for s in chosen for p in profiles]
-        err.print(f"{title}: {len(todo_external)} cases, seed {seed}, real time, external device "
-                  f"{external_settings.user} (the device's own transport)")
-        external_settings.seed = seed
-        cases = _run_external(external_settings, todo_external, trace_dir, err)
-    else:
-        err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
-                  + (f" with behaviour {behaviour}" if behaviour else "")
-                  + (f", PBX {pbx} (pushes to {format_hostport(*own_pbx['push_listen'])})" if own_pbx else ""))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True, disable=quiet or external_settings is not None) as progress:
+                  console=err, transient=True, disable=quiet) as progress:
         task = progress.add_task("running", total=len(todo))
-        for scenario, profile, transport in (todo if external_settings is None else []):
+        for scenario, profile, transport in todo:
             progress.update(task, description=f"{scenario.id} {profile.name if profile else 'none'} {transport}")
-            cases.append(run_case(scenario, profile, transport=transport, seed=seed, behaviour=behaviour,
-                                  virtual=virtual, network=network, trace_dir=trace_dir, **(own_pbx or {})))
+            cases.append(run_case(scenario, profile, transport=transport, **options, **(own_pbx or {})))
             progress.advance(task)
-    wall = time.perf_counter() - begun
-    _print_table(cases, _console())
-    failed = [c for c in cases if not c.passed]
-    lab_seconds = sum(r.duration for c in cases for r in c.runs)
-    summary = (f"{len(cases) - len(failed)}/{len(cases)} cases passed in {wall:.1f} s "
-               f"({lab_seconds:.0f} s of lab time, {clock}); seed {seed}")
-    _console().print(("[green]PASS[/green] " if not failed else "[red]FAIL[/red] ") + summary)
-    settings = {"scenarios": [s.id for s in chosen], "profiles": [p.name if p else "none" for p in profiles],
-                "transports": transports or "first of each scenario", "device": device, "behaviour": behaviour,
-                "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets,
-                "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3),
-                "skipped": [{"scenario": sid, "why": why} for sid, why in skipped]}
+    return cases
+
+
+def _write_reports(cases: list[Case], settings: dict, external_settings, *, json_path: Path | None,
+                   junit: Path | None, trace_dir: Path | None, title: str, err: Console) -> None:
+    """The JSON and JUnit reports asked for, and where the traces are."""
     if external_settings is not None:
         settings["external"] = {"listen": [str(e) for e in external_settings.listen],
                                 "push_listen": format_hostport(*external_settings.push_listen),
@@ -238,120 +270,6 @@ def execute(
         err.print(f"JUnit report: {junit}")
     if trace_dir is not None:
         err.print(f"traces: {trace_dir}/ (faultlab trace ladder FILE, faultlab trace pcap FILE -o FILE.pcap)")
-    return 0 if not failed else 1
-
-
-# ---------------------------------------------------------------------------------------------- --device external
-
-
-def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | None, network: str,
-                       transports: list[str]) -> ExternalSettings:
-    """The external lab's settings from the options of ``--device external``; refuses what cannot apply."""
-    if virtual is True:
-        _fail("--device external runs in real time only (a real device lives on the real clock): drop "
-              "--virtual-time")
-    if behaviour is not None:
-        _fail("--behaviour is the reference device's; with --device external the device behaves as it does")
-    if network:
-        _fail(f"--network {network}: with --device external the lab listens on --listen, --push-listen and "
-              "--events-listen")
-    if transports:
-        _fail("--transport: with --device external each case runs on the transport the device registered over; "
-              "choose it with --listen (udp:, tcp: or tls:)")
-    listen = []
-    for spec in options.get("listen") or ["udp:0.0.0.0:5060"]:
-        try:
-            listen.append(parse_endpoint(spec))
-        except EndpointError as exc:
-            _fail(f"--listen: {exc}")
-    pause = options.get("pause")
-    return ExternalSettings(
-        listen=listen,
-        push_listen=_hostport("--push-listen", options.get("push_listen") or "0.0.0.0:2197"),
-        events_listen=_hostport("--events-listen", options.get("events_listen") or "0.0.0.0:8090"),
-        user=options.get("user") or "alice",
-        domain=options.get("domain") or "lab.test",
-        apns_url=options.get("apns_url") or None,
-        **_apns_auth(options),
-        register_timeout=_duration("--register-timeout", options.get("register_timeout") or "120s"),
-        pause=_duration("--pause", pause) if pause else 5.0,
-    )
-
-
-def _apns_auth(options: dict) -> dict:
-    """``--apns-key``, ``--apns-key-id``, ``--apns-team-id`` checked (all three, with ``--apns-url``; a readable EC
-    P-256 key, 10-character ids) as ExternalSettings keywords; none given: {}."""
-    names = ("apns_key", "apns_key_id", "apns_team_id")
-    given = [f"--{n.replace('_', '-')}" for n in names if options.get(n)]
-    if not given:
-        return {}
-    if len(given) < 3:
-        _fail(f"--apns-key, --apns-key-id and --apns-team-id go together (APNs token authentication); only "
-              f"{', '.join(given)} given")
-    if not options.get("apns_url"):
-        _fail("--apns-key signs the pushes relayed to APNs: it needs --apns-url (e.g. "
-              "https://api.sandbox.push.apple.com)")
-    from faultlab.lab.push.auth import ApnsAuthError, ApnsSigner
-
-    try:
-        ApnsSigner.from_file(options["apns_key"], options["apns_key_id"], options["apns_team_id"]).token()
-    except ApnsAuthError as exc:
-        _fail(str(exc))
-    return {n: options[n] for n in names}
-
-
-def _own_pbx(spec: str, push_listen: str | None, tls_port: int | None, ca: Path | None) -> dict:
-    """``run_case``'s keywords for ``--pbx HOST:PORT``: UDP and TCP on PORT, TLS on ``--pbx-tls-port``
-    (default PORT + 1); the push gateway on ``--push-listen`` (required: that PBX must push there)."""
-    host, port = _hostport("--pbx", spec)
-    if not push_listen:
-        _fail("--pbx HOST:PORT needs --push-listen HOST:PORT: where your PBX sends its RFC 8599 pushes "
-              "(faultlab's push gateway; configure the PBX's APNs URL as http://HOST:PORT)")
-    if ca is not None and not ca.is_file():
-        _fail(f"--pbx-ca {ca}: no such file")
-    tls = tls_port if tls_port is not None else port + 1
-    return {"pbx": {"udp": (host, port), "tcp": (host, port), "tls": (host, tls)},
-            "push_listen": _hostport("--push-listen", push_listen), "pbx_ca": ca}
-
-
-def _hostport(option: str, text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        _fail(f"{option} {text!r}: expected HOST:PORT, e.g. 0.0.0.0:8090 or [::]:8090")
-    return host, int(port)
-
-
-def _duration(option: str, text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError:
-        _fail(f"{option} {text!r}: expected a duration such as 120s or 2m")
-    return 0.0
-
-
-def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None, err: Console) -> list[Case]:
-    """Open the external lab once, wait for the device, run every case in order (printing prompts)."""
-    cases: list[Case] = []
-
-    async def main() -> None:
-        async with open_external_lab(settings, say=lambda line: err.print(line, highlight=False)) as lab:
-            await lab.wait_ready()
-            for scenario, profile in todo:
-                case = await lab.run_case(scenario, profile, trace_dir=trace_dir)
-                if case is not None:
-                    cases.append(case)
-                    err.print(f"{scenario.name}: " + ("[green]pass[/green]" if case.passed else "[red]FAIL[/red]"))
-
-    try:
-        trio.run(main)
-    except ExternalLabError as exc:
-        _fail(str(exc), code=1)
-    except OSError as exc:
-        _fail(f"cannot open the external lab: {exc}")
-    except KeyboardInterrupt:
-        err.print("interrupted: the cases run so far follow")
-    return cases
 
 
 def _console() -> Console:
@@ -467,15 +385,11 @@ def run(
 ) -> None:
     """Run scenarios x profiles in the lab (push gateway, embedded PBX, faultlab, reference device, caller) and
     print a verdict per check. Exit code 0 only if every check passed."""
-    code = execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, pbx_tls_port=pbx_tls_port,
-                   pbx_ca=pbx_ca, seed=seed,
-                   virtual=virtual_time, network=network, sets=set_, junit=junit, json_path=json_, trace_dir=trace_dir,
-                   quiet=quiet, external={"listen": listen, "push_listen": push_listen, "apns_url": apns_url,
-                                          "apns_key": apns_key, "apns_key_id": apns_key_id,
-                                          "apns_team_id": apns_team_id,
-                                          "events_listen": events_listen, "user": user,
-                                          "register_timeout": register_timeout, "pause": pause})
-    raise typer.Exit(code)
+    options = locals()  # the options, by name
+    external = {name: options[name] for name in _EXTERNAL_OPTIONS}
+    raise typer.Exit(execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, seed=seed,
+                             pbx_tls_port=pbx_tls_port, pbx_ca=pbx_ca, virtual=virtual_time, network=network, sets=set_,
+                             junit=junit, json_path=json_, trace_dir=trace_dir, quiet=quiet, external=external))
 
 
 def demo(

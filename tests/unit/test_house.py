@@ -19,10 +19,8 @@ MAX_FUNCTION_LINES = 80
 BIG_MODULES = {"ca.py": 517, "net/memnet.py": 523}
 LONG_FUNCTIONS = {
     # typer commands whose bulk is their option declarations (a table), each with its own run loop to split out
-    "cli/lab.py:execute": 136,
     "cli/proxy.py:proxy": 128,
     "cli/sweep.py:sweep_command": 110,
-    "cli/lab.py:run": 84,
     "trace/ladder.py:add": 98,
 }
 
