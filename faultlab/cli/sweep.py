@@ -3,9 +3,11 @@ recommendation. Thin: parse options, call :mod:`faultlab.lab.sweep`, show progre
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -49,6 +51,63 @@ def sweep_command(
     """Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in virtual
     time on every core; write results.csv, results.json and plot.html and print the smallest deadline that passes.
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept."""
+    base, sets, params, n_jobs = _checked(scenario, param, set_, runs=runs, target=target, behaviour=behaviour,
+                                          jobs=jobs)
+    out = out or Path(f"sweep-{base.id}")
+    grid = 1
+    for p in params:
+        grid *= len(p.values)
+    err = Console(stderr=True)
+    err.print(f"faultlab sweep: {base.id} {base.slug}, {grid} points x {runs} runs = {grid * runs} runs, seeds "
+              f"{seed}..{seed + runs - 1}, {n_jobs} jobs, virtual time; output in {out}/")
+    begun = time.perf_counter()
+    with _interrupt() as interrupted:
+        try:
+            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TimeRemainingColumn(), console=err, transient=True, disable=quiet) as progress:
+                task = progress.add_task("runs", total=grid * runs)
+
+                def on_row(row, done, total) -> None:
+                    progress.update(task, completed=done)
+
+                rows = sweep(scenario, params, runs=runs, seed=seed, out=out, jobs=n_jobs, sets=sets,
+                             behaviour=behaviour, on_row=on_row, stop=interrupted.is_set)
+        except SweepError as exc:
+            _fail(str(exc))
+    wall = time.perf_counter() - begun
+    if interrupted.is_set():
+        err.print(f"interrupted after {len(rows)} of {grid * runs} runs; run the same command again to finish")
+        raise typer.Exit(130)
+    _show(rows, params, base, target=target, out=out, wall=wall)
+
+
+class _Flag:
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+@contextlib.contextmanager
+def _interrupt() -> Iterator[_Flag]:
+    """Ctrl-C only sets a flag while the sweep runs (it stops after the runs under way); the previous SIGINT
+    handler is back after."""
+    flag = _Flag()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _checked(scenario: str, param: list[str], set_: list[str], *, runs: int, target: float, behaviour: str | None,
+             jobs: str) -> tuple:
+    """(the scenario with --set applied, the --set pairs, the parameters, the number of jobs); fails on a bad
+    option."""
     try:
         base = load_scenario(scenario)
         sets = []
@@ -77,39 +136,11 @@ def sweep_command(
             raise ValueError
     except ValueError:
         _fail(f"--jobs {jobs!r}: a number of processes (1 or more) or auto")
-    out = out or Path(f"sweep-{base.id}")
-    grid = 1
-    for p in params:
-        grid *= len(p.values)
-    err = Console(stderr=True)
-    err.print(f"faultlab sweep: {base.id} {base.slug}, {grid} points x {runs} runs = {grid * runs} runs, seeds "
-              f"{seed}..{seed + runs - 1}, {n_jobs} jobs, virtual time; output in {out}/")
-    interrupted = False
+    return base, sets, params, n_jobs
 
-    def on_signal(signum, frame) -> None:
-        nonlocal interrupted
-        interrupted = True
 
-    previous = signal.signal(signal.SIGINT, on_signal)
-    begun = time.perf_counter()
-    try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=err, transient=True, disable=quiet) as progress:
-            task = progress.add_task("runs", total=grid * runs)
-
-            def on_row(row, done, total) -> None:
-                progress.update(task, completed=done)
-
-            rows = sweep(scenario, params, runs=runs, seed=seed, out=out, jobs=n_jobs, sets=sets,
-                         behaviour=behaviour, on_row=on_row, stop=lambda: interrupted)
-    except SweepError as exc:
-        _fail(str(exc))
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    wall = time.perf_counter() - begun
-    if interrupted:
-        err.print(f"interrupted after {len(rows)} of {grid * runs} runs; run the same command again to finish")
-        raise typer.Exit(130)
+def _show(rows: list, params: list, base, *, target: float, out: Path, wall: float) -> None:
+    """Write the results and print the table and the recommendation."""
     summaries = summarise(rows, params)
     lines = recommend(summaries, params, target)
     write_results(out, rows, params, summaries, lines)

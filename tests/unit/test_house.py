@@ -20,7 +20,6 @@ BIG_MODULES = {"ca.py": 517, "net/memnet.py": 523}
 LONG_FUNCTIONS = {
     # typer commands whose bulk is their option declarations (a table), each with its own run loop to split out
     "cli/proxy.py:proxy": 128,
-    "cli/sweep.py:sweep_command": 110,
     "trace/ladder.py:add": 98,
 }
 
