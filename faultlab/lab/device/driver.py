@@ -47,7 +47,8 @@ from faultlab.lab.device.logic import (
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, is_ip, parse_endpoint
 from faultlab.net.udp import local_address_towards
-from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, parse_datagram
+from faultlab.net.reader import SipStreamReader, Unframed, parse_or_raw
+from faultlab.sip import Message, SipError
 
 from .answer import Answering
 from .base import T1, T2, TIMER_F, Address, _Call, _Flow
@@ -214,37 +215,20 @@ class Device(Registering, Answering):
         with self._sock:
             while True:
                 data, source = await self._sock.recvfrom(65535)
-                try:
-                    message = parse_datagram(data)
-                except SipError:
-                    continue
-                if not isinstance(message, KeepAlive):
+                message, error = parse_or_raw(data)
+                if error is None and isinstance(message, Message):
                     await self._on_message(message, source[:2])
 
     async def _read_stream(self, flow: _Flow) -> None:
-        framer = StreamFramer()
         stream = flow.stream
         ended = False  # EOF, reset or garbage: the connection is over (not a cancellation)
         try:
-            while True:
-                try:
-                    data = await stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                try:
-                    framer.receive_data(data)
-                    while (event := framer.next_event()) is not NEED_DATA:
-                        if event is EOF:
-                            ended = True
-                            return
-                        if not isinstance(event, KeepAlive):
-                            await self._on_message(event, self.proxy_address)
-                except SipError:
-                    ended = True
-                    return
-                if not data:
-                    ended = True
-                    return
+            async for item in SipStreamReader(stream).items():
+                if isinstance(item, Unframed):
+                    break
+                if isinstance(item, Message):
+                    await self._on_message(item, self.proxy_address)
+            ended = True
         finally:
             flow.lost.set()
             lost = self._flow is flow  # still the device's connection: the network ended it
