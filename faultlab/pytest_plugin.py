@@ -156,7 +156,8 @@ def faultlab_proxy(request: pytest.FixtureRequest) -> Callable[..., Any]:
         import trio
 
         from faultlab.addr import Endpoint
-        from faultlab.proxy import ProxyConfig, serve_proxy
+        from faultlab.api.run import serve_proxy_with_api
+        from faultlab.proxy import ProxyConfig
 
         upstreams = _endpoints(upstream)
         if listen is None:
@@ -170,8 +171,8 @@ def faultlab_proxy(request: pytest.FixtureRequest) -> Callable[..., Any]:
             config.setdefault("trace", timeline.trace)
             config.setdefault("trace_t0", timeline.t0)
         async with trio.open_nursery() as nursery:
-            proxy = await nursery.start(serve_proxy, ProxyConfig(listen=listens, upstream=upstreams,
-                                                                 profile=loaded, seed=seed, **config))
+            proxy = await nursery.start(serve_proxy_with_api, ProxyConfig(listen=listens, upstream=upstreams,
+                                                                          profile=loaded, seed=seed, **config))
             try:
                 yield proxy
             finally:

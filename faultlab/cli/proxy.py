@@ -78,57 +78,54 @@ def proxy(
 
     Example: faultlab proxy --listen udp:0.0.0.0:5060 --upstream udp:pbx.example.test:5060
     """
-    import trio
+    config = _config(dict(
+        profile=profile, seed=seed, api=api, api_token=api_token, listen=listen, upstream=upstream or [],
+        transparent=transparent, spoof_source=spoof_source, record_route=not no_record_route, tls_name=tls_name,
+        upstream_tls_name=upstream_tls_name, upstream_ca=upstream_ca, upstream_insecure=upstream_insecure,
+        confdir=confdir, trace_path=trace, quiet=quiet, verbose=verbose, udp_idle_timeout=udp_idle_timeout))
+    _run(config)
+    typer.echo("faultlab: stopped", err=True)
 
-    from faultlab.api.server import ApiAddressError, ApiBindError, parse_api_address
-    from faultlab.ca import CAError
-    from faultlab.faults import ProfileError, load_profile
+
+def _config(options: dict):
+    """The checked :class:`~faultlab.proxy.ProxyConfig` of the command line's options (exits with the
+    problem's message when one is wrong, before anything listens)."""
     from faultlab.addr import EndpointError, parse_endpoint
-    from faultlab.proxy import ConfigError, ProxyConfig, serve_proxy
+    from faultlab.api.run import check_config
+    from faultlab.api.server import ApiAddressError, ApiBindError, parse_api_address
+    from faultlab.faults import ProfileError, load_profile
+    from faultlab.proxy import ConfigError, ProxyConfig
 
     try:
-        config = ProxyConfig(
-            profile=load_profile(profile) if profile else None,
-            seed=seed,
-            api=parse_api_address(api) if api else None,
-            api_token=api_token,
-            listen=[parse_endpoint(spec) for spec in listen],
-            upstream=[parse_endpoint(spec, allow_port_zero=False) for spec in upstream or []],
-            transparent=transparent,
-            spoof_source=spoof_source,
-            record_route=not no_record_route,
-            tls_name=tls_name,
-            upstream_tls_name=upstream_tls_name,
-            upstream_ca=upstream_ca,
-            upstream_insecure=upstream_insecure,
-            confdir=confdir,
-            trace_path=trace,
-            quiet=quiet,
-            verbose=verbose,
-            udp_idle_timeout=udp_idle_timeout,
-            keep_events=1000,
-            handle_signals=True,
-        )
-        config.validate()
+        options["profile"] = load_profile(options["profile"]) if options["profile"] else None
+        options["api"] = parse_api_address(options["api"]) if options["api"] else None
+        options["listen"] = [parse_endpoint(spec) for spec in options["listen"]]
+        options["upstream"] = [parse_endpoint(spec, allow_port_zero=False) for spec in options["upstream"]]
+        config = ProxyConfig(**options, keep_events=1000, handle_signals=True)
+        check_config(config)
     except (EndpointError, ConfigError, ProfileError, ApiAddressError, ApiBindError) as exc:
         _fail(str(exc))
+    return config
 
+
+def _run(config) -> None:
+    """Serve the proxy (and its control API with --api) until SIGINT/SIGTERM; errors end the command with
+    their message."""
     import logging
+
+    import trio
+
+    from faultlab.addr import EndpointError
+    from faultlab.api.run import serve_proxy_with_api
+    from faultlab.api.server import ApiBindError
+    from faultlab.ca import CAError
+    from faultlab.proxy import ConfigError
 
     logging.basicConfig(level=logging.WARNING, format="faultlab: %(name)s: %(levelname)s: %(message)s")
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(serve_proxy, config)
-            for ep, addr in running.listeners:
-                target = config.upstream_for(ep.transport) or "original destination (transparent)"
-                typer.echo(f"faultlab: listening on {ep.transport}:{_hp(addr)} -> {target}", err=True)
-            if running.ca_cert_path:
-                typer.echo(f"faultlab: TLS certificates from the lab CA {running.ca_cert_path}", err=True)
-            name = config.profile.name if config.profile else "none (faithful relay)"
-            typer.echo(f"faultlab: profile {name}; seed {running.seed} (--seed {running.seed} repeats it)", err=True)
-            if running.api_address:
-                typer.echo(f"faultlab: control API on http://{_hp(running.api_address)}", err=True)
+            _announce(config, await nursery.start(serve_proxy_with_api, config))
 
     try:
         try:
@@ -141,4 +138,16 @@ def proxy(
         _fail(f"cannot start: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), 1)
     except KeyboardInterrupt:
         pass
-    typer.echo("faultlab: stopped", err=True)
+
+
+def _announce(config, running) -> None:
+    """The startup lines: each listener and where it relays to, the CA, the profile and seed, the API."""
+    for ep, addr in running.listeners:
+        target = config.upstream_for(ep.transport) or "original destination (transparent)"
+        typer.echo(f"faultlab: listening on {ep.transport}:{_hp(addr)} -> {target}", err=True)
+    if running.ca_cert_path:
+        typer.echo(f"faultlab: TLS certificates from the lab CA {running.ca_cert_path}", err=True)
+    name = config.profile.name if config.profile else "none (faithful relay)"
+    typer.echo(f"faultlab: profile {name}; seed {running.seed} (--seed {running.seed} repeats it)", err=True)
+    if running.api_address:
+        typer.echo(f"faultlab: control API on http://{_hp(running.api_address)}", err=True)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faultlab.addr import Endpoint
-from faultlab.api.server import check_api_bind
 from faultlab.ca import normalize_names
 from faultlab.faults import Profile
 from faultlab.net.transparent import support_problem
@@ -40,7 +39,9 @@ class ProxyConfig:
     handle_signals: bool = False
     profile: Profile | None = None
     seed: int | None = None  # None: drawn at start, recorded in the trace
-    api: tuple[str, int] | None = None  # control API address; None: no API
+    # The control API's address and token (None: no API). The proxy does not serve it: the composition above
+    # both does (faultlab.api.run.serve_proxy_with_api), checking the address with the rest of the config.
+    api: tuple[str, int] | None = None
     api_token: str | None = None
     # Transparent mode (Linux, root): relay intercepted traffic to its original
     # destination, adding no headers; spoof_source: the PBX sees the device's address.
@@ -84,8 +85,6 @@ class ProxyConfig:
                 raise ConfigError(problem)
         for ep in self.listen:
             self.upstream_for(ep.transport)
-        if self.api is not None:
-            check_api_bind(self.api[0], self.api_token)
         if self.upstream_insecure and self.upstream_ca:
             raise ConfigError("--upstream-insecure and --upstream-ca exclude each other: choose one")
         if self.upstream_tls_name is not None:

@@ -1,5 +1,6 @@
 """The proxy: serves the relay (``faultlab.relay``) on the listeners of ``faultlab.net``, with the
-timeline (``faultlab.trace``) and, when asked, the control API (``faultlab.api``).
+timeline (``faultlab.trace``), and starts the services it is given (such as the control API, which
+``faultlab.api.run`` composes beside it) once every listener is bound.
 
 Every message takes the one path of the design::
 
@@ -10,16 +11,15 @@ from __future__ import annotations
 
 import signal
 import time
-from functools import partial
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from faultlab.addr import Endpoint, format_hostport
-from faultlab.api.server import serve_api
+from faultlab.addr import Endpoint
 from faultlab.net.stream import serve_stream
 from faultlab.net.transparent import serve_udp_transparent
 from faultlab.net.udp import serve_udp
-from faultlab.proxy.config import ProxyConfig
+from faultlab.proxy.config import ConfigError, ProxyConfig
 from faultlab.proxy.control import ProxyControl
 from faultlab.relay import Relay
 from faultlab.trace import ConsolePrinter, JsonlWriter
@@ -31,18 +31,27 @@ class Proxy(Relay):
     def __init__(self, config: ProxyConfig) -> None:
         super().__init__(config, clock=trio.current_time)
         self.bound: dict[str, tuple[str, int]] = {}  # transport -> first bound address
-        self.api_address: tuple[str, int] | None = None
-        self.control: ProxyControl | None = None  # when the API runs
+        self.api_address: tuple[str, int] | None = None  # set by the control API's service, when it runs
+        self.control: ProxyControl | None = None  # likewise
         self.listeners: list[tuple[Endpoint, tuple[str, int]]] = []
 
 
-async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+# A service runs beside the relay: started with ``await nursery.start(service, proxy)`` once every listener is
+# bound, it calls ``task_status.started()`` when it is up, and runs until the proxy stops.
+Service = Callable[..., Awaitable[None]]
+
+
+async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the relay until cancelled (or SIGINT/SIGTERM with ``handle_signals``).
 
-    ``task_status.started(proxy)`` reports the :class:`Proxy` once every
-    listener is bound; ``proxy.bound`` maps each transport to its address.
+    ``task_status.started(proxy)`` reports the :class:`Proxy` once every listener is bound and every one of
+    ``services`` has started; ``proxy.bound`` maps each transport to its address.
     """
     config.validate()
+    if config.api is not None and not services:
+        raise ConfigError("ProxyConfig.api: the proxy alone serves no control API; start it with "
+                          "faultlab.api.run.serve_proxy_with_api")
     proxy = Proxy(config)
     writer = None
     if config.trace_path is not None:
@@ -76,12 +85,8 @@ async def serve_proxy(config: ProxyConfig, *, task_status=trio.TASK_STATUS_IGNOR
                     addr = await nursery.start(serve_stream, proxy, ep, upstream)
                 proxy.bound.setdefault(ep.transport, addr)
                 proxy.listeners.append((ep, addr))
-            if config.api is not None:
-                proxy.control = ProxyControl(proxy)
-                proxy.api_address = await nursery.start(
-                    partial(serve_api, proxy.control, *config.api, token=config.api_token,
-                            ca_confdir=config.confdir))
-                proxy.emit("api", detail={"address": format_hostport(*proxy.api_address)})
+            for service in services:
+                await nursery.start(service, proxy)
             task_status.started(proxy)
     finally:
         proxy.emit("stop")

@@ -11,7 +11,8 @@ import trio.testing
 from faultlab.api import client
 from faultlab.faults import load_profile
 from faultlab.addr import parse_endpoint
-from faultlab.proxy import ProxyConfig, serve_proxy
+from faultlab.api.run import serve_proxy_with_api
+from faultlab.proxy import ProxyConfig
 from faultlab.sip import build_response, parse_datagram
 from tests.loopback.test_api import in_thread, request
 
@@ -62,7 +63,7 @@ class Lab:
 async def start_lab(nursery, *, token=None, profile=None) -> Lab:
     pbx = trio.socket.socket(type=socket.SOCK_DGRAM)
     await pbx.bind(("127.0.0.1", 0))
-    proxy = await nursery.start(serve_proxy, ProxyConfig(
+    proxy = await nursery.start(serve_proxy_with_api, ProxyConfig(
         listen=[parse_endpoint("udp:127.0.0.1:0")],
         upstream=[parse_endpoint(f"udp:127.0.0.1:{pbx.getsockname()[1]}")],
         profile=load_profile(profile) if profile else None, seed=7, api=("127.0.0.1", 0), api_token=token))

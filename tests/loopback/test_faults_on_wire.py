@@ -14,7 +14,8 @@ import trio.testing
 from faultlab.proxy import ProxyControl
 from faultlab.faults import load_profile, parse_profile
 from faultlab.addr import parse_endpoint
-from faultlab.proxy import ProxyConfig, serve_proxy
+from faultlab.api.run import serve_proxy_with_api
+from faultlab.proxy import ProxyConfig
 from faultlab.sip import build_response, parse_datagram
 
 REGISTER = (b"REGISTER sip:pbx SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bKr1;rport\r\n"
@@ -28,7 +29,7 @@ INVITE = (b"INVITE sip:bob@10.0.0.2:5060 SIP/2.0\r\nVia: SIP/2.0/UDP pbx:5060;br
 async def udp_setup(nursery, profile=None, **config):
     pbx = trio.socket.socket(type=socket.SOCK_DGRAM)
     await pbx.bind(("127.0.0.1", 0))
-    proxy = await nursery.start(serve_proxy, ProxyConfig(
+    proxy = await nursery.start(serve_proxy_with_api, ProxyConfig(
         listen=[parse_endpoint("udp:127.0.0.1:0")],
         upstream=[parse_endpoint(f"udp:127.0.0.1:{pbx.getsockname()[1]}")],
         profile=load_profile(profile) if isinstance(profile, str) else profile, seed=7, **config))
