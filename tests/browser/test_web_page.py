@@ -36,7 +36,8 @@ from faultlab.api import client
 from faultlab.lab.caller import Caller
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import parse_endpoint
-from faultlab.proxy import ProxyConfig, serve_proxy
+from faultlab.api.run import serve_proxy_with_api
+from faultlab.proxy import ProxyConfig
 from tests.actors import actor_env, open_actors
 
 # integration: skips (no Chromium) count as failures under CI=true (tests/conftest.py)
@@ -248,7 +249,7 @@ async def test_the_page_with_an_api_token_follows_the_timeline_over_fetch(nurser
     token = "page-token-1234"
     pbx = trio.socket.socket(type=socket.SOCK_DGRAM)
     await pbx.bind((HOST, 0))
-    proxy = await nursery.start(serve_proxy, ProxyConfig(
+    proxy = await nursery.start(serve_proxy_with_api, ProxyConfig(
         listen=[parse_endpoint(f"udp:{HOST}:0")], upstream=[parse_endpoint(f"udp:{HOST}:{pbx.getsockname()[1]}")],
         seed=3, api=(HOST, 0), api_token=token))
     api = f"http://{HOST}:{proxy.api_address[1]}"
@@ -291,7 +292,7 @@ async def test_an_error_that_is_not_json_shows_its_status(nursery, browser):
     """A reverse proxy in front of faultlab may answer an HTML 502: the page says "HTTP 502 Bad Gateway"."""
     pbx = trio.socket.socket(type=socket.SOCK_DGRAM)
     await pbx.bind((HOST, 0))
-    proxy = await nursery.start(serve_proxy, ProxyConfig(
+    proxy = await nursery.start(serve_proxy_with_api, ProxyConfig(
         listen=[parse_endpoint(f"udp:{HOST}:0")], upstream=[parse_endpoint(f"udp:{HOST}:{pbx.getsockname()[1]}")],
         seed=5, api=(HOST, 0)))
     page = Page(browser)

@@ -12,7 +12,8 @@ import trio
 
 from faultlab.api import client
 from faultlab.addr import parse_endpoint
-from faultlab.proxy import ProxyConfig, serve_proxy
+from faultlab.api.run import serve_proxy_with_api
+from faultlab.proxy import ProxyConfig
 from tests.browser.test_web_page import HOST, Page, browser, wait_api  # noqa: F401  (browser: the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -24,7 +25,7 @@ from selenium.webdriver.support.select import Select  # noqa: E402
 async def start_proxy(nursery):
     pbx = trio.socket.socket(type=socket.SOCK_DGRAM)
     await pbx.bind((HOST, 0))
-    proxy = await nursery.start(serve_proxy, ProxyConfig(
+    proxy = await nursery.start(serve_proxy_with_api, ProxyConfig(
         listen=[parse_endpoint(f"udp:{HOST}:0")], upstream=[parse_endpoint(f"udp:{HOST}:{pbx.getsockname()[1]}")],
         seed=11, api=(HOST, 0)))
     return proxy, pbx, f"http://{HOST}:{proxy.api_address[1]}"
