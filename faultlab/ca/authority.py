@@ -1,46 +1,11 @@
-"""The lab certificate authority: the CA that signs faultlab's TLS server certificates.
+"""The lab CA itself (:class:`LabCA`): created once, loaded from its directory, issuing and caching leaf
+certificates; the reasons for its choices are in :mod:`faultlab.ca`."""
 
-faultlab terminates a device's TLS with a certificate for the name the device asked
-for, so the device must trust faultlab's own CA (installed on a lab iPhone as a
-configuration profile, or passed to a test client as a CA file). The model is
-mitmproxy's ``CertStore`` (``mitmproxy/certs.py``):
-
-* the CA lives in a config directory (``$FAULTLAB_HOME``, else ``~/.faultlab``) as
-  ``ca.key`` (PEM, mode 0600) and ``ca.crt`` (PEM, public);
-* it is created once, explicitly (``faultlab ca init``) or on first use
-  (:meth:`LabCA.load_or_init`), and never replaced silently;
-* leaf certificates are issued on demand and cached by their names, with a cap.
-
-Choices, and why:
-
-* **EC P-256 everywhere** (CA and leaves). Key generation takes well under a
-  millisecond, so a leaf can be issued inside the TLS handshake. iOS, Android,
-  OpenSSL, GnuTLS and PJSIP accept it. (A very old SIP stack that offers only RSA
-  cipher suites would not; nothing here needs RSA yet.)
-* **An IP address is named twice in subjectAltName**: as an IP entry (what
-  OpenSSL, Python, Apple and recent mbedTLS 3.x check) and as a DNS entry with the same
-  text (what mbedTLS 2.x, e.g. in linphone-based apps, checks: it reads no IP entry
-  and ignores the commonName once subjectAltName exists).
-* **Leaves follow Apple's rules for TLS server certificates** (iOS 13 / macOS
-  10.15, https://support.apple.com/en-us/103769): names only in subjectAltName,
-  extendedKeyUsage serverAuth, validity at most 825 days. We stay at 397 days, the
-  stricter limit for publicly trusted certificates, so no client has a reason to
-  refuse them. Validity starts two days in the past (mitmproxy's
-  ``CERT_VALIDITY_OFFSET``) so a device whose clock is slightly behind still
-  accepts a fresh certificate.
-* **Every lab CA has its own name** ("faultlab lab CA" plus a random suffix), so a
-  device that trusts one lab's CA can tell two labs apart and an old CA left in a
-  trust store is easy to find and remove.
-* Certificates carry real wall-clock dates (a certificate is checked against the
-  device's clock); this is the one place faultlab reads the wall clock.
-"""
 
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
-import re
 import secrets
 import tempfile
 from collections import OrderedDict
@@ -52,6 +17,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from faultlab.ca.names import general_names, normalize_names
 
 __all__ = [
     "CA_CERT_FILE",
@@ -84,11 +51,6 @@ LEAF_CACHE_SIZE = 100
 
 # RFC 5280 upper bound for commonName (ub-common-name).
 _MAX_CN_LENGTH = 64
-# A DNS name: labels of letters, digits, hyphens (underscores tolerated, as in
-# SRV-style names some labs use), at most 63 octets each, 253 in all.
-_DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
-
-
 class CAError(Exception):
     """The lab CA cannot be created, loaded or written. The message says what to do."""
 
@@ -99,67 +61,6 @@ def default_confdir() -> Path:
     if home:
         return Path(home).expanduser()
     return Path.home() / ".faultlab"
-
-
-def normalize_names(names: Sequence[str]) -> tuple[str, ...]:
-    """Canonical form of certificate names, in order, without duplicates.
-
-    IP addresses (IPv4 or IPv6, any spelling) become their compressed form
-    (``0:0::1`` -> ``::1``); DNS names are lower-cased and lose a trailing dot.
-    A single leading ``*.`` label is allowed (wildcard). Raises :class:`ValueError`
-    naming the bad entry.
-    """
-    if isinstance(names, str):
-        raise TypeError("names must be a sequence of names, not a single str")
-    out: list[str] = []
-    for raw in names:
-        name = _normalize_name(raw)
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise ValueError("a certificate needs at least one name")
-    return tuple(out)
-
-
-def _normalize_name(raw: str) -> str:
-    if not isinstance(raw, str):
-        raise TypeError(f"certificate name must be str, not {type(raw).__name__}")
-    name = raw.strip()
-    try:
-        return str(ipaddress.ip_address(name.strip("[]")))
-    except ValueError:
-        pass
-    name = name.lower().removesuffix(".")
-    labels = name.split(".")
-    if labels and labels[0] == "*":
-        labels = labels[1:]
-    if not (
-        name
-        and len(name) <= 253
-        and labels
-        and all(_DNS_LABEL.match(label) for label in labels)
-    ):
-        raise ValueError(
-            f"not a DNS name or IP address: {raw!r} "
-            "(expected e.g. 'pbx.example.com', '192.0.2.10' or '2001:db8::10')"
-        )
-    return name
-
-
-def _general_names(name: str) -> list[x509.GeneralName]:
-    """subjectAltName entries for one normalized name.
-
-    A DNS name is one DNS entry. An IP address is an IP entry *and* a DNS entry with the same text: mbedTLS
-    2.x (Debian 12 ships 2.28; linphone-sdk builds on mbedTLS, and so do many VoIP apps on iOS and Android)
-    compares the name given to ``mbedtls_ssl_set_hostname`` only with the DNS entries of subjectAltName and,
-    when that extension is present, never with the commonName: with the IP entry alone it reports "CN
-    mismatch". OpenSSL, Python, Apple's trustd and recent mbedTLS 3.x match an address against the IP entry.
-    """
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return [x509.DNSName(name)]
-    return [x509.IPAddress(address), x509.DNSName(str(address))]
 
 
 def _now() -> datetime.datetime:
@@ -347,7 +248,7 @@ class LabCA:
         ``names`` are DNS names or IP addresses (IPv4, IPv6); each goes into
         subjectAltName (a DNS name as a DNS entry; an IP address as an IP entry
         and, for mbedTLS 2.x clients, a DNS entry with the same text, see
-        :func:`_general_names`) and the first is the commonName. The
+        :func:`general_names`) and the first is the commonName. The
         certificate PEM holds only the leaf: the CA is a root that devices trust
         directly, so there is nothing else to send. Results are cached by the
         normalized names (see :func:`normalize_names`), least recently used
@@ -400,7 +301,7 @@ class LabCA:
             )
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(
-                x509.SubjectAlternativeName([g for n in names for g in _general_names(n)]), critical=False
+                x509.SubjectAlternativeName([g for n in names for g in general_names(n)]), critical=False
             )
             .add_extension(
                 x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False
