@@ -38,17 +38,8 @@ import trio
 
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import format_hostport
-from faultlab.sip import (
-    EOF,
-    NEED_DATA,
-    KeepAlive,
-    Message,
-    SipError,
-    StreamFramer,
-    build_request,
-    build_response,
-    parse_datagram,
-)
+from faultlab.net.reader import SipStreamReader, Unframed, parse_or_raw
+from faultlab.sip import Message, SipError, build_request, build_response, parse_datagram
 
 __all__ = ["Caller", "CallHandle", "CallerTimeout"]
 
@@ -333,31 +324,22 @@ class Caller:
                         if self._sock.fileno() < 0:
                             return
                         continue
-                    try:
-                        message = parse_datagram(data)
-                    except SipError:
-                        continue
+                    message, _ = parse_or_raw(data)
                     if isinstance(message, Message):
                         await self._handle(message, source[:2])
             else:
                 assert self._stream is not None
-                framer = StreamFramer()
-                while True:
-                    try:
-                        data = await self._stream.receive_some(65536)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                    framer.receive_data(data)
-                    while (event := framer.next_event()) is not NEED_DATA:
-                        if event is EOF:
-                            return
-                        if isinstance(event, Message):
-                            await self._handle(event, self.pbx_address)
-                        elif isinstance(event, KeepAlive) and event.raw == b"\r\n\r\n":
-                            async with self._send_lock:
-                                await self._stream.send_all(b"\r\n")
-                    if not data:
+                async for item in SipStreamReader(self._stream).items():
+                    if isinstance(item, Unframed):  # the PBX's stream no longer frames: the caller stops reading
+                        self.timeline.emit("warning", source=SOURCE, transport=self.transport,
+                                           peer=format_hostport(*self.pbx_address),
+                                           summary=f"unframeable: {item.error}")
                         return
+                    if isinstance(item, Message):
+                        await self._handle(item, self.pbx_address)
+                    elif item.raw == b"\r\n\r\n":  # a keep-alive ping: pong
+                        async with self._send_lock:
+                            await self._stream.send_all(b"\r\n")
 
     async def _handle(self, message: Message, source: Address) -> None:
         self._emit("received", message, source)
