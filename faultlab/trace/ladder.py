@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._event import Event
@@ -176,71 +176,80 @@ class _CallLadder:
             rows.append({"t": round(t, 6), "from": frm, "to": to, "label": label, "fault": fault, "note": note})
             self.last_t = rows[-1]["t"]
 
+        if e.source == RELAY:
+            self._relay_rows(e, row)
+        else:
+            self._actor_rows(e, parties, row)
+        return rows
+
+    def _relay_rows(self, e: Event, row: Callable[..., None]) -> None:
+        """faultlab's own record of the call: what it received, did and sent."""
         pending, holds, responds = self.pending, self.holds, self.responds
 
         def take(e: Event) -> list[str]:
             groups = pending.get(_key(e))
             return [_fault_text(f) for f in groups.pop(0)] if groups else []
 
-        if e.source == RELAY:
-            dev_hop_party = "device"
-            far = "pbx" if e.direction == "to-pbx" else dev_hop_party
-            near = dev_hop_party if e.direction == "to-pbx" else "pbx"
-            if e.kind == "received":
-                pending.setdefault(_key(e), []).append([])
-                row(e.t, near, "faultlab", _label(e))
-            elif e.kind == "fault":
-                action = e.detail.get("action")
-                groups = pending.setdefault(_key(e), [])
-                self.labels[_key(e)] = _label(e)
-                if action == "respond":  # the request goes no further: its outcome is faultlab's response
-                    responds[(e.flow, e.call_id, e.cseq)] = e.detail
+        dev_hop_party = "device"
+        far = "pbx" if e.direction == "to-pbx" else dev_hop_party
+        near = dev_hop_party if e.direction == "to-pbx" else "pbx"
+        if e.kind == "received":
+            pending.setdefault(_key(e), []).append([])
+            row(e.t, near, "faultlab", _label(e))
+        elif e.kind == "fault":
+            action = e.detail.get("action")
+            groups = pending.setdefault(_key(e), [])
+            self.labels[_key(e)] = _label(e)
+            if action == "respond":  # the request goes no further: its outcome is faultlab's response
+                responds[(e.flow, e.call_id, e.cseq)] = e.detail
+                take(e)
+            elif action in _CONNECTION_ACTIONS:
+                row(e.t, "faultlab", None, fault=_fault_text(e.detail), note=f"{_label(e)}: connection")
+                if e.detail.get("when") == "before":
                     take(e)
-                elif action in _CONNECTION_ACTIONS:
-                    row(e.t, "faultlab", None, fault=_fault_text(e.detail), note=f"{_label(e)}: connection")
-                    if e.detail.get("when") == "before":
-                        take(e)
-                else:
-                    if not groups:
-                        groups.append([])
-                    groups[-1].append(e.detail)
-            elif e.kind == "sent":
-                texts: list[str] = []
-                if "copy" in e.detail:
-                    texts = [f"duplicate {e.detail['copy']}"]
-                elif "released" in e.detail:
-                    since = holds.pop(e.detail["released"], None)
-                    texts = [f"held {_seconds(round(e.t - since, 3))}, released" if since is not None
-                             else "released"]
-                else:
-                    texts = take(e)
-                row(e.t, "faultlab", far, _label(e), fault="; ".join(texts) or None)
-            elif e.kind == "responded":
-                back = "device" if e.direction == "to-device" else "pbx"
-                rule = responds.pop((e.flow, e.call_id, e.cseq), None)  # keyed by the request it answers
-                text = f"responded by faultlab [{rule['rule']}]" if rule else "responded by faultlab"
-                row(e.t, "faultlab", back, _label(e), fault=text)
-            elif e.kind == "dropped":
-                if e.call_id is None:  # a hold that timed out into a drop
-                    holds.pop(e.detail.get("hold"), None)
-                    row(e.t, "faultlab", None, fault="✗ dropped (hold timed out)", note="held message")
-                    return rows
-                texts = take(e) or [f"✗ {e.detail.get('how', 'dropped')}"]
-                row(e.t, "faultlab", far, _label(e), fault="; ".join(texts))
-            elif e.kind == "held":
-                self.hold_ids.add(e.detail.get("hold"))
-                holds[e.detail.get("hold")] = e.t
-                texts = take(e) or ["held"]
-                row(e.t, "faultlab", None, fault="; ".join(texts), note=f"holding {_label(e)}")
-            return rows
+            else:
+                if not groups:
+                    groups.append([])
+                groups[-1].append(e.detail)
+        elif e.kind == "sent":
+            texts: list[str] = []
+            if "copy" in e.detail:
+                texts = [f"duplicate {e.detail['copy']}"]
+            elif "released" in e.detail:
+                since = holds.pop(e.detail["released"], None)
+                texts = [f"held {_seconds(round(e.t - since, 3))}, released" if since is not None
+                         else "released"]
+            else:
+                texts = take(e)
+            row(e.t, "faultlab", far, _label(e), fault="; ".join(texts) or None)
+        elif e.kind == "responded":
+            back = "device" if e.direction == "to-device" else "pbx"
+            rule = responds.pop((e.flow, e.call_id, e.cseq), None)  # keyed by the request it answers
+            text = f"responded by faultlab [{rule['rule']}]" if rule else "responded by faultlab"
+            row(e.t, "faultlab", back, _label(e), fault=text)
+        elif e.kind == "dropped":
+            if e.call_id is None:  # a hold that timed out into a drop
+                holds.pop(e.detail.get("hold"), None)
+                row(e.t, "faultlab", None, fault="✗ dropped (hold timed out)", note="held message")
+                return
+            texts = take(e) or [f"✗ {e.detail.get('how', 'dropped')}"]
+            row(e.t, "faultlab", far, _label(e), fault="; ".join(texts))
+        elif e.kind == "held":
+            self.hold_ids.add(e.detail.get("hold"))
+            holds[e.detail.get("hold")] = e.t
+            texts = take(e) or ["held"]
+            row(e.t, "faultlab", None, fault="; ".join(texts), note=f"holding {_label(e)}")
+
+    def _actor_rows(self, e: Event, parties: _Parties, row: Callable[..., None]) -> None:
+        """An actor's record: the messages faultlab did not relay, the PBX, push, device and caller events."""
         party = _party(e.source)
         if e.kind in ("received", "sent") and e.peer:
             if e.peer in parties.book.faultlab:
-                return rows  # faultlab's own record of this hop is there
+                return  # faultlab's own record of this hop is there
             other = parties.at(e.peer) or ("caller" if "caller" in parties.sources and party != "caller"
                                            else e.peer)
             if e.kind == "received" and other in parties.recording:
-                return rows  # the sender's record of it is there
+                return  # the sender's record of it is there
             frm, to = (party, other) if e.kind == "sent" else (other, party)
             row(e.t, frm, to, _label(e))
         elif e.kind == "pbx":
@@ -264,7 +273,6 @@ class _CallLadder:
             if action != "call":
                 how = e.detail.get("how")
                 row(e.t, "caller", None, note=f"{action}: {how}" if how else str(action))
-        return rows
 
     def finish(self, end: float | None = None) -> list[dict[str, Any]]:
         """Rows for faults whose message had no outcome yet when the trace ended (at ``end``, default the
