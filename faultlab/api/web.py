@@ -26,7 +26,7 @@ A scenario is named by its catalogue id or slug, never by a path: as with profil
 makes faultlab read a file of the caller's choosing.
 
 These endpoints read and write the running proxy's timeline: they need a control with a ``proxy`` attribute
-(:class:`Lab`, which :class:`faultlab.proxy.Proxy` is); on another control they answer 501.
+(:class:`RunningProxy`, which :class:`faultlab.proxy.Proxy` is); on another control they answer 501.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ from ._http import JSON, ApiError, json_body, read_body
 from .protocol import Control
 from faultlab.lab.guided import GuidedRun, needs_push_gateway, scenario_json, status
 
-__all__ = ["Lab", "WebPage", "device_ladder", "is_page", "wants_html"]
+__all__ = ["RunningProxy", "WebPage", "device_ladder", "is_page", "wants_html"]
 
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 
 
-class Lab(Protocol):
+class RunningProxy(Protocol):
     """What the page needs from the running proxy beyond :class:`Control`: its timeline and its profiles."""
 
     @property
@@ -126,17 +126,17 @@ class WebPage:
             route("/api/guided/stop", POST=self.guided_stop),
         ]
 
-    def _lab(self) -> Lab:
-        lab = getattr(self.control, "proxy", None)
-        if lab is None:
+    def _running_proxy(self) -> RunningProxy:
+        proxy = getattr(self.control, "proxy", None)
+        if proxy is None:
             raise ApiError(501, "this control API is not in front of a running faultlab proxy: "
                                 "there is no timeline to read")
-        return lab
+        return proxy
 
     # -- the ladder ---------------------------------------------------------------------------------
 
     async def ladder(self, request: Request) -> Response:
-        events = list(self._lab().events)
+        events = list(self._running_proxy().events)
         calls = _calls(events)
         call = request.query_params.get("call") or None
         if call is not None and call not in {c["call_id"] for c in calls}:
@@ -161,8 +161,8 @@ class WebPage:
     def _status(self) -> dict[str, Any]:
         if self.run is None:
             return {"phase": "idle"}
-        lab = self._lab()
-        return status(self.run, list(lab.events), lab.now())
+        proxy = self._running_proxy()
+        return status(self.run, list(proxy.events), proxy.now())
 
     async def guided_start(self, request: Request) -> Response:
         body = await json_body(request, required=("scenario",), optional=("device",),
@@ -177,7 +177,7 @@ class WebPage:
         if scenario is None:
             raise ApiError(404, f"no scenario {name!r} in the catalogue; scenarios: "
                                 f"{', '.join(s.id for s in catalogue)}")
-        lab = self._lab()
+        proxy = self._running_proxy()
         key = None
         if device is not None:
             try:
@@ -186,37 +186,37 @@ class WebPage:
                 raise ApiError(400, str(exc)) from None
         self._restore()
         if key is None:
-            engine = getattr(lab, "engine", None)
+            engine = getattr(proxy, "engine", None)
         else:
-            engine = getattr(lab, "device_engines", {}).get(key)
+            engine = getattr(proxy, "device_engines", {}).get(key)
         self._before = (key, engine.profile if engine is not None else None)
         faults = scenario.faults
         if faults is None and key is not None:
             # with no profile of its own the device would follow the global one: pin it to no faults instead
             faults = Profile(name="clean", summary=f"No faults on this device during guided {scenario.id} "
                                                    "(the scenario has none; the global profile does not apply)")
-        lab.activate(faults, key)
-        now = lab.now()
+        proxy.activate(faults, key)
+        now = proxy.now()
         self.run = GuidedRun(scenario, now, key)
         missing = needs_push_gateway(scenario)
         if missing:
             self.run.notes.append("not applied by faultlab's relay (they need faultlab's push gateway in the "
                                   f"push path): {', '.join(missing)}")
-        lab.emit("guided", detail={"action": "start", "scenario": scenario.id, "device": key,
-                                   "profile": faults.name if faults is not None else None})
+        proxy.emit("guided", detail={"action": "start", "scenario": scenario.id, "device": key,
+                                     "profile": faults.name if faults is not None else None})
         return JSON(self._status())
 
     async def guided_stop(self, request: Request) -> Response:
         await json_body(request, example="{}")
         if self.run is None:
             raise ApiError(404, "no guided run to stop: start one with POST /api/guided/start")
-        lab = self._lab()
+        proxy = self._running_proxy()
         if self.run.stopped_at is None:
-            self.run.stopped_at = lab.now()
+            self.run.stopped_at = proxy.now()
         result = self._status()
         self._restore()
-        lab.emit("guided", detail={"action": "stop", "scenario": self.run.scenario.id,
-                                   "passed": (self.run.result or {}).get("passed")})
+        proxy.emit("guided", detail={"action": "stop", "scenario": self.run.scenario.id,
+                                     "passed": (self.run.result or {}).get("passed")})
         result["phase"] = "stopped" if result["phase"] != "done" else "done"
         result["restored"] = True
         self.run = None
@@ -228,7 +228,7 @@ class WebPage:
             return
         key, profile = self._before
         self._before = None
-        self._lab().activate(profile, key)
+        self._running_proxy().activate(profile, key)
 
     # -- device events ------------------------------------------------------------------------------
 
@@ -239,14 +239,14 @@ class WebPage:
         if ctype != "application/json":
             raise ApiError(415, "send device events as JSON with 'Content-Type: application/json' "
                                 "(docs/device-events.md)")
-        lab = self._lab()
+        proxy = self._running_proxy()
         raw = await read_body(request)
         try:
             events = parse_device_events(raw)
         except DeviceEventError as exc:
             raise ApiError(400, str(exc)) from None
         for event in events:
-            event.emit(lab)  # type: ignore[arg-type]  # the proxy emits as a lab Timeline does
+            event.emit(proxy)  # type: ignore[arg-type]  # the proxy emits as a lab Timeline does
         return JSON({"accepted": len(events)})
 
 
