@@ -271,3 +271,32 @@ async def test_register_at_start_leaves_the_push_binding_without_device_events(n
     await nursery.start(device.run)
     assert device.initial_register == 200
     assert [e for e in timeline.events if e.kind == "device"] == []
+
+
+async def test_a_connection_that_stops_framing_is_given_up_with_a_warning() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    timeline = Timeline()
+    device = Device(proxy=f"tcp:127.0.0.1:{port}", user="alice", domain="lab.test", token="a1", timeline=timeline)
+    closed = []
+    proxy_done = trio.Event()
+
+    async def proxy() -> None:
+        async with await listeners[0].accept() as stream:
+            assert (await stream.receive_some(65536)).startswith(b"REGISTER ")
+            await stream.send_all(b"\x00\x01 not SIP at all\r\n\r\n")
+            closed.append(await stream.receive_some(65536))  # b"": the device closed the connection
+        proxy_done.set()
+
+    with trio.fail_after(8):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(proxy)
+            await nursery.start(device.run)  # returns with the REGISTER's outcome
+            await proxy_done.wait()
+            nursery.cancel_scope.cancel()
+    for listener in listeners:
+        await listener.aclose()
+    assert device.initial_register.startswith("transport failure")  # the flow was lost under the REGISTER
+    assert closed == [b""]
+    [warning] = [e for e in timeline.events if e.kind == "warning"]
+    assert warning.source == "device:alice" and warning.summary.startswith("unframeable: ")

@@ -45,7 +45,7 @@ from faultlab.lab.device.logic import (
     StopRegister,
 )
 from faultlab.lab.timeline import Timeline
-from faultlab.addr import Endpoint, is_ip, parse_endpoint
+from faultlab.addr import Endpoint, format_hostport, is_ip, parse_endpoint
 from faultlab.net.udp import local_address_towards
 from faultlab.net.reader import SipStreamReader, Unframed, parse_or_raw
 from faultlab.sip import Message, SipError
@@ -224,7 +224,10 @@ class Device(Registering, Answering):
         ended = False  # EOF, reset or garbage: the connection is over (not a cancellation)
         try:
             async for item in SipStreamReader(stream).items():
-                if isinstance(item, Unframed):
+                if isinstance(item, Unframed):  # the connection is given up: as closed by the network
+                    assert self.timeline is not None
+                    self.timeline.emit("warning", source=self.source, transport=self.proxy.transport,
+                                       peer=format_hostport(*self.proxy_address), summary=f"unframeable: {item.error}")
                     break
                 if isinstance(item, Message):
                     await self._on_message(item, self.proxy_address)
