@@ -90,6 +90,11 @@ async def test_the_profile_selector_opens_on_the_profile_in_force_for_its_target
     await page.run(page.click, "apply-global")
     await page.run(page.until, "a hint to choose", lambda d: page.text("problem") == "Choose a profile from the list first.")
     assert (await trio.to_thread.run_sync(client.get_active, api))["global"] is None
+    # the hint stays while refreshes arrive (here: a device's profile set elsewhere, shown on the page)
+    await trio.to_thread.run_sync(lambda: client.set_profile(api, "invite-drop", device="127.0.0.9"))
+    await page.run(page.until, "127.0.0.9's profile shown",
+                   lambda d: "127.0.0.9: invite-drop" in page.text("active-devices"))
+    assert await page.run(page.text, "problem") == "Choose a profile from the list first."
     pbx.close()
 
 

@@ -28,10 +28,14 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function problem(text) {
+// A problem the network reported (faultlab unreachable, an HTTP error) goes when an answer comes back; a hint to
+// the user (choose a profile first) stays until their next tap, whatever refreshes arrive meanwhile.
+let networkProblem = false;
+function problem(text, fromNetwork = false) {
   const p = $("problem");
   p.textContent = text || "";
   p.hidden = !text;
+  networkProblem = Boolean(text) && fromNetwork;
 }
 
 async function api(method, path, body) {
@@ -46,7 +50,7 @@ async function api(method, path, body) {
   try {
     resp = await fetch(path, init);
   } catch (err) {
-    problem("faultlab does not answer: is the proxy still running?");
+    problem("faultlab does not answer: is the proxy still running?", true);
     throw err;
   }
   const text = await resp.text();
@@ -56,17 +60,17 @@ async function api(method, path, body) {
   } catch (err) {
     // not JSON: an error page from something in front of faultlab (an HTML 502), or a broken answer
     if (resp.ok) {
-      problem(`HTTP ${resp.status}: faultlab's answer is not JSON`);
+      problem(`HTTP ${resp.status}: faultlab's answer is not JSON`, true);
       throw err;
     }
   }
   if (!resp.ok) {
     const msg = (data && data.error) || `HTTP ${resp.status}${resp.statusText ? " " + resp.statusText : ""}`;
     problem(resp.status === 401
-      ? "This faultlab needs its API token: open the page as /?token=TOKEN (" + msg + ")" : msg);
+      ? "This faultlab needs its API token: open the page as /?token=TOKEN (" + msg + ")" : msg, true);
     throw new Error(msg);
   }
-  problem("");
+  if (networkProblem) problem("");
   return data;
 }
 
@@ -428,6 +432,7 @@ function on(id, fn) {
   $(id).addEventListener("click", async () => {
     const button = $(id);
     button.disabled = true;
+    problem(""); // a new tap: the last one's hint or error no longer applies
     try { await fn(); } catch (err) { console.warn(id, err); } finally { button.disabled = false; }
   });
 }
