@@ -246,7 +246,9 @@ def test_wire_carries_tcp_and_delays_dns_answers(lab: Lab, tmp_path: Path) -> No
         ready, _, _ = select.select([dns.stdout], [], [], 10)
         assert ready and dns.stdout.readline().strip() == b"ready"
         out = lab.python(lab.dev, PROBE, lab.pbx_ip, "53", "10", "0.01", "0.6")
-        assert len(out["rtts"]) == 10 and 0.339 <= median(out["rtts"]) <= 0.36, out
+        # at least the profile's 2 x 20 ms + 300 ms; the upper side only excludes the profile applied twice
+        # (0.68 s): how much a busy machine adds is not asserted (a median of 0.3615 s was seen at load 7.9)
+        assert len(out["rtts"]) == 10 and 0.339 <= median(out["rtts"]) < 0.6, out
     finally:
         dns.kill()  # our own child, by PID
         dns.wait(timeout=5)
