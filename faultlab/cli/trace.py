@@ -130,15 +130,6 @@ answered by faultlab, duplicated, reset) on the row where they happened; pushes 
 POLL_INTERVAL = 0.1  # seconds between looks at a followed file (faultlab flushes its traces every 0.1 s)
 
 
-def _color(stream) -> bool:
-    if os.environ.get("NO_COLOR"):
-        return False
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
 @app.command()
 def follow(
     trace: TraceArg,
@@ -164,6 +155,7 @@ def follow(
 whenever the call changes. Stops at the trace's stop event (the proxy stopped) after printing what follows it, \
 or on Ctrl-C. See docs/traces.md.
     """
+    from faultlab.trace._sinks import wants_color
     from faultlab.trace.follow import LadderPrinter
     from faultlab.trace.ladder import LiveLadder
 
@@ -171,7 +163,7 @@ or on Ctrl-C. See docs/traces.md.
         width = max(shutil.get_terminal_size((100, 24)).columns, 40) if _color_capable(sys.stdout) else 100
     try:
         tail = _open_tail(trace, wait)
-        printer = LadderPrinter(sys.stdout, width=width, color=_color(sys.stdout))
+        printer = LadderPrinter(sys.stdout, width=width, color=wants_color(sys.stdout))
         live = LiveLadder(call)
         typer.echo(f"faultlab: following {trace}" + (" from its end" if from_end else "")
                    + ("" if forever else " until the proxy stops") + " (Ctrl-C to stop)", err=True)

@@ -193,7 +193,8 @@ def printable(text: str) -> str:
                         else f"\\u{ord(m.group()):04x}", text)
 
 
-def _wants_color(stream: TextIO) -> bool:
+def wants_color(stream: TextIO) -> bool:
+    """Colour on this stream? Only on a terminal, and never when ``NO_COLOR`` is set."""
     if os.environ.get("NO_COLOR"):
         return False
     try:
@@ -246,7 +247,7 @@ class ConsolePrinter:
         self.stream = stream or sys.stdout
         self.verbose = verbose
         self._console = None
-        if color if color is not None else _wants_color(self.stream):
+        if color if color is not None else wants_color(self.stream):
             from rich.console import Console
 
             self._console = Console(file=self.stream, force_terminal=True, highlight=False, markup=False,
