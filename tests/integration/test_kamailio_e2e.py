@@ -1,7 +1,7 @@
 """End to end with a real PBX: two scripted softphones, Kamailio, and faultlab's relay between them.
 
 Rules for these tests: loopback only (127.0.0.1), free ports, every wait under ``trio.fail_after`` on trio's clock
-(inside :mod:`tests.sipua`), one Kamailio per test, a few seconds at most per test.
+(inside :mod:`faultlab.lab.ua`), one Kamailio per test, a few seconds at most per test.
 
 The UAs behave like real softphones with faultlab as their outbound proxy: only REGISTER and the INVITE are sent to
 faultlab by configuration; ACK, BYE and responses follow Record-Route and Via. So a call that completes with every
@@ -17,7 +17,7 @@ import trio
 
 from tests.integration.conftest import Kamailio
 from faultlab.addr import format_hostport
-from tests.sipua import TRANSPORTS, Address, CallFailed, Dialog, Record, SipUA
+from faultlab.lab.ua import TRANSPORTS, Address, CallFailed, Dialog, Record, SipUA
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import trio
 from faultlab.faults import load_profile
 from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
+from faultlab.lab.ua import SipUA, UATimeout
 from tests.integration.conftest import Kamailio
-from tests.sipua import SipUA, UATimeout
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """``faultlab call`` as a process against an in-process PBX with a scripted callee, on loopback.
 
-The callee (tests/sipua.py) registers with the embedded PBX as a plain softphone; each test runs
+The callee (faultlab/lab/ua) registers with the embedded PBX as a plain softphone; each test runs
 ``python -m faultlab call ...`` and plays the far end of the script, waiting on the process's own lines and on
 the messages it receives, never sleeping.
 """
@@ -15,8 +15,8 @@ import trio
 
 from faultlab.lab.pbx import PBX
 from faultlab.lab.timeline import Timeline
+from faultlab.lab.ua import SipUA
 from tests.actors import Actor, actor_env, open_actors
-from tests.sipua import SipUA
 
 HOST = "127.0.0.1"
 

@@ -8,7 +8,7 @@ import trio
 from faultlab.lab.caller import Caller
 from faultlab.lab.pbx import PBX
 from faultlab.lab.timeline import Timeline
-from tests.sipua import SipUA
+from faultlab.lab.ua import SipUA
 
 
 async def _pbx(nursery, listen, timeline, **kwargs) -> PBX:

@@ -9,7 +9,7 @@ faultlab's trace shows the message received and sent (it really crossed
 faultlab). With --spoof-source the PBX sees the device's own address.
 
 Then the same with a real PBX: Kamailio (shared/pbx) in the PBX namespace and two scripted softphones
-(tests/sipua.py) in two device namespaces register and complete a call (INVITE, ACK, BYE) over UDP, TCP
+(faultlab/lab/ua) in two device namespaces register and complete a call (INVITE, ACK, BYE) over UDP, TCP
 and TLS, every message to and from Kamailio's real address, every one relayed by faultlab unchanged.
 
 The lab is faultlab.labnet.topology's (lab_up/lab_down); faultlab runs in the gateway namespace as a
@@ -329,10 +329,10 @@ PBX_DIR = REPO.parent / "shared" / "pbx"
 KAM_SIP_PORT, KAM_TLS_PORT = 5070, 5071  # beside the fake PBX's 5060/5061 in the same namespace
 KAM_TLS_NAME = "pbx.faultlab.test"  # on Kamailio's certificate (shared/pbx/gen-certs.sh)
 
-# A scripted softphone (tests/sipua.py) configured with the PBX's real address: register, then call or answer.
+# A scripted softphone (faultlab/lab/ua) configured with the PBX's real address: register, then call or answer.
 UA_SCRIPT = r"""
 import json, sys, trio
-from tests.sipua import SipUA
+from faultlab.lab.ua import SipUA
 role, user, peer, transport, host, pbx_ip, port, cafile, tls_name = sys.argv[1:10]
 
 async def main():

@@ -1,4 +1,4 @@
-"""A scripted SIP user agent for integration tests, on trio sockets.
+"""A scripted SIP user agent (softphone) for tests, on trio sockets.
 
 It behaves like a real softphone configured with an outbound proxy, which is what makes a relay test honest:
 
@@ -15,16 +15,17 @@ It behaves like a real softphone configured with an outbound proxy, which is wha
   address; requests the far side sends on it are accepted, and responses go back on the connection a request came
   on. A next hop elsewhere gets a new connection (the relay was bypassed; the test will see it).
 - No retransmissions (loopback does not lose datagrams) and no authentication (the test PBX asks for none).
+- A datagram that is not SIP is ignored; a connection whose bytes stop framing as SIP is closed.
 
 Every message sent or received is kept in :attr:`SipUA.log` for assertions. Every wait runs under
 ``trio.fail_after`` on trio's clock and raises :class:`UATimeout` with the UA's message log.
 
-Parsing uses :mod:`faultlab.sip`; requests are built here from plain text.
+Requests are built with :func:`faultlab.sip.build_request`; what arrives is read with :mod:`faultlab.net.reader`
+(the reader the relay and the lab actors use).
 """
 
 from __future__ import annotations
 
-import secrets
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,105 +34,24 @@ from pathlib import Path
 import trio
 
 from faultlab.addr import format_hostport
-from faultlab.sip import (
-    EOF,
-    NEED_DATA,
-    KeepAlive,
-    Message,
-    StreamFramer,
-    build_request,
-    build_response,
-    parse_datagram,
-    parse_uri,
+from faultlab.lab.ua._parts import (
+    DEFAULT_PORTS,
+    DEFAULT_TIMEOUT,
+    SDP_TEMPLATE,
+    TRANSPORTS,
+    USER_AGENT,
+    Address,
+    CallFailed,
+    Incoming,
+    Link,
+    Record,
+    UATimeout,
+    new_branch,
+    route_uri,
+    token,
 )
-
-TRANSPORTS = ("udp", "tcp", "tls")
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
-DEFAULT_TIMEOUT = 3.0
-USER_AGENT = "faultlab-test-ua"
-
-# What a softphone offers: one PCMU audio stream. Nothing listens on the RTP port; no media flows in these tests.
-SDP_TEMPLATE = (
-    "v=0\r\n"
-    "o={user} 1 1 IN {ipv} {host}\r\n"
-    "s=faultlab test\r\n"
-    "c=IN {ipv} {host}\r\n"
-    "t=0 0\r\n"
-    "m=audio {rtp_port} RTP/AVP 0\r\n"
-    "a=rtpmap:0 PCMU/8000\r\n"
-    "a=sendrecv\r\n"
-)
-
-Address = tuple[str, int]
-
-
-class UATimeout(AssertionError):
-    """A message the script waited for did not arrive in time."""
-
-
-class CallFailed(AssertionError):
-    """An INVITE ended with a non-2xx final response (already ACKed); the response is ``.response``."""
-
-    def __init__(self, message: str, response: Message) -> None:
-        super().__init__(message)
-        self.response = response
-
-
-def _token() -> str:
-    return secrets.token_hex(6)
-
-
-def _route_uri(route: str) -> str:
-    """The URI of a Route / Record-Route value, which is always a name-addr (RFC 3261 §20.30)."""
-    return route[route.index("<") + 1 : route.index(">")]
-
-
-def _branch() -> str:
-    return "z9hG4bK" + secrets.token_hex(8)  # the RFC 3261 magic cookie, §8.1.1.7
-
-
-@dataclass(frozen=True)
-class Record:
-    """One message this UA sent or received."""
-
-    t: float  # trio.current_time()
-    direction: str  # "sent" or "received"
-    transport: str
-    local: Address
-    peer: Address  # where it was sent to / came from
-    message: Message
-    data: bytes
-
-    @property
-    def summary(self) -> str:
-        """``"INVITE"`` for a request, ``"200 INVITE"`` for a response."""
-        m = self.message
-        return m.method if m.is_request else f"{m.status} {m.cseq.method}"
-
-    def __str__(self) -> str:
-        arrow = "->" if self.direction == "sent" else "<-"
-        local, peer = format_hostport(*self.local), format_hostport(*self.peer)
-        return f"{self.t:10.4f} {self.transport} {local} {arrow} {peer}  {self.summary}"
-
-
-@dataclass
-class _Link:
-    """The UDP socket, or one TCP/TLS connection."""
-
-    transport: str
-    local: Address
-    peer: Address | None  # None for the UDP socket
-    sock: trio.socket.SocketType | None = None
-    stream: trio.abc.Stream | None = None
-    send_lock: trio.Lock = field(default_factory=trio.Lock)
-    closed: bool = False
-
-
-@dataclass(frozen=True)
-class Incoming:
-    message: Message
-    link: _Link
-    source: Address
+from faultlab.net.reader import SipStreamReader, parse_or_raw
+from faultlab.sip import Message, build_request, build_response, parse_datagram, parse_uri
 
 
 @dataclass
@@ -189,8 +109,8 @@ class SipUA:
         self.log: list[Record] = []
         self._ca_file = ca_file
         self._tls_server_name = tls_server_name
-        self._links: list[_Link] = []
-        self._main: _Link | None = None
+        self._links: list[Link] = []
+        self._main: Link | None = None
         self._nursery: trio.Nursery | None = None
         self._inbox: list[Incoming] = []
         self._arrival = trio.Event()
@@ -204,7 +124,7 @@ class SipUA:
         if self.transport == "udp":
             sock = trio.socket.socket(self._family(self.host), trio.socket.SOCK_DGRAM)
             await sock.bind((self.host, 0))
-            link = _Link("udp", sock.getsockname()[:2], None, sock=sock)
+            link = Link("udp", sock.getsockname()[:2], None, sock=sock)
             nursery.start_soon(self._read_datagrams, link)
             self._main = link
         else:
@@ -223,7 +143,7 @@ class SipUA:
             uri += f";transport={self.transport}"
         return f"<{uri}>"
 
-    async def _connect(self, peer: Address) -> _Link:
+    async def _connect(self, peer: Address) -> Link:
         assert self._nursery is not None, "call start() first"
         with trio.fail_after(self.timeout):
             tcp = await trio.open_tcp_stream(*peer)
@@ -237,7 +157,7 @@ class SipUA:
             except BaseException:
                 await trio.aclose_forcefully(stream)
                 raise
-        link = _Link(self.transport, tcp.socket.getsockname()[:2], peer, stream=stream)
+        link = Link(self.transport, tcp.socket.getsockname()[:2], peer, stream=stream)
         self._links.append(link)
         self._nursery.start_soon(self._read_stream, link)
         return link
@@ -248,37 +168,26 @@ class SipUA:
 
     # ------------------------------------------------------------------ receiving
 
-    async def _read_datagrams(self, link: _Link) -> None:
+    async def _read_datagrams(self, link: Link) -> None:
         assert link.sock is not None
         with link.sock:
             while True:
                 data, source = await link.sock.recvfrom(65535)
-                message = parse_datagram(data)
-                if not isinstance(message, KeepAlive):
+                message, _ = parse_or_raw(data)  # keep-alives and bytes that do not parse are not messages
+                if isinstance(message, Message):
                     self._deliver(link, message, data, source[:2])
 
-    async def _read_stream(self, link: _Link) -> None:
+    async def _read_stream(self, link: Link) -> None:
         assert link.stream is not None and link.peer is not None
-        framer = StreamFramer()
         try:
-            while True:
-                try:
-                    data = await link.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                framer.receive_data(data)
-                while (event := framer.next_event()) is not NEED_DATA:
-                    if event is EOF:
-                        return
-                    if not isinstance(event, KeepAlive):
-                        self._deliver(link, event, event.raw, link.peer)
-                if not data:
-                    return
+            async for item in SipStreamReader(link.stream).items():  # ends at EOF, reset, or bytes that do not frame
+                if isinstance(item, Message):
+                    self._deliver(link, item, item.raw, link.peer)
         finally:
             link.closed = True
             await trio.aclose_forcefully(link.stream)
 
-    def _deliver(self, link: _Link, message: Message, data: bytes, source: Address) -> None:
+    def _deliver(self, link: Link, message: Message, data: bytes, source: Address) -> None:
         self.log.append(Record(trio.current_time(), "received", link.transport, link.local, source, message, data))
         self._inbox.append(Incoming(message, link, source))
         self._arrival.set()
@@ -304,7 +213,7 @@ class SipUA:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send(self, link: _Link, data: bytes, dest: Address, message: Message) -> None:
+    async def _send(self, link: Link, data: bytes, dest: Address, message: Message) -> None:
         # Logged first: over loopback the answer can arrive before sendto() returns to this task.
         self.log.append(Record(trio.current_time(), "sent", link.transport, link.local, dest, message, data))
         if link.sock is not None:
@@ -314,7 +223,7 @@ class SipUA:
             async with link.send_lock:
                 await link.stream.send_all(data)
 
-    async def _link_to(self, dest: Address) -> _Link:
+    async def _link_to(self, dest: Address) -> Link:
         """The socket (UDP) or the open connection to ``dest``, else a new connection."""
         if self.transport == "udp":
             assert self._main is not None
@@ -326,7 +235,7 @@ class SipUA:
 
     def _next_hop(self, request_uri: str, route_set: Sequence[str]) -> Address:
         """Where a request with this Request-URI and route set goes (RFC 3261 §8.1.2, §12.2.1.1)."""
-        target = parse_uri(_route_uri(route_set[0]) if route_set else request_uri)
+        target = parse_uri(route_uri(route_set[0]) if route_set else request_uri)
         if route_set and "lr" not in target.params:
             raise NotImplementedError(f"strict router as first route: {route_set[0]} (this UA needs lr)")
         want = target.params.get("transport") or ("tls" if target.scheme == "sips" else "udp")
@@ -339,7 +248,7 @@ class SipUA:
 
     def _build_request(
         self,
-        link: _Link,
+        link: Link,
         method: str,
         request_uri: str,
         *,
@@ -364,7 +273,7 @@ class SipUA:
         self, dest: Address, method: str, request_uri: str, *, branch: str | None = None, **kwargs: object
     ) -> tuple[Message, str]:
         link = await self._link_to(dest)
-        branch = branch or _branch()
+        branch = branch or new_branch()
         data = self._build_request(link, method, request_uri, branch=branch, **kwargs)  # type: ignore[arg-type]
         message = parse_datagram(data)
         assert isinstance(message, Message)
@@ -438,8 +347,8 @@ class SipUA:
             self.proxy,
             "REGISTER",
             f"{registrar.scheme}:{registrar.host}",
-            call_id=_token() + "@" + self.host,
-            from_=f"<{aor}>;tag={_token()}",
+            call_id=token() + "@" + self.host,
+            from_=f"<{aor}>;tag={token()}",
             to=f"<{aor}>",
             cseq=self._next_cseq(),
             contact=False,
@@ -454,8 +363,8 @@ class SipUA:
         Raises :class:`CallFailed` when the final response is not a 2xx, after ACKing it in the INVITE's
         transaction (same branch and Request-URI, the response's To; §17.1.1.3).
         """
-        call_id = _token() + "@" + self.host
-        local = f'"{self.user}" <{self.aor}>;tag={_token()}'
+        call_id = token() + "@" + self.host
+        local = f'"{self.user}" <{self.aor}>;tag={token()}'
         cseq = self._next_cseq()
         invite, branch = await self._send_request(
             self.proxy,
@@ -526,7 +435,7 @@ class SipUA:
         """Wait for an INVITE, answer 180 (if ``ring``) and 200, wait for the ACK; the callee's dialog."""
         incoming = await self.expect("INVITE", lambda m: m.is_request and m.method == "INVITE" and m.to_tag is None)
         invite = incoming.message
-        tag = _token()
+        tag = token()
         provisional = []
         if ring:
             provisional.append(await self.reply(incoming, 180, to_tag=tag, contact=True))
