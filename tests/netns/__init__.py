@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 
 from faultlab.labnet.names import find_tool
 
@@ -17,3 +20,35 @@ def netns_skip_reason() -> str | None:
     if find_tool("ip") is None:
         return "needs the `ip` command from iproute2 (apt-get install iproute2)"
     return None
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM by PID, SIGKILL if it does not end in 10 s."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def stop_group(pid: int) -> None:
+    """Kamailio runs under setsid: its PID leads a process group holding its workers; stop that group only."""
+    try:
+        if os.getpgid(pid) != pid:
+            return
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -20,7 +20,6 @@ import os
 import random
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from faultlab.faults import load_profile
 from faultlab.labnet import lab_down, lab_up
 from faultlab.labnet.impair import clear_lab, impair_lab, lab_impairment
 from faultlab.labnet.intercept import intercept_off, intercept_on
-from tests.netns import netns_skip_reason
+from tests.netns import netns_skip_reason, stop, stop_group
 
 pytestmark = pytest.mark.netns
 
@@ -112,38 +111,6 @@ def run(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.Compl
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM by PID, SIGKILL if it does not end in 10 s."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def stop_group(pid: int) -> None:
-    """Kamailio runs under setsid: its PID leads a process group holding its workers; stop that group only."""
-    try:
-        if os.getpgid(pid) != pid:
-            return
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def missing() -> str | None:

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import pytest
 
 from faultlab.labnet import lab_down, lab_up
 from faultlab.labnet.intercept import intercept_off, intercept_on, table_exists
+from tests.netns import stop, stop_group
 
 pytestmark = pytest.mark.netns
 
@@ -167,17 +167,6 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM by PID, SIGKILL if it does not end in 10 s."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @dataclass
@@ -389,28 +378,7 @@ def kamailio(net):
         if pid is None and pidfile.is_file() and pidfile.read_text().strip().isdigit():
             pid = int(pidfile.read_text().strip())
         if pid is not None:
-            _stop_group(pid)
-
-
-def _stop_group(pid: int) -> None:
-    """Kamailio runs under setsid: its PID leads a process group holding its workers; stop that group only."""
-    try:
-        if os.getpgid(pid) != pid:
-            return
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+            stop_group(pid)
 
 
 def start_ua(n: Net, ns: str, host: str, role: str, user: str, peer: str, transport: str) -> subprocess.Popen:
