@@ -8,19 +8,18 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import ssl
 from pathlib import Path
 
 import trio
-import trustme
 from cryptography import x509
 from typer.testing import CliRunner
 
 from faultlab.cli import app
 from faultlab.addr import parse_endpoint
 from faultlab.proxy import Proxy, ProxyConfig, serve_proxy
+from tests.loopback.test_tls_upstream import tls_pbx
 
 OPTIONS = (b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.2;branch=z9hG4bKa\r\n"
            b"Call-ID: k\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
@@ -28,23 +27,7 @@ OPTIONS = (b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.2;branch=z9hG4bK
 
 async def start(nursery: trio.Nursery, tmp_path: Path, listen: str, **config: object) -> tuple[Proxy, trio.Event]:
     """A TLS PBX on 127.0.0.1 whose certificate names pbx.lab.test only, and faultlab relaying to it by IP."""
-    ca = trustme.CA()
-    pbx_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("pbx.lab.test").configure_cert(pbx_ctx)
-    ca_file = tmp_path / "pbx-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    got = trio.Event()
-
-    async def pbx(stream: trio.SocketStream) -> None:
-        tls = trio.SSLStream(stream, pbx_ctx, server_side=True)
-        try:
-            if b"OPTIONS" in await tls.receive_some():
-                got.set()
-        except trio.BrokenResourceError:
-            pass
-
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, pbx, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
+    port, ca_file, got = await tls_pbx(nursery, tmp_path, "pbx.lab.test")
     proxy = await nursery.start(serve_proxy, ProxyConfig(
         listen=[parse_endpoint(listen)], upstream=[parse_endpoint(f"tls:127.0.0.1:{port}")],
         upstream_ca=ca_file, confdir=tmp_path / "fl", **config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,7 +18,9 @@ OPTIONS = (b"OPTIONS sip:pbx SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.2;branch=z9hG4bK
            b"Call-ID: k\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
 
 
-async def run_case(nursery, tmp_path, cert_name, **config):
+async def tls_pbx(nursery: trio.Nursery, tmp_path: Path, cert_name: str) -> tuple[int, Path, trio.Event]:
+    """A TLS "PBX" on 127.0.0.1 whose certificate (from its own CA) names ``cert_name``: its port, the CA file,
+    and an event set when an OPTIONS reaches it."""
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(cert_name).configure_cert(server_ctx)
@@ -25,7 +28,7 @@ async def run_case(nursery, tmp_path, cert_name, **config):
     ca.cert_pem.write_to_path(str(ca_file))
     got = trio.Event()
 
-    async def pbx(stream):
+    async def pbx(stream: trio.SocketStream) -> None:
         tls = trio.SSLStream(stream, server_ctx, server_side=True)
         try:
             if b"OPTIONS" in await tls.receive_some():
@@ -34,7 +37,11 @@ async def run_case(nursery, tmp_path, cert_name, **config):
             pass
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, pbx, 0, host="127.0.0.1"))
-    port = listeners[0].socket.getsockname()[1]
+    return listeners[0].socket.getsockname()[1], ca_file, got
+
+
+async def run_case(nursery, tmp_path, cert_name, **config):
+    port, ca_file, got = await tls_pbx(nursery, tmp_path, cert_name)
     if not config.get("upstream_insecure"):
         config["upstream_ca"] = ca_file
     proxy = await nursery.start(serve_proxy, ProxyConfig(
