@@ -45,6 +45,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procs import free_port, proc_resources, stop  # bench/procs.py
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DEFAULT_PBX = BENCH.parents[1] / "shared" / "pbx"  # ../shared/pbx next to the repo
@@ -117,19 +119,6 @@ def core_times() -> dict[int, tuple[int, ...]]:
     return out
 
 
-def proc_resources(pids: list[int]) -> dict:
-    """Open file descriptors and resident memory (kB), summed over pids."""
-    fds = rss = 0
-    for pid in pids:
-        try:
-            fds += len(os.listdir(f"/proc/{pid}/fd"))
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        rss += int(line.split()[1])
-        except OSError:
-            pass
-    return {"fds": fds, "rss_kb": rss}
 
 
 def cpu_model() -> str:
@@ -143,21 +132,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    while True:
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        t.bind(("127.0.0.1", 0))
-        port = t.getsockname()[1]
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            u.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
 
 
 def listening(proto: str, port: int) -> bool:
@@ -176,19 +150,6 @@ def wait_listening(proto: str, port: int, proc: subprocess.Popen | None = None, 
     raise RuntimeError(f"nothing listening on {proto}:{port} after {timeout} s")
 
 
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 5) -> int | None:
-    """Stop one process we started, by its PID."""
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
 
 
 def taskset(core: int | None, cmd: list[str]) -> list[str]:
