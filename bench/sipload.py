@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+"""SIP soak load, shared by bench/soak.py and tests/reliability: a lab of two processes, a counting driver.
+
+- :class:`Lab`: a responder standing in for the PBX (this file run as a script: it answers every request
+  with a 200 over UDP, TCP and TLS; a process of its own, so it can be killed and restarted on the same
+  ports) and a real ``faultlab proxy`` in front of it, each in its own process, output to files.
+- :func:`drive`: F flows (one UDP socket or one TCP/TLS connection each) through the proxy, W requests
+  outstanding per flow, CSeq 1, 2, 3 ... per flow; for every flow it counts what was answered, lost,
+  duplicated, reordered or unexpected, and calls ``at`` hooks as the answered count passes thresholds
+  (to sample the proxy's memory mid-load). With ``timeout`` a request unanswered that long counts as
+  lost and a broken connection is opened again (a PBX restart); without it, nothing may be lost.
+- :func:`hold_idle`: N connections that do nothing, for the memory per idle connection.
+
+Runs with the virtualenv's python (trio, faultlab, trustme)::
+
+    python bench/sipload.py --udp 127.0.0.1:0 --tcp 127.0.0.1:0 --tls 127.0.0.1:0 --cert C.pem --key K.pem
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from faultlab.sip import NEED_DATA, KeepAlive, SipError, StreamFramer, build_response, parse_datagram
+from procs import proc_resources, raise_nofile, stop  # bench/procs.py
+
+HERE = Path(__file__).resolve().parent
+TRANSPORTS = ("udp", "tcp", "tls")
+RECEIVE = 65536
+UDP_BUFFER = 4 * 1024 * 1024  # the responder's socket buffers: like a real PBX's, bursts of a whole window fit
+
+
+# --------------------------------------------------------------------------- the responder (a process)
+def _answer(data: bytes | None, msg=None) -> bytes | None:
+    """The 200 to a request (None for a response, a keep-alive or what does not parse)."""
+    try:
+        msg = msg if msg is not None else parse_datagram(data)
+    except SipError:
+        return None
+    if isinstance(msg, KeepAlive) or not msg.is_request or msg.method == "ACK":
+        return None
+    return build_response(msg, 200)
+
+
+async def _respond_udp(sock: trio.socket.SocketType) -> None:
+    while True:
+        data, src = await sock.recvfrom(RECEIVE)
+        reply = _answer(data)
+        if reply is not None:
+            await sock.sendto(reply, src)
+
+
+async def _respond_stream(stream: trio.abc.Stream) -> None:
+    framer = StreamFramer()
+    try:
+        while data := await stream.receive_some(RECEIVE):
+            framer.receive_data(data)
+            replies = []
+            while (event := framer.next_event()) is not NEED_DATA:
+                if isinstance(event, KeepAlive):
+                    continue
+                if (reply := _answer(None, event)) is not None:
+                    replies.append(reply)
+            if replies:
+                await stream.send_all(b"".join(replies))
+    except (trio.BrokenResourceError, trio.ClosedResourceError, SipError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def _hostport(spec: str) -> tuple[str, int]:
+    host, _, port = spec.rpartition(":")
+    return host, int(port)
+
+
+async def respond(args: argparse.Namespace) -> None:
+    """Serve until killed; print ``ready udp:PORT tcp:PORT tls:PORT`` (those asked for) once listening."""
+    ready = []
+    async with trio.open_nursery() as nursery:
+        if args.udp:
+            sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
+            for opt in (trio.socket.SO_RCVBUF, trio.socket.SO_SNDBUF):
+                sock.setsockopt(trio.socket.SOL_SOCKET, opt, UDP_BUFFER)
+            await sock.bind(_hostport(args.udp))
+            nursery.start_soon(_respond_udp, sock)
+            ready.append(f"udp:{sock.getsockname()[1]}")
+        for name in ("tcp", "tls"):
+            spec = getattr(args, name)
+            if not spec:
+                continue
+            host, port = _hostport(spec)
+            handler = _respond_stream
+            if name == "tls":
+                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                ctx.load_cert_chain(args.cert, args.key)
+
+                async def handler(stream, ctx=ctx):
+                    await _respond_stream(trio.SSLStream(stream, ctx, server_side=True))
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+            nursery.start_soon(trio.serve_listeners, handler, listeners)
+            ready.append(f"{name}:{listeners[0].socket.getsockname()[1]}")
+        print("ready " + " ".join(ready), flush=True)
+
+
+# --------------------------------------------------------------------------- the lab: responder + proxy
+def _wait_line(path: Path, pattern: str, proc: subprocess.Popen, what: str, timeout: float = 30) -> list[re.Match]:
+    """Every match of ``pattern`` in the file ``path`` once there is one (polled: an external process)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if found := list(re.finditer(pattern, text, re.M)):
+            return found
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited ({proc.returncode}) before it was ready:\n{text[-3000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {timeout} s")
+
+
+class Lab:
+    """A responder (the PBX) and a ``faultlab proxy`` in front of it, one listener per transport, on
+    loopback; both stopped by their PIDs on leaving the block. ``proxy_args`` go to the proxy's command."""
+
+    def __init__(self, tmp: Path, transports=TRANSPORTS, proxy_args: tuple[str, ...] = (), nofile: int = 8192):
+        import trustme
+
+        self.tmp = Path(tmp)
+        self.transports = tuple(transports)
+        self.proxy_args = tuple(proxy_args)
+        raise_nofile(nofile)  # the responder and the proxy inherit it
+        ca = trustme.CA()
+        self.cert, self.ca_file = self.tmp / "responder.pem", self.tmp / "responder-ca.pem"
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(self.cert))
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "FAULTLAB_HOME": str(self.tmp / "faultlab-home")}
+        self.responder: subprocess.Popen | None = None
+        self.proxy: subprocess.Popen | None = None
+        self.responder_ports: dict[str, int] = {}
+        self.addr: dict[str, tuple[str, int]] = {}  # transport -> the proxy's address
+        self.starts = 0
+
+    def __enter__(self) -> Lab:
+        try:
+            self.start_responder()
+            self.start_proxy()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start_responder(self) -> None:
+        """Start the responder: on free ports the first time, on the same ports after a kill."""
+        self.starts += 1
+        cmd = [sys.executable, str(HERE / "sipload.py"), "--cert", str(self.cert), "--key", str(self.cert)]
+        for t in self.transports:
+            cmd += [f"--{t}", f"127.0.0.1:{self.responder_ports.get(t, 0)}"]
+        log = self.tmp / f"responder-{self.starts}.log"
+        with open(log, "wb") as out:
+            self.responder = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=self.env)
+        line = _wait_line(log, r"^ready (.*)$", self.responder, "the responder")[0].group(1)
+        self.responder_ports = {t: int(p) for t, p in (x.split(":") for x in line.split())}
+
+    def kill_responder(self) -> None:
+        """The PBX dies: SIGKILL, no goodbye (its connections are reset by the kernel)."""
+        stop(self.responder, sig=9)
+
+    def start_proxy(self) -> None:
+        cmd = [sys.executable, "-m", "faultlab", "proxy", "-q", *self.proxy_args]
+        for t in self.transports:
+            cmd += ["-l", f"{t}:127.0.0.1:0", "-u", f"{t}:127.0.0.1:{self.responder_ports[t]}"]
+        if "tls" in self.transports:
+            cmd += ["--upstream-ca", str(self.ca_file)]
+        self.proxy_cmd = cmd
+        self.proxy_log = self.tmp / "proxy.log"
+        with open(self.proxy_log, "wb") as out:
+            self.proxy = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=self.env)
+        found = _wait_line(self.proxy_log, r"^faultlab: listening on (\w+):127\.0\.0\.1:(\d+)", self.proxy,
+                           "faultlab proxy")
+        self.addr = {m.group(1): ("127.0.0.1", int(m.group(2))) for m in found}
+
+    def proxy_memory(self) -> dict:
+        """The proxy's resident memory (kB) and open descriptors, now."""
+        return proc_resources([self.proxy.pid])
+
+    def proxy_output(self) -> str:
+        return self.proxy_log.read_text(errors="replace")
+
+    def close(self) -> None:
+        for proc in (self.proxy, self.responder):
+            if proc is not None:
+                stop(proc)
+
+
+# --------------------------------------------------------------------------- the driver
+@dataclass
+class Counts:
+    """What one flow, or all of them, saw."""
+
+    sent: int = 0
+    answered: int = 0
+    lost: int = 0  # unanswered within the timeout, or outstanding when its connection broke
+    duplicated: int = 0  # a second answer to one request
+    reordered: int = 0  # an answer to a request sent before one already answered
+    unexpected: int = 0  # not a 200, or an answer to nothing this flow sent
+    late: int = 0  # an answer to a request already counted lost
+    connects: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: Counts) -> None:
+        for name in ("sent", "answered", "lost", "duplicated", "reordered", "unexpected", "late", "connects"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors += other.errors[: max(0, 10 - len(self.errors))]
+
+    def error(self, text: str) -> None:
+        if len(self.errors) < 10:
+            self.errors.append(text)
+
+
+def client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the proxy's certificate checks are tested elsewhere; not what a soak measures
+    return ctx
+
+
+async def connect(transport: str, addr: tuple[str, int], ctx: ssl.SSLContext | None = None):
+    """A connected UDP socket, a TCP stream, or a TLS stream with its handshake done."""
+    if transport == "udp":
+        sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
+        await sock.bind(("127.0.0.1", 0))
+        await sock.connect(addr)
+        return sock
+    stream = await trio.open_tcp_stream(*addr)
+    if transport == "tls":
+        stream = trio.SSLStream(stream, ctx or client_context(), server_hostname=addr[0])
+        await stream.do_handshake()
+    return stream
+
+
+def request(transport: str, flow: str, cseq: int, lport: int) -> bytes:
+    body = f"soak {flow} {cseq}\r\n".encode()
+    return (f"MESSAGE sip:bob@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/{transport.upper()} 127.0.0.1:{lport};branch=z9hG4bK-{flow}-{cseq};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:alice@127.0.0.1>;tag={flow}\r\nTo: <sip:bob@127.0.0.1>\r\n"
+            f"Call-ID: {flow}@soak\r\nCSeq: {cseq} MESSAGE\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+class _Flow:
+    """One flow: CSeq 1..count, ``window`` outstanding at most, over one connection at a time."""
+
+    def __init__(self, driver: Driver, name: str, count: int) -> None:
+        self.d = driver
+        self.name = name
+        self.count = count
+        self.c = Counts()
+        self.next = 1  # the next CSeq to send
+        self.outstanding: dict[int, float] = {}  # CSeq -> when sent
+        self.lost: set[int] = set()
+        self.highest = 0  # highest CSeq answered
+
+    def on_answer(self, data: bytes | None, msg=None) -> None:
+        try:
+            msg = msg if msg is not None else parse_datagram(data)
+            cseq = msg.cseq.number if not isinstance(msg, KeepAlive) and msg.cseq is not None else -1
+        except SipError as exc:
+            self.c.unexpected += 1
+            self.c.error(f"{self.name}: an answer that does not parse: {exc}")
+            return
+        if cseq in self.outstanding:
+            del self.outstanding[cseq]
+            self.d.window_freed(self)
+            self.c.answered += 1
+            if cseq < self.highest:
+                self.c.reordered += 1
+            self.highest = max(self.highest, cseq)
+            if msg.status != 200:
+                self.c.unexpected += 1
+                self.c.error(f"{self.name}: CSeq {cseq} answered {msg.status}")
+            self.d.answered()
+        elif cseq in self.lost:
+            self.c.late += 1
+        elif 0 < cseq < self.next:
+            self.c.duplicated += 1
+        else:
+            self.c.unexpected += 1
+
+    def give_up(self, cseqs, why: str) -> None:
+        for cseq in cseqs:
+            del self.outstanding[cseq]
+            self.lost.add(cseq)
+            self.c.lost += 1
+            self.d.window_freed(self)
+        self.c.error(f"{self.name}: {why}")
+
+    async def run(self) -> None:
+        while self.next <= self.count or self.outstanding:
+            try:
+                conn = await connect(self.d.transport, self.d.addr, self.d.ctx)
+            except (OSError, trio.BrokenResourceError) as exc:
+                self.c.error(f"{self.name}: connect: {exc}")
+                if self.d.timeout is None:
+                    return
+                await trio.sleep(self.d.timeout / 4)  # the proxy refused: try again
+                continue
+            self.c.connects += 1
+            try:
+                await self.session(conn)
+            finally:
+                if isinstance(conn, trio.abc.Stream):
+                    await trio.aclose_forcefully(conn)
+                else:
+                    conn.close()
+            if self.d.timeout is None:
+                return  # strict: a connection that broke ends the flow (what it had outstanding is lost)
+
+    async def session(self, conn) -> None:
+        udp = not isinstance(conn, trio.abc.Stream)
+        sock = conn if udp else (conn.transport_stream if isinstance(conn, trio.SSLStream) else conn).socket
+        lport = sock.getsockname()[1]
+        self.space = trio.Semaphore(max(0, self.d.window - len(self.outstanding)))
+        async with trio.open_nursery() as nursery:
+
+            async def send() -> None:
+                while self.next <= self.count:
+                    await self.space.acquire()
+                    data = request(self.d.transport, self.name, self.next, lport)
+                    self.outstanding[self.next] = trio.current_time()
+                    self.next += 1
+                    self.c.sent += 1
+                    try:
+                        await (conn.send(data) if udp else conn.send_all(data))
+                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        if not udp:
+                            return  # the reader sees the break too
+                        self.c.error(f"{self.name}: send: {exc}")
+
+            async def receive() -> None:
+                framer = StreamFramer()
+                while self.next <= self.count or self.outstanding:
+                    try:
+                        data = await (conn.recv(RECEIVE) if udp else conn.receive_some(RECEIVE))
+                    except OSError as exc:  # UDP: an ICMP error
+                        self.c.error(f"{self.name}: receive: {exc}")
+                        continue
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        data, why = b"", f"connection broken: {exc.__cause__ or exc}"
+                    else:
+                        why = "connection closed by the proxy"
+                    if udp:
+                        self.on_answer(data)
+                        continue
+                    if not data:
+                        self.give_up(list(self.outstanding), f"{why} with {len(self.outstanding)} outstanding")
+                        nursery.cancel_scope.cancel()
+                        return
+                    framer.receive_data(data)
+                    while (event := framer.next_event()) is not NEED_DATA:
+                        if not isinstance(event, KeepAlive):
+                            self.on_answer(None, event)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(send)
+            nursery.start_soon(receive)
+            if self.d.timeout is not None:
+                nursery.start_soon(self.expire)
+
+    async def expire(self) -> None:
+        """Requests unanswered for ``timeout`` seconds are lost (the PBX was down)."""
+        while True:
+            await trio.sleep(self.d.timeout / 4)
+            old = trio.current_time() - self.d.timeout
+            stale = [cseq for cseq, sent in self.outstanding.items() if sent <= old]
+            if stale:
+                self.give_up(stale, f"{len(stale)} unanswered for {self.d.timeout:g} s")
+
+
+class Driver:
+    def __init__(self, transport: str, addr: tuple[str, int], window: int, timeout: float | None,
+                 at: dict[int, Callable[[], None]]) -> None:
+        self.transport, self.addr, self.window, self.timeout = transport, addr, window, timeout
+        self.ctx = client_context() if transport == "tls" else None
+        self.total = 0
+        self.hooks = sorted(at.items())
+
+    def window_freed(self, flow: _Flow) -> None:
+        flow.space.release()
+
+    def answered(self) -> None:
+        self.total += 1
+        while self.hooks and self.total >= self.hooks[0][0]:
+            self.hooks.pop(0)[1]()
+
+
+async def drive(transport: str, addr: tuple[str, int], *, flows: int, per_flow: int, window: int,
+                timeout: float | None = None, at: dict[int, Callable[[], None]] | None = None) -> Counts:
+    """Run the load; the sum of every flow's :class:`Counts`. ``at``: answered count -> hook."""
+    driver = Driver(transport, addr, window, timeout, at or {})
+    all_flows = [_Flow(driver, f"f{i}-{os.getpid()}", per_flow) for i in range(flows)]
+    async with trio.open_nursery() as nursery:
+        for flow in all_flows:
+            nursery.start_soon(flow.run)
+    total = Counts()
+    for flow in all_flows:
+        total.add(flow.c)
+    return total
+
+
+async def hold_idle(transport: str, addr: tuple[str, int], count: int, *, opening: int = 64):
+    """Open ``count`` connections (TLS: handshakes done), at most ``opening`` at a time; the list of them."""
+    conns: list[trio.abc.Stream] = []
+    limit = trio.CapacityLimiter(opening)
+    ctx = client_context()
+
+    async def one() -> None:
+        async with limit:
+            conns.append(await connect(transport, addr, ctx))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(one)
+    return conns
+
+
+@dataclass
+class Soak:
+    """A soak's counts, its time, and the proxy's resident memory (kB) at fractions of the load."""
+
+    counts: Counts
+    seconds: float
+    rss_kb: dict[float, int]
+
+    def growth_kb(self, start: float, end: float) -> int:
+        return self.rss_kb[end] - self.rss_kb[start]
+
+
+def soak(lab: Lab, transport: str, *, flows: int, per_flow: int, window: int, timeout: float | None = None,
+         marks: tuple[float, ...] = (0.1, 0.5, 1.0)) -> Soak:
+    """flows x per_flow transactions through the lab's proxy, sampling its memory as the answered count
+    passes each of ``marks`` (fractions of the total)."""
+    from functools import partial
+
+    rss: dict[float, int] = {}
+    total = flows * per_flow
+    at = {max(1, int(total * mark)): partial(lambda m: rss.__setitem__(m, lab.proxy_memory()["rss_kb"]), mark)
+          for mark in marks}
+    start = time.monotonic()
+    counts = trio.run(partial(drive, transport, lab.addr[transport], flows=flows, per_flow=per_flow,
+                              window=window, timeout=timeout, at=at))
+    return Soak(counts, time.monotonic() - start, rss)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="The soak's responder: a 200 to every request.")
+    for t in TRANSPORTS:
+        p.add_argument(f"--{t}", metavar="HOST:PORT", help=f"answer over {t.upper()} here (port 0: any)")
+    p.add_argument("--cert", help="PEM with the TLS key and certificate chain")
+    p.add_argument("--key", help="PEM with the TLS key (may be --cert's file)")
+    trio.run(respond, p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
