@@ -91,7 +91,13 @@ class StreamWriter:
             # Messages are written whole or not at all, even if the relay is stopping.
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(SEND_TIMEOUT) as timeout:
-                    await self.stream.send_all(data)
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        # the other side went away (a PBX that crashed): this pair ends, not the relay
+                        cause = exc.__cause__ or exc.__context__
+                        raise Closed("reset" if isinstance(cause, (ConnectionResetError, BrokenPipeError))
+                                     else "error") from exc
         if timeout.cancelled_caught:
             raise Closed("error")
         for step in batch:
