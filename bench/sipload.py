@@ -135,6 +135,7 @@ class Lab:
         import trustme
 
         self.tmp = Path(tmp)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.transports = tuple(transports)
         self.proxy_args = tuple(proxy_args)
         raise_nofile(nofile)  # the responder and the proxy inherit it
@@ -309,15 +310,18 @@ class _Flow:
         self.c.error(f"{self.name}: {why}")
 
     async def run(self) -> None:
+        failing_since = None
         while self.next <= self.count or self.outstanding:
             try:
                 conn = await connect(self.d.transport, self.d.addr, self.d.ctx)
             except (OSError, trio.BrokenResourceError) as exc:
-                self.c.error(f"{self.name}: connect: {exc}")
-                if self.d.timeout is None:
-                    return
-                await trio.sleep(self.d.timeout / 4)  # the proxy refused: try again
+                self.c.error(f"{self.name}: connect: {exc!r}")
+                failing_since = failing_since or trio.current_time()
+                if self.d.timeout is None or trio.current_time() - failing_since > 5 * self.d.timeout:
+                    return  # the proxy is gone
+                await trio.sleep(self.d.timeout / 4)  # try again
                 continue
+            failing_since = None
             self.c.connects += 1
             try:
                 await self.session(conn)
@@ -328,6 +332,7 @@ class _Flow:
                     conn.close()
             if self.d.timeout is None:
                 return  # strict: a connection that broke ends the flow (what it had outstanding is lost)
+            await trio.sleep(self.d.timeout / 4)  # then open it again, as a phone would
 
     async def session(self, conn) -> None:
         udp = not isinstance(conn, trio.abc.Stream)
@@ -391,34 +396,51 @@ class _Flow:
 
 
 class Driver:
-    def __init__(self, transport: str, addr: tuple[str, int], window: int, timeout: float | None,
-                 at: dict[int, Callable[[], None]]) -> None:
+    """The flows of one transport; ``total`` answered so far. ``mark()`` starts watching for the first answer
+    after a moment (``recovered``: how long after it, in seconds)."""
+
+    def __init__(self, transport: str, addr: tuple[str, int], window: int, timeout: float | None = None,
+                 at: dict[int, Callable[[], None]] | None = None) -> None:
         self.transport, self.addr, self.window, self.timeout = transport, addr, window, timeout
         self.ctx = client_context() if transport == "tls" else None
         self.total = 0
-        self.hooks = sorted(at.items())
+        self.hooks = sorted((at or {}).items())
+        self.marked: float | None = None
+        self.recovered: float | None = None
 
     def window_freed(self, flow: _Flow) -> None:
         flow.space.release()
 
     def answered(self) -> None:
         self.total += 1
+        if self.marked is not None and self.recovered is None:
+            self.recovered = trio.current_time() - self.marked
         while self.hooks and self.total >= self.hooks[0][0]:
             self.hooks.pop(0)[1]()
+
+    def mark(self) -> None:
+        self.marked, self.recovered = trio.current_time(), None
+
+    async def run(self, flows: int, per_flow: int) -> Counts:
+        """Run the load; the sum of every flow's :class:`Counts`."""
+        self.flows = [_Flow(self, f"f{i}-{os.getpid()}", per_flow) for i in range(flows)]
+        async with trio.open_nursery() as nursery:
+            for flow in self.flows:
+                nursery.start_soon(flow.run)
+        return self.counts()
+
+    def counts(self) -> Counts:
+        """The sum of every flow's counts so far."""
+        total = Counts()
+        for flow in getattr(self, "flows", []):
+            total.add(flow.c)
+        return total
 
 
 async def drive(transport: str, addr: tuple[str, int], *, flows: int, per_flow: int, window: int,
                 timeout: float | None = None, at: dict[int, Callable[[], None]] | None = None) -> Counts:
     """Run the load; the sum of every flow's :class:`Counts`. ``at``: answered count -> hook."""
-    driver = Driver(transport, addr, window, timeout, at or {})
-    all_flows = [_Flow(driver, f"f{i}-{os.getpid()}", per_flow) for i in range(flows)]
-    async with trio.open_nursery() as nursery:
-        for flow in all_flows:
-            nursery.start_soon(flow.run)
-    total = Counts()
-    for flow in all_flows:
-        total.add(flow.c)
-    return total
+    return await Driver(transport, addr, window, timeout, at).run(flows, per_flow)
 
 
 async def hold_idle(transport: str, addr: tuple[str, int], count: int, *, opening: int = 64):
@@ -463,6 +485,30 @@ def soak(lab: Lab, transport: str, *, flows: int, per_flow: int, window: int, ti
     counts = trio.run(partial(drive, transport, lab.addr[transport], flows=flows, per_flow=per_flow,
                               window=window, timeout=timeout, at=at))
     return Soak(counts, time.monotonic() - start, rss)
+
+
+async def transact_each(transport: str, conns: list, *, at_once: int = 64) -> Counts:
+    """One MESSAGE and its answer on each connection of :func:`hold_idle`, which stays open."""
+    counts = Counts()
+    limit = trio.CapacityLimiter(at_once)
+
+    async def one(i: int, stream: trio.abc.Stream) -> None:
+        async with limit:
+            sock = (stream.transport_stream if isinstance(stream, trio.SSLStream) else stream).socket
+            await stream.send_all(request(transport, f"idle{i}-{os.getpid()}", 1, sock.getsockname()[1]))
+            counts.sent += 1
+            framer = StreamFramer()
+            while (data := await stream.receive_some(RECEIVE)):
+                framer.receive_data(data)
+                if (event := framer.next_event()) is not NEED_DATA:
+                    counts.answered += event.status == 200
+                    return
+            counts.lost += 1
+
+    async with trio.open_nursery() as nursery:
+        for i, stream in enumerate(conns):
+            nursery.start_soon(one, i, stream)
+    return counts
 
 
 def main() -> None:
