@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """SIP soak load, shared by bench/soak.py and tests/reliability: a lab of two processes, a counting driver.
 
-- :class:`Lab`: a responder standing in for the PBX (this file run as a script: it answers every request
-  with a 200 over UDP, TCP and TLS; a process of its own, so it can be killed and restarted on the same
-  ports) and a real ``faultlab proxy`` in front of it, each in its own process, output to files.
+- :class:`Lab`: a responder standing in for the PBX (bench/responder.py: a 200 to every request over UDP,
+  TCP and TLS; a process of its own, so it can be killed and restarted on the same ports) and a real
+  ``faultlab proxy`` in front of it, each in its own process, output to files.
 - :func:`drive`: F flows (one UDP socket or one TCP/TLS connection each) through the proxy, W requests
   outstanding per flow, CSeq 1, 2, 3 ... per flow; for every flow it counts what was answered, lost,
   duplicated, reordered or unexpected, and calls ``at`` hooks as the answered count passes thresholds
@@ -11,14 +10,11 @@
   lost and a broken connection is opened again (a PBX restart); without it, nothing may be lost.
 - :func:`hold_idle`: N connections that do nothing, for the memory per idle connection.
 
-Runs with the virtualenv's python (trio, faultlab, trustme)::
-
-    python bench/sipload.py --udp 127.0.0.1:0 --tcp 127.0.0.1:0 --tls 127.0.0.1:0 --cert C.pem --key K.pem
+Runs with the virtualenv's python (trio, faultlab, trustme).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import ssl
@@ -31,86 +27,12 @@ from pathlib import Path
 
 import trio
 
-from faultlab.sip import NEED_DATA, KeepAlive, SipError, StreamFramer, build_response, parse_datagram
+from faultlab.sip import NEED_DATA, KeepAlive, SipError, StreamFramer, parse_datagram
 from procs import proc_resources, raise_nofile, stop  # bench/procs.py
 
 HERE = Path(__file__).resolve().parent
 TRANSPORTS = ("udp", "tcp", "tls")
 RECEIVE = 65536
-UDP_BUFFER = 4 * 1024 * 1024  # the responder's socket buffers: like a real PBX's, bursts of a whole window fit
-
-
-# --------------------------------------------------------------------------- the responder (a process)
-def _answer(data: bytes | None, msg=None) -> bytes | None:
-    """The 200 to a request (None for a response, a keep-alive or what does not parse)."""
-    try:
-        msg = msg if msg is not None else parse_datagram(data)
-    except SipError:
-        return None
-    if isinstance(msg, KeepAlive) or not msg.is_request or msg.method == "ACK":
-        return None
-    return build_response(msg, 200)
-
-
-async def _respond_udp(sock: trio.socket.SocketType) -> None:
-    while True:
-        data, src = await sock.recvfrom(RECEIVE)
-        reply = _answer(data)
-        if reply is not None:
-            await sock.sendto(reply, src)
-
-
-async def _respond_stream(stream: trio.abc.Stream) -> None:
-    framer = StreamFramer()
-    try:
-        while data := await stream.receive_some(RECEIVE):
-            framer.receive_data(data)
-            replies = []
-            while (event := framer.next_event()) is not NEED_DATA:
-                if isinstance(event, KeepAlive):
-                    continue
-                if (reply := _answer(None, event)) is not None:
-                    replies.append(reply)
-            if replies:
-                await stream.send_all(b"".join(replies))
-    except (trio.BrokenResourceError, trio.ClosedResourceError, SipError):
-        pass
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-def _hostport(spec: str) -> tuple[str, int]:
-    host, _, port = spec.rpartition(":")
-    return host, int(port)
-
-
-async def respond(args: argparse.Namespace) -> None:
-    """Serve until killed; print ``ready udp:PORT tcp:PORT tls:PORT`` (those asked for) once listening."""
-    ready = []
-    async with trio.open_nursery() as nursery:
-        if args.udp:
-            sock = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
-            for opt in (trio.socket.SO_RCVBUF, trio.socket.SO_SNDBUF):
-                sock.setsockopt(trio.socket.SOL_SOCKET, opt, UDP_BUFFER)
-            await sock.bind(_hostport(args.udp))
-            nursery.start_soon(_respond_udp, sock)
-            ready.append(f"udp:{sock.getsockname()[1]}")
-        for name in ("tcp", "tls"):
-            spec = getattr(args, name)
-            if not spec:
-                continue
-            host, port = _hostport(spec)
-            handler = _respond_stream
-            if name == "tls":
-                ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                ctx.load_cert_chain(args.cert, args.key)
-
-                async def handler(stream, ctx=ctx):
-                    await _respond_stream(trio.SSLStream(stream, ctx, server_side=True))
-            listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
-            nursery.start_soon(trio.serve_listeners, handler, listeners)
-            ready.append(f"{name}:{listeners[0].socket.getsockname()[1]}")
-        print("ready " + " ".join(ready), flush=True)
 
 
 # --------------------------------------------------------------------------- the lab: responder + proxy
@@ -165,7 +87,7 @@ class Lab:
     def start_responder(self) -> None:
         """Start the responder: on free ports the first time, on the same ports after a kill."""
         self.starts += 1
-        cmd = [sys.executable, str(HERE / "sipload.py"), "--cert", str(self.cert), "--key", str(self.cert)]
+        cmd = [sys.executable, str(HERE / "responder.py"), "--cert", str(self.cert), "--key", str(self.cert)]
         for t in self.transports:
             cmd += [f"--{t}", f"127.0.0.1:{self.responder_ports.get(t, 0)}"]
         log = self.tmp / f"responder-{self.starts}.log"
@@ -509,16 +431,3 @@ async def transact_each(transport: str, conns: list, *, at_once: int = 64) -> Co
         for i, stream in enumerate(conns):
             nursery.start_soon(one, i, stream)
     return counts
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description="The soak's responder: a 200 to every request.")
-    for t in TRANSPORTS:
-        p.add_argument(f"--{t}", metavar="HOST:PORT", help=f"answer over {t.upper()} here (port 0: any)")
-    p.add_argument("--cert", help="PEM with the TLS key and certificate chain")
-    p.add_argument("--key", help="PEM with the TLS key (may be --cert's file)")
-    trio.run(respond, p.parse_args())
-
-
-if __name__ == "__main__":
-    main()

@@ -32,9 +32,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 
 import trio
