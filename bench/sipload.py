@@ -15,6 +15,7 @@ Runs with the virtualenv's python (trio, faultlab, trustme).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
@@ -331,7 +332,8 @@ class Driver:
         self.recovered: float | None = None
 
     def window_freed(self, flow: _Flow) -> None:
-        flow.space.release()
+        if hasattr(flow, "space"):
+            flow.space.release()
 
     def answered(self) -> None:
         self.total += 1
@@ -343,12 +345,17 @@ class Driver:
     def mark(self) -> None:
         self.marked, self.recovered = trio.current_time(), None
 
-    async def run(self, flows: int, per_flow: int) -> Counts:
-        """Run the load; the sum of every flow's :class:`Counts`."""
+    async def run(self, flows: int, per_flow: int, deadline: float = math.inf) -> Counts:
+        """Run the load; the sum of every flow's :class:`Counts`. What is unanswered after ``deadline``
+        seconds is lost (and what was never sent is missing from ``sent``)."""
         self.flows = [_Flow(self, f"f{i}-{os.getpid()}", per_flow) for i in range(flows)]
-        async with trio.open_nursery() as nursery:
-            for flow in self.flows:
-                nursery.start_soon(flow.run)
+        with trio.move_on_after(deadline):
+            async with trio.open_nursery() as nursery:
+                for flow in self.flows:
+                    nursery.start_soon(flow.run)
+        for flow in self.flows:
+            if flow.outstanding:
+                flow.give_up(list(flow.outstanding), f"{len(flow.outstanding)} unanswered at the deadline")
         return self.counts()
 
     def counts(self) -> Counts:
@@ -360,9 +367,10 @@ class Driver:
 
 
 async def drive(transport: str, addr: tuple[str, int], *, flows: int, per_flow: int, window: int,
-                timeout: float | None = None, at: dict[int, Callable[[], None]] | None = None) -> Counts:
+                timeout: float | None = None, at: dict[int, Callable[[], None]] | None = None,
+                deadline: float = math.inf) -> Counts:
     """Run the load; the sum of every flow's :class:`Counts`. ``at``: answered count -> hook."""
-    return await Driver(transport, addr, window, timeout, at).run(flows, per_flow)
+    return await Driver(transport, addr, window, timeout, at).run(flows, per_flow, deadline)
 
 
 async def hold_idle(transport: str, addr: tuple[str, int], count: int, *, opening: int = 64):
@@ -394,7 +402,7 @@ class Soak:
 
 
 def soak(lab: Lab, transport: str, *, flows: int, per_flow: int, window: int, timeout: float | None = None,
-         marks: tuple[float, ...] = (0.1, 0.5, 1.0)) -> Soak:
+         marks: tuple[float, ...] = (0.1, 0.5, 1.0), deadline: float = math.inf) -> Soak:
     """flows x per_flow transactions through the lab's proxy, sampling its memory as the answered count
     passes each of ``marks`` (fractions of the total)."""
     from functools import partial
@@ -405,7 +413,7 @@ def soak(lab: Lab, transport: str, *, flows: int, per_flow: int, window: int, ti
           for mark in marks}
     start = time.monotonic()
     counts = trio.run(partial(drive, transport, lab.addr[transport], flows=flows, per_flow=per_flow,
-                              window=window, timeout=timeout, at=at))
+                              window=window, timeout=timeout, at=at, deadline=deadline))
     return Soak(counts, time.monotonic() - start, rss)
 
 
