@@ -39,7 +39,8 @@ async def _respond_udp(sock: trio.socket.SocketType) -> None:
             await sock.sendto(reply, src)
 
 
-async def _respond_stream(stream: trio.abc.Stream) -> None:
+async def respond_stream(stream: trio.abc.Stream) -> None:
+    """A 200 to every request on ``stream`` until it ends; then close it."""
     framer = StreamFramer()
     try:
         while data := await stream.receive_some(RECEIVE):
@@ -68,7 +69,7 @@ def _tls(cert: str, key: str):
     ctx.load_cert_chain(cert, key)
 
     async def handler(stream: trio.SocketStream) -> None:
-        await _respond_stream(trio.SSLStream(stream, ctx, server_side=True))
+        await respond_stream(trio.SSLStream(stream, ctx, server_side=True))
     return handler
 
 
@@ -88,7 +89,7 @@ async def respond(args: argparse.Namespace) -> None:
             if not spec:
                 continue
             host, port = _hostport(spec)
-            handler = _respond_stream if name == "tcp" else _tls(args.cert, args.key)
+            handler = respond_stream if name == "tcp" else _tls(args.cert, args.key)
             listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
             nursery.start_soon(trio.serve_listeners, handler, listeners)
             ready.append(f"{name}:{listeners[0].socket.getsockname()[1]}")

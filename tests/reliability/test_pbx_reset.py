@@ -9,10 +9,11 @@ import socket
 import struct
 
 import trio
+from responder import respond_stream  # bench/responder.py (conftest.py puts bench/ on the path)
 
 from faultlab.addr import parse_endpoint
 from faultlab.proxy import ProxyConfig, serve_proxy
-from faultlab.sip import NEED_DATA, StreamFramer, build_response
+from faultlab.sip import NEED_DATA, StreamFramer
 
 
 def message(n: int) -> bytes:
@@ -26,11 +27,7 @@ async def test_a_pbx_that_resets_mid_load_ends_the_pair_not_the_proxy(nursery) -
 
     async def pbx(stream: trio.SocketStream) -> None:
         if healthy.is_set():  # after the resets: answer, as a restarted PBX does
-            framer = StreamFramer()
-            while data := await stream.receive_some(65536):
-                framer.receive_data(data)
-                while (event := framer.next_event()) is not NEED_DATA:
-                    await stream.send_all(build_response(event, 200))
+            await respond_stream(stream)
             return
         await stream.receive_some(65536)  # the first bytes, then a crash: RST
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -8,13 +8,10 @@ idle connections and a PBX restart; the figures are in docs/RELIABILITY.md.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # bench/sipload.py, shared with bench/soak.py
-import sipload  # noqa: E402
+import sipload  # bench/sipload.py (conftest.py puts bench/ on the path), shared with bench/soak.py
 
 FLOWS, PER_FLOW, WINDOW = 20, 500, 8
 # Growth of the proxy's resident memory from half-way to the end of the load. Measured: 4-230 KiB. A leak of
