@@ -230,13 +230,13 @@ async def relay_from(relay: Relay, paths: DatagramScheduler, src: Datagrams, wha
 class _UdpListener:
     """One UDP listen socket and the flows of its devices."""
 
-    def __init__(self, relay: Relay, listener: Datagrams, bound: tuple[str, int], up_family: int,
+    def __init__(self, relay: Relay, listener: Datagrams, family: int, bound: tuple[str, int], up_family: int,
                  up_addr: tuple[str, int]) -> None:
         self.relay = relay
         self.listener = listener
         self.bound = bound
         self.wildcard = bound[0] in ("0.0.0.0", "::")
-        self.family = listener.sock.family
+        self.family = family
         self.up_family = up_family
         self.up_addr = up_addr
         self.idle = relay.config.udp_idle_timeout
@@ -358,7 +358,7 @@ async def serve_udp(
         bound = sock.getsockname()[:2]
         relay.emit("listening", transport="udp", peer=format_hostport(*bound),
                    detail={"upstream": f"udp:{format_hostport(*up_addr)}"})
-        flows = _UdpListener(relay, listener, bound, up_family, up_addr)
+        flows = _UdpListener(relay, listener, family, bound, up_family, up_addr)
         async with trio.open_nursery() as nursery:
             task_status.started(bound)
             await flows.serve(nursery)
