@@ -95,7 +95,7 @@ async def _pump(relay: Relay, src: trio.abc.Stream, forward: StreamWriter, back:
                 continue
             if item.too_large:  # not relayed raw: the connection is closed
                 await flush()
-                relay.too_large(item.data, hop, reader.framer.max_message_size, stream=True)
+                relay.too_large(item.data, hop, reader.framer.max_message_size, stream=True, error=item.error)
                 return "too-large"
             if item.error is not None:
                 relay.warn(f"cannot frame the stream ({item.error}): relaying it raw from here on",

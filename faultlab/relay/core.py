@@ -191,7 +191,7 @@ class Relay:
                       detail={"how": how, "rules": rules}, **fields)
         return plan
 
-    def too_large(self, data: bytes, hop: Hop, limit: int, *, stream: bool = False) -> Plan:
+    def too_large(self, data: bytes, hop: Hop, limit: int, *, stream: bool = False, error: str | None = None) -> Plan:
         """``data`` is larger than the size limit (``--max-message-size``): record it as received and say what
         becomes of it. On a stream the connection is closed (the caller closes it; a warning says so); a
         datagram that is a request is answered ``513 Message Too Large`` (RFC 3261 §21.5.14), any other dropped."""
@@ -209,13 +209,14 @@ class Relay:
             fields.update(_message_fields(msg))
         summary = msg.summary() if msg is not None else f"unparsed {len(data)} bytes"
         why = f"larger than {limit} octets (--max-message-size)"
+        error = error or f"message {why}"
         self.emit("received", peer=peer, raw=data, summary=summary, parsed=msg is not None,
-                  detail={"error": f"message {why}"}, **fields)
+                  detail={"error": error}, **fields)
         plan = Plan(received_at=arrived)
         if stream:
-            self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{why}: connection closed"}, **fields)
-            self.warn(f"message {why}: closing the connection; a larger --max-message-size lets such messages "
-                      "through", peer=peer, **fields)
+            self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{error}: connection closed"}, **fields)
+            self.warn(f"{error}: closing the connection (--max-message-size is {limit} octets; a larger one lets "
+                      "such messages through)", peer=peer, **fields)
         elif msg is not None and msg.is_request and msg.method != "ACK":
             back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
             response = build_response(msg, 513)
