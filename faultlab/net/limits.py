@@ -176,6 +176,11 @@ async def serve_bounded(relay: Relay, transport: str, handler: Callable[[trio.So
     async def run_handler(stream: trio.SocketStream) -> None:
         try:
             await handler(stream)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # e.g. a connection reset while it waited in the backlog: getpeername() fails. One connection's
+            # error ends that connection, never the listener.
+            relay.warn(f"{transport} connection ended by an error: {exc.__cause__ or exc}", transport=transport,
+                       peer=_peer_of(stream))
         finally:
             slots.used -= 1
             await trio.aclose_forcefully(stream)

@@ -102,14 +102,17 @@ async def test_a_new_device_at_max_flows_closes_the_flow_idle_longest(clock) -> 
 class StarvedListener(trio.abc.Listener[trio.abc.Stream]):
     """accept() fails with ``error`` until ``starved`` is cleared, then hands out memory streams."""
 
-    def __init__(self, error: int) -> None:
+    def __init__(self, error: int, connections: int | None = None) -> None:
         self.error = error
         self.starved = True
         self.accepts = 0
+        self.connections = connections  # how many clients connect (None: without end)
         self.clients: list[trio.abc.Stream] = []
 
     async def accept(self) -> trio.abc.Stream:
         await trio.sleep(0)
+        if not self.starved and self.connections is not None and len(self.clients) >= self.connections:
+            await trio.sleep_forever()
         self.accepts += 1
         if self.starved:
             raise OSError(self.error, "Too many open files")
@@ -156,7 +159,7 @@ async def test_accept_out_of_descriptors_backs_off_with_one_warning_a_second_and
 
 async def test_connections_over_max_connections_are_closed_at_once_with_a_trace_event(clock) -> None:
     relay = relay_for_test()
-    listener = StarvedListener(errno.EMFILE)
+    listener = StarvedListener(errno.EMFILE, connections=5)
     listener.starved = False
     release = trio.Event()
     running = []
@@ -168,14 +171,6 @@ async def test_connections_over_max_connections_are_closed_at_once_with_a_trace_
     slots = Slots(2)
     slots.full, slots.starved = Throttle(relay), Throttle(relay)
     async with trio.open_nursery() as nursery:
-        original = listener.accept
-
-        async def accept_five():
-            if listener.accepts >= 5:
-                await trio.sleep_forever()
-            return await original()
-
-        listener.accept = accept_five
         nursery.start_soon(serve_bounded, relay, "tcp", handler, [listener], slots, nursery)
         await trio.testing.wait_all_tasks_blocked()
         assert len(running) == 2 and slots.used == 2
@@ -189,3 +184,26 @@ async def test_connections_over_max_connections_are_closed_at_once_with_a_trace_
     assert len(refused) == 3 and refused[0].detail == {"reason": "max-connections", "limit": 2}
     warnings = [e for e in relay.events if e.kind == "warning"]
     assert len(warnings) == 1 and "--max-connections" in warnings[0].detail["message"]
+
+
+async def test_a_connection_whose_handler_fails_with_an_os_error_ends_alone(clock) -> None:
+    relay = relay_for_test()
+    listener = StarvedListener(errno.EMFILE, connections=5)
+    listener.starved = False
+    handled = []
+
+    async def handler(stream) -> None:
+        handled.append(stream)
+        if len(handled) == 1:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")  # reset while in the backlog
+        await trio.sleep_forever()
+
+    slots = Slots(5)
+    slots.full, slots.starved = Throttle(relay), Throttle(relay)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_bounded, relay, "tcp", handler, [listener], slots, nursery)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(handled) == 5 and slots.used == 4  # the listener went on; the failed one gave its slot back
+        nursery.cancel_scope.cancel()
+    warning = next(e for e in relay.events if e.kind == "warning")
+    assert "not connected" in warning.detail["message"]
