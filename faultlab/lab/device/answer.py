@@ -68,7 +68,7 @@ class Answering:
     def _dest(self, request: Message, source: Address) -> Address:
         """Where a response goes on UDP: the source with rport (RFC 3581), else the Via's port (§18.2.2)."""
         via = request.top_via
-        port = source[1] if via.rport is not None or via.port is None else via.port
+        port = source[1] if via.rport is not None else via.port or 5060
         return source[0], port
 
     def _sdp(self) -> bytes:
