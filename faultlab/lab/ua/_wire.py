@@ -45,14 +45,8 @@ RECEIVE_SIZE = 65535
 
 # What a softphone offers: one PCMU audio stream. Nothing listens on the RTP port; no media flows.
 SDP_TEMPLATE = (
-    "v=0\r\n"
-    "o={user} 1 1 IN {ipv} {host}\r\n"
-    "s={session}\r\n"
-    "c=IN {ipv} {host}\r\n"
-    "t=0 0\r\n"
-    "m=audio {rtp_port} RTP/AVP 0\r\n"
-    "a=rtpmap:0 PCMU/8000\r\n"
-    "a=sendrecv\r\n"
+    "v=0\r\no={user} 1 1 IN {ipv} {host}\r\ns={session}\r\nc=IN {ipv} {host}\r\nt=0 0\r\n"
+    "m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
 )
 
 
@@ -89,23 +83,12 @@ Observer = Callable[[str, Link, Address, Message, bytes], None]
 class UAWire:
     """The links of one SIP UA (all of one ``transport``) and the messages over them. :meth:`start` it first."""
 
-    def __init__(
-        self,
-        transport: str,
-        *,
-        user: str,
-        on_message: Callable[[Incoming], Awaitable[None]],
-        host: str = "127.0.0.1",
-        user_agent: str = "faultlab",
-        session: str = "faultlab",
-        observer: Observer | None = None,
-        on_unframed: Callable[[Link, Unframed], None] | None = None,
-        on_closed: Callable[[Link, bool], None] | None = None,
-        pong: bool = False,
-        ca_file: str | Path | None = None,
-        tls_server_name: str | None = None,
-        connect_timeout: float = math.inf,
-    ) -> None:
+    def __init__(self, transport: str, *, user: str, on_message: Callable[[Incoming], Awaitable[None]],
+                 host: str = "127.0.0.1", user_agent: str = "faultlab", session: str = "faultlab",
+                 observer: Observer | None = None, on_unframed: Callable[[Link, Unframed], None] | None = None,
+                 on_closed: Callable[[Link, bool], None] | None = None, pong: bool = False,
+                 ca_file: str | Path | None = None, tls_server_name: str | None = None,
+                 connect_timeout: float = math.inf) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         self.transport = transport
@@ -180,7 +163,7 @@ class UAWire:
         return await self.connect(peer)
 
     async def close(self, link: Link) -> None:
-        """Close ``link`` (this UA's doing); its reading ends (``on_closed`` hears ``ended``)."""
+        """Close ``link`` (this UA's doing); its reading ends, as at an EOF."""
         link.gone.set()
         if link.sock is not None:
             link.sock.close()
@@ -209,7 +192,7 @@ class UAWire:
                 while True:
                     try:
                         data, source = await sock.recvfrom(RECEIVE_SIZE)
-                    except OSError:
+                    except (OSError, trio.ClosedResourceError):
                         if link.closed or sock.fileno() < 0:
                             return
                         continue  # an error a datagram left behind (e.g. ICMP unreachable): not the socket's end
@@ -232,7 +215,7 @@ class UAWire:
                             self.on_unframed(link, item)
                     elif self.pong and item.raw == b"\r\n\r\n" and not await self._pong(link):
                         break
-                ended = True
+                ended = not link.reading.cancel_called  # aclose() may close the stream before the cancel lands
         finally:
             self._over(link, ended)
             await trio.aclose_forcefully(link.stream)
@@ -276,23 +259,9 @@ class UAWire:
             async with link.send_lock:
                 await link.stream.send_all(data)
 
-    def request(
-        self,
-        method: str,
-        request_uri: str,
-        *,
-        local: Address,
-        branch: str,
-        call_id: str,
-        from_: str,
-        to: str,
-        cseq: int,
-        routes: Sequence[str] = (),
-        contact: str | None = None,
-        headers: Sequence[tuple[str, str]] = (),
-        body: bytes = b"",
-        content_type: str | None = None,
-    ) -> bytes:
+    def request(self, method: str, request_uri: str, *, local: Address, branch: str, call_id: str, from_: str, to: str,
+                cseq: int, routes: Sequence[str] = (), contact: str | None = None,
+                headers: Sequence[tuple[str, str]] = (), body: bytes = b"", content_type: str | None = None) -> bytes:
         """A request sent from ``local`` (the Via's sent-by), with ``rport`` and this UA's User-Agent."""
         return build_request(
             method, request_uri,
@@ -300,17 +269,8 @@ class UAWire:
             from_=from_, to=to, call_id=call_id, cseq=cseq, routes=routes, contact=contact,
             headers=[*headers, ("User-Agent", self.user_agent)], body=body, content_type=content_type)
 
-    def response(
-        self,
-        request: Message,
-        status: int,
-        reason: str | None = None,
-        *,
-        to_tag: str | None = None,
-        contact: str | None = None,
-        body: bytes = b"",
-        content_type: str | None = None,
-    ) -> bytes:
+    def response(self, request: Message, status: int, reason: str | None = None, *, to_tag: str | None = None,
+                 contact: str | None = None, body: bytes = b"", content_type: str | None = None) -> bytes:
         headers = []
         if request.method == "INVITE" and 100 < status < 300:  # the UAS copies Record-Route (§12.1.1)
             headers += [("Record-Route", rr) for rr in request.get_all("Record-Route")]
