@@ -215,8 +215,9 @@ class Relay:
         plan = Plan(received_at=arrived)
         if stream:
             self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{error}: connection closed"}, **fields)
-            self.warn(f"{error}: closing the connection (--max-message-size is {limit} octets; a larger one lets "
-                      "such messages through)", peer=peer, **fields)
+            advice = (f" (--max-message-size is {limit} octets; a larger one lets such messages through)"
+                      if "octets" in error else "")
+            self.warn(f"{error}: closing the connection{advice}", peer=peer, **fields)
         elif msg is not None and msg.is_request and msg.method != "ACK":
             back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
             response = build_response(msg, 513)
