@@ -163,3 +163,15 @@ def test_a_sink_that_fails_is_logged_once_and_the_timeline_goes_on(caplog: pytes
             trace.emit(Event(float(i), "warning"))
     assert len(got) == 3 and len(trace.events) == 3
     assert len([r for r in caplog.records if "trace sink" in r.getMessage()]) == 1
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=ANY_TEXT, raw=st.binary(min_size=1, max_size=200))
+def test_any_text_and_bytes_in_a_pcap(tmp_path: Path, text: str, raw: bytes) -> None:
+    from faultlab.trace import write_pcap
+
+    events = [Event(0.0, "start", detail={"listen": [text], "upstream": [f"udp:{text}"]}),
+              Event(0.1, "flow-open", flow="u1", transport="udp", peer=text, detail={"pbx_side": text}),
+              event_with(text, raw), Event(0.3, "sent", flow="u1", direction="to-pbx", transport="udp", peer=text,
+                                           raw=raw)]
+    write_pcap(events, tmp_path / "t.pcap")
