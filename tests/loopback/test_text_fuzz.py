@@ -15,6 +15,8 @@ import os
 import random
 import re
 import ssl
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -255,8 +257,9 @@ async def test_bytes_that_are_not_utf8_in_every_header_over_udp_tcp_and_tls(tmp_
         assert proxy.process.returncode is None, proxy.output()
         assert await actors.stop(proxy) == 0, proxy.output()
     relayed = check_relayed(cases, pbx, why)
-    check_trace(trace, cases, relayed, why)
+    call_ids = check_trace(trace, cases, relayed, why)
     check_console(proxy.lines["stdout"], why)
+    check_trace_commands(trace, call_ids, why)
 
 
 def check_relayed(cases: dict[str, list[Case]], pbx: Pbx, why: str) -> set[str]:
@@ -273,7 +276,8 @@ def check_relayed(cases: dict[str, list[Case]], pbx: Pbx, why: str) -> set[str]:
     return relayed
 
 
-def check_trace(trace: Path, cases: dict[str, list[Case]], relayed: set[str], why: str) -> None:
+def check_trace(trace: Path, cases: dict[str, list[Case]], relayed: set[str], why: str) -> list[str]:
+    """The trace file, read by faultlab's readers; the Call-IDs with an escape in them."""
     lines = trace.read_bytes().splitlines()
     for line in lines:
         json.loads(line.decode("utf-8"))  # each line UTF-8 JSON, strictly
@@ -297,6 +301,22 @@ def check_trace(trace: Path, cases: dict[str, list[Case]], relayed: set[str], wh
         assert rows and render_ladder(rows)
     assert wire_messages(events)
     assert write_pcap(events, trace.with_suffix(".pcap")) > 0
+    return [received[c.id].call_id for c in call_id_cases]
+
+
+def check_trace_commands(trace: Path, call_ids: list[str], why: str) -> None:
+    """`faultlab trace ...` reads the file back: exit 0, output that is UTF-8 with the escapes in it."""
+    env = actor_env(trace.parent / "home")
+    commands = [["ladder", str(trace)], ["ladder", str(trace), "--json"], ["follow", str(trace)],
+                ["pcap", str(trace), "-o", str(trace.with_suffix(".cli.pcap"))],
+                *(["ladder", str(trace), "--call", call_id] for call_id in call_ids)]
+    for args in commands:
+        done = subprocess.run([sys.executable, "-m", "faultlab", "trace", *args], capture_output=True, env=env,
+                              timeout=60, check=False)
+        assert done.returncode == 0, (args, done.stderr.decode(errors="replace"), why)
+        out = done.stdout.decode("utf-8")  # strictly UTF-8
+        assert "\\x" in out or "wrote" in out, (args, out[:500], why)
+    assert trace.with_suffix(".cli.pcap").stat().st_size > 0
 
 
 def check_console(stdout: list[str], why: str) -> None:

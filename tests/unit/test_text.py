@@ -175,3 +175,31 @@ def test_any_text_and_bytes_in_a_pcap(tmp_path: Path, text: str, raw: bytes) -> 
               event_with(text, raw), Event(0.3, "sent", flow="u1", direction="to-pbx", transport="udp", peer=text,
                                            raw=raw)]
     write_pcap(events, tmp_path / "t.pcap")
+
+
+def test_a_trace_file_written_by_someone_else_is_read_safely(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from faultlab.cli import app
+
+    raw = "MESSAGE sip:b@x SIP/2.0\r\nCall-ID: abc\r\nCSeq: 1 MESSAGE\r\n\r\n"
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"t": 0, "kind": "start"}) + "\n" + json.dumps(
+        {"t": 1, "kind": "received", "direction": "to-pbx", "call_id": "abc\udcbd", "summary": "M \ud800",
+         "raw": raw, "detail": {"\udcff": "\udc80"}}, ensure_ascii=True) + "\n")  # JSON escapes of lone surrogates
+    events = list(read_jsonl(good))
+    assert events[1].call_id == "abc\\xbd" and events[1].summary == "M \\ud800"
+    assert events[1].detail == {"\\xff": "\\x80"}
+    result = CliRunner().invoke(app, ["trace", "ladder", str(good), "--call", "abc\\xbd"])
+    assert result.exit_code == 0 and "abc\\xbd" in result.output, result.output
+    for name, line, says in (
+            ("deep", '{"t": 1, "kind": "x", "detail": ' + "[" * 30000 + "]" * 30000 + "}", "nested too deep"),
+            ("raw", '{"t": 1, "kind": "x", "raw": "\\ud800"}', "surrogates not allowed"),
+            ("latin1", b'{"t": 1, "kind": "\xbd"}'.decode("latin-1"), "codec can't decode")):
+        bad = tmp_path / f"{name}.jsonl"
+        bad.write_bytes(json.dumps({"t": 0, "kind": "start"}).encode() + b"\n" + line.encode("latin-1") + b"\n")
+        with pytest.raises(ValueError, match=f"{bad}:2: not a faultlab trace event: .*{says}"):
+            list(read_jsonl(bad))
+        result = CliRunner().invoke(app, ["trace", "ladder", str(bad)])
+        assert result.exit_code == 2 and "line 2 is not a faultlab trace event" in result.output, result.output
+        assert "Traceback" not in result.output
