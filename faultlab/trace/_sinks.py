@@ -245,7 +245,7 @@ def _first_line(raw: bytes | None) -> str | None:
     return readable(raw.split(b"\n", 1)[0].rstrip(b"\r")[:200].decode("utf-8", "surrogateescape"))
 
 
-def _write(stream: TextIO, text: str) -> None:
+def write_escaped(stream: TextIO, text: str) -> None:
     """Write ``text``; on a stream whose encoding cannot take a character of it (a terminal in Latin-1, ASCII),
     that character as an escape instead."""
     try:
@@ -293,7 +293,7 @@ class ConsolePrinter:
             out = line + text + "\n"
             if first is not None:
                 out += f"{'':>10} {'':<10} {'':<6} {'':<6} | {printable(first)}\n"
-            _write(self.stream, out)
+            write_escaped(self.stream, out)
             self.stream.flush()
             return
         from rich.text import Text
@@ -308,7 +308,7 @@ class ConsolePrinter:
         try:
             self._console.print(out)
         except UnicodeEncodeError:  # a terminal whose encoding lacks a character ("→"): plain, escaped
-            _write(self.stream, out.plain + "\n")
+            write_escaped(self.stream, out.plain + "\n")
         self.stream.flush()
 
     def describe(self, e: Event) -> tuple[str, str | None, str] | None:

@@ -203,3 +203,22 @@ def test_a_trace_file_written_by_someone_else_is_read_safely(tmp_path: Path) -> 
         result = CliRunner().invoke(app, ["trace", "ladder", str(bad)])
         assert result.exit_code == 2 and "line 2 is not a faultlab trace event" in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_a_terminal_that_is_not_utf8_gets_escapes(tmp_path: Path) -> None:
+    from faultlab.trace.follow import LadderPrinter
+    from faultlab.trace.ladder import LiveLadder
+
+    events = [Event(0.0, "profile", detail={"profile": "clean"}),
+              event_with("caf\u00e9\udcbd", b"MESSAGE sip:b@x SIP/2.0\r\n\r\n")]
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    printer = ConsolePrinter(out, color=False)
+    for e in events:
+        printer(e)
+    ladder = LadderPrinter(out, width=80)
+    live = LiveLadder()
+    for e in events:
+        ladder.rows(live.feed(e))
+    out.flush()
+    text = out.buffer.getvalue().decode("ascii")
+    assert "profile \\u2192 clean" in text and "caf\\xe9\\xbd" in text
