@@ -35,9 +35,10 @@ SEED = int(os.environ.get("FAULTLAB_FUZZ_SEED", "13"))
 # sequence, a code point past U+10FFFF, Latin-1 text; and, valid but hostile on a terminal, ESC and a bidi override.
 BAD = [b"\xbd", b"\xff", b"\xfe\xfe", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\x80\x80\x80", b"\xf4\x90\x80\x80",
        b"caf\xe9", b"\xbd\x1b[31m", b"\xe2\x80\xae\xbd"]
-# Every part of the message a value can be put in ("uri": the Request-URI's user part).
+# Every part of the message a value can be put in ("uri": the Request-URI's user part; "header name": the name
+# of a header, which then is not a token).
 PARTS = ["uri", "Via", "Max-Forwards", "From", "To", "Call-ID", "CSeq", "Contact", "User-Agent", "Subject",
-         "Content-Type", "X-Note", "body"]
+         "Content-Type", "X-Note", "header name", "body"]
 TRANSPORTS = ("udp", "tcp", "tls")
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -72,20 +73,25 @@ def make_message(case_id: str, transport: str, rng: random.Random, bad_parts: tu
         b"Subject: " + bad(b"a subject", "Subject"),
         b"Content-Type: " + bad(b"text/plain", "Content-Type"),
         b"X-Note: " + bad(b"free text", "X-Note"),
+        bad(b"X-Name", "header name", keep=1) + b": a header whose name is not a token",
         b"Content-Length: " + str(len(body)).encode(),
     ]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 def make_cases(transport: str, seed: int) -> list[Case]:
+    """One case per part, and three with every part at once. A header name that is not a token only over UDP: on
+    a stream faultlab cannot frame what follows it, and relays the rest of that connection raw (as it says in a
+    warning), which is not what this test is about."""
     rng = random.Random(f"{seed}-{transport}")
+    parts = PARTS if transport == "udp" else [p for p in PARTS if p != "header name"]
     cases = []
-    for i, part in enumerate(PARTS):
+    for i, part in enumerate(parts):
         case_id = f"fz-{transport}-{i}"
         cases.append(Case(case_id, make_message(case_id, transport, rng, (part,)), (part,)))
     for i in range(3):
         case_id = f"fz-{transport}-all{i}"
-        cases.append(Case(case_id, make_message(case_id, transport, rng, tuple(PARTS)), tuple(PARTS)))
+        cases.append(Case(case_id, make_message(case_id, transport, rng, tuple(parts)), tuple(parts)))
     return cases
 
 
@@ -192,22 +198,34 @@ class Device:
         nursery.start_soon(self._read_stream)
 
     async def _read_udp(self) -> None:
-        while True:
-            self._got(await self.sock.recv(65535))
+        try:
+            while True:
+                self._got(await self.sock.recv(65535))
+        except (OSError, trio.ClosedResourceError):
+            pass  # closed
 
     async def _read_stream(self) -> None:
         framer = StreamFramer()
-        while data := await self.stream.receive_some(65536):
-            framer.receive_data(data)
-            while (event := framer.next_event()) is not NEED_DATA:
-                if getattr(event, "raw", None) is not None:
-                    self._got(event.raw)
+        try:
+            while data := await self.stream.receive_some(65536):
+                framer.receive_data(data)
+                while (event := framer.next_event()) is not NEED_DATA:
+                    if getattr(event, "raw", None) is not None:
+                        self._got(event.raw)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the proxy stopped
 
     async def send(self, data: bytes) -> None:
         if self.sock is not None:
             await self.sock.send(data)
         else:
             await self.stream.send_all(data)
+
+    async def aclose(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        else:
+            await self.stream.aclose()
 
     async def wait_answer(self, case: str) -> bytes:
         while True:
@@ -236,26 +254,29 @@ async def start_proxy(actors: Actors, tmp_path: Path, ports: dict[str, int], ca_
 async def test_bytes_that_are_not_utf8_in_every_header_over_udp_tcp_and_tls(tmp_path: Path):
     cases = {t: make_cases(t, SEED) for t in TRANSPORTS}
     why = f"(FAULTLAB_FUZZ_SEED={SEED})"
-    async with trio.open_nursery() as nursery, open_actors(actor_env(tmp_path / "home")) as actors:
-        with trio.fail_after(60):
-            pbx, ports, pbx_ca = await start_pbx(nursery, tmp_path)
-            proxy, trace, listening, lab_ca, api_port = await start_proxy(actors, tmp_path, ports, pbx_ca)
-            devices = {t: Device(t) for t in TRANSPORTS}
-            for t, device in devices.items():
-                await device.open(nursery, listening[t], lab_ca)
-            for t in TRANSPORTS:
-                for case in cases[t]:
-                    await devices[t].send(case.data)
-            for t in TRANSPORTS:  # still relaying: a clean message after all the others gets through, and back
-                clean = make_message(f"clean-{t}", t, random.Random(0), ())
-                await devices[t].send(clean)
-                await pbx.wait_for({f"clean-{t}"})
-                await devices[t].wait_answer(f"clean-{t}")
-            assert proxy.process.returncode is None, proxy.output()
-            await check_api(api_port)
-            nursery.cancel_scope.cancel()
-        assert proxy.process.returncode is None, proxy.output()
-        assert await actors.stop(proxy) == 0, proxy.output()
+    async with trio.open_nursery() as nursery:
+        async with open_actors(actor_env(tmp_path / "home")) as actors:
+            with trio.fail_after(60):
+                pbx, ports, pbx_ca = await start_pbx(nursery, tmp_path)
+                proxy, trace, listening, lab_ca, api_port = await start_proxy(actors, tmp_path, ports, pbx_ca)
+                devices = {t: Device(t) for t in TRANSPORTS}
+                for t, device in devices.items():
+                    await device.open(nursery, listening[t], lab_ca)
+                for t in TRANSPORTS:
+                    for case in cases[t]:
+                        await devices[t].send(case.data)
+                for t in TRANSPORTS:  # still relaying: a clean message after all the others gets through, and back
+                    clean = make_message(f"clean-{t}", t, random.Random(0), ())
+                    await devices[t].send(clean)
+                    await pbx.wait_for({f"clean-{t}"})
+                    await devices[t].wait_answer(f"clean-{t}")
+                assert proxy.process.returncode is None, proxy.output()
+                await check_api(api_port)
+                assert proxy.process.returncode is None, proxy.output()
+                for device in devices.values():
+                    await device.aclose()
+                assert await actors.stop(proxy) == 0, proxy.output()  # SIGTERM: a clean stop, the trace complete
+        nursery.cancel_scope.cancel()
     relayed = check_relayed(cases, pbx, why)
     call_ids = check_trace(trace, cases, relayed, why)
     check_console(proxy.lines["stdout"], why)
@@ -387,7 +408,8 @@ async def check_device_events(port: int) -> None:
 def test_the_generator_puts_bad_bytes_in_every_part():
     for t in TRANSPORTS:
         cases = make_cases(t, SEED)
-        assert {c.bad_parts[0] for c in cases if len(c.bad_parts) == 1} == set(PARTS)
+        assert {c.bad_parts[0] for c in cases if len(c.bad_parts) == 1} == set(PARTS) - (
+            set() if t == "udp" else {"header name"})
         for case in cases:
             try:
                 case.data.decode("utf-8")
