@@ -141,11 +141,11 @@ class Throttle:
 class Slots:
     """Stream connections open on one proxy, shared by its TCP and TLS listeners."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, relay: Relay, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self.full = None  # Throttle of the "at --max-connections" warning, made on first use
-        self.starved = None  # Throttle of the accept-error warning
+        self.full = Throttle(relay)  # the "at --max-connections" warning
+        self.starved = Throttle(relay)  # the accept-error warning
 
 
 _slots: weakref.WeakKeyDictionary[Relay, Slots] = weakref.WeakKeyDictionary()
@@ -155,9 +155,7 @@ def slots_of(relay: Relay, limit: int) -> Slots:
     """The connection slots of ``relay``'s proxy (one set for all its stream listeners)."""
     slots = _slots.get(relay)
     if slots is None:
-        slots = _slots[relay] = Slots(limit)
-        slots.full = Throttle(relay)
-        slots.starved = Throttle(relay)
+        slots = _slots[relay] = Slots(relay, limit)
     return slots
 
 

@@ -15,7 +15,6 @@ from faultlab.net import memnet
 from faultlab.net.limits import (
     RESERVED,
     Slots,
-    Throttle,
     default_max_connections,
     default_max_flows,
     serve_bounded,
@@ -138,8 +137,7 @@ async def test_accept_out_of_descriptors_backs_off_with_one_warning_a_second_and
     async def handler(stream) -> None:
         handled.set()
 
-    slots = Slots(10)
-    slots.full, slots.starved = Throttle(relay), Throttle(relay)
+    slots = Slots(relay, 10)
     with caplog.at_level(logging.DEBUG):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(serve_bounded, relay, "tcp", handler, [listener], slots, nursery)
@@ -168,8 +166,7 @@ async def test_connections_over_max_connections_are_closed_at_once_with_a_trace_
         running.append(stream)
         await release.wait()
 
-    slots = Slots(2)
-    slots.full, slots.starved = Throttle(relay), Throttle(relay)
+    slots = Slots(relay, 2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve_bounded, relay, "tcp", handler, [listener], slots, nursery)
         await trio.testing.wait_all_tasks_blocked()
@@ -198,8 +195,7 @@ async def test_a_connection_whose_handler_fails_with_an_os_error_ends_alone(cloc
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")  # reset while in the backlog
         await trio.sleep_forever()
 
-    slots = Slots(5)
-    slots.full, slots.starved = Throttle(relay), Throttle(relay)
+    slots = Slots(relay, 5)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve_bounded, relay, "tcp", handler, [listener], slots, nursery)
         await trio.testing.wait_all_tasks_blocked()
