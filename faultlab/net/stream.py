@@ -22,6 +22,8 @@ import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.ca import LabCA, default_confdir
+from faultlab.net.limits import resolve as resolve_limits
+from faultlab.net.limits import serve_bounded, slots_of
 from faultlab.net.reader import SipStreamReader, Unframed
 from faultlab.net.resolve import resolve
 from faultlab.net.scheduler import Closed, StreamWriter, carry_out_on_stream, seconds
@@ -56,8 +58,9 @@ def _is_reset(exc: BaseException) -> bool:
 
 async def _pump(relay: Relay, src: trio.abc.Stream, forward: StreamWriter, back: StreamWriter, hop: Hop,
                 dest: tuple[str, int]) -> str:
-    """Read one direction until it ends; return how: "eof", "reset" or "error"."""
-    reader = SipStreamReader(src)
+    """Read one direction until it ends; return how: "eof", "reset", "error" or "too-large" (a message
+    over the size limit: the pair is closed)."""
+    reader = SipStreamReader(src, max_message_size=resolve_limits(relay.config).max_message_size)
     ready: list[Step] = []  # plain forwards of the current read, written together
 
     async def flush() -> None:
@@ -90,6 +93,10 @@ async def _pump(relay: Relay, src: trio.abc.Stream, forward: StreamWriter, back:
             if not isinstance(item, Unframed):
                 await carry_out(relay.plan(item, hop))
                 continue
+            if item.too_large:  # not relayed raw: the connection is closed
+                await flush()
+                relay.too_large(item.data, hop, reader.framer.max_message_size, stream=True, error=item.error)
+                return "too-large"
             if item.error is not None:
                 relay.warn(f"cannot frame the stream ({item.error}): relaying it raw from here on",
                            flow=hop.flow, direction=hop.direction, transport=hop.transport)
@@ -339,6 +346,7 @@ async def serve_stream(
                detail={"upstream": "original destination (transparent)" if upstream is None
                        else f"{upstream.transport}:{format_hostport(*up_addr)}"})
     listener = _StreamListener(relay, transport, upstream, up_addr, device_tls, client_ctx)
+    slots = slots_of(relay, resolve_limits(config).max_connections)
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
-        await trio.serve_listeners(listener.handle, listeners, handler_nursery=nursery)
+        await serve_bounded(relay, transport, listener.handle, listeners, slots, nursery)
