@@ -33,6 +33,7 @@ from procs import proc_resources, raise_nofile, stop  # bench/procs.py
 
 HERE = Path(__file__).resolve().parent
 TRANSPORTS = ("udp", "tcp", "tls")
+START_LINES = ("faultlab: listening", "faultlab: TLS certificates", "faultlab: profile", "faultlab: limits")
 RECEIVE = 65536
 
 
@@ -124,6 +125,10 @@ class Lab:
     def proxy_output(self) -> str:
         return self.proxy_log.read_text(errors="replace")
 
+    def proxy_news(self) -> list[str]:
+        """What the proxy printed besides its start lines (it runs with -q: a warning, a traceback)."""
+        return [line for line in self.proxy_output().splitlines() if not line.startswith(START_LINES)]
+
     def close(self) -> None:
         for proc in (self.proxy, self.responder):
             if proc is not None:
@@ -197,6 +202,15 @@ class _Flow:
         self.outstanding: dict[int, float] = {}  # CSeq -> when sent
         self.lost: set[int] = set()
         self.highest = 0  # highest CSeq answered
+        self.settled: trio.Event | None = None  # set when nothing is outstanding any more
+
+    def more(self) -> bool:
+        return self.next <= self.count and not self.d.stopping
+
+    def _freed(self) -> None:
+        self.d.window_freed(self)
+        if not self.outstanding and self.settled is not None:
+            self.settled.set()
 
     def on_answer(self, data: bytes | None, msg=None) -> None:
         try:
@@ -208,7 +222,7 @@ class _Flow:
             return
         if cseq in self.outstanding:
             del self.outstanding[cseq]
-            self.d.window_freed(self)
+            self._freed()
             self.c.answered += 1
             if cseq < self.highest:
                 self.c.reordered += 1
@@ -229,12 +243,12 @@ class _Flow:
             del self.outstanding[cseq]
             self.lost.add(cseq)
             self.c.lost += 1
-            self.d.window_freed(self)
+            self._freed()
         self.c.error(f"{self.name}: {why}")
 
     async def run(self) -> None:
         failing_since = None
-        while self.next <= self.count or self.outstanding:
+        while self.more() or self.outstanding:
             try:
                 conn = await connect(self.d.transport, self.d.addr, self.d.ctx)
             except (OSError, trio.BrokenResourceError) as exc:
@@ -265,8 +279,10 @@ class _Flow:
         async with trio.open_nursery() as nursery:
 
             async def send() -> None:
-                while self.next <= self.count:
+                while self.more():
                     await self.space.acquire()
+                    if not self.more():
+                        break
                     data = request(self.d.transport, self.name, self.next, lport)
                     self.outstanding[self.next] = trio.current_time()
                     self.next += 1
@@ -277,10 +293,14 @@ class _Flow:
                         if not udp:
                             return  # the reader sees the break too
                         self.c.error(f"{self.name}: send: {exc}")
+                while self.outstanding:  # nothing more to send: the session ends once every answer is in
+                    self.settled = trio.Event()
+                    await self.settled.wait()
+                nursery.cancel_scope.cancel()
 
             async def receive() -> None:
                 framer = StreamFramer()
-                while self.next <= self.count or self.outstanding:
+                while True:  # until the sender has every answer, or the connection breaks
                     try:
                         data = await (conn.recv(RECEIVE) if udp else conn.receive_some(RECEIVE))
                     except OSError as exc:  # UDP: an ICMP error
@@ -301,7 +321,6 @@ class _Flow:
                     while (event := framer.next_event()) is not NEED_DATA:
                         if not isinstance(event, KeepAlive):
                             self.on_answer(None, event)
-                nursery.cancel_scope.cancel()
 
             nursery.start_soon(send)
             nursery.start_soon(receive)
@@ -330,6 +349,7 @@ class Driver:
         self.hooks = sorted((at or {}).items())
         self.marked: float | None = None
         self.recovered: float | None = None
+        self.stopping = False  # set: each flow sends nothing more, and ends once its answers are in
 
     def window_freed(self, flow: _Flow) -> None:
         if hasattr(flow, "space"):

@@ -13,8 +13,8 @@ Each phase starts its own responder (the PBX: a 200 to every request, bench/sipl
   do nothing (TLS: handshake done), divided by their number: the memory per idle connection (targets:
   32 KiB over TCP, 64 KiB over TLS); then again after one transaction on each (a registered phone's
   connection), and after they close;
-- restart: load on UDP, TCP and TLS at once; the responder is killed (SIGKILL) and started again on the same
-  ports --down seconds later; per transport, what was lost while it was down (expected: requests sent
+- restart: load on UDP, TCP and TLS at once for --before seconds; the responder is killed (SIGKILL) and started
+  again on the same ports --down seconds later, and the load goes on for --after seconds; per transport, what was lost while it was down (expected: requests sent
   then; a request unanswered for --timeout seconds counts as lost, a connection the proxy closes is opened
   again after a quarter of that), and how long after the restart the first transaction was answered.
 
@@ -61,7 +61,7 @@ def run_soak(a, tmp: Path, transport: str) -> dict:
         r = sipload.soak(lab, transport, flows=a.flows, per_flow=per_flow, window=a.window)
         end = lab.proxy_memory()
         alive = lab.proxy.poll() is None
-        warnings = [l for l in lab.proxy_output().splitlines() if not l.startswith("faultlab: ")]
+        warnings = lab.proxy_news()
     c = r.counts
     clean = (c.sent == c.answered == a.flows * per_flow and not (c.lost or c.duplicated or c.reordered
                                                                    or c.unexpected or c.late) and alive)
@@ -114,18 +114,18 @@ def run_idle(a, tmp: Path, transport: str, count: int) -> dict:
     with sipload.Lab(tmp / f"idle-{transport}", [transport], nofile=4 * count + 1024) as lab:
         r = trio.run(_idle, lab, transport, count)
         r["proxy_alive"] = lab.proxy.poll() is None
-        r["proxy_lines"] = [l for l in lab.proxy_output().splitlines() if not l.startswith("faultlab: ")][:20]
+        r["proxy_lines"] = lab.proxy_news()[:20]
     return r
 
 
 # --------------------------------------------------------------------------- PBX restart
 async def _restart(a, lab: sipload.Lab) -> dict:
-    drivers = {t: sipload.Driver(t, lab.addr[t], a.window, timeout=a.timeout) for t in sipload.TRANSPORTS}
+    drivers = {t: sipload.Driver(t, lab.addr[t], a.restart_window, timeout=a.timeout) for t in sipload.TRANSPORTS}
     results: dict[str, sipload.Counts] = {}
     at: dict[str, dict] = {t: {} for t in drivers}
 
     async def load(t: str) -> None:
-        results[t] = await drivers[t].run(a.restart_flows, a.restart_per_flow)
+        results[t] = await drivers[t].run(a.restart_flows, 10**9)  # until told to stop
 
     async with trio.open_nursery() as nursery:
         for t in drivers:
@@ -141,9 +141,13 @@ async def _restart(a, lab: sipload.Lab) -> dict:
         for t, d in drivers.items():
             at[t]["at_restart"] = d.total
             d.mark()
+        stop_at = trio.current_time() + a.after
         while len(results) < len(drivers):  # the load goes on; stop it if the proxy died (polled: a process)
             if lab.proxy.poll() is not None:
                 nursery.cancel_scope.cancel()
+            if trio.current_time() >= stop_at:
+                for d in drivers.values():
+                    d.stopping = True
             await trio.sleep(0.2)
     out = {"down_s": down_s, "transports": {}, "completed": sorted(results)}
     for t, d in drivers.items():
@@ -157,7 +161,7 @@ def run_restart(a, tmp: Path) -> dict:
     with sipload.Lab(tmp / "restart", sipload.TRANSPORTS) as lab:
         r = trio.run(_restart, a, lab)
         r["proxy_alive"] = lab.proxy.poll() is None
-        lines = [l for l in lab.proxy_output().splitlines() if not l.startswith("faultlab: listening")]
+        lines = lab.proxy_news()
         r["proxy_lines"] = len(lines)
         r["proxy_sample"] = lines[:8]
     return r
@@ -188,8 +192,9 @@ def table(doc: dict) -> str:
         out.append("")
     if doc.get("restart"):
         r = doc["restart"]
-        out += [f"PBX restart: killed after {doc['params']['before']:g} s of load, back {r['down_s']:.1f} s later; "
-                f"the proxy {'kept running' if r['proxy_alive'] else 'EXITED'} ({r['proxy_lines']} lines of output).", "",
+        out += [f"PBX restart: killed after {doc['params']['before']:g} s of load, back {r['down_s']:.1f} s later, "
+                f"then {doc['params']['after']:g} s more load; the proxy "
+                f"{'kept running' if r['proxy_alive'] else 'EXITED'} ({r['proxy_lines']} lines of output besides its start lines).", "",
                 "| restart | sent | answered | lost (while down) | late | connections opened | answered after restart "
                 "| first answer after restart (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for t, x in r["transports"].items():
@@ -209,9 +214,11 @@ def main() -> int:
     p.add_argument("--idle-tcp", type=int, default=2000, help="idle TCP connections (default 2,000)")
     p.add_argument("--idle-tls", type=int, default=1000, help="idle TLS connections (default 1,000)")
     p.add_argument("--restart-flows", type=int, default=20, help="flows per transport in the restart (default 20)")
-    p.add_argument("--restart-per-flow", type=int, default=600, help="transactions per flow there (default 600)")
+    p.add_argument("--restart-window", type=int, default=2,
+                   help="outstanding requests per flow there (default 2: a steady load, not the most it takes)")
     p.add_argument("--before", type=float, default=2.0, help="seconds of load before the kill (default 2)")
     p.add_argument("--down", type=float, default=2.0, help="seconds the PBX stays down (default 2)")
+    p.add_argument("--after", type=float, default=5.0, help="seconds of load after the restart (default 5)")
     p.add_argument("--timeout", type=float, default=2.0, help="restart: a request unanswered this long is lost")
     p.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
     p.add_argument("--transports", default=",".join(sipload.TRANSPORTS), help="soak transports (default all)")
