@@ -55,6 +55,14 @@ def proxy(
         dir_okay=False)] = None,
     udp_idle_timeout: Annotated[float, typer.Option(
         help="Seconds without traffic after which a device's UDP flow is closed.", min=1)] = 600.0,
+    stream_idle_timeout: Annotated[float, typer.Option(
+        help="TCP/TLS: seconds without a byte either way (CRLF keep-alives count) after which a connection is "
+             "closed; a connection that carried a registration stays open until it expires.", min=1)] = 3600.0,
+    message_timeout: Annotated[float, typer.Option(
+        help="TCP/TLS: seconds a message may take to arrive whole once it has begun (64*T1).", min=0.1)] = 32.0,
+    drain: Annotated[float, typer.Option(
+        help="At SIGINT/SIGTERM: seconds what is in flight may take to be forwarded and answered before "
+             "every connection is closed.", min=0)] = 5.0,
     profile: Annotated[Optional[str], typer.Option(
         "--profile", "-p", metavar="NAME|FILE",
         help="Fault profile to apply from the start: a name from `faultlab profiles list` or a TOML file.")] = None,
@@ -82,7 +90,8 @@ def proxy(
         profile=profile, seed=seed, api=api, api_token=api_token, listen=listen, upstream=upstream or [],
         transparent=transparent, spoof_source=spoof_source, record_route=not no_record_route, tls_name=tls_name,
         upstream_tls_name=upstream_tls_name, upstream_ca=upstream_ca, upstream_insecure=upstream_insecure,
-        confdir=confdir, trace_path=trace, quiet=quiet, verbose=verbose, udp_idle_timeout=udp_idle_timeout))
+        confdir=confdir, trace_path=trace, quiet=quiet, verbose=verbose, udp_idle_timeout=udp_idle_timeout,
+        stream_idle_timeout=stream_idle_timeout, message_timeout=message_timeout, drain=drain))
     _run(config)
     typer.echo("faultlab: stopped", err=True)
 
