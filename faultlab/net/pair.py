@@ -266,14 +266,16 @@ class Pair:
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, at_once: bool) -> str:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if at_once and not await self._open():
-                return self.how
-            nursery.start_soon(self._write, self.to_dev)
-            nursery.start_soon(self._direction, TO_PBX)
-            nursery.start_soon(self._watchdog)
-            nursery.start_soon(self._on_stop)
+        with self.stopper.closes(self):
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if at_once and not await self._open():
+                    return self.how
+                nursery.start_soon(self._write, self.to_dev)
+                nursery.start_soon(self._direction, TO_PBX)
+                nursery.start_soon(self._watchdog)
+                if self.stopper.closing.is_set():
+                    self.finish("stop")
         return self.how
 
     def _end(self, how: str) -> None:
@@ -444,14 +446,10 @@ class Pair:
         reason, detail = await self.watch.expired()
         self.finish(reason, **detail)
 
-    async def _on_stop(self) -> None:
-        await self.stopper.closing.wait()
-        self.finish("stop")
-
     def finish(self, reason: str, **detail) -> None:
         """faultlab closes the pair: no more reading, what is due is written, the rest abandoned, then
         both sides are closed in order."""
-        if self.reason is not None:
+        if self.reason is not None or self._nursery is None:
             return
         self.reason = reason
         self.relay.emit("closed", flow=self.flow, transport=self.transport, peer=_hp(self.peer),
@@ -461,7 +459,6 @@ class Pair:
         for writer in (self.to_up, self.to_dev):
             if writer is not None:
                 writer.finish(reason)
-        assert self._nursery is not None
         self._nursery.start_soon(self._finished)
 
     async def _finished(self) -> None:

@@ -36,6 +36,7 @@ class Stopper:
         self.closing = trio.Event()  # the drain is over: every connection closes now
         self.connections = 0
         self._accepting: set[trio.CancelScope] = set()
+        self._pairs: set[Any] = set()  # connection pairs to close when the drain is over
         self._no_connections: trio.Event | None = None
 
     @contextmanager
@@ -50,6 +51,16 @@ class Stopper:
                 yield
         finally:
             self._accepting.discard(scope)
+
+    @contextmanager
+    def closes(self, pair: Any) -> Iterator[None]:
+        """While inside, ``pair.finish("stop")`` is called when the drain is over (the pair looks at
+        :attr:`closing` itself when it starts)."""
+        self._pairs.add(pair)
+        try:
+            yield
+        finally:
+            self._pairs.discard(pair)
 
     @contextmanager
     def connection(self) -> Iterator[None]:
@@ -72,6 +83,8 @@ class Stopper:
             while relay.in_flight():
                 await trio.sleep(POLL)
         self.closing.set()
+        for pair in list(self._pairs):
+            pair.finish("stop")
         if self.connections:
             self._no_connections = trio.Event()
             with trio.move_on_after(CLOSE_TIME):
