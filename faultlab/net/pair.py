@@ -42,6 +42,8 @@ HALF_CLOSE_GRACE = 5.0
 # After faultlab's FIN: how long the peer may take to close its side (what it sends meanwhile is read and
 # discarded, so that closing does not answer unread data with a reset).
 LINGER = 1.0
+# Before a TLS close: how long to read what is already buffered (see _drain_tls).
+TLS_DRAIN = 0.01
 # When faultlab closes a pair: how long its writers may take to write what is due.
 FINISH_TIME = 2.0
 # A registration keeps its connection open until it expires, plus this (a refresh that comes late).
@@ -110,6 +112,21 @@ class _Lingering(trio.abc.HalfCloseableStream):
             await self.raw.aclose()
 
 
+async def _drain_tls(stream: trio.SSLStream) -> int:
+    """Read what TLS has already buffered, and what comes within TLS_DRAIN s of it: a whole record left
+    unread makes sending close_notify fail (OpenSSL's shutdown meets application data; trio's close then
+    sends a bare FIN). Each read has its own deadline, so one that has buffered data is not cut short."""
+    discarded = 0
+    while True:
+        with trio.move_on_after(TLS_DRAIN):
+            data = await stream.receive_some(65536)
+            if not data:
+                return discarded
+            discarded += len(data)
+            continue
+        return discarded
+
+
 async def close_in_order(stream: trio.abc.Stream) -> int:
     """Close ``stream`` in order: TLS close_notify, FIN, then what the peer still sends is read until it
     closes too (at most LINGER s), so the close is a FIN and not a reset. Returns the bytes discarded."""
@@ -119,6 +136,7 @@ async def close_in_order(stream: trio.abc.Stream) -> int:
         with trio.move_on_after(LINGER):
             try:
                 if isinstance(stream, trio.SSLStream):
+                    lingering.discarded += await _drain_tls(stream)
                     stream.transport_stream = lingering  # its close_notify, then the lingering close
                     await stream.aclose()
                 else:
@@ -254,7 +272,7 @@ class Pair:
         self.watch = Watch(config.stream_idle_timeout, config.message_timeout)
         self.upstream: trio.abc.Stream | None = None
         self.hops: dict[str, Hop] = {}
-        self.readers: dict[str, SipStreamReader] = {TO_PBX: SipStreamReader(device)}
+        self.readers: dict[str, SipStreamReader] = {TO_PBX: self._reader(device)}
         self.reading = {TO_PBX: _Reading(), TO_DEVICE: _Reading()}
         self.to_dev = StreamWriter(relay, device, self._closer(device))
         self.to_up: StreamWriter | None = None
@@ -277,6 +295,9 @@ class Pair:
                 if self.stopper.closing.is_set():
                     self.finish("stop")
         return self.how
+
+    def _reader(self, stream: trio.abc.Stream) -> SipStreamReader:
+        return SipStreamReader(stream)
 
     def _end(self, how: str) -> None:
         self.how = how
@@ -312,7 +333,7 @@ class Pair:
                      TO_DEVICE: Hop(self.flow, TO_DEVICE, self.transport, self.target, side, self.peer)}
         self.relay.flow_opened(self.flow, self.transport, self.peer, pbx_side, self.local)
         self.opened = True
-        self.readers[TO_DEVICE] = SipStreamReader(self.upstream)
+        self.readers[TO_DEVICE] = self._reader(self.upstream)
         self.to_up = StreamWriter(self.relay, self.upstream, self._closer(self.upstream))
         assert self._nursery is not None
         self._nursery.start_soon(self._write, self.to_up)

@@ -37,6 +37,7 @@ class Stopper:
         self.connections = 0
         self._accepting: set[trio.CancelScope] = set()
         self._pairs: set[Any] = set()  # connection pairs to close when the drain is over
+        self._opening: set[trio.CancelScope] = set()  # connections not yet relaying: cancelled then
         self._no_connections: trio.Event | None = None
 
     @contextmanager
@@ -51,6 +52,20 @@ class Stopper:
                 yield
         finally:
             self._accepting.discard(scope)
+
+    @contextmanager
+    def until_closing(self) -> Iterator[trio.CancelScope]:
+        """Run a connection's opening (connect-time faults, the TLS handshake) inside: it is cancelled
+        when the drain is over."""
+        scope = trio.CancelScope()
+        if self.closing.is_set():
+            scope.cancel()
+        self._opening.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._opening.discard(scope)
 
     @contextmanager
     def closes(self, pair: Any) -> Iterator[None]:
@@ -85,6 +100,8 @@ class Stopper:
         self.closing.set()
         for pair in list(self._pairs):
             pair.finish("stop")
+        for scope in list(self._opening):
+            scope.cancel()
         if self.connections:
             self._no_connections = trio.Event()
             with trio.move_on_after(CLOSE_TIME):

@@ -119,15 +119,17 @@ class _StreamListener:
                                    "closed; in transparent mode devices connect to the PBX",
                                    flow=flow, transport=transport, peer=format_hostport(*peer))
                         return
-                how, reason = await self._on_connect(flow, peer)
+                with stopper.until_closing() as opening:
+                    how, reason = await self._on_connect(flow, peer)
+                    if how == "open" and self.device_tls is not None:
+                        device = trio.SSLStream(conn, self.device_tls.context(target, local), server_side=True)
+                        reason = await self._handshake(device, flow, peer)
+                        how = "open" if reason is None else "error"
+                if opening.cancelled_caught:
+                    how, reason = "eof", "stop"
                 if how != "open":
                     return
                 how = "error"
-                if self.device_tls is not None:
-                    device = trio.SSLStream(conn, self.device_tls.context(target, local), server_side=True)
-                    reason = await self._handshake(device, flow, peer)
-                    if reason is not None:
-                        return
                 pair = Pair(relay, device, stopper, flow=flow, transport=transport, peer=peer, local=local,
                             target=target, connect=partial(self._connect, flow, peer, target))
                 how = await pair.run(at_once=self.upstream is None)

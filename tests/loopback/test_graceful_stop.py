@@ -108,8 +108,9 @@ class Client:
                     while (event := framer.next_event()) is not NEED_DATA:
                         self.answered.add(event.cseq.number)
                 self.ended = "eof"
-            except trio.BrokenResourceError:
+            except trio.BrokenResourceError as exc:
                 self.ended = "reset"
+                self.why = repr(exc.__cause__)
             nursery.cancel_scope.cancel()
         await stream.aclose()
 
@@ -207,7 +208,7 @@ async def test_sigterm_under_load_forwards_what_was_received_and_closes_with_fin
                   and e.get("method") == "OPTIONS" and e["t"] < stopping}
         assert before and before <= client.answered, client.call  # in flight at the signal: answered
         if client.transport != "udp":
-            assert client.ended == "eof", client.call  # FIN (and TLS close_notify), not a reset
+            assert client.ended == "eof", (client.call, getattr(client, "why", None))  # FIN (and TLS close_notify), not a reset
     assert pbx.resets == 0
     closes = [e for e in events if e["kind"] == "flow-close" and e["transport"] != "udp"]
     assert len(closes) == 2 * CLIENTS and all(e["detail"].get("reason") == "stop" for e in closes)
