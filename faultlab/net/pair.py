@@ -49,6 +49,7 @@ FINISH_TIME = 2.0
 # A registration keeps its connection open until it expires, plus this (a refresh that comes late).
 REGISTRATION_GRACE = 32.0
 DEFAULT_EXPIRES = 3600  # a 2xx to REGISTER without an expiry (RFC 3261 §10.2.1.1's usual default)
+MAX_EXPIRES = 2**32 - 1  # delta-seconds (RFC 3261 §25.1)
 _PONG = b"\r\n"
 
 Connect = Callable[[], Awaitable["tuple[trio.SocketStream, trio.abc.Stream] | None"]]
@@ -245,10 +246,10 @@ def registration_expires(msg: Message) -> float | None:
         cseq = msg.cseq
         if cseq is None or cseq.method != "REGISTER":
             return None
-        values = [int(c.params["expires"]) for c in msg.contacts
-                  if str(c.params.get("expires") or "").isdigit()]
-        if values:
-            return max(values)
+        values = [str(c.params.get("expires") or "") for c in msg.contacts]
+        seconds = [int(v) for v in values if v.isascii() and v.isdigit()]
+        if seconds:
+            return min(max(seconds), MAX_EXPIRES)
         return msg.expires if msg.expires is not None else DEFAULT_EXPIRES
     except SipError:
         return None

@@ -224,3 +224,24 @@ async def test_stop_forwards_delayed_messages_due_within_the_drain(nursery, auto
     assert got == [(200, "INFO"), (200, "OPTIONS")]  # both answered within the drain, then FIN
     assert not [e for e in lab.proxy.events if e.kind == "abandoned"]
     assert trio.current_time() - start < 5.0  # the drain ended as soon as nothing was in flight
+
+
+def test_the_expiry_of_a_registration_is_read_from_any_response_without_raising():
+    from faultlab.net.pair import registration_expires
+    from faultlab.sip import parse_message
+
+    def response(contact="", expires=None, cseq="1 REGISTER", status=200):
+        head = f"SIP/2.0 {status} OK\r\nVia: SIP/2.0/TCP h;branch=z9hG4bKx\r\nCall-ID: r\r\nCSeq: {cseq}\r\n"
+        head += f"Contact: {contact}\r\n" if contact else ""
+        head += f"Expires: {expires}\r\n" if expires is not None else ""
+        return parse_message((head + "Content-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape"))
+
+    assert registration_expires(response("<sip:a@h>;expires=120, <sip:b@h>;expires=300")) == 300
+    assert registration_expires(response("<sip:a@h>", expires=600)) == 600
+    assert registration_expires(response("<sip:a@h>")) == 3600
+    assert registration_expires(response("<sip:a@h>;expires=" + "9" * 400)) == 2**32 - 1
+    assert registration_expires(response(cseq="1 INVITE")) is None
+    assert registration_expires(response(status=403)) is None
+    for hostile in ("<sip:a@h>;expires=\u00b2", "<sip:a@h>;expires=12\udcbd", "<sip:a@h", "<sip:a@h>;expires=-1"):
+        assert registration_expires(response(hostile)) in (None, 3600)
+    assert registration_expires(response(expires="\u00b2")) is None
