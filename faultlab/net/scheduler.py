@@ -94,7 +94,12 @@ class StreamWriter:
             return
         self.pending += 1
         self.relay.waiting += 1
-        await self._send.send(step)
+        try:
+            await self._send.send(step)
+        except trio.ClosedResourceError:  # finish() or the end of run() while the queue was full
+            self.pending -= 1
+            self.relay.waiting -= 1
+            await self.submit(step)
 
     async def submit_batch(self, batch: list[Step]) -> None:
         """Messages due now, in order: one write for all when nothing is queued before them."""

@@ -245,3 +245,22 @@ def test_the_expiry_of_a_registration_is_read_from_any_response_without_raising(
     for hostile in ("<sip:a@h>;expires=\u00b2", "<sip:a@h>;expires=12\udcbd", "<sip:a@h", "<sip:a@h>;expires=-1"):
         assert registration_expires(response(hostile)) in (None, 3600)
     assert registration_expires(response(expires="\u00b2")) is None
+
+
+async def test_stop_with_a_full_queue_behind_a_hold_loses_nothing_unrecorded(nursery, autojump_clock):
+    profile = parse_profile('''
+        [[rules]]
+        name = "hold-register"
+        match = { method = "REGISTER" }
+        action = { hold = true }
+    ''')
+    lab = await Lab(nursery, profile=profile, drain=1.0).start()
+    device = await lab.device()
+    # more than the writer's queue holds: the reading side waits for room, as TCP flow control would
+    await device.send_all(request("REGISTER", call="r") + b"".join(request(cseq=n, call="o") for n in range(1, 301)))
+    await trio.testing.wait_all_tasks_blocked()
+    await stopper_of(lab.proxy).stop(lab.proxy, lab.proxy.config.drain)
+    kinds = [e.kind for e in lab.proxy.events]
+    assert kinds.count("received") == 301
+    assert kinds.count("sent") == 300 and kinds.count("abandoned") == 1  # due by the close: written
+    assert lab.proxy.waiting == 0
