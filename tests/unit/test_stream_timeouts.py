@@ -264,3 +264,15 @@ async def test_stop_with_a_full_queue_behind_a_hold_loses_nothing_unrecorded(nur
     assert kinds.count("received") == 301
     assert kinds.count("sent") == 300 and kinds.count("abandoned") == 1  # due by the close: written
     assert lab.proxy.waiting == 0
+
+
+def test_the_console_tells_of_a_message_abandoned():
+    import io
+
+    from faultlab.trace import ConsolePrinter, Event
+
+    out = io.StringIO()
+    ConsolePrinter(out)(Event(4.0, "abandoned", flow="t1", direction="to-pbx", transport="tcp", method="REGISTER",
+                              cseq=1, cseq_method="REGISTER", summary="REGISTER sip:pbx cseq=1 REGISTER call=r",
+                              raw=request("REGISTER", call="r"), detail={"reason": "stop", "hold": "h1"}))
+    assert out.getvalue().split() == ["4.000", "abandoned", "t1", "->pbx", "REGISTER", "abandoned", "(stop)"]
