@@ -300,6 +300,15 @@ class Pair:
     def _reader(self, stream: trio.abc.Stream) -> SipStreamReader:
         return SipStreamReader(stream)
 
+    def _hop(self, direction: str) -> Hop:
+        """The hop of ``direction``; before the PBX connection, one whose PBX side is not known yet."""
+        hop = self.hops.get(direction)
+        if hop is None:
+            side = Side(self.transport, device=self.local, pbx=self.local)
+            hop = Hop(self.flow, direction, self.transport, self.peer if direction == TO_PBX else self.target,
+                      side, self.peer)
+        return hop
+
     def _end(self, how: str) -> None:
         self.how = how
         assert self._nursery is not None
@@ -449,9 +458,7 @@ class Pair:
             self.relay.emit("dropped", peer=_hp(self.peer), summary="keep-alive",
                             detail={"how": "no PBX connection yet: a pong is not passed on", "rules": []}, **fields)
             return
-        side = Side(self.transport, device=self.local, pbx=self.local)
-        back = Hop(self.flow, TO_DEVICE, self.transport, self.peer, side, self.peer)
-        out = Outgoing(_PONG, back, "keep-alive pong by faultlab (no PBX connection yet)",
+        out = Outgoing(_PONG, self._hop(TO_DEVICE), "keep-alive pong by faultlab (no PBX connection yet)",
                        {**fields, "direction": TO_DEVICE})
         await self.to_dev.submit(Step(trio.current_time(), out, self.peer, kind="responded", back=True))
 
