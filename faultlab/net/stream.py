@@ -15,7 +15,8 @@ import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.ca import LabCA, default_confdir
-from faultlab.net.pair import Pair, abort, close_all
+from faultlab.net.close import abort, close_all
+from faultlab.net.pair import Pair
 from faultlab.net.resolve import resolve
 from faultlab.net.scheduler import seconds
 from faultlab.net.stop import stopper_of
