@@ -276,3 +276,19 @@ def test_the_console_tells_of_a_message_abandoned():
                               cseq=1, cseq_method="REGISTER", summary="REGISTER sip:pbx cseq=1 REGISTER call=r",
                               raw=request("REGISTER", call="r"), detail={"reason": "stop", "hold": "h1"}))
     assert out.getvalue().split() == ["4.000", "abandoned", "t1", "->pbx", "REGISTER", "abandoned", "(stop)"]
+
+
+def test_timeouts_and_drain_must_be_positive():
+    import pytest
+
+    from faultlab.proxy import ConfigError
+
+    def config(**options):
+        return ProxyConfig(listen=[parse_endpoint("tcp:127.0.0.1:5070")],
+                           upstream=[parse_endpoint("tcp:127.0.0.1:5060")], **options)
+
+    config(drain=0).validate()
+    for option, value in (("message_timeout", 0), ("stream_idle_timeout", -1), ("drain", -1),
+                          ("stream_idle_timeout", float("nan"))):
+        with pytest.raises(ConfigError, match="--" + option.replace("_", "-")):
+            config(**{option: value}).validate()
