@@ -19,8 +19,10 @@ from faultlab.addr import format_hostport
 from faultlab.net import timer
 from faultlab.relay import Hold, Hop, Outgoing, Plan, Relay, Step, steps
 
-# A write that cannot finish in this time (peer not reading) fails the pair.
+# A write that cannot finish in this time (peer not reading) fails the pair; once the writer is finishing
+# (faultlab closes the connection, the proxy stops), FINISH_SEND_TIMEOUT.
 SEND_TIMEOUT = 30.0
+FINISH_SEND_TIMEOUT = 2.0
 # Messages waiting in one direction (delayed or held ones and those behind
 # them) before the reader stops reading: TCP flow control then reaches the sender.
 QUEUE_SIZE = 256
@@ -124,7 +126,7 @@ class StreamWriter:
         async with self.lock:
             # Messages are written whole or not at all, even if the relay is stopping.
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(SEND_TIMEOUT) as timeout:
+                with trio.move_on_after(FINISH_SEND_TIMEOUT if self.finishing else SEND_TIMEOUT) as timeout:
                     await self.stream.send_all(data)
         if timeout.cancelled_caught:
             raise Closed("error")
