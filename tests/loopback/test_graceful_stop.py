@@ -150,7 +150,7 @@ class Client:
 async def start_proxy(tmp_path, ports: dict[str, int]):
     trace = tmp_path / "trace.jsonl"
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "faultlab", "proxy", "-q", "--trace", str(trace), "--drain", "2",
+        [sys.executable, "-m", "faultlab", "proxy", "-q", "--trace", str(trace), "--drain", "3",
          "-l", "udp:127.0.0.1:0", "-l", "tcp:127.0.0.1:0", "-l", "tls:127.0.0.1:0",
          "-u", f"udp:127.0.0.1:{ports['udp']}", "-u", f"tcp:127.0.0.1:{ports['tcp']}",
          "-u", f"tls:localhost:{ports['tls']}", "--upstream-insecure"],
