@@ -134,7 +134,9 @@ def _run(config) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            _announce(config, await nursery.start(serve_proxy_with_api, config))
+            running = await nursery.start(serve_proxy_with_api, config)
+            _announce(config, running)
+            running.trace.add_sink(_say_stopping)
 
     try:
         try:
@@ -147,6 +149,14 @@ def _run(config) -> None:
         _fail(f"cannot start: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), 1)
     except KeyboardInterrupt:
         pass
+
+
+def _say_stopping(event) -> None:
+    """At the first SIGINT/SIGTERM: one line saying that the proxy drains, and how to stop at once."""
+    drain = event.detail.get("drain") if event.kind == "stopping" else None
+    if drain:
+        typer.echo(f"faultlab: stopping: what is in flight has up to {drain:g} s (--drain); "
+                   f"{event.detail.get('signal', 'a signal')} again stops at once", err=True)
 
 
 def _announce(config, running) -> None:

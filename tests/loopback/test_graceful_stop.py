@@ -186,6 +186,11 @@ async def test_sigterm_under_load_forwards_what_was_received_and_closes_with_fin
                         await trio.sleep(0.05)
                 await trio.sleep(ANSWER_AFTER)  # any answer still on its way
                 load.cancel_scope.cancel()
+            said = b""
+            while data := await proc.stderr.receive_some():
+                said += data
+            assert b"faultlab: stopping: what is in flight has up to 3 s (--drain); SIGTERM again stops at once" \
+                in said
         finally:
             if proc.returncode is None:
                 proc.kill()
