@@ -28,6 +28,7 @@ import trio
 
 from faultlab.addr import format_hostport
 from faultlab.net.close import is_reset, send_eof
+from faultlab.net.limits import resolve as resolve_limits
 from faultlab.net.reader import SipStreamReader, Unframed
 from faultlab.net.scheduler import Closed, StreamWriter, carry_out_on_stream
 from faultlab.net.stop import Stopper
@@ -176,7 +177,7 @@ class Pair:
         return self.how
 
     def _reader(self, stream: trio.abc.Stream) -> SipStreamReader:
-        return SipStreamReader(stream)
+        return SipStreamReader(stream, max_message_size=resolve_limits(self.relay.config).max_message_size)
 
     def _hop(self, direction: str) -> Hop:
         """The hop of ``direction``; before the PBX connection, one whose PBX side is not known yet."""
@@ -275,8 +276,9 @@ class Pair:
         return batch
 
     async def _pump(self, direction: str) -> str:
-        """Read ``direction`` until it ends; return how: "eof", "reset", "error", "stopped" (faultlab
-        closes the pair) or "unsent" (the PBX connection could not be made)."""
+        """Read ``direction`` until it ends; return how: "eof", "reset", "error", "too-large" (a message over
+        the size limit: the pair is closed), "stopped" (faultlab closes the pair) or "unsent" (the PBX
+        connection could not be made)."""
         ready: list[Step] = []  # plain forwards of the current read, written together
         while True:
             batch = await self._read(direction)
@@ -285,6 +287,11 @@ class Pair:
             if isinstance(batch, str):
                 return batch
             for n, item in enumerate(batch):
+                if isinstance(item, Unframed) and item.too_large:  # not relayed raw: the connection is closed
+                    await self._flush(direction, ready)
+                    limit = self.readers[direction].framer.max_message_size
+                    self.relay.too_large(item.data, self._hop(direction), limit, stream=True, error=item.error)
+                    return "too-large"
                 if direction == TO_PBX and self.upstream is None:
                     if isinstance(item, KeepAlive):
                         await self._keep_alive(item)

@@ -16,6 +16,8 @@ import trio
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.ca import LabCA, default_confdir
 from faultlab.net.close import abort, close_all
+from faultlab.net.limits import resolve as resolve_limits
+from faultlab.net.limits import serve_bounded, slots_of
 from faultlab.net.pair import Pair
 from faultlab.net.resolve import resolve
 from faultlab.net.scheduler import seconds
@@ -213,7 +215,8 @@ async def serve_stream(
                detail={"upstream": "original destination (transparent)" if upstream is None
                        else f"{upstream.transport}:{format_hostport(*up_addr)}"})
     listener = _StreamListener(relay, transport, upstream, up_addr, device_tls, client_ctx)
+    slots = slots_of(relay, resolve_limits(config).max_connections)
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
         with stopper_of(relay).accepting():  # until the proxy stops; its connections then close in order
-            await trio.serve_listeners(listener.handle, listeners, handler_nursery=nursery)
+            await serve_bounded(relay, transport, listener.handle, listeners, slots, nursery)

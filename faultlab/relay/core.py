@@ -22,12 +22,15 @@ from faultlab.addr import format_hostport
 from faultlab.faults import ConnectView, Decision, Engine, MessageView, Profile
 from faultlab.relay.plan import Hold, Hop, Outgoing, Plan
 from faultlab.relay.rewrite import TO_DEVICE, TO_PBX, Rewriter, instance_id
-from faultlab.sip import KeepAlive, Message, SipError, parse_message
+from faultlab.sip import KeepAlive, Message, SipError, build_response, parse_datagram, parse_message
 from faultlab.trace import Event, Trace
 
 _FLOW_PREFIX = {"udp": "u", "tcp": "t", "tls": "s"}
 # A request with no final response after 64*T1 (RFC 3261 Timer B/F) is no longer waited for.
 TRANSACTION_LIFETIME = 32.0
+
+#: A trace event carries at most this many bytes of ``raw``; ``detail["raw_length"]`` then gives the total.
+TRACE_RAW_LIMIT = 64 * 1024
 
 
 class Relay:
@@ -77,6 +80,10 @@ class Relay:
         return f"{_FLOW_PREFIX[transport]}{self._flow_counter}"
 
     def emit(self, kind: str, **fields) -> None:
+        raw = fields.get("raw")
+        if raw is not None and len(raw) > TRACE_RAW_LIMIT:
+            fields["raw"] = raw[:TRACE_RAW_LIMIT]
+            fields["detail"] = {**fields.get("detail", {}), "raw_length": len(raw)}
         self.trace.emit(Event(self.now(), kind, **fields))
 
     def warn(self, message: str, **fields) -> None:
@@ -190,6 +197,43 @@ class Relay:
             how = "lost" if decision.lost_by_link else "dropped"
             self.emit("dropped", peer=peer, raw=raw, summary=summary,
                       detail={"how": how, "rules": rules}, **fields)
+        return plan
+
+    def too_large(self, data: bytes, hop: Hop, limit: int, *, stream: bool = False, error: str | None = None) -> Plan:
+        """``data`` is larger than the size limit (``--max-message-size``): record it as received and say what
+        becomes of it. On a stream the connection is closed (the caller closes it; a warning says so); a
+        datagram that is a request is answered ``513 Message Too Large`` (RFC 3261 §21.5.14), any other dropped."""
+        arrived = self.clock()
+        fields = {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
+        peer = format_hostport(*hop.peer)
+        msg = None
+        if not stream:
+            try:
+                parsed = parse_datagram(data)
+                msg = parsed if isinstance(parsed, Message) else None
+            except SipError:
+                pass
+        if msg is not None:
+            fields.update(_message_fields(msg))
+        summary = msg.summary() if msg is not None else f"unparsed {len(data)} bytes"
+        why = f"larger than {limit} octets (--max-message-size)"
+        error = error or f"message {why}"
+        self.emit("received", peer=peer, raw=data, summary=summary, parsed=msg is not None,
+                  detail={"error": error}, **fields)
+        plan = Plan(received_at=arrived)
+        if stream:
+            self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{error}: connection closed"}, **fields)
+            advice = (f" (--max-message-size is {limit} octets; a larger one lets such messages through)"
+                      if "octets" in error else "")
+            self.warn(f"{error}: closing the connection{advice}", peer=peer, **fields)
+        elif msg is not None and msg.is_request and msg.method != "ACK":
+            back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
+            response = build_response(msg, 513)
+            plan.respond = Outgoing(response, back, f"513 Message Too Large to {summary}",
+                                    {**fields, "direction": back.direction, "status": 513})
+            self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{why}: answered 513"}, **fields)
+        else:
+            self.emit("dropped", peer=peer, summary=summary, detail={"how": why}, **fields)
         return plan
 
     def _edited(self, data: bytes, msg: Message | None, raw: bytes, hop: Hop) -> bytes:

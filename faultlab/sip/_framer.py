@@ -162,7 +162,7 @@ class StreamFramer:
         eol = buf.find(b"\r\n")
         if eol < 0:
             if len(buf) > self.max_message_size:
-                raise self._fail("start line too long", 413)
+                raise self._fail(f"start line longer than {self.max_message_size} octets", 413)
             return
         line = bytes(buf[: eol + 2])
         if REQUEST_LINE_RE.fullmatch(line) is None and STATUS_LINE_RE.fullmatch(line) is None:
