@@ -25,6 +25,14 @@ MaxMessageSizeOption = Annotated[int, typer.Option(
     help="Largest SIP message in octets. Over TCP/TLS a larger message (or a head that never ends) closes the "
          "connection; over UDP a larger request is answered 513 Message Too Large and a larger response dropped "
          "(a UDP datagram holds at most 65,507 octets).", min=1300, max=16 * 1024 * 1024)]
+StreamIdleTimeoutOption = Annotated[float, typer.Option(
+    help="TCP/TLS: seconds without a byte either way (CRLF keep-alives count) after which a connection is "
+         "closed; a connection that carried a registration stays open until it expires.", min=1)]
+MessageTimeoutOption = Annotated[float, typer.Option(
+    help="TCP/TLS: seconds a message may take to arrive whole once it has begun (64*T1).", min=0.1)]
+DrainOption = Annotated[float, typer.Option(
+    help="At SIGINT/SIGTERM: seconds what is in flight may take to be forwarded and answered before every "
+         "connection is closed.", min=0)]
 
 
 def proxy(
@@ -68,6 +76,9 @@ def proxy(
         dir_okay=False)] = None,
     udp_idle_timeout: Annotated[float, typer.Option(
         help="Seconds without traffic after which a device's UDP flow is closed.", min=1)] = 600.0,
+    stream_idle_timeout: StreamIdleTimeoutOption = 3600.0,
+    message_timeout: MessageTimeoutOption = 32.0,
+    drain: DrainOption = 5.0,
     max_flows: MaxFlowsOption = None,
     max_connections: MaxConnectionsOption = None,
     max_message_size: MaxMessageSizeOption = 65536,
@@ -99,6 +110,7 @@ def proxy(
         transparent=transparent, spoof_source=spoof_source, record_route=not no_record_route, tls_name=tls_name,
         upstream_tls_name=upstream_tls_name, upstream_ca=upstream_ca, upstream_insecure=upstream_insecure,
         confdir=confdir, trace_path=trace, quiet=quiet, verbose=verbose, udp_idle_timeout=udp_idle_timeout,
+        stream_idle_timeout=stream_idle_timeout, message_timeout=message_timeout, drain=drain,
         max_flows=max_flows, max_connections=max_connections, max_message_size=max_message_size))
     _run(config)
     typer.echo("faultlab: stopped", err=True)
@@ -142,7 +154,9 @@ def _run(config) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            _announce(config, await nursery.start(serve_proxy_with_api, config))
+            running = await nursery.start(serve_proxy_with_api, config)
+            _announce(config, running)
+            running.trace.add_sink(_say_stopping)
 
     try:
         try:
@@ -155,6 +169,14 @@ def _run(config) -> None:
         _fail(f"cannot start: {exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), 1)
     except KeyboardInterrupt:
         pass
+
+
+def _say_stopping(event) -> None:
+    """At the first SIGINT/SIGTERM: one line saying that the proxy drains, and how to stop at once."""
+    drain = event.detail.get("drain") if event.kind == "stopping" else None
+    if drain:
+        typer.echo(f"faultlab: stopping: what is in flight has up to {drain:g} s (--drain); "
+                   f"{event.detail.get('signal', 'a signal')} again stops at once", err=True)
 
 
 def _announce(config, running) -> None:

@@ -40,6 +40,12 @@ class ProxyConfig:
     verbose: bool = False  # console: also the messages received, and each message's first line
     udp_idle_timeout: float = 600.0
     connect_timeout: float = 10.0
+    # TCP/TLS: a message begun must be complete within message_timeout (64*T1); a connection with no bytes
+    # either way (CRLF keep-alives count) closes after stream_idle_timeout, unless a registration that passed
+    # on it has not yet expired. drain: at SIGINT/SIGTERM, how long what is in flight may take to be answered.
+    message_timeout: float = 32.0
+    stream_idle_timeout: float = 3600.0
+    drain: float = 5.0
     keep_events: int | None = None
     handle_signals: bool = False
     profile: Profile | None = None
@@ -74,6 +80,10 @@ class ProxyConfig:
     def validate(self) -> None:
         if not self.listen:
             raise ConfigError("nothing to listen on: add --listen udp:HOST:PORT (or tcp:, tls:)")
+        for option, value in (("--message-timeout", self.message_timeout),
+                              ("--stream-idle-timeout", self.stream_idle_timeout), ("--drain", self.drain)):
+            if not value >= (0 if option == "--drain" else 0.001):
+                raise ConfigError(f"{option} {value}: give a number of seconds above 0 (--drain: 0 or more)")
         seen: set[str] = set()
         for ep in self.upstream:
             if ep.transport in seen:

@@ -17,6 +17,7 @@ import trio
 
 from faultlab.addr import Endpoint
 from faultlab.net import limits
+from faultlab.net.stop import stopper_of
 from faultlab.net.stream import serve_stream
 from faultlab.net.transparent import serve_udp_transparent
 from faultlab.net.udp import serve_udp
@@ -134,8 +135,21 @@ async def keep_flushed(writer: JsonlWriter) -> None:
 
 
 async def _stop_on_signal(scope: trio.CancelScope, proxy: Proxy) -> None:
+    """At SIGINT/SIGTERM, stop gracefully (:mod:`faultlab.net.stop`): no new connections, up to
+    ``--drain`` seconds for what is in flight, every connection closed in order; then cancel ``scope``.
+    A second signal cancels at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            proxy.emit("stopping", detail={"signal": signal.Signals(signum).name})
-            scope.cancel()
-            return
+            proxy.emit("stopping", detail={"signal": signal.Signals(signum).name, "drain": proxy.config.drain})
+            break
+        async with trio.open_nursery() as nursery:
+
+            async def again() -> None:
+                async for signum in signals:
+                    proxy.emit("stopping", detail={"signal": signal.Signals(signum).name, "drain": 0})
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(again)
+            await stopper_of(proxy).stop(proxy, proxy.config.drain)
+            nursery.cancel_scope.cancel()
+    scope.cancel()

@@ -26,6 +26,8 @@ from faultlab.sip import KeepAlive, Message, SipError, build_response, parse_dat
 from faultlab.trace import Event, Trace
 
 _FLOW_PREFIX = {"udp": "u", "tcp": "t", "tls": "s"}
+# A request with no final response after 64*T1 (RFC 3261 Timer B/F) is no longer waited for.
+TRANSACTION_LIFETIME = 32.0
 
 #: A trace event carries at most this many bytes of ``raw``; ``detail["raw_length"]`` then gives the total.
 TRACE_RAW_LIMIT = 64 * 1024
@@ -57,6 +59,12 @@ class Relay:
         self.device_engines: dict[str, Engine] = {}  # "IP" or "IP:PORT" -> profile for that device
         self.holds: dict[str, Hold] = {}
         self.flows: dict[str, dict] = {}  # flow id -> description, for the API
+        # In flight, for a graceful stop: requests sent and not yet answered with a final response
+        # ((flow, Call-ID, CSeq, method) -> clock time sent), and messages the scheduler keeps back
+        # (delayed or held) or has queued behind them.
+        self.open_requests: dict[tuple, float] = {}
+        self._prune_at = 1024
+        self.waiting = 0
         if config.profile is not None:
             self.engine = Engine(config.profile, self.rng, activated_at=0.0)
 
@@ -243,9 +251,44 @@ class Relay:
     def sent(self, out: Outgoing, dest: tuple[str, int], **detail) -> None:
         self.emit("sent", peer=format_hostport(*dest), raw=out.data, summary=out.summary, detail=detail,
                   **out.fields)
+        self._track(out)
 
     def responded(self, out: Outgoing, dest: tuple[str, int]) -> None:
         self.emit("responded", peer=format_hostport(*dest), raw=out.data, summary=out.summary, **out.fields)
+        self._track(out)
+
+    def abandoned(self, out: Outgoing, dest: tuple[str, int], reason: str, *, hold: Hold | None = None,
+                  **detail) -> None:
+        """``out``, on its way to ``dest``, is given up unsent: it was held, delayed or queued when its
+        connection closed or the proxy stopped (``reason``)."""
+        if hold is not None:
+            self.holds.pop(hold.id, None)
+            detail["hold"] = hold.id
+        self.emit("abandoned", peer=format_hostport(*dest), raw=out.data, summary=out.summary,
+                  detail={"reason": reason, **detail}, **out.fields)
+
+    def _track(self, out: Outgoing) -> None:
+        """Keep :attr:`open_requests`: a request (not ACK) opens, a final response closes."""
+        fields = out.fields
+        method = fields.get("method")
+        if method is not None:
+            if method != "ACK":
+                self.open_requests[(out.hop.flow, fields.get("call_id"), fields.get("cseq"), method)] = self.clock()
+                if len(self.open_requests) > self._prune_at:
+                    self._prune_requests()
+        elif fields.get("status", 0) >= 200:
+            self.open_requests.pop(
+                (out.hop.flow, fields.get("call_id"), fields.get("cseq"), fields.get("cseq_method")), None)
+
+    def _prune_requests(self) -> None:
+        old = self.clock() - TRANSACTION_LIFETIME
+        self.open_requests = {key: at for key, at in self.open_requests.items() if at > old}
+        self._prune_at = max(1024, 2 * len(self.open_requests))
+
+    def in_flight(self) -> int:
+        """Requests still waiting for their final response, and messages still kept back."""
+        self._prune_requests()
+        return len(self.open_requests) + self.waiting
 
     def release(self, hold_id: str | None = None) -> int:
         targets = list(self.holds.values()) if hold_id is None else [self.holds[hold_id]]

@@ -55,6 +55,11 @@ class StreamFramer:
         """True once :meth:`next_event` has raised."""
         return self._error is not None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as an event: a message (or keep-alive) begun."""
+        return len(self._buf)
+
     def receive_data(self, data: bytes) -> None:
         """Buffer ``data``; ``b""`` records the end of the stream."""
         if not data:
