@@ -101,6 +101,7 @@ from .model import (
     digest,
 )
 from .calls import Calls
+from .lifetimes import Lifetimes
 from .registrar import Registrar
 from .transactions import Transactions
 
@@ -116,7 +117,7 @@ __all__ = [
 ]
 
 
-class PbxLogic(Registrar, Calls, Transactions):
+class PbxLogic(Registrar, Calls, Transactions, Lifetimes):
     """The PBX state machine. Not thread- or task-safe by itself: one driver calls it."""
 
     def __init__(
@@ -130,10 +131,12 @@ class PbxLogic(Registrar, Calls, Transactions):
         wall_clock: Callable[[], float] = time.time,
         t1: float = 0.5,
         t2: float = 4.0,
+        t4: float = 5.0,
     ) -> None:
         self.hold = hold
         self.t1 = t1
         self.t2 = t2
+        self.t4 = t4
         self.ring_timeout = ring_timeout
         self.cancel_push = cancel_push
         self.default_expires = default_expires
@@ -146,6 +149,9 @@ class PbxLogic(Registrar, Calls, Transactions):
         self._retx: dict[tuple[str, str], Retx] = {}  # (branch, CSeq method) -> UDP retransmissions
         self._servers: dict[tuple[str, str], ServerTxn] = {}  # (branch, method) of relayed requests
         self._seq = 0
+        self._prune: list[tuple[float, int, str, object]] = []  # lifetimes.py: what to forget when
+        self._prune_seq = 0
+        self._aor_due: dict[str, float] = {}  # AOR -> when its earliest binding expires (a look is scheduled)
 
     def call_state(self, call_id: str) -> str | None:
         """``held``, ``forwarded``, ``cancelling`` (the PBX CANCELled the device after a ring timeout or
@@ -155,7 +161,13 @@ class PbxLogic(Registrar, Calls, Transactions):
         return None if call is None else call.state
 
     def next_deadline(self) -> float | None:
+        """When the next timer that may send or decide something is due (call timers, retransmissions)."""
         return min([*self._timers.values(), *(r.due for r in self._retx.values())], default=None)
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`on_timer` is next needed: :meth:`next_deadline`, or the next time a finished
+        transaction, call or expired registration is to be forgotten (:mod:`.lifetimes`), whichever is first."""
+        return min([t for t in (self.next_deadline(), self._next_prune()) if t is not None], default=None)
 
     def retransmitting(self) -> list[tuple[str, str]]:
         """``(branch, method)`` of every client transaction whose request is being retransmitted."""
@@ -222,7 +234,7 @@ class PbxLogic(Registrar, Calls, Transactions):
         return out
 
     def on_timer(self, now: float) -> list[Output]:
-        """Fire every timer due at ``now``."""
+        """Fire every timer due at ``now``, and forget the records whose lifetime is over."""
         out: list[Output] = []
         for key, deadline in sorted(self._timers.items(), key=lambda kv: kv[1]):
             if deadline > now or self._timers.get(key) != deadline:
@@ -260,6 +272,7 @@ class PbxLogic(Registrar, Calls, Transactions):
             else:
                 retx.interval = min(retx.interval * 2, self.t2)  # Timer E
             retx.next_at = now + retx.interval
+        self._run_prune(now)
         return out
 
     def push_failed(self, call_id: str, error: str, now: float) -> list[Output]:

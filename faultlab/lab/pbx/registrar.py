@@ -61,6 +61,7 @@ class Registrar:
                              "flow": str(flow), "push": pn, "refresh": bool(same)}))
         if bindings:
             self._bindings[user] = bindings
+            self._watch_aor(user, min(b.expires_at for b in bindings))
         else:
             self._bindings.pop(user, None)
         listed = [("Contact", f"<{b.contact}>;expires={b.remaining(now)}") for b in bindings]
