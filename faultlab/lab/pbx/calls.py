@@ -23,9 +23,28 @@ from .model import (
 )
 
 
+RINGING = ("new", "held", "forwarded", "cancelling")  # a call leaves these states for good
+
+
 class Calls:
     """The call half of the PBX state machine. Mixed into :class:`~faultlab.lab.pbx.logic.PbxLogic`,
     whose state it shares."""
+
+    def _ringing_calls(self, user: str | None = None) -> list[Call]:
+        """The calls of ``user`` (or of everyone) not yet confirmed or ended, oldest first. The index
+        (``_ringing``: user -> call-ID -> call) forgets the others on the way, so a REGISTER costs the
+        user's ringing calls, not every call the PBX remembers."""
+        found: list[Call] = []
+        for who in [user] if user is not None else list(self._ringing):
+            calls = self._ringing.get(who)
+            for call_id, call in list((calls or {}).items()):
+                if call.state in RINGING and self._calls.get(call_id) is call:
+                    found.append(call)
+                else:
+                    del calls[call_id]
+            if calls is not None and not calls:
+                del self._ringing[who]
+        return found
 
     def _invite(self, msg: Message, flow: Flow, now: float) -> list[Output]:
         call_id = msg.call_id
@@ -47,6 +66,7 @@ class Calls:
             return [Note({"action": "no-binding", "user": user}, call_id), self._respond(msg, flow, 404)]
         call = Call(call_id, user, msg, flow, msg.from_tag, branch)
         self._calls[call_id] = call
+        self._ringing.setdefault(user, {})[call_id] = call
         self._watch_call(call, now)
         trying = build_response(msg, 100)
         call.last_response = trying

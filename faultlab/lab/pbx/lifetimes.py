@@ -120,6 +120,11 @@ class Lifetimes:
 
     def _forget_call(self, call: Call) -> None:
         del self._calls[call.call_id]
+        ringing = self._ringing.get(call.user)
+        if ringing is not None and ringing.get(call.call_id) is call:
+            del ringing[call.call_id]
+            if not ringing:
+                del self._ringing[call.user]
         for branch in call.branches | ({call.out_branch} if call.out_branch else set()):
             txn = self._txns.pop(branch, None)
             for method in ("INVITE", "CANCEL", txn.method if txn else "BYE"):

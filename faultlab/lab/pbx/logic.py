@@ -144,6 +144,7 @@ class PbxLogic(Registrar, Calls, Transactions, Lifetimes):
         self.wall_clock = wall_clock
         self._bindings: dict[str, list[Binding]] = {}
         self._calls: dict[str, Call] = {}
+        self._ringing: dict[str, dict[str, Call]] = {}  # user -> call-ID -> call, not yet confirmed or ended
         self._txns: dict[str, ClientTxn] = {}
         self._timers: dict[tuple[str, str], float] = {}  # (kind, call_id) -> deadline
         self._retx: dict[tuple[str, str], Retx] = {}  # (branch, CSeq method) -> UDP retransmissions
@@ -196,7 +197,7 @@ class PbxLogic(Registrar, Calls, Transactions, Lifetimes):
         again (as before its REGISTER), so the device's next REGISTER, on a new connection, gets the INVITE
         (RFC 5626's flow recovery, seen from the registrar); the hold timer runs again."""
         out: list[Output] = []
-        for call in list(self._calls.values()):
+        for call in self._ringing_calls():
             if call.callee_flow != flow or call.state not in ("forwarded", "cancelling") or call.device_final:
                 continue
             if not call.device_responded and not call.cancelled and call.final_sent is None:

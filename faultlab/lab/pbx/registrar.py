@@ -67,7 +67,7 @@ class Registrar:
         listed = [("Contact", f"<{b.contact}>;expires={b.remaining(now)}") for b in bindings]
         out.append(self._respond(msg, flow, 200, headers=listed))
         if refreshed is not None:
-            for call in list(self._calls.values()):
+            for call in self._ringing_calls(user):
                 if (call.state == "forwarded" and call.user == user and not call.device_responded
                         and not call.cancelled and call.callee_flow is not None and call.callee_flow.conn is not None
                         and call.callee_flow != flow):
