@@ -355,12 +355,14 @@ class PBX:
 
 def udp_receive_buffer(sock: trio.socket.SocketType) -> int | None:
     """The receive buffer the kernel gave ``sock``, in bytes of data (Linux reports twice the size set, the
-    other half being its bookkeeping), or ``None`` when it does not say."""
+    other half being its bookkeeping), or ``None`` when it does not say (an in-memory socket says 0)."""
     import socket
     import sys
 
     try:
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     except OSError:
+        return None
+    if not isinstance(size, int) or size <= 0:
         return None
     return size // 2 if sys.platform.startswith("linux") else size
