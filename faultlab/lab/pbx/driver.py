@@ -18,6 +18,11 @@ retransmission state, keyed by branch and method, and returns the retransmission
 from ``on_timer``); this driver only runs its deadlines on trio's clock. Nothing is retransmitted on
 TCP/TLS.
 
+Each UDP socket asks for 4 MiB of buffer (:func:`faultlab.net.udp.enlarge_buffers`), so a burst of requests
+waits in the kernel instead of being dropped; when the kernel gives less (without root, Linux caps it at
+``net.core.rmem_max``), a ``warning`` on the timeline and in :attr:`PBX.warnings` says what to set. The
+timers also run the logic's pruning of finished calls and transactions (:mod:`faultlab.lab.pbx.lifetimes`).
+
 Pushes go through the injected ``send_push(token, payload)`` coroutine (the push gateway client),
 each in its own task so a slow gateway never blocks SIP; a failing call push ends the held INVITE
 with 480. Without ``send_push`` pushes are only recorded (``push-unsent``) and the INVITE waits for a

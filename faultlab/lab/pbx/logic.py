@@ -73,6 +73,11 @@ call), authentication, 423 Interval Too Brief, hop-by-hop ACK of a non-2xx answe
 (re-INVITEs are relayed like any in-dialog request), strict routers, and a failing flow (a send on a
 closed connection is a timeline warning; the caller then gets 480 at the ring timeout).
 
+**Lifetimes** (:mod:`.lifetimes`). Finished transactions are forgotten after RFC 3261's Timer J/K (64*T1 /
+T4 over UDP, at once over TCP/TLS), finished calls 64*T1 to 2*64*T1 after they ended, expired registrations
+when they expire, all from :meth:`PbxLogic.on_timer` (:meth:`PbxLogic.next_wakeup` says when it is next
+needed; :meth:`PbxLogic.sizes` counts what is held), so a PBX that runs for days holds only what is live.
+
 Outputs: :class:`SendBytes` (bytes on a flow), :class:`RequestPush` (ask the push gateway), :class:`Note` (a
 decision for the timeline). Times are whatever clock the caller passes as ``now`` (trio's in
 :class:`faultlab.lab.pbx.PBX`), so timers run under ``trio.testing.MockClock``.
