@@ -168,6 +168,20 @@ def parse_device_address(text: str) -> tuple[Network, int | None]:
     return ipaddress.ip_network(addr, strict=False), port
 
 
+def device_at(device: str, peer: str | None, *, ports: bool = True) -> bool:
+    """Whether ``peer`` (a hop's ``HOST:PORT``, as the trace writes it) is ``device`` as people write it
+    (:func:`parse_device_address`: ``IP``, ``IP:PORT``, ``[IPv6]:PORT``, a network). A spec that does not parse,
+    or a peer that is not an address, matches nothing. ``ports=False`` compares the addresses only."""
+    if not peer:
+        return False
+    try:
+        network, port = parse_device_address(device)
+        peer_net, peer_port = parse_device_address(peer)
+    except ValueError:
+        return False
+    return peer_net.num_addresses == 1 and peer_net.network_address in network and (not ports or port in (None, peer_port))
+
+
 def parse_device(spec: str) -> str:
     """Normalise a device spec: ``IP`` or ``IP:PORT`` (IPv6 as ``[::1]:5060`` or bare ``::1``)."""
     text = spec.strip()

@@ -1,13 +1,17 @@
 """HTTP helpers shared by the control API (``app``) and the web page's routes (``web``): the error
-answered as JSON, compact JSON responses, and request bodies read within a bound."""
+answered as JSON, compact JSON responses that always encode, and request bodies read within bounds (size, depth,
+text: :func:`faultlab.text.load_json`)."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from faultlab.text import clean, load_json, readable
 
 # A rule or a profile name is a few hundred bytes; 64 KiB leaves room for a large rule and no more.
 MAX_BODY_SIZE = 64 * 1024
@@ -27,7 +31,33 @@ class JSON(JSONResponse):
     """Compact JSON with a final newline, so ``curl`` output ends cleanly."""
 
     def render(self, content: Any) -> bytes:
-        return (json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode()
+        return dumps(content).encode("utf-8", "backslashreplace")
+
+
+def dumps(content: Any) -> str:
+    """``content`` as one line of JSON for an answer: text from the wire kept readable (:func:`faultlab.text.clean`:
+    a byte that was not UTF-8 shows as ``\\xbd``), a float that JSON cannot hold (NaN, infinity) as null, any
+    other object as its text."""
+    try:
+        text = json.dumps(clean(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                          default=_as_text)
+    except ValueError:  # NaN or infinity somewhere: JSON has no such number
+        text = json.dumps(_no_nan(clean(content)), ensure_ascii=False, separators=(",", ":"), default=_as_text)
+    return text + "\n"
+
+
+def _as_text(value: Any) -> str:
+    return readable(str(value))
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -46,9 +76,9 @@ async def json_body(
         data: Any = {}
     else:
         try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the body is not valid JSON ({exc}); e.g. {example}") from None
+            data = load_json(raw)
+        except ValueError as exc:
+            raise ApiError(400, f"the body is {exc}; e.g. {example}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, e.g. {example}")
     allowed = required + optional

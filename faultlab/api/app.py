@@ -47,10 +47,10 @@ bodies must be JSON (which forces a CORS preflight, never granted) and the Host 
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import ipaddress
 import math
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,7 @@ class _Api:
         except ProfileError as exc:
             names = [p["name"] for p in self.control.list_profiles()]
             if name not in names:
-                raise ApiError(404, _listing(str(exc), "available profiles", names, unless_given=True)) from None
+                raise ApiError(404, _unknown_profile(name, names)) from None
             raise ApiError(400, str(exc)) from None
         except ValueError as exc:
             raise ApiError(400, f"{exc} ({_DEVICE_HELP})" if device is not None else str(exc)) from None
@@ -301,6 +301,18 @@ def _profile_name(body: dict[str, Any]) -> str | None:
     raise ApiError(400, f'"profile" must be a profile name (see GET /profiles) or null for none, not {name!r}')
 
 
+def _unknown_profile(name: str | None, names: list[str]) -> str:
+    """The 404 for a profile name the library does not have: the name (shortened), a close one, and what there is;
+    never where the library lives (the control's own message may say that, so it is not used)."""
+    shown = repr(name if name is None or len(name) <= 64 else name[:64] + "…")
+    close = difflib.get_close_matches(name, names, n=1) if name is not None and len(name) <= 64 else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    files = ("; the API takes library names only: a profile file is loaded from the command line "
+             "(--profile FILE) or put in a library (FAULTLAB_PATH)"
+             if name is not None and ("/" in name or "\\" in name or name.endswith(".toml")) else "")
+    return f"no profile {shown} in the library{hint}{files}; available profiles: {', '.join(names) or 'none'}"
+
+
 def _stream_cursor(request: Request) -> tuple[float | None, int | None]:
     """``GET /events``: where the replay starts: ``since`` (trace seconds), or ``after`` (an event number;
     SSE's ``Last-Event-ID`` header, sent by a reconnecting EventSource, is the same and wins)."""
@@ -336,11 +348,8 @@ def _device_query(request: Request) -> str | None:
     return request.query_params.get("device") or None
 
 
-def _listing(message: str, what: str, names: list[str], *, unless_given: bool = False) -> str:
-    """``message`` plus the names that exist; with ``unless_given``, not when the message already
-    names every one of them (a control's own message may list them)."""
-    if unless_given and names and all(re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w.-])", message) for n in names):
-        return message
+def _listing(message: str, what: str, names: list[str]) -> str:
+    """``message`` plus the names that exist."""
     return f"{message}; {what}: {', '.join(names) if names else 'none'}"
 
 
@@ -368,8 +377,10 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _on_crash(request: Request, exc: Exception) -> Response:
-    # Starlette re-raises after this answer, so the server logs the traceback ("faultlab.api" logger).
-    return error_response(500, f"internal error in faultlab: {type(exc).__name__}: {exc}")
+    # Starlette re-raises after this answer, so the server logs the traceback ("faultlab.api" logger). The answer
+    # names the kind of error only: its text may hold paths of the installation, which are no business of a client.
+    return error_response(500, f"internal error in faultlab ({type(exc).__name__}) on {request.method} "
+                               f"{request.url.path}; the proxy's log has the details")
 
 
 class _Guard:

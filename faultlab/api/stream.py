@@ -18,11 +18,12 @@ its number as ``id:``, so that a browser's ``EventSource`` resumes where it left
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
+
+from ._http import dumps
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -65,8 +66,9 @@ class EventStream:
         if seq is not None:
             self.seq = seq + 1
         if not self.sse:
-            return f"{text}\n".encode()
-        return (f"id: {seq}\ndata: {text}\n\n" if seq is not None else f"data: {text}\n\n").encode()
+            return f"{text}\n".encode("utf-8", "backslashreplace")
+        return (f"id: {seq}\ndata: {text}\n\n" if seq is not None else f"data: {text}\n\n").encode(
+            "utf-8", "backslashreplace")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         disconnected = False
@@ -100,7 +102,8 @@ class EventStream:
         chunk = bytearray()
         if self.header is not None:
             text = _json(self.header)
-            chunk += (f"event: replay\ndata: {text}\n\n" if self.sse else f"{text}\n").encode()
+            chunk += (f"event: replay\ndata: {text}\n\n" if self.sse else f"{text}\n").encode(
+                "utf-8", "backslashreplace")
         for event in self.replay:
             chunk += self.encode(event)
             if len(chunk) >= _REPLAY_CHUNK:
@@ -127,4 +130,4 @@ _REPLAY_CHUNK = 64 * 1024  # held events are written this many bytes at a time
 
 
 def _json(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+    return dumps(obj).rstrip("\n")

@@ -5,8 +5,10 @@ certificates; the reasons for its choices are in :mod:`faultlab.ca`."""
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import secrets
+import stat
 import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -99,12 +101,16 @@ class LabCA:
         """Create a new CA in ``confdir`` (made with mode 0700 if missing).
 
         Refuses to replace an existing CA unless ``force``: devices that trust the
-        old CA stop trusting faultlab until they get the new one.
+        old CA stop trusting faultlab until they get the new one (its key is made
+        private, as :meth:`load` does). Refuses a directory that others can write to.
         """
         confdir = Path(confdir)
         key_path, cert_path = confdir / CA_KEY_FILE, confdir / CA_CERT_FILE
         existing = [p for p in (key_path, cert_path) if p.exists() or p.is_symlink()]
         if existing and not force:
+            _check_dir(confdir)
+            if key_path.is_file():
+                _read_private(key_path)  # the CA stays: but not with a key that others can read
             raise CAError(
                 f"a lab CA already exists in {confdir} ({', '.join(p.name for p in existing)}). "
                 "Devices that trust it would stop trusting faultlab if it were replaced. "
@@ -112,6 +118,7 @@ class LabCA:
                 "(or use another directory with $FAULTLAB_HOME)."
             )
         _make_private_dir(confdir)
+        _check_dir(confdir)
         key, cert = _new_ca()
         key_pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -130,7 +137,12 @@ class LabCA:
 
     @classmethod
     def load(cls, confdir: Path) -> LabCA:
-        """Load the CA from ``confdir``. Raises :class:`CAError` saying what is wrong."""
+        """Load the CA from ``confdir``. Raises :class:`CAError` saying what is wrong.
+
+        Permissions: a directory that its group or others can write to is refused (``chmod 700`` it); a key that
+        its group or others can read is made private (mode 0600) with a warning on the ``faultlab.ca`` logger, or
+        refused when faultlab cannot change its mode.
+        """
         confdir = Path(confdir)
         key_path, cert_path = confdir / CA_KEY_FILE, confdir / CA_CERT_FILE
         missing = [p for p in (key_path, cert_path) if not p.exists()]
@@ -142,7 +154,8 @@ class LabCA:
                 "Restore it, or create a new CA with `faultlab ca init --force` "
                 "(devices must then trust the new CA)."
             )
-        key_pem = _read(key_path)
+        _check_dir(confdir)
+        key_pem = _read_private(key_path)
         cert_pem = _read(cert_path)
         replace_hint = "Create a new CA with `faultlab ca init --force` (devices must then trust the new CA)."
         try:
@@ -409,6 +422,47 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _check_dir(confdir: Path) -> None:
+    """Refuse a CA directory that others can write to: they could have put their own CA in it, and could replace
+    it at any time, so nothing in it can be trusted; faultlab does not change the mode of a directory it did not
+    make (it may be shared), the message says how."""
+    try:
+        st = os.stat(confdir)
+    except OSError:
+        return  # what is missing or unreadable is reported when the files are read
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022:
+        who = "others" if st.st_mode & 0o002 else "its group"
+        raise CAError(
+            f"the lab CA directory {confdir} is writable by {who} (mode {stat.S_IMODE(st.st_mode):04o}): whoever "
+            "can write there can replace the CA that devices trust, so faultlab does not use it. Make it private "
+            f"with `chmod 700 {confdir}` (and check that ca.key and ca.crt are yours), or use another "
+            "directory (--confdir or $FAULTLAB_HOME).")
+
+
+def _read_private(path: Path) -> bytes:
+    """Read the CA key. A key that its group or others may read or write is made private (mode 0600) first, and
+    the change logged (``faultlab.ca``, a warning on stderr); a key faultlab cannot change (not its owner) is
+    refused, saying how to fix it."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                old = stat.S_IMODE(st.st_mode)
+                try:
+                    os.fchmod(f.fileno(), 0o600)
+                except PermissionError:
+                    raise CAError(
+                        f"the lab CA key {path} can be read by others (mode {old:04o}) and faultlab cannot "
+                        f"change that (it is not the file's owner): run `chmod 600 {path}` as its owner") from None
+                logging.getLogger("faultlab.ca").warning(
+                    "the lab CA key %s could be read by others (mode %04o); its mode is now 0600. If someone may "
+                    "have copied it, make a new CA with `faultlab ca init --force` (devices must then trust the "
+                    "new one)", path, old)
+            return f.read()
+    except OSError as exc:
+        raise CAError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _read(path: Path) -> bytes:

@@ -14,6 +14,13 @@ app = typer.Typer(help="The lab CA that signs faultlab's TLS certificates for de
 _fail = failing("faultlab")
 
 
+def _warnings_to_stderr() -> None:
+    """What the CA says it did (a key made private) goes to stderr as one ``faultlab:`` line."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="faultlab: %(message)s")
+
+
 @app.command("init")
 def ca_init(
     confdir: ConfdirOption = None,
@@ -22,6 +29,7 @@ def ca_init(
     """Create the lab CA (ca.key is written with mode 0600)."""
     from faultlab.ca import CAError, LabCA, default_confdir
 
+    _warnings_to_stderr()
     try:
         ca = LabCA.init(confdir or default_confdir(), force=force)
     except CAError as exc:
@@ -44,6 +52,7 @@ def ca_export(
     """Write the lab CA certificate (PEM), or an iOS profile carrying it, for devices to trust."""
     from faultlab.ca import CAError, LabCA, default_confdir
 
+    _warnings_to_stderr()
     try:
         ca = LabCA.load(confdir or default_confdir())
         if mobileconfig is not None:

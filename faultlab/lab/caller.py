@@ -13,6 +13,10 @@ One connection (TCP/TLS) or one socket (UDP) carries everything; requests in a d
 Route's address over UDP, and over the one connection for TCP/TLS (the PBX Record-Routes itself, so
 that is where they are going anyway). No retransmissions: loopback and reliable transports.
 
+Its sockets, reading, sending and response routing are a :class:`~faultlab.lab.ua.UAWire` (the plumbing of
+every UA of the lab); a keep-alive ping from the PBX gets a pong, and a connection that stops framing ends the
+caller's reading with a ``warning`` (``unframeable: ...``).
+
 Timeline (source ``"caller"``): ``received`` / ``sent`` per message, ``caller`` for each scripted step
 (``detail={"action": "call" | "cancel" | "hang-up" | "ended", ...}``).
 
@@ -28,43 +32,30 @@ Usage::
 
 from __future__ import annotations
 
-import secrets
-import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from faultlab.lab.timeline import Timeline
 from faultlab.addr import format_hostport
-from faultlab.net.reader import SipStreamReader, Unframed, parse_or_raw
-from faultlab.sip import Message, SipError, build_request, build_response, parse_datagram
+from faultlab.lab.timeline import Timeline
+from faultlab.lab.ua import Address, Incoming, Link, UAWire, new_branch, route_uri, token
+from faultlab.net.reader import Unframed
+from faultlab.sip import Message, SipError, parse_datagram, parse_uri
 
 __all__ = ["Caller", "CallHandle", "CallerTimeout"]
 
-Address = tuple[str, int]
 SOURCE = "caller"
 USER_AGENT = "faultlab-caller"
-SDP = (
-    "v=0\r\no={user} 1 1 IN {ipv} {host}\r\ns=faultlab caller\r\nc=IN {ipv} {host}\r\nt=0 0\r\n"
-    "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
-)
 
 
 class CallerTimeout(AssertionError):
     """What the script waited for did not happen in time."""
 
 
-def _token() -> str:
-    return secrets.token_hex(6)
-
-
 def _route_address(route: str) -> Address | None:
-    from faultlab.sip import parse_uri
-
     try:
-        uri = parse_uri(route[route.index("<") + 1 : route.index(">")])
+        uri = parse_uri(route_uri(route))
     except (ValueError, SipError):
         return None
     return uri.host, uri.port or 5060
@@ -151,80 +142,49 @@ class Caller:
         tls_server_name: str | None = None,
         timeout: float = 10.0,
     ) -> None:
-        if transport not in ("udp", "tcp", "tls"):
-            raise ValueError(f"transport must be udp, tcp or tls, not {transport!r}")
+        self.wire = UAWire(transport, user=user, on_message=self._handle, host=host, user_agent=USER_AGENT,
+                           session="faultlab caller", observer=self._emit, on_unframed=self._unframed, pong=True,
+                           ca_file=ca_file, tls_server_name=tls_server_name, connect_timeout=timeout)
         self.transport = transport
         self.pbx_address = pbx_address
         self.user = user
         self.timeline = timeline
         self.domain = domain or pbx_address[0]
         self.host = host
-        self.ca_file = ca_file
-        self.tls_server_name = tls_server_name
         self.timeout = timeout
         self.aor = f"sip:{user}@{format_hostport(self.domain, pbx_address[1]) if domain is None else domain}"
         self.calls: dict[str, CallHandle] = {}
         self.current: CallHandle | None = None
-        self._sock: trio.socket.SocketType | None = None
-        self._stream: trio.abc.Stream | None = None
-        self._send_lock = trio.Lock()
-        self._local: Address | None = None
         self._cseq = 0
         self._pending: dict[str, tuple[trio.Event, list[Message]]] = {}  # branch -> final response waiters
-        self._scope: trio.CancelScope | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Bind the UDP socket, or connect (and handshake TLS) to the PBX."""
-        if self.transport == "udp":
-            family = trio.socket.AF_INET6 if ":" in self.host else trio.socket.AF_INET
-            self._sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
-            await self._sock.bind((self.host, 0))
-            self._local = self._sock.getsockname()[:2]
-        else:
-            with trio.fail_after(self.timeout):
-                tcp = await trio.open_tcp_stream(*self.pbx_address)
-            self._local = tcp.socket.getsockname()[:2]
-            stream: trio.abc.Stream = tcp
-            if self.transport == "tls":
-                ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-                stream = trio.SSLStream(tcp, ctx, server_hostname=self.tls_server_name or self.pbx_address[0])
-                with trio.fail_after(self.timeout):
-                    await stream.do_handshake()
-            self._stream = stream
-        nursery.start_soon(self._reader)
+        await self.wire.start(nursery, self.pbx_address)
 
     async def close(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
-        if self._sock is not None:
-            self._sock.close()
-        if self._stream is not None:
-            await trio.aclose_forcefully(self._stream)
+        await self.wire.aclose()
 
     @property
     def address(self) -> Address:
-        assert self._local is not None, "call start() first"
-        return self._local
+        return self.wire.local
 
     @property
     def contact(self) -> str:
-        uri = f"sip:{self.user}@{format_hostport(*self.address)}"
-        return f"<{uri}>" if self.transport == "udp" else f"<{uri};transport={self.transport}>"
+        return self.wire.contact()
 
     # ------------------------------------------------------------------ scripted steps
 
     async def call(self, callee_aor: str) -> CallHandle:
         """Send the INVITE and return its handle at once (wait on the handle)."""
-        call_id = f"{_token()}@{self.host}"
-        local = f'"{self.user}" <{self.aor}>;tag={_token()}'
+        call_id = f"{token()}@{self.host}"
+        local = f'"{self.user}" <{self.aor}>;tag={token()}'
         self._cseq += 1
-        branch = "z9hG4bK" + _token() + _token()
-        host = self.address[0]
-        body = SDP.format(user=self.user, ipv="IP6" if ":" in host else "IP4", host=host).encode()
+        branch = new_branch()
         data = self._request("INVITE", callee_aor, branch=branch, call_id=call_id, from_=local,
-                             to=f"<{callee_aor}>", cseq=self._cseq, contact=True, body=body,
+                             to=f"<{callee_aor}>", cseq=self._cseq, contact=self.contact, body=self.wire.sdp(),
                              content_type="application/sdp")
         invite = parse_datagram(data)
         handle = CallHandle(self, call_id, callee_aor, local, invite, branch, self._cseq)
@@ -250,7 +210,7 @@ class Caller:
             raise RuntimeError(f"call {handle.call_id} is not established")
         self._note("hang-up", handle.call_id)
         self._cseq += 1
-        branch = "z9hG4bK" + _token() + _token()
+        branch = new_branch()
         waiter = trio.Event()
         self._pending[branch] = (waiter, [])
         data = self._request("BYE", handle.remote_target, branch=branch, call_id=handle.call_id,
@@ -273,13 +233,8 @@ class Caller:
 
     # ------------------------------------------------------------------ building and sending
 
-    def _request(self, method: str, uri: str, *, branch: str, call_id: str, from_: str, to: str, cseq: int,
-                 routes=(), contact: bool = False, headers: Sequence[tuple[str, str]] = (), body: bytes = b"",
-                 content_type: str | None = None) -> bytes:
-        return build_request(
-            method, uri, via=f"SIP/2.0/{self.transport.upper()} {format_hostport(*self.address)};rport;branch={branch}",
-            from_=from_, to=to, call_id=call_id, cseq=cseq, routes=routes, contact=self.contact if contact else None,
-            headers=[*headers, ("User-Agent", USER_AGENT)], body=body, content_type=content_type)
+    def _request(self, method: str, uri: str, **kwargs) -> bytes:
+        return self.wire.request(method, uri, local=self.address, **kwargs)
 
     def _next_hop(self, handle: CallHandle) -> Address:
         if handle.route_set:
@@ -289,20 +244,14 @@ class Caller:
         return self.pbx_address
 
     async def _send(self, data: bytes, dest: Address) -> None:
-        message = parse_datagram(data)
-        if isinstance(message, Message):
-            self._emit("sent", message, dest)
-        if self._sock is not None:
-            await self._sock.sendto(data, dest if self.transport == "udp" else self.pbx_address)
-        else:
-            assert self._stream is not None
-            async with self._send_lock:
-                await self._stream.send_all(data)
+        """On the one socket or connection (``dest``: where it goes over UDP, and on the timeline)."""
+        assert self.wire.main is not None, "call start() first"
+        await self.wire.send(self.wire.main, data, dest)
 
     async def _ack(self, handle: CallHandle, response: Message) -> None:
         if 200 <= response.status < 300:
             # a new transaction along the dialog's route set (§13.2.2.4)
-            data = self._request("ACK", handle.remote_target or handle.callee_aor, branch="z9hG4bK" + _token(),
+            data = self._request("ACK", handle.remote_target or handle.callee_aor, branch=new_branch(),
                                  call_id=handle.call_id, from_=handle.local, to=handle.remote or response.get("to"),
                                  cseq=handle.cseq, routes=handle.route_set)
             await self._send(data, self._next_hop(handle))
@@ -313,41 +262,16 @@ class Caller:
 
     # ------------------------------------------------------------------ receiving
 
-    async def _reader(self) -> None:
-        with trio.CancelScope() as scope:
-            self._scope = scope
-            if self._sock is not None:
-                while True:
-                    try:
-                        data, source = await self._sock.recvfrom(65535)
-                    except OSError:
-                        if self._sock.fileno() < 0:
-                            return
-                        continue
-                    message, _ = parse_or_raw(data)
-                    if isinstance(message, Message):
-                        await self._handle(message, source[:2])
-            else:
-                assert self._stream is not None
-                async for item in SipStreamReader(self._stream).items():
-                    if isinstance(item, Unframed):  # the PBX's stream no longer frames: the caller stops reading
-                        self.timeline.emit("warning", source=SOURCE, transport=self.transport,
-                                           peer=format_hostport(*self.pbx_address),
-                                           summary=f"unframeable: {item.error}")
-                        return
-                    if isinstance(item, Message):
-                        await self._handle(item, self.pbx_address)
-                    elif item.raw == b"\r\n\r\n":  # a keep-alive ping: pong
-                        async with self._send_lock:
-                            await self._stream.send_all(b"\r\n")
+    def _unframed(self, link: Link, item: Unframed) -> None:  # the PBX's stream no longer frames: reading stops
+        self.timeline.emit("warning", source=SOURCE, transport=self.transport, peer=format_hostport(*self.pbx_address),
+                           summary=f"unframeable: {item.error}")
 
-    async def _handle(self, message: Message, source: Address) -> None:
-        self._emit("received", message, source)
+    async def _handle(self, incoming: Incoming) -> None:
         try:
-            if message.is_request:
-                await self._handle_request(message, source)
+            if incoming.message.is_request:
+                await self._handle_request(incoming)
             else:
-                await self._handle_response(message)
+                await self._handle_response(incoming.message)
         except SipError:
             pass
 
@@ -391,20 +315,17 @@ class Caller:
         if response.status >= 300:
             await self._ack(handle, response)
 
-    async def _handle_request(self, request: Message, source: Address) -> None:
+    async def _handle_request(self, incoming: Incoming) -> None:
+        request = incoming.message
         if request.method == "ACK":
             return
-        dest = source
-        if self.transport == "udp" and request.top_via is not None and request.top_via.rport is None:
-            dest = (source[0], request.top_via.port or 5060)
         if request.method == "BYE":
             handle = self.calls.get(request.call_id or "")
-            await self._send(build_response(request, 200, headers=[("User-Agent", USER_AGENT)]), dest)
+            await self.wire.reply(incoming, 200)
             if handle is not None:
                 self._end(handle, "remote-bye")
             return
-        status = 200 if request.method == "OPTIONS" else 501
-        await self._send(build_response(request, status, headers=[("User-Agent", USER_AGENT)]), dest)
+        await self.wire.reply(incoming, 200 if request.method == "OPTIONS" else 501)
 
     def _end(self, handle: CallHandle, how: str) -> None:
         if handle.ended is None:
@@ -418,7 +339,7 @@ class Caller:
         self.timeline.emit("caller", source=SOURCE, call_id=call_id, summary=action,
                            detail={"action": action, "user": self.user, **detail})
 
-    def _emit(self, kind: str, message: Message, peer: Address) -> None:
+    def _emit(self, kind: str, link: Link, peer: Address, message: Message, data: bytes) -> None:
         try:
             call_id = message.call_id
         except SipError:

@@ -22,7 +22,6 @@ accepted); 413 over 64 KiB. Each accepted event goes on the timeline as ``kind="
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -36,6 +35,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from faultlab.text import load_json
 
 from .timeline import Timeline
 
@@ -132,9 +133,9 @@ def parse_device_events(body: bytes) -> list[DeviceEvent]:
     if not body.strip():
         raise DeviceEventError("empty body: post a JSON object (one event) or an array of them")
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DeviceEventError(f"the body is not JSON: {exc}") from None
+        data = load_json(body)  # UTF-8, JSON, at most 32 levels deep, no lone surrogate: or a 400 saying which
+    except ValueError as exc:
+        raise DeviceEventError(f"the body is {exc}") from None
     items = data if isinstance(data, list) else [data]
     if not items:
         raise DeviceEventError("an empty array: nothing to record")

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from faultlab.addr import device_at
 from faultlab.lab.checks import check_early_answer, check_end, check_invariants
 from faultlab.lab.scenario import Scenario
 from faultlab.sip import SipError, parse_message, parse_uri
@@ -94,19 +95,12 @@ def _sip(e: Event):
         return None
 
 
-def _host(peer: str | None) -> str | None:
-    if peer is None:
-        return None
-    host = peer.rpartition(":")[0] if peer.count(":") == 1 or peer.startswith("[") else peer
-    return host.strip("[]")
-
-
 def device_aor(events: Iterable[Event], device: str | None = None) -> dict[str, str] | None:
     """The AOR the device registered through faultlab (its last REGISTER): ``{"aor", "user", "from"}``."""
     found = None
     for e in events:
         if e.source == RELAY and e.kind == "received" and e.direction == "to-pbx" and e.method == "REGISTER" \
-                and (device is None or _host(e.peer) == _host(device)):
+                and (device is None or device_at(device, e.peer, ports=False)):
             msg = _sip(e)
             if msg is None or msg.to_addr is None:
                 continue
@@ -121,12 +115,7 @@ def device_aor(events: Iterable[Event], device: str | None = None) -> dict[str, 
 def _initial_invite(e: Event, since: float, device: str | None = None) -> bool:
     """An INVITE faultlab delivered to a device since ``since`` (to ``device`` when given: the hop's peer)."""
     return (e.source == RELAY and e.kind == "sent" and e.direction == "to-device" and e.method == "INVITE"
-            and e.t >= since and e.call_id is not None and (device is None or _is_device(e.peer, device)))
-
-
-def _is_device(peer: str | None, device: str) -> bool:
-    """Whether the hop's peer ``HOST:PORT`` is ``device`` (``IP``, or ``IP:PORT`` as the device profiles key it)."""
-    return peer is not None and device in (peer, _host(peer))
+            and e.t >= since and e.call_id is not None and (device is None or device_at(device, e.peer)))
 
 
 def pick_call(events: Sequence[Event], since: float, device: str | None = None) -> tuple[str | None, str]:

@@ -35,6 +35,7 @@ import re
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_PORTS = (5060, 5061)
 DEFAULT_TLS_PORTS = (5061,)
@@ -231,34 +232,16 @@ def _run(argv: list[str], *, stdin: str | None = None, check: bool = True) -> su
     return done
 
 
-def intercept_on(
-    netns: str | None,
-    *,
-    pbx: str,
-    ports: Iterable[int] = DEFAULT_PORTS,
-    proxy_udp_port: int | None,
-    proxy_tcp_port: int | None,
-    proxy_tls_port: int | None = None,
-    tls_ports: Iterable[int] = DEFAULT_TLS_PORTS,
-    table: str = "faultlab_lab",
-    mark: int = DEFAULT_MARK,
-    route_table: int = DEFAULT_ROUTE_TABLE,
-    spoof_source: bool = False,
-    iface: str | None = None,
-    counter: bool = False,
-) -> InterceptSpec:
+def intercept_on(netns: str | None, **options: Any) -> InterceptSpec:
     """Send SIP traffic for ``pbx`` in namespace ``netns`` (None: this one) to the local proxy.
 
     TCP to a port in ``tls_ports`` goes to ``proxy_tls_port`` (not intercepted
     when it is None), other TCP ports to ``proxy_tcp_port``, UDP to
     ``proxy_udp_port``. With ``iface``, only traffic arriving on that
     interface is intercepted. Replaces a table of the same name. On failure
-    nothing of it is left behind.
+    nothing of it is left behind. ``options`` are those of :meth:`InterceptSpec.make`.
     """
-    spec = InterceptSpec.make(pbx=pbx, ports=ports, proxy_udp_port=proxy_udp_port,
-                              proxy_tcp_port=proxy_tcp_port, proxy_tls_port=proxy_tls_port,
-                              tls_ports=tls_ports, table=table, mark=mark, route_table=route_table,
-                              spoof_source=spoof_source, iface=iface, counter=counter)
+    spec = InterceptSpec.make(**options)
     apply(netns, spec)
     return spec
 

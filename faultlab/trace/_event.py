@@ -6,6 +6,13 @@ import base64
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from faultlab.text import clean, readable
+
+# The fields that hold text; an event keeps them readable (faultlab.text): wire bytes that were not UTF-8 show as
+# escapes (a Call-ID "abc\xbd"), in memory as in every view of the timeline, and only ``raw`` keeps the bytes.
+_TEXT_FIELDS = ("kind", "source", "flow", "direction", "transport", "peer", "summary", "method", "call_id",
+                "cseq_method")
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -31,6 +38,16 @@ class Event:
     parsed: bool | None = None  # False: bytes faultlab could not parse, relayed unchanged
     raw: bytes | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if type(value) is str and not value.isascii():
+                object.__setattr__(self, name, readable(value))
+        if self.detail:
+            detail = clean(self.detail)
+            if detail is not self.detail:
+                object.__setattr__(self, "detail", detail)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; ``raw`` as text when it is UTF-8, else as ``raw_b64``."""

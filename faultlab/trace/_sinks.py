@@ -7,12 +7,13 @@ import collections
 import json
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, TextIO
+
+from faultlab.text import printable, readable
 
 from ._event import Event
 
@@ -30,6 +31,7 @@ class Trace:
         self.events: collections.deque[Event] = collections.deque(maxlen=keep)
         self._sinks: list[Sink] = []
         self._closers: list[Callable[[], None]] = []
+        self._failed: list[Sink] = []
 
     def add_sink(self, sink: Sink, close: Callable[[], None] | None = None) -> None:
         self._sinks.append(sink)
@@ -39,7 +41,18 @@ class Trace:
     def emit(self, event: Event) -> None:
         self.events.append(event)
         for sink in self._sinks:
-            sink(event)
+            try:
+                sink(event)
+            except Exception:  # a view of the timeline that fails must not take the relay down with it
+                self._sink_failed(sink)
+
+    def _sink_failed(self, sink: Sink) -> None:
+        if sink in self._failed:
+            return
+        self._failed.append(sink)
+        logging.getLogger("faultlab.trace").exception(
+            "a trace sink (%s) failed on an event; the run goes on (further failures of it are not logged)",
+            getattr(sink, "__qualname__", type(sink).__name__))
 
     def close(self) -> None:
         for close in self._closers:
@@ -74,14 +87,16 @@ class JsonlWriter:
         self.on_pending: Callable[[], None] | None = None
         self.error: str | None = None
         self._clock = clock
-        self._file: IO[str] = open(path, "w", encoding="utf-8", buffering=buffer_size)  # noqa: SIM115
+        # Events hold no lone surrogates (Event keeps its text readable); "backslashreplace" is the last guard.
+        self._file: IO[str] = open(path, "w", encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
+                                   buffering=buffer_size)
         self._last_flush: float | None = None  # never: the first event goes out at once
         self._pending = False
 
     def __call__(self, event: Event) -> None:
         if self.error is not None or self._file.closed:
             return
-        line = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"), default=_as_text) + "\n"
         try:
             self._file.write(line)
         except OSError as exc:
@@ -136,15 +151,22 @@ class JsonlWriter:
                 self._failed(exc)
 
 
+def _as_text(value: Any) -> str:
+    """What JSON cannot hold (an object in an event's detail), as readable text."""
+    return readable(str(value))
+
+
 def parse_event_line(line: bytes) -> Event:
     """One line of a trace file as an :class:`Event`; ``ValueError`` saying what is wrong with it."""
-    obj = json.loads(line.decode("utf-8"))  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-    if not isinstance(obj, dict):
-        raise ValueError(f"a JSON {type(obj).__name__}, not an object")
     try:
+        obj = json.loads(line.decode("utf-8"))  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        if not isinstance(obj, dict):
+            raise ValueError(f"a JSON {type(obj).__name__}, not an object")
         event = Event.from_json(obj)
     except (TypeError, AttributeError, binascii.Error) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from None
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
     if isinstance(event.t, bool) or not isinstance(event.t, (int, float)) or not isinstance(event.kind, str):
         raise ValueError("'t' must be a number and 'kind' a string")
     if not isinstance(event.source, str) or not isinstance(event.detail, dict):
@@ -183,14 +205,6 @@ _CONSOLE_KINDS = frozenset({
 # What a line's text looks like on a terminal: faults stand out, losses most.
 _STYLES = {"loss": "bold red", "fault": "yellow", "answer": "magenta", "profile": "bold cyan", "warning": "red",
            "flow": "dim"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on a terminal: control characters (ESC, CR...) and bidi overrides, which came
-    off the network, written as escapes."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                        else f"\\u{ord(m.group()):04x}", text)
 
 
 def wants_color(stream: TextIO) -> bool:
@@ -228,7 +242,17 @@ def _what(e: Event) -> str:
 def _first_line(raw: bytes | None) -> str | None:
     if not raw:
         return None
-    return raw.split(b"\n", 1)[0].rstrip(b"\r")[:200].decode("utf-8", "replace")
+    return readable(raw.split(b"\n", 1)[0].rstrip(b"\r")[:200].decode("utf-8", "surrogateescape"))
+
+
+def write_escaped(stream: TextIO, text: str) -> None:
+    """Write ``text``; on a stream whose encoding cannot take a character of it (a terminal in Latin-1, ASCII),
+    that character as an escape instead."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding, "replace"))
 
 
 class ConsolePrinter:
@@ -266,9 +290,10 @@ class ConsolePrinter:
         text = printable(text)
         first = _first_line(event.raw) if self.verbose else None
         if self._console is None:
-            self.stream.write(line + text + "\n")
+            out = line + text + "\n"
             if first is not None:
-                self.stream.write(f"{'':>10} {'':<10} {'':<6} {'':<6} | {printable(first)}\n")
+                out += f"{'':>10} {'':<10} {'':<6} {'':<6} | {printable(first)}\n"
+            write_escaped(self.stream, out)
             self.stream.flush()
             return
         from rich.text import Text
@@ -280,7 +305,10 @@ class ConsolePrinter:
         out.append(text, style=look)
         if first is not None:
             out.append(f"\n{'':>10} {'':<10} {'':<6} {'':<6} | {printable(first)}", style="dim")
-        self._console.print(out)
+        try:
+            self._console.print(out)
+        except UnicodeEncodeError:  # a terminal whose encoding lacks a character ("→"): plain, escaped
+            write_escaped(self.stream, out.plain + "\n")
         self.stream.flush()
 
     def describe(self, e: Event) -> tuple[str, str | None, str] | None:

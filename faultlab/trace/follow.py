@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._event import Event
-from ._sinks import parse_event_line, printable
+from ._sinks import parse_event_line, printable, write_escaped
 from .ladder import PARTY_ORDER, LadderLayout
 
 __all__ = ["LadderPrinter", "TraceFileError", "TraceTail"]
@@ -166,7 +166,7 @@ class LadderPrinter:
 
     def _write(self, line: str, style: str | None, *, split: int | None = None, tail_style: str | None = None) -> None:
         if self._console is None:
-            self.stream.write(line + "\n")
+            write_escaped(self.stream, line + "\n")
             return
         from rich.text import Text
 

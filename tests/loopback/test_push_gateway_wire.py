@@ -41,11 +41,10 @@ async def test_client_delivers_over_h2c_on_one_connection():
                 push = await channel.receive()
                 assert push.payload == CALL and push.apns_id == answer["apns-id"]
                 assert push.headers["apns-topic"] == TOPIC
-                first = client._stream
                 status, answer = await client.send("cd" * 32, CALL, topic=TOPIC)
                 assert status == 410 and answer["reason"] == "Unregistered" and isinstance(answer["timestamp"], int)
                 assert await client.send(TOKEN, CALL, topic="com.example.app") == (400, {"reason": "BadTopic"})
-                assert client._stream is first  # one connection, reused
+                assert client.connections == 1  # one connection, reused
             nursery.cancel_scope.cancel()
 
 
@@ -198,13 +197,16 @@ async def test_client_reconnects_when_its_connection_is_gone():
     gw = PushGateway(Timeline())
     channel = gw.channel(TOKEN)
     with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(serve_push_gateway, gw, "127.0.0.1", 0)
-            async with PushClient(f"http://{host}:{port}") as client:
+        async with trio.open_nursery() as outer:
+            # the gateway restarts on the same port: the client's connection is gone under it
+            async with trio.open_nursery() as first:
+                host, port = await first.start(serve_push_gateway, gw, "127.0.0.1", 0)
+                client = PushClient(f"http://{host}:{port}")
                 assert (await client.send(TOKEN, CALL, topic=TOPIC))[0] == 200
-                old = client._stream
-                await old.aclose()  # the connection dies under the client (idle timeout, NAT, restart)
+                first.cancel_scope.cancel()
+            await outer.start(serve_push_gateway, gw, "127.0.0.1", port)
+            async with client:
                 assert (await client.send(TOKEN, CANCEL, topic=TOPIC))[0] == 200
-                assert client._stream is not old
+                assert client.connections == 2
             assert [(await channel.receive()).kind for _ in range(2)] == ["call", "cancel"]
-            nursery.cancel_scope.cancel()
+            outer.cancel_scope.cancel()

@@ -1,6 +1,6 @@
 import pytest
 
-from faultlab.addr import Endpoint, EndpointError, parse_endpoint
+from faultlab.addr import Endpoint, EndpointError, device_at, parse_endpoint
 
 
 @pytest.mark.parametrize(
@@ -46,3 +46,22 @@ def test_invalid_specs_say_what_is_wrong(spec, words):
 def test_upstream_port_zero_rejected():
     with pytest.raises(EndpointError, match="out of range 1-65535"):
         parse_endpoint("udp:127.0.0.1:0", allow_port_zero=False)
+
+
+@pytest.mark.parametrize(
+    "device, peer, ports, expected",
+    [
+        ("10.0.0.2", "10.0.0.2:5060", True, True),  # no port in the spec: any port
+        ("10.0.0.2:5060", "10.0.0.2:5062", True, False),
+        ("10.0.0.2:5060", "10.0.0.2:5062", False, True),  # addresses only (a new TCP connection, a new port)
+        ("::1", "[::1]:5060", True, True),
+        ("::0001", "[::1]:5060", True, True),  # the address, not its spelling
+        ("[::1]:5061", "[::1]:5060", True, False),
+        ("10.0.0.0/8", "10.9.0.2:5060", True, True),
+        ("10.0.0.0/8", "192.0.2.1:5060", True, False),
+        ("not an address", "10.0.0.2:5060", True, False),
+        ("10.0.0.2", None, True, False),
+    ],
+)
+def test_device_at_compares_addresses_not_text(device, peer, ports, expected):
+    assert device_at(device, peer, ports=ports) is expected

@@ -37,7 +37,7 @@ def test_bad_events_are_refused_with_the_reason(obj, needle):
 
 
 def test_not_json_and_empty():
-    for data, needle in ((b"", "empty body"), (b"{", "not JSON")):
+    for data, needle in ((b"", "empty body"), (b"{", "not valid JSON")):
         with pytest.raises(DeviceEventError, match=needle):
             parse_device_events(data)
 

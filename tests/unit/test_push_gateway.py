@@ -56,6 +56,7 @@ BAD = [
     ("POST", f"/3/device/{TOKEN}", headers(), b"", 400, "PayloadEmpty"),
     ("POST", f"/3/device/{TOKEN}", headers(), b"not json", 400, "PayloadEmpty"),
     ("POST", f"/3/device/{TOKEN}", headers(), b"[1]", 400, "PayloadEmpty"),
+    ("POST", f"/3/device/{TOKEN}", headers(), b"[" * 2000 + b"]" * 2000, 400, "PayloadEmpty"),  # too deep to parse
     ("POST", f"/3/device/{TOKEN}", headers(), b"{" + b" " * MAX_PAYLOAD + b"}", 413, "PayloadTooLarge"),
     ("POST", f"/3/device/{'cd' * 32}", headers(), body(), 410, "Unregistered"),
 ]

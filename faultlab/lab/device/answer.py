@@ -8,34 +8,30 @@ import secrets
 
 import trio
 
-from faultlab.addr import format_hostport
-from faultlab.sip import Message, SipError, build_response
-from .base import T1, T2, USER_AGENT, Address, _Call, _Request
+from faultlab.lab.ua import Incoming
+from faultlab.sip import SipError
+from .base import T1, T2, Address, _Call, _Request
 
 __all__ = ["Answering"]
-
-SDP_TEMPLATE = (
-    "v=0\r\no={user} 1 1 IN {ipv} {host}\r\ns=faultlab device\r\nc=IN {ipv} {host}\r\nt=0 0\r\n"
-    "m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
-)
 
 
 class Answering:
     """The server side of :class:`~faultlab.lab.device.driver.Device` (mixed in; shares its state)."""
 
-    async def _on_request(self, message: Message, source: Address) -> None:
+    async def _on_request(self, incoming: Incoming) -> None:
+        message = incoming.message
         method = message.method
         branch = message.top_via.branch
         now = trio.current_time()
         if method != "ACK" and (branch, method) in self._responses:  # a retransmission
-            await self._send(self._responses[(branch, method)], self._dest(message, source))
+            await self._send(self._responses[(branch, method)], self.wire.response_address(incoming))
             return
         call = self._find(message.call_id)
         if method == "INVITE" and message.to_tag is None:
             if call is None:  # no push named this Call-ID: the newest call still waiting for its INVITE, else a new one
                 waiting = [c for c in self.calls if c.logic.invite is None and not c.logic.ended]
                 call = waiting[-1] if waiting else self._new_call()
-            ref = _Request(message, source, secrets.token_hex(6))
+            ref = _Request(incoming, secrets.token_hex(6))
             await self._reply(ref, 100, call)
             if call.logic.invite is None and not call.logic.ended:
                 call.invite_branch = branch
@@ -45,7 +41,7 @@ class Answering:
                 call.acked.set()
                 await self._feed(call, call.logic.ack_received(now))
         elif method == "CANCEL":
-            ref = _Request(message, source, "")
+            ref = _Request(incoming, "")
             if call is None or call.invite_branch != branch:
                 await self._reply(ref, 481, None)
                 return
@@ -55,45 +51,25 @@ class Answering:
                 reason = None
             await self._feed(call, call.logic.cancel_received(now, ref, reason))
         elif method == "BYE":
-            ref = _Request(message, source, "")
+            ref = _Request(incoming, "")
             if call is None:
                 await self._reply(ref, 481, None)
                 return
             await self._feed(call, call.logic.bye_received(now, ref))
         elif method == "OPTIONS":
-            await self._reply(_Request(message, source, secrets.token_hex(6)), 200, None)
+            await self._reply(_Request(incoming, secrets.token_hex(6)), 200, None)
         else:
-            await self._reply(_Request(message, source, secrets.token_hex(6)), 501, None)
-
-    def _dest(self, request: Message, source: Address) -> Address:
-        """Where a response goes on UDP: the source with rport (RFC 3581), else the Via's port (§18.2.2)."""
-        via = request.top_via
-        port = source[1] if via.rport is not None or via.port is None else via.port
-        return source[0], port
-
-    def _sdp(self) -> bytes:
-        assert self._local is not None
-        host = self._local[0]
-        ipv = "IP6" if ":" in host else "IP4"
-        return SDP_TEMPLATE.format(user=self.user, ipv=ipv, host=host, rtp_port=40000).encode()
+            await self._reply(_Request(incoming, secrets.token_hex(6)), 501, None)
 
     async def _reply(self, ref: _Request, status: int, call: _Call | None) -> None:
         m = ref.message
-        headers: list[tuple[str, str]] = []
-        body = b""
-        if m.method == "INVITE" and 100 < status < 300:
-            headers += [("Record-Route", rr) for rr in m.get_all("Record-Route")]
-            assert self._local is not None
-            uri = f"sip:{self.user}@{format_hostport(*self._local)}"
-            if self.proxy.transport != "udp":
-                uri += f";transport={self.proxy.transport}"
-            headers.append(("Contact", f"<{uri}>"))
-        headers.append(("User-Agent", USER_AGENT))
-        if m.method == "INVITE" and status == 200:
-            headers.append(("Content-Type", "application/sdp"))
-            body = self._sdp()
-        data = build_response(m, status, to_tag=ref.to_tag or None, headers=headers, body=body)
-        dest = self._dest(m, ref.source)
+        dialog = m.method == "INVITE" and 100 < status < 300
+        answer = m.method == "INVITE" and status == 200
+        data = self.wire.response(m, status, to_tag=ref.to_tag or None,
+                                  contact=self.wire.contact(self._local) if dialog else None,
+                                  body=self.wire.sdp(self._local) if answer else b"",
+                                  content_type="application/sdp" if answer else None)
+        dest = self.wire.response_address(ref.incoming)
         key = (m.top_via.branch, m.method)
         if status >= 200 or m.method == "INVITE":
             self._responses[key] = data
@@ -101,7 +77,7 @@ class Answering:
             await self._send(data, dest)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             return
-        if m.method == "INVITE" and status == 200 and self._sock is not None and call is not None:
+        if answer and self._udp is not None and call is not None:
             assert self._nursery is not None
             self._nursery.start_soon(self._retransmit_2xx, call, data, dest)
 

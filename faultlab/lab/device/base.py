@@ -1,5 +1,5 @@
 """The reference device's SIP constants and the records its driver keeps: a request received (the ``ref``
-the logic passes back), a TCP/TLS flow, a call."""
+the logic passes back), a call."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import trio
 
 from faultlab.lab.device.logic import DeviceLogic
+from faultlab.lab.ua import Address, Incoming
 from faultlab.sip import Message
 
 __all__ = ["T1", "T2", "TIMER_F", "USER_AGENT", "Address"]
@@ -15,24 +16,18 @@ __all__ = ["T1", "T2", "TIMER_F", "USER_AGENT", "Address"]
 T1, T2 = 0.5, 4.0  # RFC 3261 §17
 TIMER_F = 64 * T1  # non-INVITE transaction timeout
 USER_AGENT = "faultlab-reference-device"
-Address = tuple[str, int]
 
 
 @dataclass
 class _Request:
     """A request received, with where its responses go: the ``ref`` the logic passes back."""
 
-    message: Message
-    source: Address
+    incoming: Incoming
     to_tag: str
 
-
-@dataclass
-class _Flow:
-    """One TCP/TLS connection to the proxy; ``lost`` is set when it is gone (closed by either side)."""
-
-    stream: trio.abc.Stream
-    lost: trio.Event = field(default_factory=trio.Event)
+    @property
+    def message(self) -> Message:
+        return self.incoming.message
 
 
 @dataclass

@@ -3,7 +3,8 @@
 :class:`Device` owns a small SIP UA that talks to one outbound proxy (faultlab's address) over UDP, TCP or TLS,
 reads VoIP pushes from a channel, and runs one :class:`~faultlab.lab.device.logic.DeviceLogic` per call: the
 CallKit/app rules live there (sans-IO); this module and its two parts, :mod:`.register` (REGISTER) and
-:mod:`.answer` (answering requests), only do the I/O:
+:mod:`.answer` (answering requests), only do the I/O, over a :class:`~faultlab.lab.ua.UAWire` (the plumbing of every
+UA of the lab: sockets, reading, sending, response routing):
 
 * REGISTER with RFC 8599 Contact parameters
   (``;pn-provider=apns;pn-prid=<token>;pn-param=<TEAMID>.<bundle>.voip``) and ``Expires``; on UDP retransmitted
@@ -27,7 +28,6 @@ from __future__ import annotations
 import math
 import secrets
 import socket
-import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,14 +44,15 @@ from faultlab.lab.device.logic import (
     SendRegister,
     StopRegister,
 )
-from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport, is_ip, parse_endpoint
+from faultlab.lab.timeline import Timeline
+from faultlab.lab.ua import Incoming, Link, UAWire
+from faultlab.net.reader import Unframed
 from faultlab.net.udp import local_address_towards
-from faultlab.net.reader import SipStreamReader, Unframed, parse_or_raw
-from faultlab.sip import Message, SipError
+from faultlab.sip import SipError
 
 from .answer import Answering
-from .base import T1, T2, TIMER_F, Address, _Call, _Flow
+from .base import T1, T2, TIMER_F, USER_AGENT, Address, _Call
 from .register import Registering, contact_uri
 
 __all__ = ["Device", "DeviceConfig", "BEHAVIOURS", "contact_uri", "T1", "T2", "TIMER_F"]
@@ -111,7 +112,9 @@ class Device(Registering, Answering):
         self.name = name or user
         self.team_id, self.bundle, self.expires = team_id, bundle, expires
         self.host = host  # None: the address that reaches the proxy, found when the device starts
-        self.ca_file, self.tls_server_name = ca_file, tls_server_name
+        self.wire = UAWire(self.proxy.transport, user=user, on_message=self._on_message, user_agent=USER_AGENT,
+                           session="faultlab device", on_unframed=self._unframed, on_closed=self._on_closed,
+                           ca_file=ca_file, tls_server_name=tls_server_name)
         self.register_at_start = register_at_start
         self.on_event = on_event
         self.new_connection_on_push = new_connection_on_push
@@ -119,13 +122,12 @@ class Device(Registering, Answering):
         self.initial_register: int | str | None = None  # status, "timeout" or "transport: ..."
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
-        self._sock: trio.socket.SocketType | None = None
-        self._flow: _Flow | None = None  # the open TCP/TLS connection
+        self._udp: Link | None = None  # the UDP socket
+        self._flow: Link | None = None  # the open TCP/TLS connection
         self._connect_lock = trio.Lock()
         self.connections = 0  # TCP/TLS connections opened (handshake done)
         self.flows_lost = 0  # connections closed or reset by the network
-        self._local: Address | None = None
-        self._send_lock = trio.Lock()
+        self._local: Address | None = None  # of the UDP socket, or of the last connection
         self._transactions: dict[str, trio.MemorySendChannel] = {}  # branch -> REGISTER responses
         self._responses: dict[tuple[str | None, str | None], bytes] = {}  # (branch, method) -> last response
         self._reg_call_id = secrets.token_hex(8)  # "@host" follows once the host is known (run)
@@ -147,14 +149,13 @@ class Device(Registering, Answering):
         if self.host is None:
             self.host = await _source_address(self.proxy)
         self._reg_call_id = self._reg_call_id.partition("@")[0] + "@" + self.host
+        self.wire.host = self.host
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            if self.proxy.transport == "udp":
-                family = trio.socket.AF_INET6 if ":" in self.host else trio.socket.AF_INET
-                self._sock = trio.socket.socket(family, trio.socket.SOCK_DGRAM)
-                await self._sock.bind((self.host, 0))
-                self._local = self._sock.getsockname()[:2]
-                nursery.start_soon(self._read_datagrams)
+            await self.wire.start(nursery)  # UDP: binds; TCP/TLS: connects on demand (_ensure_stream)
+            if self.wire.main is not None:
+                self._udp = self.wire.main
+                self._local = self._udp.local
             if self.register_at_start:
                 result = await self._register_transaction()
                 if result[0] == "response":
@@ -169,76 +170,37 @@ class Device(Registering, Answering):
 
     async def _ensure_stream(self) -> None:
         """Connect (and for TLS, handshake) to the proxy if there is no open connection."""
-        if self._sock is not None or self._flow is not None:
+        if self._udp is not None or self._flow is not None:
             return
         async with self._connect_lock:  # one connection attempt at a time
             if self._flow is not None:
                 return
-            tcp = await trio.open_tcp_stream(*self.proxy_address)
-            stream: trio.abc.Stream = tcp
-            if self.proxy.transport == "tls":
-                context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-                stream = trio.SSLStream(tcp, context, server_hostname=self.tls_server_name or self.proxy.host)
-            try:
-                if isinstance(stream, trio.SSLStream):
-                    await stream.do_handshake()
-                local = tcp.socket.getsockname()[:2]
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
-            flow = _Flow(stream)
+            flow = await self.wire.connect(self.proxy_address)
             self._flow = flow
-            self._local = local
+            self._local = flow.local
             self.connections += 1
-            assert self._nursery is not None
-            self._nursery.start_soon(self._read_stream, flow)
 
     async def _close_stream(self) -> None:
         """Close the connection to the proxy (the device's own doing: no ``flow_lost``)."""
         flow, self._flow = self._flow, None
         if flow is not None:
-            flow.lost.set()
-            await trio.aclose_forcefully(flow.stream)
+            await self.wire.close(flow)
 
     async def _send(self, data: bytes, dest: Address | None = None) -> None:
-        if self._sock is not None:
-            await self._sock.sendto(data, dest or self.proxy_address)
-            return
-        flow = self._flow
-        if flow is None:
+        link = self._udp or self._flow
+        if link is None:
             raise trio.BrokenResourceError("no connection to the proxy")
-        async with self._send_lock:
-            await flow.stream.send_all(data)
+        await self.wire.send(link, data, dest or self.proxy_address)
 
-    async def _read_datagrams(self) -> None:
-        assert self._sock is not None
-        with self._sock:
-            while True:
-                data, source = await self._sock.recvfrom(65535)
-                message, error = parse_or_raw(data)
-                if error is None and isinstance(message, Message):
-                    await self._on_message(message, source[:2])
+    def _unframed(self, link: Link, item: Unframed) -> None:  # the connection is given up: as closed by the network
+        assert self.timeline is not None
+        self.timeline.emit("warning", source=self.source, transport=self.proxy.transport,
+                           peer=format_hostport(*self.proxy_address), summary=f"unframeable: {item.error}")
 
-    async def _read_stream(self, flow: _Flow) -> None:
-        stream = flow.stream
-        ended = False  # EOF, reset or garbage: the connection is over (not a cancellation)
-        try:
-            async for item in SipStreamReader(stream).items():
-                if isinstance(item, Unframed):  # the connection is given up: as closed by the network
-                    assert self.timeline is not None
-                    self.timeline.emit("warning", source=self.source, transport=self.proxy.transport,
-                                       peer=format_hostport(*self.proxy_address), summary=f"unframeable: {item.error}")
-                    break
-                if isinstance(item, Message):
-                    await self._on_message(item, self.proxy_address)
-            ended = True
-        finally:
-            flow.lost.set()
-            lost = self._flow is flow  # still the device's connection: the network ended it
-            if lost:
-                self._flow = None
-            await trio.aclose_forcefully(stream)
-            if lost and ended and self._nursery is not None:
+    def _on_closed(self, link: Link, ended: bool) -> None:
+        if link is self._flow:  # still the device's connection: the network ended it (or a cancellation)
+            self._flow = None
+            if ended and self._nursery is not None:
                 self._nursery.start_soon(self._on_flow_lost)
 
     async def _on_flow_lost(self) -> None:
@@ -247,9 +209,6 @@ class Device(Registering, Answering):
         now = trio.current_time()
         for call in list(self.calls):
             await self._feed(call, call.logic.flow_lost(now))
-
-    # ------------------------------------------------------------------ REGISTER
-
 
     # ------------------------------------------------------------------ calls
 
@@ -318,7 +277,8 @@ class Device(Registering, Answering):
 
     # ------------------------------------------------------------------ SIP in
 
-    async def _on_message(self, message: Message, source: Address) -> None:
+    async def _on_message(self, incoming: Incoming) -> None:
+        message = incoming.message
         try:
             if message.top_via is None or message.cseq is None:
                 return
@@ -327,11 +287,6 @@ class Device(Registering, Answering):
                 if branch in self._transactions and message.cseq.method == "REGISTER":
                     self._transactions[branch].send_nowait(message)
                 return
-            await self._on_request(message, source)
+            await self._on_request(incoming)
         except (SipError, trio.WouldBlock):
             return  # malformed or unexpected: a real phone ignores it
-
-
-    # ------------------------------------------------------------------ SIP out
-
-

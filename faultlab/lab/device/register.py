@@ -11,8 +11,9 @@ import ssl
 import trio
 
 from faultlab.addr import format_hostport
-from faultlab.sip import Message, build_request
-from .base import T1, T2, TIMER_F, USER_AGENT, Address, _Call, _Flow
+from faultlab.lab.ua import Link, new_branch
+from faultlab.sip import Message
+from .base import T1, T2, TIMER_F, Address, _Call
 
 __all__ = ["contact_uri", "Registering"]
 
@@ -59,14 +60,12 @@ class Registering:
         flow = self._flow
         assert self._local is not None
         self._cseq += 1
-        branch = "z9hG4bK" + secrets.token_hex(8)
+        branch = new_branch()
         aor = f"sip:{self.user}@{self.domain}"
-        data = build_request(
-            "REGISTER", f"sip:{self.domain}",
-            via=f"SIP/2.0/{self.proxy.transport.upper()} {format_hostport(*self._local)};rport;branch={branch}",
+        data = self.wire.request(
+            "REGISTER", f"sip:{self.domain}", local=self._local, branch=branch,
             from_=f"<{aor}>;tag={secrets.token_hex(6)}", to=f"<{aor}>", call_id=self._reg_call_id, cseq=self._cseq,
-            contact=self._contact(),
-            headers=[("Expires", str(self.expires if expires is None else expires)), ("User-Agent", USER_AGENT)])
+            contact=self._contact(), headers=[("Expires", str(self.expires if expires is None else expires))])
         send, receive = trio.open_memory_channel[Message](16)
         self._transactions[branch] = send
         try:
@@ -79,7 +78,7 @@ class Registering:
                         return ("transport", exc)
                     # Timer E on UDP; on a reliable transport, just wait (Timer F bounds it) or until the
                     # connection is lost: then the transaction fails at once (RFC 3261 §8.1.3.1)
-                    with trio.move_on_after(interval if self._sock is not None else math.inf):
+                    with trio.move_on_after(interval if self._udp is not None else math.inf):
                         while True:
                             response = await self._next_response(receive, flow)
                             if response is None:
@@ -93,7 +92,7 @@ class Registering:
             del self._transactions[branch]
 
     @staticmethod
-    async def _next_response(receive: trio.MemoryReceiveChannel, flow: _Flow | None) -> Message | None:
+    async def _next_response(receive: trio.MemoryReceiveChannel, flow: Link | None) -> Message | None:
         """The next response of a transaction; None when its connection (``flow``; None on UDP) is lost first."""
         if flow is None:
             return await receive.receive()
@@ -104,7 +103,7 @@ class Registering:
                 race.cancel_scope.cancel()
 
             async def lost() -> None:
-                await flow.lost.wait()
+                await flow.gone.wait()
                 result.append(None)
                 race.cancel_scope.cancel()
 

@@ -200,7 +200,7 @@ def _check_body(request: ApnsRequest, body: bytes) -> None:
         raise Refused(413, "PayloadTooLarge")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; JSON nested too deep
         payload = None
     if not isinstance(payload, dict):
         raise Refused(400, "PayloadEmpty")

@@ -20,38 +20,31 @@ It behaves like a real softphone configured with an outbound proxy, which is wha
 Every message sent or received is kept in :attr:`SipUA.log` for assertions. Every wait runs under
 ``trio.fail_after`` on trio's clock and raises :class:`UATimeout` with the UA's message log.
 
-Requests are built with :func:`faultlab.sip.build_request`; what arrives is read with :mod:`faultlab.net.reader`
-(the reader the relay and the lab actors use).
+Its sockets, reading, sending and response routing are a :class:`~faultlab.lab.ua.UAWire`, the plumbing the lab's
+caller and the reference device share; what arrives is read with :mod:`faultlab.net.reader` (the reader the relay
+and the lab actors use).
 """
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from faultlab.addr import format_hostport
 from faultlab.lab.ua._parts import (
-    DEFAULT_PORTS,
     DEFAULT_TIMEOUT,
-    SDP_TEMPLATE,
-    TRANSPORTS,
     USER_AGENT,
-    Address,
     CallFailed,
-    Incoming,
-    Link,
     Record,
     UATimeout,
     new_branch,
     route_uri,
     token,
 )
-from faultlab.net.reader import SipStreamReader, parse_or_raw
-from faultlab.sip import Message, build_request, build_response, parse_datagram, parse_uri
+from faultlab.lab.ua._wire import DEFAULT_PORTS, Address, Incoming, Link, UAWire
+from faultlab.sip import Message, parse_datagram, parse_uri
 
 
 @dataclass
@@ -97,8 +90,9 @@ class SipUA:
         host: str = "127.0.0.1",
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        if transport not in TRANSPORTS:
-            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        self.wire = UAWire(transport, user=user, on_message=self._deliver, host=host, user_agent=USER_AGENT,
+                           session="faultlab test", observer=self._record, ca_file=ca_file,
+                           tls_server_name=tls_server_name, connect_timeout=timeout)
         self.user = user
         self.transport = transport
         self.proxy = proxy
@@ -107,11 +101,6 @@ class SipUA:
         self.timeout = timeout
         self.aor = f"sip:{user}@{domain}"
         self.log: list[Record] = []
-        self._ca_file = ca_file
-        self._tls_server_name = tls_server_name
-        self._links: list[Link] = []
-        self._main: Link | None = None
-        self._nursery: trio.Nursery | None = None
         self._inbox: list[Incoming] = []
         self._arrival = trio.Event()
         self._cseq = 0
@@ -120,76 +109,24 @@ class SipUA:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Bind the UDP socket, or connect (and for TLS, handshake) to the outbound proxy."""
-        self._nursery = nursery
-        if self.transport == "udp":
-            sock = trio.socket.socket(self._family(self.host), trio.socket.SOCK_DGRAM)
-            await sock.bind((self.host, 0))
-            link = Link("udp", sock.getsockname()[:2], None, sock=sock)
-            nursery.start_soon(self._read_datagrams, link)
-            self._main = link
-        else:
-            self._main = await self._connect(self.proxy)
+        await self.wire.start(nursery, self.proxy)
 
     @property
     def address(self) -> Address:
         """The local address of the UDP socket, or of the connection to the outbound proxy."""
-        assert self._main is not None, "call start() first"
-        return self._main.local
+        return self.wire.local
 
     @property
     def contact(self) -> str:
-        uri = f"sip:{self.user}@{format_hostport(*self.address)}"
-        if self.transport != "udp":
-            uri += f";transport={self.transport}"
-        return f"<{uri}>"
-
-    async def _connect(self, peer: Address) -> Link:
-        assert self._nursery is not None, "call start() first"
-        with trio.fail_after(self.timeout):
-            tcp = await trio.open_tcp_stream(*peer)
-        stream: trio.abc.Stream = tcp
-        if self.transport == "tls":
-            context = ssl.create_default_context(cafile=str(self._ca_file) if self._ca_file else None)
-            stream = trio.SSLStream(tcp, context, server_hostname=self._tls_server_name or peer[0])
-            try:
-                with trio.fail_after(self.timeout):
-                    await stream.do_handshake()
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
-        link = Link(self.transport, tcp.socket.getsockname()[:2], peer, stream=stream)
-        self._links.append(link)
-        self._nursery.start_soon(self._read_stream, link)
-        return link
-
-    @staticmethod
-    def _family(host: str) -> int:
-        return trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+        return self.wire.contact()
 
     # ------------------------------------------------------------------ receiving
 
-    async def _read_datagrams(self, link: Link) -> None:
-        assert link.sock is not None
-        with link.sock:
-            while True:
-                data, source = await link.sock.recvfrom(65535)
-                message, _ = parse_or_raw(data)  # keep-alives and bytes that do not parse are not messages
-                if isinstance(message, Message):
-                    self._deliver(link, message, data, source[:2])
+    def _record(self, direction: str, link: Link, peer: Address, message: Message, data: bytes) -> None:
+        self.log.append(Record(trio.current_time(), direction, link.transport, link.local, peer, message, data))
 
-    async def _read_stream(self, link: Link) -> None:
-        assert link.stream is not None and link.peer is not None
-        try:
-            async for item in SipStreamReader(link.stream).items():  # ends at EOF, reset, or bytes that do not frame
-                if isinstance(item, Message):
-                    self._deliver(link, item, item.raw, link.peer)
-        finally:
-            link.closed = True
-            await trio.aclose_forcefully(link.stream)
-
-    def _deliver(self, link: Link, message: Message, data: bytes, source: Address) -> None:
-        self.log.append(Record(trio.current_time(), "received", link.transport, link.local, source, message, data))
-        self._inbox.append(Incoming(message, link, source))
+    async def _deliver(self, incoming: Incoming) -> None:
+        self._inbox.append(incoming)
         self._arrival.set()
         self._arrival = trio.Event()
 
@@ -213,26 +150,6 @@ class SipUA:
 
     # ------------------------------------------------------------------ sending
 
-    async def _send(self, link: Link, data: bytes, dest: Address, message: Message) -> None:
-        # Logged first: over loopback the answer can arrive before sendto() returns to this task.
-        self.log.append(Record(trio.current_time(), "sent", link.transport, link.local, dest, message, data))
-        if link.sock is not None:
-            await link.sock.sendto(data, dest)
-        else:
-            assert link.stream is not None
-            async with link.send_lock:
-                await link.stream.send_all(data)
-
-    async def _link_to(self, dest: Address) -> Link:
-        """The socket (UDP) or the open connection to ``dest``, else a new connection."""
-        if self.transport == "udp":
-            assert self._main is not None
-            return self._main
-        for link in self._links:
-            if link.peer == dest and not link.closed:
-                return link
-        return await self._connect(dest)
-
     def _next_hop(self, request_uri: str, route_set: Sequence[str]) -> Address:
         """Where a request with this Request-URI and route set goes (RFC 3261 §8.1.2, §12.2.1.1)."""
         target = parse_uri(route_uri(route_set[0]) if route_set else request_uri)
@@ -246,38 +163,17 @@ class SipUA:
             )
         return target.host, target.port or DEFAULT_PORTS[self.transport]
 
-    def _build_request(
-        self,
-        link: Link,
-        method: str,
-        request_uri: str,
-        *,
-        call_id: str,
-        from_: str,
-        to: str,
-        cseq: int,
-        branch: str,
-        routes: Sequence[str] = (),
-        contact: bool = True,
-        headers: Sequence[tuple[str, str]] = (),
-        body: bytes = b"",
-        content_type: str | None = None,
-    ) -> bytes:
-        return build_request(
-            method, request_uri,
-            via=f"SIP/2.0/{link.transport.upper()} {format_hostport(*link.local)};rport;branch={branch}",
-            from_=from_, to=to, call_id=call_id, cseq=cseq, routes=routes, contact=self.contact if contact else None,
-            headers=[*headers, ("User-Agent", USER_AGENT)], body=body, content_type=content_type)
-
     async def _send_request(
         self, dest: Address, method: str, request_uri: str, *, branch: str | None = None, **kwargs: object
     ) -> tuple[Message, str]:
-        link = await self._link_to(dest)
+        link = await self.wire.link_to(dest)
         branch = branch or new_branch()
-        data = self._build_request(link, method, request_uri, branch=branch, **kwargs)  # type: ignore[arg-type]
+        contact = self.contact if kwargs.pop("contact", True) else None
+        data = self.wire.request(method, request_uri, local=link.local, branch=branch, contact=contact,
+                                 **kwargs)  # type: ignore[arg-type]
         message = parse_datagram(data)
         assert isinstance(message, Message)
-        await self._send(link, data, dest, message)
+        await self.wire.send(link, data, dest, message)
         return message, branch
 
     async def _responses(self, method: str, branch: str) -> tuple[list[Message], Message]:
@@ -311,33 +207,13 @@ class SipUA:
         content_type: str | None = None,
     ) -> Message:
         """Answer ``request``: over its connection (TCP/TLS), or per its top Via (UDP, §18.2.2 + RFC 3581)."""
-        m = request.message
-        headers = []
-        if m.method == "INVITE" and 100 < status < 300:  # the UAS copies Record-Route (§12.1.1)
-            headers += [("Record-Route", rr) for rr in m.get_all("Record-Route")]
-        if contact:
-            headers.append(("Contact", self.contact))
-        headers.append(("User-Agent", USER_AGENT))
-        if content_type:
-            headers.append(("Content-Type", content_type))
-        data = build_response(m, status, reason, to_tag=to_tag, headers=headers, body=body)
-        if request.link.sock is None:
-            dest = request.source
-        else:
-            via = m.top_via
-            port = request.source[1] if via.rport is not None else via.port or DEFAULT_PORTS["udp"]
-            dest = (request.source[0], port)
-        response = parse_datagram(data)
-        assert isinstance(response, Message)
-        await self._send(request.link, data, dest, response)
-        return response
+        return await self.wire.reply(request, status, reason, to_tag=to_tag, contact=self.contact if contact else None,
+                                     body=body, content_type=content_type)
 
     # ------------------------------------------------------------------ scripted operations
 
     def sdp(self) -> bytes:
-        host = self.address[0]
-        ipv = "IP6" if ":" in host else "IP4"
-        return SDP_TEMPLATE.format(user=self.user, ipv=ipv, host=host, rtp_port=40000).encode()
+        return self.wire.sdp()
 
     async def register(self, aor: str | None = None, contact: str | None = None, expires: int = 60) -> Message:
         """REGISTER ``aor`` (default: this UA's) with ``contact`` (default: its own address); final response."""

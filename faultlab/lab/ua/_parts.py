@@ -1,33 +1,16 @@
-"""What the scripted UA is made of besides the UA itself: its constants, errors, message log records and links."""
+"""What the scripted UA is made of besides the UA itself and its wire: its constants, errors and message log records."""
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
-
-import trio
+from dataclasses import dataclass
 
 from faultlab.addr import format_hostport
+from faultlab.lab.ua._wire import Address
 from faultlab.sip import Message
 
-TRANSPORTS = ("udp", "tcp", "tls")
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 DEFAULT_TIMEOUT = 3.0
 USER_AGENT = "faultlab-test-ua"
-
-# What a softphone offers: one PCMU audio stream. Nothing listens on the RTP port; no media flows.
-SDP_TEMPLATE = (
-    "v=0\r\n"
-    "o={user} 1 1 IN {ipv} {host}\r\n"
-    "s=faultlab test\r\n"
-    "c=IN {ipv} {host}\r\n"
-    "t=0 0\r\n"
-    "m=audio {rtp_port} RTP/AVP 0\r\n"
-    "a=rtpmap:0 PCMU/8000\r\n"
-    "a=sendrecv\r\n"
-)
-
-Address = tuple[str, int]
 
 
 class UATimeout(AssertionError):
@@ -77,23 +60,3 @@ class Record:
         arrow = "->" if self.direction == "sent" else "<-"
         local, peer = format_hostport(*self.local), format_hostport(*self.peer)
         return f"{self.t:10.4f} {self.transport} {local} {arrow} {peer}  {self.summary}"
-
-
-@dataclass
-class Link:
-    """The UDP socket, or one TCP/TLS connection."""
-
-    transport: str
-    local: Address
-    peer: Address | None  # None for the UDP socket
-    sock: trio.socket.SocketType | None = None
-    stream: trio.abc.Stream | None = None
-    send_lock: trio.Lock = field(default_factory=trio.Lock)
-    closed: bool = False
-
-
-@dataclass(frozen=True)
-class Incoming:
-    message: Message
-    link: Link
-    source: Address
