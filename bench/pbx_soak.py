@@ -16,6 +16,8 @@ runs").
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,10 +48,11 @@ def sip(*lines: str) -> bytes:
 class Lane:
     """One phone (user ``soakN``) and one caller, each on its own UDP socket, running cycles one after another."""
 
-    def __init__(self, n: int, pbx: tuple[str, int]) -> None:
+    def __init__(self, n: int, pbx: tuple[str, int], phone=None, caller=None) -> None:
         self.n, self.pbx, self.seq = n, pbx, 0
-        self.phone = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-        self.caller = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        self.timeout = phone is None  # --logic: the logic answers at once or not at all
+        self.phone = phone or trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+        self.caller = caller or trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
 
     async def bind(self) -> None:
         for sock in (self.phone, self.caller):
@@ -60,7 +63,7 @@ class Lane:
 
     async def wait(self, sock, want) -> Message:
         """The next message on ``sock`` for which ``want`` holds (others, e.g. 100 Trying, are passed over)."""
-        with trio.fail_after(STEP_TIMEOUT):
+        with trio.fail_after(STEP_TIMEOUT) if self.timeout else contextlib.nullcontext():
             while True:
                 data, _ = await sock.recvfrom(65535)
                 msg = parse_datagram(data)
@@ -104,8 +107,8 @@ class Lane:
 
 
 class Soak:
-    def __init__(self, pid: int, cycles: int, every: int) -> None:
-        self.pid, self.cycles, self.every = pid, cycles, every
+    def __init__(self, pid: int, cycles: int, every: int, pace: float | None = None) -> None:
+        self.pid, self.cycles, self.every, self.pace = pid, cycles, every, pace
         self.started = self.done = self.failed = 0
         self.t0 = time.monotonic()
         self.rows: list[tuple[int, float, int, int]] = []
@@ -121,6 +124,9 @@ class Soak:
         await lane.bind()
         while self.started < self.cycles:
             self.started += 1
+            if self.pace:
+                await trio.sleep_until(trio.current_time() + max(0.0, self.t0 + self.started / self.pace
+                                                                 - time.monotonic()))
             try:
                 await lane.cycle()
             except trio.TooSlowError:
@@ -131,7 +137,7 @@ class Soak:
 
 
 async def soak(port: int, pid: int, args) -> Soak:
-    run = Soak(pid, args.cycles, args.every)
+    run = Soak(pid, args.cycles, args.every, args.pace)
     print(f"{'cycles':>10} {'seconds':>9} {'cycles/s':>9} {'RSS MiB':>9} {'failures':>8}")
     run.sample()
     async with trio.open_nursery() as nursery:
@@ -142,12 +148,99 @@ async def soak(port: int, pid: int, args) -> Soak:
     return run
 
 
+class FakeSock:
+    """A UDP socket of the phone or caller in ``--logic`` mode: what it sends goes straight into the PBX logic."""
+
+    def __init__(self, net: "LogicNet", port: int) -> None:
+        self.net, self.port, self.inbox = net, port, collections.deque()
+
+    def setsockopt(self, *args) -> None:
+        pass
+
+    async def bind(self, addr) -> None:
+        pass
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    async def sendto(self, data: bytes, addr) -> None:
+        self.net.deliver(self, data)
+
+    async def recvfrom(self, size: int):
+        if not self.inbox:
+            raise RuntimeError("the PBX logic answered nothing")
+        return self.inbox.popleft(), ("127.0.0.1", 5060)
+
+
+class LogicNet:
+    """The sans-IO PBX logic and the lanes' sockets, on a virtual clock (``now``)."""
+
+    def __init__(self) -> None:
+        from faultlab.lab.pbx.logic import PbxLogic
+
+        self.logic, self.now, self.socks = PbxLogic(), 0.0, {}
+
+    def socket(self) -> FakeSock:
+        sock = FakeSock(self, 20000 + len(self.socks))
+        self.socks[sock.port] = sock
+        return sock
+
+    def deliver(self, sock: FakeSock, data: bytes) -> None:
+        from faultlab.lab.pbx.logic import Flow
+
+        flow = Flow("udp", ("127.0.0.1", sock.port), ("127.0.0.1", 5060))
+        self.route(self.logic.receive(parse_datagram(data), flow, self.now))
+
+    def route(self, outputs) -> None:
+        from faultlab.lab.pbx.logic import SendBytes
+
+        for out in outputs:
+            if isinstance(out, SendBytes):
+                self.socks[out.flow.peer[1]].inbox.append(out.data)
+
+    def run_timers(self) -> None:
+        while (t := self.logic.next_wakeup()) is not None and t <= self.now:
+            self.route(self.logic.on_timer(t))
+
+
+async def logic_soak(args) -> int:
+    """``--logic``: the PBX's sans-IO logic in this process, no sockets, --rate cycles per virtual second."""
+    net = LogicNet()
+    lanes = [Lane(n, ("127.0.0.1", 5060), net.socket(), net.socket()) for n in range(args.lanes)]
+    for lane in lanes:
+        await lane.bind()
+    print(f"{'cycles':>10} {'seconds':>9} {'lab s':>9} {'calls':>7} {'txns':>7} {'pending':>8} "
+          f"{'blocks':>10} {'RSS MiB':>8}")
+    t0 = time.monotonic()
+    for i in range(args.cycles + 1):
+        if i % args.every == 0:
+            sizes = net.logic.sizes()
+            print(f"{i:>10,} {time.monotonic() - t0:>9.0f} {net.now:>9.0f} {sizes['calls']:>7} "
+                  f"{sizes['client_transactions'] + sizes['server_transactions']:>7} {sizes['pending']:>8} "
+                  f"{sys.getallocatedblocks():>10,} {rss_kib(os.getpid()) / 1024:>8.1f}", flush=True)
+        if i == args.cycles:
+            break
+        net.now = i / args.rate
+        net.run_timers()
+        await lanes[i % len(lanes)].cycle()
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=1_000_000, help="REGISTER + call cycles (default 1,000,000)")
     parser.add_argument("--lanes", type=int, default=16, help="cycles running at the same time (default 16)")
     parser.add_argument("--every", type=int, default=50_000, help="read the PBX's memory every N cycles")
+    parser.add_argument("--pace", type=float, default=None,
+                        help="at most this many cycles a second (a steady load: the PBX then holds a steady number "
+                             "of finished calls)")
+    parser.add_argument("--logic", action="store_true",
+                        help="drive the PBX's sans-IO logic in this process on a virtual clock instead (no sockets): "
+                             "table sizes, Python's allocated blocks and this process's RSS")
+    parser.add_argument("--rate", type=float, default=200.0, help="--logic: cycles per virtual second (default 200)")
     args = parser.parse_args()
+    if args.logic:
+        return trio.run(logic_soak, args)
     proc = subprocess.Popen([sys.executable, "-c", RUN, "--listen", "udp:127.0.0.1:0", "--quiet"],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
