@@ -5,12 +5,18 @@ Starts `faultlab pbx --listen udp:127.0.0.1:0 --quiet` as a process and runs --c
 the INVITE to the phone, which answers 200; the caller ACKs and hangs up (BYE, 200 from the phone). Every
 --every cycles, the PBX process's resident memory (VmRSS) is read and a row printed:
 
-    python3 bench/pbx_soak.py [--cycles 1000000] [--lanes 16] [--every 50000]
+    python3 bench/pbx_soak.py [--cycles 1000000] [--lanes 16] [--every 50000] [--pace 120]
+    python3 bench/pbx_soak.py --logic [--cycles 1000000] [--rate 200]
 
 A finished call is forgotten 64*T1 to 2*64*T1 (32 to 64 s) after it ends, so the PBX holds about a minute of
-calls: its memory grows for the first minute or so, then stays flat. A step that gets no answer in 5 s counts
-as a failure and the lane goes on with its next cycle. Figures in docs/PERFORMANCE.md ("Embedded PBX over long
-runs").
+calls: its memory grows for the first minute or so, then stays flat at a steady load (--pace caps the cycles
+per second; unpaced, the rate follows what the machine gives, and so does the number of calls held). A step
+that gets no answer in 5 s counts as a failure and the lane goes on with its next cycle.
+
+--logic runs the same cycles through the PBX's sans-IO logic in this process on a virtual clock (--rate cycles
+per virtual second), printing its table sizes, Python's allocated blocks (sys.getallocatedblocks) and the
+process's RSS: the same code without sockets, several times faster. Figures in docs/PERFORMANCE.md ("Embedded
+PBX over long runs").
 """
 
 from __future__ import annotations
