@@ -164,3 +164,16 @@ def test_many_register_and_call_cycles_keep_the_tables_bounded():
     assert peak["client_transactions"] <= window + 6 / 0.05 and peak["aors"] == 1  # + Timer K: T4
     run_timers(pbx, 3_000 * 0.05 + 200)
     assert pbx.sizes() == EMPTY
+
+
+def test_a_new_call_reusing_an_ended_calls_call_id_leaves_nothing_of_the_old_one():
+    pbx = PbxLogic()
+    pbx.receive(register(port=41002, transport="udp", expires=30), PHONE_UDP, now=0.0)
+    for n in range(3):  # the same Call-ID, a new branch each time: rejected by the phone each time
+        out = pbx.receive(invite("same", branch=f"z9hG4bKre{n}"), CALLER, now=1.0 + n)
+        [fwd] = [m for f, m in sends(out) if m.method == "INVITE"]
+        pbx.receive(reply(fwd, 486), PHONE_UDP, now=1.0 + n)
+        assert pbx.call_state("same") == "ended"
+    assert pbx.sizes()["client_transactions"] == 1  # only the last call's forwarded INVITE
+    run_timers(pbx, 200.0)
+    assert pbx.sizes() == EMPTY

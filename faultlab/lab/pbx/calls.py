@@ -57,6 +57,7 @@ class Calls:
                 return [SendBytes(call.caller_flow, call.last_response)]  # a retransmission
             if call.state != "ended":
                 return [self._respond(msg, flow, 482, "Loop Detected")]
+            self._forget_call(call)  # a new call with the Call-ID of an ended one: the old one's records go
         mf = msg.get("max-forwards")
         if mf is not None and mf.strip() == "0":
             return [self._respond(msg, flow, 483)]
