@@ -84,7 +84,7 @@ class Actor:
                 + "\n".join(self.lines["stdout"]) + f"\n--- {self.name} stderr:\n" + "\n".join(self.lines["stderr"]))
 
 
-async def stop(actor: Actor, timeout: float = 5.0) -> int:
+async def stop(actor: Actor, timeout: float = 15.0) -> int:
     """SIGTERM the actor's process (by its PID), then SIGKILL if it has not exited within ``timeout`` s."""
     process = actor.process
     if process.returncode is None:
@@ -123,7 +123,7 @@ class Actors:
         self.readers.start_soon(actor.read, "stderr")
         return actor
 
-    async def stop(self, actor: Actor, timeout: float = 5.0) -> int:
+    async def stop(self, actor: Actor, timeout: float = 15.0) -> int:
         return await stop(actor, timeout)
 
     def output(self) -> str:

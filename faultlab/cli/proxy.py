@@ -14,6 +14,27 @@ from faultlab.cli._common import single as _single
 _fail = failing("faultlab")
 
 
+MaxFlowsOption = Annotated[Optional[int], typer.Option(
+    help="UDP flows (devices) open at once; a new device then closes the flow idle longest. Default: half of the "
+         "descriptor limit after 64 reserved, one per flow (two with --transparent); the limit is raised to the "
+         "hard one at start.", min=1)]
+MaxConnectionsOption = Annotated[Optional[int], typer.Option(
+    help="TCP/TLS device connections open at once; more are closed as soon as accepted. Default: the other half "
+         "of the descriptor limit after 64 reserved, two per connection (device and PBX).", min=1)]
+MaxMessageSizeOption = Annotated[int, typer.Option(
+    help="Largest SIP message in octets. Over TCP/TLS a larger message (or a head that never ends) closes the "
+         "connection; over UDP a larger request is answered 513 Message Too Large and a larger response dropped "
+         "(a UDP datagram holds at most 65,507 octets).", min=1300, max=16 * 1024 * 1024)]
+StreamIdleTimeoutOption = Annotated[float, typer.Option(
+    help="TCP/TLS: seconds without a byte either way (CRLF keep-alives count) after which a connection is "
+         "closed; a connection that carried a registration stays open until it expires.", min=1)]
+MessageTimeoutOption = Annotated[float, typer.Option(
+    help="TCP/TLS: seconds a message may take to arrive whole once it has begun (64*T1).", min=0.1)]
+DrainOption = Annotated[float, typer.Option(
+    help="At SIGINT/SIGTERM: seconds what is in flight may take to be forwarded and answered before every "
+         "connection is closed.", min=0)]
+
+
 def proxy(
     listen: Annotated[list[str], typer.Option(
         "--listen", "-l", metavar="TRANSPORT:HOST:PORT",
@@ -55,6 +76,12 @@ def proxy(
         dir_okay=False)] = None,
     udp_idle_timeout: Annotated[float, typer.Option(
         help="Seconds without traffic after which a device's UDP flow is closed.", min=1)] = 600.0,
+    stream_idle_timeout: StreamIdleTimeoutOption = 3600.0,
+    message_timeout: MessageTimeoutOption = 32.0,
+    drain: DrainOption = 5.0,
+    max_flows: MaxFlowsOption = None,
+    max_connections: MaxConnectionsOption = None,
+    max_message_size: MaxMessageSizeOption = 65536,
     profile: Annotated[Optional[str], typer.Option(
         "--profile", "-p", metavar="NAME|FILE",
         help="Fault profile to apply from the start: a name from `faultlab profiles list` or a TOML file.")] = None,
@@ -82,7 +109,9 @@ def proxy(
         profile=profile, seed=seed, api=api, api_token=api_token, listen=listen, upstream=upstream or [],
         transparent=transparent, spoof_source=spoof_source, record_route=not no_record_route, tls_name=tls_name,
         upstream_tls_name=upstream_tls_name, upstream_ca=upstream_ca, upstream_insecure=upstream_insecure,
-        confdir=confdir, trace_path=trace, quiet=quiet, verbose=verbose, udp_idle_timeout=udp_idle_timeout))
+        confdir=confdir, trace_path=trace, quiet=quiet, verbose=verbose, udp_idle_timeout=udp_idle_timeout,
+        stream_idle_timeout=stream_idle_timeout, message_timeout=message_timeout, drain=drain,
+        max_flows=max_flows, max_connections=max_connections, max_message_size=max_message_size))
     _run(config)
     typer.echo("faultlab: stopped", err=True)
 
@@ -125,7 +154,9 @@ def _run(config) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            _announce(config, await nursery.start(serve_proxy_with_api, config))
+            running = await nursery.start(serve_proxy_with_api, config)
+            _announce(config, running)
+            running.trace.add_sink(_say_stopping)
 
     try:
         try:
@@ -140,6 +171,14 @@ def _run(config) -> None:
         pass
 
 
+def _say_stopping(event) -> None:
+    """At the first SIGINT/SIGTERM: one line saying that the proxy drains, and how to stop at once."""
+    drain = event.detail.get("drain") if event.kind == "stopping" else None
+    if drain:
+        typer.echo(f"faultlab: stopping: what is in flight has up to {drain:g} s (--drain); "
+                   f"{event.detail.get('signal', 'a signal')} again stops at once", err=True)
+
+
 def _announce(config, running) -> None:
     """The startup lines: each listener and where it relays to, the CA, the profile and seed, the API."""
     for ep, addr in running.listeners:
@@ -149,5 +188,9 @@ def _announce(config, running) -> None:
         typer.echo(f"faultlab: TLS certificates from the lab CA {running.ca_cert_path}", err=True)
     name = config.profile.name if config.profile else "none (faithful relay)"
     typer.echo(f"faultlab: profile {name}; seed {running.seed} (--seed {running.seed} repeats it)", err=True)
+    bounds = running.limits
+    typer.echo(f"faultlab: limits: {bounds.descriptors} descriptors, {bounds.max_flows} UDP flows, "
+               f"{bounds.max_connections} TCP/TLS connections, messages up to {bounds.max_message_size} octets",
+               err=True)
     if running.api_address:
         typer.echo(f"faultlab: control API on http://{_hp(running.api_address)}", err=True)

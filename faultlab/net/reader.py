@@ -6,6 +6,8 @@ sans-IO :class:`~faultlab.sip.StreamFramer`, and hands them out one read at a ti
 as the relay wants them: what arrived together is written together) or one by one
 (:meth:`~SipStreamReader.items`, as an actor wants them). When the stream stops framing, the rest
 comes out as :class:`Unframed` bytes (the relay forwards them raw; an actor gives the connection up).
+A message larger than ``max_message_size`` (or bytes that never make a complete head within it) stops
+the framing too, with ``too_large`` set: the relay closes that connection rather than relay it raw.
 
 Datagrams (UDP): :func:`parse_or_raw`.
 """
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 
 import trio
 
-from faultlab.sip import EOF, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, parse_datagram
+from faultlab.sip import EOF, MAX_MESSAGE_SIZE, NEED_DATA, KeepAlive, Message, SipError, StreamFramer, parse_datagram
 
 RECEIVE_SIZE = 65536
 
@@ -25,10 +27,12 @@ RECEIVE_SIZE = 65536
 @dataclass(frozen=True, slots=True)
 class Unframed:
     """Stream bytes that are not (or no longer) SIP messages. ``error``: why the stream stopped framing,
-    on the first such item (its ``data`` may be empty); None on the raw reads after it."""
+    on the first such item (its ``data`` may be empty); None on the raw reads after it. ``too_large``:
+    the framing stopped because a message (or a head that never ends) passed the size limit."""
 
     data: bytes
     error: str | None = None
+    too_large: bool = False
 
 
 Item = Message | KeepAlive | Unframed
@@ -37,10 +41,11 @@ Item = Message | KeepAlive | Unframed
 class SipStreamReader:
     """Reads SIP from one direction of a stream connection."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream, *, receive_size: int = RECEIVE_SIZE) -> None:
+    def __init__(self, stream: trio.abc.ReceiveStream, *, receive_size: int = RECEIVE_SIZE,
+                 max_message_size: int = MAX_MESSAGE_SIZE) -> None:
         self.stream = stream
         self.receive_size = receive_size
-        self.framer = StreamFramer()
+        self.framer = StreamFramer(max_message_size=max_message_size)
         self.raw = False  # the framer gave up: every read is Unframed from here on
         self._ended = False
 
@@ -64,7 +69,7 @@ class SipStreamReader:
                 event = self.framer.next_event()
             except SipError as exc:
                 self.raw = True
-                items.append(Unframed(self.framer.take_unframed(), str(exc)))
+                items.append(Unframed(self.framer.take_unframed(), str(exc), too_large=exc.status_hint in (413, 513)))
                 self._ended = not data
                 return items
             if event is NEED_DATA:

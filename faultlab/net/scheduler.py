@@ -19,8 +19,10 @@ from faultlab.addr import format_hostport
 from faultlab.net import timer
 from faultlab.relay import Hold, Hop, Outgoing, Plan, Relay, Step, steps
 
-# A write that cannot finish in this time (peer not reading) fails the pair.
+# A write that cannot finish in this time (peer not reading) fails the pair; once the writer is finishing
+# (faultlab closes the connection, the proxy stops), FINISH_SEND_TIMEOUT.
 SEND_TIMEOUT = 30.0
+FINISH_SEND_TIMEOUT = 2.0
 # Messages waiting in one direction (delayed or held ones and those behind
 # them) before the reader stops reading: TCP flow control then reaches the sender.
 QUEUE_SIZE = 256
@@ -59,6 +61,10 @@ class StreamWriter:
     A message with nothing queued before it and nothing to wait for is
     written at once by the task that has it (the common, no-fault path).
     ``end`` is called with a close step's kind ("fin", "rst" or "eof").
+
+    :meth:`finish` (a timeout, a graceful stop) writes what is due now and gives up what still waits
+    for its delay or hold; so does the end of :meth:`run` (the connection closed, or the writer was
+    cancelled). Each message given up is recorded ``abandoned``, with :attr:`reason`.
     """
 
     def __init__(self, relay: Relay, stream: trio.abc.Stream, end: Callable[[str], None]) -> None:
@@ -67,30 +73,60 @@ class StreamWriter:
         self.end = end
         self.pending = 0
         self.lock = trio.StrictFIFOLock()
+        self.finishing = False
+        self.reason = "closed"  # why what is still queued is given up
+        self.done = trio.Event()  # run() has returned: nothing more is written
+        self._current: Step | None = None
+        self._waiting: trio.CancelScope | None = None
         self._send, self._receive = trio.open_memory_channel[Step](QUEUE_SIZE)
 
     async def submit(self, step: Step) -> None:
+        if self.done.is_set():
+            self._abandon(step)
+            return
+        if self.finishing:
+            if _due(step) and step.out is not None:
+                await self._write(step)
+            else:
+                self._abandon(step)
+            return
         if (self.pending == 0 and step.hold is None and step.close is None
                 and step.at <= trio.current_time()):
             await self._write(step)
             return
         self.pending += 1
-        await self._send.send(step)
+        self.relay.waiting += 1
+        try:
+            await self._send.send(step)
+        except trio.ClosedResourceError:  # finish() or the end of run() while the queue was full
+            self.pending -= 1
+            self.relay.waiting -= 1
+            await self.submit(step)
 
     async def submit_batch(self, batch: list[Step]) -> None:
         """Messages due now, in order: one write for all when nothing is queued before them."""
-        if self.pending == 0:
+        if self.pending == 0 and not self.finishing:
             await self._write(*batch)
         else:
             for step in batch:
                 await self.submit(step)
+
+    def finish(self, reason: str) -> None:
+        """Write what is queued and due now, give up the rest (``reason``), then return from :meth:`run`."""
+        if self.finishing:
+            return
+        self.finishing = True
+        self.reason = reason
+        if self._waiting is not None:
+            self._waiting.cancel()
+        self._send.close()
 
     async def _write(self, *batch: Step) -> None:
         data = batch[0].out.data if len(batch) == 1 else b"".join(step.out.data for step in batch)
         async with self.lock:
             # Messages are written whole or not at all, even if the relay is stopping.
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(SEND_TIMEOUT) as timeout:
+                with trio.move_on_after(FINISH_SEND_TIMEOUT if self.finishing else SEND_TIMEOUT) as timeout:
                     await self.stream.send_all(data)
         if timeout.cancelled_caught:
             raise Closed("error")
@@ -101,30 +137,77 @@ class StreamWriter:
                 self.relay.sent(step.out, step.dest, **step.detail)
 
     async def run(self) -> None:
-        async for step in self._receive:
-            try:
-                if step.hold is not None and not await wait_hold(self.relay, step.hold):
-                    continue
-                await timer.sleep_until(step.at)
-                if step.out is not None:
+        try:
+            async for step in self._receive:
+                self._current = step
+                if await self._wait(step) and step.out is not None:
                     await self._write(step)
-                if step.close is not None:
+                self._taken()
+                if step.close is not None and not self.finishing:
                     self.end(step.close)
                     return
-            finally:
-                self.pending -= 1
+        finally:
+            self._give_up_queued()
+            self.done.set()
+
+    async def _wait(self, step: Step) -> bool:
+        """Wait until ``step`` is due; False: it is not to be written (dropped when its hold timed out,
+        or given up by :meth:`finish`, both recorded)."""
+        if not self.finishing:
+            with trio.CancelScope() as self._waiting:
+                if step.hold is not None:
+                    if not await wait_hold(self.relay, step.hold):
+                        return False
+                else:
+                    await timer.sleep_until(step.at)
+            self._waiting = None
+            if not self.finishing:
+                return True
+        if _due(step):
+            return True
+        self._abandon(step)
+        return False
+
+    def _taken(self) -> None:
+        self._current = None
+        self.pending -= 1
+        self.relay.waiting -= 1
+
+    def _abandon(self, step: Step) -> None:
+        if step.out is not None:
+            self.relay.abandoned(step.out, step.dest, self.reason, hold=step.hold)
+
+    def _give_up_queued(self) -> None:
+        """At the end of :meth:`run`: what it had not written is given up."""
+        if self._current is not None:
+            self._abandon(self._current)
+            self._taken()
+        while True:
+            try:
+                step = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self._abandon(step)
+            self.pending -= 1
+            self.relay.waiting -= 1
+        self._send.close()
+
+
+def _due(step: Step) -> bool:
+    """Not held (or released), and its time has come."""
+    return (step.hold is None or step.hold.released) and step.at <= trio.current_time()
 
 
 async def carry_out_on_stream(relay: Relay, plan: Plan, hop: Hop, forward: StreamWriter, back: StreamWriter,
-                              dest: tuple[str, int]) -> None:
-    """Queue ``plan``'s steps on the pair's writers (the response on the way back), then stall the
-    reading side if the plan says so."""
+                              dest: tuple[str, int]) -> float | None:
+    """Queue ``plan``'s steps on the pair's writers (the response on the way back); return how long the
+    reading side is to stall, if the plan says so (inf: until the pair ends)."""
     for step in steps(plan, dest, hop.peer):
         await (back if step.back else forward).submit(step)
     if plan.stall is not None:
         relay.emit("stalled", flow=hop.flow, direction=hop.direction, transport=hop.transport,
                    detail={"for": seconds(plan.stall)})
-        await trio.sleep(plan.stall)  # inf: until the pair ends
+    return plan.stall
 
 
 Send = Callable[[bytes], Awaitable[object]]
@@ -148,11 +231,18 @@ class DatagramScheduler:
         self.relay.sent(out, dest, **detail)
 
     async def _later(self, send: Send, step: Step) -> None:
-        if step.hold is not None:
-            if not await wait_hold(self.relay, step.hold):
-                return
-        else:
-            await timer.sleep_until(step.at)
+        self.relay.waiting += 1
+        try:
+            if step.hold is not None:
+                if not await wait_hold(self.relay, step.hold):
+                    return
+            else:
+                await timer.sleep_until(step.at)
+        except trio.Cancelled:  # the proxy stops: recorded, not lost without a word
+            self.relay.abandoned(step.out, step.dest, "stop", hold=step.hold)
+            raise
+        finally:
+            self.relay.waiting -= 1
         await self._send(send, step.out, step.dest, **step.detail)
 
     async def _respond(self, back: Send, out: Outgoing, dest: tuple[str, int]) -> None:

@@ -36,15 +36,20 @@ from dataclasses import dataclass, field
 import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
+from faultlab.net.limits import Throttle
+from faultlab.net.limits import resolve as resolve_limits
 from faultlab.net.resolve import resolve
-from faultlab.net.reader import parse_or_raw
 from faultlab.net.scheduler import DatagramScheduler
 from faultlab.net.udp import (
     BATCH,
     MAX_DATAGRAM,
     SOCKET_BUFFER,
     Datagrams,
+    FlowTable,
+    drop_unflowed,
     enlarge_buffers,
+    out_of_descriptors,
+    plan_datagram,
     relay_from,
 )
 from faultlab.relay import TO_DEVICE, TO_PBX, Hop, Relay, Side
@@ -166,6 +171,14 @@ class TransparentFlow:
     to_pbx: Hop
     to_device: Hop
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    closed_because: str = "idle"
+
+    def close(self, reason: str) -> None:
+        """End the flow now: its sockets are closed at once, its tasks end."""
+        self.closed_because = reason
+        self.scope.cancel()
+        self.dev.close()
+        self.up.close()
 
 
 def _flow_sockets(device: tuple[str, int], dest: tuple[str, int], spoof: bool) -> tuple[Datagrams, Datagrams]:
@@ -189,15 +202,113 @@ def _flow_sockets(device: tuple[str, int], dest: tuple[str, int], spoof: bool) -
     return dev, up
 
 
+class _TransparentUdp:
+    """The transparent UDP listener's flows, keyed by (device, original destination)."""
+
+    def __init__(self, relay: Relay, listener: OrigDstDatagrams, bound: tuple[str, int]) -> None:
+        self.relay = relay
+        self.listener = listener
+        self.bound = bound
+        self.spoof = relay.config.spoof_source
+        self.idle = relay.config.udp_idle_timeout
+        limits = resolve_limits(relay.config)
+        self.max_message_size = limits.max_message_size
+        self.flows: FlowTable[tuple[tuple[str, int], tuple[str, int]], TransparentFlow] = FlowTable(limits.max_flows)
+        self.full = Throttle(relay)
+        self.starved = Throttle(relay)
+
+    def open_flow(self, device: tuple[str, int], dest: tuple[str, int]) -> TransparentFlow:
+        dev, up = _flow_sockets(device, dest, self.spoof)
+        pbx_side = up.sock.getsockname()[:2]
+        side = Side("udp", device=dest, pbx=pbx_side)
+        fid = self.relay.new_flow_id("udp")
+        flow = TransparentFlow(fid, device, dest, dev, up,
+                               Hop(fid, TO_PBX, "udp", device, side, device),
+                               Hop(fid, TO_DEVICE, "udp", dest, side, device))
+        flow.scope.deadline = trio.current_time() + self.idle
+        self.flows.add((device, dest), flow)
+        self.relay.flow_opened(fid, "udp", device, pbx_side, dest)
+        return flow
+
+    def touch(self, flow: TransparentFlow) -> None:
+        flow.scope.deadline = trio.current_time() + self.idle
+        self.flows.touch((flow.device, flow.dest))
+
+    def evict(self, reason: str) -> bool:
+        """Close the flow idle longest; False when there is none."""
+        idlest = self.flows.idlest()
+        if idlest is not None:
+            self.flows.remove(*idlest)
+            idlest[1].close(reason)
+        return idlest is not None
+
+    def flow_for(self, device: tuple[str, int], dest: tuple[str, int], data: bytes) -> TransparentFlow | None:
+        """A new flow (making room at ``max_flows`` or when out of descriptors); None: the datagram is dropped."""
+        if self.flows.full:
+            self.evict(f"max-flows: {self.flows.limit} flows open, this one idle longest")
+            self.full.warn(f"{self.flows.limit} UDP flows open (--max-flows): each new device closes the flow idle "
+                           "longest", transport="udp")
+        for attempt in range(2):
+            try:
+                return self.open_flow(device, dest)
+            except OSError as exc:
+                if attempt == 0 and out_of_descriptors(exc) and self.evict(
+                        f"out of descriptors ({exc.strerror}): this flow idle longest gave its sockets up"):
+                    continue
+                why = f"cannot open a transparent flow to {format_hostport(*dest)}: {exc.strerror or exc}"
+                drop_unflowed(self.relay, data, device, why)
+                self.starved.warn(why, transport="udp", peer=format_hostport(*device))
+                return None
+        return None
+
+    async def run_flow(self, flow: TransparentFlow, paths: DatagramScheduler) -> None:
+        relay = self.relay
+        try:
+            with flow.scope:
+                async with trio.open_nursery() as readers:
+                    readers.start_soon(relay_from, relay, paths, flow.up, "upstream", flow.to_device,
+                                       lambda: self.touch(flow), flow.dev.send, flow.device, flow.up.send, flow.dest)
+                    readers.start_soon(relay_from, relay, paths, flow.dev, "device-side", flow.to_pbx,
+                                       lambda: self.touch(flow), flow.up.send, flow.dest, flow.dev.send, flow.device)
+        finally:
+            flow.dev.close()
+            flow.up.close()
+            self.flows.remove((flow.device, flow.dest), flow)
+            relay.flow_closed(flow.id, "udp", flow.device, reason=flow.closed_because)
+
+    async def serve(self, nursery: trio.Nursery) -> None:
+        relay = self.relay
+        paths = DatagramScheduler(relay, nursery)
+        while True:
+            try:
+                batch = await self.listener.receive_batch_dst()
+            except OSError as exc:
+                relay.warn(f"listen socket error: {exc.strerror or exc}", transport="udp")
+                continue
+            for data, device, dest in batch:
+                if not was_redirected(dest, self.bound):
+                    relay.warn("datagram not intercepted (sent to faultlab itself, no original "
+                               "destination): dropped; in transparent mode devices send to the PBX",
+                               transport="udp", peer=format_hostport(*device))
+                    continue
+                flow = self.flows.get((device, dest))
+                if flow is None:
+                    flow = self.flow_for(device, dest, data)
+                    if flow is None:
+                        continue
+                    nursery.start_soon(self.run_flow, flow, paths)
+                else:
+                    self.touch(flow)
+                plan = plan_datagram(relay, data, flow.to_pbx, self.max_message_size)
+                await paths.carry_out(plan, flow.up.send, dest, flow.dev.send, device)
+
+
 async def serve_udp_transparent(relay: Relay, listen: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     family, addr = await resolve(listen)
     if family != socket.AF_INET:
         raise OSError(f"--listen {listen}: transparent mode supports IPv4 only")
-    spoof = relay.config.spoof_source
-    idle = relay.config.udp_idle_timeout
     listener = OrigDstDatagrams()
     enlarge_buffers(listener.sock)
-    flows: dict[tuple[tuple[str, int], tuple[str, int]], TransparentFlow] = {}
     with listener.sock:
         try:
             listener.sock.bind(addr)
@@ -205,61 +316,8 @@ async def serve_udp_transparent(relay: Relay, listen: Endpoint, *, task_status=t
             raise listen_error(listen, exc) from None
         bound = listener.sock.getsockname()[:2]
         relay.emit("listening", transport="udp", peer=format_hostport(*bound),
-                   detail={"upstream": "original destination (transparent)", "spoof_source": spoof})
-
-        def open_flow(device: tuple[str, int], dest: tuple[str, int]) -> TransparentFlow:
-            dev, up = _flow_sockets(device, dest, spoof)
-            pbx_side = up.sock.getsockname()[:2]
-            side = Side("udp", device=dest, pbx=pbx_side)
-            fid = relay.new_flow_id("udp")
-            flow = TransparentFlow(fid, device, dest, dev, up,
-                                   Hop(fid, TO_PBX, "udp", device, side, device),
-                                   Hop(fid, TO_DEVICE, "udp", dest, side, device))
-            flow.scope.deadline = trio.current_time() + idle
-            flows[(device, dest)] = flow
-            relay.flow_opened(fid, "udp", device, pbx_side, dest)
-            return flow
-
-        async def run_flow(flow: TransparentFlow, paths: DatagramScheduler) -> None:
-            try:
-                with flow.scope:
-                    async with trio.open_nursery() as readers:
-                        readers.start_soon(relay_from, relay, paths, flow.up, "upstream", flow.to_device,
-                                           flow.scope, idle, flow.dev.send, flow.device, flow.up.send, flow.dest)
-                        readers.start_soon(relay_from, relay, paths, flow.dev, "device-side", flow.to_pbx,
-                                           flow.scope, idle, flow.up.send, flow.dest, flow.dev.send, flow.device)
-            finally:
-                flow.dev.close()
-                flow.up.close()
-                flows.pop((flow.device, flow.dest), None)
-                relay.flow_closed(flow.id, "udp", flow.device, reason="idle")
-
+                   detail={"upstream": "original destination (transparent)", "spoof_source": relay.config.spoof_source})
+        flows = _TransparentUdp(relay, listener, bound)
         async with trio.open_nursery() as nursery:
-            paths = DatagramScheduler(relay, nursery)
             task_status.started(bound)
-            while True:
-                try:
-                    batch = await listener.receive_batch_dst()
-                except OSError as exc:
-                    relay.warn(f"listen socket error: {exc.strerror or exc}", transport="udp")
-                    continue
-                for data, device, dest in batch:
-                    if not was_redirected(dest, bound):
-                        relay.warn("datagram not intercepted (sent to faultlab itself, no original "
-                                   "destination): dropped; in transparent mode devices send to the PBX",
-                                   transport="udp", peer=format_hostport(*device))
-                        continue
-                    flow = flows.get((device, dest))
-                    if flow is None:
-                        try:
-                            flow = open_flow(device, dest)
-                        except OSError as exc:
-                            relay.warn(f"cannot open a transparent flow to {format_hostport(*dest)}: "
-                                       f"{exc.strerror or exc}", transport="udp", peer=format_hostport(*device))
-                            continue
-                        nursery.start_soon(run_flow, flow, paths)
-                    else:
-                        flow.scope.deadline = trio.current_time() + idle
-                    item, error = parse_or_raw(data)
-                    await paths.carry_out(relay.plan(item, flow.to_pbx, error=error), flow.up.send, dest,
-                                          flow.dev.send, device)
+            await flows.serve(nursery)

@@ -11,6 +11,11 @@ from faultlab.addr import Endpoint
 from faultlab.ca import normalize_names
 from faultlab.faults import Profile
 from faultlab.net.transparent import support_problem
+from faultlab.sip import MAX_MESSAGE_SIZE
+
+#: The range --max-message-size accepts: a SIP element must take messages of 1,300 octets over UDP
+#: (RFC 3261 §18.1.1), and the framer buffers up to one message per connection direction.
+MESSAGE_SIZE_RANGE = (1300, 16 * 1024 * 1024)
 from faultlab.trace import Trace
 
 
@@ -35,6 +40,12 @@ class ProxyConfig:
     verbose: bool = False  # console: also the messages received, and each message's first line
     udp_idle_timeout: float = 600.0
     connect_timeout: float = 10.0
+    # TCP/TLS: a message begun must be complete within message_timeout (64*T1); a connection with no bytes
+    # either way (CRLF keep-alives count) closes after stream_idle_timeout, unless a registration that passed
+    # on it has not yet expired. drain: at SIGINT/SIGTERM, how long what is in flight may take to be answered.
+    message_timeout: float = 32.0
+    stream_idle_timeout: float = 3600.0
+    drain: float = 5.0
     keep_events: int | None = None
     handle_signals: bool = False
     profile: Profile | None = None
@@ -51,6 +62,10 @@ class ProxyConfig:
     # trace_t0 (trio clock); None: a trace of its own from now. A given trace is not closed at stop.
     trace: Trace | None = None
     trace_t0: float | None = None
+    # Bounds (faultlab.net.limits): None derives the count from the descriptor limit at start.
+    max_flows: int | None = None  # UDP flows; at the limit a new device closes the flow idle longest
+    max_connections: int | None = None  # TCP/TLS device connections; more are closed at once
+    max_message_size: int = MAX_MESSAGE_SIZE  # octets; larger: 513 over UDP, connection closed on TCP/TLS
 
     def upstream_for(self, transport: str) -> Endpoint | None:
         if self.transparent:
@@ -65,6 +80,10 @@ class ProxyConfig:
     def validate(self) -> None:
         if not self.listen:
             raise ConfigError("nothing to listen on: add --listen udp:HOST:PORT (or tcp:, tls:)")
+        for option, value in (("--message-timeout", self.message_timeout),
+                              ("--stream-idle-timeout", self.stream_idle_timeout), ("--drain", self.drain)):
+            if not value >= (0 if option == "--drain" else 0.001):
+                raise ConfigError(f"{option} {value}: give a number of seconds above 0 (--drain: 0 or more)")
         seen: set[str] = set()
         for ep in self.upstream:
             if ep.transport in seen:
@@ -85,6 +104,7 @@ class ProxyConfig:
                 raise ConfigError(problem)
         for ep in self.listen:
             self.upstream_for(ep.transport)
+        self._validate_limits()
         if self.upstream_insecure and self.upstream_ca:
             raise ConfigError("--upstream-insecure and --upstream-ca exclude each other: choose one")
         if self.upstream_tls_name is not None:
@@ -97,3 +117,14 @@ class ProxyConfig:
             if not tls_to_pbx:
                 raise ConfigError("--upstream-tls-name is for TLS to the PBX: add --upstream tls:HOST:PORT "
                                   "(with --transparent: --listen tls:HOST:PORT), or drop it")
+
+    def _validate_limits(self) -> None:
+        for option, value in (("--max-flows", self.max_flows), ("--max-connections", self.max_connections)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{option} {value!r}: give a whole number of 1 or more (or leave it out: "
+                                  "the default follows the descriptor limit)")
+        low, high = MESSAGE_SIZE_RANGE
+        size = self.max_message_size
+        if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+            raise ConfigError(f"--max-message-size {size!r}: give a number of octets from {low} to {high} "
+                              f"(default {MAX_MESSAGE_SIZE})")

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from faultlab.addr import Endpoint
+from faultlab.net import limits
+from faultlab.net.stop import stopper_of
 from faultlab.net.stream import serve_stream
 from faultlab.net.transparent import serve_udp_transparent
 from faultlab.net.udp import serve_udp
@@ -34,6 +36,7 @@ class Proxy(Relay):
         self.api_address: tuple[str, int] | None = None  # set by the control API's service, when it runs
         self.control: ProxyControl | None = None  # likewise
         self.listeners: list[tuple[Endpoint, tuple[str, int]]] = []
+        self.limits: limits.Limits = limits.resolve(config)  # set again at start, after raising the descriptor limit
 
 
 # A service runs beside the relay: started with ``await nursery.start(service, proxy)`` once every listener is
@@ -53,6 +56,7 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
         raise ConfigError("ProxyConfig.api: the proxy alone serves no control API; start it with "
                           "faultlab.api.run.serve_proxy_with_api")
     proxy = Proxy(config)
+    proxy.limits = limits.resolve(config, limits.raise_descriptor_limit())
     writer = None
     if config.trace_path is not None:
         writer = JsonlWriter(config.trace_path)
@@ -68,7 +72,9 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
         "spoof_source": config.spoof_source,
         "seed": proxy.seed,
         "profile": config.profile.name if config.profile else None,
+        "limits": proxy.limits.as_detail(),
     })
+    _check_budget(proxy)
     try:
         async with trio.open_nursery() as nursery:
             if writer is not None:
@@ -92,6 +98,17 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
         proxy.emit("stop")
         if config.trace is None:
             proxy.trace.close()
+
+
+def _check_budget(proxy: Proxy) -> None:
+    """A warning when the --max-flows and --max-connections given need more descriptors than the limit."""
+    bounds = proxy.limits
+    need = bounds.descriptors_needed(proxy.config.transparent)
+    if need > bounds.descriptors:
+        proxy.warn(f"--max-flows {bounds.max_flows} and --max-connections {bounds.max_connections} may need {need} "
+                   f"descriptors, more than the limit of {bounds.descriptors}: when they run out, new connections "
+                   "wait and new UDP devices take the socket of the flow idle longest. Raise the limit (ulimit -n, "
+                   "LimitNOFILE=) or lower those options")
 
 
 async def keep_flushed(writer: JsonlWriter) -> None:
@@ -118,8 +135,21 @@ async def keep_flushed(writer: JsonlWriter) -> None:
 
 
 async def _stop_on_signal(scope: trio.CancelScope, proxy: Proxy) -> None:
+    """At SIGINT/SIGTERM, stop gracefully (:mod:`faultlab.net.stop`): no new connections, up to
+    ``--drain`` seconds for what is in flight, every connection closed in order; then cancel ``scope``.
+    A second signal cancels at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            proxy.emit("stopping", detail={"signal": signal.Signals(signum).name})
-            scope.cancel()
-            return
+            proxy.emit("stopping", detail={"signal": signal.Signals(signum).name, "drain": proxy.config.drain})
+            break
+        async with trio.open_nursery() as nursery:
+
+            async def again() -> None:
+                async for signum in signals:
+                    proxy.emit("stopping", detail={"signal": signal.Signals(signum).name, "drain": 0})
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(again)
+            await stopper_of(proxy).stop(proxy, proxy.config.drain)
+            nursery.cancel_scope.cancel()
+    scope.cancel()

@@ -22,10 +22,15 @@ from faultlab.addr import format_hostport
 from faultlab.faults import ConnectView, Decision, Engine, MessageView, Profile
 from faultlab.relay.plan import Hold, Hop, Outgoing, Plan
 from faultlab.relay.rewrite import TO_DEVICE, TO_PBX, Rewriter, instance_id
-from faultlab.sip import KeepAlive, Message, SipError, parse_message
+from faultlab.sip import KeepAlive, Message, SipError, build_response, parse_datagram, parse_message
 from faultlab.trace import Event, Trace
 
 _FLOW_PREFIX = {"udp": "u", "tcp": "t", "tls": "s"}
+# A request with no final response after 64*T1 (RFC 3261 Timer B/F) is no longer waited for.
+TRANSACTION_LIFETIME = 32.0
+
+#: A trace event carries at most this many bytes of ``raw``; ``detail["raw_length"]`` then gives the total.
+TRACE_RAW_LIMIT = 64 * 1024
 
 
 class Relay:
@@ -54,6 +59,12 @@ class Relay:
         self.device_engines: dict[str, Engine] = {}  # "IP" or "IP:PORT" -> profile for that device
         self.holds: dict[str, Hold] = {}
         self.flows: dict[str, dict] = {}  # flow id -> description, for the API
+        # In flight, for a graceful stop: requests sent and not yet answered with a final response
+        # ((flow, Call-ID, CSeq, method) -> clock time sent), and messages the scheduler keeps back
+        # (delayed or held) or has queued behind them.
+        self.open_requests: dict[tuple, float] = {}
+        self._prune_at = 1024
+        self.waiting = 0
         if config.profile is not None:
             self.engine = Engine(config.profile, self.rng, activated_at=0.0)
 
@@ -69,6 +80,10 @@ class Relay:
         return f"{_FLOW_PREFIX[transport]}{self._flow_counter}"
 
     def emit(self, kind: str, **fields) -> None:
+        raw = fields.get("raw")
+        if raw is not None and len(raw) > TRACE_RAW_LIMIT:
+            fields["raw"] = raw[:TRACE_RAW_LIMIT]
+            fields["detail"] = {**fields.get("detail", {}), "raw_length": len(raw)}
         self.trace.emit(Event(self.now(), kind, **fields))
 
     def warn(self, message: str, **fields) -> None:
@@ -184,6 +199,43 @@ class Relay:
                       detail={"how": how, "rules": rules}, **fields)
         return plan
 
+    def too_large(self, data: bytes, hop: Hop, limit: int, *, stream: bool = False, error: str | None = None) -> Plan:
+        """``data`` is larger than the size limit (``--max-message-size``): record it as received and say what
+        becomes of it. On a stream the connection is closed (the caller closes it; a warning says so); a
+        datagram that is a request is answered ``513 Message Too Large`` (RFC 3261 §21.5.14), any other dropped."""
+        arrived = self.clock()
+        fields = {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
+        peer = format_hostport(*hop.peer)
+        msg = None
+        if not stream:
+            try:
+                parsed = parse_datagram(data)
+                msg = parsed if isinstance(parsed, Message) else None
+            except SipError:
+                pass
+        if msg is not None:
+            fields.update(_message_fields(msg))
+        summary = msg.summary() if msg is not None else f"unparsed {len(data)} bytes"
+        why = f"larger than {limit} octets (--max-message-size)"
+        error = error or f"message {why}"
+        self.emit("received", peer=peer, raw=data, summary=summary, parsed=msg is not None,
+                  detail={"error": error}, **fields)
+        plan = Plan(received_at=arrived)
+        if stream:
+            self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{error}: connection closed"}, **fields)
+            advice = (f" (--max-message-size is {limit} octets; a larger one lets such messages through)"
+                      if "octets" in error else "")
+            self.warn(f"{error}: closing the connection{advice}", peer=peer, **fields)
+        elif msg is not None and msg.is_request and msg.method != "ACK":
+            back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
+            response = build_response(msg, 513)
+            plan.respond = Outgoing(response, back, f"513 Message Too Large to {summary}",
+                                    {**fields, "direction": back.direction, "status": 513})
+            self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{why}: answered 513"}, **fields)
+        else:
+            self.emit("dropped", peer=peer, summary=summary, detail={"how": why}, **fields)
+        return plan
+
     def _edited(self, data: bytes, msg: Message | None, raw: bytes, hop: Hop) -> bytes:
         """Relay-mode rewriting of what the engine forwards (header edits included)."""
         if msg is None:
@@ -199,9 +251,44 @@ class Relay:
     def sent(self, out: Outgoing, dest: tuple[str, int], **detail) -> None:
         self.emit("sent", peer=format_hostport(*dest), raw=out.data, summary=out.summary, detail=detail,
                   **out.fields)
+        self._track(out)
 
     def responded(self, out: Outgoing, dest: tuple[str, int]) -> None:
         self.emit("responded", peer=format_hostport(*dest), raw=out.data, summary=out.summary, **out.fields)
+        self._track(out)
+
+    def abandoned(self, out: Outgoing, dest: tuple[str, int], reason: str, *, hold: Hold | None = None,
+                  **detail) -> None:
+        """``out``, on its way to ``dest``, is given up unsent: it was held, delayed or queued when its
+        connection closed or the proxy stopped (``reason``)."""
+        if hold is not None:
+            self.holds.pop(hold.id, None)
+            detail["hold"] = hold.id
+        self.emit("abandoned", peer=format_hostport(*dest), raw=out.data, summary=out.summary,
+                  detail={"reason": reason, **detail}, **out.fields)
+
+    def _track(self, out: Outgoing) -> None:
+        """Keep :attr:`open_requests`: a request (not ACK) opens, a final response closes."""
+        fields = out.fields
+        method = fields.get("method")
+        if method is not None:
+            if method != "ACK":
+                self.open_requests[(out.hop.flow, fields.get("call_id"), fields.get("cseq"), method)] = self.clock()
+                if len(self.open_requests) > self._prune_at:
+                    self._prune_requests()
+        elif fields.get("status", 0) >= 200:
+            self.open_requests.pop(
+                (out.hop.flow, fields.get("call_id"), fields.get("cseq"), fields.get("cseq_method")), None)
+
+    def _prune_requests(self) -> None:
+        old = self.clock() - TRANSACTION_LIFETIME
+        self.open_requests = {key: at for key, at in self.open_requests.items() if at > old}
+        self._prune_at = max(1024, 2 * len(self.open_requests))
+
+    def in_flight(self) -> int:
+        """Requests still waiting for their final response, and messages still kept back."""
+        self._prune_requests()
+        return len(self.open_requests) + self.waiting
 
     def release(self, hold_id: str | None = None) -> int:
         targets = list(self.holds.values()) if hold_id is None else [self.holds[hold_id]]

@@ -55,6 +55,11 @@ class StreamFramer:
         """True once :meth:`next_event` has raised."""
         return self._error is not None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as an event: a message (or keep-alive) begun."""
+        return len(self._buf)
+
     def receive_data(self, data: bytes) -> None:
         """Buffer ``data``; ``b""`` records the end of the stream."""
         if not data:
@@ -157,7 +162,7 @@ class StreamFramer:
         eol = buf.find(b"\r\n")
         if eol < 0:
             if len(buf) > self.max_message_size:
-                raise self._fail("start line too long", 413)
+                raise self._fail(f"start line longer than {self.max_message_size} octets", 413)
             return
         line = bytes(buf[: eol + 2])
         if REQUEST_LINE_RE.fullmatch(line) is None and STATUS_LINE_RE.fullmatch(line) is None:

@@ -201,7 +201,7 @@ _ARROWS = {"to-pbx": "->pbx", "to-device": "->dev"}
 # "sent" (both are in the JSONL trace), and shown with --verbose.
 _CONSOLE_KINDS = frozenset({
     "sent", "warning", "flow-open", "flow-close", "closed", "listening", "fault", "dropped", "responded", "held",
-    "released", "stalled", "profile", "rule-added", "rule-removed"})
+    "released", "stalled", "profile", "rule-added", "rule-removed", "abandoned"})
 # What a line's text looks like on a terminal: faults stand out, losses most.
 _STYLES = {"loss": "bold red", "fault": "yellow", "answer": "magenta", "profile": "bold cyan", "warning": "red",
            "flow": "dim"}
@@ -356,6 +356,8 @@ class ConsolePrinter:
             verb = "added" if e.kind == "rule-added" else "removed"
             return (f"rule {e.detail.get('rule', '?')} {verb}" + (f" (device {device})" if device else ""),
                     "profile", "")
+        if e.kind == "abandoned":  # given up unsent: held or delayed when the proxy stopped or the connection closed
+            return f"{_what(e)} abandoned ({e.detail.get('reason', '?')})", "loss", arrow
         if e.kind == "warning":
             text = str(e.detail.get("message", ""))
             if e.summary:
