@@ -174,6 +174,8 @@ async def _serve(endpoints, *, trace: Path | None, quiet: bool, push_url: str | 
             await nursery.start(pbx.run)
             for endpoint, addr in pbx.listeners:
                 typer.echo(f"faultlab pbx: {endpoint.transport} on {format_hostport(*addr)}", err=True)
+            for warning in pbx.warnings:
+                typer.echo(f"faultlab pbx: warning: {warning}", err=True)
     finally:
         events.close()
 

@@ -2,7 +2,7 @@
 
 * :mod:`.logic` -- :class:`PbxLogic`, sans-IO: (message, flow, now) in, outputs out (:class:`SendBytes`,
   :class:`RequestPush`, :class:`Note`). No trio, no sockets. Its parts: :mod:`.registrar`, :mod:`.calls`,
-  :mod:`.transactions`, and the data in :mod:`.model`.
+  :mod:`.transactions`, :mod:`.lifetimes` (what is forgotten when), and the data in :mod:`.model`.
 * :mod:`.driver` -- :class:`PBX`, the trio driver: UDP/TCP/TLS listeners, timers, pushes, the timeline.
 
 The driver is loaded on first use of ``PBX``, so importing the logic never loads trio.

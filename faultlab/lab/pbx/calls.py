@@ -23,9 +23,28 @@ from .model import (
 )
 
 
+RINGING = ("new", "held", "forwarded", "cancelling")  # a call leaves these states for good
+
+
 class Calls:
     """The call half of the PBX state machine. Mixed into :class:`~faultlab.lab.pbx.logic.PbxLogic`,
     whose state it shares."""
+
+    def _ringing_calls(self, user: str | None = None) -> list[Call]:
+        """The calls of ``user`` (or of everyone) not yet confirmed or ended, oldest first. The index
+        (``_ringing``: user -> call-ID -> call) forgets the others on the way, so a REGISTER costs the
+        user's ringing calls, not every call the PBX remembers."""
+        found: list[Call] = []
+        for who in [user] if user is not None else list(self._ringing):
+            calls = self._ringing.get(who)
+            for call_id, call in list((calls or {}).items()):
+                if call.state in RINGING and self._calls.get(call_id) is call:
+                    found.append(call)
+                else:
+                    del calls[call_id]
+            if calls is not None and not calls:
+                del self._ringing[who]
+        return found
 
     def _invite(self, msg: Message, flow: Flow, now: float) -> list[Output]:
         call_id = msg.call_id
@@ -38,6 +57,7 @@ class Calls:
                 return [SendBytes(call.caller_flow, call.last_response)]  # a retransmission
             if call.state != "ended":
                 return [self._respond(msg, flow, 482, "Loop Detected")]
+            self._forget_call(call)  # a new call with the Call-ID of an ended one: the old one's records go
         mf = msg.get("max-forwards")
         if mf is not None and mf.strip() == "0":
             return [self._respond(msg, flow, 483)]
@@ -47,6 +67,8 @@ class Calls:
             return [Note({"action": "no-binding", "user": user}, call_id), self._respond(msg, flow, 404)]
         call = Call(call_id, user, msg, flow, msg.from_tag, branch)
         self._calls[call_id] = call
+        self._ringing.setdefault(user, {})[call_id] = call
+        self._watch_call(call, now)
         trying = build_response(msg, 100)
         call.last_response = trying
         out: list[Output] = [SendBytes(flow, trying)]
@@ -170,7 +192,9 @@ class Calls:
                 return [SendBytes(flow, known.last_response)] if known.last_response is not None else []
             server = ServerTxn(msg, flow)
             if branch:
+                server.key = key
                 self._servers[key] = server
+                call.server_keys.add(key)
         _, _, send = self._forward(m, out_flow, None if msg.method == "ACK" else flow, request_uri=None,
                                    record_route=False, call_id=call.call_id, now=now, server=server)
         out: list[Output] = [send]
@@ -226,10 +250,11 @@ class Calls:
             call.last_response = stripped.raw  # what a retransmitted INVITE gets
             out.append(SendBytes(call.caller_flow, stripped.raw))
             return out
-        if status >= 200 and txn.method != "INVITE":
-            if txn.final is not None:
-                return out  # a retransmitted final response: absorbed (RFC 3261 §17.1.2.2)
+        if status >= 200 and txn.final is None:
             txn.final = status
+            self._client_done(via.branch, txn, now)
+        elif status >= 200 and txn.method != "INVITE":
+            return out  # a retransmitted final response: absorbed (RFC 3261 §17.1.2.2)
         if txn.in_flow is None:  # response to the PBX's own CANCEL or BYE
             if txn.method == "BYE" and status >= 200 and call is not None:
                 call.state = "ended"
@@ -238,8 +263,9 @@ class Calls:
             call.state = "ended"
         if txn.server is not None and (status > 100 or txn.server.last_response is None):
             txn.server.last_response = stripped.raw
-            if status >= 200:
+            if status >= 200 and txn.server.final is None:
                 txn.server.final = status
+                self._server_done(txn.server, now)
         out.append(SendBytes(txn.in_flow, stripped.raw))
         return out
 
@@ -257,7 +283,8 @@ class Calls:
                      f"Call-ID: {inv.call_id}", f"CSeq: {number} {method}"]
             if method == "BYE":
                 lines.append('Reason: SIP;cause=487;text="Request Terminated"')
-                self._txns[branch] = ClientTxn("BYE", call.call_id, None)
+                self._txns[branch] = ClientTxn("BYE", call.call_id, None, transport=call.callee_flow.transport)
+                call.branches.add(branch)
             data = ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode("utf-8", "surrogateescape")
             send = SendBytes(call.callee_flow, data)
             if method == "ACK":

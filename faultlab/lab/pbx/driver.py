@@ -18,6 +18,11 @@ retransmission state, keyed by branch and method, and returns the retransmission
 from ``on_timer``); this driver only runs its deadlines on trio's clock. Nothing is retransmitted on
 TCP/TLS.
 
+Each UDP socket asks for 4 MiB of buffer (:func:`faultlab.net.udp.enlarge_buffers`), so a burst of requests
+waits in the kernel instead of being dropped; when the kernel gives less (without root, Linux caps it at
+``net.core.rmem_max``), a ``warning`` on the timeline and in :attr:`PBX.warnings` says what to set. The
+timers also run the logic's pruning of finished calls and transactions (:mod:`faultlab.lab.pbx.lifetimes`).
+
 Pushes go through the injected ``send_push(token, payload)`` coroutine (the push gateway client),
 each in its own task so a slow gateway never blocks SIP; a failing call push ends the held INVITE
 with 480. Without ``send_push`` pushes are only recorded (``push-unsent``) and the INVITE waits for a
@@ -53,6 +58,7 @@ from faultlab.lab.pbx.logic import (
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport, listen_error, parse_endpoint
 from faultlab.net.resolve import resolve
+from faultlab.net.udp import SOCKET_BUFFER, enlarge_buffers
 from faultlab.net.reader import SipStreamReader, Unframed, parse_or_raw
 from faultlab.sip import KeepAlive, Message, SipError
 
@@ -105,6 +111,7 @@ class PBX:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
+        self.warnings: list[str] = []  # said at start (e.g. a UDP buffer smaller than asked), also on the timeline
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -258,11 +265,11 @@ class PBX:
     async def _timers(self) -> None:
         while True:
             self._wake = trio.Event()
-            deadline = self.logic.next_deadline()
+            deadline = self.logic.next_wakeup()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._wake.wait()
             now = trio.current_time()
-            deadline = self.logic.next_deadline()
+            deadline = self.logic.next_wakeup()
             if deadline is not None and deadline <= now:
                 await self._execute(self.logic.on_timer(now))
 
@@ -283,6 +290,7 @@ class PBX:
             sock.close()
             raise listen_error(endpoint, exc) from None
         local = self._advertised(sock.getsockname()[:2])
+        self._enlarge(sock, f"udp:{format_hostport(*sock.getsockname()[:2])}")
         self._udp[local] = sock
         self.listeners.append((endpoint, sock.getsockname()[:2]))
         task_status.started()
@@ -293,6 +301,18 @@ class PBX:
                 except OSError:  # e.g. ICMP port unreachable reported on Linux
                     continue
                 await self.receive(data, Flow("udp", source[:2], local))
+
+    def _enlarge(self, sock: trio.socket.SocketType, where: str) -> None:
+        """Large socket buffers, so a burst of requests waits in the kernel instead of being dropped; a word
+        when the kernel gave less (without root, Linux caps the receive buffer at net.core.rmem_max)."""
+        enlarge_buffers(sock, SOCKET_BUFFER)
+        got = udp_receive_buffer(sock)
+        if got is not None and got < SOCKET_BUFFER:
+            warning = (f"the UDP receive buffer on {where} is {got // 1024} KiB, not the {SOCKET_BUFFER // 1024} KiB "
+                       f"asked: a burst of requests may be dropped; as root run "
+                       f"`sysctl -w net.core.rmem_max={SOCKET_BUFFER}` (or run faultlab as root)")
+            self.warnings.append(warning)
+            self.timeline.emit("warning", source=SOURCE, transport="udp", summary=warning)
 
     async def _serve_stream(self, endpoint: Endpoint, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         _, addr = await resolve(endpoint)
@@ -336,3 +356,18 @@ class PBX:
 
         task_status.started()
         await trio.serve_listeners(handle, listeners)
+
+
+def udp_receive_buffer(sock: trio.socket.SocketType) -> int | None:
+    """The receive buffer the kernel gave ``sock``, in bytes of data (Linux reports twice the size set, the
+    other half being its bookkeeping), or ``None`` when it does not say (an in-memory socket says 0)."""
+    import socket
+    import sys
+
+    try:
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError:
+        return None
+    if not isinstance(size, int) or size <= 0:
+        return None
+    return size // 2 if sys.platform.startswith("linux") else size

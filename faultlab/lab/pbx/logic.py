@@ -73,6 +73,11 @@ call), authentication, 423 Interval Too Brief, hop-by-hop ACK of a non-2xx answe
 (re-INVITEs are relayed like any in-dialog request), strict routers, and a failing flow (a send on a
 closed connection is a timeline warning; the caller then gets 480 at the ring timeout).
 
+**Lifetimes** (:mod:`.lifetimes`). Finished transactions are forgotten after RFC 3261's Timer J/K (64*T1 /
+T4 over UDP, at once over TCP/TLS), finished calls 64*T1 to 2*64*T1 after they ended, expired registrations
+when they expire, all from :meth:`PbxLogic.on_timer` (:meth:`PbxLogic.next_wakeup` says when it is next
+needed; :meth:`PbxLogic.sizes` counts what is held), so a PBX that runs for days holds only what is live.
+
 Outputs: :class:`SendBytes` (bytes on a flow), :class:`RequestPush` (ask the push gateway), :class:`Note` (a
 decision for the timeline). Times are whatever clock the caller passes as ``now`` (trio's in
 :class:`faultlab.lab.pbx.PBX`), so timers run under ``trio.testing.MockClock``.
@@ -101,6 +106,7 @@ from .model import (
     digest,
 )
 from .calls import Calls
+from .lifetimes import Lifetimes
 from .registrar import Registrar
 from .transactions import Transactions
 
@@ -116,7 +122,7 @@ __all__ = [
 ]
 
 
-class PbxLogic(Registrar, Calls, Transactions):
+class PbxLogic(Registrar, Calls, Transactions, Lifetimes):
     """The PBX state machine. Not thread- or task-safe by itself: one driver calls it."""
 
     def __init__(
@@ -130,10 +136,12 @@ class PbxLogic(Registrar, Calls, Transactions):
         wall_clock: Callable[[], float] = time.time,
         t1: float = 0.5,
         t2: float = 4.0,
+        t4: float = 5.0,
     ) -> None:
         self.hold = hold
         self.t1 = t1
         self.t2 = t2
+        self.t4 = t4
         self.ring_timeout = ring_timeout
         self.cancel_push = cancel_push
         self.default_expires = default_expires
@@ -141,11 +149,15 @@ class PbxLogic(Registrar, Calls, Transactions):
         self.wall_clock = wall_clock
         self._bindings: dict[str, list[Binding]] = {}
         self._calls: dict[str, Call] = {}
+        self._ringing: dict[str, dict[str, Call]] = {}  # user -> call-ID -> call, not yet confirmed or ended
         self._txns: dict[str, ClientTxn] = {}
         self._timers: dict[tuple[str, str], float] = {}  # (kind, call_id) -> deadline
         self._retx: dict[tuple[str, str], Retx] = {}  # (branch, CSeq method) -> UDP retransmissions
         self._servers: dict[tuple[str, str], ServerTxn] = {}  # (branch, method) of relayed requests
         self._seq = 0
+        self._prune: list[tuple[float, int, str, object]] = []  # lifetimes.py: what to forget when
+        self._prune_seq = 0
+        self._aor_due: dict[str, float] = {}  # AOR -> when its earliest binding expires (a look is scheduled)
 
     def call_state(self, call_id: str) -> str | None:
         """``held``, ``forwarded``, ``cancelling`` (the PBX CANCELled the device after a ring timeout or
@@ -155,7 +167,13 @@ class PbxLogic(Registrar, Calls, Transactions):
         return None if call is None else call.state
 
     def next_deadline(self) -> float | None:
+        """When the next timer that may send or decide something is due (call timers, retransmissions)."""
         return min([*self._timers.values(), *(r.due for r in self._retx.values())], default=None)
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`on_timer` is next needed: :meth:`next_deadline`, or the next time a finished
+        transaction, call or expired registration is to be forgotten (:mod:`.lifetimes`), whichever is first."""
+        return min([t for t in (self.next_deadline(), self._next_prune()) if t is not None], default=None)
 
     def retransmitting(self) -> list[tuple[str, str]]:
         """``(branch, method)`` of every client transaction whose request is being retransmitted."""
@@ -184,7 +202,7 @@ class PbxLogic(Registrar, Calls, Transactions):
         again (as before its REGISTER), so the device's next REGISTER, on a new connection, gets the INVITE
         (RFC 5626's flow recovery, seen from the registrar); the hold timer runs again."""
         out: list[Output] = []
-        for call in list(self._calls.values()):
+        for call in self._ringing_calls():
             if call.callee_flow != flow or call.state not in ("forwarded", "cancelling") or call.device_final:
                 continue
             if not call.device_responded and not call.cancelled and call.final_sent is None:
@@ -222,7 +240,7 @@ class PbxLogic(Registrar, Calls, Transactions):
         return out
 
     def on_timer(self, now: float) -> list[Output]:
-        """Fire every timer due at ``now``."""
+        """Fire every timer due at ``now``, and forget the records whose lifetime is over."""
         out: list[Output] = []
         for key, deadline in sorted(self._timers.items(), key=lambda kv: kv[1]):
             if deadline > now or self._timers.get(key) != deadline:
@@ -260,6 +278,7 @@ class PbxLogic(Registrar, Calls, Transactions):
             else:
                 retx.interval = min(retx.interval * 2, self.t2)  # Timer E
             retx.next_at = now + retx.interval
+        self._run_prune(now)
         return out
 
     def push_failed(self, call_id: str, error: str, now: float) -> list[Output]:

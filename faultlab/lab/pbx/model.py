@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from faultlab.addr import format_hostport
@@ -112,6 +112,9 @@ class Call:
     pending_cancel: bytes | None = None  # CANCEL waiting for the device's first provisional response
     late_ack: bytes | None = None  # the ACK for a 2xx the caller never saw (sent again on retransmissions)
     device_responded: bool = False  # the device answered the forwarded INVITE (even with 100)
+    branches: set[str] = field(default_factory=set)  # the client transactions of this call
+    server_keys: set[tuple[str, str]] = field(default_factory=set)  # the in-dialog requests it relayed
+    ended_seen: float | None = None  # when the pruning first saw it ended (see lifetimes.py)
 
 
 @dataclass
@@ -122,6 +125,7 @@ class ServerTxn:
     flow: Flow
     last_response: bytes | None = None
     final: int | None = None
+    key: tuple[str, str] | None = None  # (branch, method) in the logic's table
 
 
 @dataclass
@@ -131,6 +135,7 @@ class ClientTxn:
     in_flow: Flow | None  # where responses go (None: the PBX's own request, responses absorbed)
     server: ServerTxn | None = None
     final: int | None = None  # the first final response's status
+    transport: str = "udp"  # of the flow the request went out on
 
 
 @dataclass

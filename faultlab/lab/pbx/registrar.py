@@ -61,12 +61,13 @@ class Registrar:
                              "flow": str(flow), "push": pn, "refresh": bool(same)}))
         if bindings:
             self._bindings[user] = bindings
+            self._watch_aor(user, min(b.expires_at for b in bindings))
         else:
             self._bindings.pop(user, None)
         listed = [("Contact", f"<{b.contact}>;expires={b.remaining(now)}") for b in bindings]
         out.append(self._respond(msg, flow, 200, headers=listed))
         if refreshed is not None:
-            for call in list(self._calls.values()):
+            for call in self._ringing_calls(user):
                 if (call.state == "forwarded" and call.user == user and not call.device_responded
                         and not call.cancelled and call.callee_flow is not None and call.callee_flow.conn is not None
                         and call.callee_flow != flow):

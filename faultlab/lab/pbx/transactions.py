@@ -94,11 +94,13 @@ class Transactions:
             return out
         if txn is not None:
             txn.final = 408
+            self._client_done(retx.branch, txn, now, timed_out=True)
             server = txn.server
             if server is not None and server.final is None:  # tell the sender (RFC 3261 §16.7 step 6)
                 data = build_response(server.request, 408, "Request Timeout")
                 server.last_response = data
                 server.final = 408
+                self._server_done(server, now)
                 out.append(SendBytes(server.flow, data))
         if retx.method == "BYE" and call is not None:
             call.state = "ended"
@@ -124,6 +126,9 @@ class Transactions:
         send = SendBytes(out_flow, m.raw)
         if msg.method != "ACK":
             method = msg.cseq.method if msg.cseq else (msg.method or "")
-            self._txns[branch] = ClientTxn(method, call_id, in_flow, server)
+            self._txns[branch] = ClientTxn(method, call_id, in_flow, server, transport=out_flow.transport)
+            call = self._calls.get(call_id or "")
+            if call is not None:
+                call.branches.add(branch)
             self._start_retx(send, branch, method, call_id, now)
         return m, branch, send
