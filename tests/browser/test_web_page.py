@@ -114,7 +114,20 @@ class Page:
         Select(self.d.find_element(By.ID, select_id)).select_by_value(value)
 
     def click(self, element_id: str) -> None:
-        self.d.find_element(By.ID, element_id).click()
+        """Click as a user does once the button stands still: live rows arriving above it move the page, and a
+        click aimed at where it was lands on whatever is there now (chromedriver does not always notice)."""
+        element = self.d.find_element(By.ID, element_id)
+        self.d.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        last = None
+
+        def still(_driver):
+            nonlocal last
+            here = (element.rect["x"], element.rect["y"], self.d.execute_script("return window.scrollY"))
+            steady, last = here == last, here
+            return steady
+
+        self.until(f"the {element_id} button to stand still", still)
+        element.click()
 
     def type(self, element_id: str, text: str) -> None:
         """Replace the field's text as a user does, with keys (select all, delete, type): each key fires the
