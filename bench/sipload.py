@@ -53,15 +53,18 @@ def _wait_line(path: Path, pattern: str, proc: subprocess.Popen, what: str, time
 
 class Lab:
     """A responder (the PBX) and a ``faultlab proxy`` in front of it, one listener per transport, on
-    loopback; both stopped by their PIDs on leaving the block. ``proxy_args`` go to the proxy's command."""
+    loopback; both stopped by their PIDs on leaving the block. ``proxy_args`` go to the proxy's command,
+    ``wrap`` before it (``("prlimit", "--nofile=256:256")``: the proxy under a descriptor limit)."""
 
-    def __init__(self, tmp: Path, transports=TRANSPORTS, proxy_args: tuple[str, ...] = (), nofile: int = 8192):
+    def __init__(self, tmp: Path, transports=TRANSPORTS, proxy_args: tuple[str, ...] = (), nofile: int = 8192,
+                 wrap: tuple[str, ...] = ()):
         import trustme
 
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.transports = tuple(transports)
         self.proxy_args = tuple(proxy_args)
+        self.wrap = tuple(wrap)
         raise_nofile(nofile)  # the responder and the proxy inherit it
         ca = trustme.CA()
         self.cert, self.ca_file = self.tmp / "responder.pem", self.tmp / "responder-ca.pem"
@@ -104,7 +107,7 @@ class Lab:
         stop(self.responder, sig=9)
 
     def start_proxy(self) -> None:
-        cmd = [sys.executable, "-m", "faultlab", "proxy", "-q", *self.proxy_args]
+        cmd = [*self.wrap, sys.executable, "-m", "faultlab", "proxy", "-q", *self.proxy_args]
         for t in self.transports:
             cmd += ["-l", f"{t}:127.0.0.1:0", "-u", f"{t}:127.0.0.1:{self.responder_ports[t]}"]
         if "tls" in self.transports:

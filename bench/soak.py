@@ -16,10 +16,14 @@ Each phase starts its own responder (the PBX: a 200 to every request, bench/sipl
 - restart: load on UDP, TCP and TLS at once for --before seconds; the responder is killed (SIGKILL) and started
   again on the same ports --down seconds later, and the load goes on for --after seconds; per transport, what was lost while it was down (expected: requests sent
   then; a request unanswered for --timeout seconds counts as lost, a connection the proxy closes is opened
-  again after a quarter of that), and how long after the restart the first transaction was answered.
+  again after a quarter of that), and how long after the restart the first transaction was answered;
+- fdlimit, slowloris, sigterm (bench/soak_edges.py, flags --fd-*, --slow-*, --term-*, --drain): a normal client's
+  transactions answered with the proxy at a descriptor limit of 256 past its flows and connections, and through
+  500 connections sending a header a byte a second (how many the proxy closed, after how long); SIGTERM under
+  load per transport, and from its trace the messages received but neither sent, abandoned nor dropped.
 
 Prints a Markdown table; the whole result goes to bench/results/soak-<time>.json. Exit 1 when a soak lost,
-duplicated or reordered anything, or the proxy exited.
+duplicated or reordered anything, the proxy exited, or SIGTERM left a received message unaccounted for.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ from pathlib import Path
 import trio
 
 import sipload  # bench/sipload.py
+import soak_edges  # bench/soak_edges.py: the descriptor limit, slowloris, SIGTERM under load
 from procs import raise_nofile
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-PHASES = ("soak", "idle", "restart")
+PHASES = ("soak", "idle", "restart", *soak_edges.PHASES)
 
 
 def log(msg: str = "") -> None:
@@ -203,7 +208,8 @@ def table(doc: dict) -> str:
             out.append(f"| {t.upper()} | {c['sent']:,} | {c['answered']:,} | {c['lost']} | {c['late']} | "
                        f"{c['connects']} | {x['answered_after_restart']:,} | "
                        f"{'never' if first is None else f'{first:.2f}'} |")
-    return "\n".join(out)
+        out.append("")
+    return "\n".join(out + soak_edges.table(doc))
 
 
 def main() -> int:
@@ -220,6 +226,7 @@ def main() -> int:
     p.add_argument("--down", type=float, default=2.0, help="seconds the PBX stays down (default 2)")
     p.add_argument("--after", type=float, default=5.0, help="seconds of load after the restart (default 5)")
     p.add_argument("--timeout", type=float, default=2.0, help="restart: a request unanswered this long is lost")
+    soak_edges.add_arguments(p)
     p.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
     p.add_argument("--transports", default=",".join(sipload.TRANSPORTS), help="soak transports (default all)")
     a = p.parse_args()
@@ -251,6 +258,7 @@ def main() -> int:
         if "restart" in phases:
             doc["restart"] = run_restart(a, tmp)
             log(f"restart: {json.dumps(doc['restart']['transports'])}")
+        soak_edges.run(a, tmp, phases, doc, log)
     doc["loadavg_end"] = "%.2f %.2f %.2f" % os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"soak-{started:%Y%m%d-%H%M%S}.json"
@@ -262,6 +270,7 @@ def main() -> int:
         r for r in doc.get("idle", []) if not r["proxy_alive"]]
     if doc.get("restart") and not doc["restart"]["proxy_alive"]:
         bad.append(doc["restart"])
+    bad += soak_edges.bad(doc)
     return 1 if bad else 0
 
 

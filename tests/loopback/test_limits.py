@@ -275,6 +275,17 @@ def many_descriptors():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, new_hard))
 
 
+async def tcp_works_again(port: int) -> None:
+    """Wait (30 s at most) until a TCP phone gets its 200 through the proxy again."""
+    with trio.fail_after(30):
+        while True:
+            try:
+                assert await tcp_phone(port, "after") == 200
+                return
+            except (trio.BrokenResourceError, SipError):
+                await trio.sleep(0.1)
+
+
 async def test_at_256_descriptors_the_proxy_keeps_serving_past_its_default_flows_and_connections(
         nursery, tmp_path, many_descriptors) -> None:
     proc, ports, out, err = await run_proxy(tmp_path, await udp_pbx(nursery), await tcp_pbx(nursery))
@@ -288,13 +299,7 @@ async def test_at_256_descriptors_the_proxy_keeps_serving_past_its_default_flows
         assert await phone(ports["udp"], "late") == 200  # a new phone still gets through
         for stream in idle:
             await stream.aclose()
-        with trio.fail_after(30):
-            while True:  # the slots free up as faultlab sees the closes
-                try:
-                    assert await tcp_phone(ports["tcp"], "after") == 200
-                    break
-                except (trio.BrokenResourceError, SipError):
-                    await trio.sleep(0.1)
+        await tcp_works_again(ports["tcp"])  # the slots free up as faultlab sees the closes
         assert proc.poll() is None
     finally:
         stop(proc)
@@ -325,13 +330,7 @@ async def test_out_of_descriptors_new_phones_take_the_idlest_flows_socket_and_ac
         assert await phone(ports["udp"], "late") == 200
         for stream in clients:
             await stream.aclose()
-        with trio.fail_after(30):
-            while True:  # once the UDP flows idle out, accept has descriptors again
-                try:
-                    assert await tcp_phone(ports["tcp"], "after") == 200
-                    break
-                except (trio.BrokenResourceError, SipError):
-                    await trio.sleep(0.1)
+        await tcp_works_again(ports["tcp"])  # once the UDP flows idle out, accept has descriptors again
         assert proc.poll() is None
     finally:
         stop(proc)
