@@ -7,9 +7,13 @@ not only that something did:
 1. :func:`check_end` -- the device ends the call exactly once, with an accepted CallKit reason, by the deadline;
 2. :func:`check_early_answer` -- an answer tapped before the INVITE is held: the 200 OK follows the INVITE within a
    bound, the answer is fulfilled only once the call connects (after the 200), and the call does not end before;
-   with no INVITE at all, the answer fails and is never fulfilled;
-3. :func:`check_cancel_push` -- a pair of runs of one scenario, cancel pushes delivered and dropped: both pass
-   check 1, with the same end reason and end times within a bound of each other;
+   the whole answered call is covered: when the script hangs up (``call.hang_up_after``) the end must follow the
+   caller's BYE, otherwise no end within :data:`CALL_SETTLE` seconds of connecting; with no INVITE at all, the
+   answer fails and is never fulfilled;
+3. :func:`check_cancel_push` -- a pair of runs of one scenario, cancel pushes delivered and dropped: the same end
+   reason and end times within a bound of each other. It fails only when the two runs differ: two runs that fail
+   check 1 alike are check 1's failure, not the cancel push's. A scenario check 3 applies to whose run had no
+   cancel push to drop fails check 3 as not exercised (:mod:`faultlab.lab.runner`), never passes silently;
 
 plus :func:`check_invariants`: the report inside the PushKit callback (≤ 0.5 s after the push), one ``reported`` per
 call push (duplicates included), at most one ``ended`` per call, every milestone of the scenario met.
@@ -18,6 +22,28 @@ Check 1 bounds the end from both sides: no later than the deadline (``expect.by`
 anchors of ``expect.by``: the BYE, the CANCEL, the REGISTER's answer...) and, where the scenario says so, not before
 the earliest right moment (``expect.not_before``: a device must not give up waiting sooner than the reference's
 deadline).
+
+**Anchors the device prevents.** A deadline is the minimum of its terms ``anchor + within``. When a term's anchor
+never happened, the term does not vanish if the call script says when it would have come (:func:`stand_ins`):
+
+* ``cancel-at-device``: the caller's CANCEL as sent (it never reached the device: e.g. the device had already
+  rejected the INVITE); with no CANCEL sent (the device's 480 ended the INVITE first), the scripted time, the
+  caller's INVITE + ``call.cancel_at``; for a second device's answer or decline, the caller's 180 +
+  ``call.elsewhere_at``;
+* ``cancel``: the caller's INVITE + ``call.cancel_at``;
+* ``bye-at-device``: the caller's BYE as sent; with none, and ``bye``: the caller's 2xx + ``call.hang_up_after``;
+* every other anchor (``register-ok``, ``invite``, ``register-final``, ``reregister``...) is the device's or the
+  network's own doing, with no scripted time: its term drops, the other terms decide, and with no term left the
+  check fails ("no deadline").
+
+So a device that gives up before the script's anchor is judged against the time that anchor would have come: it
+passes when another cause allowed its end (S24's ``push + total`` term: an ``unanswered`` end at the INVITE
+deadline) and fails, with the stand-in in the evidence, when every cause of the end was still to come ("the device
+ended the call before anything that should end it"). Stand-ins only ever tighten ``expect.by``; ``not_before``
+terms are never stood in for (a term that drops there can only make the earliest moment later).
+
+**Declared deadlines.** Bounds with ``deadline = NAME`` are the app's declared deadlines
+(:mod:`faultlab.lab.deadlines`); they are numbers by the time the checks see them.
 
 Times are the timeline's (seconds from the lab's t0). :func:`anchors` finds the named events of
 :data:`faultlab.lab.scenario.ANCHORS` for one call.
@@ -37,6 +63,7 @@ __all__ = ["CheckResult", "EARLY_ANSWER_BOUND", "CANCEL_PUSH_BOUND", "anchors", 
 
 EARLY_ANSWER_BOUND = 0.5  # INVITE -> 200 OK, and 200/ACK -> fulfilment (reference §6 S17)
 CANCEL_PUSH_BOUND = 0.5  # end times with and without cancel pushes (reference §6, check 3)
+CALL_SETTLE = 2.0  # check 2: a connected call the script does not hang up stays up at least this long
 REPORT_BOUND = 0.5  # push -> reportNewIncomingCall, inside the PushKit callback (reference §7 D_report)
 
 
@@ -142,17 +169,59 @@ def _call_push_delivered(e: Event, call_id: str) -> bool:
             and e.detail.get("outcome") in ("delivered", "duplicated"))
 
 
-def _deadline(bounds: Sequence[Bound], found: dict[str, Event]) -> tuple[float | None, list[str]]:
-    """min over the bounds whose anchor happened (``None`` when none did), and how each term came out."""
+def _deadline(bounds: Sequence[Bound], found: dict[str, Event],
+              stand_ins: dict[str, tuple[float, str]] | None = None) -> tuple[float | None, list[str]]:
+    """min over the bounds whose anchor happened or has a stand-in (``None`` when none), and how each term came out.
+
+    ``stand_ins``: anchor -> (time, what) when the anchor would have come (see the module docstring)."""
     terms, notes = [], []
     for b in bounds:
         anchor = found.get(b.after)
-        if anchor is None:
-            notes.append(f"{b.after} + {b.within:g} s: no {b.after} on the timeline")
-        else:
+        if anchor is not None:
             terms.append(anchor.t + b.within)
             notes.append(f"{b.after} + {b.within:g} s = {anchor.t + b.within:.3f}")
+        elif stand_ins and b.after in stand_ins:
+            t, what = stand_ins[b.after]
+            terms.append(t + b.within)
+            notes.append(f"{b.after} + {b.within:g} s = {t + b.within:.3f}: no {b.after} on the timeline; it would "
+                         f"have come at {t:.3f} ({what})")
+        else:
+            notes.append(f"{b.after} + {b.within:g} s: no {b.after} on the timeline")
     return (min(terms) if terms else None), notes
+
+
+def stand_ins(events: Sequence[Event], call_id: str, scenario: Scenario,
+              found: dict[str, Event] | None = None) -> dict[str, tuple[float, str]]:
+    """When the anchors the call script causes would have come, for those that never happened: anchor ->
+    (time, what). The caller's CANCEL or BYE as sent stands in for it at the device; with none sent, the script's
+    time (the caller's INVITE + ``call.cancel_at``; its 180 + ``call.elsewhere_at``; its 2xx +
+    ``call.hang_up_after``)."""
+    found = anchors(events, call_id) if found is None else found
+    out: dict[str, tuple[float, str]] = {}
+    mine = [e for e in events if e.source == "caller" and e.call_id == call_id]
+    invite = _first(mine, lambda e: e.kind == "sent" and e.method == "INVITE")
+    ringing = _first(mine, lambda e: e.kind == "received" and e.cseq_method == "INVITE" and e.status == 180)
+    ok = _first(mine, lambda e: e.kind == "received" and e.cseq_method == "INVITE" and e.status is not None
+                and 200 <= e.status < 300)
+    if scenario.cancel_at is not None and invite is not None:
+        out["cancel"] = (invite.t + scenario.cancel_at, f"the scripted CANCEL, call.cancel_at {scenario.cancel_at:g} "
+                         "s after the INVITE")
+    if "cancel" in found:
+        out["cancel-at-device"] = (found["cancel"].t, "the caller's CANCEL, which never reached the device")
+    elif "cancel" in out:
+        out["cancel-at-device"] = out["cancel"]
+    elif scenario.elsewhere is not None and ringing is not None:
+        out["cancel-at-device"] = (ringing.t + scenario.elsewhere_at, f"the second device's scripted "
+                                   f"{scenario.elsewhere.removesuffix('ed').removesuffix('d')}, call.elsewhere_at {scenario.elsewhere_at:g} s after "
+                                   "the 180")
+    if scenario.hang_up_after is not None and ok is not None:
+        out["bye"] = (ok.t + scenario.hang_up_after, f"the scripted hang-up, call.hang_up_after "
+                      f"{scenario.hang_up_after:g} s after the 2xx")
+    if "bye" in found:
+        out["bye-at-device"] = (found["bye"].t, "the caller's BYE, which never reached the device")
+    elif "bye" in out:
+        out["bye-at-device"] = out["bye"]
+    return {name: value for name, value in out.items() if name not in found}
 
 
 def _rel(found: dict[str, Event], names: Iterable[str]) -> dict[str, float]:
@@ -172,7 +241,8 @@ def check_end(events: Sequence[Event], call_id: str, scenario: Scenario) -> Chec
     if "push" in found:
         what = "call push delivered" if found["push"].kind == "push" else "device reported (no push gateway: t0)"
         evidence.insert(0, f"{_fmt(found['push'].t)} {what}")
-    deadline, notes = _deadline(scenario.by, found)
+    standing = stand_ins(events, call_id, scenario, found)
+    deadline, notes = _deadline(scenario.by, found, standing)
     evidence += [f"deadline term: {n}" for n in notes]
     expected = " or ".join(scenario.end) if scenario.end else "no end"
     if not scenario.end:
@@ -205,6 +275,14 @@ def check_end(events: Sequence[Event], call_id: str, scenario: Scenario) -> Chec
         name, cause = causes[0]
         return CheckResult("ends-right", False, f"ended {reason} at {_fmt(end.t)}, before {name} "
                            f"({_fmt(cause.t)}): the end came before what should cause it", evidence, times)
+    # ... nor before every cause, counting those it prevented at the time they would have come
+    starts = [found[b.after].t if b.after in found else standing[b.after][0] for b in scenario.by
+              if b.after in found or b.after in standing]
+    if starts and min(starts) > end.t:
+        name = next(b.after for b in scenario.by if b.after not in found and b.after in standing)
+        return CheckResult("ends-right", False, f"ended {reason} at {_fmt(end.t)}, before {name} would have come "
+                           f"({standing[name][0]:.3f}, {standing[name][1]}): the device ended the call before "
+                           "anything that should end it", evidence, times)
     earliest, early_notes = _deadline(scenario.not_before, found)
     evidence += [f"earliest term: {n}" for n in early_notes]
     if earliest is not None and end.t < earliest - scenario.tolerance:
@@ -220,7 +298,7 @@ def check_end(events: Sequence[Event], call_id: str, scenario: Scenario) -> Chec
 
 
 def check_early_answer(events: Sequence[Event], call_id: str, scenario: Scenario,
-                       bound: float = EARLY_ANSWER_BOUND) -> CheckResult:
+                       bound: float = EARLY_ANSWER_BOUND, settle: float = CALL_SETTLE) -> CheckResult:
     """Check 2: an answer tapped before the INVITE waits for it, then connects promptly (see the module docstring)."""
     found = anchors(events, call_id)
     dev = device_events(events, call_id)
@@ -281,8 +359,31 @@ def check_early_answer(events: Sequence[Event], call_id: str, scenario: Scenario
     if first.t > connected + bound + scenario.tolerance:
         return CheckResult("early-answer", False, f"answer fulfilled at {_fmt(first.t)}, "
                            f"{first.t - connected:.3f} s after the call connected (bound {bound:g} s)", evidence, times)
+    dropped = _dropped(found, ends, connected, scenario, settle)
+    if dropped is not None:
+        return CheckResult("early-answer", False, dropped, evidence, times)
     return CheckResult("early-answer", True, f"answer held {invite.t - tapped.t:.3f} s until the INVITE; 200 OK "
                        f"{ok.t - invite.t:.3f} s after it; fulfilled at {_fmt(first.t)}", evidence, times)
+
+
+def _dropped(found: dict[str, Event], ends: list[Event], connected: float, scenario: Scenario,
+             settle: float) -> str | None:
+    """Why the connected call was dropped, or None: it must stay up until the caller's BYE when the script hangs
+    up, else for ``settle`` seconds."""
+    if not ends:
+        return None
+    end = ends[0]
+    what = f"ended {end.detail.get('reason')} at {_fmt(end.t)}, {end.t - connected:.3f} s after the call connected"
+    if scenario.hang_up_after is not None:
+        bye = found["bye"].t if "bye" in found else connected + scenario.hang_up_after  # else: when it was due
+        if end.t < bye:
+            sent = "sent" if "bye" in found else "scripted"
+            return (f"{what} and before the caller's BYE ({sent} at t={bye:.3f}): the answered call was "
+                    "dropped")
+        return None
+    if end.t < connected + settle:
+        return f"{what} (no end for {settle:g} s; the script does not hang up): the answered call was dropped"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- check 3
@@ -307,25 +408,25 @@ def check_cancel_push(delivered: tuple[Sequence[Event], str], dropped: tuple[Seq
         if rel is not None:
             times[f"end ({label})"] = rel
     ok_d, ok_x = results["delivered"][0], results["dropped"][0]
-    if not (ok_d.passed and ok_x.passed):
-        if ok_d.passed:
-            what = f"passes only with the cancel push: without it, {ok_x.message}"
-        elif ok_x.passed:
-            what = f"fails with the cancel push ({ok_d.message}) and passes without it"
-        else:
-            what = f"with the cancel push, {ok_d.message}; without it, {ok_x.message}"
-        return CheckResult("cancel-push", False, what, evidence, times)
     r_d = results["delivered"][1]["end"].detail.get("reason") if "end" in results["delivered"][1] else None
     r_x = results["dropped"][1]["end"].detail.get("reason") if "end" in results["dropped"][1] else None
     if r_d != r_x:
-        return CheckResult("cancel-push", False, f"ends {r_d} with the cancel push but {r_x} without it",
-                           evidence, times)
+        why = f"with the cancel push, {ok_d.message}; without it, {ok_x.message}"
+        return CheckResult("cancel-push", False, f"ends {r_d or 'never'} with the cancel push but {r_x or 'never'} "
+                           f"without it: the end depends on the cancel push ({why})", evidence, times)
     if len(times) == 2:
         diff = abs(times["end (delivered)"] - times["end (dropped)"])
         if diff > bound:
             return CheckResult("cancel-push", False, f"ends {diff:.3f} s apart with and without the cancel push "
-                               f"(bound {bound:g} s)", evidence, times)
-    return CheckResult("cancel-push", True, f"same end ({r_d}) with and without the cancel push", evidence, times)
+                               f"(bound {bound:g} s): the end depends on the cancel push", evidence, times)
+    elif len(times) == 1:  # one run's end has no push to measure from: not comparable, so not the same end
+        return CheckResult("cancel-push", False, "only one of the two runs has an end time after its push: "
+                           "cannot show the end does not depend on the cancel push", evidence, times)
+    same = f"same end ({r_d or 'none'}) with and without the cancel push"
+    if not (ok_d.passed and ok_x.passed):  # identical both ways: check 1 fails on its own, not the cancel push
+        return CheckResult("cancel-push", True, f"{same}; both runs fail check 1 alike, so the failure is not "
+                           "the cancel push's (see check 1)", evidence, times)
+    return CheckResult("cancel-push", True, same, evidence, times)
 
 
 # ---------------------------------------------------------------------------------------------- invariants

@@ -40,6 +40,7 @@ from faultlab.lab.checks import (
     check_end,
     check_invariants,
 )
+from faultlab.lab.deadlines import device_settings
 from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushFaults
@@ -112,8 +113,10 @@ class Case:
 
 
 def device_config(scenario: Scenario, behaviour: str | None) -> DeviceConfig:
+    """The reference device for ``scenario``: the app's declared deadlines, then the scenario's ``[device]``."""
+    settings = {**device_settings(scenario.app_deadlines), **scenario.device}
     return DeviceConfig(answer_after=scenario.answer_at, decline_after=scenario.decline_at, behaviour=behaviour,
-                        **scenario.device)
+                        **settings)
 
 
 def case_faults(scenario: Scenario, profile: Profile | None) -> Profile | None:
@@ -239,8 +242,24 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
             results.append(CheckResult("cancel-push", False, f"the run without cancel pushes failed: {other.error}"))
         else:
             results.append(check_cancel_push((first.events, first.call_id), (other.events, other.call_id), scenario))
+    elif scenario.cancel_push_required:  # check 3 must run, but there was no cancel push to drop: not exercised
+        results.append(_no_cancel_push(first))
     results.append(check_invariants(first.events, first.call_id, scenario))
     return results
+
+
+def _no_cancel_push(run: Run) -> CheckResult:
+    """Check 3 failed as not exercised: the run had no cancel push to drop; the evidence says why."""
+    found = anchors(run.events, run.call_id or "")
+    evidence = [f"t={found[n].t:.3f} {n}" for n in ("push", "cancel", "end") if n in found]
+    if "cancel" not in found:
+        why = ("the caller never cancelled" + (f" (the device had ended the call at t={found['end'].t:.3f}, before "
+               "the scripted CANCEL)" if "end" in found else ""))
+    else:
+        why = f"the caller cancelled at t={found['cancel'].t:.3f} but the PBX sent no cancel push"
+    return CheckResult("cancel-push", False, f"check 3 must run in this scenario but {why}: there was no cancel "
+                       "push to drop, so the check was not exercised (for a PBX that never sends one: --set "
+                       "expect.cancel_push=false)", evidence + ["cancel pushes: none sent"])
 
 
 def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: str | None = None, seed: int = 0,
@@ -263,7 +282,7 @@ def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: s
     runs = []
     for mode in ("delivered", "dropped"):
         if mode == "dropped" and not (scenario.cancel_push_check and sent_cancel_push(runs[0])):
-            break  # check 3 applies only where the PBX sent a cancel push: nothing to drop otherwise
+            break  # no check 3, or no cancel push to drop (judge fails check 3 as not exercised if required)
         run = Run(scenario, profile, transport, seed, behaviour, mode, virtual, network, pbx=pbx,
                   push_listen=push_listen, pbx_ca=pbx_ca)
         run_once(run, confdir=confdir)

@@ -40,14 +40,16 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     [expect]
     end = ["unanswered"]                         # accepted CallKit end reasons
     by = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]   # deadline: the min
-    not_before = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]  # earliest end
+    not_before = [{ after = "register-ok", deadline = "invite" }, { after = "push", deadline = "total" }]  # earliest
     tolerance = "100ms"                          # slack on every bound (real-time runs)
     early_answer = false                         # check 2 applies (the user answers before the INVITE)
-    cancel_push = "auto"                         # check 3 applies: true/false, auto = when the PBX sends one
+    cancel_push = "auto"                         # check 3: true (must run), false, auto = when the PBX sends one
     milestones = [{ event = "register-ok", after = "push", within = "4.5s" }]
 
-Anchors (``after`` / ``event``) are named timeline events of the call (see :data:`ANCHORS`). Every field can be
-overridden from outside (``faultlab lab run --set expect.end=failed``): :func:`override`.
+Anchors (``after`` / ``event``) are named timeline events of the call (see :data:`ANCHORS`). A bound gives
+``within`` (a duration) or ``deadline`` (``register``, ``invite``, ``total``, ``ring``): the app's declared deadline
+of that name, the reference's by default (:mod:`faultlab.lab.deadlines`). Every field can be overridden from outside
+(``faultlab lab run --set expect.end=failed``): :func:`override`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from typing import Any
 
 from faultlab import library, tables
 from faultlab.faults import Profile, ProfileError, load_profile, parse_duration, parse_profile
+from faultlab.lab.deadlines import REFERENCE as DEADLINES
 from faultlab.lab.device.logic import REASONS
 
 __all__ = ["ANCHORS", "Bound", "Scenario", "ScenarioError", "list_scenarios", "load_scenario", "override",
@@ -114,14 +117,17 @@ class ScenarioError(ValueError):
 
 @dataclass(frozen=True)
 class Bound:
-    """``event`` happens within ``within`` seconds after the anchor ``after``."""
+    """``event`` happens within ``within`` seconds after the anchor ``after``; ``deadline``: ``within`` is the app's
+    deadline of that name (:mod:`faultlab.lab.deadlines`)."""
 
     after: str
     within: float
     event: str = "end"
+    deadline: str | None = None
 
     def describe(self) -> str:
-        return f"{self.event} ≤ {self.after} + {self.within:g} s"
+        named = f" (the {self.deadline} deadline)" if self.deadline else ""
+        return f"{self.event} ≤ {self.after} + {self.within:g} s{named}"
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,8 @@ class Scenario:
     cancel_push_check: bool = False
     milestones: tuple[Bound, ...] = ()
     source: str = "<string>"
+    app_deadlines: dict[str, float] = field(default_factory=dict)  # declared by the app (empty: the reference's)
+    cancel_push_required: bool = False  # expect.cancel_push = true: a run with no cancel push fails check 3
 
     @property
     def name(self) -> str:
@@ -190,9 +198,9 @@ class _Table(tables.Table):
         if isinstance(value, dict):
             value = [value]
         if not isinstance(value, list):
-            raise self.error(name, "a list of { after = ANCHOR, within = DURATION } tables")
+            raise self.error(name, "a list of { after = ANCHOR, within = DURATION or deadline = NAME } tables")
         out = []
-        keys = {"after", "within"} | ({"event"} if with_event else set())
+        keys = {"after", "within", "deadline"} | ({"event"} if with_event else set())
         for i, item in enumerate(value):
             t = _Table(item, f"{self.key(name)}[{i}]", self.source, keys)
             anchors = f"one of {', '.join(ANCHORS)}"
@@ -200,12 +208,15 @@ class _Table(tables.Table):
             if after not in ANCHORS:
                 raise t.error("after", anchors)
             within = t.duration("within")
-            if within is None:
-                raise t.error("within", _DURATION_HELP)
+            deadline = t.text("deadline", allowed=f"one of {', '.join(DEADLINES)}")
+            if deadline is not None and (deadline not in DEADLINES or within is not None):
+                raise t.error("deadline", f"one of {', '.join(DEADLINES)}, instead of within (not both)")
+            if within is None and deadline is None:
+                raise t.error("within", f"{_DURATION_HELP}; or deadline = one of {', '.join(DEADLINES)}")
             event = t.text("event", "end", allowed=anchors)
             if event not in ANCHORS:
                 raise t.error("event", anchors)
-            out.append(Bound(after, within, event))
+            out.append(Bound(after, DEADLINES[deadline] if deadline else within, event, deadline))
         return tuple(out)
 
 
@@ -289,7 +300,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         milestones=expect.bounds("milestones", with_event=True), source=source,
     )
     check3 = scenario.cancels and scenario.pbx_cancel_push if cancel_push == "auto" else cancel_push
-    return replace(scenario, cancel_push_check=bool(check3))
+    return replace(scenario, cancel_push_check=bool(check3), cancel_push_required=cancel_push is True)
 
 
 def _faults(t: _Table, source: str, slug: str) -> Profile | None:
@@ -426,11 +437,19 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         for part in filter(str.strip, value.split(",")):
             m = re.fullmatch(r"\s*([a-z-]+)\s*\+\s*(\S+)\s*", part)
             if not m or m.group(1) not in ANCHORS:
-                raise ScenarioError(src, "", part, f"ANCHOR+DURATION (e.g. register-ok+5s); anchors: {', '.join(ANCHORS)}")
-            bounds.append(Bound(m.group(1), _duration(src, m.group(2))))
+                raise ScenarioError(src, "", part, f"ANCHOR+DURATION or ANCHOR+DEADLINE (e.g. register-ok+5s, "
+                                    f"register-ok+invite); anchors: {', '.join(ANCHORS)}")
+            name_ = m.group(2)
+            full = {**DEADLINES, **scenario.app_deadlines}
+            bounds.append(Bound(m.group(1), full[name_], deadline=name_) if name_ in DEADLINES
+                          else Bound(m.group(1), _duration(src, name_)))
         if name == "by" and not bounds and scenario.end:
             raise ScenarioError(src, "", value, "at least one ANCHOR+DURATION: the deadline")
         return replace(scenario, **{name: tuple(bounds)})
+    if section == "expect" and name == "cancel_push":
+        if value not in ("true", "false"):
+            raise ScenarioError(src, "", value, "true or false: whether check 3 (the cancel-push pair) applies")
+        return replace(scenario, cancel_push_check=value == "true", cancel_push_required=value == "true")
     if section == "expect" and name == "tolerance":
         return replace(scenario, tolerance=_duration(src, value))
     if section == "device" and name in _DEVICE - {"new_connection"}:
@@ -442,7 +461,7 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         return replace(scenario, pbx_hold=_duration(src, value))
     if section == "push" and name == "delay":
         return replace(scenario, push_delay=_duration(src, value))
-    allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, device.{register_deadline,invite_deadline,total_deadline,"
+    allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, expect.cancel_push, device.{register_deadline,invite_deadline,total_deadline,"
                "ring_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration}, pbx.hold, "
                "push.delay")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")

@@ -37,6 +37,11 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
     },
     "never-ends": {s.id: ("ends-right", "never ended") for s in CATALOGUE if s.end},
     "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE},
+    "unanswered-after-reregister": {"S24": ("ends-right", "gave up too soon")},
+    "drops-after-connect": {
+        "S17": ("early-answer", "before the caller's BYE"),
+        "S01": ("ends-right", "expected remoteEnded"),
+    },
 }
 
 

@@ -117,7 +117,7 @@ def test_cancel_push_dependence():
     dependent = [push(1.0), push(2.0, "cancel")] + register(1.0, 3.0) + [dev(8.0, "ended", "unanswered")]
     never = [push(1.0), push(2.0, "cancel", "dropped")] + register(1.0, 3.0)
     result = check_cancel_push((dependent, CALL), (never, CALL), S04)
-    assert not result.passed and result.message.startswith("passes only with the cancel push")
+    assert not result.passed and result.message.startswith("ends unanswered with the cancel push but never without")
     assert any("cancel pushes dropped: t=2.000 dropped" in line for line in result.evidence)
     # both in time but 0.6 s apart
     later = [push(1.0), push(2.0, "cancel", "dropped")] + register(1.0, 3.0) + [dev(7.4, "ended", "unanswered")]

@@ -398,6 +398,22 @@ def test_bad_slow_end_is_3_s_late(script, end) -> None:
     assert r.until(100).ended() == [end]
 
 
+def test_bad_unanswered_after_reregister_gives_up_on_the_new_flow_and_rejects_the_invite() -> None:
+    r = Run(behaviour="unanswered-after-reregister").push(0).at(0.3, "register_response", 200).at(0.8, "flow_lost")
+    r.at(1.0, "register_response", 200).at(1.1, "invite_received", INVITE, "c1@pbx")
+    assert r.until(60).ended() == [(1.0, "unanswered")] and r.replies == [(1.1, 480, "INVITE")]
+    # without a lost flow it waits for the INVITE as usual
+    good = Run(behaviour="unanswered-after-reregister").push(0).at(0.3, "register_response", 200)
+    assert good.until(60).ended() == [(5.3, "unanswered")]
+
+
+def test_bad_drops_after_connect_ends_the_answered_call_at_the_ack() -> None:
+    r = Run(behaviour="drops-after-connect", answer_after=1.0).push(0).at(0.3, "register_response", 200)
+    r.at(0.5, "invite_received", INVITE, "c1@pbx").at(1.1, "ack_received").at(10.0, "bye_received", BYE)
+    assert r.until(60).ended() == [(1.1, "failed")]
+    assert (1.0, 200, "INVITE") in r.replies
+
+
 def test_every_behaviour_is_tested_and_documented() -> None:
     names = {n.removeprefix("test_bad_").replace("_", "-") for n in globals() if n.startswith("test_bad_")}
     assert all(b in names or any(n.startswith(b) for n in names) for b in BEHAVIOURS)

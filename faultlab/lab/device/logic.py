@@ -76,6 +76,13 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
+    "unanswered-after-reregister": (
+        "After a lost flow, ends the call unanswered as soon as its re-REGISTER succeeds, instead of waiting for "
+        "the INVITE; the INVITE then arriving on the new flow gets 480."
+    ),
+    "drops-after-connect": (
+        "Ends an answered call (failed) as soon as it connects (the ACK arrives), without waiting for the BYE."
+    ),
 }
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
@@ -295,6 +302,8 @@ class DeviceLogic:
         if 200 <= status < 300:
             self.registered = True
             self.t_registered = now
+            if self.flow_recoveries and self.behaviour == "unanswered-after-reregister":
+                return self._end(now, "unanswered")  # the deviation: gives up instead of waiting on the new flow
             return []
         if status == 503 and retry_after is not None and not self._retried_503:
             deadline = self.invite_deadline  # before a 2xx: min(t0 + register_deadline, t0 + total_deadline)
@@ -369,6 +378,8 @@ class DeviceLogic:
 
     def ack_received(self, now: float) -> list[Output]:
         self.acked = True
+        if self.behaviour == "drops-after-connect" and self.final_sent == 200:
+            return self._end(now, "failed")  # the deviation: the connected call is dropped at once
         return []
 
     def cancel_received(self, now: float, ref: Any, reason: Any = None) -> list[Output]:
