@@ -17,6 +17,11 @@ See docs/pytest-plugin.md for a worked example. The fixtures:
 ``--faultlab-seed N`` (or ``random``) sets the fixtures' default seed (0 otherwise); the pytest header shows it and
 a failed test that used a fixture lists the seeds it ran with.
 
+``--faultlab-deadline invite=4.5s,register=8s`` (or ``[deadlines]`` in ``faultlab.toml`` at the project's root
+directory) declares the app's own deadlines: ``faultlab_scenario`` gives them to the reference device and judges
+against them (:mod:`faultlab.lab.deadlines`); the header shows them, with an advisory line for a value outside the
+recommended range.
+
 The plugin loads in every pytest run of a project that has faultlab installed, so importing it costs nothing but
 this module: trio and faultlab's modules are imported inside the fixtures.
 """
@@ -44,6 +49,7 @@ __all__ = ["ScenarioResult"]
 _SEED = pytest.StashKey[int]()
 _CONFDIR = pytest.StashKey[Path]()
 _USED = pytest.StashKey[list[str]]()  # on a test item: what its faultlab fixtures ran with
+_DEADLINES = pytest.StashKey[dict[str, float]]()  # the app's declared deadlines
 
 
 # ---------------------------------------------------------------------------------------------- hooks
@@ -54,6 +60,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--faultlab-seed", metavar="N", default=None,
                     help="Default seed of faultlab's fixtures: an integer, or 'random' for one drawn for this "
                          "session and shown in the header. Default: 0.")
+    group.addoption("--faultlab-deadline", metavar="NAME=DURATION,...", action="append", default=[],
+                    help="The app's own deadlines for faultlab_scenario (register, invite, total, ring), e.g. "
+                         "invite=4.5s,register=8s; also [deadlines] in faultlab.toml at the root directory. "
+                         "Default: the reference's (8s, 5s, 15s, 45s).")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,10 +78,33 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError:
             raise pytest.UsageError(f"--faultlab-seed {value!r}: give an integer or 'random'") from None
     config.stash[_SEED] = seed
+    config.stash[_DEADLINES] = _declared(config)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    return f"faultlab: default seed {config.stash[_SEED]} (--faultlab-seed)"
+def _declared(config: pytest.Config) -> dict[str, float]:
+    values = config.getoption("faultlab_deadline", None) or []
+    if not values and not (config.rootpath / "faultlab.toml").is_file():
+        return {}  # nothing declared: faultlab's modules stay unimported
+    from faultlab.lab.deadlines import DeadlineError, load_config, parse_deadlines
+
+    try:
+        declared = load_config(config.rootpath)
+        for value in values:
+            declared.update(parse_deadlines(value, where="--faultlab-deadline"))
+    except DeadlineError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return declared
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"faultlab: default seed {config.stash[_SEED]} (--faultlab-seed)"]
+    declared = config.stash[_DEADLINES]
+    if declared:
+        from faultlab.lab.deadlines import advisories
+
+        lines.append("faultlab: declared deadlines " + ", ".join(f"{k}={v:g}s" for k, v in declared.items()))
+        lines += [f"faultlab: {line}" for line in advisories(declared)]
+    return lines
 
 
 @pytest.hookimpl(wrapper=True)
@@ -235,6 +268,7 @@ class ScenarioResult:
     behaviour: str | None
     profile_arg: str | None  # how ``faultlab lab run -p`` names the profile (None: no profile)
     trace_dir: Path | None
+    deadlines: dict[str, float] | None = None  # the app's declared deadlines it was judged against
 
     @property
     def passed(self) -> bool:
@@ -274,6 +308,8 @@ class ScenarioResult:
             again += f" -p {self.profile_arg}"
         if self.behaviour:
             again += f" --behaviour {self.behaviour}"
+        if self.deadlines:
+            again += " --deadline " + ",".join(f"{k}={v:g}s" for k, v in self.deadlines.items())
         lines.append(f"again: {again}")
         return "\n".join(lines)
 
@@ -297,17 +333,21 @@ def faultlab_scenario(request: pytest.FixtureRequest,
     :class:`~faultlab.lab.scenario.Scenario`. ``profile``: a library name, a TOML path or a
     :class:`faultlab.faults.Profile`, merged with the scenario's own faults. ``transport``: default the
     scenario's first; ``seed``: default ``--faultlab-seed``; ``behaviour``: one of the reference device's
-    known-bad behaviours. Other keywords go to :func:`faultlab.lab.runner.run_case` (``virtual=False`` for the
-    real clock on loopback). Each run's timeline is written as JSONL to a temporary directory, named in
-    :meth:`ScenarioResult.explain`.
+    known-bad behaviours; ``deadlines``: the app's declared deadlines (``{"invite": 4.5}`` or
+    ``"invite=4.5s"``; default ``--faultlab-deadline`` / ``faultlab.toml``). Other keywords go to
+    :func:`faultlab.lab.runner.run_case` (``virtual=False`` for the real clock on loopback). Each run's timeline
+    is written as JSONL to a temporary directory, named in :meth:`ScenarioResult.explain`.
 
     ``run_case`` starts a ``trio.run`` of its own (virtual time, in-memory network), so call this from a plain
     ``def`` test, not an ``async def`` one.
     """
 
     def run(scenario: Any, profile: str | Path | Profile | None = None, *, transport: str | None = None,
-            seed: int | None = None, behaviour: str | None = None, **options: Any) -> ScenarioResult:
+            seed: int | None = None, behaviour: str | None = None, deadlines: dict[str, float] | str | None = None,
+            **options: Any) -> ScenarioResult:
         import trio
+
+        from faultlab.lab.deadlines import apply_deadlines, parse_deadlines
 
         from faultlab.lab.runner import run_case
         from faultlab.lab.scenario import Scenario, load_scenario
@@ -316,6 +356,11 @@ def faultlab_scenario(request: pytest.FixtureRequest,
             raise RuntimeError("faultlab_scenario runs a trio.run of its own: use it from a sync test "
                                "(def test_...), not an async one")
         loaded_scenario = scenario if isinstance(scenario, Scenario) else load_scenario(str(scenario))
+        if deadlines is None:  # the session's, over any the scenario was already given
+            deadlines = {**loaded_scenario.app_deadlines, **request.config.stash[_DEADLINES]}
+        elif isinstance(deadlines, str):
+            deadlines = parse_deadlines(deadlines, where="deadlines")
+        loaded_scenario = apply_deadlines(loaded_scenario, dict(deadlines))
         loaded = _profile(profile)
         transport = transport or loaded_scenario.transports[0]
         seed = _seed(request, seed, f"faultlab_scenario({loaded_scenario.id}, profile {_profile_label(loaded)}, "
@@ -329,6 +374,6 @@ def faultlab_scenario(request: pytest.FixtureRequest,
             profile_arg = str(profile)
         else:
             profile_arg = None if loaded is None else loaded.name
-        return ScenarioResult(case, seed, behaviour, profile_arg, options.get("trace_dir"))
+        return ScenarioResult(case, seed, behaviour, profile_arg, options.get("trace_dir"), dict(deadlines))
 
     return run

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from faultlab import library
 from faultlab.faults import ProfileError, load_profile
+from faultlab.lab.deadlines import DeadlineError, advisories, apply_deadlines, load_config, parse_deadlines
 from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
@@ -110,18 +111,21 @@ def execute(
     pbx: str, seed: int | None, virtual: bool | None, network: str, sets: list[str], junit: Path | None,
     pbx_tls_port: int | None = None, pbx_ca: Path | None = None,
     json_path: Path | None, trace_dir: Path | None, quiet: bool, title: str = "faultlab lab run",
-    external: dict | None = None,
+    external: dict | None = None, deadlines: list[str] | None = None,
 ) -> int:
     """Run the matrix and print the table; the exit code (0: every check passed, 1: some failed).
 
     ``virtual``: None when not given (virtual time for the reference device). ``external``: the options of
     ``--device external`` (listen, push_listen, events_listen, user, apns_url, apns_key, apns_key_id, apns_team_id,
-    register_timeout, pause), None or empty values when not given."""
+    register_timeout, pause), None or empty values when not given. ``deadlines``: the ``--deadline`` values (the
+    app's declared deadlines, over those of ``faultlab.toml``)."""
     err = Console(stderr=True)
     external_settings, virtual, own_pbx = _mode(device, pbx, virtual, external or {}, behaviour=behaviour,
                                                 network=network, transports=transports, pbx_tls_port=pbx_tls_port,
                                                 pbx_ca=pbx_ca)
     chosen, profiles = _chosen(scenario_names, profile_names, sets, err)
+    declared = _declared(deadlines or [])
+    chosen = [apply_deadlines(s, declared) for s in chosen]
     if seed is None:
         seed = random.randrange(2**31)
     skipped = []
@@ -157,14 +161,31 @@ def execute(
     summary = (f"{len(cases) - len(failed)}/{len(cases)} cases passed in {wall:.1f} s "
                f"({lab_seconds:.0f} s of lab time, {clock}); seed {seed}")
     _console().print(("[green]PASS[/green] " if not failed else "[red]FAIL[/red] ") + summary)
+    if declared:
+        _console().print("declared deadlines: " + ", ".join(f"{k} {v:g} s" for k, v in declared.items()),
+                         highlight=False)
+    for line in advisories(declared):
+        _console().print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True)
     settings = {"scenarios": [s.id for s in chosen], "profiles": [p.name if p else "none" for p in profiles],
                 "transports": transports or "first of each scenario", "device": device, "behaviour": behaviour,
                 "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets,
                 "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3),
-                "skipped": [{"scenario": sid, "why": why} for sid, why in skipped]}
+                "skipped": [{"scenario": sid, "why": why} for sid, why in skipped],
+                "deadlines": declared, "advisories": advisories(declared)}
     _write_reports(cases, settings, external_settings, json_path=json_path, junit=junit, trace_dir=trace_dir,
                    title=title, err=err)
     return 0 if not failed else 1
+
+
+def _declared(deadlines: list[str]) -> dict[str, float]:
+    """The app's declared deadlines: ``faultlab.toml``'s ``[deadlines]``, then each ``--deadline``."""
+    try:
+        declared = load_config()
+        for value in deadlines:
+            declared.update(parse_deadlines(value))
+    except DeadlineError as exc:
+        _fail(str(exc))
+    return declared
 
 
 def _mode(device: str, pbx: str, virtual: bool | None, external: dict, *, behaviour: str | None, network: str,
@@ -309,6 +330,14 @@ def _print_table(cases: list[Case], console: Console) -> None:
                     console.print(f"    {line}", highlight=False)
 
 
+# the app's own deadlines (faultlab.lab.deadlines)
+_DeadlineOption = Annotated[list[str], typer.Option(
+    "--deadline", metavar="NAME=DURATION,...", help="The app's own deadlines, given to the reference device and used "
+    "by the checks instead of the reference's (register=8s, invite=5s, total=15s, ring=45s), e.g. "
+    "invite=4.5s,register=8s; also [deadlines] in ./faultlab.toml. A value outside the recommended range gets an "
+    "advisory line.")]
+
+
 @app.command("run")
 def run(
     scenario: Annotated[list[str], typer.Option("--scenario", "-s", help="A scenario by id (S04), slug or TOML file; "
@@ -347,6 +376,7 @@ def run(
                                             "every chosen scenario, or ID:KEY=VALUE for one: expect.end=failed, "
                                             "expect.by=register-ok+5s,push+15s, S04:device.invite_deadline=3s, "
                                             "call.cancel_at=2s, pbx.hold=6s ...")] = [],
+    deadline: _DeadlineOption = [],
     junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML report here.")] = None,
     json_: Annotated[Optional[Path], typer.Option("--json", help="Write a JSON report here.")] = None,
     trace_dir: Annotated[Optional[Path], typer.Option(help="Write each run's timeline as JSONL here "
@@ -383,13 +413,12 @@ def run(
     pause: Annotated[Optional[str], typer.Option("--pause", metavar="DURATION", help="--device external: the "
                                                  "pause between calls. Default: 5s.")] = None,
 ) -> None:
-    """Run scenarios x profiles in the lab (push gateway, embedded PBX, faultlab, reference device, caller) and
-    print a verdict per check. Exit code 0 only if every check passed."""
+    """Run scenarios x profiles in a lab of its own and print a verdict per check (exit 0: every check passed)."""
     options = locals()  # the options, by name
     external = {name: options[name] for name in _EXTERNAL_OPTIONS}
     raise typer.Exit(execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, seed=seed,
                              pbx_tls_port=pbx_tls_port, pbx_ca=pbx_ca, virtual=virtual_time, network=network, sets=set_,
-                             junit=junit, json_path=json_, trace_dir=trace_dir, quiet=quiet, external=external))
+                             junit=junit, json_path=json_, trace_dir=trace_dir, quiet=quiet, external=external, deadlines=deadline))
 
 
 def demo(

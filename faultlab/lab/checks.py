@@ -63,6 +63,7 @@ __all__ = ["CheckResult", "EARLY_ANSWER_BOUND", "CANCEL_PUSH_BOUND", "anchors", 
 
 EARLY_ANSWER_BOUND = 0.5  # INVITE -> 200 OK, and 200/ACK -> fulfilment (reference §6 S17)
 CANCEL_PUSH_BOUND = 0.5  # end times with and without cancel pushes (reference §6, check 3)
+_ELSEWHERE = {"answered": "answer", "declined": "decline"}
 CALL_SETTLE = 2.0  # check 2: a connected call the script does not hang up stays up at least this long
 REPORT_BOUND = 0.5  # push -> reportNewIncomingCall, inside the PushKit callback (reference §7 D_report)
 
@@ -212,7 +213,8 @@ def stand_ins(events: Sequence[Event], call_id: str, scenario: Scenario,
         out["cancel-at-device"] = out["cancel"]
     elif scenario.elsewhere is not None and ringing is not None:
         out["cancel-at-device"] = (ringing.t + scenario.elsewhere_at, f"the second device's scripted "
-                                   f"{scenario.elsewhere.removesuffix('ed').removesuffix('d')}, call.elsewhere_at {scenario.elsewhere_at:g} s after "
+                                   f"{_ELSEWHERE.get(scenario.elsewhere, scenario.elsewhere)}, call.elsewhere_at "
+                                   f"{scenario.elsewhere_at:g} s after "
                                    "the 180")
     if scenario.hang_up_after is not None and ok is not None:
         out["bye"] = (ok.t + scenario.hang_up_after, f"the scripted hang-up, call.hang_up_after "

@@ -133,7 +133,8 @@ def _resolve(bounds: tuple[Any, ...], full: dict[str, float]) -> tuple[Any, ...]
 
 
 def apply_deadlines(scenario: Any, declared: dict[str, float]) -> Any:
-    """``scenario`` (a :class:`faultlab.lab.scenario.Scenario`) judged against the app's declared deadlines (the reference's for the ones not declared): every
+    """``scenario`` (a :class:`faultlab.lab.scenario.Scenario`) judged against the app's declared deadlines (the
+    reference's for the ones not declared): every
     bound that names a deadline takes its value, and the reference device is given them (the scenario's own
     ``[device]`` settings still win for the device: they script a device, not the app's declaration)."""
     full = {**REFERENCE, **declared}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from faultlab.lab.checks import anchors, check_cancel_push, check_early_answer, check_end, check_invariants
 from faultlab.lab.scenario import load_scenario, override
 from faultlab.trace import Event
@@ -163,3 +165,71 @@ def test_a_late_report_breaks_the_invariants():
     result = check_invariants(late, CALL, S01)
     assert not result.passed and "reported 1.000 s after the push" in result.message
     assert check_invariants([push(1.0), dev(1.2, "reported")], CALL, S01).passed
+
+
+def caller_got(t, status):
+    return Event(t, "received", source="caller", status=status, cseq_method="INVITE", call_id=CALL)
+
+
+def test_a_deadline_keeps_its_term_when_the_device_prevents_the_anchor():
+    # S05: remoteEnded by cancel-at-device + 0.5; the caller cancels at INVITE + 2 s
+    sent = [caller(0.0, "INVITE"), push(0.0), dev(0.0, "reported")] + register(0.0, 0.1)
+    sent.append(proxy(0.2, "sent", "to-device", method="INVITE"))
+    # the device rejects the INVITE at 1 s and ends: the caller never sends its CANCEL (the call is over)
+    gave_up = check_end(sent + [dev(1.0, "ended", "remoteEnded")], CALL, S05)
+    assert not gave_up.passed and "before cancel-at-device would have come (2.000, the scripted CANCEL" in gave_up.message
+    assert ("deadline term: cancel-at-device + 0.5 s = 2.500: no cancel-at-device on the timeline; it would have "
+            "come at 2.000 (the scripted CANCEL, call.cancel_at 2 s after the INVITE)") in gave_up.evidence
+    # the caller did send its CANCEL but it never reached the device: that send time stands in
+    lost = sent + [caller(2.0, "CANCEL"), dev(3.0, "ended", "remoteEnded")]
+    late = check_end(lost, CALL, S05)
+    assert not late.passed and "0.500 s after the deadline 2.500" in late.message
+    assert any("it would have come at 2.000 (the caller's CANCEL, which never reached" in line for line in late.evidence)
+    # without a stand-in (no script, no caller on the timeline), the term still drops: "no deadline"
+    bare = [push(0.0)] + register(0.0, 0.1) + [dev(3.0, "ended", "remoteEnded")]
+    assert "no deadline" in check_end(bare, CALL, S05).message
+
+
+def test_an_early_end_another_cause_allows_passes_with_the_stand_in_in_the_evidence():
+    # S24: remoteEnded or unanswered by min(push + 15, cancel-at-device + 0.5), not before min(tR + 5, push + 15);
+    # the caller's CANCEL is scripted at 10 s: an app that ends unanswered at its INVITE deadline (tR + 5) is right
+    s24 = load_scenario("S24")
+    events = [caller(0.0, "INVITE"), push(0.0), dev(0.0, "reported")] + register(0.0, 0.1)
+    result = check_end(events + [dev(5.1, "ended", "unanswered")], CALL, s24)
+    assert result.passed, result.message
+    assert any("it would have come at 10.000 (the scripted CANCEL" in line for line in result.evidence)
+    # ... but not after the CANCEL would have ended it
+    late = check_end(events + [dev(11.0, "ended", "unanswered")], CALL, s24)
+    assert not late.passed and "after the deadline 10.500" in late.message
+    # and never right after the re-REGISTER (the S24 lower bound)
+    rushed = check_end(events + [dev(0.3, "ended", "unanswered")], CALL, s24)
+    assert not rushed.passed and "gave up too soon" in rushed.message
+
+
+def test_check_3_blames_the_cancel_push_only_when_the_runs_differ():
+    late = [push(1.0)] + register(1.0, 3.0) + [dev(9.0, "ended", "unanswered")]  # both runs fail check 1 alike
+    with_push = late + [push(2.0, "cancel")]
+    without = late + [push(2.0, "cancel", "dropped")]
+    assert not check_end(with_push, CALL, S04).passed
+    result = check_cancel_push((with_push, CALL), (without, CALL), S04)
+    assert result.passed and "both runs fail check 1 alike" in result.message
+    other_reason = [push(1.0), push(2.0, "cancel", "dropped")] + register(1.0, 3.0) + [dev(9.0, "ended", "failed")]
+    differ = check_cancel_push((with_push, CALL), (other_reason, CALL), S04)
+    assert not differ.passed and differ.message.startswith("ends unanswered with the cancel push but failed")
+    apart = [push(1.0), push(2.0, "cancel", "dropped")] + register(1.0, 3.0) + [dev(9.6, "ended", "unanswered")]
+    assert "0.600 s apart" in check_cancel_push((with_push, CALL), (apart, CALL), S04).message
+
+
+def test_check_2_covers_the_whole_answered_call():
+    # S17 hangs up 2 s after the 200 (at 5.0): the end must follow the caller's BYE
+    good = early(end=(5.1, "ended", "remoteEnded")) + [caller(5.0, "BYE")]
+    assert check_early_answer(sorted(good, key=lambda e: e.t), CALL, S17).passed
+    dropped = check_early_answer(early(end=(3.2, "ended", "failed")), CALL, S17)
+    assert not dropped.passed
+    assert dropped.message == ("ended failed at t=3.200, 0.200 s after the call connected and before the caller's "
+                               "BYE (scripted at t=5.000): the answered call was dropped")
+    # a script that never hangs up: no end within the settle time after connecting
+    no_hang_up = override(S17, "call.duration", "30s")
+    open_call = replace(no_hang_up, hang_up_after=None)
+    assert "no end for 2 s" in check_early_answer(early(end=(4.0, "ended", "failed")), CALL, open_call).message
+    assert check_early_answer(early(end=(5.5, "ended", "failed")), CALL, open_call).passed

@@ -58,7 +58,7 @@ def test_a_failing_scenario_shows_the_checks_evidence_and_the_seed(user):
         "  FAIL ends-right: the device never ended the call (expected unanswered by *)",
         "         t=*call push delivered",
         "         deadline term: register-ok + 5 s = *",
-        "  FAIL cancel-push: *",
+        "  ok   cancel-push: same end (none) with and without the cancel push; both runs fail check 1 alike*",
         "  ok   invariants: *",
         "timelines (faultlab trace ladder FILE): *S04-cancel-before-register--lossy-wifi--udp.jsonl*",
         "again: faultlab lab run -s S04 -t udp --seed 11 -p lossy-wifi --behaviour never-ends",
@@ -101,6 +101,38 @@ def test_a_random_seed_is_drawn_once_and_shown(user):
     [header] = [line for line in result.outlines if line.startswith("faultlab: default seed")]
     seed = header.split()[3]
     result.stdout.fnmatch_lines([f"*proxy seed {seed}"])
+
+
+def test_declared_deadlines_judge_the_scenarios_from_the_option_or_faultlab_toml(user):
+    user.makepyfile("""
+        from faultlab.lab.scenario import load_scenario, override
+
+        def test_tighter_app_passes(faultlab_scenario):
+            faultlab_scenario("S03").assert_passed()  # the reference device, given invite=4.5s, meets it
+
+        def test_declared_but_slower_fails(faultlab_scenario):
+            slow = override(load_scenario("S03"), "device.invite_deadline", "5s")
+            result = faultlab_scenario(slow)
+            assert "after the deadline" in result.check("ends-right").message
+            assert "--deadline invite=4.5s" in result.explain()
+
+        def test_undeclared_fails_as_too_soon(faultlab_scenario):
+            tight = override(load_scenario("S03"), "device.invite_deadline", "4.5s")
+            result = faultlab_scenario(tight, deadlines={})
+            assert "gave up too soon" in result.check("ends-right").message
+    """)
+    result = run(user, "--faultlab-deadline", "invite=4.5s")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["faultlab: declared deadlines invite=4.5s"])
+    user.makefile(".toml", faultlab='[deadlines]\ninvite = "4.5s"\nregister = "6s"\n')
+    result = run(user)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["faultlab: declared deadlines invite=4.5s, register=6s",
+                                 "faultlab: advisory: the declared register deadline 6 s is outside the "
+                                 "recommended 7.5-10 s*"])
+    result = run(user, "--faultlab-deadline", "invite=soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--faultlab-deadline: invite='soon' — a duration with a unit*"])
 
 
 def test_a_bad_seed_is_a_usage_error(user):
