@@ -41,6 +41,7 @@ from faultlab.lab.checks import (
     check_invariants,
 )
 from faultlab.lab.device.logic import DeviceConfig
+from faultlab.lab.duties import check_duties
 from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushFaults
 from faultlab.lab.scenario import Scenario, merge_profiles
@@ -226,7 +227,8 @@ def run_once(run: Run, *, confdir: Path | None = None) -> Run:
 
 
 def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
-    """The checks of a case: checks 1 and 2 and the invariants on the first run, check 3 over both runs."""
+    """The checks of a case: checks 1 and 2, the invariants and the SIP duties on the first run, check 3 over both
+    runs."""
     first = runs[0]
     if first.error is not None or first.call_id is None:
         return [CheckResult("ends-right", False, f"the run failed: {first.error or 'no call was placed'}")]
@@ -240,6 +242,7 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
         else:
             results.append(check_cancel_push((first.events, first.call_id), (other.events, other.call_id), scenario))
     results.append(check_invariants(first.events, first.call_id, scenario))
+    results.append(check_duties(first.events, first.call_id, scenario, known_device=first.network != "external"))
     return results
 
 
