@@ -165,10 +165,15 @@ def _ring_timeout(c: _Call, ring_timeout: float | None) -> Duty:
     if f is not None and 200 <= f.status < 300:
         return d
     expiry = c.invite.t + ring_timeout if ring_timeout is not None else None
-    if f is None:
-        gave_up = c.end if c.end is not None and c.end_at > c.invite_at else None
-        if gave_up is None and (expiry is None or c.events[-1].t <= expiry + DUTY_BOUND + c.tolerance):
-            return d  # still ringing when the run ended
+    gave_up = c.end is not None and c.end_at > c.invite_at  # ended while the INVITE rang
+    if expiry is None:  # a device of one's own: it rang out when it ended the call while the INVITE rang
+        rang_out = gave_up
+    elif f is not None:  # a final response with no cause before the ring timeout is not judged here
+        rang_out = f.t >= expiry - c.tolerance
+    else:
+        rang_out = (gave_up and c.end.t >= expiry - c.tolerance) or c.events[-1].t > expiry + DUTY_BOUND + c.tolerance
+    if not rang_out:
+        return d
     d.applies = True
     d.evidence = [c.invite_line()]
     if expiry is not None:
@@ -182,8 +187,6 @@ def _ring_timeout(c: _Call, ring_timeout: float | None) -> Duty:
         problem = "the INVITE rang out with no final response"
     elif f.status != 480:
         problem = f"the INVITE rang out with {f.status} at {_t(f)}"
-    elif expiry is not None and f.t < expiry - c.tolerance:
-        problem = f"480 at {_t(f)}, {expiry - f.t:.3f} s before the ring timeout"
     elif expiry is not None and f.t > expiry + DUTY_BOUND + c.tolerance:
         problem = f"480 at {_t(f)}, {f.t - expiry:.3f} s after the ring timeout"
     elif c.end is not None and c.end.detail.get("reason") != "unanswered":
@@ -199,8 +202,8 @@ def _decline(c: _Call) -> Duty:
     d = Duty("decline", False)
     if not _declined(c) or c.invite is None:
         return d
-    if c.final is not None and c.final_at < c.end_at:
-        return d  # the INVITE was answered before the decline (nothing left to decline)
+    if c.final is not None and (200 <= c.final.status < 300 or (c.cancel is not None and c.cancel_at < c.final_at)):
+        return d  # answered first, or a CANCEL decided the INVITE (the cancel duty)
     d.applies = True
     late = " (it arrived after the decline)" if c.end_at < c.invite_at else ""
     d.evidence = [f"{_t(c.end)} the user declined (device ended declined)", c.invite_line() + late, c.final_line()]

@@ -17,7 +17,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     cancel_reason = 'SIP;cause=486'              # ... with this Reason header
     answer_at = "1s"                             # the user taps Answer this long after the report
     decline_at = "1s"                            # ... or Decline
-    elsewhere = "answered"                       # a second device "answered" / "declined" ...
+    elsewhere = "answered"                       # a second device "answered" / "declined" / "declined-603" ...
     elsewhere_at = "0.5s"                        # ... this long after the caller's 180
     hang_up_after = "10s"                        # after a 2xx, the caller hangs up this much later
     duration = "30s"                             # the run ends this long after the push at the latest
@@ -99,6 +99,7 @@ _PBX = {"hold", "cancel_push"}
 _DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
 _EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones", "late_invite"}
 LATE_INVITE = (480, 410)  # an INVITE after the device gave up: 480 Temporarily Unavailable or 410 Gone
+_ELSEWHERE = '"answered" (cause 200), "declined" (cause 600) or "declined-603"'
 _DURATION_HELP = "a duration with a unit: 500ms, 1s, 2.5s"
 
 
@@ -248,9 +249,9 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     faults = _faults(top.sub("faults", {"profile", "rules", "link"}), source, slug)
 
     call = top.sub("call", _CALL)
-    elsewhere = call.text("elsewhere", allowed='"answered" or "declined"')
-    if elsewhere not in (None, "answered", "declined"):
-        raise call.error("elsewhere", '"answered" or "declined"')
+    elsewhere = call.text("elsewhere", allowed=_ELSEWHERE)
+    if elsewhere not in (None, "answered", "declined", "declined-603"):
+        raise call.error("elsewhere", _ELSEWHERE)
     answer_at, decline_at = call.duration("answer_at"), call.duration("decline_at")
     if answer_at is not None and decline_at is not None:
         raise call.error("decline_at", "either answer_at or decline_at, not both")
