@@ -280,7 +280,8 @@ def _console() -> Console:
 def _print_table(cases: list[Case], console: Console) -> None:
     """One row per case: a column per check (pass / FAIL / - when it does not apply), the end, the key times."""
     table = Table(title="verdicts (1 end: ends right, in time; 2 early: waits on an early answer; 3 cancel: no "
-                  "cancel-push dependence; inv: invariants; sip: the SIP the device owes; times in s after the push)", box=box.SIMPLE_HEAD)
+                  "cancel-push dependence; inv: invariants; sip: the SIP the device owes; times in s after the "
+                  "push)", box=box.SIMPLE_HEAD)
     for column in ("scenario", "profile", "transport"):
         table.add_column(column, no_wrap=True)
     for check in _CHECK_TITLES:

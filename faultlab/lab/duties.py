@@ -307,7 +307,8 @@ def _register_on_push(c: _Call, deadline: float) -> Duty:
     d = Duty("register-on-push", False)
     for i, push in enumerate(c.events):
         if not (push.source == "push" and push.kind == "push" and push.call_id == c.call_id
-                and push.detail.get("push_kind") == "call" and push.detail.get("outcome") in ("delivered", "duplicated")):
+                and push.detail.get("push_kind") == "call"
+                and push.detail.get("outcome") in ("delivered", "duplicated")):
             continue
         d.applies = True
         flows = {e.flow for e in c.events[:i] if e.source == "proxy" and e.flow is not None}
