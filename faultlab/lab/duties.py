@@ -25,7 +25,9 @@ which message, when, and what was expected:
 * **register-on-push** (RFC 8599 §4.1.3): each delivered call push is followed by a REGISTER from the device, or
   a connection to faultlab for one, within the device's register deadline (8 s by default).
 
-Where the lab cannot see a trigger (no push gateway on the timeline: a real phone through faultlab alone; a CANCEL
+An INVITE counts as having reached the device when the device answered it at all (100 Trying, 180...) or the
+connection it went on stayed up: one sent on a TCP/TLS connection that then died unanswered may never have arrived
+(S24), and a CANCEL for it rightly gets 481. Where the lab cannot see a trigger (no push gateway on the timeline: a real phone through faultlab alone; a CANCEL
 lost on its way), the duty does not apply and the result says so, rather than guessing.
 """
 
@@ -102,6 +104,21 @@ class _Call:
         self.end_at = next((i for i, e in enumerate(self.events) if e is self.end), len(self.events))
         self.tapped = next((e for e in dev if e.detail.get("event") == "answer-tapped"), None)
         self.tolerance = scenario.tolerance
+        # the INVITE reached the device: it answered it somehow, or the connection it went on stayed up (an INVITE
+        # sent on a TCP/TLS connection that was then closed or reset may have died with it, S24)
+        _, self._answered = _first(self.events, lambda e: _from_device(e) and e.call_id == call_id
+                                   and e.cseq_method == "INVITE" and e.status is not None, self.invite_at)
+        _, self._closed = _first(self.events, lambda e: e.source == "proxy" and e.kind == "flow-close"
+                                 and self.invite is not None and e.flow == self.invite.flow, self.invite_at)
+        self.reached = self.reached_by(None)
+
+    def reached_by(self, t: float | None) -> bool:
+        """Whether the INVITE reached the device (by time ``t``; None: in the run)."""
+        if self.invite is None:
+            return False
+        if self._answered is not None and (t is None or self._answered.t <= t):
+            return True
+        return self._closed is None or (t is not None and self._closed.t > t)
 
     def final_line(self) -> str:
         f = self.final
@@ -118,7 +135,7 @@ class _Call:
 def _cancel(c: _Call) -> Duty:
     """RFC 3261 §9.2: 200 to the CANCEL, 487 to its INVITE."""
     d = Duty("cancel", False)
-    if c.cancel is None or c.invite is None:
+    if c.cancel is None or not c.reached_by(c.cancel.t):  # a CANCEL for an INVITE the device never had: 481
         return d
     if c.final is not None and c.final_at < c.cancel_at:
         return d  # the INVITE had its final response before the CANCEL reached the device (S19): nothing to cancel
@@ -156,7 +173,7 @@ def _declined(c: _Call) -> bool:
 def _ring_timeout(c: _Call, ring_timeout: float | None) -> Duty:
     """An INVITE ringing unanswered gets 480 at the device's ring timeout, and the call ends unanswered."""
     d = Duty("ring-timeout", False)
-    if c.invite is None or _declined(c) or (c.end is not None and c.end_at < c.invite_at):
+    if not c.reached or _declined(c) or (c.end is not None and c.end_at < c.invite_at):
         return d  # no INVITE, the user declined, or a late INVITE (other duties)
     f = c.final
     until = f.t if f is not None else c.events[-1].t
@@ -200,7 +217,7 @@ def _ring_timeout(c: _Call, ring_timeout: float | None) -> Duty:
 def _decline(c: _Call) -> Duty:
     """The user declined: the INVITE (ringing, or arriving later) is answered 603."""
     d = Duty("decline", False)
-    if not _declined(c) or c.invite is None:
+    if not _declined(c) or not c.reached:
         return d
     if c.final is not None and (200 <= c.final.status < 300 or (c.cancel is not None and c.cancel_at < c.final_at)):
         return d  # answered first, or a CANCEL decided the INVITE (the cancel duty)
@@ -220,7 +237,7 @@ def _decline(c: _Call) -> Duty:
 def _late_invite(c: _Call, codes: Sequence[int]) -> Duty:
     """An INVITE after the device gave up on the call gets one of ``codes``."""
     d = Duty("late-invite", False)
-    if c.invite is None or c.end is None or c.end_at > c.invite_at or _declined(c) or not codes:
+    if not c.reached or c.end is None or c.end_at > c.invite_at or _declined(c) or not codes:
         return d
     d.applies = True
     f = c.final

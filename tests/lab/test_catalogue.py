@@ -41,7 +41,7 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
     "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE},
     # the SIP the device owes (faultlab.lab.duties)
     "no-487": {s: ("sip-duties", "no 487 to the INVITE after the CANCEL") for s in
-               ("S05", "S06", "S07", "S07b", "S08")},
+               ("S05", "S06", "S07", "S07b", "S08", "S24")},
     "no-480-at-ring-timeout": {"S20": ("sip-duties", "rang out with no final response: expected 480")},
     "late-invite-486": {"S03": ("sip-duties", "got 486 at t=8.000: expected 480 or 410")},
     "decline-486": {"S29": ("sip-duties", "got 486: expected 603 Decline"),

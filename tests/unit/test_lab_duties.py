@@ -139,3 +139,14 @@ def test_late_invite_setting_is_validated(value):
         parse_scenario(f'id = "S90"\nslug = "x"\ntitle = "x"\n[expect]\nlate_invite = {value}\n')
     with pytest.raises(ScenarioError, match="final response codes"):
         override(S05, "expect.late_invite", "48x")
+
+
+def test_an_invite_that_died_with_its_connection_is_not_the_devices_to_answer():
+    lost = ringing()[:4] + [to_device(1.0, "INVITE"), Event(1.01, "flow-close", source="proxy", flow="u1",
+                                                            detail={"how": "reset"}),
+                            to_device(10.0, "CANCEL"), from_device(10.0, status=481, cseq_method="CANCEL")]
+    assert not duty(lost).applies
+    # the device answered it (180) before the connection died: the CANCEL is owed its 487
+    answered = lost[:5] + [from_device(1.0, status=180, cseq_method="INVITE")] + lost[5:]
+    d = duty(answered)
+    assert d.applies and not d.met and "481 to the CANCEL and no 487 to the INVITE" in d.message
