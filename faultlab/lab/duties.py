@@ -73,6 +73,17 @@ def _from_device(e: Event) -> bool:
     return e.source == "proxy" and e.kind == "received" and e.direction == "to-pbx"
 
 
+def _chrono(lines: list[str]) -> list[str]:
+    """Evidence lines in time order (``t=...`` first; lines without a time keep their place at the end)."""
+    def key(line: str) -> float:
+        head = line.split(" ", 1)[0]
+        try:
+            return float(head[2:]) if head.startswith("t=") else float("inf")
+        except ValueError:
+            return float("inf")
+    return sorted(lines, key=key)
+
+
 def _first(events: Sequence[Event], pred: Callable[[Event], bool], start: int = 0) -> tuple[int, Event | None]:
     for i in range(start, len(events)):
         if pred(events[i]):
@@ -223,7 +234,8 @@ def _decline(c: _Call) -> Duty:
         return d  # answered first, or a CANCEL decided the INVITE (the cancel duty)
     d.applies = True
     late = " (it arrived after the decline)" if c.end_at < c.invite_at else ""
-    d.evidence = [f"{_t(c.end)} the user declined (device ended declined)", c.invite_line() + late, c.final_line()]
+    d.evidence = _chrono([f"{_t(c.end)} the user declined (device ended declined)", c.invite_line() + late,
+                          c.final_line()])
     f = c.final
     by = max(c.invite.t, c.end.t) + DUTY_BOUND + c.tolerance
     if f is None or f.status != 603 or f.t > by:
