@@ -227,8 +227,7 @@ def run_once(run: Run, *, confdir: Path | None = None) -> Run:
 
 
 def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
-    """The checks of a case: checks 1 and 2, the invariants and the SIP duties on the first run, check 3 over both
-    runs."""
+    """The checks of a case: checks 1 and 2 and the invariants on the first run, check 3 over both runs."""
     first = runs[0]
     if first.error is not None or first.call_id is None:
         return [CheckResult("ends-right", False, f"the run failed: {first.error or 'no call was placed'}")]
