@@ -42,6 +42,7 @@ from faultlab.lab.checks import (
 )
 from faultlab.lab.deadlines import device_settings
 from faultlab.lab.device.logic import DeviceConfig
+from faultlab.lab.duties import check_duties
 from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushFaults
 from faultlab.lab.scenario import Scenario, merge_profiles
@@ -245,6 +246,7 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
     elif scenario.cancel_push_required:  # check 3 must run, but there was no cancel push to drop: not exercised
         results.append(_no_cancel_push(first))
     results.append(check_invariants(first.events, first.call_id, scenario))
+    results.append(check_duties(first.events, first.call_id, scenario, known_device=first.network != "external"))
     return results
 
 
