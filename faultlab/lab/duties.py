@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from faultlab.lab.checks import CheckResult, anchors, device_events
+from faultlab.lab.deadlines import device_settings
 from faultlab.lab.device.logic import RING_TIMEOUT, DeviceConfig
 from faultlab.lab.scenario import Scenario
 from faultlab.sip import SipError, parse_message
@@ -364,11 +365,14 @@ def _register_on_push(c: _Call, deadline: float) -> Duty:
 def duties(events: Sequence[Event], call_id: str, scenario: Scenario, *, known_device: bool = True) -> list[Duty]:
     """Every duty of one call, applied or not. ``known_device``: the device runs the scenario's ``[device]``
     settings (the reference device), so its ring timeout and register deadline are known; a device of one's own
-    (``--device external``) is judged on the codes it sends, with the reference's register deadline."""
+    (``--device external``) is judged on the codes it sends, with its declared deadlines (``--deadline``) or else
+    the reference's register deadline (and no ring timeout)."""
     c = _Call(events, call_id, scenario)
-    ring = scenario.device.get("ring_timeout", RING_TIMEOUT) if known_device else None
-    register = scenario.device.get("register_deadline", DeviceConfig.register_deadline) if known_device \
-        else DeviceConfig.register_deadline
+    declared = {"ring_timeout": RING_TIMEOUT, "register_deadline": DeviceConfig.register_deadline,
+                **device_settings(scenario.app_deadlines)}  # the app's declared deadlines, else the reference's
+    settings = {**declared, **scenario.device} if known_device else declared
+    ring = settings["ring_timeout"] if known_device or "ring" in scenario.app_deadlines else None
+    register = settings["register_deadline"]
     if not c.events:
         return []
     return [_cancel(c), _ring_timeout(c, ring), _decline(c), _late_invite(c, scenario.late_invite),

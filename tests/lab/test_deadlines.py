@@ -68,3 +68,15 @@ def test_the_cli_declares_deadlines_from_the_option_and_faultlab_toml(tmp_path, 
     assert "advisory: the declared invite deadline 2 s is outside the recommended 3-10 s" in result.output
     result = runner.invoke(app, ["lab", "run", "-q", "-s", "S03", "--deadline", "invite=fast"])
     assert result.exit_code != 0 and "--deadline: invite='fast'" in result.output
+
+
+@pytest.mark.parametrize(("scenario_id", "declared", "end_after"), [
+    ("S20", {"ring": 30.0}, ("invite", 30.0)),  # ring timeout: check 1 and the 480 duty both at 30 s
+    ("S10", {"register": 7.5}, ("push", 7.5)),  # register deadline
+])
+def test_the_other_declared_deadlines_are_met_and_judged(scenario_id, declared, end_after):
+    case = run_case(apply_deadlines(load_scenario(scenario_id), declared), seed=1)
+    assert case.passed, [f"{c.check}: {c.message}" for c in case.checks if not c.passed]
+    anchor, after = end_after
+    times = case.times()
+    assert times["end"] - times.get(anchor, 0.0) == pytest.approx(after, abs=0.2)
