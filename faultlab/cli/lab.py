@@ -71,7 +71,8 @@ def scenarios(
             title += f"\n[dim]faults: {s.faults.name if s.faults else 'none'}; {_script(s)}[/dim]"
         origin = origins[id(entry)]
         table.add_row(s.id, s.slug, title, ",".join(s.transports), " or ".join(s.end) or "none",
-                      "; ".join(f"{b.after} + {b.within:g} s" for b in s.by) or "-", ",".join(checks), origin)
+                      "; ".join(f"{b.after} + {b.within:g} s" + (f" ({b.deadline})" if b.deadline else "")
+                                for b in s.by) or "-", ",".join(checks), origin)
     # printed to a file or pipe, the table is as wide as the columns need, the library paths included
     widest = max(map(len, origins.values()))
     (Console() if sys.stdout.isatty() else Console(width=140 + widest)).print(table)
