@@ -37,6 +37,9 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     total_deadline = "15s"
     new_connection = false                       # TCP/TLS: a fresh connection for the push's REGISTER
 
+    [network]                                    # the in-memory network of virtual-time runs
+    rtt = "40ms"                                 # round trip of every hop (device-faultlab, faultlab-PBX, ...)
+
     [expect]
     end = ["unanswered"]                         # accepted CallKit end reasons
     by = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]   # deadline: the min
@@ -90,12 +93,15 @@ ANCHORS: dict[str, str] = {
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 _ID = re.compile(r"S\d\d[a-z]?")
 _TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
-        "expect"}
+        "expect", "network"}
 _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
          "duration"}
 _PUSH = {"duplicate", "drop_cancel", "delay"}
 _PBX = {"hold", "cancel_push"}
 _DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
+_NETWORK = {"rtt"}
+DEFAULT_RTT = 0.04  # seconds: the round trip of each hop of the in-memory network (20 ms each way)
+MAX_RTT = 10.0
 _EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones"}
 _DURATION_HELP = "a duration with a unit: 500ms, 1s, 2.5s"
 
@@ -150,6 +156,7 @@ class Scenario:
     pbx_cancel_push: bool = True
     device: dict[str, float] = field(default_factory=dict)
     new_connection: bool = False
+    rtt: float = DEFAULT_RTT  # [network] rtt: each hop's round trip on the in-memory network (virtual-time runs)
     # expectations
     end: tuple[str, ...] = ()
     by: tuple[Bound, ...] = ()
@@ -258,6 +265,10 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     pbx = top.sub("pbx", _PBX)
     device_t = top.sub("device", _DEVICE)
     device = {k: device_t.duration(k) for k in sorted(_DEVICE - {"new_connection"}) if k in device_t.data}
+    network = top.sub("network", _NETWORK)
+    rtt = network.duration("rtt", DEFAULT_RTT)
+    if rtt > MAX_RTT:
+        raise network.error("rtt", f"a round trip of at most {MAX_RTT:g}s, e.g. 40ms")
 
     expect = top.sub("expect", _EXPECT)
     end = expect.data.get("end", [])
@@ -283,7 +294,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         push_duplicate=duplicate, push_drop_cancel=push.bool("drop_cancel", False),
         push_delay=push.duration("delay", 0.0),
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
-        device=device, new_connection=device_t.bool("new_connection", False),
+        device=device, new_connection=device_t.bool("new_connection", False), rtt=rtt,
         end=tuple(end), by=by, not_before=not_before, tolerance=expect.duration("tolerance", 0.1),
         early_answer=expect.bool("early_answer", False), cancel_push_check=False,
         milestones=expect.bounds("milestones", with_event=True), source=source,
@@ -442,9 +453,14 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         return replace(scenario, pbx_hold=_duration(src, value))
     if section == "push" and name == "delay":
         return replace(scenario, push_delay=_duration(src, value))
+    if section == "network" and name == "rtt":
+        rtt = _duration(src, value)
+        if not 0 <= rtt <= MAX_RTT:
+            raise ScenarioError(src, "", value, f"a round trip of 0 to {MAX_RTT:g}s, e.g. 40ms")
+        return replace(scenario, rtt=rtt)
     allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, device.{register_deadline,invite_deadline,total_deadline,"
                "ring_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration}, pbx.hold, "
-               "push.delay")
+               "push.delay, network.rtt")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")
 
 

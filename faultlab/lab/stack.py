@@ -252,6 +252,7 @@ async def open_lab_stack(
     external_pbx: dict[str, tuple[str, int]] | None = None,
     push_listen: tuple[str, int] | None = None,
     pbx_ca: Path | None = None,
+    rtt: float = 0.0,
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
 
@@ -269,11 +270,14 @@ async def open_lab_stack(
     real time): faultlab relays to it, the caller calls through its UDP address, and the push gateway listens on
     ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
     ``pbx_ca`` verifies its TLS certificate (default: the system's CAs).
+
+    ``rtt``: with ``network="memory"``, the round trip of every hop (device-faultlab, faultlab-PBX, caller-PBX),
+    half of it each way (:class:`faultlab.net.memnet.MemoryNetwork`'s ``delay``); loopback keeps the kernel's.
     """
     _check_options(transport, push=push, network=network, confdir=confdir, external_pbx=external_pbx,
                    push_listen=push_listen)
     if network == "memory":
-        memnet.install()
+        memnet.install(memnet.MemoryNetwork(delay=rtt / 2))
     timeline = timeline if timeline is not None else Timeline()
     topic = f"{bundle}.voip"
     async with trio.open_nursery() as nursery:
