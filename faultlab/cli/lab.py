@@ -392,12 +392,16 @@ def run(
 ) -> None:
     """Run scenarios x profiles in the lab (push gateway, embedded PBX, faultlab, reference device, caller) and
     print a verdict per check. Exit code 0 only if every check passed."""
-    options = locals()  # the options, by name
-    external = {name: options[name] for name in _EXTERNAL_OPTIONS}
-    raise typer.Exit(execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, seed=seed,
-                             pbx_tls_port=pbx_tls_port, pbx_ca=pbx_ca, virtual=virtual_time, network=network, sets=set_,
-                             junit=junit, json_path=json_, trace_dir=trace_dir, quiet=quiet, external=external,
-                             watchdog=watchdog))
+    raise typer.Exit(execute(scenario, profile, transport, **_execute_options(locals())))
+
+
+def _execute_options(options: dict) -> dict:
+    """:func:`execute`'s keywords from the options of ``lab run`` (by name)."""
+    out = {name: options[name] for name in ("device", "behaviour", "pbx", "seed", "pbx_tls_port", "pbx_ca", "network",
+                                            "junit", "trace_dir", "quiet", "watchdog")}
+    out.update(virtual=options["virtual_time"], sets=options["set_"], json_path=options["json_"],
+               external={name: options[name] for name in _EXTERNAL_OPTIONS})
+    return out
 
 
 def demo(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -338,11 +339,20 @@ def write_trace(run: Run, trace_dir: Path) -> Path:
 _CA_DIR: tempfile.TemporaryDirectory | None = None
 
 
+_CA_LOCK = threading.Lock()
+
+
 def _lab_ca_dir() -> Path:
-    """A lab CA for TLS runs, made once per process in a temporary directory."""
+    """A lab CA for TLS runs, made once per process in a temporary directory (runs in several threads at once
+    share it: it is made before any of them uses it)."""
     global _CA_DIR
-    if _CA_DIR is None:
-        _CA_DIR = tempfile.TemporaryDirectory(prefix="faultlab-lab-ca-")
+    with _CA_LOCK:
+        if _CA_DIR is None:
+            from faultlab.ca import LabCA
+
+            directory = tempfile.TemporaryDirectory(prefix="faultlab-lab-ca-")
+            LabCA.load_or_init(Path(directory.name))
+            _CA_DIR = directory
     return Path(_CA_DIR.name)
 
 

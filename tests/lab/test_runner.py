@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from faultlab.cli import app
 from faultlab.lab.report import to_junit
 from faultlab.lab.runner import run_case
-from faultlab.lab.scenario import load_scenario
+from faultlab.lab.scenario import load_scenario, override
 from faultlab.trace import read_jsonl
 
 # short scenarios (a few seconds each on the real clock), run side by side in threads: (scenario, behaviour,
@@ -137,3 +137,23 @@ def test_set_for_one_scenario_only(tmp_path):
     assert cases == [("S01", True)] * 3 + [("S03", False)] * 3  # S01 untouched; S03 now expects "failed"
     bad = CliRunner().invoke(app, ["lab", "run", "-s", "S01", "--set", "S04:call.cancel_at=1s"])
     assert bad.exit_code == 2 and "S04 is not among the chosen scenarios" in bad.output
+
+
+@pytest.mark.parametrize("rtt", ["0s", "40ms", "200ms"])
+def test_the_virtual_network_has_the_scenarios_round_trip(rtt):
+    scenario = load_scenario("S01")
+    if rtt != "40ms":  # 40 ms is the default
+        scenario = override(scenario, "network.rtt", rtt)
+    case = run_case(scenario, seed=1)
+    assert case.passed, [c.message for c in case.checks]
+    # the push's REGISTER: device -> faultlab -> PBX, and its 200 back to faultlab: three hops of half a round trip
+    assert case.times()["register-ok"] == pytest.approx(1.5 * scenario.rtt)
+
+
+def test_a_run_stuck_at_one_virtual_instant_fails_with_evidence():
+    case = run_case(load_scenario("S05"), transport="tcp", seed=2, behaviour="loops-at-one-instant", watchdog=2000)
+    [result] = case.checks
+    assert not case.passed and result.check == "ends-right"
+    assert result.message.startswith("the run failed: virtual time stopped advancing at t=")
+    assert "2000 scheduler rounds" in result.message and "Device._read_pushes" in result.message
+    assert result.evidence[0] == "last events:" and any("call push delivered" in e for e in result.evidence)
