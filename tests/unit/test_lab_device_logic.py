@@ -398,6 +398,17 @@ def test_bad_slow_end_is_3_s_late(script, end) -> None:
     assert r.until(100).ended() == [end]
 
 
+def test_bad_loops_at_one_instant() -> None:
+    # the logic is well-behaved here; the driver spins on a call push, so the lab run's watchdog stops it
+    from faultlab.lab.runner import run_case
+    from faultlab.lab.scenario import load_scenario
+
+    r = Run(behaviour="loops-at-one-instant").push(0).at(0.2, "register_response", 200).until(1000)
+    assert r.ended() == [(5.2, "unanswered")]
+    case = run_case(load_scenario("S01"), behaviour="loops-at-one-instant", watchdog=400)
+    assert "Device._read_pushes" in case.checks[0].message and not case.passed
+
+
 def test_every_behaviour_is_tested_and_documented() -> None:
     names = {n.removeprefix("test_bad_").replace("_", "-") for n in globals() if n.startswith("test_bad_")}
     assert all(b in names or any(n.startswith(b) for n in names) for b in BEHAVIOURS)
