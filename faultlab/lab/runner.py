@@ -189,7 +189,7 @@ async def play(run: Run, *, network: str, confdir: Path | None, watchdog: Watchd
     async with open_lab_stack(run.transport, device_config=device_config(scenario, run.behaviour),
                               push_faults=push_faults(scenario, run.cancel_pushes), seed=run.seed,
                               pbx_hold=scenario.pbx_hold, cancel_push=scenario.pbx_cancel_push, confdir=confdir,
-                              network=network, rtt=scenario.rtt if network == "memory" else 0.0,
+                              network=network, rtt=scenario.network_rtt if network == "memory" else 0.0,
                               **lab_kwargs) as lab:
         if watchdog is not None:
             watchdog.t0 = lab.timeline.t0

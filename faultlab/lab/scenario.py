@@ -156,7 +156,7 @@ class Scenario:
     pbx_cancel_push: bool = True
     device: dict[str, float] = field(default_factory=dict)
     new_connection: bool = False
-    rtt: float = DEFAULT_RTT  # [network] rtt: each hop's round trip on the in-memory network (virtual-time runs)
+    rtt: float | None = None  # [network] rtt: each hop's round trip on the in-memory network; None: not set
     # expectations
     end: tuple[str, ...] = ()
     by: tuple[Bound, ...] = ()
@@ -170,6 +170,12 @@ class Scenario:
     @property
     def name(self) -> str:
         return f"{self.id} {self.slug}"
+
+    @property
+    def network_rtt(self) -> float:
+        """The round trip of each hop of a lab run's in-memory network: ``[network] rtt``, else :data:`DEFAULT_RTT`
+        (a sweep, whose link profile is the network, runs with 0 when the scenario sets none)."""
+        return DEFAULT_RTT if self.rtt is None else self.rtt
 
     @property
     def cancels(self) -> bool:
@@ -266,8 +272,8 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     device_t = top.sub("device", _DEVICE)
     device = {k: device_t.duration(k) for k in sorted(_DEVICE - {"new_connection"}) if k in device_t.data}
     network = top.sub("network", _NETWORK)
-    rtt = network.duration("rtt", DEFAULT_RTT)
-    if rtt > MAX_RTT:
+    rtt = network.duration("rtt")
+    if rtt is not None and rtt > MAX_RTT:
         raise network.error("rtt", f"a round trip of at most {MAX_RTT:g}s, e.g. 40ms")
 
     expect = top.sub("expect", _EXPECT)

@@ -147,7 +147,7 @@ def test_the_virtual_network_has_the_scenarios_round_trip(rtt):
     case = run_case(scenario, seed=1)
     assert case.passed, [c.message for c in case.checks]
     # the push's REGISTER: device -> faultlab -> PBX, and its 200 back to faultlab: three hops of half a round trip
-    assert case.times()["register-ok"] == pytest.approx(1.5 * scenario.rtt)
+    assert case.times()["register-ok"] == pytest.approx(1.5 * scenario.network_rtt)
 
 
 def test_a_run_stuck_at_one_virtual_instant_fails_with_evidence():

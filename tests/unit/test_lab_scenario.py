@@ -84,7 +84,8 @@ def test_overrides_as_a_team_decides():
 
 
 def test_the_network_round_trip_is_a_scenario_setting():
-    assert parse_scenario(MINIMAL).rtt == 0.04  # a real round trip by default: 20 ms each way on every hop
+    s = parse_scenario(MINIMAL)
+    assert s.rtt is None and s.network_rtt == 0.04  # a real round trip by default: 20 ms each way on every hop
     assert parse_scenario(MINIMAL + '[network]\nrtt = "150ms"\n').rtt == 0.15
     assert parse_scenario(MINIMAL + '[network]\nrtt = "0s"\n').rtt == 0.0
     assert override(load_scenario("S01"), "network.rtt", "100ms").rtt == 0.1
