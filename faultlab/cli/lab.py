@@ -148,7 +148,8 @@ def execute(
         external_settings.seed = seed
         cases = _run_external(external_settings, todo_external, trace_dir, err)
     else:
-        err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
+        on = ",".join(transports) if transports else "every transport each scenario applies to; -t narrows"
+        err.print(f"{title}: {len(todo)} cases ({on}), seed {seed}, {clock} on {net}, reference device"
                   + (f" with behaviour {behaviour}" if behaviour else "")
                   + (f", PBX {pbx} (pushes to {format_hostport(*own_pbx['push_listen'])})" if own_pbx else ""))
         cases = _run_reference(todo, err, quiet=quiet, seed=seed, behaviour=behaviour, virtual=virtual,
