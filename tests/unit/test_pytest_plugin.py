@@ -4,12 +4,15 @@ and pytest-trio in trio mode. The worked example of docs/pytest-plugin.md is one
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
 import pytest
 
-import faultlab.ca  # noqa: F401 -- imported before any in-process run: cryptography's bindings load only once
+# cryptography's bindings load only once per process: import them before any in-process run (which unloads the
+# modules it imported) so that the runs after a TLS one still find them
+importlib.import_module("faultlab.ca")
 
 pytest_plugins = ["pytester"]
 
