@@ -299,8 +299,8 @@ class ScenarioResult:
         return ScenarioResult(cases, self.seed, self.behaviour, self.profile_arg, self.trace_dir)
 
     def check(self, name: str) -> CheckResult:
-        """The result of one check by name (``ends-right``, ``early-answer``, ``cancel-push``, ``invariants``): on
-        the first transport where it failed, else on the first transport."""
+        """The result of one check by name (``ends-right``, ``early-answer``, ``cancel-push``, ``invariants``,
+        ``sip-duties``): on the first transport where it failed, else on the first transport."""
         found = [r for r in self.checks if r.check == name]
         if not found:
             raise KeyError(f"{name!r}: this case ran {', '.join(dict.fromkeys(c.check for c in self.checks))}")

@@ -81,6 +81,13 @@ BEHAVIOURS: dict[str, str] = {
         "On a call push, spins forever without time passing (yields to the scheduler, never sleeps or waits): "
         "a hang the virtual-time watchdog must catch."
     ),
+    "no-487": "Answers a CANCEL 200 and ends the call, but never sends 487 to the INVITE.",
+    "no-480-at-ring-timeout": "At its ring timeout ends the call unanswered without answering the INVITE (no 480).",
+    "late-invite-486": "Answers an INVITE for a call it has already ended 486 Busy Here (not 480 or 410).",
+    "decline-486": "Answers the INVITE of a call the user declined 486 Busy Here (not 603 Decline).",
+    "register-retry-after-403": "Retries the REGISTER once, at once, after a 403 Forbidden.",
+    "ignores-retry-after": "Retries a REGISTER answered 503 with Retry-After at once, not after Retry-After.",
+    "no-register-on-push": "Reports a call push but sends no REGISTER for it (counts on its old binding).",
 }
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
@@ -192,6 +199,7 @@ class DeviceLogic:
     _pending_end: float | None = None  # slow-end: when the end event goes out
     _reregister_at: float | None = None  # 503 with Retry-After inside the budget
     _retried_503: bool = False
+    _retried_403: bool = False  # behaviour register-retry-after-403
     _answer_at: float | None = None
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
@@ -290,8 +298,8 @@ class DeviceLogic:
             return []  # duplicate push for this call (S22), or another call's push: not ours to report
         self.uuid, self.call_id = uuid, call_id
         out = self._report(now)
-        self.registering = True
-        return out + [SendRegister()]
+        self.registering = self.behaviour != "no-register-on-push"
+        return out + ([SendRegister()] if self.registering else [])
 
     def register_response(self, now: float, status: int, retry_after: float | None = None) -> list[Output]:
         """The final response to the REGISTER (1xx are not passed in)."""
@@ -305,6 +313,11 @@ class DeviceLogic:
                 self._lost_while_registering = False
                 return self.flow_lost(now)
             return []
+        if status == 403 and self.behaviour == "register-retry-after-403" and not self._retried_403:
+            self._retried_403 = self.registering = True
+            return [SendRegister()]
+        if self.behaviour == "ignores-retry-after" and retry_after is not None:
+            retry_after = 0.0
         if status == 503 and retry_after is not None and not self._retried_503:
             deadline = self.invite_deadline  # before a 2xx: min(t0 + register_deadline, t0 + total_deadline)
             if deadline is not None and now + retry_after < deadline:  # S12b: the retry fits the budget
@@ -359,7 +372,8 @@ class DeviceLogic:
     def invite_received(self, now: float, ref: Any, call_id: str | None = None) -> list[Output]:
         """An initial INVITE (retransmissions are absorbed by the driver)."""
         if self.ended:
-            return [Reply(ref, 603 if self.declined else 480, "INVITE")]  # S03: a late INVITE
+            late = 486 if self.behaviour == "late-invite-486" else 480
+            return [Reply(ref, self._decline_code() if self.declined else late, "INVITE")]  # S03: a late INVITE
         if self.invite is not None:
             return [Reply(ref, 482, "INVITE")]  # a second initial INVITE for this call (merged request, §8.2.2.2)
         out: list[Output] = []
@@ -392,7 +406,8 @@ class DeviceLogic:
         if self.final_sent is not None:
             return out  # S19: CANCEL after the final response has no effect
         self.final_sent = 487
-        out.append(Reply(self.invite, 487, "INVITE"))
+        if self.behaviour != "no-487":
+            out.append(Reply(self.invite, 487, "INVITE"))
         mapped = "remoteEnded" if self.behaviour == "wrong-reason-mapping" else cancel_reason(reason)
         return out + self._end(now, mapped)
 
@@ -427,9 +442,12 @@ class DeviceLogic:
         self.declined = True
         out: list[Output] = []
         if self.invite is not None and self.final_sent is None:
-            self.final_sent = 603
-            out.append(Reply(self.invite, 603, "INVITE"))
+            self.final_sent = self._decline_code()
+            out.append(Reply(self.invite, self.final_sent, "INVITE"))
         return out + self._end(now, "declined")
+
+    def _decline_code(self) -> int:
+        return 486 if self.behaviour == "decline-486" else 603
 
     # ------------------------------------------------------------ timers
 
@@ -476,6 +494,7 @@ class DeviceLogic:
             out += self._no_invite_end(now)
         if self.invite is not None and self.final_sent is None and now >= self.t_invite + self.config.ring_timeout:
             self.final_sent = 480
-            out.append(Reply(self.invite, 480, "INVITE"))
+            if self.behaviour != "no-480-at-ring-timeout":
+                out.append(Reply(self.invite, 480, "INVITE"))
             out += self._end(now, "unanswered")
         return out
