@@ -29,6 +29,7 @@ from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries
+from faultlab.lab.watchdog import DEFAULT_LIMIT, SAMPLE
 from faultlab.addr import format_hostport
 
 app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check.",
@@ -113,7 +114,7 @@ def execute(
     pbx: str, seed: int | None, virtual: bool | None, network: str, sets: list[str], junit: Path | None,
     pbx_tls_port: int | None = None, pbx_ca: Path | None = None,
     json_path: Path | None, trace_dir: Path | None, quiet: bool, title: str = "faultlab lab run",
-    external: dict | None = None, deadlines: list[str] | None = None,
+    external: dict | None = None, watchdog: int = DEFAULT_LIMIT, deadlines: list[str] | None = None,
 ) -> int:
     """Run the matrix and print the table; the exit code (0: every check passed, 1: some failed).
 
@@ -125,6 +126,8 @@ def execute(
     external_settings, virtual, own_pbx = _mode(device, pbx, virtual, external or {}, behaviour=behaviour,
                                                 network=network, transports=transports, pbx_tls_port=pbx_tls_port,
                                                 pbx_ca=pbx_ca)
+    if watchdog and watchdog < 2 * SAMPLE:
+        _fail(f"--watchdog {watchdog}: give at least {2 * SAMPLE} scheduler rounds, or 0 to switch it off")
     chosen, profiles = _chosen(scenario_names, profile_names, sets, err)
     declared = _declared(deadlines or [])
     chosen = [apply_deadlines(s, declared) for s in chosen]
@@ -151,11 +154,12 @@ def execute(
         external_settings.seed = seed
         cases = _run_external(external_settings, todo_external, trace_dir, err)
     else:
-        err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
+        on = ",".join(transports) if transports else "every transport each scenario applies to; -t narrows"
+        err.print(f"{title}: {len(todo)} cases ({on}), seed {seed}, {clock} on {net}, reference device"
                   + (f" with behaviour {behaviour}" if behaviour else "")
                   + (f", PBX {pbx} (pushes to {format_hostport(*own_pbx['push_listen'])})" if own_pbx else ""))
         cases = _run_reference(todo, err, quiet=quiet, seed=seed, behaviour=behaviour, virtual=virtual,
-                               network=network, trace_dir=trace_dir, own_pbx=own_pbx)
+                               network=network, trace_dir=trace_dir, own_pbx=own_pbx, watchdog=watchdog)
     wall = time.perf_counter() - begun
     _print_table(cases, _console())
     failed = [c for c in cases if not c.passed]
@@ -169,8 +173,8 @@ def execute(
     for line in advisories(declared):
         _console().print(f"[yellow]{line}[/yellow]", highlight=False, soft_wrap=True)
     settings = {"scenarios": [s.id for s in chosen], "profiles": [p.name if p else "none" for p in profiles],
-                "transports": transports or "first of each scenario", "device": device, "behaviour": behaviour,
-                "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets,
+                "transports": transports or "every transport of each scenario", "device": device, "behaviour": behaviour,
+                "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets, "watchdog": watchdog,
                 "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3),
                 "skipped": [{"scenario": sid, "why": why} for sid, why in skipped],
                 "deadlines": declared, "advisories": advisories(declared)}
@@ -350,7 +354,7 @@ def run(
                                                 "applied on top of each scenario's own faults; repeat for a matrix "
                                                 "scenarios x profiles. Default: none.")] = [],
     transport: Annotated[list[str], typer.Option("--transport", "-t", help="udp, tcp or tls; repeat for more. "
-                                                  "Default: each scenario's first transport.")] = [],
+                                                  "Default: every transport each scenario applies to.")] = [],
     device: Annotated[str, typer.Option(help="reference: faultlab's reference device (simulated iOS app), in a lab "
                                         "of its own per run. external: a real, instrumented device that "
                                         "registers through faultlab and posts its device events (real time; "
@@ -385,6 +389,10 @@ def run(
     trace_dir: Annotated[Optional[Path], typer.Option(help="Write each run's timeline as JSONL here "
                                                       "(faultlab trace ladder / pcap read them).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    watchdog: Annotated[int, typer.Option(metavar="ROUNDS", help="Virtual time: a run whose clock stops advancing "
+                                          "for this many scheduler rounds (an actor looping at one instant) fails "
+                                          "with the instant, the busy tasks and the last events, instead of "
+                                          "hanging. 0: off.")] = DEFAULT_LIMIT,
     listen: Annotated[list[str], typer.Option("--listen", metavar="TRANSPORT:HOST:PORT", help="--device external: "
                                               "faultlab's relay, where the device sends its SIP (in front of the "
                                               "embedded PBX); repeat for more. Default: udp:0.0.0.0:5060.")] = [],
@@ -417,11 +425,16 @@ def run(
                                                  "pause between calls. Default: 5s.")] = None,
 ) -> None:
     """Run scenarios x profiles in a lab of its own and print a verdict per check (exit 0: every check passed)."""
-    options = locals()  # the options, by name
-    external = {name: options[name] for name in _EXTERNAL_OPTIONS}
-    raise typer.Exit(execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, seed=seed,
-                             pbx_tls_port=pbx_tls_port, pbx_ca=pbx_ca, virtual=virtual_time, network=network, sets=set_,
-                             junit=junit, json_path=json_, trace_dir=trace_dir, quiet=quiet, external=external, deadlines=deadline))
+    raise typer.Exit(execute(scenario, profile, transport, **_execute_options(locals())))
+
+
+def _execute_options(options: dict) -> dict:
+    """:func:`execute`'s keywords from the options of ``lab run`` (by name)."""
+    out = {name: options[name] for name in ("device", "behaviour", "pbx", "seed", "pbx_tls_port", "pbx_ca", "network",
+                                            "junit", "trace_dir", "quiet", "watchdog")}
+    out.update(virtual=options["virtual_time"], sets=options["set_"], json_path=options["json_"],
+               deadlines=options["deadline"], external={name: options[name] for name in _EXTERNAL_OPTIONS})
+    return out
 
 
 def demo(

@@ -43,7 +43,8 @@ The rules (``docs/reference-device.md``; facts from
   in force stays ``min(tR1 + invite_deadline, t0 + total_deadline)``, and if it passes first the call ends
   ``failed`` (the latest REGISTER did not succeed); a failure of the re-REGISTER ends it ``failed`` at once, as
   for the first one. At most :data:`MAX_FLOW_RECOVERIES` re-REGISTERs per call. A flow lost while a REGISTER is
-  in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``); a flow lost
+  in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``), unless its 2xx
+  was already read (the 2xx and the reset in one read): that 2xx is on a dead flow, so it re-REGISTERs; a flow lost
   after the INVITE, or with no call, ends nothing (the driver connects anew for the next request);
 * a cancel push is ignored for the outcome (the device never depends on it);
 * an INVITE for a call that has already ended gets 480 (603 if the user
@@ -57,40 +58,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from faultlab.lab.device.behaviours import BEHAVIOURS  # the known-bad behaviours (re-exported here)
+
 # CXCallEndedReason values (reference §1.1) plus "declined": the user's own end
 # action (CXEndCallAction), which CallKit does not report with a reason.
 REASONS = ("failed", "remoteEnded", "unanswered", "answeredElsewhere", "declinedElsewhere", "declined")
 EVENTS = ("reported", "answer-tapped", "answer-fulfilled", "answer-failed", "ended")
-
-BEHAVIOURS: dict[str, str] = {
-    "depends-on-cancel-push": (
-        "Ends a call that never gets its INVITE only on a cancel push (remoteEnded); "
-        "with no INVITE and no cancel push it never ends."
-    ),
-    "rejects-early-answer": (
-        "An answer tapped before the INVITE fails at once (answer-failed, ended failed) instead of being held."
-    ),
-    "fulfills-before-invite": (
-        "An answer tapped before the INVITE is fulfilled at once (answer-fulfilled before any 200 OK)."
-    ),
-    "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
-    "never-ends": "Never reports the end of a call (SIP is still answered).",
-    "slow-end": "Reports every end 3 s late (slow_end_delay).",
-    "no-487": "Answers a CANCEL 200 and ends the call, but never sends 487 to the INVITE.",
-    "no-480-at-ring-timeout": "At its ring timeout ends the call unanswered without answering the INVITE (no 480).",
-    "late-invite-486": "Answers an INVITE for a call it has already ended 486 Busy Here (not 480 or 410).",
-    "decline-486": "Answers the INVITE of a call the user declined 486 Busy Here (not 603 Decline).",
-    "register-retry-after-403": "Retries the REGISTER once, at once, after a 403 Forbidden.",
-    "ignores-retry-after": "Retries a REGISTER answered 503 with Retry-After at once, not after Retry-After.",
-    "no-register-on-push": "Reports a call push but sends no REGISTER for it (counts on its old binding).",
-    "unanswered-after-reregister": (
-        "After a lost flow, ends the call unanswered as soon as its re-REGISTER succeeds, instead of waiting for "
-        "the INVITE; the INVITE then arriving on the new flow gets 480."
-    ),
-    "drops-after-connect": (
-        "Ends an answered call (failed) as soon as it connects (the ACK arrives), without waiting for the BYE."
-    ),
-}
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
 MAX_FLOW_RECOVERIES = 3  # re-REGISTERs after a lost flow, per call (a network that kills every flow cannot loop us)
@@ -206,6 +179,7 @@ class DeviceLogic:
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
     flow_recoveries: int = 0  # re-REGISTERs sent after a lost flow (S24)
+    _lost_while_registering: bool = False  # the flow died with a REGISTER in flight: its 2xx came on a dead flow
 
     # ------------------------------------------------------------ helpers
 
@@ -310,6 +284,9 @@ class DeviceLogic:
         if 200 <= status < 300:
             self.registered = True
             self.t_registered = now
+            if self._lost_while_registering:  # the 2xx was read just before the flow's reset: recover now
+                self._lost_while_registering = False
+                return self.flow_lost(now)
             if self.flow_recoveries and self.behaviour == "unanswered-after-reregister":
                 return self._end(now, "unanswered")  # the deviation: gives up instead of waiting on the new flow
             return []
@@ -337,6 +314,7 @@ class DeviceLogic:
         if self.ended or self.registered or self.t0 is None:
             return []
         self.registering = False
+        self._lost_while_registering = False
         self.register_failed = True
         return self._register_failure(now)
 
@@ -349,7 +327,10 @@ class DeviceLogic:
         """
         if self.ended or self.t0 is None or self.invite is not None or self._deadline_passed:
             return []
-        if not self.registered or self.registering or self.flow_recoveries >= MAX_FLOW_RECOVERIES:
+        if self.registering:  # the REGISTER's response may already be read (2xx then reset): see register_response
+            self._lost_while_registering = True
+            return []
+        if not self.registered or self.flow_recoveries >= MAX_FLOW_RECOVERIES:
             return []
         self.flow_recoveries += 1
         self.registered = False
