@@ -139,6 +139,10 @@ def execute(
         for sid, why in skipped:
             err.print(f"{sid} skipped: {why}")
         chosen = [s for s in chosen if not needs_embedded_pbx(s)]
+        if not transports:
+            transports = own_pbx_transports(pbx_tls_port)
+            err.print(f"PBX {pbx}: over {', '.join(transports)}"
+                      + ("" if "tls" in transports else " (give --pbx-tls-port for TLS too)"))
     todo = [(s, p, t) for s in chosen for p in profiles for t in transports_for(s, transports)]
     if not todo and external_settings is None:
         if not chosen:
@@ -192,6 +196,12 @@ def _declared(deadlines: list[str]) -> dict[str, float]:
     except DeadlineError as exc:
         _fail(str(exc))
     return declared
+
+
+def own_pbx_transports(tls_port: int | None) -> list[str]:
+    """The transports a PBX of one's own is tried on when ``--transport`` is not given: UDP and TCP, and TLS
+    only when ``--pbx-tls-port`` says where it listens (many PBXes have no TLS listener)."""
+    return ["udp", "tcp"] + (["tls"] if tls_port is not None else [])
 
 
 def _mode(device: str, pbx: str, virtual: bool | None, external: dict, *, behaviour: str | None, network: str,
@@ -365,7 +375,7 @@ def run(
                                      "a PBX of your own (UDP and TCP on PORT, TLS on --pbx-tls-port) that sends its "
                                      "RFC 8599 pushes to faultlab's push gateway on --push-listen; real time only; "
                                      "scenarios that script a second device are skipped.")] = "embedded",
-    pbx_tls_port: Annotated[Optional[int], typer.Option(help="--pbx HOST:PORT: its TLS port (default PORT + 1).")]
+    pbx_tls_port: Annotated[Optional[int], typer.Option(help="--pbx HOST:PORT: its TLS port (default PORT + 1); without --transport, TLS runs only when this is given.")]
         = None,
     pbx_ca: Annotated[Optional[Path], typer.Option(help="--pbx HOST:PORT: CA file to verify its TLS certificate "
                                                    "(default: the system's CAs).", dir_okay=False)] = None,
