@@ -137,7 +137,9 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
 
 
 def _call_push_delivered(e: Event, call_id: str) -> bool:
-    """The push gateway delivered the call push (once, or with copies)."""
+    """The push gateway delivered the call push (once, or with copies; or late: a delayed or stored push)."""
+    if e.source == "push" and e.kind == "push-delivered":  # a delayed or stored push, handed over at last
+        return e.call_id == call_id and e.detail.get("push_kind") == "call" and e.detail.get("status") == 200
     return (e.source == "push" and e.kind == "push" and e.call_id == call_id and e.detail.get("push_kind") == "call"
             and e.detail.get("outcome") in ("delivered", "duplicated"))
 

@@ -42,7 +42,8 @@ from faultlab.lab.checks import (
 )
 from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.pbx import PBX
-from faultlab.lab.push import PushFaults
+from faultlab.lab.push import MAX_PAYLOAD, PushFaults
+from faultlab.lab.pushside import check_push_side
 from faultlab.lab.scenario import Scenario, merge_profiles
 from faultlab.lab.stack import open_lab_stack
 from faultlab.trace import Event, JsonlWriter
@@ -76,6 +77,7 @@ class Run:
     pbx: dict[str, tuple[str, int]] | None = None  # a PBX of one's own (real time): {transport: (host, port)}
     push_listen: tuple[str, int] | None = None  # where the push gateway listens for that PBX's pushes
     pbx_ca: Path | None = None  # verifies that PBX's TLS certificate (default: the system's CAs)
+    pbx_behaviour: str | None = None  # a known-bad embedded PBX (faultlab.lab.pbx.model.MISBEHAVIOURS)
 
 
 @dataclass
@@ -124,10 +126,22 @@ def case_faults(scenario: Scenario, profile: Profile | None) -> Profile | None:
     return faults
 
 
-def push_faults(scenario: Scenario, cancel_pushes: str) -> PushFaults:
-    """The push gateway's faults for one run: the scenario's, with cancel pushes dropped for check 3's second run."""
+def push_faults(scenario: Scenario, cancel_pushes: str, *, own_pbx: bool = False) -> PushFaults:
+    """The push gateway's faults for one run: the scenario's, with cancel pushes dropped for check 3's second run.
+    A PBX of one's own (``own_pbx``) sends its own payload: where the scenario wants it oversize
+    (``pbx.payload_size`` over APNs's 5120 bytes), the gateway answers 413 PayloadTooLarge as if it were."""
+    refuse = scenario.push_refuse
+    if own_pbx and refuse is None and (scenario.pbx_payload_size or 0) > MAX_PAYLOAD:
+        refuse = (413, "PayloadTooLarge")
     return PushFaults(drop_cancel=cancel_pushes == "dropped" or scenario.push_drop_cancel,
-                      delay=scenario.push_delay, duplicate=scenario.push_duplicate)
+                      delay=scenario.push_delay, duplicate=scenario.push_duplicate, offline=scenario.push_offline,
+                      refuse=refuse)
+
+
+def pbx_options(scenario: Scenario, misbehaviour: str | None = None) -> dict:
+    """The embedded PBX's push settings from the scenario (``[pbx]``), and a known-bad PBX's misbehaviour."""
+    return {"push_ttl": scenario.pbx_apns_expiration, "payload_size": scenario.pbx_payload_size,
+            "misbehaviour": misbehaviour}
 
 
 async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX | None,
@@ -181,8 +195,11 @@ async def play(run: Run, *, network: str, confdir: Path | None) -> None:
     lab_kwargs: dict = {"new_connection_on_push": True} if scenario.new_connection else {}
     if run.pbx is not None:
         lab_kwargs.update(external_pbx=run.pbx, push_listen=run.push_listen, pbx_ca=run.pbx_ca)
+    else:
+        lab_kwargs.update(pbx_options=pbx_options(scenario, run.pbx_behaviour))
     async with open_lab_stack(run.transport, device_config=device_config(scenario, run.behaviour),
-                              push_faults=push_faults(scenario, run.cancel_pushes), seed=run.seed,
+                              push_faults=push_faults(scenario, run.cancel_pushes, own_pbx=run.pbx is not None),
+                              seed=run.seed,
                               pbx_hold=scenario.pbx_hold, cancel_push=scenario.pbx_cancel_push, confdir=confdir,
                               network=network, **lab_kwargs) as lab:
         try:
@@ -196,6 +213,11 @@ async def play(run: Run, *, network: str, confdir: Path | None) -> None:
             run.call_id = handle.call_id
             await play_call(scenario, handle, pbx=lab.pbx,
                             wait_ended=lambda: lab.wait_device_ended(handle.call_id, math.inf))
+            if scenario.call_again:  # once more: what the PBX does for the next INVITE (push-side checks)
+                again = await lab.caller.call(lab.device_aor)
+                with trio.move_on_after(scenario.pbx_hold + SETTLE):
+                    await again.wait_final(timeout=math.inf)
+                await trio.sleep(SETTLE)
             if run.pbx is not None:  # that PBX outlives the lab: leave no binding behind for the next run
                 with trio.move_on_after(UNREGISTER_TIMEOUT):
                     await lab.device.unregister()
@@ -233,6 +255,7 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
     results = [check_end(first.events, first.call_id, scenario)]
     if scenario.early_answer:
         results.append(check_early_answer(first.events, first.call_id, scenario))
+    results.append(check_push_side(first.events, first.call_id, scenario))
     if len(runs) > 1:
         other = runs[1]
         if other.error is not None or other.call_id is None:
@@ -246,10 +269,12 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
 def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: str | None = None, seed: int = 0,
              behaviour: str | None = None, virtual: bool = True, network: str = "", confdir: Path | None = None,
              trace_dir: Path | None = None, pbx: dict[str, tuple[str, int]] | None = None,
-             push_listen: tuple[str, int] | None = None, pbx_ca: Path | None = None) -> Case:
+             push_listen: tuple[str, int] | None = None, pbx_ca: Path | None = None,
+             pbx_behaviour: str | None = None) -> Case:
     """Every run of one case (two when check 3 applies), judged. ``transport``: one the scenario applies to
     (default: its first). ``pbx``/``push_listen``/``pbx_ca``: a PBX of one's own instead of the embedded one
-    (:func:`faultlab.lab.stack.open_lab_stack`'s ``external_pbx``), real time only."""
+    (:func:`faultlab.lab.stack.open_lab_stack`'s ``external_pbx``), real time only. ``pbx_behaviour``: a known-bad
+    embedded PBX (:data:`faultlab.lab.pbx.model.MISBEHAVIOURS`)."""
     transport = transport or scenario.transports[0]
     if transport not in scenario.transports:
         raise ValueError(f"{scenario.id} applies to {', '.join(scenario.transports)}, not {transport}")
@@ -265,7 +290,7 @@ def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: s
         if mode == "dropped" and not (scenario.cancel_push_check and sent_cancel_push(runs[0])):
             break  # check 3 applies only where the PBX sent a cancel push: nothing to drop otherwise
         run = Run(scenario, profile, transport, seed, behaviour, mode, virtual, network, pbx=pbx,
-                  push_listen=push_listen, pbx_ca=pbx_ca)
+                  push_listen=push_listen, pbx_ca=pbx_ca, pbx_behaviour=pbx_behaviour)
         run_once(run, confdir=confdir)
         runs.append(run)
         if trace_dir is not None:
@@ -283,6 +308,8 @@ def needs_embedded_pbx(scenario: Scenario) -> str | None:
     """Why ``scenario`` cannot run against a PBX of one's own (``None``: it can)."""
     if scenario.elsewhere is not None:
         return "a second device answering or declining is scripted through the embedded PBX"
+    if scenario.pbx_apns_expiration:
+        return "the PBX's apns-expiration is the scenario's (pbx.apns_expiration): set on the embedded PBX only"
     return None
 
 

@@ -21,6 +21,10 @@ The rules (``docs/reference-device.md``; facts from
 
 * a call push: report at once, REGISTER; a duplicate push (same uuid or
   Call-ID) is not reported again;
+* a stale call push (S23: its ``send-time`` is more than ``total_deadline``
+  old when it arrives, e.g. stored by APNs while the phone was offline):
+  still reported (PushKit demands it), then ended ``unanswered`` at once; its
+  binding-refresh REGISTER still goes out (RFC 8599 §4.1.3);
 * deadlines: REGISTER 2xx by ``t0 + register_deadline`` (else ``failed``);
   INVITE by ``min(tR + invite_deadline, t0 + total_deadline)`` (else
   ``unanswered`` when the REGISTER succeeded, ``failed`` when it did not);
@@ -76,6 +80,7 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
+    "rings-stale-push": "Rings a stale push (sent long before it arrived) as a new call instead of ending it at once.",
 }
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
@@ -267,8 +272,9 @@ class DeviceLogic:
 
     # ------------------------------------------------------------ inputs
 
-    def push(self, now: float, kind: str, payload: dict) -> list[Output]:
-        """A VoIP push (``kind`` "call" or "cancel") with its payload."""
+    def push(self, now: float, kind: str, payload: dict, age: float | None = None) -> list[Output]:
+        """A VoIP push (``kind`` "call" or "cancel") with its payload; ``age``: seconds since its ``send-time``
+        (None: unknown)."""
         call_id, uuid = payload.get("call-id"), payload.get("uuid")
         if kind == "cancel":
             # Well-behaved: a hint only, ignored for the outcome (Apple: don't rely on a second push).
@@ -284,6 +290,9 @@ class DeviceLogic:
             return []  # duplicate push for this call (S22), or another call's push: not ours to report
         self.uuid, self.call_id = uuid, call_id
         out = self._report(now)
+        if age is not None and age > self.config.total_deadline and self.behaviour != "rings-stale-push":
+            out += self._end(now, "unanswered")  # the call it announced is over: report, end at once
+            return out + [SendRegister()]  # the push still asks for a binding refresh (RFC 8599 §4.1.3)
         self.registering = True
         return out + [SendRegister()]
 
