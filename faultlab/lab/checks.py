@@ -172,7 +172,7 @@ def check_end(events: Sequence[Event], call_id: str, scenario: Scenario) -> Chec
     evidence = [f"{_fmt(e.t)} device ended {e.detail.get('reason')}" for e in ends]
     times = _rel(found, ("register-ok", "invite", "cancel-at-device", "bye", "end"))
     if "push" in found:
-        what = "call push delivered" if found["push"].kind == "push" else "device reported (no push gateway: t0)"
+        what = "call push delivered" if found["push"].source == "push" else "device reported (no push gateway: t0)"
         evidence.insert(0, f"{_fmt(found['push'].t)} {what}")
     deadline, notes = _deadline(scenario.by, found)
     evidence += [f"deadline term: {n}" for n in notes]

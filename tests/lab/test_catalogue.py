@@ -36,7 +36,8 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
         "S07": ("ends-right", "ended remoteEnded"),
     },
     "never-ends": {s.id: ("ends-right", "never ended") for s in CATALOGUE if s.end},
-    "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE},
+    "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE if s.end},
+    "rings-stale-push": {"S23": ("ends-right", "after the deadline")},
 }
 
 

@@ -238,7 +238,7 @@ class PBX:
         await self._push_failed(push, error)
 
     async def _push_failed(self, push: RequestPush, exc: Exception) -> None:
-        log.warning("push for %s failed: %s", push.call_id, exc)
+        log.info("push for %s failed: %s", push.call_id, exc)  # a decision on the timeline (push-failed)
         if (isinstance(exc, PushRejected) and exc.reason in TOKEN_GONE
                 and self.logic.misbehaviour != "retries-push"):
             await self._execute(self.logic.drop_token(push.token, f"{exc.status} {exc.reason}"))
