@@ -211,6 +211,18 @@ def _cancel_push(call: _Call, scenario: Scenario, embedded: bool) -> list[str]:
     return []
 
 
+def _no_push_at_all(calls: list[_Call]) -> str:
+    """What to say of a PBX that never asked for a push: one line, not one per INVITE."""
+    reached = [c for c in calls if c.at_device is not None or c.device is not None]
+    what = f"this PBX sent no VoIP push at all ({len(calls)} INVITE(s)): the push-side rules cannot be met"
+    if reached:
+        c = reached[0]
+        seen = c.at_device if c.at_device is not None else c.device
+        what += (f"; it passed the INVITE ({_fmt(c.invite)}) straight to the device's registered flow ({_fmt(seen)}):"
+                 " it does not push (RFC 8599), so an app asleep in the background would never hear of the call")
+    return what
+
+
 def check_push_side(events: Sequence[Event], call_id: str | None, scenario: Scenario) -> CheckResult:
     """The push-side rules (module docstring) over one run's timeline; ``call_id``: the run's first call."""
     events = list(events)
@@ -243,8 +255,8 @@ def check_push_side(events: Sequence[Event], call_id: str | None, scenario: Scen
     if expects_refusal(scenario) and not refusals:
         problems.append("the scenario is about APNs refusing the call push, but no push was refused (none was "
                         "sent?): not exercised")
-    if not any(c.pushes for c in calls) and calls and not gone:
-        problems.insert(0, "this PBX sent no VoIP push at all: the push-side rules cannot be met")
+    if not any(c.pushes or c.cancel_pushes for c in calls) and calls and not gone:
+        problems = [_no_push_at_all(calls)] + [p for p in problems if "sent no VoIP push for the INVITE" not in p]
     if problems:
         return CheckResult("push-side", False, "; ".join(problems), evidence, times)
     what = (f"{len(calls)} INVITE(s), {sum(len(c.pushes) for c in calls)} call push(es)"

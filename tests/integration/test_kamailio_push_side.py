@@ -46,8 +46,8 @@ def test_a_pbx_without_push_is_told_it_sent_none(kamailio, transport):
     assert not [e for e in events if e.source == "push" and e.kind == "push"]  # Kamailio never pushed
     result = push_side(case)
     assert not result.passed
-    assert result.message.startswith("this PBX sent no VoIP push at all: the push-side rules cannot be met")
-    assert "passed it straight to the device's registered flow" in result.message
+    assert result.message.startswith("this PBX sent no VoIP push at all (1 INVITE(s)): the push-side rules cannot be met")
+    assert "straight to the device's registered flow" in result.message and "does not push (RFC 8599)" in result.message
     assert any("caller INVITE" in line for line in result.evidence)
     assert any("INVITE on its way to the device" in line for line in result.evidence)
     # the device's own checks still judge the device: it answered and ended remoteEnded as it should
