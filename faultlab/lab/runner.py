@@ -248,14 +248,14 @@ def run_once(run: Run, *, confdir: Path | None = None) -> Run:
 
 
 def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
-    """The checks of a case: checks 1 and 2 and the invariants on the first run, check 3 over both runs."""
+    """The checks of a case: checks 1 and 2, the invariants and the push-side check on the first run, check 3 over
+    both runs."""
     first = runs[0]
     if first.error is not None or first.call_id is None:
         return [CheckResult("ends-right", False, f"the run failed: {first.error or 'no call was placed'}")]
     results = [check_end(first.events, first.call_id, scenario)]
     if scenario.early_answer:
         results.append(check_early_answer(first.events, first.call_id, scenario))
-    results.append(check_push_side(first.events, first.call_id, scenario))
     if len(runs) > 1:
         other = runs[1]
         if other.error is not None or other.call_id is None:
@@ -263,6 +263,7 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
         else:
             results.append(check_cancel_push((first.events, first.call_id), (other.events, other.call_id), scenario))
     results.append(check_invariants(first.events, first.call_id, scenario))
+    results.append(check_push_side(first.events, first.call_id, scenario))  # the PBX's side (faultlab.lab.pushside)
     return results
 
 
