@@ -69,6 +69,19 @@ def _line(event) -> str | None:
     return None
 
 
+# the push faults a PBX's side of push is judged by (docs/push-gateway.md)
+_Offline = Annotated[str, typer.Option(
+    "--offline", metavar="DURATION",
+    help="The device is out of APNs's reach this long after each push: a push with a non-zero "
+         "apns-expiration (or none) is stored and delivered then, unless expired; one with apns-expiration 0 "
+         "is discarded, as APNs does. Shows a PBX whose stored pushes ring stale calls.")]
+_Refuse = Annotated[Optional[str], typer.Option(
+    "--refuse", metavar="'STATUS REASON'",
+    help="Refuse every push with this APNs error, e.g. '410 Unregistered', '400 BadDeviceToken', "
+         "'413 PayloadTooLarge': shows whether the PBX drops the token, answers the caller 480 at once "
+         "and does not retry.")]
+
+
 @app.callback(invoke_without_command=True)
 def run(
     listen: Annotated[str, typer.Option(
@@ -99,16 +112,8 @@ def run(
     duplicate: Annotated[int, typer.Option(
         "--duplicate", metavar="N", min=0,
         help="Deliver each push N extra times (same apns-id): the app must not report the call twice.")] = 0,
-    offline: Annotated[str, typer.Option(
-        "--offline", metavar="DURATION",
-        help="The device is out of APNs's reach this long after each push: a push with a non-zero "
-             "apns-expiration (or none) is stored and delivered then, unless expired; one with apns-expiration 0 "
-             "is discarded, as APNs does. Shows a PBX whose stored pushes ring stale calls.")] = "0s",
-    refuse: Annotated[Optional[str], typer.Option(
-        "--refuse", metavar="'STATUS REASON'",
-        help="Refuse every push with this APNs error, e.g. '410 Unregistered', '400 BadDeviceToken', "
-             "'413 PayloadTooLarge': shows whether the PBX drops the token, answers the caller 480 at once "
-             "and does not retry.")] = None,
+    offline: _Offline = "0s",
+    refuse: _Refuse = None,
     relay: Annotated[Optional[str], typer.Option(
         "--relay", metavar="URL",
         help="Forward accepted pushes for tokens with no device connected here to this APNs URL over "
