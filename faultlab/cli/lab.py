@@ -35,7 +35,7 @@ app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a p
 
 _BEHAVIOURS = ", ".join(BEHAVIOURS)
 _CHECK_TITLES = {"ends-right": "1 end", "early-answer": "2 early", "cancel-push": "3 cancel", "invariants": "inv",
-                 "push-side": "push"}
+                 "sip-duties": "sip", "push-side": "push"}
 
 
 _fail = failing("faultlab lab")
@@ -280,7 +280,8 @@ def _console() -> Console:
 def _print_table(cases: list[Case], console: Console) -> None:
     """One row per case: a column per check (pass / FAIL / - when it does not apply), the end, the key times."""
     table = Table(title="verdicts (1 end: ends right, in time; 2 early: waits on an early answer; 3 cancel: no "
-                  "cancel-push dependence; inv: invariants; push: the PBX's side of push; times in s after the push)", box=box.SIMPLE_HEAD)
+                  "cancel-push dependence; inv: invariants; sip: the SIP the device owes; push: the PBX's side of "
+                  "push; times in s after the push)", box=box.SIMPLE_HEAD)
     for column in ("scenario", "profile", "transport"):
         table.add_column(column, no_wrap=True)
     for check in _CHECK_TITLES:

@@ -80,6 +80,13 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
+    "no-487": "Answers a CANCEL 200 and ends the call, but never sends 487 to the INVITE.",
+    "no-480-at-ring-timeout": "At its ring timeout ends the call unanswered without answering the INVITE (no 480).",
+    "late-invite-486": "Answers an INVITE for a call it has already ended 486 Busy Here (not 480 or 410).",
+    "decline-486": "Answers the INVITE of a call the user declined 486 Busy Here (not 603 Decline).",
+    "register-retry-after-403": "Retries the REGISTER once, at once, after a 403 Forbidden.",
+    "ignores-retry-after": "Retries a REGISTER answered 503 with Retry-After at once, not after Retry-After.",
+    "no-register-on-push": "Reports a call push but sends no REGISTER for it (counts on its old binding).",
     "rings-stale-push": "Rings a stale push (sent long before it arrived) as a new call instead of ending it at once.",
 }
 
@@ -192,6 +199,7 @@ class DeviceLogic:
     _pending_end: float | None = None  # slow-end: when the end event goes out
     _reregister_at: float | None = None  # 503 with Retry-After inside the budget
     _retried_503: bool = False
+    _retried_403: bool = False  # behaviour register-retry-after-403
     _answer_at: float | None = None
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
@@ -292,9 +300,10 @@ class DeviceLogic:
         out = self._report(now)
         if age is not None and age > self.config.total_deadline and self.behaviour != "rings-stale-push":
             out += self._end(now, "unanswered")  # the call it announced is over: report, end at once
-            return out + [SendRegister()]  # the push still asks for a binding refresh (RFC 8599 §4.1.3)
-        self.registering = True
-        return out + [SendRegister()]
+            # the push still asks for a binding refresh (RFC 8599 §4.1.3)
+            return out + ([SendRegister()] if self.behaviour != "no-register-on-push" else [])
+        self.registering = self.behaviour != "no-register-on-push"
+        return out + ([SendRegister()] if self.registering else [])
 
     def register_response(self, now: float, status: int, retry_after: float | None = None) -> list[Output]:
         """The final response to the REGISTER (1xx are not passed in)."""
@@ -305,6 +314,11 @@ class DeviceLogic:
             self.registered = True
             self.t_registered = now
             return []
+        if status == 403 and self.behaviour == "register-retry-after-403" and not self._retried_403:
+            self._retried_403 = self.registering = True
+            return [SendRegister()]
+        if self.behaviour == "ignores-retry-after" and retry_after is not None:
+            retry_after = 0.0
         if status == 503 and retry_after is not None and not self._retried_503:
             deadline = self.invite_deadline  # before a 2xx: min(t0 + register_deadline, t0 + total_deadline)
             if deadline is not None and now + retry_after < deadline:  # S12b: the retry fits the budget
@@ -355,7 +369,8 @@ class DeviceLogic:
     def invite_received(self, now: float, ref: Any, call_id: str | None = None) -> list[Output]:
         """An initial INVITE (retransmissions are absorbed by the driver)."""
         if self.ended:
-            return [Reply(ref, 603 if self.declined else 480, "INVITE")]  # S03: a late INVITE
+            late = 486 if self.behaviour == "late-invite-486" else 480
+            return [Reply(ref, self._decline_code() if self.declined else late, "INVITE")]  # S03: a late INVITE
         if self.invite is not None:
             return [Reply(ref, 482, "INVITE")]  # a second initial INVITE for this call (merged request, §8.2.2.2)
         out: list[Output] = []
@@ -388,7 +403,8 @@ class DeviceLogic:
         if self.final_sent is not None:
             return out  # S19: CANCEL after the final response has no effect
         self.final_sent = 487
-        out.append(Reply(self.invite, 487, "INVITE"))
+        if self.behaviour != "no-487":
+            out.append(Reply(self.invite, 487, "INVITE"))
         mapped = "remoteEnded" if self.behaviour == "wrong-reason-mapping" else cancel_reason(reason)
         return out + self._end(now, mapped)
 
@@ -423,9 +439,12 @@ class DeviceLogic:
         self.declined = True
         out: list[Output] = []
         if self.invite is not None and self.final_sent is None:
-            self.final_sent = 603
-            out.append(Reply(self.invite, 603, "INVITE"))
+            self.final_sent = self._decline_code()
+            out.append(Reply(self.invite, self.final_sent, "INVITE"))
         return out + self._end(now, "declined")
+
+    def _decline_code(self) -> int:
+        return 486 if self.behaviour == "decline-486" else 603
 
     # ------------------------------------------------------------ timers
 
@@ -472,6 +491,7 @@ class DeviceLogic:
             out += self._no_invite_end(now)
         if self.invite is not None and self.final_sent is None and now >= self.t_invite + self.config.ring_timeout:
             self.final_sent = 480
-            out.append(Reply(self.invite, 480, "INVITE"))
+            if self.behaviour != "no-480-at-ring-timeout":
+                out.append(Reply(self.invite, 480, "INVITE"))
             out += self._end(now, "unanswered")
         return out
