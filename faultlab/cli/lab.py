@@ -26,6 +26,7 @@ from faultlab import library
 from faultlab.faults import ProfileError, load_profile
 from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
+from faultlab.lab.guided import needs_push_gateway
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries
 from faultlab.addr import format_hostport
@@ -93,6 +94,9 @@ def _script(s: Scenario) -> str:
         parts.append(f"{s.elsewhere} elsewhere {s.elsewhere_at:g} s after 180")
     if s.hang_up_after is not None and (s.answer_at is not None):
         parts.append(f"hang up {s.hang_up_after:g} s after 200")
+    if s.call_again:
+        parts.append("the caller calls again")
+    parts += needs_push_gateway(s)  # the push gateway's faults and the PBX's push settings
     return ", ".join(parts) or "no user action"
 
 

@@ -298,7 +298,10 @@ async def _serve(*, faults, topic_suffix, relay, relay_ca, signer, trace, device
                        f"(POST /3/device/<token>; devices: GET /devices/<token>/pushes)", err=True)
             active = [name for name, on in (("drop-cancel", drop_cancel), ("drop-all", drop_all),
                                             (f"delay {faults.delay:g}s", faults.delay > 0),
-                                            (f"duplicate {duplicate}", duplicate > 0)) if on]
+                                            (f"duplicate {duplicate}", duplicate > 0),
+                                            (f"offline {faults.offline:g}s", faults.offline > 0),
+                                            (f"refuse {' '.join(map(str, faults.refuse or ()))}",
+                                             faults.refuse is not None)) if on]
             typer.echo(f"faultlab: push faults: {', '.join(active) or 'none'}"
                        + (f"; relaying to {relay}" if relay else "")
                        + (f", signed with APNs key {signer.key_id} of team {signer.team_id}" if signer
