@@ -43,6 +43,9 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     total_deadline = "15s"
     new_connection = false                       # TCP/TLS: a fresh connection for the push's REGISTER
 
+    [network]                                    # the in-memory network of virtual-time runs
+    rtt = "40ms"                                 # round trip of every hop (device-faultlab, faultlab-PBX, ...)
+
     [expect]
     end = ["unanswered"]                         # accepted CallKit end reasons
     by = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]   # deadline: the min
@@ -98,12 +101,15 @@ ANCHORS: dict[str, str] = {
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 _ID = re.compile(r"S\d\d[a-z]?")
 _TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
-        "expect"}
+        "expect", "network"}
 _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
          "duration", "call_again"}
 _PUSH = {"duplicate", "drop_cancel", "delay", "offline", "refuse"}
 _PBX = {"hold", "cancel_push", "apns_expiration", "payload_size"}
 _DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
+_NETWORK = {"rtt"}
+DEFAULT_RTT = 0.04  # seconds: the round trip of each hop of the in-memory network (20 ms each way)
+MAX_RTT = 10.0
 _EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones", "late_invite"}
 LATE_INVITE = (480, 410)  # an INVITE after the device gave up: 480 Temporarily Unavailable or 410 Gone
 _ELSEWHERE = '"answered" (cause 200), "declined" (cause 600) or "declined-603"'
@@ -165,6 +171,7 @@ class Scenario:
     pbx_payload_size: int | None = None
     device: dict[str, float] = field(default_factory=dict)
     new_connection: bool = False
+    rtt: float | None = None  # [network] rtt: each hop's round trip on the in-memory network; None: not set
     # expectations
     end: tuple[str, ...] = ()
     by: tuple[Bound, ...] = ()
@@ -179,6 +186,12 @@ class Scenario:
     @property
     def name(self) -> str:
         return f"{self.id} {self.slug}"
+
+    @property
+    def network_rtt(self) -> float:
+        """The round trip of each hop of a lab run's in-memory network: ``[network] rtt``, else :data:`DEFAULT_RTT`
+        (a sweep, whose link profile is the network, runs with 0 when the scenario sets none)."""
+        return DEFAULT_RTT if self.rtt is None else self.rtt
 
     @property
     def cancels(self) -> bool:
@@ -282,6 +295,10 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         raise pbx.error("payload_size", "a whole number of bytes, 64 to 65536")
     device_t = top.sub("device", _DEVICE)
     device = {k: device_t.duration(k) for k in sorted(_DEVICE - {"new_connection"}) if k in device_t.data}
+    network = top.sub("network", _NETWORK)
+    rtt = network.duration("rtt")
+    if rtt is not None and rtt > MAX_RTT:
+        raise network.error("rtt", f"a round trip of at most {MAX_RTT:g}s, e.g. 40ms")
 
     expect = top.sub("expect", _EXPECT)
     end = expect.data.get("end", [])
@@ -308,7 +325,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         push_delay=push.duration("delay", 0.0), push_offline=push.duration("offline", 0.0), push_refuse=refusal,
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
         pbx_apns_expiration=pbx.duration("apns_expiration", 0.0), pbx_payload_size=size,
-        device=device, new_connection=device_t.bool("new_connection", False),
+        device=device, new_connection=device_t.bool("new_connection", False), rtt=rtt,
         end=tuple(end), by=by, not_before=not_before, tolerance=expect.duration("tolerance", 0.1),
         early_answer=expect.bool("early_answer", False), cancel_push_check=False,
         milestones=expect.bounds("milestones", with_event=True), late_invite=_codes(expect, "late_invite"),
@@ -481,10 +498,15 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         return replace(scenario, pbx_hold=_duration(src, value))
     if section == "push" and name == "delay":
         return replace(scenario, push_delay=_duration(src, value))
+    if section == "network" and name == "rtt":
+        rtt = _duration(src, value)
+        if not 0 <= rtt <= MAX_RTT:
+            raise ScenarioError(src, "", value, f"a round trip of 0 to {MAX_RTT:g}s, e.g. 40ms")
+        return replace(scenario, rtt=rtt)
     allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, expect.late_invite, "
                "device.{register_deadline,invite_deadline,total_deadline,"
                "ring_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration}, pbx.hold, "
-               "push.delay")
+               "push.delay, network.rtt")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")
 
 
