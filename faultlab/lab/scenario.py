@@ -27,8 +27,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     duplicate = 1                                # extra deliveries of each push
     drop_cancel = false
     delay = "0s"
-    offline = "45s"                              # the device out of reach: APNs stores pushes with a non-zero
-                                                 # apns-expiration and delivers them then, discards the others
+    offline = "45s"                              # phone out of reach: pushes with apns-expiration != 0 stored
     refuse = "410 Unregistered"                  # APNs refuses every push with this status and reason
 
     [pbx]
@@ -284,11 +283,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     duplicate = push.data.get("duplicate", 0)
     if not isinstance(duplicate, int) or isinstance(duplicate, bool) or not 0 <= duplicate <= 5:
         raise push.error("duplicate", "a whole number of extra deliveries, 0 to 5")
-    refuse = push.text("refuse", allowed="an APNs status and reason: \"410 Unregistered\"")
-    try:
-        refusal = parse_refusal(refuse) if refuse is not None else None
-    except ValueError:
-        raise push.error("refuse", "an APNs error status and reason, e.g. \"410 Unregistered\"") from None
+    refusal = push.get("refuse", parse_refusal, 'an APNs error status and reason, e.g. "410 Unregistered"')
     pbx = top.sub("pbx", _PBX)
     size = pbx.data.get("payload_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 64 <= size <= 65536):
@@ -373,30 +368,16 @@ def merge_profiles(first: Profile, second: Profile) -> Profile:
 
 def _to_toml(body: dict, *, name: str) -> str:
     """TOML text for a profile table parsed from a scenario (rules and link), for the profile parser."""
-    lines = [f"name = {_toml_value(name)}"]
+    lines = [f"name = {tables.toml_value(name)}"]
     link = body.get("link")
     if isinstance(link, dict):
         lines.append("[link]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in link.items()]
+        lines += [f"{k} = {tables.toml_value(v)}" for k, v in link.items()]
     rules = body.get("rules", [])
     for rule in rules if isinstance(rules, list) else [rules]:
         lines.append("[[rules]]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in (rule.items() if isinstance(rule, dict) else [])]
+        lines += [f"{k} = {tables.toml_value(v)}" for k, v in (rule.items() if isinstance(rule, dict) else [])]
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def scenarios_dir() -> Path:
