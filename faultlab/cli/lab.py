@@ -27,6 +27,7 @@ from faultlab.faults import ProfileError, load_profile
 from faultlab.lab.deadlines import DeadlineError, advisories, apply_deadlines, load_config, parse_deadlines
 from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
+from faultlab.lab.guided import needs_push_gateway
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries
 from faultlab.lab.watchdog import DEFAULT_LIMIT, SAMPLE
@@ -37,7 +38,7 @@ app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a p
 
 _BEHAVIOURS = ", ".join(BEHAVIOURS)
 _CHECK_TITLES = {"ends-right": "1 end", "early-answer": "2 early", "cancel-push": "3 cancel", "invariants": "inv",
-                 "sip-duties": "sip"}
+                 "sip-duties": "sip", "push-side": "push"}
 
 
 _fail = failing("faultlab lab")
@@ -96,6 +97,9 @@ def _script(s: Scenario) -> str:
         parts.append(f"{s.elsewhere} elsewhere {s.elsewhere_at:g} s after 180")
     if s.hang_up_after is not None and (s.answer_at is not None):
         parts.append(f"hang up {s.hang_up_after:g} s after 200")
+    if s.call_again:
+        parts.append("the caller calls again")
+    parts += needs_push_gateway(s)  # the push gateway's faults and the PBX's push settings
     return ", ".join(parts) or "no user action"
 
 
@@ -316,8 +320,8 @@ def _console() -> Console:
 def _print_table(cases: list[Case], console: Console) -> None:
     """One row per case: a column per check (pass / FAIL / - when it does not apply), the end, the key times."""
     table = Table(title="verdicts (1 end: ends right, in time; 2 early: waits on an early answer; 3 cancel: no "
-                  "cancel-push dependence; inv: invariants; sip: the SIP the device owes; times in s after the "
-                  "push)", box=box.SIMPLE_HEAD)
+                  "cancel-push dependence; inv: invariants; sip: the SIP the device owes; push: the PBX's side of "
+                  "push; times in s after the push)", box=box.SIMPLE_HEAD)
     for column in ("scenario", "profile", "transport"):
         table.add_column(column, no_wrap=True)
     for check in _CHECK_TITLES:
@@ -351,7 +355,7 @@ def _print_table(cases: list[Case], console: Console) -> None:
 _DeadlineOption = Annotated[list[str], typer.Option(
     "--deadline", metavar="NAME=DURATION,...", help="The app's own deadlines, given to the reference device and used "
     "by the checks instead of the reference's (register=8s, invite=5s, total=15s, ring=45s), e.g. "
-    "invite=4.5s,register=8s; also [deadlines] in ./faultlab.toml. A value outside the recommended range gets an "
+    "invite=4.5s,register=8s; also \\[deadlines] in ./faultlab.toml. A value outside the recommended range gets an "
     "advisory line.")]
 
 

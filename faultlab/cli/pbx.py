@@ -44,17 +44,11 @@ def parse_seconds(text: str, what: str) -> float:
 
 def push_sender(url: str, *, topic: str, ca: Optional[str] = None, insecure: bool = False) -> SendPush:
     """``send_push(token, payload)`` over the lab push gateway's APNs client (``apns-push-type: voip``,
-    ``apns-expiration: 0``, priority 10). A non-200 answer raises, so the PBX answers the held INVITE 480."""
+    ``apns-expiration: 0``, priority 10). A non-200 answer raises ``PushRejected`` (status and APNs reason), so the
+    PBX answers the held INVITE 480, and forgets a token APNs says is gone."""
     from faultlab.lab.push import PushClient  # imported only when a push URL is given
 
-    client = PushClient(url, ca=ca, insecure=insecure)
-
-    async def send_push(token: str, payload: dict) -> None:
-        status, body = await client.send(token, payload, topic=topic)
-        if status != 200:
-            raise RuntimeError(f"push gateway answered {status}: {body}")
-
-    return send_push
+    return PushClient(url, ca=ca, insecure=insecure).sender(topic=topic)
 
 
 def _line(event) -> str | None:

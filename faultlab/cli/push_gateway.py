@@ -69,6 +69,19 @@ def _line(event) -> str | None:
     return None
 
 
+# the push faults a PBX's side of push is judged by (docs/push-gateway.md)
+_Offline = Annotated[str, typer.Option(
+    "--offline", metavar="DURATION",
+    help="The device is out of APNs's reach this long after each push: a push with a non-zero "
+         "apns-expiration (or none) is stored and delivered then, unless expired; one with apns-expiration 0 "
+         "is discarded, as APNs does. Shows a PBX whose stored pushes ring stale calls.")]
+_Refuse = Annotated[Optional[str], typer.Option(
+    "--refuse", metavar="'STATUS REASON'",
+    help="Refuse every push with this APNs error, e.g. '410 Unregistered', '400 BadDeviceToken', "
+         "'413 PayloadTooLarge': shows whether the PBX drops the token, answers the caller 480 at once "
+         "and does not retry.")]
+
+
 @app.callback(invoke_without_command=True)
 def run(
     listen: Annotated[str, typer.Option(
@@ -99,6 +112,8 @@ def run(
     duplicate: Annotated[int, typer.Option(
         "--duplicate", metavar="N", min=0,
         help="Deliver each push N extra times (same apns-id): the app must not report the call twice.")] = 0,
+    offline: _Offline = "0s",
+    refuse: _Refuse = None,
     relay: Annotated[Optional[str], typer.Option(
         "--relay", metavar="URL",
         help="Forward accepted pushes for tokens with no device connected here to this APNs URL over "
@@ -139,7 +154,7 @@ def run(
     faults, and deliver them to devices (or relay them to APNs). Prints each push as it arrives."""
     host, port = parse_listen_or_fail(listen)
     events_at = parse_listen_or_fail(events) if events else None
-    faults = _faults(drop_cancel, drop_all, delay, duplicate)
+    faults = _faults(drop_cancel, drop_all, delay, duplicate, offline, refuse)
     signer = _checked(tls, cert, key, relay, apns_key, apns_key_id, apns_team_id, device)
     logging.basicConfig(level=logging.WARNING, format="faultlab: %(name)s: %(levelname)s: %(message)s")
     tmp, certfile, keyfile = _tls_files(tls, cert, key, confdir, host)
@@ -194,13 +209,16 @@ def parse_listen_or_fail(spec: str) -> tuple[str, int]:
         _fail(str(exc))
 
 
-def _faults(drop_cancel: bool, drop_all: bool, delay: str, duplicate: int):
+def _faults(drop_cancel: bool, drop_all: bool, delay: str, duplicate: int, offline: str = "0s",
+            refuse: str | None = None):
     from faultlab.faults import parse_duration
     from faultlab.lab.push import PushFaults
+    from faultlab.lab.push.faults import parse_refusal
 
     try:
         return PushFaults(drop_cancel=drop_cancel, drop_all=drop_all, delay=parse_duration(delay),
-                          duplicate=duplicate)
+                          duplicate=duplicate, offline=parse_duration(offline),
+                          refuse=parse_refusal(refuse) if refuse is not None else None)
     except ValueError as exc:
         _fail(str(exc))
 
@@ -280,7 +298,10 @@ async def _serve(*, faults, topic_suffix, relay, relay_ca, signer, trace, device
                        f"(POST /3/device/<token>; devices: GET /devices/<token>/pushes)", err=True)
             active = [name for name, on in (("drop-cancel", drop_cancel), ("drop-all", drop_all),
                                             (f"delay {faults.delay:g}s", faults.delay > 0),
-                                            (f"duplicate {duplicate}", duplicate > 0)) if on]
+                                            (f"duplicate {duplicate}", duplicate > 0),
+                                            (f"offline {faults.offline:g}s", faults.offline > 0),
+                                            (f"refuse {' '.join(map(str, faults.refuse or ()))}",
+                                             faults.refuse is not None)) if on]
             typer.echo(f"faultlab: push faults: {', '.join(active) or 'none'}"
                        + (f"; relaying to {relay}" if relay else "")
                        + (f", signed with APNs key {signer.key_id} of team {signer.team_id}" if signer

@@ -165,7 +165,9 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
 
 
 def _call_push_delivered(e: Event, call_id: str) -> bool:
-    """The push gateway delivered the call push (once, or with copies)."""
+    """The push gateway delivered the call push (once, or with copies; or late: a delayed or stored push)."""
+    if e.source == "push" and e.kind == "push-delivered":  # a delayed or stored push, handed over at last
+        return e.call_id == call_id and e.detail.get("push_kind") == "call" and e.detail.get("status") == 200
     return (e.source == "push" and e.kind == "push" and e.call_id == call_id and e.detail.get("push_kind") == "call"
             and e.detail.get("outcome") in ("delivered", "duplicated"))
 
@@ -241,7 +243,7 @@ def check_end(events: Sequence[Event], call_id: str, scenario: Scenario) -> Chec
     evidence = [f"{_fmt(e.t)} device ended {e.detail.get('reason')}" for e in ends]
     times = _rel(found, ("register-ok", "invite", "cancel-at-device", "bye", "end"))
     if "push" in found:
-        what = "call push delivered" if found["push"].kind == "push" else "device reported (no push gateway: t0)"
+        what = "call push delivered" if found["push"].source == "push" else "device reported (no push gateway: t0)"
         evidence.insert(0, f"{_fmt(found['push'].t)} {what}")
     standing = stand_ins(events, call_id, scenario, found)
     deadline, notes = _deadline(scenario.by, found, standing)

@@ -56,6 +56,7 @@ from faultlab.lab.runner import (
     push_faults,
     write_trace,
 )
+from faultlab.lab.pushside import expects_refusal
 from faultlab.lab.scenario import Scenario
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport
@@ -232,6 +233,10 @@ class ExternalLab:
             self.say(f"{scenario.name}: skipped, it applies to {', '.join(scenario.transports)} and the device "
                      f"registered over {transport}")
             return None
+        if expects_refusal(scenario):  # it would also make the PBX forget the device's push binding
+            self.say(f"{scenario.name}: skipped, it judges the PBX's side of push (APNs refusing the push), not the "
+                     "device: run it with the reference device")
+            return None
         modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
         runs = []
         for mode in modes:
@@ -258,6 +263,7 @@ class ExternalLab:
             faults = case_faults(scenario, run.profile)
             self.gateway.faults = push_faults(scenario, run.cancel_pushes)
             self.pbx.logic.hold, self.pbx.logic.cancel_push = scenario.pbx_hold, scenario.pbx_cancel_push
+            self.pbx.push_ttl = scenario.pbx_apns_expiration  # S23: a push APNs may store
             if faults is not None:
                 self.proxy.activate(faults)
             self.say(f"{scenario.name}: calling {self.aor}" + (" (cancel pushes dropped)"

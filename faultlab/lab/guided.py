@@ -83,6 +83,12 @@ def needs_push_gateway(s: Scenario) -> list[str]:
         out.append(f"pushes delayed {s.push_delay:g} s")
     if s.push_duplicate:
         out.append(f"each push delivered {s.push_duplicate + 1} times")
+    if s.push_offline:
+        out.append(f"the phone out of APNs's reach {s.push_offline:g} s (stored pushes delivered late)")
+    if s.push_refuse:
+        out.append(f"every push refused {s.push_refuse[0]} {s.push_refuse[1]}")
+    if s.pbx_apns_expiration or s.pbx_payload_size:
+        out.append("the embedded PBX's push settings (apns-expiration, payload size)")
     return out
 
 

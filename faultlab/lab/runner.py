@@ -46,7 +46,8 @@ from faultlab.lab.deadlines import device_settings
 from faultlab.lab.device.logic import DeviceConfig
 from faultlab.lab.duties import check_duties
 from faultlab.lab.pbx import PBX
-from faultlab.lab.push import PushFaults
+from faultlab.lab.push import MAX_PAYLOAD, PushFaults
+from faultlab.lab.pushside import check_push_side
 from faultlab.lab.scenario import Scenario, merge_profiles
 from faultlab.lab.stack import open_lab_stack
 from faultlab.lab.watchdog import DEFAULT_LIMIT, Watchdog
@@ -81,6 +82,7 @@ class Run:
     pbx: dict[str, tuple[str, int]] | None = None  # a PBX of one's own (real time): {transport: (host, port)}
     push_listen: tuple[str, int] | None = None  # where the push gateway listens for that PBX's pushes
     pbx_ca: Path | None = None  # verifies that PBX's TLS certificate (default: the system's CAs)
+    pbx_behaviour: str | None = None  # a known-bad embedded PBX (faultlab.lab.pbx.model.MISBEHAVIOURS)
     watchdog: int = DEFAULT_LIMIT  # virtual time: scheduler rounds at one instant before the run fails; 0: off
     evidence: list[str] = field(default_factory=list)  # with ``error``: what the lab saw (e.g. the last events)
 
@@ -133,10 +135,22 @@ def case_faults(scenario: Scenario, profile: Profile | None) -> Profile | None:
     return faults
 
 
-def push_faults(scenario: Scenario, cancel_pushes: str) -> PushFaults:
-    """The push gateway's faults for one run: the scenario's, with cancel pushes dropped for check 3's second run."""
+def push_faults(scenario: Scenario, cancel_pushes: str, *, own_pbx: bool = False) -> PushFaults:
+    """The push gateway's faults for one run: the scenario's, with cancel pushes dropped for check 3's second run.
+    A PBX of one's own (``own_pbx``) sends its own payload: where the scenario wants it oversize
+    (``pbx.payload_size`` over APNs's 5120 bytes), the gateway answers 413 PayloadTooLarge as if it were."""
+    refuse = scenario.push_refuse
+    if own_pbx and refuse is None and (scenario.pbx_payload_size or 0) > MAX_PAYLOAD:
+        refuse = (413, "PayloadTooLarge")
     return PushFaults(drop_cancel=cancel_pushes == "dropped" or scenario.push_drop_cancel,
-                      delay=scenario.push_delay, duplicate=scenario.push_duplicate)
+                      delay=scenario.push_delay, duplicate=scenario.push_duplicate, offline=scenario.push_offline,
+                      refuse=refuse)
+
+
+def pbx_options(scenario: Scenario, misbehaviour: str | None = None) -> dict:
+    """The embedded PBX's push settings from the scenario (``[pbx]``), and a known-bad PBX's misbehaviour."""
+    return {"push_ttl": scenario.pbx_apns_expiration, "payload_size": scenario.pbx_payload_size,
+            "misbehaviour": misbehaviour}
 
 
 async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX | None,
@@ -190,8 +204,11 @@ async def play(run: Run, *, network: str, confdir: Path | None, watchdog: Watchd
     lab_kwargs: dict = {"new_connection_on_push": True} if scenario.new_connection else {}
     if run.pbx is not None:
         lab_kwargs.update(external_pbx=run.pbx, push_listen=run.push_listen, pbx_ca=run.pbx_ca)
+    else:
+        lab_kwargs.update(pbx_options=pbx_options(scenario, run.pbx_behaviour))
     async with open_lab_stack(run.transport, device_config=device_config(scenario, run.behaviour),
-                              push_faults=push_faults(scenario, run.cancel_pushes), seed=run.seed,
+                              push_faults=push_faults(scenario, run.cancel_pushes, own_pbx=run.pbx is not None),
+                              seed=run.seed,
                               pbx_hold=scenario.pbx_hold, cancel_push=scenario.pbx_cancel_push, confdir=confdir,
                               network=network, rtt=scenario.network_rtt if network == "memory" else 0.0,
                               **lab_kwargs) as lab:
@@ -208,6 +225,11 @@ async def play(run: Run, *, network: str, confdir: Path | None, watchdog: Watchd
             run.call_id = handle.call_id
             await play_call(scenario, handle, pbx=lab.pbx,
                             wait_ended=lambda: lab.wait_device_ended(handle.call_id, math.inf))
+            if scenario.call_again:  # once more: what the PBX does for the next INVITE (push-side checks)
+                again = await lab.caller.call(lab.device_aor)
+                with trio.move_on_after(scenario.pbx_hold + SETTLE):
+                    await again.wait_final(timeout=math.inf)
+                await trio.sleep(SETTLE)
             if run.pbx is not None:  # that PBX outlives the lab: leave no binding behind for the next run
                 with trio.move_on_after(UNREGISTER_TIMEOUT):
                     await lab.device.unregister()
@@ -259,7 +281,8 @@ def _line(e: Event) -> str:
 
 
 def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
-    """The checks of a case: checks 1 and 2 and the invariants on the first run, check 3 over both runs."""
+    """The checks of a case: checks 1 and 2, the invariants and the push-side check on the first run, check 3 over
+    both runs."""
     first = runs[0]
     if first.error is not None or first.call_id is None:
         return [CheckResult("ends-right", False, f"the run failed: {first.error or 'no call was placed'}",
@@ -278,6 +301,7 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
         results.append(_no_cancel_push(first))
     results.append(check_invariants(first.events, first.call_id, scenario))
     results.append(check_duties(first.events, first.call_id, scenario, known_device=first.network != "external"))
+    results.append(check_push_side(first.events, first.call_id, scenario))  # the PBX's side (faultlab.lab.pushside)
     return results
 
 
@@ -299,10 +323,11 @@ def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: s
              behaviour: str | None = None, virtual: bool = True, network: str = "", confdir: Path | None = None,
              trace_dir: Path | None = None, pbx: dict[str, tuple[str, int]] | None = None,
              push_listen: tuple[str, int] | None = None, pbx_ca: Path | None = None,
-             watchdog: int = DEFAULT_LIMIT) -> Case:
+             watchdog: int = DEFAULT_LIMIT, pbx_behaviour: str | None = None) -> Case:
     """Every run of one case (two when check 3 applies), judged. ``transport``: one the scenario applies to
     (default: its first). ``watchdog``: virtual time's limit of scheduler rounds at one instant (0: off). ``pbx``/``push_listen``/``pbx_ca``: a PBX of one's own instead of the embedded one
-    (:func:`faultlab.lab.stack.open_lab_stack`'s ``external_pbx``), real time only."""
+    (:func:`faultlab.lab.stack.open_lab_stack`'s ``external_pbx``), real time only. ``pbx_behaviour``: a known-bad
+    embedded PBX (:data:`faultlab.lab.pbx.model.MISBEHAVIOURS`)."""
     transport = transport or scenario.transports[0]
     if transport not in scenario.transports:
         raise ValueError(f"{scenario.id} applies to {', '.join(scenario.transports)}, not {transport}")
@@ -318,7 +343,7 @@ def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: s
         if mode == "dropped" and not (scenario.cancel_push_check and sent_cancel_push(runs[0])):
             break  # no check 3, or no cancel push to drop (judge fails check 3 as not exercised if required)
         run = Run(scenario, profile, transport, seed, behaviour, mode, virtual, network, pbx=pbx,
-                  push_listen=push_listen, pbx_ca=pbx_ca, watchdog=watchdog)
+                  push_listen=push_listen, pbx_ca=pbx_ca, watchdog=watchdog, pbx_behaviour=pbx_behaviour)
         run_once(run, confdir=confdir)
         runs.append(run)
         if trace_dir is not None:
@@ -336,6 +361,8 @@ def needs_embedded_pbx(scenario: Scenario) -> str | None:
     """Why ``scenario`` cannot run against a PBX of one's own (``None``: it can)."""
     if scenario.elsewhere is not None:
         return "a second device answering or declining is scripted through the embedded PBX"
+    if scenario.pbx_apns_expiration:
+        return "the PBX's apns-expiration is the scenario's (pbx.apns_expiration): set on the embedded PBX only"
     return None
 
 

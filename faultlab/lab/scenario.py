@@ -21,15 +21,20 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     elsewhere_at = "0.5s"                        # ... this long after the caller's 180
     hang_up_after = "10s"                        # after a 2xx, the caller hangs up this much later
     duration = "30s"                             # the run ends this long after the push at the latest
+    call_again = false                           # then the caller calls once more (its INVITE: push-side checks)
 
     [push]                                       # push gateway faults
     duplicate = 1                                # extra deliveries of each push
     drop_cancel = false
     delay = "0s"
+    offline = "45s"                              # phone out of reach: pushes with apns-expiration != 0 stored
+    refuse = "410 Unregistered"                  # APNs refuses every push with this status and reason
 
     [pbx]
     hold = "8s"                                  # how long the PBX holds an INVITE for the REGISTER
     cancel_push = true                           # the PBX sends a cancel push on CANCEL
+    apns_expiration = "60s"                      # pushes sent with apns-expiration now + 60 s (default: 0)
+    payload_size = 5121                          # the call push's payload padded to this many bytes
 
     [device]                                     # the reference device: deadlines and connection habits
     register_deadline = "8s"
@@ -71,6 +76,7 @@ from faultlab.faults import Profile, ProfileError, load_profile, parse_duration,
 from faultlab.lab.deadlines import REFERENCE as DEADLINES
 from faultlab.lab.scenario_toml import profile_toml, merge_profiles
 from faultlab.lab.device.logic import REASONS
+from faultlab.lab.push.faults import parse_refusal
 
 __all__ = ["ANCHORS", "Bound", "Scenario", "ScenarioError", "list_scenarios", "load_scenario", "override",
            "parse_scenario", "scenario_entries", "scenarios_dir"]
@@ -100,9 +106,9 @@ _ID = re.compile(r"S\d\d[a-z]?")
 _TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
         "expect", "network"}
 _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
-         "duration"}
-_PUSH = {"duplicate", "drop_cancel", "delay"}
-_PBX = {"hold", "cancel_push"}
+         "duration", "call_again"}
+_PUSH = {"duplicate", "drop_cancel", "delay", "offline", "refuse"}
+_PBX = {"hold", "cancel_push", "apns_expiration", "payload_size"}
 _DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
 _NETWORK = {"rtt"}
 DEFAULT_RTT = 0.04  # seconds: the round trip of each hop of the in-memory network (20 ms each way)
@@ -158,12 +164,17 @@ class Scenario:
     elsewhere_at: float = 0.5
     hang_up_after: float | None = 10.0
     duration: float = 30.0
+    call_again: bool = False
     # push gateway, PBX, device
     push_duplicate: int = 0
     push_drop_cancel: bool = False
     push_delay: float = 0.0
+    push_offline: float = 0.0
+    push_refuse: tuple[int, str] | None = None
     pbx_hold: float = 8.0
     pbx_cancel_push: bool = True
+    pbx_apns_expiration: float = 0.0  # seconds after sending; 0: apns-expiration 0
+    pbx_payload_size: int | None = None
     device: dict[str, float] = field(default_factory=dict)
     new_connection: bool = False
     rtt: float | None = None  # [network] rtt: each hop's round trip on the in-memory network; None: not set
@@ -284,7 +295,11 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     duplicate = push.data.get("duplicate", 0)
     if not isinstance(duplicate, int) or isinstance(duplicate, bool) or not 0 <= duplicate <= 5:
         raise push.error("duplicate", "a whole number of extra deliveries, 0 to 5")
+    refusal = push.get("refuse", parse_refusal, 'an APNs error status and reason, e.g. "410 Unregistered"')
     pbx = top.sub("pbx", _PBX)
+    size = pbx.data.get("payload_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 64 <= size <= 65536):
+        raise pbx.error("payload_size", "a whole number of bytes, 64 to 65536")
     device_t = top.sub("device", _DEVICE)
     device = {k: device_t.duration(k) for k in sorted(_DEVICE - {"new_connection"}) if k in device_t.data}
     network = top.sub("network", _NETWORK)
@@ -312,10 +327,11 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         cancel_at=call.duration("cancel_at"), cancel_reason=call.text("cancel_reason"),
         answer_at=answer_at, decline_at=decline_at, elsewhere=elsewhere,
         elsewhere_at=call.duration("elsewhere_at", 0.5), hang_up_after=call.duration("hang_up_after", 10.0),
-        duration=call.duration("duration", 30.0),
+        duration=call.duration("duration", 30.0), call_again=call.bool("call_again", False),
         push_duplicate=duplicate, push_drop_cancel=push.bool("drop_cancel", False),
-        push_delay=push.duration("delay", 0.0),
+        push_delay=push.duration("delay", 0.0), push_offline=push.duration("offline", 0.0), push_refuse=refusal,
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
+        pbx_apns_expiration=pbx.duration("apns_expiration", 0.0), pbx_payload_size=size,
         device=device, new_connection=device_t.bool("new_connection", False), rtt=rtt,
         end=tuple(end), by=by, not_before=not_before, tolerance=expect.duration("tolerance", 0.1),
         early_answer=expect.bool("early_answer", False), cancel_push_check=False,

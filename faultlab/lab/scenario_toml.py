@@ -4,8 +4,7 @@ for the profile parser (:mod:`faultlab.lab.scenario`)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
-
+from faultlab import tables
 from faultlab.faults import Profile
 
 __all__ = ["merge_profiles", "profile_toml"]
@@ -19,27 +18,13 @@ def merge_profiles(first: Profile, second: Profile) -> Profile:
 
 def profile_toml(body: dict, *, name: str) -> str:
     """TOML text for a profile table parsed from a scenario (rules and link), for the profile parser."""
-    lines = [f"name = {_toml_value(name)}"]
+    lines = [f"name = {tables.toml_value(name)}"]
     link = body.get("link")
     if isinstance(link, dict):
         lines.append("[link]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in link.items()]
+        lines += [f"{k} = {tables.toml_value(v)}" for k, v in link.items()]
     rules = body.get("rules", [])
     for rule in rules if isinstance(rules, list) else [rules]:
         lines.append("[[rules]]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in (rule.items() if isinstance(rule, dict) else [])]
+        lines += [f"{k} = {tables.toml_value(v)}" for k, v in (rule.items() if isinstance(rule, dict) else [])]
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {value!r} as TOML")

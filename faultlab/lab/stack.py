@@ -37,6 +37,7 @@ processes: ``faultlab push-gateway``, ``faultlab pbx``, ``faultlab proxy``, ``fa
 from __future__ import annotations
 
 import math
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,14 @@ def _check_options(transport: str, *, push: str, network: str, confdir: Path | N
     if network == "memory":
         memnet.install(memnet.MemoryNetwork(delay=rtt / 2))
 
+
+def lab_wall_clock(timeline: Timeline) -> Callable[[], float]:
+    """UNIX time at the start plus the timeline's time: a push's ``send-time``, its expiry at the gateway and its
+    age at the device, on one clock that virtual time moves too."""
+    epoch = time.time() - timeline.now()
+    return lambda: epoch + timeline.now()
+
+
 def _lab_ca_file(confdir: Path | None) -> Path:
     """The lab CA's certificate (made on first use in ``confdir``): what the device and faultlab trust over TLS."""
     from faultlab.ca import LabCA
@@ -207,11 +216,12 @@ def _lab_ca_file(confdir: Path | None) -> Path:
 
 
 async def _start_pbx(nursery: trio.Nursery, transport: str, timeline: Timeline, send_push: Any, *, hold: float,
-                     ring_timeout: float, cancel_push: bool, confdir: Path | None) -> PBX:
-    """The embedded PBX on loopback, for ``transport`` and UDP (the caller's)."""
+                     ring_timeout: float, cancel_push: bool, confdir: Path | None, **options: Any) -> PBX:
+    """The embedded PBX on loopback, for ``transport`` and UDP (the caller's); ``options``: more of
+    :class:`PBX`'s keywords."""
     listen = [f"{transport}:{HOST}:0"] + ([] if transport == "udp" else [f"udp:{HOST}:0"])
     pbx = PBX(listen, timeline=timeline, send_push=send_push, hold=hold, ring_timeout=ring_timeout,
-              cancel_push=cancel_push, confdir=confdir)
+              cancel_push=cancel_push, confdir=confdir, **options)
     await nursery.start(pbx.run)
     return pbx
 
@@ -255,7 +265,7 @@ async def open_lab_stack(
     new_connection_on_push: bool = False,
     external_pbx: dict[str, tuple[str, int]] | None = None,
     push_listen: tuple[str, int] | None = None,
-    pbx_ca: Path | None = None,
+    pbx_ca: Path | None = None, pbx_options: dict[str, Any] | None = None,
     rtt: float = 0.0,
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
@@ -273,7 +283,8 @@ async def open_lab_stack(
     ``external_pbx``: a PBX of one's own instead of the embedded one, ``{transport: (host, port)}`` (real sockets,
     real time): faultlab relays to it, the caller calls through its UDP address, and the push gateway listens on
     ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
-    ``pbx_ca`` verifies its TLS certificate (default: the system's CAs).
+    ``pbx_ca`` verifies its TLS certificate (default: the system's CAs). ``pbx_options``: more keywords for the
+    embedded :class:`PBX` (``push_ttl``, ``payload_size``, ``misbehaviour``). One wall clock: :func:`lab_wall_clock`.
     ``rtt``: see the module docstring.
     """
     _check_options(transport, push=push, network=network, confdir=confdir, external_pbx=external_pbx,
@@ -281,12 +292,12 @@ async def open_lab_stack(
     timeline = timeline if timeline is not None else Timeline()
     topic = f"{bundle}.voip"
     async with trio.open_nursery() as nursery:
-        gateway = PushGateway(timeline, faults=push_faults)
+        gateway = PushGateway(timeline, faults=push_faults, wall_clock=lab_wall_clock(timeline))
         send_push, client = await _start_push(nursery, gateway, topic, push, push_listen if external_pbx else None)
         pushes = gateway.channel(token, topic=topic)
         pbx = None if external_pbx is not None else await _start_pbx(
             nursery, transport, timeline, send_push, hold=pbx_hold, ring_timeout=ring_timeout,
-            cancel_push=cancel_push, confdir=confdir)
+            cancel_push=cancel_push, confdir=confdir, wall_clock=gateway.wall_clock, **(pbx_options or {}))
         ca_file = _lab_ca_file(confdir) if transport == "tls" else None
         if pbx is not None:
             upstream, upstream_ca = Endpoint(transport, HOST, pbx.address(transport)[1]), ca_file
@@ -295,11 +306,10 @@ async def open_lab_stack(
         proxy: Proxy = await nursery.start(serve_proxy, ProxyConfig(
             listen=[Endpoint(transport, HOST, 0)], upstream=[upstream], profile=profile, seed=seed,
             confdir=confdir, upstream_ca=upstream_ca, trace=timeline.trace, trace_t0=timeline.t0))
-
         device = Device(proxy=Endpoint(transport, HOST, proxy.bound[transport][1]), user=user, domain=domain,
                         token=token, pushes=pushes, timeline=timeline, config=device_config or DeviceConfig(),
                         bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail),
-                        new_connection_on_push=new_connection_on_push)
+                        new_connection_on_push=new_connection_on_push, wall_clock=gateway.wall_clock)
         caller_to = pbx.address("udp") if pbx is not None else external_pbx["udp"]
         caller = Caller("udp", caller_to, caller_user, timeline, domain=domain, timeout=60.0)
         stack = LabStack(timeline=timeline, gateway=gateway, pbx=pbx, proxy=proxy, device=device, caller=caller,

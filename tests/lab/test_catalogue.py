@@ -38,7 +38,7 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
         "S07b": ("ends-right", "ended remoteEnded"),
     },
     "never-ends": {s.id: ("ends-right", "never ended") for s in CATALOGUE if s.end},
-    "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE},
+    "slow-end": {s.id: ("ends-right", "after the deadline") for s in CATALOGUE if s.end},
     "loops-at-one-instant": {sid: ("ends-right", "virtual time stopped advancing") for sid in ("S01", "S04", "S24")},
     # the SIP the device owes (faultlab.lab.duties)
     "no-487": {s: ("sip-duties", "no 487 to the INVITE after the CANCEL") for s in
@@ -57,6 +57,7 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
         "S17": ("early-answer", "before the caller's BYE"),
         "S01": ("ends-right", "expected remoteEnded"),
     },
+    "rings-stale-push": {"S23": ("ends-right", "after the deadline")},
 }
 
 

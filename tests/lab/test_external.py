@@ -55,7 +55,7 @@ async def test_external_lab_judges_a_device_in_another_process(tmp_path):
     for case in cases:
         assert case is not None
         assert case.passed, [(c.check, c.message, c.evidence) for c in case.checks]
-        assert [c.check for c in case.checks] == ["ends-right", "cancel-push", "invariants", "sip-duties"]
+        assert [c.check for c in case.checks] == ["ends-right", "cancel-push", "invariants", "sip-duties", "push-side"]
         assert len(case.runs) == 2 and case.runs[1].cancel_pushes == "dropped"
         for run in case.runs:
             ends = [e for e in run.events if e.kind == "device" and e.detail["event"] == "ended"]

@@ -48,6 +48,22 @@ async def test_scenarios_against_a_pbx_in_another_process(tmp_path):
             run_case(s01, virtual=True, **own)
 
 
+async def test_apns_refusals_against_a_pbx_in_another_process(tmp_path):
+    """S27 (410 Unregistered) and S28 (413, the gateway's answer as if the PBX's payload were oversize) judge the
+    PBX through its pushes alone: no retry, 480 at once, the token dropped (S27's second call sends no push)."""
+    gateway = free_port()
+    async with open_actors(actor_env(tmp_path / "home")) as actors:
+        pbx = await actors.spawn("pbx", "pbx", "--listen", f"udp:{HOST}:0", "--push-url", f"http://{HOST}:{gateway}",
+                                 "--push-topic", "org.faultlab.device.voip")
+        port = int((await pbx.wait_line("stderr", r"udp on 127\.0\.0\.1:(\d+)$")).group(1))
+        own = {"pbx": {"udp": (HOST, port)}, "push_listen": (HOST, gateway)}
+        for sid in ("S27", "S28"):
+            case = await trio.to_thread.run_sync(lambda: run_case(load_scenario(sid), seed=1, virtual=False, **own))
+            assert case.passed, (sid, [c.message for c in case.checks])
+            requests = [e for e in case.runs[0].events if e.source == "push" and e.kind == "push"]
+            assert [e.detail["status"] for e in requests] == [410 if sid == "S27" else 413], sid
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--pbx", "127.0.0.1:5060"], "needs --push-listen"),
     (["--pbx", "127.0.0.1:5060", "--push-listen", "127.0.0.1:2197", "--virtual-time"], "runs in real time"),

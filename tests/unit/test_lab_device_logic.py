@@ -338,6 +338,25 @@ def test_config_validation() -> None:
 # ------------------------------------------------------------------ known-bad behaviours: each shows its deviation
 
 
+def test_a_stale_push_is_reported_then_ended_at_once_and_still_registers() -> None:
+    r = Run().at(45.0, "push", "call", dict(CALL), 45.0)  # sent 45 s ago: past the 15 s budget
+    assert r.events == [(45.0, "reported", None), (45.0, "ended", "unanswered")]
+    assert r.registers == [45.0]  # RFC 8599: the push still asks for a binding refresh
+    r.at(45.2, "register_response", 200).until(100)
+    assert r.ended() == [(45.0, "unanswered")] and r.replies == []
+
+
+def test_a_push_within_the_budget_is_not_stale() -> None:
+    r = Run().at(0.0, "push", "call", dict(CALL), 14.0).at(0.3, "register_response", 200).until(100)
+    assert r.ended() == [(5.3, "unanswered")]  # the usual path: tR + 5 s
+
+
+def test_bad_rings_stale_push() -> None:
+    r = Run(behaviour="rings-stale-push").at(45.0, "push", "call", dict(CALL), 45.0)
+    r.at(45.2, "register_response", 200).until(100)
+    assert r.ended() == [(50.2, "unanswered")]  # rang for 5 s a call that was over 37 s before it arrived
+
+
 def test_bad_depends_on_cancel_push_never_ends_without_it() -> None:
     r = Run(behaviour="depends-on-cancel-push").push(0).at(0.2, "register_response", 200).until(1000)
     assert r.ended() == [] and r.logic.next_timer() is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 import trio.testing
@@ -379,6 +381,43 @@ async def test_driver_push_failure_480(autojump_clock):
         await trio.sleep(0.1)
         pbx.stop()
     assert [m.status for m in wire] == [200, 100, 480]
+
+
+@pytest.mark.parametrize(("reason", "dropped"), [("Unregistered", True), ("BadDeviceToken", True),
+                                                ("PayloadTooLarge", False), ("TooManyRequests", False)])
+async def test_driver_drops_a_token_apns_says_is_gone(autojump_clock, reason, dropped):
+    from faultlab.lab.push import PushRejected
+
+    wire, tries = [], []
+
+    async def transmit(flow, data):
+        wire.append(parse_datagram(data))
+
+    async def send_push(token, payload):
+        tries.append(token)
+        raise PushRejected(410 if reason == "Unregistered" else 400, reason)
+
+    timeline = Timeline()
+    pbx = PBX(timeline=timeline, send_push=send_push, transmit=transmit)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pbx.run)
+        await pbx.receive(register(contact_params=PN), PHONE_OLD)
+        await pbx.receive(invite(), CALLER)
+        await trio.sleep(0.1)
+        await pbx.receive(invite(call_id="call2", branch="z9hG4bKinv2"), CALLER)  # the user calls again
+        await trio.sleep(0.1)
+        pbx.stop()
+    actions = [e.detail["action"] for e in timeline.events if e.kind == "pbx"]
+    assert ("token-dropped" in actions) is dropped and len(tries) == (1 if dropped else 2)  # never retried
+    # the first call: 480 at once; the second: 404 without a push (no binding left), or 480 after its own push
+    assert [m.status for m in wire] == [200, 100, 480] + ([404] if dropped else [100, 480])
+
+
+def test_payload_padded_to_the_size_asked():
+    pbx = PbxLogic(payload_size=5121)
+    pbx.receive(register(contact_params=PN), PHONE_OLD, now=0.0)
+    [push] = pushes(pbx.receive(invite(), CALLER, now=1.0))
+    assert len(json.dumps(push.payload, separators=(",", ":"))) == 5121 and push.payload["call-id"] == "call1"
 
 
 # ---------------------------------------------------------------------- retransmissions (RFC 3261 §17.1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from faultlab.lab.pushside import expects_refusal
 from faultlab.lab.scenario import Bound, ScenarioError, list_scenarios, load_scenario, override, parse_scenario
 
 MINIMAL = '''
@@ -24,7 +25,8 @@ def test_every_catalogue_file_loads_and_is_named_by_id_and_slug():
     for s in catalogue:
         assert load_scenario(s.id) == s == load_scenario(s.slug) == load_scenario(s.id.lower())
         assert s.source.endswith(f"{s.id}-{s.slug}.toml")
-        assert s.end and s.by, f"{s.id} states no expectation"
+        # a scenario without a device end is about the PBX's side of push (judged by the push-side check)
+        assert (s.end and s.by) or expects_refusal(s), f"{s.id} states no expectation"
 
 
 def test_a_scenario_file_of_ones_own(tmp_path):
@@ -51,12 +53,24 @@ def test_inline_faults_and_a_library_profile_merge():
     (('after = "push"', 'after = "pushed"'), "expect.by[1].after", "one of push, reported"),
     (('end = ["unanswered"]', 'end = ["missed"]'), "expect.end", "a list of CallKit end reasons"),
     (('id = "S90"', 'id = "90"'), "id", "S followed by two digits"),
+    (("[call]", "[push]\nrefuse = \"Unregistered\"\n[call]"), "push.refuse", "e.g. \"410 Unregistered\""),
+    (("[call]", "[pbx]\npayload_size = \"5k\"\n[call]"), "pbx.payload_size", "a whole number of bytes"),
+    (("[call]", "[push]\noffline = 45\n[call]"), "push.offline", "a duration with a unit"),
 ])
 def test_errors_name_the_key_and_what_is_allowed(edit, key, allowed):
     with pytest.raises(ScenarioError) as info:
         parse_scenario(MINIMAL.replace(*edit), source="team.toml")
     message = str(info.value)
     assert message.startswith(f"team.toml: {key}") and allowed in message
+
+
+def test_the_push_side_settings():
+    s = parse_scenario(MINIMAL.replace("[call]", '[push]\noffline = "45s"\nrefuse = "410 Unregistered"\n'
+                                       '[pbx]\napns_expiration = "60s"\npayload_size = 5121\n[call]\n'
+                                       'call_again = true'))
+    assert (s.push_offline, s.push_refuse, s.pbx_apns_expiration, s.pbx_payload_size, s.call_again) == (
+        45.0, (410, "Unregistered"), 60.0, 5121, True)
+    assert expects_refusal(s) and not expects_refusal(parse_scenario(MINIMAL))
 
 
 def test_a_bad_inline_rule_is_reported_with_the_profile_error():

@@ -22,7 +22,8 @@ def test_help_explains_every_option():
     result = CliRunner().invoke(root, ["push-gateway", "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
     for option in ("--listen", "--tls", "--cert", "--key", "--confdir", "--drop-cancel", "--drop-all", "--delay",
-                   "--duplicate", "--relay", "--relay-ca", "--topic-suffix", "--device", "--events", "--trace"):
+                   "--duplicate", "--offline", "--refuse", "--relay", "--relay-ca", "--topic-suffix", "--device",
+                   "--events", "--trace"):
         assert option in result.output
     assert "APNs" in result.output
 
@@ -33,6 +34,9 @@ def test_help_explains_every_option():
     (["--delay", "2"], "2"),
     (["--device", "abc"], "even number of hex digits"),
     (["--events", "::1:80"], "brackets"),
+    (["--refuse", "Unregistered"], "e.g. '410 Unregistered'"),
+    (["--refuse", "200 OK"], "e.g. '410 Unregistered'"),
+    (["--offline", "forever"], "forever"),
 ])
 def test_bad_options_are_refused(args, needle):
     result = CliRunner().invoke(root, ["push-gateway", *args])

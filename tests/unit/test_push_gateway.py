@@ -185,6 +185,55 @@ async def test_delay_delivers_exactly_later_in_virtual_time(autojump_clock):
     assert gw.timeline.events[1].t - gw.timeline.events[0].t == pytest.approx(2.5)
 
 
+NOW = 1_800_000_000.0  # the gateway's wall clock in the tests below (UNIX seconds)
+
+
+@pytest.mark.parametrize(("expiration", "outcome", "delivered"), [
+    (str(int(NOW) + 60), "stored", True),  # APNs keeps it until then: delivered when the device is back
+    (None, "stored", True),  # no header: APNs's own storage
+    ("0", "discarded", False),  # deliver now or never
+    (str(int(NOW) + 30), "discarded", False),  # expired before the device came back
+])
+async def test_offline_stores_only_what_apns_stores(autojump_clock, expiration, outcome, delivered):
+    gw = PushGateway(Timeline(), faults=PushFaults(offline=45.0), wall_clock=lambda: NOW)
+    channel = gw.channel(TOKEN)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gw.run)
+        start = trio.current_time()
+        status, _, _ = await gw.handle("POST", f"/3/device/{TOKEN}", headers(apns_expiration=expiration), body())
+        assert status == 200  # the sender cannot tell
+        with trio.move_on_after(60):
+            await channel.receive()
+            assert trio.current_time() - start == pytest.approx(45.0)
+        nursery.cancel_scope.cancel()
+    first = gw.timeline.events[-2 if delivered else -1]
+    assert (first.detail["outcome"], first.detail["expiration"]) == (outcome, expiration)
+    late = [e for e in gw.timeline.events if e.kind == "push-delivered"]
+    assert bool(late) == delivered and all(e.detail["status"] == 200 for e in late)
+
+
+@pytest.mark.parametrize(("refusal", "extra"), [((410, "Unregistered"), {"timestamp"}), ((400, "BadDeviceToken"), set()),
+                                                ((413, "PayloadTooLarge"), set())])
+async def test_refuse_answers_every_push_as_apns_would(refusal, extra):
+    gw, channel = gateway(PushFaults(refuse=refusal))
+    status, _, data = await gw.handle("POST", f"/3/device/{TOKEN}", headers(), body())
+    answer = json.loads(data)
+    assert (status, answer["reason"]) == refusal and set(answer) - {"reason"} == extra
+    with pytest.raises(trio.WouldBlock):
+        channel.receive_nowait()
+    [event] = [e for e in gw.timeline.events if e.kind == "push"]
+    assert (event.detail["status"], event.detail["outcome"], event.call_id) == (refusal[0], "rejected", "c1@pbx")
+
+
+async def test_an_oversize_push_is_refused_and_still_names_its_call():
+    gw, _ = gateway()
+    big = {**CALL, "pad": "x" * MAX_PAYLOAD}
+    status, _, data = await gw.handle("POST", f"/3/device/{TOKEN}", headers(), body(big))
+    assert (status, json.loads(data)["reason"]) == (413, "PayloadTooLarge")
+    [event] = [e for e in gw.timeline.events if e.kind == "push"]
+    assert (event.call_id, event.detail["push_kind"], event.detail["size"]) == ("c1@pbx", "call", len(body(big)))
+
+
 async def test_delay_without_the_gateway_nursery_says_so():
     gw, _ = gateway(PushFaults(delay=1.0))
     with pytest.raises(RuntimeError, match="PushGateway.run"):
@@ -204,6 +253,10 @@ def test_fault_values_are_checked():
         PushFaults(delay=-1)
     with pytest.raises(ValueError):
         PushFaults(duplicate=-1)
+    with pytest.raises(ValueError):
+        PushFaults(offline=float("inf"))
+    with pytest.raises(ValueError):
+        PushFaults(refuse=(200, "OK"))
 
 
 async def test_local_sender_for_a_pbx_in_the_same_process():

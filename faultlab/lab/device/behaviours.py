@@ -37,4 +37,5 @@ BEHAVIOURS: dict[str, str] = {
     "drops-after-connect": (
         "Ends an answered call (failed) as soon as it connects (the ACK arrives), without waiting for the BYE."
     ),
+    "rings-stale-push": "Rings a stale push (sent long before it arrived) as a new call instead of ending it at once.",
 }

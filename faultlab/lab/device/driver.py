@@ -20,7 +20,9 @@ UA of the lab: sockets, reading, sending, response routing):
   ``"device:<name>"``, with ``call_id`` and ``detail = {"event", "reason" (ended only), "uuid"}``.
 
 Pushes are any objects with ``.kind`` (``"call"`` | ``"cancel"``) and ``.payload`` (dict with ``call-id``,
-``uuid``, ...). Time is trio's clock only, so a Device runs under ``trio.testing.MockClock``.
+``uuid``, ``send-time``...). Time is trio's clock, so a Device runs under ``trio.testing.MockClock``; the one
+exception is a push's age (``wall_clock()`` minus its ``send-time``, UNIX seconds), which tells a stale push:
+give a lab's clock (:func:`faultlab.lab.stack.open_lab_stack` does) for virtual time.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import math
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -103,7 +106,9 @@ class Device(Registering, Answering):
         register_at_start: bool = True,
         on_event: Callable[[dict], None] | None = None,
         new_connection_on_push: bool = False,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.wall_clock = wall_clock
         self.proxy = parse_endpoint(proxy) if isinstance(proxy, str) else proxy
         self.user, self.domain, self.token = user, domain, token
         self.pushes = pushes
@@ -276,7 +281,14 @@ class Device(Registering, Answering):
                     await self._close_stream()  # woken in the background: the old connection is gone
                 call = self._new_call()
             if call is not None:
-                await self._feed(call, call.logic.push(trio.current_time(), kind, payload))
+                await self._feed(call, call.logic.push(trio.current_time(), kind, payload, self._age(payload)))
+
+    def _age(self, payload: dict) -> float | None:
+        """Seconds since the push's ``send-time`` (None when it has none that makes sense)."""
+        sent = payload.get("send-time")
+        if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not math.isfinite(sent):
+            return None
+        return self.wall_clock() - sent
 
     # ------------------------------------------------------------------ SIP in
 

@@ -21,6 +21,8 @@ The rules (``docs/reference-device.md``; facts from
 
 * a call push: report at once, REGISTER; a duplicate push (same uuid or
   Call-ID) is not reported again;
+* a stale call push (S23: ``send-time`` over ``total_deadline`` old): reported,
+  ended ``unanswered`` at once; its REGISTER still goes out (RFC 8599 §4.1.3);
 * deadlines: REGISTER 2xx by ``t0 + register_deadline`` (else ``failed``);
   INVITE by ``min(tR + invite_deadline, t0 + total_deadline)`` (else
   ``unanswered`` when the REGISTER succeeded, ``failed`` when it did not);
@@ -59,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faultlab.lab.device.behaviours import BEHAVIOURS  # the known-bad behaviours (re-exported here)
+from faultlab.lab.device.reasons import cancel_reason
 
 # CXCallEndedReason values (reference §1.1) plus "declined": the user's own end
 # action (CXEndCallAction), which CallKit does not report with a reason.
@@ -125,21 +128,6 @@ class Reply:
 
 
 Output = Emit | SendRegister | StopRegister | Reply
-
-
-def cancel_reason(reason: Any) -> str:
-    """The CallKit end reason for a CANCEL's Reason (reference §2.3): by protocol SIP and cause, never the text.
-
-    ``reason`` is a :class:`faultlab.sip.Reason` (``.protocol``, ``.cause``) or ``None``.
-    """
-    if reason is None or str(getattr(reason, "protocol", "")).upper() != "SIP":
-        return "remoteEnded"
-    cause = getattr(reason, "cause", None)
-    if cause == 200:
-        return "answeredElsewhere"
-    if cause in (600, 603):
-        return "declinedElsewhere"
-    return "remoteEnded"
 
 
 # ---------------------------------------------------------------- the state machine
@@ -256,8 +244,8 @@ class DeviceLogic:
 
     # ------------------------------------------------------------ inputs
 
-    def push(self, now: float, kind: str, payload: dict) -> list[Output]:
-        """A VoIP push (``kind`` "call" or "cancel") with its payload."""
+    def push(self, now: float, kind: str, payload: dict, age: float | None = None) -> list[Output]:
+        """A VoIP push (``kind`` "call" or "cancel") with its payload; ``age``: seconds since its ``send-time``."""
         call_id, uuid = payload.get("call-id"), payload.get("uuid")
         if kind == "cancel":
             # Well-behaved: a hint only, ignored for the outcome (Apple: don't rely on a second push).
@@ -273,6 +261,9 @@ class DeviceLogic:
             return []  # duplicate push for this call (S22), or another call's push: not ours to report
         self.uuid, self.call_id = uuid, call_id
         out = self._report(now)
+        if age is not None and age > self.config.total_deadline and self.behaviour != "rings-stale-push":
+            out += self._end(now, "unanswered")  # the call it announced is over; the REGISTER still goes out
+            return out + ([SendRegister()] if self.behaviour != "no-register-on-push" else [])
         self.registering = self.behaviour != "no-register-on-push"
         return out + ([SendRegister()] if self.registering else [])
 

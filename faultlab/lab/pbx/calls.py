@@ -3,6 +3,7 @@ in-dialog requests and the device's responses. A part of :class:`~faultlab.lab.p
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from faultlab.sip import Message, build_response, remove_top_value
@@ -87,6 +88,13 @@ class Calls:
         return out
 
     def _payload(self, kind: str, call: Call) -> dict:
+        payload = self._bare_payload(kind, call)
+        if kind == "call" and self.payload_size is not None:  # padded to exactly that size as compact JSON
+            payload["pad"] = ""
+            payload["pad"] = "x" * max(0, self.payload_size - len(json.dumps(payload, separators=(",", ":"))))
+        return payload
+
+    def _bare_payload(self, kind: str, call: Call) -> dict:
         frm = call.invite.from_addr
         return {
             "aps": {},
@@ -132,7 +140,7 @@ class Calls:
         self._timers.pop(("hold", call.call_id), None)
         call.state = "ended"
         out = self._answer_caller(call, 487)
-        if self.cancel_push and call.token:
+        if self.cancel_push and call.token and self.misbehaviour != "forgets-cancel-push":
             out.append(Note({"action": "cancel-push", "token": call.token}, call.call_id))
             out.append(RequestPush(call.token, self._payload("cancel", call), call.call_id))
         return out

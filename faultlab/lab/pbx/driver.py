@@ -25,8 +25,13 @@ timers also run the logic's pruning of finished calls and transactions (:mod:`fa
 
 Pushes go through the injected ``send_push(token, payload)`` coroutine (the push gateway client),
 each in its own task so a slow gateway never blocks SIP; a failing call push ends the held INVITE
-with 480. Without ``send_push`` pushes are only recorded (``push-unsent``) and the INVITE waits for a
-REGISTER as usual.
+with 480 at once, and is not retried. When APNs says the token is no longer valid (410 Unregistered or
+ExpiredToken, 400 BadDeviceToken or DeviceTokenNotForTopic) the PBX forgets the bindings that push to it
+(``token-dropped``), so the next INVITE for that user sends no push. Pushes carry ``apns-expiration: 0`` (deliver
+now or never), or ``now + push_ttl`` when ``push_ttl`` is set (``send_push(token, payload, expiration_at=...)``).
+Without ``send_push`` pushes are only recorded (``push-unsent``) and the INVITE waits for a REGISTER as usual.
+``misbehaviour`` makes a known-bad PBX (:data:`~faultlab.lab.pbx.model.MISBEHAVIOURS`), for the lab's push-side
+checks.
 
 For tests without sockets, pass ``transmit=`` (an ``async (flow, data)`` callable) and feed messages
 with :meth:`PBX.receive`; :meth:`PBX.run` then only runs the timers.
@@ -55,6 +60,7 @@ from faultlab.lab.pbx.logic import (
     RequestPush,
     SendBytes,
 )
+from faultlab.lab.push.apns import PushRejected
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport, listen_error, parse_endpoint
 from faultlab.net.resolve import resolve
@@ -71,6 +77,10 @@ Transmit = Callable[[Flow, bytes], Awaitable[None]]
 Address = tuple[str, int]
 
 SOURCE = "pbx"
+TOKEN_GONE = frozenset({"Unregistered", "ExpiredToken", "BadDeviceToken", "DeviceTokenNotForTopic"})
+STORED_TTL = 90.0  # seconds: the known-bad "stores-pushes" PBX's push TTL (Flexisip's default call-fork-timeout)
+RETRIES = 3  # the known-bad "retries-push" PBX's extra tries ...
+RETRY_INTERVAL = 1.0  # ... this many seconds apart
 _WILDCARDS = ("0.0.0.0", "::", "")
 
 
@@ -94,7 +104,12 @@ class PBX:
         tls_name: str | None = None,
         transmit: Transmit | None = None,
         wall_clock: Callable[[], float] = time.time,
+        push_ttl: float = 0.0,
+        payload_size: int | None = None,
+        misbehaviour: str | None = None,
     ) -> None:
+        self.wall_clock = wall_clock
+        self.push_ttl = push_ttl
         self.listen = [parse_endpoint(e) if isinstance(e, str) else e for e in listen]
         self.timeline = timeline
         self.send_push = send_push
@@ -102,7 +117,8 @@ class PBX:
         self.confdir = confdir
         self.tls_name = tls_name
         self.logic = PbxLogic(hold=hold, ring_timeout=ring_timeout, cancel_push=cancel_push,
-                              default_expires=default_expires, wall_clock=wall_clock, t1=t1, t2=t2)
+                              default_expires=default_expires, wall_clock=wall_clock, t1=t1, t2=t2,
+                              payload_size=payload_size, misbehaviour=misbehaviour)
         self.listeners: list[tuple[Endpoint, Address]] = []
         self._transmit_override = transmit
         self._udp: dict[Address, trio.socket.SocketType] = {}
@@ -206,17 +222,32 @@ class PBX:
         if self.send_push is None:
             self._emit_note({**detail, "action": "push-unsent", "why": "no push gateway configured"}, push.call_id)
             return
+        misbehaviour = self.logic.misbehaviour
+        ttl = STORED_TTL if misbehaviour == "stores-pushes" else self.push_ttl
+        options = {"expiration_at": int(self.wall_clock() + ttl)} if ttl > 0 else {}
         self._emit_note(detail, push.call_id)
-        try:
-            await self.send_push(push.token, push.payload)
-        except Exception as exc:  # the gateway refused or is unreachable
-            log.warning("push for %s failed: %s", push.call_id, exc)
-            if push.payload.get("type") == "call":
-                await self._execute(self.logic.push_failed(push.call_id, f"{type(exc).__name__}: {exc}",
-                                                           trio.current_time()))
-            else:
-                self._emit_note({"action": "push-failed", "type": push.payload.get("type"),
-                                 "error": f"{type(exc).__name__}: {exc}"}, push.call_id)
+        for attempt in range(1 + (RETRIES if misbehaviour == "retries-push" else 0)):
+            if attempt:  # the known-bad PBX tries again
+                await trio.sleep(RETRY_INTERVAL)
+                self._emit_note({**detail, "action": "push-retry", "attempt": attempt}, push.call_id)
+            try:
+                await self.send_push(push.token, push.payload, **options)
+                return
+            except Exception as exc:  # the gateway refused or is unreachable
+                error = exc
+        await self._push_failed(push, error)
+
+    async def _push_failed(self, push: RequestPush, exc: Exception) -> None:
+        log.info("push for %s failed: %s", push.call_id, exc)  # a decision on the timeline (push-failed)
+        if (isinstance(exc, PushRejected) and exc.reason in TOKEN_GONE
+                and self.logic.misbehaviour != "retries-push"):
+            await self._execute(self.logic.drop_token(push.token, f"{exc.status} {exc.reason}"))
+        if push.payload.get("type") == "call":
+            await self._execute(self.logic.push_failed(push.call_id, f"{type(exc).__name__}: {exc}",
+                                                       trio.current_time()))
+        else:
+            self._emit_note({"action": "push-failed", "type": push.payload.get("type"),
+                             "error": f"{type(exc).__name__}: {exc}"}, push.call_id)
 
     async def _send(self, flow: Flow, data: bytes, retransmission: int = 0) -> None:
         message = None

@@ -93,6 +93,7 @@ from faultlab.sip import KeepAlive, Message, SipError, build_response
 from .model import (
     Address,
     ELSEWHERE_REASONS,
+    MISBEHAVIOURS,
     Binding,
     Call,
     ClientTxn,
@@ -137,8 +138,14 @@ class PbxLogic(Registrar, Calls, Transactions, Lifetimes):
         t1: float = 0.5,
         t2: float = 4.0,
         t4: float = 5.0,
+        payload_size: int | None = None,
+        misbehaviour: str | None = None,
     ) -> None:
+        if misbehaviour is not None and misbehaviour not in MISBEHAVIOURS:
+            raise ValueError(f"unknown PBX misbehaviour {misbehaviour!r}; use one of {', '.join(MISBEHAVIOURS)}")
         self.hold = hold
+        self.payload_size = payload_size  # the call push's payload padded to this many bytes (S28)
+        self.misbehaviour = misbehaviour
         self.t1 = t1
         self.t2 = t2
         self.t4 = t4
@@ -250,7 +257,7 @@ class PbxLogic(Registrar, Calls, Transactions, Lifetimes):
             call = self._calls.get(call_id)
             if call is None:
                 continue
-            if kind == "hold" and call.state == "held":
+            if kind == "hold" and call.state == "held" and self.misbehaviour != "holds-forever":
                 out.append(Note({"action": "hold-timeout", "user": call.user, "hold": self.hold}, call_id))
                 call.state = "ended"
                 call.ended_by = "hold-timeout"
@@ -284,7 +291,7 @@ class PbxLogic(Registrar, Calls, Transactions, Lifetimes):
     def push_failed(self, call_id: str, error: str, now: float) -> list[Output]:
         """The push for a held call could not be sent: 480 to the caller (RFC 8599 §5.6.2)."""
         call = self._calls.get(call_id)
-        if call is None or call.state != "held":
+        if call is None or call.state != "held" or self.misbehaviour == "retries-push":
             return []
         self._timers.pop(("hold", call_id), None)
         call.state = "ended"

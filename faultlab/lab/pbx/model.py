@@ -10,7 +10,8 @@ from typing import Union
 from faultlab.addr import format_hostport
 from faultlab.sip import Message, SipError, parse_datagram, parse_uri
 
-__all__ = ["Address", "Binding", "ELSEWHERE_REASONS", "Flow", "Note", "Output", "RequestPush", "SendBytes"]
+__all__ = ["Address", "Binding", "ELSEWHERE_REASONS", "Flow", "MISBEHAVIOURS", "Note", "Output", "RequestPush",
+           "SendBytes"]
 
 Address = tuple[str, int]
 
@@ -20,6 +21,15 @@ ELSEWHERE_REASONS = {
     "answered": 'SIP;cause=200;text="Call completed elsewhere"',
     "declined": 'SIP;cause=600;text="Busy Everywhere"',
     "declined-603": 'SIP;cause=603;text="Decline"',
+}
+
+#: Known-bad PBXs for the lab's push-side checks (``PBX(misbehaviour=...)``): what each does wrong.
+MISBEHAVIOURS = {
+    "retries-push": "Retries a push APNs refused (3 more times, 1 s apart), keeps the token, and leaves the "
+                    "caller's INVITE held until the hold runs out.",
+    "stores-pushes": "Sends call pushes with apns-expiration now + 90 s (APNs stores and retries them) instead of 0.",
+    "forgets-cancel-push": "Configured to send a cancel push when the caller cancels a held INVITE, never sends one.",
+    "holds-forever": "Never ends a held INVITE: no 480 to the caller when the hold runs out.",
 }
 
 RR_USER = "faultlab-pbx"

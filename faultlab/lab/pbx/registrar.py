@@ -21,6 +21,21 @@ class Registrar:
             self._bindings.pop(user, None)
         return list(live)
 
+    def drop_token(self, token: str, why: str) -> list[Output]:
+        """APNs said ``token`` is no longer valid (410 Unregistered, 400 BadDeviceToken): forget every binding that
+        pushes to it (RFC 8599: the proxy stops using the push binding), so no more pushes go there."""
+        out: list[Output] = []
+        for user, bindings in list(self._bindings.items()):
+            kept = [b for b in bindings if b.token != token]
+            if len(kept) == len(bindings):
+                continue
+            out.append(Note({"action": "token-dropped", "user": user, "token": token, "why": why}))
+            if kept:
+                self._bindings[user] = kept
+            else:
+                del self._bindings[user]
+        return out
+
     def _register(self, msg: Message, flow: Flow, now: float) -> list[Output]:
         to = msg.to_addr
         user = user_of(to.uri) if to is not None else None

@@ -196,17 +196,18 @@ def validate(request: ApnsRequest, method: str, path: str, headers: Mapping[str,
 def _check_body(request: ApnsRequest, body: bytes) -> None:
     if not body:
         raise Refused(400, "PayloadEmpty")
-    if len(body) > MAX_PAYLOAD:
-        raise Refused(413, "PayloadTooLarge")
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; JSON nested too deep
         payload = None
+    if isinstance(payload, dict):  # known also for an oversize push, so that its refusal names its call
+        request.kind = push_kind(payload)
+        request.call_id = call_id_of(payload)
+    if len(body) > MAX_PAYLOAD:
+        raise Refused(413, "PayloadTooLarge")
     if not isinstance(payload, dict):
         raise Refused(400, "PayloadEmpty")
     request.payload = payload
-    request.kind = push_kind(payload)
-    request.call_id = call_id_of(payload)
 
 
 def lint(priority: str, expiration: str | None) -> list[str]:

@@ -116,10 +116,12 @@ class PushClient:
 
     def sender(self, *, topic: str, priority: int = 10, expiration: int = 0):
         """A ``send_push(token, payload)`` coroutine function for the embedded PBX: sends with these
-        headers and raises :class:`PushRejected` on a non-200 answer (:class:`PushError` if unsent)."""
+        headers and raises :class:`PushRejected` on a non-200 answer (:class:`PushError` if unsent).
+        ``expiration_at`` (UNIX seconds) replaces ``expiration`` for one push."""
 
-        async def send_push(token: str, payload: dict) -> None:
-            status, body = await self.send(token, payload, topic=topic, priority=priority, expiration=expiration)
+        async def send_push(token: str, payload: dict, expiration_at: int | None = None) -> None:
+            sent = expiration if expiration_at is None else expiration_at
+            status, body = await self.send(token, payload, topic=topic, priority=priority, expiration=sent)
             if status != 200:
                 raise PushRejected(status, body.get("reason") if isinstance(body, dict) else None)
 

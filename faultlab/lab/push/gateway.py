@@ -13,9 +13,16 @@ in the same process (no sockets; works under ``MockClock``). Both raise :class:`
 
 Every request is a timeline event ``kind="push"``, ``source="push"``, with detail ``push_kind``,
 ``token``, ``status``, ``reason``, ``outcome`` (``delivered``, ``dropped``, ``delayed``, ``duplicated``,
-``relayed``, or ``rejected`` for a 4xx), ``apns_id``, ``delay``/``copies`` where they apply, and ``lint``
-(the lint messages). Lints are also ``kind="warning"`` events (``detail["message"]``). A delayed push
-adds a ``kind="push-delivered"`` event when it is finally handed over.
+``relayed``, ``stored`` or ``discarded`` (the device offline), or ``rejected`` for a 4xx), ``apns_id``,
+``expiration`` (the ``apns-expiration`` header as sent, ``None`` when absent), ``size`` (payload bytes),
+``delay``/``copies`` where they apply, and ``lint`` (the lint messages). Lints are also ``kind="warning"`` events
+(``detail["message"]``). A delayed or stored push adds a ``kind="push-delivered"`` event when it is finally handed
+over (``status`` 200, or 410 when the device is gone by then).
+
+Faults (:class:`PushFaults`) that refuse (``refuse``) answer the sender with that status and reason, as APNs
+would (410 with a ``timestamp``). ``offline`` plays a device out of APNs's reach: pushes with a non-zero
+``apns-expiration`` (or none) are stored and delivered when it comes back, if they have not expired by then
+(``wall_clock``, UNIX seconds, decides); pushes with ``apns-expiration: 0`` are discarded.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -54,6 +61,7 @@ from .faults import PushFaults
 __all__ = ["PushGateway", "serve_push_gateway"]
 
 _STREAM_PATH = re.compile(r"/devices/([^/]+)/pushes")
+_KEPT_BODY = 4 * MAX_PAYLOAD  # bytes of a request body read at most: an oversize push's call is still named
 
 
 @dataclass
@@ -83,8 +91,10 @@ class PushGateway:
         relay_url: str | None = None,
         relay_ca: str | None = None,
         relay_auth: ApnsSigner | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.timeline = timeline
+        self.wall_clock = wall_clock
         self.faults = faults
         self.topic_suffix = topic_suffix
         self.relay_url = relay_url
@@ -122,11 +132,13 @@ class PushGateway:
     def local_sender(self, *, topic: str, priority: int = 10, expiration: int = 0):
         """A ``send_push(token, payload)`` for a PBX in the same trio process: straight to :meth:`handle`,
         no sockets (so a whole lab can run on memory streams under ``MockClock``). Raises
-        :class:`PushRejected` on a non-200 answer, as :meth:`PushClient.sender` does."""
+        :class:`PushRejected` on a non-200 answer, as :meth:`PushClient.sender` does. ``expiration_at``
+        (UNIX seconds) replaces ``expiration`` for one push."""
 
-        async def send_push(token: str, payload: dict) -> None:
+        async def send_push(token: str, payload: dict, expiration_at: int | None = None) -> None:
+            sent = expiration if expiration_at is None else expiration_at
             headers = {"apns-push-type": "voip", "apns-topic": topic, "apns-priority": str(priority),
-                       "apns-expiration": str(expiration)}
+                       "apns-expiration": str(sent)}
             body = json.dumps(payload, separators=(",", ":")).encode()
             status, _, answer = await self.handle("POST", DEVICE_PATH + token, headers, body)
             if status != 200:
@@ -164,9 +176,12 @@ class PushGateway:
             device = self._devices.get(request.token or "")
             if device is None and self._relay is None:
                 raise Refused(410, "Unregistered")
+            if self.faults.refuse is not None:
+                raise Refused(*self.faults.refuse)
         except Refused as refused:
             self._record(request.token, request.kind, request.call_id, request.apns_id, refused.status,
-                         refused.reason, "rejected", [])
+                         refused.reason, "rejected", [], expiration=request.expiration, size=len(body),
+                         **({"fault": "refuse"} if self.faults.refuse is not None else {}))
             extra = {"timestamp": int(time.time() * 1000)} if refused.status == 410 else {}
             return error_response(refused.status, refused.reason, **extra)
 
@@ -176,42 +191,64 @@ class PushGateway:
         kept = {k: v for k, v in request.headers.items() if k.startswith("apns-") or k == "authorization"}
         push = Push(token=request.token, kind=request.kind, payload=request.payload, headers=kept,
                     received_at=self.timeline.now(), apns_id=request.apns_id)
-        return await self._dispatch(push, device, request.call_id, warnings)
+        return await self._dispatch(push, device, request.call_id, warnings,
+                                    {"expiration": request.expiration, "size": len(body)})
 
     def _topic_of(self, token: str) -> str | None:
         device = self._devices.get(token)
         return device.topic if device is not None else None
 
     async def _dispatch(self, push: Push, device: _Device | None, call_id: str | None,
-                        lint: list[str]) -> tuple[int, dict[str, str], bytes]:
+                        lint: list[str], meta: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
         faults = self.faults
         ok = (200, {"apns-id": push.apns_id}, b"")
         copies = 1 + faults.duplicate
         if faults.drop_all or (faults.drop_cancel and push.kind == "cancel"):
             self._record(push.token, push.kind, call_id, push.apns_id, 200, None, "dropped", lint,
-                         fault="drop_all" if faults.drop_all else "drop_cancel")
+                         fault="drop_all" if faults.drop_all else "drop_cancel", **meta)
             return ok
-        if faults.delay > 0:
+        later = self._later(push, meta)
+        if later is not None:
+            outcome, delay = later
+            if outcome == "discarded":
+                self._record(push.token, push.kind, call_id, push.apns_id, 200, None, outcome, lint,
+                             fault="offline", offline=faults.offline, **meta)
+                return ok
             if self._nursery is None:
                 raise RuntimeError("a push delay needs the gateway's nursery: start PushGateway.run first")
-            self._record(push.token, push.kind, call_id, push.apns_id, 200, None, "delayed", lint,
-                         delay=faults.delay, copies=copies)
-            self._nursery.start_soon(self._deliver_later, push, call_id, copies)
+            self._record(push.token, push.kind, call_id, push.apns_id, 200, None, outcome, lint,
+                         delay=delay, copies=copies, **meta)
+            self._nursery.start_soon(self._deliver_later, push, call_id, copies, delay)
             return ok
         if device is None:  # relay mode
             status, reason, extra = await self._forward(push, copies)
             self._record(push.token, push.kind, call_id, push.apns_id, status, reason, "relayed", lint,
-                         relay=self.relay_url, copies=copies, **extra)
+                         relay=self.relay_url, copies=copies, **extra, **meta)
             if status == 200:
                 return ok
             return error_response(status, reason or "InternalServerError", **extra)
         outcome = "duplicated" if copies > 1 else "delivered"
         delivered = self._put(device, push, copies)
         if not delivered:
-            self._record(push.token, push.kind, call_id, push.apns_id, 410, "Unregistered", "rejected", lint)
+            self._record(push.token, push.kind, call_id, push.apns_id, 410, "Unregistered", "rejected", lint, **meta)
             return error_response(410, "Unregistered", timestamp=int(time.time() * 1000))
-        self._record(push.token, push.kind, call_id, push.apns_id, 200, None, outcome, lint, copies=copies)
+        self._record(push.token, push.kind, call_id, push.apns_id, 200, None, outcome, lint, copies=copies, **meta)
         return ok
+
+    def _later(self, push: Push, meta: dict[str, Any]) -> tuple[str, float] | None:
+        """What the ``offline`` and ``delay`` faults do with an accepted push: ``("discarded", 0)``,
+        ``("stored", seconds)``, ``("delayed", seconds)``, or None (deliver now)."""
+        faults = self.faults
+        if faults.offline > 0:
+            expiration = meta.get("expiration")
+            if expiration == "0":
+                return "discarded", 0.0  # APNs tries once, does not store
+            if expiration is not None and int(expiration) <= self.wall_clock() + faults.offline:
+                return "discarded", 0.0  # stored, but expired before the device came back
+            return "stored", faults.offline + faults.delay
+        if faults.delay > 0:
+            return "delayed", faults.delay
+        return None
 
     def _put(self, device: _Device, push: Push, copies: int) -> bool:
         try:
@@ -241,8 +278,8 @@ class PushGateway:
         extra = {"timestamp": body["timestamp"]} if isinstance(body, dict) and "timestamp" in body else {}
         return status, reason, extra
 
-    async def _deliver_later(self, push: Push, call_id: str | None, copies: int) -> None:
-        await trio.sleep(self.faults.delay)
+    async def _deliver_later(self, push: Push, call_id: str | None, copies: int, delay: float) -> None:
+        await trio.sleep(delay)
         device = self._devices.get(push.token)
         if device is not None:
             ok = self._put(device, push, copies)
@@ -255,7 +292,7 @@ class PushGateway:
                            summary=f"{push.kind} push delivered late to {push.token[:8]}",
                            detail={"push_kind": push.kind, "token": push.token, "apns_id": push.apns_id,
                                    "status": status, "reason": reason, "copies": copies,
-                                   "delay": self.faults.delay})
+                                   "delay": delay})
 
     def _record(self, token: str | None, kind: str | None, call_id: str | None, apns_id: str | None,
                 status: int, reason: str | None, outcome: str, lint: list[str], **extra: Any) -> None:
@@ -292,8 +329,8 @@ class PushGateway:
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
-            if len(body) > MAX_PAYLOAD + 1:  # enough to know it is too large; stop buffering
-                body = body[: MAX_PAYLOAD + 1]
+            if len(body) > _KEPT_BODY:  # enough to know it is too large (and, mostly, whose call); stop buffering
+                body = body[:_KEPT_BODY]
             if not message.get("more_body"):
                 break
         status, headers, out = await self.handle(scope["method"], path, scope["headers"], body)
