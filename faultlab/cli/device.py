@@ -168,6 +168,10 @@ def device(
     total_deadline: Annotated[str, typer.Option(
         "--total-deadline", metavar="DURATION",
         help="D_total: push -> INVITE, a hard cap on both deadlines above.")] = "15s",
+    media_timeout: Annotated[str, typer.Option(
+        "--media-timeout", metavar="DURATION",
+        help="A connected call with media and no RTP for this long ends 'failed' (the far end's BYE was "
+             "lost).")] = "30s",
     behaviour: Annotated[Optional[str], typer.Option(
         "--behaviour", metavar="NAME",
         help="A known-bad behaviour instead of the well-behaved app. " + _BEHAVIOUR_HELP)] = None,
@@ -228,6 +232,7 @@ def _checked(o: SimpleNamespace) -> tuple:
             register_deadline=_seconds("--register-deadline", o.register_deadline),
             invite_deadline=_seconds("--invite-deadline", o.invite_deadline),
             total_deadline=_seconds("--total-deadline", o.total_deadline),
+            media_timeout=_seconds("--media-timeout", o.media_timeout),
             answer_after=_seconds("--answer-after", o.answer_after),
             decline_after=_seconds("--decline-after", o.decline_after),
             behaviour=o.behaviour,

@@ -131,6 +131,8 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
     lost = _first(events, lambda e: e.source == "proxy" and e.kind == "flow-close" and e.flow in device_flows
                   and (e.detail.get("how") == "reset" or e.flow in faulted), start)
     put("flow-lost", lost)
+    put("media-stopped", _first(events, lambda e: e.source == "caller" and e.kind == "media"
+                                and e.call_id == call_id and e.detail.get("action") == "stopped"))
     if lost is not None:
         put("reregister", proxy("received", "to-pbx", lambda e: e.method == "REGISTER", events.index(lost)))
     return found

@@ -21,6 +21,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     elsewhere_at = "0.5s"                        # ... this long after the caller's 180
     hang_up_after = "10s"                        # after a 2xx, the caller hangs up this much later
     duration = "30s"                             # the run ends this long after the push at the latest
+    media = false                                # the call carries RTP both ways once it connects (S21)
 
     [push]                                       # push gateway faults
     duplicate = 1                                # extra deliveries of each push
@@ -36,6 +37,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     invite_deadline = "5s"
     total_deadline = "15s"
     new_connection = false                       # TCP/TLS: a fresh connection for the push's REGISTER
+    media_timeout = "30s"                        # connected, no RTP for this long: the call ends failed
 
     [expect]
     end = ["unanswered"]                         # accepted CallKit end reasons
@@ -86,16 +88,17 @@ ANCHORS: dict[str, str] = {
     "reregister": "the first REGISTER faultlab received from the device after flow-lost",
     "answer-tapped": "the user tapped Answer",
     "end": "the device's end of the call",
+    "media-stopped": "the caller's RTP stopped (it hung up: its last packet went out)",
 }
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 _ID = re.compile(r"S\d\d[a-z]?")
 _TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
         "expect"}
 _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
-         "duration"}
+         "duration", "media"}
 _PUSH = {"duplicate", "drop_cancel", "delay"}
 _PBX = {"hold", "cancel_push"}
-_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
+_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection", "media_timeout"}
 _EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones"}
 _DURATION_HELP = "a duration with a unit: 500ms, 1s, 2.5s"
 
@@ -142,6 +145,7 @@ class Scenario:
     elsewhere_at: float = 0.5
     hang_up_after: float | None = 10.0
     duration: float = 30.0
+    media: bool = False  # RTP both ways while the call is connected
     # push gateway, PBX, device
     push_duplicate: int = 0
     push_drop_cancel: bool = False
@@ -279,7 +283,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         cancel_at=call.duration("cancel_at"), cancel_reason=call.text("cancel_reason"),
         answer_at=answer_at, decline_at=decline_at, elsewhere=elsewhere,
         elsewhere_at=call.duration("elsewhere_at", 0.5), hang_up_after=call.duration("hang_up_after", 10.0),
-        duration=call.duration("duration", 30.0),
+        duration=call.duration("duration", 30.0), media=call.bool("media", False),
         push_duplicate=duplicate, push_drop_cancel=push.bool("drop_cancel", False),
         push_delay=push.duration("delay", 0.0),
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
@@ -438,12 +442,17 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
     if section == "call" and name in ("cancel_at", "answer_at", "decline_at", "elsewhere_at", "hang_up_after",
                                       "duration"):
         return replace(scenario, **{name: _duration(src, value)})
+    if section == "call" and name == "media":
+        if value not in ("true", "false"):
+            raise ScenarioError(src, "", value, "true or false")
+        return replace(scenario, media=value == "true")
     if section == "pbx" and name == "hold":
         return replace(scenario, pbx_hold=_duration(src, value))
     if section == "push" and name == "delay":
         return replace(scenario, push_delay=_duration(src, value))
     allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, device.{register_deadline,invite_deadline,total_deadline,"
-               "ring_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration}, pbx.hold, "
+               "ring_timeout,media_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration,media}, "
+               "pbx.hold, "
                "push.delay")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")
 

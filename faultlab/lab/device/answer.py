@@ -1,6 +1,11 @@
 """The reference device answering requests: 100 at once, then what the logic says (180, 200 with SDP, 487, 480,
 603); the 2xx retransmitted on UDP until the ACK; a request's retransmission gets the last response again. A part
-of :class:`~faultlab.lab.device.driver.Device`."""
+of :class:`~faultlab.lab.device.driver.Device`.
+
+Media: an INVITE whose offer has a PCMU stream the caller sends (RFC 3264) gets a 200 whose answer names an RTP
+port the device listens on (:class:`~faultlab.lab.media.MediaStream`); at the ACK the device sends RTP to the
+offer's address and its logic starts the media-silence timeout; every packet received is
+:meth:`~faultlab.lab.device.logic.DeviceLogic.media_heard`. An offer with no media gets an ``inactive`` answer."""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import secrets
 
 import trio
 
+from faultlab.lab.media import MediaStream
+from faultlab.lab.rtp import parse_sdp
 from faultlab.lab.ua import Incoming
 from faultlab.sip import SipError
 from .base import T1, T2, Address, _Call, _Request
@@ -35,11 +42,13 @@ class Answering:
             await self._reply(ref, 100, call)
             if call.logic.invite is None and not call.logic.ended:
                 call.invite_branch = branch
+                call.offer = parse_sdp(message.body)
             await self._feed(call, call.logic.invite_received(now, ref, message.call_id))
         elif method == "ACK":
             if call is not None:
                 call.acked.set()
                 await self._feed(call, call.logic.ack_received(now))
+                await self._media_connected(call, now)
         elif method == "CANCEL":
             ref = _Request(incoming, "")
             if call is None or call.invite_branch != branch:
@@ -65,9 +74,10 @@ class Answering:
         m = ref.message
         dialog = m.method == "INVITE" and 100 < status < 300
         answer = m.method == "INVITE" and status == 200
+        media = await self._open_media(call) if answer else None
+        sdp = self.wire.sdp(self._local, port=media.port if media is not None else None) if answer else b""
         data = self.wire.response(m, status, to_tag=ref.to_tag or None,
-                                  contact=self.wire.contact(self._local) if dialog else None,
-                                  body=self.wire.sdp(self._local) if answer else b"",
+                                  contact=self.wire.contact(self._local) if dialog else None, body=sdp,
                                   content_type="application/sdp" if answer else None)
         dest = self.wire.response_address(ref.incoming)
         key = (m.top_via.branch, m.method)
@@ -94,3 +104,23 @@ class Answering:
                 except OSError:
                     return
                 interval = min(2 * interval, T2)
+
+    async def _open_media(self, call: _Call | None) -> MediaStream | None:
+        """The call's RTP port for its 200's answer (opened once), when the offer has a stream to answer."""
+        if call is None or call.offer is None or call.offer.address is None:
+            return None
+        if call.media is None:
+            assert self._nursery is not None and self._local is not None
+            logic = call.logic
+            call.media = MediaStream(self.timeline, self.source, host=self._local[0], call_id=logic.call_id,
+                                     on_packet=logic.media_heard)
+            await call.media.open(self._nursery)
+        return call.media
+
+    async def _media_connected(self, call: _Call, now: float) -> None:
+        """The ACK of the 200: send RTP to the offer's address; expect RTP if the offer sends it."""
+        if call.media is None or call.logic.ended or call.logic.final_sent != 200:
+            return
+        call.media.start(call.offer.address)
+        if call.offer.sends:
+            await self._feed(call, call.logic.media_started(now))

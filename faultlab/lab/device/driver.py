@@ -230,6 +230,8 @@ class Device(Registering, Answering):
         async with self._lock:
             for output in outputs:
                 await self._apply(call, output)
+        if call.logic.ended and call.media is not None:
+            call.media.close()  # the call is over for the device: no more RTP either way
         call.changed.set()
         call.changed = trio.Event()
 

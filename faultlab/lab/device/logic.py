@@ -45,6 +45,10 @@ The rules (``docs/reference-device.md``; facts from
   for the first one. At most :data:`MAX_FLOW_RECOVERIES` re-REGISTERs per call. A flow lost while a REGISTER is
   in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``); a flow lost
   after the INVITE, or with no call, ends nothing (the driver connects anew for the next request);
+* media (S21): once a call with media connects (:meth:`DeviceLogic.media_started`, the driver's ACK of its 200
+  for an offer whose peer sends RTP), RTP is expected; :meth:`DeviceLogic.media_heard` notes each packet. After
+  ``media_timeout`` seconds without RTP (reference §6 S21: 30 s) the call ends ``failed``, as when its BYE was
+  lost: the far end hung up and its media stopped;
 * a cancel push is ignored for the outcome (the device never depends on it);
 * an INVITE for a call that has already ended gets 480 (603 if the user
   declined it);
@@ -76,9 +80,13 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
+    "no-media-timeout": (
+        "Has no media-silence timeout: a connected call whose RTP stopped (its BYE lost) stays up for ever."
+    ),
 }
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
+MEDIA_TIMEOUT = 30.0  # reference §6 S21: no RTP for this long in a connected call -> failed
 MAX_FLOW_RECOVERIES = 3  # re-REGISTERs after a lost flow, per call (a network that kills every flow cannot loop us)
 
 
@@ -94,13 +102,15 @@ class DeviceConfig:
     decline_after: float | None = None  # user taps decline this long after the report
     behaviour: str | None = None  # None: well-behaved; else a key of BEHAVIOURS
     slow_end_delay: float = 3.0  # for behaviour "slow-end"
+    media_timeout: float = MEDIA_TIMEOUT  # connected, no RTP for this long -> failed
 
     def __post_init__(self) -> None:
         if self.behaviour is not None and self.behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {self.behaviour!r}; use one of {', '.join(BEHAVIOURS)}")
         if self.answer_after is not None and self.decline_after is not None:
             raise ValueError("answer_after and decline_after are exclusive")
-        for name in ("register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "slow_end_delay"):
+        for name in ("register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "slow_end_delay",
+                     "media_timeout"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
@@ -191,6 +201,7 @@ class DeviceLogic:
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
     flow_recoveries: int = 0  # re-REGISTERs sent after a lost flow (S24)
+    t_media: float | None = None  # connected with media: the last RTP heard (or the connection itself)
 
     # ------------------------------------------------------------ helpers
 
@@ -371,6 +382,22 @@ class DeviceLogic:
         self.acked = True
         return []
 
+    def media_started(self, now: float) -> list[Output]:
+        """Connected, and the far end's offer sends RTP: silence longer than ``media_timeout`` ends the call."""
+        if not self.ended and self.final_sent == 200 and self.t_media is None:
+            self.t_media = now
+        return []
+
+    def media_heard(self, now: float) -> None:
+        """An RTP packet arrived (per packet: no outputs; the timer reads ``t_media`` when it fires)."""
+        self.t_media = now if self.t_media is not None else None
+
+    @property
+    def media_deadline(self) -> float | None:
+        if self.ended or self.t_media is None or self.behaviour == "no-media-timeout":
+            return None
+        return self.t_media + self.config.media_timeout
+
     def cancel_received(self, now: float, ref: Any, reason: Any = None) -> list[Output]:
         """A CANCEL for the INVITE; ``reason`` is its parsed Reason header (or None)."""
         if self.invite is None:
@@ -435,6 +462,8 @@ class DeviceLogic:
                     times.append(dl)
             if self.invite is not None and self.final_sent is None:
                 times.append(self.t_invite + self.config.ring_timeout)
+            if self.media_deadline is not None:
+                times.append(self.media_deadline)
         return min(times) if times else None
 
     def on_timer(self, now: float) -> list[Output]:
@@ -465,4 +494,7 @@ class DeviceLogic:
             self.final_sent = 480
             out.append(Reply(self.invite, 480, "INVITE"))
             out += self._end(now, "unanswered")
+        media = self.media_deadline
+        if media is not None and now >= media:  # S21: the far end's media stopped and no BYE came
+            out += self._end(now, "failed")
         return out
