@@ -27,6 +27,8 @@ from faultlab.lab.device.logic import BEHAVIOURS, DeviceConfig
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import EndpointError, parse_endpoint
 
+_MEDIA_HELP = ("A connected call with media (RTP) and no RTP for this long ends 'failed' (the far end hung up and "
+               "its BYE was lost).")
 _BEHAVIOUR_HELP = " ".join(f"'{name}': {text}" for name, text in BEHAVIOURS.items())
 
 app = typer.Typer(
@@ -168,10 +170,7 @@ def device(
     total_deadline: Annotated[str, typer.Option(
         "--total-deadline", metavar="DURATION",
         help="D_total: push -> INVITE, a hard cap on both deadlines above.")] = "15s",
-    media_timeout: Annotated[str, typer.Option(
-        "--media-timeout", metavar="DURATION",
-        help="A connected call with media and no RTP for this long ends 'failed' (the far end's BYE was "
-             "lost).")] = "30s",
+    media_timeout: Annotated[str, typer.Option("--media-timeout", metavar="DURATION", help=_MEDIA_HELP)] = "30s",
     behaviour: Annotated[Optional[str], typer.Option(
         "--behaviour", metavar="NAME",
         help="A known-bad behaviour instead of the well-behaved app. " + _BEHAVIOUR_HELP)] = None,
@@ -209,9 +208,8 @@ def device(
     """Run the reference device until interrupted; print each device event as a JSON line.
 
     On a call push it reports the call at once, REGISTERs (binding refresh), waits for the INVITE within the
-    deadlines, follows the scripted user, maps CANCEL Reason causes to CallKit end reasons and ends exactly once.
-    See docs/reference-device.md.
-    """
+    deadlines, follows the scripted user, maps CANCEL Reason causes to CallKit end reasons and ends exactly once
+    (docs/reference-device.md)."""
     _run(SimpleNamespace(**locals()))  # the options, by name
 
 

@@ -85,6 +85,7 @@ def parse_sdp(body: bytes | str | None) -> Media | None:
         return None
     session_host, session_direction = "", "sendrecv"
     media: dict | None = None
+    other = False  # inside another stream's lines (video, ...)
     for raw in text.splitlines():
         line = raw.strip()
         if len(line) < 2 or line[1] != "=":
@@ -94,10 +95,14 @@ def parse_sdp(body: bytes | str | None) -> Media | None:
             if media is not None:
                 break  # only the first audio stream
             parts = value.split()
+            other = True
             if len(parts) >= 4 and parts[0] == "audio" and parts[1].split("/", 1)[0].isdigit():
                 port = int(parts[1].split("/", 1)[0])
                 media = {"port": port if port <= 65535 else 0, "formats": parts[3:], "host": "",
                          "direction": session_direction}
+                other = False
+            continue
+        if other:
             continue
         if key == "c":
             if media is None:

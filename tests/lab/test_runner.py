@@ -117,7 +117,7 @@ def test_lab_scenarios_lists_the_catalogue():
     assert out.exit_code == 0
     for sid in ("S01", "S12b", "S24"):
         assert sid in out.output
-    assert "23 scenarios" in out.output
+    assert "24 scenarios" in out.output
 
 
 def test_set_for_one_scenario_only(tmp_path):
