@@ -240,6 +240,12 @@ def _checked(o: SimpleNamespace) -> tuple:
     return endpoint, config
 
 
+def _media_line(event) -> None:
+    """RTP progress on stderr: a stream started, first heard, stopped (with its packet counts)."""
+    if event.kind == "media":
+        typer.echo(f"faultlab device: {event.summary} (call {event.call_id})", err=True)
+
+
 def _run(o: SimpleNamespace) -> None:
     """Run the device with the command's options until SIGTERM or Ctrl-C, printing its events."""
     endpoint, config = _checked(o)
@@ -262,8 +268,10 @@ def _run(o: SimpleNamespace) -> None:
             if push_url is not None:
                 send, pushes = trio.open_memory_channel(16)
                 nursery.start_soon(stream_pushes, push_url, send)
+            timeline = Timeline()
+            timeline.trace.add_sink(_media_line)
             dev = Device(proxy=endpoint, user=o.user, domain=o.domain, token=o.token, pushes=pushes,
-                         timeline=Timeline(), config=config, name=o.name, team_id=o.team_id, bundle=o.bundle,
+                         timeline=timeline, config=config, name=o.name, team_id=o.team_id, bundle=o.bundle,
                          expires=o.expires, ca_file=o.ca_file, tls_server_name=o.tls_server_name,
                          register_at_start=not o.no_initial_register, on_event=print_event,
                          new_connection_on_push=o.new_connection_on_push)

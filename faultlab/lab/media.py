@@ -62,6 +62,7 @@ class MediaStream:
         self.received = 0
         self.send_errors = 0
         self.last_received: float | None = None  # trio time of the last RTP packet received
+        self.heard_from: str | None = None  # HOST:PORT of the first RTP packet received
         self.peer: tuple[str, int] | None = None
         self._sock: trio.socket.SocketType | None = None
         self._nursery: trio.Nursery | None = None
@@ -153,8 +154,8 @@ class MediaStream:
                 self.received += 1
                 self.last_received = now
                 if self.received == 1:
-                    self._emit("first-received", f"RTP from {format_hostport(*source[:2])}",
-                               peer_address=format_hostport(*source[:2]))
+                    self.heard_from = format_hostport(*source[:2])
+                    self._emit("first-received", f"RTP from {self.heard_from}", peer_address=self.heard_from)
                 if self.on_packet is not None:
                     self.on_packet(now)
 
