@@ -10,8 +10,8 @@ on a :class:`CallHandle`. The UA side is automatic, as in a real phone:
 * a BYE from the far end is answered 200 and ends the call; OPTIONS gets 200, other requests 501;
 * with ``media=True`` each call carries RTP (:class:`~faultlab.lab.media.MediaStream`): the INVITE offers a PCMU
   stream on a port the caller listens on (RFC 3264/4566), the caller sends 20 ms packets to the address of the
-  2xx's answer from the moment it ACKs, and stops when the call ends for it: as it sends its BYE (RFC 3261
-  §15.1.1), on the far end's BYE, or on any other end. Without media the offer is an ``inactive`` stream.
+  2xx's answer from the moment it ACKs, and stops sending and listening when the call ends for it: as it sends
+  its BYE (RFC 3261 §15.1.1), on the far end's BYE, or on any other end. Without media the offer is an ``inactive`` stream.
 
 One connection (TCP/TLS) or one socket (UDP) carries everything; requests in a dialog go to the first
 Route's address over UDP, and over the one connection for TCP/TLS (the PBX Record-Routes itself, so
@@ -230,7 +230,7 @@ class Caller:
             raise RuntimeError(f"call {handle.call_id} is not established")
         self._note("hang-up", handle.call_id)
         if handle.media is not None:
-            handle.media.stop()  # the session is over as the BYE goes out (RFC 3261 §15.1.1)
+            handle.media.close()  # the session is over as the BYE goes out: stop sending and listening (§15.1.1)
         self._cseq += 1
         branch = new_branch()
         waiter = trio.Event()
@@ -357,7 +357,7 @@ class Caller:
             handle.ended = how
             self._note("ended", handle.call_id, how=how)
         if handle.media is not None:
-            handle.media.stop()
+            handle.media.close()
         handle._update()
 
     # ------------------------------------------------------------------ timeline
