@@ -88,7 +88,7 @@ ANCHORS: dict[str, str] = {
     "reregister": "the first REGISTER faultlab received from the device after flow-lost",
     "answer-tapped": "the user tapped Answer",
     "end": "the device's end of the call",
-    "media-stopped": "the caller's RTP stopped (it hung up: its last packet went out)",
+    "media-stopped": "the caller's RTP stopped (it hung up); with no lab caller, its BYE as faultlab received it",
 }
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 _ID = re.compile(r"S\d\d[a-z]?")
