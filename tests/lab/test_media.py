@@ -33,8 +33,16 @@ def test_the_reference_device_ends_s21_failed_after_its_media_silence_timeout(tr
     assert stopped.t + 30 - 0.1 <= end.t <= stopped.t + 30 + 0.1  # 30 s after the last RTP, not after the BYE
     # the BYE was sent, and faultlab dropped it on its way to the device (retransmissions too)
     assert any(e.source == "caller" and e.kind == "sent" and e.method == "BYE" for e in run.events)
-    assert not [e for e in run.events if e.source == "proxy" and e.kind == "sent" and e.method == "BYE"]
+    assert not [e for e in run.events if e.source == "proxy" and e.kind == "sent" and e.method == "BYE"
+                and e.direction == "to-device"]
     assert [e for e in run.events if e.source == "proxy" and e.kind == "dropped" and e.method == "BYE"]
+    # ... and the device hung up itself as its timeout fired: its BYE reached the caller, which answered 200
+    [device_bye] = [e for e in run.events if e.source == "proxy" and e.kind == "received" and e.method == "BYE"
+                    and e.direction == "to-pbx"]
+    assert device_bye.t == end.t
+    assert any(e.source == "caller" and e.kind == "received" and e.method == "BYE" for e in run.events)
+    assert any(e.source == "proxy" and e.kind == "sent" and e.direction == "to-device" and e.status == 200
+               and e.cseq_method == "BYE" for e in run.events)
     # RTP went both ways: 20 ms packets for the 5 s the call was up (the device starts a few hops later, at the ACK)
     device = next(e.source for e in run.events if e.kind == "device")
     assert abs(stopped.detail["sent"] - 250) <= 2 and 240 <= stopped.detail["received"] <= 252

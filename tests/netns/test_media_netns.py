@@ -11,7 +11,8 @@
 faultlab relays SIP only; the RTP the caller and the device send each other (to the addresses their SDP names)
 is forwarded by the gateway namespace like any other packet, as media beside a SIP proxy in a real deployment.
 The caller hangs up 2 s after the answer; faultlab drops its BYE on the way to the device; the device hears the
-caller's RTP stop and ends the call ``failed`` after its media-silence timeout (3 s here). The lab (its own name
+caller's RTP stop and ends the call ``failed`` after its media-silence timeout (3 s here), hanging up with a BYE
+of its own. The lab (its own name
 and subnet) is removed and every process stopped by its PID, also when the test fails.
 """
 
@@ -124,6 +125,8 @@ async def test_s21_rtp_crosses_the_namespaces_and_the_device_ends_failed_on_sile
     # faultlab saw the SIP only: the BYE dropped on its way to the device, no RTP on its timeline
     relayed = [e for e in read_jsonl(trace) if e.call_id == call_id]
     assert [e for e in relayed if e.kind == "dropped" and e.method == "BYE"], [(e.kind, e.summary) for e in relayed]
-    assert not [e for e in relayed if e.kind == "sent" and e.method == "BYE"]
+    assert not [e for e in relayed if e.kind == "sent" and e.method == "BYE" and e.direction == "to-device"]
+    # the device hung up itself when its timeout fired: its BYE went to the PBX (and on to the caller)
+    assert [e for e in relayed if e.kind == "sent" and e.method == "BYE" and e.direction == "to-pbx"]
     assert {e.transport for e in relayed if e.transport} == {"udp"} and all(e.method or e.status for e in relayed
                                                                              if e.kind in ("received", "sent"))

@@ -5,19 +5,24 @@ of :class:`~faultlab.lab.device.driver.Device`.
 Media: an INVITE whose offer has a PCMU stream the caller sends (RFC 3264) gets a 200 whose answer names an RTP
 port the device listens on (:class:`~faultlab.lab.media.MediaStream`); at the ACK the device sends RTP to the
 offer's address and its logic starts the media-silence timeout; every packet received is
-:meth:`~faultlab.lab.device.logic.DeviceLogic.media_heard`. An offer with no media gets an ``inactive`` answer."""
+:meth:`~faultlab.lab.device.logic.DeviceLogic.media_heard`. An offer with no media gets an ``inactive`` answer.
+
+A connected call the device ends itself (not on the far end's BYE: its media-silence timeout) is hung up with a BYE
+in the INVITE's dialog (RFC 3261 §15), so that the PBX and the caller do not keep it."""
 
 from __future__ import annotations
 
+import math
 import secrets
+import ssl
 
 import trio
 
 from faultlab.lab.media import MediaStream
 from faultlab.lab.rtp import parse_sdp
-from faultlab.lab.ua import Incoming
-from faultlab.sip import SipError
-from .base import T1, T2, Address, _Call, _Request
+from faultlab.lab.ua import Incoming, new_branch
+from faultlab.sip import Message, SipError
+from .base import T1, T2, TIMER_F, Address, _Call, _Request
 
 __all__ = ["Answering"]
 
@@ -124,3 +129,37 @@ class Answering:
         call.media.start(call.offer.address)
         if call.offer.sends:
             await self._feed(call, call.logic.media_started(now))
+
+    async def _hang_up(self, call: _Call) -> None:
+        """BYE in the call's dialog (RFC 3261 §12.1.1: Request-URI the INVITE's Contact, Route its Record-Route in
+        order), through the outbound proxy; retransmitted on UDP per Timer E until a final response or Timer F."""
+        invite: Message = call.logic.invite.message
+        try:
+            contacts = invite.contacts
+            if not contacts:
+                return  # an INVITE must have a Contact (RFC 3261 §8.1.1.8): no target to hang up
+            target = contacts[0].uri
+            dialog = {"call_id": invite.call_id, "from_": f"{invite.get('to')};tag={call.logic.invite.to_tag}",
+                      "to": invite.get("from"), "routes": invite.get_all("record-route")}
+        except SipError:
+            return
+        branch = new_branch()
+        send, receive = trio.open_memory_channel[Message](16)
+        self._transactions[branch] = send
+        try:
+            with trio.move_on_after(TIMER_F):
+                await self._ensure_stream()
+                assert self._local is not None
+                data = self.wire.request("BYE", target, local=self._local, branch=branch, cseq=1, **dialog)
+                interval = T1
+                while True:
+                    await self._send(data)
+                    with trio.move_on_after(interval if self._udp is not None else math.inf):
+                        while (await receive.receive()).status < 200:
+                            pass
+                        return
+                    interval = min(2 * interval, T2)
+        except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # no way to the proxy: the dialog is over for the device all the same
+        finally:
+            del self._transactions[branch]

@@ -40,3 +40,4 @@ class _Call:
     invite_branch: str | None = None
     offer: Any = None  # the INVITE's SDP audio stream (faultlab.lab.rtp.Media), if any
     media: Any = None  # the call's RTP stream (faultlab.lab.media.MediaStream), once answered with media
+    hung_up: bool = False  # the device sent its own BYE in this call's dialog
