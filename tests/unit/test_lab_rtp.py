@@ -121,3 +121,18 @@ async def test_packets_carry_sequence_timestamp_and_ssrc(autojump_clock):
     assert [(h.sequence - headers[0].sequence) & 0xFFFF for h in headers] == [0, 1, 2]
     assert [(h.timestamp - headers[0].timestamp) & 0xFFFFFFFF for h in headers] == [0, 160, 320]
     assert {h.ssrc for h in headers} == {stream.ssrc} and {h.payload_length for h in headers} == {160}
+
+
+def test_the_ladder_notes_where_rtp_started_and_stopped():
+    from faultlab.trace import Event
+    from faultlab.trace.ladder import ladder_rows
+
+    events = [Event(2.0, "media", source="caller", call_id="c1", summary="RTP to 127.0.0.1:4002",
+                    detail={"action": "started"}),
+              Event(2.0, "media", source="device:alice", call_id="c1", summary="RTP from 127.0.0.1:4000",
+                    detail={"action": "first-received"}),
+              Event(7.0, "media", source="caller", call_id="c1", summary="RTP stopped: 250 sent, 250 received",
+                    detail={"action": "stopped"})]
+    rows = ladder_rows(events, "c1")
+    assert [(r["t"], r["from"], r["note"]) for r in rows] == [
+        (2.0, "caller", "RTP to 127.0.0.1:4002"), (7.0, "caller", "RTP stopped: 250 sent, 250 received")]
