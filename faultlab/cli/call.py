@@ -8,7 +8,10 @@ The script and its exit code:
 * with ``--cancel-after T``: CANCEL at T after the INVITE if no final response has come by then; the expected
   final response is 487 (override with ``--expect``);
 * otherwise the expected final response is a 2xx (``--expect 200``); after it the caller hangs up
-  ``--hang-up-after`` later (default 0: at once, right after its ACK) and expects a 2xx to its BYE.
+  ``--hang-up-after`` later (default 0: at once, right after its ACK) and expects a 2xx to its BYE;
+* with ``--media`` the call carries RTP (:class:`~faultlab.lab.media.MediaStream`): a PCMU offer on a real port,
+  20 ms packets to the far end's SDP address once answered, until the hang-up; the outcome's ``media`` has the
+  packet counts and where the far end's RTP came from.
 
 Exit 0 when the final response is the expected one and, for a 2xx, the BYE got a 2xx; 1 otherwise (no final
 response or no BYE response within ``--timeout``, another final response, the far end hung up first, the
