@@ -124,3 +124,29 @@ def test_virtual_and_real_time_agree_on_s21():
             [c.message for c in real.checks], [c.message for c in virtual.checks])
         assert real.passed is (behaviour is None)
         assert media(real.runs[0], "caller", "first-received")  # RTP flowed on real sockets too
+
+
+async def test_s21_against_a_pbx_of_ones_own_carries_rtp_beside_it(tmp_path):
+    """`--pbx HOST:PORT`: the same S21 through a PBX in another process (faultlab's, here); real time, with a short
+    media-silence timeout. The RTP goes between caller and device, not through that PBX."""
+    import socket
+
+    import trio
+
+    from tests.actors import actor_env, open_actors
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gateway = s.getsockname()[1]
+    short = override(override(override(S21, "device.media_timeout", "2s"), "expect.by", "media-stopped+2s"),
+                     "call.hang_up_after", "1s")
+    async with open_actors(actor_env(tmp_path / "home")) as actors:
+        pbx = await actors.spawn("pbx", "pbx", "--listen", "udp:127.0.0.1:0", "--push-url",
+                                 f"http://127.0.0.1:{gateway}", "--push-topic", "org.faultlab.device.voip")
+        port = int((await pbx.wait_line("stderr", r"udp on 127\.0\.0\.1:(\d+)$")).group(1))
+        own = {"pbx": {"udp": ("127.0.0.1", port)}, "push_listen": ("127.0.0.1", gateway)}
+        case = await trio.to_thread.run_sync(lambda: run_case(short, seed=1, virtual=False, **own))
+    assert case.passed, [c.message for c in case.checks]
+    run = case.runs[0]
+    assert not [e for e in run.events if e.source == "pbx"]  # no embedded PBX in this lab
+    assert media(run, "caller", "first-received") and media(run, "caller", "stopped")
