@@ -300,7 +300,9 @@ def test_s19_cancel_after_200_has_no_effect_then_bye_ends() -> None:
 def connected_with_media(**config) -> Run:
     """Answered at 2, ACKed (and media started) at 2.1: the call is up with RTP expected."""
     r = Run(answer_after=2.0, **config).push(0).at(0.3, "register_response", 200)
-    return r.at(0.5, "invite_received", INVITE, "c1@pbx").at(2.1, "ack_received").at(2.1, "media_started")
+    r.at(0.5, "invite_received", INVITE, "c1@pbx").at(2.1, "ack_received")
+    r.logic.silence.start(2.1)  # the driver, at the ACK of its 200, for an offer that sends RTP
+    return r
 
 
 def hear_rtp(r: Run, start: float, stop: float) -> Run:
@@ -308,7 +310,7 @@ def hear_rtp(r: Run, start: float, stop: float) -> Run:
     t = start
     while t <= stop + 1e-9:
         r.until(t)
-        r.logic.media_heard(t)
+        r.logic.silence.hear(t)
         t = round(t + 0.02, 6)
     return r
 
@@ -331,8 +333,8 @@ def test_s21_no_media_expected_no_media_timeout() -> None:
     r.at(2.1, "ack_received").until(500)  # an inactive offer: the driver never starts media
     assert r.ended() == []
     early = Run().push(0).at(0.3, "register_response", 200).at(0.5, "invite_received", INVITE, "c1@pbx")
-    early.at(0.6, "media_started").until(100)  # not connected (no 200 sent): nothing to time out
-    assert early.logic.t_media is None and early.ended() == [(45.5, "unanswered")]  # the ring timeout, not media
+    early.logic.silence.hear(0.6)  # RTP before the call connected: nothing to time out
+    assert early.until(100).ended() == [(45.5, "unanswered")]  # the ring timeout, not media
 
 
 def test_bad_no_media_timeout() -> None:
@@ -439,6 +441,47 @@ def test_bad_slow_end_is_3_s_late(script, end) -> None:
     r = Run(behaviour="slow-end")
     script(r)
     assert r.until(100).ended() == [end]
+
+
+def test_bad_no_487_answers_the_cancel_only() -> None:
+    r = Run(behaviour="no-487").push(0).at(0.2, "register_response", 200).at(0.4, "invite_received", INVITE, "c")
+    r.at(2, "cancel_received", CANCEL).until(100)
+    assert r.replies == [(0.4, 180, "INVITE"), (2, 200, "CANCEL")] and r.ended() == [(2, "remoteEnded")]
+
+
+def test_bad_no_480_at_ring_timeout() -> None:
+    r = Run(behaviour="no-480-at-ring-timeout").push(0).at(0.2, "register_response", 200)
+    r.at(0.4, "invite_received", INVITE, "c").until(100)
+    assert r.replies == [(0.4, 180, "INVITE")] and r.ended() == [(45.4, "unanswered")]
+
+
+def test_bad_late_invite_486() -> None:
+    r = Run(behaviour="late-invite-486").push(0).at(0.2, "register_response", 200)
+    r.until(6).at(8, "invite_received", INVITE, "c1@pbx")
+    assert r.ended() == [(5.2, "unanswered")] and r.replies == [(8, 486, "INVITE")]
+
+
+@pytest.mark.parametrize("invite_at", [0.4, 3.0])  # ringing, and arriving after the decline
+def test_bad_decline_486(invite_at) -> None:
+    r = Run(behaviour="decline-486", decline_after=2).push(0).at(0.2, "register_response", 200)
+    r.at(invite_at, "invite_received", INVITE, "c1@pbx").until(100)
+    assert r.ended() == [(2, "declined")] and (max(invite_at, 2), 486, "INVITE") in r.replies
+
+
+def test_bad_register_retry_after_403_retries_once() -> None:
+    r = Run(behaviour="register-retry-after-403").push(0).at(0.2, "register_response", 403)
+    assert r.registers == [0, 0.2] and r.ended() == []
+    assert r.at(0.3, "register_response", 403).ended() == [(0.3, "failed")] and r.registers == [0, 0.2]
+
+
+def test_bad_ignores_retry_after() -> None:
+    r = Run(behaviour="ignores-retry-after").push(0).at(0.2, "register_response", 503, retry_after=30)
+    assert r.until(0.2).registers == [0, 0.2]  # at once, not 30 s later (nor never, as 30 s does not fit)
+
+
+def test_bad_no_register_on_push() -> None:
+    r = Run(behaviour="no-register-on-push").push(0).until(100)
+    assert r.registers == [] and r.events[0] == (0, "reported", None) and r.ended() == [(8, "failed")]
 
 
 def test_every_behaviour_is_tested_and_documented() -> None:

@@ -5,7 +5,7 @@ of :class:`~faultlab.lab.device.driver.Device`.
 Media: an INVITE whose offer has a PCMU stream the caller sends (RFC 3264) gets a 200 whose answer names an RTP
 port the device listens on (:class:`~faultlab.lab.media.MediaStream`); at the ACK the device sends RTP to the
 offer's address and its logic starts the media-silence timeout; every packet received is
-:meth:`~faultlab.lab.device.logic.DeviceLogic.media_heard`. An offer with no media gets an ``inactive`` answer.
+:meth:`~faultlab.lab.device.silence.Silence.hear`. An offer with no media gets an ``inactive`` answer.
 
 A connected call the device ends itself (not on the far end's BYE: its media-silence timeout) is hung up with a BYE
 in the INVITE's dialog (RFC 3261 §15), so that the PBX and the caller do not keep it."""
@@ -118,7 +118,7 @@ class Answering:
             assert self._nursery is not None and self._local is not None
             logic = call.logic
             call.media = MediaStream(self.timeline, self.source, host=self._local[0], call_id=logic.call_id,
-                                     on_packet=logic.media_heard)
+                                     on_packet=logic.silence.hear)
             await call.media.open(self._nursery)
         return call.media
 
@@ -127,8 +127,9 @@ class Answering:
         if call.media is None or call.logic.ended or call.logic.final_sent != 200:
             return
         call.media.start(call.offer.address)
-        if call.offer.sends:
-            await self._feed(call, call.logic.media_started(now))
+        if call.offer.sends:  # its silence is timed from now on (the logic's timers hear of it through _feed)
+            call.logic.silence.start(now)
+            await self._feed(call, [])
 
     async def _hang_up(self, call: _Call) -> None:
         """BYE in the call's dialog (RFC 3261 §12.1.1: Request-URI the INVITE's Contact, Route its Record-Route in

@@ -45,10 +45,7 @@ The rules (``docs/reference-device.md``; facts from
   for the first one. At most :data:`MAX_FLOW_RECOVERIES` re-REGISTERs per call. A flow lost while a REGISTER is
   in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``); a flow lost
   after the INVITE, or with no call, ends nothing (the driver connects anew for the next request);
-* media (S21): once a call with media connects (:meth:`DeviceLogic.media_started`, the driver's ACK of its 200
-  for an offer whose peer sends RTP), RTP is expected; :meth:`DeviceLogic.media_heard` notes each packet. After
-  ``media_timeout`` seconds without RTP (reference §6 S21: 30 s) the call ends ``failed``, as when its BYE was
-  lost: the far end hung up and its media stopped;
+* a connected call whose RTP stops for ``media_timeout`` (S21: its BYE lost) ends ``failed`` (:mod:`.silence`);
 * a cancel push is ignored for the outcome (the device never depends on it);
 * an INVITE for a call that has already ended gets 480 (603 if the user
   declined it);
@@ -60,6 +57,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from faultlab.lab.device.silence import MEDIA_TIMEOUT, Silence
 
 # CXCallEndedReason values (reference §1.1) plus "declined": the user's own end
 # action (CXEndCallAction), which CallKit does not report with a reason.
@@ -80,13 +79,17 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
-    "no-media-timeout": (
-        "Has no media-silence timeout: a connected call whose RTP stopped (its BYE lost) stays up for ever."
-    ),
+    "no-487": "Answers a CANCEL 200 and ends the call, but never sends 487 to the INVITE.",
+    "no-480-at-ring-timeout": "At its ring timeout ends the call unanswered without answering the INVITE (no 480).",
+    "late-invite-486": "Answers an INVITE for a call it has already ended 486 Busy Here (not 480 or 410).",
+    "decline-486": "Answers the INVITE of a call the user declined 486 Busy Here (not 603 Decline).",
+    "register-retry-after-403": "Retries the REGISTER once, at once, after a 403 Forbidden.",
+    "ignores-retry-after": "Retries a REGISTER answered 503 with Retry-After at once, not after Retry-After.",
+    "no-register-on-push": "Reports a call push but sends no REGISTER for it (counts on its old binding).",
+    "no-media-timeout": "Has no media-silence timeout: a call whose RTP stopped (its BYE lost) stays up for ever.",
 }
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
-MEDIA_TIMEOUT = 30.0  # reference §6 S21: no RTP for this long in a connected call -> failed
 MAX_FLOW_RECOVERIES = 3  # re-REGISTERs after a lost flow, per call (a network that kills every flow cannot loop us)
 
 
@@ -197,11 +200,12 @@ class DeviceLogic:
     _pending_end: float | None = None  # slow-end: when the end event goes out
     _reregister_at: float | None = None  # 503 with Retry-After inside the budget
     _retried_503: bool = False
+    _retried_403: bool = False  # behaviour register-retry-after-403
     _answer_at: float | None = None
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
     flow_recoveries: int = 0  # re-REGISTERs sent after a lost flow (S24)
-    t_media: float | None = None  # connected with media: the last RTP heard (or the connection itself)
+    silence: Silence = field(default_factory=Silence)  # connected with media: when RTP was last heard (S21)
 
     # ------------------------------------------------------------ helpers
 
@@ -295,8 +299,8 @@ class DeviceLogic:
             return []  # duplicate push for this call (S22), or another call's push: not ours to report
         self.uuid, self.call_id = uuid, call_id
         out = self._report(now)
-        self.registering = True
-        return out + [SendRegister()]
+        self.registering = self.behaviour != "no-register-on-push"
+        return out + ([SendRegister()] if self.registering else [])
 
     def register_response(self, now: float, status: int, retry_after: float | None = None) -> list[Output]:
         """The final response to the REGISTER (1xx are not passed in)."""
@@ -307,6 +311,11 @@ class DeviceLogic:
             self.registered = True
             self.t_registered = now
             return []
+        if status == 403 and self.behaviour == "register-retry-after-403" and not self._retried_403:
+            self._retried_403 = self.registering = True
+            return [SendRegister()]
+        if self.behaviour == "ignores-retry-after" and retry_after is not None:
+            retry_after = 0.0
         if status == 503 and retry_after is not None and not self._retried_503:
             deadline = self.invite_deadline  # before a 2xx: min(t0 + register_deadline, t0 + total_deadline)
             if deadline is not None and now + retry_after < deadline:  # S12b: the retry fits the budget
@@ -357,7 +366,8 @@ class DeviceLogic:
     def invite_received(self, now: float, ref: Any, call_id: str | None = None) -> list[Output]:
         """An initial INVITE (retransmissions are absorbed by the driver)."""
         if self.ended:
-            return [Reply(ref, 603 if self.declined else 480, "INVITE")]  # S03: a late INVITE
+            late = 486 if self.behaviour == "late-invite-486" else 480
+            return [Reply(ref, self._decline_code() if self.declined else late, "INVITE")]  # S03: a late INVITE
         if self.invite is not None:
             return [Reply(ref, 482, "INVITE")]  # a second initial INVITE for this call (merged request, §8.2.2.2)
         out: list[Output] = []
@@ -382,22 +392,6 @@ class DeviceLogic:
         self.acked = True
         return []
 
-    def media_started(self, now: float) -> list[Output]:
-        """Connected, and the far end's offer sends RTP: silence longer than ``media_timeout`` ends the call."""
-        if not self.ended and self.final_sent == 200 and self.t_media is None:
-            self.t_media = now
-        return []
-
-    def media_heard(self, now: float) -> None:
-        """An RTP packet arrived (per packet: no outputs; the timer reads ``t_media`` when it fires)."""
-        self.t_media = now if self.t_media is not None else None
-
-    @property
-    def media_deadline(self) -> float | None:
-        if self.ended or self.t_media is None or self.behaviour == "no-media-timeout":
-            return None
-        return self.t_media + self.config.media_timeout
-
     def cancel_received(self, now: float, ref: Any, reason: Any = None) -> list[Output]:
         """A CANCEL for the INVITE; ``reason`` is its parsed Reason header (or None)."""
         if self.invite is None:
@@ -406,7 +400,8 @@ class DeviceLogic:
         if self.final_sent is not None:
             return out  # S19: CANCEL after the final response has no effect
         self.final_sent = 487
-        out.append(Reply(self.invite, 487, "INVITE"))
+        if self.behaviour != "no-487":
+            out.append(Reply(self.invite, 487, "INVITE"))
         mapped = "remoteEnded" if self.behaviour == "wrong-reason-mapping" else cancel_reason(reason)
         return out + self._end(now, mapped)
 
@@ -441,11 +436,17 @@ class DeviceLogic:
         self.declined = True
         out: list[Output] = []
         if self.invite is not None and self.final_sent is None:
-            self.final_sent = 603
-            out.append(Reply(self.invite, 603, "INVITE"))
+            self.final_sent = self._decline_code()
+            out.append(Reply(self.invite, self.final_sent, "INVITE"))
         return out + self._end(now, "declined")
 
+    def _decline_code(self) -> int:
+        return 486 if self.behaviour == "decline-486" else 603
+
     # ------------------------------------------------------------ timers
+
+    def _silent_until(self) -> float | None:  # the media-silence timeout (S21), while it applies
+        return None if self.behaviour == "no-media-timeout" else self.silence.deadline(self.config.media_timeout)
 
     def next_timer(self) -> float | None:
         """The earliest time :meth:`on_timer` has something to do, or None."""
@@ -462,8 +463,7 @@ class DeviceLogic:
                     times.append(dl)
             if self.invite is not None and self.final_sent is None:
                 times.append(self.t_invite + self.config.ring_timeout)
-            if self.media_deadline is not None:
-                times.append(self.media_deadline)
+            times += [t for t in (self._silent_until(),) if t is not None]
         return min(times) if times else None
 
     def on_timer(self, now: float) -> list[Output]:
@@ -492,9 +492,9 @@ class DeviceLogic:
             out += self._no_invite_end(now)
         if self.invite is not None and self.final_sent is None and now >= self.t_invite + self.config.ring_timeout:
             self.final_sent = 480
-            out.append(Reply(self.invite, 480, "INVITE"))
+            if self.behaviour != "no-480-at-ring-timeout":
+                out.append(Reply(self.invite, 480, "INVITE"))
             out += self._end(now, "unanswered")
-        media = self.media_deadline
-        if media is not None and now >= media:  # S21: the far end's media stopped and no BYE came
+        if (silent := self._silent_until()) is not None and now >= silent:  # S21: RTP stopped, no BYE came
             out += self._end(now, "failed")
         return out
