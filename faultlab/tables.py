@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, ClassVar, TypeVar
 
-__all__ = ["Table", "Refused", "text", "boolean", "true", "integer", "choice", "one_of", "listed"]
+__all__ = ["Table", "Refused", "text", "boolean", "true", "integer", "choice", "one_of", "listed", "toml_value"]
 
 T = TypeVar("T", bound="Table")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -188,3 +188,18 @@ def listed(value: Any) -> list[Any]:
             raise ValueError("an empty list matches nothing")
         return value
     return [value]
+
+
+def toml_value(value: Any) -> str:
+    """``value`` (bool, number, string, list, table) as TOML text: what a TOML file would say for it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")

@@ -43,7 +43,8 @@ The rules (``docs/reference-device.md``; facts from
   in force stays ``min(tR1 + invite_deadline, t0 + total_deadline)``, and if it passes first the call ends
   ``failed`` (the latest REGISTER did not succeed); a failure of the re-REGISTER ends it ``failed`` at once, as
   for the first one. At most :data:`MAX_FLOW_RECOVERIES` re-REGISTERs per call. A flow lost while a REGISTER is
-  in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``); a flow lost
+  in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``), unless its 2xx
+  was already read (the 2xx and the reset in one read): that 2xx is on a dead flow, so it re-REGISTERs; a flow lost
   after the INVITE, or with no call, ends nothing (the driver connects anew for the next request);
 * a connected call whose RTP stops for ``media_timeout`` (S21: its BYE lost) ends ``failed`` (:mod:`.silence`);
 * a cancel push is ignored for the outcome (the device never depends on it);
@@ -58,6 +59,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from faultlab.lab.device.reasons import cancel_reason
 from faultlab.lab.device.silence import MEDIA_TIMEOUT, Silence
 
 # CXCallEndedReason values (reference §1.1) plus "declined": the user's own end
@@ -79,6 +81,10 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
+    "loops-at-one-instant": (
+        "On a call push, spins forever without time passing (yields to the scheduler, never sleeps or waits): "
+        "a hang the virtual-time watchdog must catch."
+    ),
     "no-487": "Answers a CANCEL 200 and ends the call, but never sends 487 to the INVITE.",
     "no-480-at-ring-timeout": "At its ring timeout ends the call unanswered without answering the INVITE (no 480).",
     "late-invite-486": "Answers an INVITE for a call it has already ended 486 Busy Here (not 480 or 410).",
@@ -153,21 +159,6 @@ class Reply:
 Output = Emit | SendRegister | StopRegister | Reply
 
 
-def cancel_reason(reason: Any) -> str:
-    """The CallKit end reason for a CANCEL's Reason (reference §2.3): by protocol SIP and cause, never the text.
-
-    ``reason`` is a :class:`faultlab.sip.Reason` (``.protocol``, ``.cause``) or ``None``.
-    """
-    if reason is None or str(getattr(reason, "protocol", "")).upper() != "SIP":
-        return "remoteEnded"
-    cause = getattr(reason, "cause", None)
-    if cause == 200:
-        return "answeredElsewhere"
-    if cause in (600, 603):
-        return "declinedElsewhere"
-    return "remoteEnded"
-
-
 # ---------------------------------------------------------------- the state machine
 
 
@@ -205,6 +196,7 @@ class DeviceLogic:
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
     flow_recoveries: int = 0  # re-REGISTERs sent after a lost flow (S24)
+    _lost_while_registering: bool = False  # the flow died with a REGISTER in flight: its 2xx came on a dead flow
     silence: Silence = field(default_factory=Silence)  # connected with media: when RTP was last heard (S21)
 
     # ------------------------------------------------------------ helpers
@@ -310,6 +302,9 @@ class DeviceLogic:
         if 200 <= status < 300:
             self.registered = True
             self.t_registered = now
+            if self._lost_while_registering:  # the 2xx was read just before the flow's reset: recover now
+                self._lost_while_registering = False
+                return self.flow_lost(now)
             return []
         if status == 403 and self.behaviour == "register-retry-after-403" and not self._retried_403:
             self._retried_403 = self.registering = True
@@ -335,6 +330,7 @@ class DeviceLogic:
         if self.ended or self.registered or self.t0 is None:
             return []
         self.registering = False
+        self._lost_while_registering = False
         self.register_failed = True
         return self._register_failure(now)
 
@@ -347,7 +343,10 @@ class DeviceLogic:
         """
         if self.ended or self.t0 is None or self.invite is not None or self._deadline_passed:
             return []
-        if not self.registered or self.registering or self.flow_recoveries >= MAX_FLOW_RECOVERIES:
+        if self.registering:  # the REGISTER's response may already be read (2xx then reset): see register_response
+            self._lost_while_registering = True
+            return []
+        if not self.registered or self.flow_recoveries >= MAX_FLOW_RECOVERIES:
             return []
         self.flow_recoveries += 1
         self.registered = False
