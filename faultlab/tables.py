@@ -191,7 +191,7 @@ def listed(value: Any) -> list[Any]:
 
 
 def toml_value(value: Any) -> str:
-    """``value`` (bool, number, string, list, table) as TOML text."""
+    """``value`` (bool, number, string, list, table) as TOML text: what a TOML file would say for it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -8,7 +8,10 @@ The script and its exit code:
 * with ``--cancel-after T``: CANCEL at T after the INVITE if no final response has come by then; the expected
   final response is 487 (override with ``--expect``);
 * otherwise the expected final response is a 2xx (``--expect 200``); after it the caller hangs up
-  ``--hang-up-after`` later (default 0: at once, right after its ACK) and expects a 2xx to its BYE.
+  ``--hang-up-after`` later (default 0: at once, right after its ACK) and expects a 2xx to its BYE;
+* with ``--media`` the call carries RTP (:class:`~faultlab.lab.media.MediaStream`): a PCMU offer on a real port,
+  20 ms packets to the far end's SDP address once answered, until the hang-up; the outcome's ``media`` has the
+  packet counts and where the far end's RTP came from.
 
 Exit 0 when the final response is the expected one and, for a 2xx, the BYE got a 2xx; 1 otherwise (no final
 response or no BYE response within ``--timeout``, another final response, the far end hung up first, the
@@ -88,6 +91,7 @@ class Outcome:
     cancel: int | None = None  # status of the response to our CANCEL
     bye: int | None = None  # status of the response to our BYE
     times: dict[str, float] = field(default_factory=dict)
+    media: dict | None = None  # with --media: RTP packets sent, received, and where they came from
     ok: bool = False
     reason: str = ""  # why not ok
 
@@ -95,7 +99,7 @@ class Outcome:
         return {"call_id": self.call_id, "target": self.target, "statuses": self.statuses, "final": self.final,
                 "expected": self.expect, "ended": self.ended, "cancel_status": self.cancel,
                 "bye_status": self.bye, "times": {k: round(v, 6) for k, v in self.times.items()},
-                "ok": self.ok, "reason": self.reason or None}
+                "ok": self.ok, "reason": self.reason or None, **({"media": self.media} if self.media else {})}
 
     def text(self) -> str:
         statuses = " ".join(map(str, self.statuses)) or "none"
@@ -125,6 +129,8 @@ def _progress(event) -> None:
             _say(f"{method}: {event.status}")
     elif event.kind == "caller" and event.detail.get("action") == "ended":
         _say(f"ended: {event.detail.get('how')}")
+    elif event.kind == "media":
+        _say(event.summary)
 
 
 def _parsed(event):
@@ -152,7 +158,8 @@ def _reason(event) -> str:
 
 async def place_call(endpoint: Endpoint, target: str, *, user: str, domain: str | None, host: str,
                      cancel_after: float | None, cancel_reason: str | None, hang_up_after: float,
-                     timeout: float, expect: int, ca_file: Path | None, tls_name: str | None) -> Outcome:
+                     timeout: float, expect: int, ca_file: Path | None, tls_name: str | None,
+                     media: bool = False) -> Outcome:
     """Place one call and follow the script; the outcome (never raises for what the far end does)."""
     from faultlab.lab.caller import Caller
     from faultlab.lab.timeline import Timeline
@@ -161,7 +168,7 @@ async def place_call(endpoint: Endpoint, target: str, *, user: str, domain: str 
     events = Trace(keep=0)
     events.add_sink(_progress)
     caller = Caller(endpoint.transport, (endpoint.host, endpoint.port), user, Timeline(events), domain=domain,
-                    host=host, ca_file=ca_file, tls_server_name=tls_name, timeout=timeout)
+                    host=host, ca_file=ca_file, tls_server_name=tls_name, timeout=timeout, media=media)
     script = _Script(caller, endpoint, target, expect=expect, cancel_after=cancel_after,
                      cancel_reason=cancel_reason, hang_up_after=hang_up_after, timeout=timeout)
     await script.run()
@@ -202,6 +209,9 @@ class _Script:
                 outcome.cancel = call.cancel_response.status
             if call.bye_response is not None:
                 outcome.bye = call.bye_response.status
+            if call.media is not None:
+                outcome.media = {"sent": call.media.sent, "received": call.media.received,
+                                 "from": call.media.heard_from}
 
     async def watch(self) -> None:  # times of the responses, as they come
         call = self.call
@@ -366,6 +376,9 @@ def call(
     tls_name: Annotated[Optional[str], typer.Option(
         "--tls-name", metavar="NAME",
         help="TLS server name (SNI and verification) (default: the PBX's HOST).", show_default=False)] = None,
+    media: Annotated[bool, typer.Option(
+        "--media", help="Carry RTP: offer a PCMU stream on a real port and, once answered, send 20 ms packets "
+                        "to the far end's SDP address until the hang-up (without it the offer is inactive).")] = False,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the outcome as one JSON object (call_id, statuses, final, ended, times in "
                        "seconds after the INVITE, ok) instead of a line of text.")] = False,
@@ -424,7 +437,7 @@ def _run(o: SimpleNamespace) -> NoReturn:
     outcome = trio.run(lambda: place_call(
         endpoint, o.target, user=o.from_user, domain=o.domain, host=bind, cancel_after=cancel_s,
         cancel_reason=o.cancel_reason, hang_up_after=hang_up_s, timeout=timeout_s, expect=expected,
-        ca_file=o.ca_file, tls_name=o.tls_name))
+        ca_file=o.ca_file, tls_name=o.tls_name, media=o.media))
     if o.as_json:
         typer.echo(json.dumps(outcome.to_dict()))
     else:

@@ -27,6 +27,8 @@ from faultlab.lab.device.logic import BEHAVIOURS, DeviceConfig
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import EndpointError, parse_endpoint
 
+_MEDIA_HELP = ("A connected call with media (RTP) and no RTP for this long ends 'failed' (the far end hung up and "
+               "its BYE was lost).")
 _BEHAVIOUR_HELP = " ".join(f"'{name}': {text}" for name, text in BEHAVIOURS.items())
 
 app = typer.Typer(
@@ -168,6 +170,7 @@ def device(
     total_deadline: Annotated[str, typer.Option(
         "--total-deadline", metavar="DURATION",
         help="D_total: push -> INVITE, a hard cap on both deadlines above.")] = "15s",
+    media_timeout: Annotated[str, typer.Option("--media-timeout", metavar="DURATION", help=_MEDIA_HELP)] = "30s",
     behaviour: Annotated[Optional[str], typer.Option(
         "--behaviour", metavar="NAME",
         help="A known-bad behaviour instead of the well-behaved app. " + _BEHAVIOUR_HELP)] = None,
@@ -205,9 +208,8 @@ def device(
     """Run the reference device until interrupted; print each device event as a JSON line.
 
     On a call push it reports the call at once, REGISTERs (binding refresh), waits for the INVITE within the
-    deadlines, follows the scripted user, maps CANCEL Reason causes to CallKit end reasons and ends exactly once.
-    See docs/reference-device.md.
-    """
+    deadlines, follows the scripted user, maps CANCEL Reason causes to CallKit end reasons and ends exactly once
+    (docs/reference-device.md)."""
     _run(SimpleNamespace(**locals()))  # the options, by name
 
 
@@ -228,6 +230,7 @@ def _checked(o: SimpleNamespace) -> tuple:
             register_deadline=_seconds("--register-deadline", o.register_deadline),
             invite_deadline=_seconds("--invite-deadline", o.invite_deadline),
             total_deadline=_seconds("--total-deadline", o.total_deadline),
+            media_timeout=_seconds("--media-timeout", o.media_timeout),
             answer_after=_seconds("--answer-after", o.answer_after),
             decline_after=_seconds("--decline-after", o.decline_after),
             behaviour=o.behaviour,
@@ -235,6 +238,12 @@ def _checked(o: SimpleNamespace) -> tuple:
     except ValueError as exc:
         _fail(str(exc))
     return endpoint, config
+
+
+def _media_line(event) -> None:
+    """RTP progress on stderr: a stream started, first heard, stopped (with its packet counts)."""
+    if event.kind == "media":
+        typer.echo(f"faultlab device: {event.summary} (call {event.call_id})", err=True)
 
 
 def _run(o: SimpleNamespace) -> None:
@@ -259,8 +268,10 @@ def _run(o: SimpleNamespace) -> None:
             if push_url is not None:
                 send, pushes = trio.open_memory_channel(16)
                 nursery.start_soon(stream_pushes, push_url, send)
+            timeline = Timeline()
+            timeline.trace.add_sink(_media_line)
             dev = Device(proxy=endpoint, user=o.user, domain=o.domain, token=o.token, pushes=pushes,
-                         timeline=Timeline(), config=config, name=o.name, team_id=o.team_id, bundle=o.bundle,
+                         timeline=timeline, config=config, name=o.name, team_id=o.team_id, bundle=o.bundle,
                          expires=o.expires, ca_file=o.ca_file, tls_server_name=o.tls_server_name,
                          register_at_start=not o.no_initial_register, on_event=print_event,
                          new_connection_on_push=o.new_connection_on_push)

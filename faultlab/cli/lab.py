@@ -29,7 +29,8 @@ from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.guided import needs_push_gateway
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
-from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries
+from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, scenario_entries
+from faultlab.lab.scenario_set import override
 from faultlab.lab.watchdog import DEFAULT_LIMIT, SAMPLE
 from faultlab.addr import format_hostport
 

@@ -19,7 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from faultlab.lab.device.logic import BEHAVIOURS
-from faultlab.lab.scenario import ScenarioError, load_scenario, override
+from faultlab.lab.scenario import ScenarioError, load_scenario
+from faultlab.lab.scenario_set import override
 from faultlab.lab.sweep import SweepError, default_jobs, parse_param, recommend, summarise, sweep, write_results
 
 

@@ -7,7 +7,11 @@ on a :class:`CallHandle`. The UA side is automatic, as in a real phone:
 * every final response to the INVITE is ACKed: a 2xx with a new ACK transaction along the route set
   (the 2xx's Record-Route reversed, RFC 3261 §12.1.2, Request-URI = the callee's Contact), a non-2xx
   in the INVITE's transaction (same branch, §17.1.1.3);
-* a BYE from the far end is answered 200 and ends the call; OPTIONS gets 200, other requests 501.
+* a BYE from the far end is answered 200 and ends the call; OPTIONS gets 200, other requests 501;
+* with ``media=True`` each call carries RTP (:class:`~faultlab.lab.media.MediaStream`): the INVITE offers a PCMU
+  stream on a port the caller listens on (RFC 3264/4566), the caller sends 20 ms packets to the address of the
+  2xx's answer from the moment it ACKs, and stops sending and listening when the call ends for it: as it sends
+  its BYE (RFC 3261 §15.1.1), on the far end's BYE, or on any other end. Without media the offer is an ``inactive`` stream.
 
 One connection (TCP/TLS) or one socket (UDP) carries everything; requests in a dialog go to the first
 Route's address over UDP, and over the one connection for TCP/TLS (the PBX Record-Routes itself, so
@@ -38,6 +42,8 @@ from pathlib import Path
 import trio
 
 from faultlab.addr import format_hostport
+from faultlab.lab.media import MediaStream
+from faultlab.lab.rtp import parse_sdp
 from faultlab.lab.timeline import Timeline
 from faultlab.lab.ua import Address, Incoming, Link, UAWire, new_branch, route_uri, token
 from faultlab.net.reader import Unframed
@@ -80,6 +86,7 @@ class CallHandle:
     ended: str | None = None  # "remote-bye", "local-bye", "rejected-<status>", "cancelled"
     cancel_response: Message | None = None
     bye_response: Message | None = None
+    media: MediaStream | None = None  # the call's RTP (Caller(media=True))
     _changed: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -141,6 +148,7 @@ class Caller:
         ca_file: str | Path | None = None,
         tls_server_name: str | None = None,
         timeout: float = 10.0,
+        media: bool = False,
     ) -> None:
         self.wire = UAWire(transport, user=user, on_message=self._handle, host=host, user_agent=USER_AGENT,
                            session="faultlab caller", observer=self._emit, on_unframed=self._unframed, pong=True,
@@ -152,6 +160,8 @@ class Caller:
         self.domain = domain or pbx_address[0]
         self.host = host
         self.timeout = timeout
+        self.media = media
+        self._nursery: trio.Nursery | None = None
         self.aor = f"sip:{user}@{format_hostport(self.domain, pbx_address[1]) if domain is None else domain}"
         self.calls: dict[str, CallHandle] = {}
         self.current: CallHandle | None = None
@@ -162,9 +172,13 @@ class Caller:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Bind the UDP socket, or connect (and handshake TLS) to the PBX."""
+        self._nursery = nursery
         await self.wire.start(nursery, self.pbx_address)
 
     async def close(self) -> None:
+        for handle in self.calls.values():
+            if handle.media is not None:
+                handle.media.close()
         await self.wire.aclose()
 
     @property
@@ -183,11 +197,17 @@ class Caller:
         local = f'"{self.user}" <{self.aor}>;tag={token()}'
         self._cseq += 1
         branch = new_branch()
+        media = None
+        if self.media:
+            assert self._nursery is not None, "call start() first"
+            media = MediaStream(self.timeline, SOURCE, host=self.address[0], call_id=call_id)
+            await media.open(self._nursery)
         data = self._request("INVITE", callee_aor, branch=branch, call_id=call_id, from_=local,
-                             to=f"<{callee_aor}>", cseq=self._cseq, contact=self.contact, body=self.wire.sdp(),
+                             to=f"<{callee_aor}>", cseq=self._cseq, contact=self.contact,
+                             body=self.wire.sdp(port=media.port if media is not None else None),
                              content_type="application/sdp")
         invite = parse_datagram(data)
-        handle = CallHandle(self, call_id, callee_aor, local, invite, branch, self._cseq)
+        handle = CallHandle(self, call_id, callee_aor, local, invite, branch, self._cseq, media=media)
         self.calls[call_id] = handle
         self.current = handle
         self._note("call", call_id, callee=callee_aor)
@@ -209,6 +229,8 @@ class Caller:
         if handle.remote is None or handle.remote_target is None:
             raise RuntimeError(f"call {handle.call_id} is not established")
         self._note("hang-up", handle.call_id)
+        if handle.media is not None:
+            handle.media.close()  # the session is over as the BYE goes out: stop sending and listening (§15.1.1)
         self._cseq += 1
         branch = new_branch()
         waiter = trio.Event()
@@ -303,6 +325,9 @@ class Caller:
             handle.remote_target = contacts[0].uri if contacts else handle.callee_aor
             handle.route_set = response.get_all("record-route")[::-1]
             await self._ack(handle, response)
+            answer = parse_sdp(response.body)
+            if handle.media is not None and answer is not None and answer.address is not None:
+                handle.media.start(answer.address)
             handle.final = response
             handle.responses.append(response)
             handle._update()
@@ -331,6 +356,8 @@ class Caller:
         if handle.ended is None:
             handle.ended = how
             self._note("ended", handle.call_id, how=how)
+        if handle.media is not None:
+            handle.media.close()
         handle._update()
 
     # ------------------------------------------------------------------ timeline

@@ -159,6 +159,10 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
     lost = _first(events, lambda e: e.source == "proxy" and e.kind == "flow-close" and e.flow in device_flows
                   and (e.detail.get("how") == "reset" or e.flow in faulted), start)
     put("flow-lost", lost)
+    # the caller's RTP stopped; with no caller on this timeline (a softphone of one's own), its BYE: a UA stops its
+    # media as it sends the BYE (RFC 3261 §15.1.1)
+    put("media-stopped", _first(events, lambda e: e.source == "caller" and e.kind == "media" and e.call_id == call_id
+                                and e.detail.get("action") == "stopped") if caller else found.get("bye"))
     if lost is not None:
         put("reregister", proxy("received", "to-pbx", lambda e: e.method == "REGISTER", events.index(lost)))
     return found

@@ -237,6 +237,10 @@ class ExternalLab:
             self.say(f"{scenario.name}: skipped, it judges the PBX's side of push (APNs refusing the push), not the "
                      "device: run it with the reference device")
             return None
+        if scenario.media:  # a real phone would get an SDP offer on 127.0.0.1: its RTP could never reach the caller
+            self.say(f"{scenario.name}: skipped, its call carries RTP and the caller's media is on 127.0.0.1, which "
+                     "a device elsewhere cannot reach")
+            return None
         modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
         runs = []
         for mode in modes:

@@ -22,6 +22,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     hang_up_after = "10s"                        # after a 2xx, the caller hangs up this much later
     duration = "30s"                             # the run ends this long after the push at the latest
     call_again = false                           # then the caller calls once more (its INVITE: push-side checks)
+    media = false                                # the call carries RTP both ways once it connects (S21)
 
     [push]                                       # push gateway faults
     duplicate = 1                                # extra deliveries of each push
@@ -41,6 +42,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     invite_deadline = "5s"
     total_deadline = "15s"
     new_connection = false                       # TCP/TLS: a fresh connection for the push's REGISTER
+    media_timeout = "30s"                        # connected, no RTP for this long: the call ends failed
 
     [network]                                    # the in-memory network of virtual-time runs
     rtt = "40ms"                                 # round trip of every hop (device-faultlab, faultlab-PBX, ...)
@@ -58,7 +60,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
 Anchors (``after`` / ``event``) are named timeline events of the call (see :data:`ANCHORS`). A bound gives
 ``within`` (a duration) or ``deadline`` (``register``, ``invite``, ``total``, ``ring``): the app's declared deadline
 of that name, the reference's by default (:mod:`faultlab.lab.deadlines`). Every field can be overridden from outside
-(``faultlab lab run --set expect.end=failed``): :func:`override`.
+(``faultlab lab run --set expect.end=failed``): :func:`faultlab.lab.scenario_set.override`.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ from faultlab.lab.scenario_toml import profile_toml, merge_profiles
 from faultlab.lab.device.logic import REASONS
 from faultlab.lab.push.faults import parse_refusal
 
-__all__ = ["ANCHORS", "Bound", "Scenario", "ScenarioError", "list_scenarios", "load_scenario", "override",
+__all__ = ["ANCHORS", "Bound", "Scenario", "ScenarioError", "list_scenarios", "load_scenario",
            "parse_scenario", "scenario_entries", "scenarios_dir"]
 
 TRANSPORTS = ("udp", "tcp", "tls")
@@ -100,16 +102,17 @@ ANCHORS: dict[str, str] = {
     "reregister": "the first REGISTER faultlab received from the device after flow-lost",
     "answer-tapped": "the user tapped Answer",
     "end": "the device's end of the call",
+    "media-stopped": "the caller's RTP stopped (it hung up); with no lab caller, its BYE as faultlab received it",
 }
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 _ID = re.compile(r"S\d\d[a-z]?")
 _TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
         "expect", "network"}
 _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
-         "duration", "call_again"}
+         "duration", "call_again", "media"}
 _PUSH = {"duplicate", "drop_cancel", "delay", "offline", "refuse"}
 _PBX = {"hold", "cancel_push", "apns_expiration", "payload_size"}
-_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
+_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection", "media_timeout"}
 _NETWORK = {"rtt"}
 DEFAULT_RTT = 0.04  # seconds: the round trip of each hop of the in-memory network (20 ms each way)
 MAX_RTT = 10.0
@@ -165,6 +168,7 @@ class Scenario:
     hang_up_after: float | None = 10.0
     duration: float = 30.0
     call_again: bool = False
+    media: bool = False  # RTP both ways while the call is connected
     # push gateway, PBX, device
     push_duplicate: int = 0
     push_drop_cancel: bool = False
@@ -328,6 +332,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         answer_at=answer_at, decline_at=decline_at, elsewhere=elsewhere,
         elsewhere_at=call.duration("elsewhere_at", 0.5), hang_up_after=call.duration("hang_up_after", 10.0),
         duration=call.duration("duration", 30.0), call_again=call.bool("call_again", False),
+        media=call.bool("media", False),
         push_duplicate=duplicate, push_drop_cancel=push.bool("drop_cancel", False),
         push_delay=push.duration("delay", 0.0), push_offline=push.duration("offline", 0.0), push_refuse=refusal,
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
@@ -432,63 +437,6 @@ def load_scenario(name: str) -> Scenario:
     near = difflib.get_close_matches(name, names, n=1)
     hint = f"did you mean {near[0]!r}? " if near else ""
     raise ScenarioError("scenarios", "", name, f"no such scenario; {hint}`faultlab lab scenarios` lists them")
-
-
-def override(scenario: Scenario, key: str, value: str) -> Scenario:
-    """``scenario`` with one field set from text, as ``--set KEY=VALUE`` gives it (e.g. ``expect.end=failed``,
-    ``device.invite_deadline=3s``, ``call.cancel_at=2s``, ``expect.by=push+15s``)."""
-    section, _, name = key.partition(".")
-    src = f"--set {key}"
-    if section == "expect" and name == "end":
-        reasons = [r.strip() for r in value.split(",") if r.strip()]
-        bad = [r for r in reasons if r not in REASONS]
-        if bad:
-            raise ScenarioError(src, "", bad[0], f"a CallKit end reason: {', '.join(REASONS)}")
-        return replace(scenario, end=tuple(reasons))
-    if section == "expect" and name in ("by", "not_before"):
-        bounds = []
-        for part in filter(str.strip, value.split(",")):
-            m = re.fullmatch(r"\s*([a-z-]+)\s*\+\s*(\S+)\s*", part)
-            if not m or m.group(1) not in ANCHORS:
-                raise ScenarioError(src, "", part, f"ANCHOR+DURATION or ANCHOR+DEADLINE (e.g. register-ok+5s, "
-                                    f"register-ok+invite); anchors: {', '.join(ANCHORS)}")
-            name_ = m.group(2)
-            full = {**DEADLINES, **scenario.app_deadlines}
-            bounds.append(Bound(m.group(1), full[name_], deadline=name_) if name_ in DEADLINES
-                          else Bound(m.group(1), _duration(src, name_)))
-        if name == "by" and not bounds and scenario.end:
-            raise ScenarioError(src, "", value, "at least one ANCHOR+DURATION: the deadline")
-        return replace(scenario, **{name: tuple(bounds)})
-    if section == "expect" and name == "late_invite":
-        codes = [c.strip() for c in value.split(",") if c.strip()]
-        if any(not c.isdigit() or not 300 <= int(c) <= 699 for c in codes):
-            raise ScenarioError(src, "", value, "final response codes 300-699, comma-separated (empty: not judged)")
-        return replace(scenario, late_invite=tuple(int(c) for c in codes))
-    if section == "expect" and name == "cancel_push":
-        if value not in ("true", "false"):
-            raise ScenarioError(src, "", value, "true or false: whether check 3 (the cancel-push pair) applies")
-        return replace(scenario, cancel_push_check=value == "true", cancel_push_required=value == "true")
-    if section == "expect" and name == "tolerance":
-        return replace(scenario, tolerance=_duration(src, value))
-    if section == "device" and name in _DEVICE - {"new_connection"}:
-        return replace(scenario, device={**scenario.device, name: _duration(src, value)})
-    if section == "call" and name in ("cancel_at", "answer_at", "decline_at", "elsewhere_at", "hang_up_after",
-                                      "duration"):
-        return replace(scenario, **{name: _duration(src, value)})
-    if section == "pbx" and name == "hold":
-        return replace(scenario, pbx_hold=_duration(src, value))
-    if section == "push" and name == "delay":
-        return replace(scenario, push_delay=_duration(src, value))
-    if section == "network" and name == "rtt":
-        rtt = _duration(src, value)
-        if not 0 <= rtt <= MAX_RTT:
-            raise ScenarioError(src, "", value, f"a round trip of 0 to {MAX_RTT:g}s, e.g. 40ms")
-        return replace(scenario, rtt=rtt)
-    allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, expect.late_invite, "
-               "expect.cancel_push, device.{register_deadline,invite_deadline,total_deadline,"
-               "ring_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration}, pbx.hold, "
-               "push.delay, network.rtt")
-    raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")
 
 
 def _duration(source: str, text: str) -> float:

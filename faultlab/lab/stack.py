@@ -14,7 +14,9 @@
   writing its events (source ``"proxy"``) to the same timeline;
 * **device**: :class:`~faultlab.lab.device.Device`, outbound proxy = faultlab's listen address, pushes = the
   gateway's channel for its token; it REGISTERs (with RFC 8599 parameters) through faultlab at start;
-* **caller**: :class:`~faultlab.lab.caller.Caller`, straight to the PBX.
+* **caller**: :class:`~faultlab.lab.caller.Caller`, straight to the PBX. With ``media=True`` its calls carry RTP
+  (:mod:`faultlab.lab.media`) and so do the device's answers: the packets go straight between the two, never
+  through faultlab, which relays SIP only (as a SIP proxy in a real deployment).
 
 Usage::
 
@@ -265,7 +267,7 @@ async def open_lab_stack(
     new_connection_on_push: bool = False,
     external_pbx: dict[str, tuple[str, int]] | None = None,
     push_listen: tuple[str, int] | None = None,
-    pbx_ca: Path | None = None, pbx_options: dict[str, Any] | None = None,
+    pbx_ca: Path | None = None, pbx_options: dict[str, Any] | None = None, media: bool = False,
     rtt: float = 0.0,
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
@@ -285,7 +287,7 @@ async def open_lab_stack(
     ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
     ``pbx_ca`` verifies its TLS certificate (default: the system's CAs). ``pbx_options``: more keywords for the
     embedded :class:`PBX` (``push_ttl``, ``payload_size``, ``misbehaviour``). One wall clock: :func:`lab_wall_clock`.
-    ``rtt``: see the module docstring.
+    ``media``, ``rtt``: see the module docstring.
     """
     _check_options(transport, push=push, network=network, confdir=confdir, external_pbx=external_pbx,
                    push_listen=push_listen, rtt=rtt)
@@ -311,7 +313,7 @@ async def open_lab_stack(
                         bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail),
                         new_connection_on_push=new_connection_on_push, wall_clock=gateway.wall_clock)
         caller_to = pbx.address("udp") if pbx is not None else external_pbx["udp"]
-        caller = Caller("udp", caller_to, caller_user, timeline, domain=domain, timeout=60.0)
+        caller = Caller("udp", caller_to, caller_user, timeline, domain=domain, timeout=60.0, media=media)
         stack = LabStack(timeline=timeline, gateway=gateway, pbx=pbx, proxy=proxy, device=device, caller=caller,
                          transport=transport, nursery=nursery)
         await nursery.start(device.run)

@@ -273,6 +273,8 @@ class _CallLadder:
             if action != "call":
                 how = e.detail.get("how")
                 row(e.t, "caller", None, note=f"{action}: {how}" if how else str(action))
+        elif e.kind == "media" and e.detail.get("action") in ("started", "stopped"):  # RTP (beside faultlab)
+            row(e.t, _party(e.source), None, note=e.summary or f"RTP {e.detail.get('action')}")
 
     def finish(self, end: float | None = None) -> list[dict[str, Any]]:
         """Rows for faults whose message had no outcome yet when the trace ended (at ``end``, default the

@@ -58,12 +58,13 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
         "S01": ("ends-right", "expected remoteEnded"),
     },
     "rings-stale-push": {"S23": ("ends-right", "after the deadline")},
+    "no-media-timeout": {"S21": ("ends-right", "never ended")},
 }
 
 
 def test_catalogue_covers_the_reference():
     ids = [s.id for s in CATALOGUE]
-    required = [f"S{n:02d}" for n in range(1, 21)] + ["S07b", "S22", "S24", "S29", "S30"]
+    required = [f"S{n:02d}" for n in range(1, 21)] + ["S07b", "S21", "S22", "S24", "S29", "S30"]
     assert set(required) <= set(ids)
     assert len(ids) == len(set(ids)) and len({s.slug for s in CATALOGUE}) == len(ids)
     assert set(CAUGHT) == set(BEHAVIOURS)  # every known-bad behaviour is shown to be caught somewhere

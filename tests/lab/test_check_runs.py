@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from faultlab.lab.runner import run_case
-from faultlab.lab.scenario import load_scenario, override
+from faultlab.lab.scenario import load_scenario
+from faultlab.lab.scenario_set import override
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from faultlab.cli import app
 from faultlab.lab.deadlines import apply_deadlines
 from faultlab.lab.runner import run_case
-from faultlab.lab.scenario import load_scenario, override
+from faultlab.lab.scenario import load_scenario
+from faultlab.lab.scenario_set import override
 
 PINNED = ["S03", "S04", "S09", "S18"]  # the scenarios whose bounds are the INVITE deadline
 TIGHT = {"invite": 4.5, "register": 8.0, "total": 15.0}

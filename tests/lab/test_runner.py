@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from faultlab.cli import app
 from faultlab.lab.report import to_junit
 from faultlab.lab.runner import run_case
-from faultlab.lab.scenario import list_scenarios, load_scenario, override
+from faultlab.lab.scenario import list_scenarios, load_scenario
+from faultlab.lab.scenario_set import override
 from faultlab.trace import read_jsonl
 
 # short scenarios (a few seconds each on the real clock), run side by side in threads: (scenario, behaviour,

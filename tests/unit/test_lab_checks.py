@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from faultlab.lab.checks import anchors, check_cancel_push, check_early_answer, check_end, check_invariants
-from faultlab.lab.scenario import load_scenario, override
+from faultlab.lab.scenario import load_scenario
+from faultlab.lab.scenario_set import override
 from faultlab.trace import Event
 
 CALL = "c1@lab"

@@ -6,7 +6,8 @@ import pytest
 
 from faultlab.lab.deadlines import DeadlineError, advisories, apply_deadlines, load_config, parse_deadlines
 from faultlab.lab.runner import device_config
-from faultlab.lab.scenario import ScenarioError, load_scenario, override, parse_scenario
+from faultlab.lab.scenario import ScenarioError, load_scenario, parse_scenario
+from faultlab.lab.scenario_set import override
 
 
 def test_parse_deadlines_and_its_errors():

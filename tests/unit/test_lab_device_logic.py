@@ -297,6 +297,51 @@ def test_s19_cancel_after_200_has_no_effect_then_bye_ends() -> None:
     assert r.ended() == [(3, "remoteEnded")]
 
 
+def connected_with_media(**config) -> Run:
+    """Answered at 2, ACKed (and media started) at 2.1: the call is up with RTP expected."""
+    r = Run(answer_after=2.0, **config).push(0).at(0.3, "register_response", 200)
+    r.at(0.5, "invite_received", INVITE, "c1@pbx").at(2.1, "ack_received")
+    r.logic.silence.start(2.1)  # the driver, at the ACK of its 200, for an offer that sends RTP
+    return r
+
+
+def hear_rtp(r: Run, start: float, stop: float) -> Run:
+    """RTP every 20 ms from ``start`` to ``stop`` (the timers run in between, as in the driver)."""
+    t = start
+    while t <= stop + 1e-9:
+        r.until(t)
+        r.logic.silence.hear(t)
+        t = round(t + 0.02, 6)
+    return r
+
+
+def test_s21_media_silence_ends_the_call_failed_after_the_timeout() -> None:
+    r = hear_rtp(connected_with_media(), 2.12, 7.0).until(200)
+    assert r.ended() == [(37.0, "failed")]  # 30 s after the last packet, not after the connection
+
+
+def test_s21_media_that_keeps_flowing_keeps_the_call_up_and_the_timeout_is_a_setting() -> None:
+    r = hear_rtp(connected_with_media(media_timeout=4.0), 2.12, 60.0).until(63.9)
+    assert r.ended() == []
+    assert r.until(100).ended() == [(64.0, "failed")]
+    silent = connected_with_media(media_timeout=4.0).until(100)  # no RTP at all: counted from the connection
+    assert silent.ended() == [(6.1, "failed")]
+
+
+def test_s21_no_media_expected_no_media_timeout() -> None:
+    r = Run(answer_after=2.0).push(0).at(0.3, "register_response", 200).at(0.5, "invite_received", INVITE, "c1@pbx")
+    r.at(2.1, "ack_received").until(500)  # an inactive offer: the driver never starts media
+    assert r.ended() == []
+    early = Run().push(0).at(0.3, "register_response", 200).at(0.5, "invite_received", INVITE, "c1@pbx")
+    early.logic.silence.hear(0.6)  # RTP before the call connected: nothing to time out
+    assert early.until(100).ended() == [(45.5, "unanswered")]  # the ring timeout, not media
+
+
+def test_bad_no_media_timeout() -> None:
+    r = hear_rtp(connected_with_media(behaviour="no-media-timeout"), 2.12, 7.0).until(10_000)
+    assert r.ended() == [] and r.logic.next_timer() is None
+
+
 def test_s22_duplicate_push_is_not_reported_twice() -> None:
     r = Run().push(0).push(0.1).push(0.2, payload={**CALL, "call-id": "other"}).at(0.3, "register_response", 200)
     assert [e for e in r.events if e[1] == "reported"] == [(0, "reported", None)]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from faultlab.lab.duties import check_duties, duties
-from faultlab.lab.scenario import ScenarioError, load_scenario, override, parse_scenario
+from faultlab.lab.scenario import ScenarioError, load_scenario, parse_scenario
+from faultlab.lab.scenario_set import override
 from faultlab.trace import Event
 
 CALL = "c1@lab"

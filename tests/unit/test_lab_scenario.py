@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from faultlab.lab.pushside import expects_refusal
-from faultlab.lab.scenario import Bound, ScenarioError, list_scenarios, load_scenario, override, parse_scenario
+from faultlab.lab.scenario import Bound, ScenarioError, list_scenarios, load_scenario, parse_scenario
+from faultlab.lab.scenario_set import override
 
 MINIMAL = '''
 id = "S90"

@@ -144,7 +144,8 @@ def test_a_random_seed_is_drawn_once_and_shown(user):
 
 def test_declared_deadlines_judge_the_scenarios_from_the_option_or_faultlab_toml(user):
     user.makepyfile("""
-        from faultlab.lab.scenario import load_scenario, override
+        from faultlab.lab.scenario import load_scenario
+        from faultlab.lab.scenario_set import override
 
         def test_tighter_app_passes(faultlab_scenario):
             faultlab_scenario("S03").assert_passed()  # the reference device, given invite=4.5s, meets it

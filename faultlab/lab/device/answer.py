@@ -1,16 +1,28 @@
 """The reference device answering requests: 100 at once, then what the logic says (180, 200 with SDP, 487, 480,
 603); the 2xx retransmitted on UDP until the ACK; a request's retransmission gets the last response again. A part
-of :class:`~faultlab.lab.device.driver.Device`."""
+of :class:`~faultlab.lab.device.driver.Device`.
+
+Media: an INVITE whose offer has a PCMU stream the caller sends (RFC 3264) gets a 200 whose answer names an RTP
+port the device listens on (:class:`~faultlab.lab.media.MediaStream`); at the ACK the device sends RTP to the
+offer's address and its logic starts the media-silence timeout; every packet received is
+:meth:`~faultlab.lab.device.silence.Silence.hear`. An offer with no media gets an ``inactive`` answer.
+
+A connected call the device ends itself (not on the far end's BYE: its media-silence timeout) is hung up with a BYE
+in the INVITE's dialog (RFC 3261 §15), so that the PBX and the caller do not keep it."""
 
 from __future__ import annotations
 
+import math
 import secrets
+import ssl
 
 import trio
 
-from faultlab.lab.ua import Incoming
-from faultlab.sip import SipError
-from .base import T1, T2, Address, _Call, _Request
+from faultlab.lab.media import MediaStream
+from faultlab.lab.rtp import parse_sdp
+from faultlab.lab.ua import Incoming, new_branch
+from faultlab.sip import Message, SipError
+from .base import T1, T2, TIMER_F, Address, _Call, _Request
 
 __all__ = ["Answering"]
 
@@ -35,11 +47,13 @@ class Answering:
             await self._reply(ref, 100, call)
             if call.logic.invite is None and not call.logic.ended:
                 call.invite_branch = branch
+                call.offer = parse_sdp(message.body)
             await self._feed(call, call.logic.invite_received(now, ref, message.call_id))
         elif method == "ACK":
             if call is not None:
                 call.acked.set()
                 await self._feed(call, call.logic.ack_received(now))
+                await self._media_connected(call, now)
         elif method == "CANCEL":
             ref = _Request(incoming, "")
             if call is None or call.invite_branch != branch:
@@ -65,9 +79,10 @@ class Answering:
         m = ref.message
         dialog = m.method == "INVITE" and 100 < status < 300
         answer = m.method == "INVITE" and status == 200
+        media = await self._open_media(call) if answer else None
+        sdp = self.wire.sdp(self._local, port=media.port if media is not None else None) if answer else b""
         data = self.wire.response(m, status, to_tag=ref.to_tag or None,
-                                  contact=self.wire.contact(self._local) if dialog else None,
-                                  body=self.wire.sdp(self._local) if answer else b"",
+                                  contact=self.wire.contact(self._local) if dialog else None, body=sdp,
                                   content_type="application/sdp" if answer else None)
         dest = self.wire.response_address(ref.incoming)
         key = (m.top_via.branch, m.method)
@@ -94,3 +109,58 @@ class Answering:
                 except OSError:
                     return
                 interval = min(2 * interval, T2)
+
+    async def _open_media(self, call: _Call | None) -> MediaStream | None:
+        """The call's RTP port for its 200's answer (opened once), when the offer has a stream to answer."""
+        if call is None or call.offer is None or call.offer.address is None:
+            return None
+        if call.media is None:
+            assert self._nursery is not None and self._local is not None
+            logic = call.logic
+            call.media = MediaStream(self.timeline, self.source, host=self._local[0], call_id=logic.call_id,
+                                     on_packet=logic.silence.hear)
+            await call.media.open(self._nursery)
+        return call.media
+
+    async def _media_connected(self, call: _Call, now: float) -> None:
+        """The ACK of the 200: send RTP to the offer's address; expect RTP if the offer sends it."""
+        if call.media is None or call.logic.ended or call.logic.final_sent != 200:
+            return
+        call.media.start(call.offer.address)
+        if call.offer.sends:  # its silence is timed from now on (the logic's timers hear of it through _feed)
+            call.logic.silence.start(now)
+            await self._feed(call, [])
+
+    async def _hang_up(self, call: _Call) -> None:
+        """BYE in the call's dialog (RFC 3261 §12.1.1: Request-URI the INVITE's Contact, Route its Record-Route in
+        order), through the outbound proxy; retransmitted on UDP per Timer E until a final response or Timer F."""
+        invite: Message = call.logic.invite.message
+        try:
+            contacts = invite.contacts
+            if not contacts:
+                return  # an INVITE must have a Contact (RFC 3261 §8.1.1.8): no target to hang up
+            target = contacts[0].uri
+            dialog = {"call_id": invite.call_id, "from_": f"{invite.get('to')};tag={call.logic.invite.to_tag}",
+                      "to": invite.get("from"), "routes": invite.get_all("record-route")}
+        except SipError:
+            return
+        branch = new_branch()
+        send, receive = trio.open_memory_channel[Message](16)
+        self._transactions[branch] = send
+        try:
+            with trio.move_on_after(TIMER_F):
+                await self._ensure_stream()
+                assert self._local is not None
+                data = self.wire.request("BYE", target, local=self._local, branch=branch, cseq=1, **dialog)
+                interval = T1
+                while True:
+                    await self._send(data)
+                    with trio.move_on_after(interval if self._udp is not None else math.inf):
+                        while (await receive.receive()).status < 200:
+                            pass
+                        return
+                    interval = min(2 * interval, T2)
+        except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # no way to the proxy: the dialog is over for the device all the same
+        finally:
+            del self._transactions[branch]

@@ -4,6 +4,7 @@ the logic passes back), a call."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -37,3 +38,6 @@ class _Call:
     register_scope: trio.CancelScope | None = None
     acked: trio.Event = field(default_factory=trio.Event)
     invite_branch: str | None = None
+    offer: Any = None  # the INVITE's SDP audio stream (faultlab.lab.rtp.Media), if any
+    media: Any = None  # the call's RTP stream (faultlab.lab.media.MediaStream), once answered with media
+    hung_up: bool = False  # the device sent its own BYE in this call's dialog

@@ -38,4 +38,5 @@ BEHAVIOURS: dict[str, str] = {
         "Ends an answered call (failed) as soon as it connects (the ACK arrives), without waiting for the BYE."
     ),
     "rings-stale-push": "Rings a stale push (sent long before it arrived) as a new call instead of ending it at once.",
+    "no-media-timeout": "Has no media-silence timeout: a call whose RTP stopped (its BYE lost) stays up for ever.",
 }

@@ -12,6 +12,8 @@ UA of the lab: sockets, reading, sending, response routing):
 * answers INVITEs (100 at once, then whatever the logic says: 180, 200 with SDP, 487, 480, 603), retransmits the
   2xx on UDP until the ACK (Timer G style), absorbs request retransmissions by resending the last response;
 * CANCEL (200, + 487 through the logic), BYE (200), ACK, OPTIONS (200); anything else 501;
+* media: RTP with the caller when the INVITE offers it, and a BYE of its own when the logic ends a connected call
+  (its media-silence timeout), in :mod:`.answer`;
 * the TCP/TLS connection is opened on demand and kept; when the network closes or resets it, every call's logic
   hears ``flow_lost`` (flow recovery: a call waiting for its INVITE re-REGISTERs at once on a new connection) and
   a REGISTER in flight on it fails at once. With ``new_connection_on_push`` a call push closes the connection
@@ -235,6 +237,13 @@ class Device(Registering, Answering):
         async with self._lock:
             for output in outputs:
                 await self._apply(call, output)
+        if call.logic.ended and call.media is not None:
+            call.media.close()  # the call is over for the device: no more RTP either way
+        logic = call.logic
+        if logic.ended and logic.final_sent == 200 and logic.acked and logic.end_reason != "remoteEnded" \
+                and not call.hung_up and self._nursery is not None:  # it ended a connected call itself
+            call.hung_up = True
+            self._nursery.start_soon(self._hang_up, call)
         call.changed.set()
         call.changed = trio.Event()
 
@@ -299,7 +308,7 @@ class Device(Registering, Answering):
                 return
             if not message.is_request:
                 branch = message.top_via.branch
-                if branch in self._transactions and message.cseq.method == "REGISTER":
+                if branch in self._transactions and message.cseq.method in ("REGISTER", "BYE"):
                     self._transactions[branch].send_nowait(message)
                 return
             await self._on_request(incoming)

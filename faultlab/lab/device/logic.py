@@ -48,6 +48,7 @@ The rules (``docs/reference-device.md``; facts from
   in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``), unless its 2xx
   was already read (the 2xx and the reset in one read): that 2xx is on a dead flow, so it re-REGISTERs; a flow lost
   after the INVITE, or with no call, ends nothing (the driver connects anew for the next request);
+* a connected call whose RTP stops for ``media_timeout`` (S21: its BYE lost) ends ``failed`` (:mod:`.silence`);
 * a cancel push is ignored for the outcome (the device never depends on it);
 * an INVITE for a call that has already ended gets 480 (603 if the user
   declined it);
@@ -62,6 +63,7 @@ from typing import Any
 
 from faultlab.lab.device.behaviours import BEHAVIOURS  # the known-bad behaviours (re-exported here)
 from faultlab.lab.device.reasons import cancel_reason
+from faultlab.lab.device.silence import MEDIA_TIMEOUT, Silence
 
 # CXCallEndedReason values (reference §1.1) plus "declined": the user's own end
 # action (CXEndCallAction), which CallKit does not report with a reason.
@@ -84,13 +86,15 @@ class DeviceConfig:
     decline_after: float | None = None  # user taps decline this long after the report
     behaviour: str | None = None  # None: well-behaved; else a key of BEHAVIOURS
     slow_end_delay: float = 3.0  # for behaviour "slow-end"
+    media_timeout: float = MEDIA_TIMEOUT  # connected, no RTP for this long -> failed
 
     def __post_init__(self) -> None:
         if self.behaviour is not None and self.behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {self.behaviour!r}; use one of {', '.join(BEHAVIOURS)}")
         if self.answer_after is not None and self.decline_after is not None:
             raise ValueError("answer_after and decline_after are exclusive")
-        for name in ("register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "slow_end_delay"):
+        for name in ("register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "slow_end_delay",
+                     "media_timeout"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
@@ -168,6 +172,7 @@ class DeviceLogic:
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
     flow_recoveries: int = 0  # re-REGISTERs sent after a lost flow (S24)
     _lost_while_registering: bool = False  # the flow died with a REGISTER in flight: its 2xx came on a dead flow
+    silence: Silence = field(default_factory=Silence)  # connected with media: when RTP was last heard (S21)
 
     # ------------------------------------------------------------ helpers
 
@@ -421,6 +426,9 @@ class DeviceLogic:
 
     # ------------------------------------------------------------ timers
 
+    def _silent_until(self) -> float | None:  # the media-silence timeout (S21), while it applies
+        return None if self.behaviour == "no-media-timeout" else self.silence.deadline(self.config.media_timeout)
+
     def next_timer(self) -> float | None:
         """The earliest time :meth:`on_timer` has something to do, or None."""
         times: list[float] = []
@@ -436,6 +444,7 @@ class DeviceLogic:
                     times.append(dl)
             if self.invite is not None and self.final_sent is None:
                 times.append(self.t_invite + self.config.ring_timeout)
+            times += [t for t in (self._silent_until(),) if t is not None]
         return min(times) if times else None
 
     def on_timer(self, now: float) -> list[Output]:
@@ -467,4 +476,6 @@ class DeviceLogic:
             if self.behaviour != "no-480-at-ring-timeout":
                 out.append(Reply(self.invite, 480, "INVITE"))
             out += self._end(now, "unanswered")
+        if (silent := self._silent_until()) is not None and now >= silent:  # S21: RTP stopped, no BYE came
+            out += self._end(now, "failed")
         return out

@@ -1,4 +1,4 @@
-"""The CallKit end reason a CANCEL's Reason header means (reference §2.3). Sans-IO."""
+"""CallKit end reasons from SIP, sans-IO: what a CANCEL's Reason header means for the call (reference §2.3)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ from decimal import Decimal
 from typing import Any
 
 from faultlab.faults import Link, Profile, parse_bitrate, parse_duration
-from faultlab.lab.scenario import Scenario, load_scenario, override
+from faultlab.lab.scenario import Scenario, load_scenario
+from faultlab.lab.scenario_set import override
 
 __all__ = ["ALIASES", "Param", "SweepError", "apply", "duration_text", "parse_param", "points"]
 

@@ -14,7 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from faultlab.lab.scenario import load_scenario, override
+from faultlab.lab.scenario import load_scenario
+from faultlab.lab.scenario_set import override
 
 from .params import Param, SweepError, apply, points
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import trio
 
 from faultlab.addr import format_hostport
+from faultlab.lab.rtp import sdp_body
 from faultlab.net.reader import SipStreamReader, Unframed, parse_or_raw
 from faultlab.sip import Message, build_request, build_response, parse_datagram
 
@@ -43,11 +44,7 @@ TRANSPORTS = ("udp", "tcp", "tls")
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 RECEIVE_SIZE = 65535
 
-# What a softphone offers: one PCMU audio stream. Nothing listens on the RTP port; no media flows.
-SDP_TEMPLATE = (
-    "v=0\r\no={user} 1 1 IN {ipv} {host}\r\ns={session}\r\nc=IN {ipv} {host}\r\nt=0 0\r\n"
-    "m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
-)
+NO_MEDIA_PORT = 9  # the port an inactive stream names (discard): nothing is sent there
 
 
 @dataclass(eq=False)
@@ -306,8 +303,11 @@ class UAWire:
             uri += f";transport={self.transport}"
         return f"<{uri}{params}>"
 
-    def sdp(self, local: Address | None = None) -> bytes:
-        """An offer or answer of one PCMU audio stream at ``local``'s host (default: :attr:`main`'s)."""
+    def sdp(self, local: Address | None = None, *, port: int | None = None) -> bytes:
+        """An offer or answer of one PCMU audio stream at ``local``'s host (default: :attr:`main`'s): sendrecv on
+        ``port`` (an RTP port this UA listens on, :class:`~faultlab.lab.media.MediaStream`), or, with no port, an
+        ``inactive`` stream (RFC 3264 §5.1: neither side sends media)."""
         host = (local or self.local)[0]
-        ipv = "IP6" if ":" in host else "IP4"
-        return SDP_TEMPLATE.format(user=self.user, ipv=ipv, host=host, session=self.session, rtp_port=40000).encode()
+        if port is None:
+            return sdp_body(user=self.user, host=host, port=NO_MEDIA_PORT, session=self.session, direction="inactive")
+        return sdp_body(user=self.user, host=host, port=port, session=self.session)
