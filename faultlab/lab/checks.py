@@ -133,7 +133,30 @@ def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
     put("flow-lost", lost)
     if lost is not None:
         put("reregister", proxy("received", "to-pbx", lambda e: e.method == "REGISTER", events.index(lost)))
+    _flow_anchors(events, found, start, call_id)
     return found
+
+
+def _flow_anchors(events: list[Event], found: dict[str, Event], start: int, call_id: str) -> None:
+    """``ping``, ``address-change``, ``register-new-flow`` and ``invite-new-flow`` (S25, S26), from ``start`` on."""
+    def put(name: str, event: Event | None) -> None:
+        if event is not None:
+            found[name] = event
+
+    put("ping", _first(events, lambda e: e.source == "proxy" and e.kind == "received" and e.direction == "to-pbx"
+                       and e.summary == "keep-alive ping", start))
+    put("address-change", _first(events, lambda e: e.kind == "network"
+                                 and e.detail.get("event") == "address-change", start))
+    first = found.get("register-sent")
+    if first is None:
+        return
+    moved = _first(events, lambda e: e.source == "proxy" and e.kind == "received" and e.direction == "to-pbx"
+                   and e.method == "REGISTER" and e.flow != first.flow, events.index(first))
+    put("register-new-flow", moved)
+    if moved is not None:
+        put("invite-new-flow", _first(events, lambda e: e.source == "proxy" and e.kind == "sent"
+                                      and e.direction == "to-device" and e.method == "INVITE"
+                                      and e.call_id == call_id and e.flow == moved.flow, events.index(moved)))
 
 
 def _call_push_delivered(e: Event, call_id: str) -> bool:

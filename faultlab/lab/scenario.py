@@ -21,6 +21,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     elsewhere_at = "0.5s"                        # ... this long after the caller's 180
     hang_up_after = "10s"                        # after a 2xx, the caller hangs up this much later
     duration = "30s"                             # the run ends this long after the push at the latest
+    move_at = "2s"                               # the device's address changes (Wi-Fi -> cellular), S26
 
     [push]                                       # push gateway faults
     duplicate = 1                                # extra deliveries of each push
@@ -36,6 +37,8 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     invite_deadline = "5s"
     total_deadline = "15s"
     new_connection = false                       # TCP/TLS: a fresh connection for the push's REGISTER
+    keepalive_interval = "90s"                   # TCP/TLS: a CRLF keep-alive ping this often (0s: none)
+    keepalive_timeout = "10s"                    # no pong this long after a ping: the flow failed
 
     [expect]
     end = ["unanswered"]                         # accepted CallKit end reasons
@@ -86,16 +89,22 @@ ANCHORS: dict[str, str] = {
     "reregister": "the first REGISTER faultlab received from the device after flow-lost",
     "answer-tapped": "the user tapped Answer",
     "end": "the device's end of the call",
+    "ping": "the first CRLF keep-alive ping faultlab received from the device after the push",
+    "address-change": "the device's address changed (Wi-Fi -> cellular: call.move_at)",
+    "register-new-flow": "the first REGISTER faultlab received from the device after the push on another flow than "
+                         "register-sent's (a new connection, or a new address)",
+    "invite-new-flow": "the call's first INVITE faultlab sent to the device on register-new-flow's flow",
 }
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 _ID = re.compile(r"S\d\d[a-z]?")
 _TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
         "expect"}
 _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
-         "duration"}
+         "duration", "move_at"}
 _PUSH = {"duplicate", "drop_cancel", "delay"}
 _PBX = {"hold", "cancel_push"}
-_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection"}
+_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection",
+           "keepalive_interval", "keepalive_timeout"}
 _EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones"}
 _DURATION_HELP = "a duration with a unit: 500ms, 1s, 2.5s"
 
@@ -142,6 +151,7 @@ class Scenario:
     elsewhere_at: float = 0.5
     hang_up_after: float | None = 10.0
     duration: float = 30.0
+    move_at: float | None = None  # the device's address changes this long after the push (S26)
     # push gateway, PBX, device
     push_duplicate: int = 0
     push_drop_cancel: bool = False
@@ -279,7 +289,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         cancel_at=call.duration("cancel_at"), cancel_reason=call.text("cancel_reason"),
         answer_at=answer_at, decline_at=decline_at, elsewhere=elsewhere,
         elsewhere_at=call.duration("elsewhere_at", 0.5), hang_up_after=call.duration("hang_up_after", 10.0),
-        duration=call.duration("duration", 30.0),
+        duration=call.duration("duration", 30.0), move_at=call.duration("move_at"),
         push_duplicate=duplicate, push_drop_cancel=push.bool("drop_cancel", False),
         push_delay=push.duration("delay", 0.0),
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
@@ -436,7 +446,7 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
     if section == "device" and name in _DEVICE - {"new_connection"}:
         return replace(scenario, device={**scenario.device, name: _duration(src, value)})
     if section == "call" and name in ("cancel_at", "answer_at", "decline_at", "elsewhere_at", "hang_up_after",
-                                      "duration"):
+                                      "duration", "move_at"):
         return replace(scenario, **{name: _duration(src, value)})
     if section == "pbx" and name == "hold":
         return replace(scenario, pbx_hold=_duration(src, value))

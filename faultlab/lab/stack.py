@@ -58,6 +58,7 @@ from faultlab.trace import Event
 __all__ = ["LabCall", "LabStack", "open_lab_stack"]
 
 HOST = "127.0.0.1"
+DEVICE_HOSTS = ("127.0.0.11", "127.0.0.12")  # a device with addresses of its own: "Wi-Fi", then "cellular" (S26)
 TRANSPORTS = ("udp", "tcp", "tls")
 NETWORKS = ("loopback", "memory")
 
@@ -164,6 +165,15 @@ class LabStack:
         ended = await self.wait_device_ended(handle.call_id, end_timeout)
         return LabCall(handle, handle.call_id, final, ended, self.device_events(handle.call_id))
 
+    async def move_device(self, host: str) -> None:
+        """The device's address changes to ``host`` (Wi-Fi -> cellular). On the memory network its old address
+        leaves the network first, so its old flow dies without a word (no FIN, no RST); on loopback the old address
+        stays (the lab cannot take a loopback address away) and the device closes its old connection itself."""
+        net = memnet.current()
+        if net is not None and self.device.host is not None:
+            net.remove_address(self.device.host)
+        await self.device.move(host)
+
     # -- the timeline, by actor --------------------------------------------------------------------
 
     def proxy_messages(self, call_id: str | None = None, *, kind: str = "sent",
@@ -252,6 +262,7 @@ async def open_lab_stack(
     external_pbx: dict[str, tuple[str, int]] | None = None,
     push_listen: tuple[str, int] | None = None,
     pbx_ca: Path | None = None,
+    device_host: str | None = None,
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
 
@@ -269,6 +280,8 @@ async def open_lab_stack(
     real time): faultlab relays to it, the caller calls through its UDP address, and the push gateway listens on
     ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
     ``pbx_ca`` verifies its TLS certificate (default: the system's CAs).
+    ``device_host``: the device's own address (its sockets and connections leave from it), so that
+    :meth:`LabStack.move_device` can move it to another (S26); default: the address that reaches faultlab.
     """
     _check_options(transport, push=push, network=network, confdir=confdir, external_pbx=external_pbx,
                    push_listen=push_listen)
@@ -295,7 +308,8 @@ async def open_lab_stack(
         device = Device(proxy=Endpoint(transport, HOST, proxy.bound[transport][1]), user=user, domain=domain,
                         token=token, pushes=pushes, timeline=timeline, config=device_config or DeviceConfig(),
                         bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail),
-                        new_connection_on_push=new_connection_on_push)
+                        new_connection_on_push=new_connection_on_push, host=device_host,
+                        bind=device_host is not None)
         caller_to = pbx.address("udp") if pbx is not None else external_pbx["udp"]
         caller = Caller("udp", caller_to, caller_user, timeline, domain=domain, timeout=60.0)
         stack = LabStack(timeline=timeline, gateway=gateway, pbx=pbx, proxy=proxy, device=device, caller=caller,

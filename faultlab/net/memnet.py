@@ -26,6 +26,10 @@ its own (as Linux does for a local destination) and an ephemeral port.
 * Not modelled: IPv4-mapped addresses on an IPv6 wildcard socket (the families are
   separate networks here).
 
+* **An address that leaves** (:meth:`MemoryNetwork.remove_address`, a phone that leaves Wi-Fi): every socket
+  bound to it is cut off. Its own sends fail (``ENETUNREACH``); what its peers send to it is lost without a word
+  (no RST, no ICMP); closing it sends nothing (no FIN), so the other end of a TCP connection learns nothing.
+
 Nothing here delays or drops: link impairment is faultlab's (the ``[link]`` of a profile).
 Host names other than ``localhost`` do not resolve (``socket.gaierror``), so a name
 never leaks to a real resolver.
@@ -97,6 +101,19 @@ class MemoryNetwork:
         elif end.local[0] == _wildcard(end.family):
             # the bound wildcard stays the binding; the source IP is the destination's
             end.source_ip = dest[0]
+
+    def remove_address(self, ip: str) -> int:
+        """The address ``ip`` leaves the network (see the module docstring); returns how many sockets it cuts off.
+        New sockets may bind it again (the address comes back)."""
+        ip = ipaddress.ip_address(ip.strip("[]")).compressed
+        cut = 0
+        for end in list(self._bound.values()):
+            if end.local is not None and ip in (end.local[0], end.source_ip) and not end.cut:
+                end.cut = True
+                self._unbind(end)
+                end.wake()
+                cut += 1
+        return cut
 
     # -- sockets ------------------------------------------------------------------------------
 

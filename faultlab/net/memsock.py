@@ -58,6 +58,7 @@ class _Endpoint:
         self.source_ip: str | None = None
         self.peer: Addr | None = None
         self.closed = False
+        self.cut = False  # its address left the network (MemoryNetwork.remove_address): nothing in or out
         self.lot = trio.lowlevel.ParkingLot()
         # UDP
         self.datagrams: deque[tuple[bytes, Addr]] = deque()
@@ -87,13 +88,17 @@ class _Endpoint:
     def sendto(self, data: bytes, dest: Any) -> int:
         if self.closed:
             raise _err(errno.EBADF)
+        if self.cut:
+            raise _err(errno.ENETUNREACH)
         addr = _norm(self.family, dest)
         self.net._autobind(self, addr)
         target = self.net._lookup(stdlib_socket.SOCK_DGRAM, self.family, addr)
         source = (self.source_ip or self.local[0], self.local[1])
         if source[0] == _wildcard(self.family):
             source = (addr[0], source[1])
-        if target is None or target.closed or (target.peer is not None and target.peer != source):
+        if target is not None and target.cut:  # an address that left: the datagram goes nowhere, no ICMP
+            self.net.undelivered += 1
+        elif target is None or target.closed or (target.peer is not None and target.peer != source):
             self.net.undelivered += 1
             if (target is None or target.closed) and self.peer is not None:
                 # ICMP port unreachable: a connected UDP socket's next receive reports it (as Linux does)
@@ -122,7 +127,7 @@ class _Endpoint:
         self.closed = True
         self.net._unbind(self)
         other = self.other
-        if other is not None:
+        if other is not None and not self.cut:  # from an address that left, not even a FIN gets out
             if self.linger_abort:
                 other.reset = True
             else:
@@ -315,11 +320,15 @@ class MemorySocket(trio.socket.SocketType):
             return end.sendto(bytes(data), end.peer)
         if end.reset:
             raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+        if end.cut:
+            raise _err(errno.ENETUNREACH)
         other = end.other
         if other is None:
             raise _err(errno.ENOTCONN)
         if end.shut_wr:
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        if other.cut:  # the peer's address left: the bytes are lost, and nothing comes back
+            return len(data)
         if other.closed:  # as TCP: the kernel takes the bytes, the peer answers RST, the next send fails
             end.reset = True
             end.wake()
@@ -366,7 +375,7 @@ class MemorySocket(trio.socket.SocketType):
         end = self._end
         if how in (stdlib_socket.SHUT_WR, stdlib_socket.SHUT_RDWR) and not end.shut_wr:
             end.shut_wr = True
-            if end.other is not None:
+            if end.other is not None and not end.cut:
                 end.other.eof = True
                 end.other.wake()
 

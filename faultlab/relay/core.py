@@ -26,6 +26,7 @@ from faultlab.sip import KeepAlive, Message, SipError, build_response, parse_dat
 from faultlab.trace import Event, Trace
 
 _FLOW_PREFIX = {"udp": "u", "tcp": "t", "tls": "s"}
+_KEEP_ALIVES = {b"\r\n\r\n": "ping", b"\r\n": "pong"}  # what an on = "keep-alive" rule calls them
 # A request with no final response after 64*T1 (RFC 3261 Timer B/F) is no longer waited for.
 TRANSACTION_LIFETIME = 32.0
 
@@ -166,8 +167,9 @@ class Relay:
             return Plan(forward=Outgoing(data, hop, summary, fields), received_at=arrived)
 
         trailing = getattr(msg, "trailing", b"") if msg is not None else b""
+        keep_alive = _KEEP_ALIVES.get(raw) if isinstance(item, KeepAlive) else None
         view = MessageView(msg, raw[: len(raw) - len(trailing)] if trailing else raw, hop.direction,
-                           hop.transport, hop.device, hop.flow)
+                           hop.transport, hop.device, hop.flow, keep_alive)
         decision = engine.decide(view, self.now())
         for fired in decision.events:
             self.emit("fault", peer=peer, summary=summary,

@@ -76,10 +76,18 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
+    "ignores-dead-flow": (
+        "Sends its TCP/TLS keep-alive pings but never notices a missing pong: keeps the dead flow, no re-REGISTER."
+    ),
+    "ignores-path-change": (
+        "Keeps its old address and flow when the network changes (Wi-Fi -> cellular): no re-REGISTER on the new path."
+    ),
 }
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
 MAX_FLOW_RECOVERIES = 3  # re-REGISTERs after a lost flow, per call (a network that kills every flow cannot loop us)
+KEEPALIVE_INTERVAL = 90.0  # reference §7: CRLF ping on TCP/TLS at most every 120 s (90 s as in pjsip)
+KEEPALIVE_TIMEOUT = 10.0  # RFC 5626 §4.4.1: no pong within 10 s of the ping -> the flow failed
 
 
 @dataclass(frozen=True)
@@ -94,13 +102,16 @@ class DeviceConfig:
     decline_after: float | None = None  # user taps decline this long after the report
     behaviour: str | None = None  # None: well-behaved; else a key of BEHAVIOURS
     slow_end_delay: float = 3.0  # for behaviour "slow-end"
+    keepalive_interval: float = KEEPALIVE_INTERVAL  # TCP/TLS: a CRLF CRLF ping this often (0: none)
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT  # no CRLF pong this long after a ping: the flow failed
 
     def __post_init__(self) -> None:
         if self.behaviour is not None and self.behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {self.behaviour!r}; use one of {', '.join(BEHAVIOURS)}")
         if self.answer_after is not None and self.decline_after is not None:
             raise ValueError("answer_after and decline_after are exclusive")
-        for name in ("register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "slow_end_delay"):
+        for name in ("register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "slow_end_delay",
+                     "keepalive_interval", "keepalive_timeout"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
@@ -333,6 +344,18 @@ class DeviceLogic:
         self.registered = False
         self.registering = True
         return [SendRegister()]
+
+    def path_changed(self, now: float) -> list[Output]:
+        """The device's network path changed (a new address: Wi-Fi -> cellular, S26); its old flow is gone.
+
+        A REGISTER in flight left from the old address: it starts again on the new path (its answer would go to
+        an address that is no more). Otherwise as :meth:`flow_lost`: waiting for the INVITE, re-REGISTER at once.
+        """
+        if self.ended or self.t0 is None:
+            return []
+        if self.registering:
+            return [StopRegister(), SendRegister()]
+        return self.flow_lost(now)
 
     def _register_failure(self, now: float) -> list[Output]:
         if self.invite is not None:
