@@ -43,7 +43,7 @@ from typing import Any, AsyncIterator, Callable
 
 import trio
 
-from faultlab.faults import Profile
+from faultlab.faults import Profile, parse_profile, parse_rule
 from faultlab.lab.caller import Caller, CallHandle
 from faultlab.lab.device import Device
 from faultlab.lab.device.logic import DeviceConfig
@@ -167,11 +167,18 @@ class LabStack:
 
     async def move_device(self, host: str) -> None:
         """The device's address changes to ``host`` (Wi-Fi -> cellular). On the memory network its old address
-        leaves the network first, so its old flow dies without a word (no FIN, no RST); on loopback the old address
-        stays (the lab cannot take a loopback address away) and the device closes its old connection itself."""
+        leaves the network first, so its old flow dies without a word (no FIN, no RST). On loopback the lab cannot
+        take an address away: faultlab drops every message to and from the old address from then on (a rule
+        ``address-gone`` first in its profile), and a device that closes its old connection still sends its FIN."""
+        old = self.device.host
         net = memnet.current()
-        if net is not None and self.device.host is not None:
-            net.remove_address(self.device.host)
+        if net is not None and old is not None:
+            net.remove_address(old)
+        elif old is not None:
+            rule = parse_rule({"name": "address-gone", "match": {"device": old}, "action": {"drop": True}})
+            engine = self.proxy.engine or self.proxy.activate(parse_profile('name = "address-gone"'))
+            assert engine is not None
+            engine.add_rule(rule, 0, now=self.proxy.now())
         await self.device.move(host)
 
     # -- the timeline, by actor --------------------------------------------------------------------
