@@ -453,8 +453,8 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
     if section == "push" and name == "delay":
         return replace(scenario, push_delay=_duration(src, value))
     allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, device.{register_deadline,invite_deadline,total_deadline,"
-               "ring_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration}, pbx.hold, "
-               "push.delay")
+               "ring_timeout,keepalive_interval,keepalive_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,"
+               "hang_up_after,duration,move_at}, pbx.hold, push.delay")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")
 
 

@@ -268,8 +268,7 @@ async def open_lab_stack(
     new_connection_on_push: bool = False,
     external_pbx: dict[str, tuple[str, int]] | None = None,
     push_listen: tuple[str, int] | None = None,
-    pbx_ca: Path | None = None,
-    device_host: str | None = None,
+    pbx_ca: Path | None = None, device_host: str | None = None,  # device_host: see LabStack.move_device (S26)
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
 
@@ -287,8 +286,6 @@ async def open_lab_stack(
     real time): faultlab relays to it, the caller calls through its UDP address, and the push gateway listens on
     ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
     ``pbx_ca`` verifies its TLS certificate (default: the system's CAs).
-    ``device_host``: the device's own address (its sockets and connections leave from it), so that
-    :meth:`LabStack.move_device` can move it to another (S26); default: the address that reaches faultlab.
     """
     _check_options(transport, push=push, network=network, confdir=confdir, external_pbx=external_pbx,
                    push_listen=push_listen)
@@ -315,8 +312,7 @@ async def open_lab_stack(
         device = Device(proxy=Endpoint(transport, HOST, proxy.bound[transport][1]), user=user, domain=domain,
                         token=token, pushes=pushes, timeline=timeline, config=device_config or DeviceConfig(),
                         bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail),
-                        new_connection_on_push=new_connection_on_push, host=device_host,
-                        bind=device_host is not None)
+                        new_connection_on_push=new_connection_on_push, host=device_host, bind=bool(device_host))
         caller_to = pbx.address("udp") if pbx is not None else external_pbx["udp"]
         caller = Caller("udp", caller_to, caller_user, timeline, domain=domain, timeout=60.0)
         stack = LabStack(timeline=timeline, gateway=gateway, pbx=pbx, proxy=proxy, device=device, caller=caller,
