@@ -381,6 +381,7 @@ def check_invariants(events: Sequence[Event], call_id: str, scenario: Scenario) 
             continue
         if event is None:
             problems.append(f"milestone {m.describe()}: no {m.event}")
+            evidence.append(f"{_fmt(anchor.t)} {m.after}, and no {m.event} after it")
             continue
         times[f"{m.event}-{m.after}"] = event.t - anchor.t
         evidence.append(f"{_fmt(event.t)} {m.event}, {event.t - anchor.t:.3f} s after {m.after}")
