@@ -232,6 +232,9 @@ class ExternalLab:
             self.say(f"{scenario.name}: skipped, it applies to {', '.join(scenario.transports)} and the device "
                      f"registered over {transport}")
             return None
+        if scenario.move_at is not None:
+            self.say(f"{scenario.name}: skipped, the lab cannot change a real device's address")
+            return None
         modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
         runs = []
         for mode in modes:
