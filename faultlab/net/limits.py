@@ -138,6 +138,15 @@ class Throttle:
         return True
 
 
+def make_room(flows, evict, full: Throttle) -> None:
+    """At ``--max-flows`` (``flows.full``), close the UDP flow idle longest through ``evict(reason)`` and warn
+    through ``full`` (at most once a second): the one policy of the UDP relay and the transparent UDP relay."""
+    if flows.full:
+        evict(f"max-flows: {flows.limit} flows open, this one idle longest")
+        full.warn(f"{flows.limit} UDP flows open (--max-flows): each new device closes the flow idle longest",
+                  transport="udp")
+
+
 class Slots:
     """Stream connections open on one proxy, shared by its TCP and TLS listeners."""
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
-from faultlab.net.limits import Throttle
+from faultlab.net.limits import Throttle, make_room
 from faultlab.net.limits import resolve as resolve_limits
 from faultlab.net.resolve import resolve
 from faultlab.net.scheduler import DatagramScheduler
@@ -244,10 +244,7 @@ class _TransparentUdp:
 
     def flow_for(self, device: tuple[str, int], dest: tuple[str, int], data: bytes) -> TransparentFlow | None:
         """A new flow (making room at ``max_flows`` or when out of descriptors); None: the datagram is dropped."""
-        if self.flows.full:
-            self.evict(f"max-flows: {self.flows.limit} flows open, this one idle longest")
-            self.full.warn(f"{self.flows.limit} UDP flows open (--max-flows): each new device closes the flow idle "
-                           "longest", transport="udp")
+        make_room(self.flows, self.evict, self.full)
         for attempt in range(2):
             try:
                 return self.open_flow(device, dest)

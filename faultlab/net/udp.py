@@ -26,7 +26,7 @@ import trio
 
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.net import memnet
-from faultlab.net.limits import Throttle, resolve as resolve_limits
+from faultlab.net.limits import Throttle, make_room, resolve as resolve_limits
 from faultlab.net.reader import parse_or_raw
 from faultlab.net.resolve import resolve
 from faultlab.net.scheduler import DatagramScheduler, Send
@@ -285,10 +285,7 @@ class _UdpListener:
     async def flow_for(self, device: tuple[str, int], data: bytes) -> UdpFlow | None:
         """The new flow of ``device`` (making room at ``max_flows``, or when out of descriptors); None when none
         can be opened (the datagram is recorded as dropped)."""
-        if self.flows.full:
-            self.evict(f"max-flows: {self.flows.limit} flows open, this one idle longest")
-            self.full.warn(f"{self.flows.limit} UDP flows open (--max-flows): each new device closes the flow "
-                           "idle longest", transport="udp")
+        make_room(self.flows, self.evict, self.full)
         for attempt in range(2):
             try:
                 return await self.open_flow(device)

@@ -239,6 +239,12 @@ async def tcp_pbx(nursery) -> int:
 PHONES: list[trio.socket.SocketType] = []  # kept open, so that every phone has a source port of its own
 
 
+def close_phones() -> None:
+    for sock in PHONES:
+        sock.close()
+    PHONES.clear()
+
+
 async def phone(port: int, name: str) -> int:
     """A new UDP phone (a new source port) sends OPTIONS; the status it gets."""
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -303,9 +309,7 @@ async def test_at_256_descriptors_the_proxy_keeps_serving_past_its_default_flows
         assert proc.poll() is None
     finally:
         stop(proc)
-        for sock in PHONES:
-            sock.close()
-        PHONES.clear()
+        close_phones()
     events = trace_events(tmp_path)
     evicted = [e for e in events if e["kind"] == "flow-close" and e["detail"].get("reason", "").startswith("max-flows")]
     assert len(evicted) == 301 - 96  # the phones beyond 96, each took the place of the flow idle longest
@@ -334,9 +338,7 @@ async def test_out_of_descriptors_new_phones_take_the_idlest_flows_socket_and_ac
         assert proc.poll() is None
     finally:
         stop(proc)
-        for sock in PHONES:
-            sock.close()
-        PHONES.clear()
+        close_phones()
     assert "Traceback" not in err.read_text() + out.read_text()
     events = trace_events(tmp_path)
     assert any(e["kind"] == "flow-close" and "out of descriptors" in e["detail"].get("reason", "") for e in events)
