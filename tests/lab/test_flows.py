@@ -4,6 +4,7 @@ agrees with virtual time on memory."""
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -76,3 +77,18 @@ def test_real_time_and_virtual_time_agree():
     for case in (real, virtual):
         invariants = next(c for c in case.checks if c.check == "invariants")
         assert not invariants.passed and "no register-new-flow" in invariants.message
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_with_its_pongs_the_flow_is_kept(transport):
+    """Without the fault the PBX's pongs come back: the device keeps its flow (so S25's re-REGISTER is the pong
+    timeout's doing, not a habit)."""
+    scenario = dataclasses.replace(load_scenario("S25"), faults=None)
+    case = run_case(scenario, transport=transport, seed=1)
+    run = case.runs[0]
+    pings = [e for e in run.events if e.source == "proxy" and e.kind == "received" and e.summary == "keep-alive ping"]
+    pongs = [e for e in run.events if e.source == "proxy" and e.kind == "sent" and e.direction == "to-device"
+             and e.summary == "keep-alive"]
+    assert len(pings) >= 3 and len(pongs) == len(pings)
+    invariants = next(c for c in case.checks if c.check == "invariants")
+    assert "no register-new-flow" in invariants.message  # the same flow all along
