@@ -249,7 +249,8 @@ class ScenarioResult:
         return [c for c in self.case.checks if not c.passed]
 
     def check(self, name: str) -> CheckResult:
-        """The result of one check by name (``ends-right``, ``early-answer``, ``cancel-push``, ``invariants``)."""
+        """The result of one check by name (``ends-right``, ``early-answer``, ``cancel-push``, ``invariants``,
+        ``sip-duties``)."""
         for result in self.case.checks:
             if result.check == name:
                 return result

@@ -34,7 +34,8 @@ app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a p
                   add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
 
 _BEHAVIOURS = ", ".join(BEHAVIOURS)
-_CHECK_TITLES = {"ends-right": "1 end", "early-answer": "2 early", "cancel-push": "3 cancel", "invariants": "inv"}
+_CHECK_TITLES = {"ends-right": "1 end", "early-answer": "2 early", "cancel-push": "3 cancel", "invariants": "inv",
+                 "sip-duties": "sip"}
 
 
 _fail = failing("faultlab lab")
@@ -279,7 +280,8 @@ def _console() -> Console:
 def _print_table(cases: list[Case], console: Console) -> None:
     """One row per case: a column per check (pass / FAIL / - when it does not apply), the end, the key times."""
     table = Table(title="verdicts (1 end: ends right, in time; 2 early: waits on an early answer; 3 cancel: no "
-                  "cancel-push dependence; inv: invariants; times in s after the push)", box=box.SIMPLE_HEAD)
+                  "cancel-push dependence; inv: invariants; sip: the SIP the device owes; times in s after the "
+                  "push)", box=box.SIMPLE_HEAD)
     for column in ("scenario", "profile", "transport"):
         table.add_column(column, no_wrap=True)
     for check in _CHECK_TITLES:

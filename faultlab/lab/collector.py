@@ -9,7 +9,7 @@
 - ``event`` (required): ``reported``, ``answer-tapped``, ``answer-fulfilled``, ``answer-failed``, ``ended``.
 - ``uuid`` (the CallKit UUID) and/or ``call_id`` (the SIP Call-ID): at least one.
 - ``reason``: required with ``ended`` and only there: ``failed``, ``remoteEnded``, ``unanswered``,
-  ``answeredElsewhere``, ``declinedElsewhere`` (CXCallEndedReason).
+  ``answeredElsewhere``, ``declinedElsewhere`` (CXCallEndedReason), ``declined`` (the user declined: a local end).
 - ``client_time`` (required): the device's clock, UNIX seconds (a number).
 - ``detail`` (optional): a JSON object, kept as it is.
 
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 EVENTS = ("reported", "answer-tapped", "answer-fulfilled", "answer-failed", "ended")
-END_REASONS = ("failed", "remoteEnded", "unanswered", "answeredElsewhere", "declinedElsewhere")
+END_REASONS = ("failed", "remoteEnded", "unanswered", "answeredElsewhere", "declinedElsewhere", "declined")
 MAX_BODY = 64 * 1024
 _DEVICE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _FIELDS = {"device", "event", "uuid", "call_id", "reason", "client_time", "detail"}

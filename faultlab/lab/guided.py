@@ -20,8 +20,9 @@ counted. With no INVITE at all (the scenario keeps it from the device), the call
 event names.
 
 The verdict runs :func:`~faultlab.lab.checks.check_end`, :func:`~faultlab.lab.checks.check_early_answer` (when
-the scenario exercises an early answer) and :func:`~faultlab.lab.checks.check_invariants` over the timeline since
-the start. Check 3 (the same outcome with cancel pushes dropped) needs a second run with faultlab's push gateway
+the scenario exercises an early answer), :func:`~faultlab.lab.checks.check_invariants` and the SIP duties
+(:func:`~faultlab.lab.duties.check_duties`, judged as for a device of one's own: the app's ring timeout is not
+known) over the timeline since the start. Check 3 (the same outcome with cancel pushes dropped) needs a second run with faultlab's push gateway
 in the path: a guided run says it is not judged.
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 
 from faultlab.addr import device_at
 from faultlab.lab.checks import check_early_answer, check_end, check_invariants
+from faultlab.lab.duties import check_duties
 from faultlab.lab.scenario import Scenario
 from faultlab.sip import SipError, parse_message, parse_uri
 from faultlab.trace import Event
@@ -305,6 +307,7 @@ def verdict(s: Scenario, events: Sequence[Event], call_id: str, why: str) -> dic
     if s.early_answer:
         checks.append(check_early_answer(events, call_id, s).to_json())
     checks.append(check_invariants(events, call_id, s).to_json())
+    checks.append(check_duties(events, call_id, s, known_device=False).to_json())
     for c in checks:
         c["judged"] = True
     if s.cancel_push_check:

@@ -41,6 +41,7 @@ from faultlab.lab.checks import (
     check_invariants,
 )
 from faultlab.lab.device.logic import DeviceConfig
+from faultlab.lab.duties import check_duties
 from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushFaults
 from faultlab.lab.scenario import Scenario, merge_profiles
@@ -250,6 +251,7 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
         else:
             results.append(check_cancel_push((first.events, first.call_id), (other.events, other.call_id), scenario))
     results.append(check_invariants(first.events, first.call_id, scenario))
+    results.append(check_duties(first.events, first.call_id, scenario, known_device=first.network != "external"))
     return results
 
 

@@ -17,7 +17,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     cancel_reason = 'SIP;cause=486'              # ... with this Reason header
     answer_at = "1s"                             # the user taps Answer this long after the report
     decline_at = "1s"                            # ... or Decline
-    elsewhere = "answered"                       # a second device "answered" / "declined" ...
+    elsewhere = "answered"                       # a second device "answered" / "declined" / "declined-603" ...
     elsewhere_at = "0.5s"                        # ... this long after the caller's 180
     hang_up_after = "10s"                        # after a 2xx, the caller hangs up this much later
     duration = "30s"                             # the run ends this long after the push at the latest
@@ -48,6 +48,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     early_answer = false                         # check 2 applies (the user answers before the INVITE)
     cancel_push = "auto"                         # check 3 applies: true/false, auto = when the PBX sends one
     milestones = [{ event = "register-ok", after = "push", within = "4.5s" }]
+    late_invite = [480, 410]                     # accepted answers to an INVITE after the device gave up ([]: off)
 
 Anchors (``after`` / ``event``) are named timeline events of the call (see :data:`ANCHORS`). Every field can be
 overridden from outside (``faultlab lab run --set expect.end=failed``): :func:`override`.
@@ -105,7 +106,9 @@ _PUSH = {"duplicate", "drop_cancel", "delay"}
 _PBX = {"hold", "cancel_push"}
 _DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection",
            "keepalive_interval", "keepalive_timeout"}
-_EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones"}
+_EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones", "late_invite"}
+LATE_INVITE = (480, 410)  # an INVITE after the device gave up: 480 Temporarily Unavailable or 410 Gone
+_ELSEWHERE = '"answered" (cause 200), "declined" (cause 600) or "declined-603"'
 _DURATION_HELP = "a duration with a unit: 500ms, 1s, 2.5s"
 
 
@@ -168,6 +171,7 @@ class Scenario:
     early_answer: bool = False
     cancel_push_check: bool = False
     milestones: tuple[Bound, ...] = ()
+    late_invite: tuple[int, ...] = LATE_INVITE
     source: str = "<string>"
 
     @property
@@ -255,9 +259,9 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     faults = _faults(top.sub("faults", {"profile", "rules", "link"}), source, slug)
 
     call = top.sub("call", _CALL)
-    elsewhere = call.text("elsewhere", allowed='"answered" or "declined"')
-    if elsewhere not in (None, "answered", "declined"):
-        raise call.error("elsewhere", '"answered" or "declined"')
+    elsewhere = call.text("elsewhere", allowed=_ELSEWHERE)
+    if elsewhere not in (None, "answered", "declined", "declined-603"):
+        raise call.error("elsewhere", _ELSEWHERE)
     answer_at, decline_at = call.duration("answer_at"), call.duration("decline_at")
     if answer_at is not None and decline_at is not None:
         raise call.error("decline_at", "either answer_at or decline_at, not both")
@@ -296,10 +300,19 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         device=device, new_connection=device_t.bool("new_connection", False),
         end=tuple(end), by=by, not_before=not_before, tolerance=expect.duration("tolerance", 0.1),
         early_answer=expect.bool("early_answer", False), cancel_push_check=False,
-        milestones=expect.bounds("milestones", with_event=True), source=source,
+        milestones=expect.bounds("milestones", with_event=True), late_invite=_codes(expect, "late_invite"),
+        source=source,
     )
     check3 = scenario.cancels and scenario.pbx_cancel_push if cancel_push == "auto" else cancel_push
     return replace(scenario, cancel_push_check=bool(check3))
+
+
+def _codes(t: _Table, name: str) -> tuple[int, ...]:
+    value = t.data.get(name, list(LATE_INVITE))
+    if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) or not 300 <= v <= 699
+                                          for v in value):
+        raise t.error(name, "a list of final response codes 300-699, e.g. [480, 410] (empty: not judged)")
+    return tuple(value)
 
 
 def _faults(t: _Table, source: str, slug: str) -> Profile | None:
@@ -441,6 +454,11 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         if name == "by" and not bounds and scenario.end:
             raise ScenarioError(src, "", value, "at least one ANCHOR+DURATION: the deadline")
         return replace(scenario, **{name: tuple(bounds)})
+    if section == "expect" and name == "late_invite":
+        codes = [c.strip() for c in value.split(",") if c.strip()]
+        if any(not c.isdigit() or not 300 <= int(c) <= 699 for c in codes):
+            raise ScenarioError(src, "", value, "final response codes 300-699, comma-separated (empty: not judged)")
+        return replace(scenario, late_invite=tuple(int(c) for c in codes))
     if section == "expect" and name == "tolerance":
         return replace(scenario, tolerance=_duration(src, value))
     if section == "device" and name in _DEVICE - {"new_connection"}:
@@ -452,9 +470,10 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         return replace(scenario, pbx_hold=_duration(src, value))
     if section == "push" and name == "delay":
         return replace(scenario, push_delay=_duration(src, value))
-    allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, device.{register_deadline,invite_deadline,total_deadline,"
-               "ring_timeout,keepalive_interval,keepalive_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,"
-               "hang_up_after,duration,move_at}, pbx.hold, push.delay")
+    allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, expect.late_invite, "
+               "device.{register_deadline,invite_deadline,total_deadline,ring_timeout,keepalive_interval,"
+               "keepalive_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration,move_at}, "
+               "pbx.hold, push.delay")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")
 
 

@@ -55,7 +55,7 @@ async def test_external_lab_judges_a_device_in_another_process(tmp_path):
     for case in cases:
         assert case is not None
         assert case.passed, [(c.check, c.message, c.evidence) for c in case.checks]
-        assert [c.check for c in case.checks] == ["ends-right", "cancel-push", "invariants"]
+        assert [c.check for c in case.checks] == ["ends-right", "cancel-push", "invariants", "sip-duties"]
         assert len(case.runs) == 2 and case.runs[1].cancel_pushes == "dropped"
         for run in case.runs:
             ends = [e for e in run.events if e.kind == "device" and e.detail["event"] == "ended"]
@@ -64,6 +64,11 @@ async def test_external_lab_judges_a_device_in_another_process(tmp_path):
         # no cancel push reached the device in the second run (the gateway dropped any)
         cancels = [e for e in case.runs[1].events if e.kind == "push" and e.detail["push_kind"] == "cancel"]
         assert {e.detail["outcome"] for e in cancels} <= {"dropped"}
+    # the SIP a device of one's own owes, judged on what faultlab relayed: 200/487 to the CANCEL (S05, S06), a
+    # REGISTER after each push
+    for case in cases[:2]:
+        duties = next(c for c in case.checks if c.check == "sip-duties")
+        assert duties.message.startswith("met: cancel, register-on-push"), duties.message
     s04 = cases[2]  # the PBX sends a cancel push for S04's held INVITE: delivered, then dropped
     for run, outcome in zip(s04.runs, ("delivered", "dropped")):
         assert [e.detail["outcome"] for e in run.events if e.kind == "push"

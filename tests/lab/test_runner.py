@@ -17,7 +17,8 @@ from faultlab.trace import read_jsonl
 
 # short scenarios (a few seconds each on the real clock), run side by side in threads
 REAL_TIME = [("S06", None), ("S12", None), ("S17", None), ("S05", None), ("S06", "wrong-reason-mapping"),
-             ("S17", "fulfills-before-invite"), ("S05", "slow-end")]
+             ("S17", "fulfills-before-invite"), ("S05", "slow-end"), ("S29", None), ("S29", "decline-486"),
+             ("S07b", "no-487"), ("S12b", "ignores-retry-after")]
 
 
 def verdicts(case) -> list[tuple[str, bool, str | None]]:

@@ -327,5 +327,5 @@ async def test_a_guided_call_through_faultlab_gets_its_verdict_from_device_event
     assert done["phase"] == "done", done
     verdict = done["verdict"]
     assert verdict["passed"] is True and verdict["call_id"] == "call1", verdict
-    assert [c["check"] for c in verdict["checks"]] == ["ends-right", "invariants"]
+    assert [c["check"] for c in verdict["checks"]] == ["ends-right", "invariants", "sip-duties"]
     assert "device reported (no push gateway: t0)" in verdict["checks"][0]["evidence"][0]

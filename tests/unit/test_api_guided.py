@@ -104,7 +104,8 @@ def test_status_walks_through_the_script_then_keeps_the_verdict():
     assert done["phase"] == "done" and done["prompt"] == "Done: the iPhone ended the call (remoteEnded)"
     verdict = done["verdict"]
     assert verdict["passed"] is True and verdict["call_id"] == "c1"
-    assert [(c["check"], c["passed"]) for c in verdict["checks"]] == [("ends-right", True), ("invariants", True)]
+    assert [(c["check"], c["passed"]) for c in verdict["checks"]] == [("ends-right", True), ("invariants", True),
+                                                                      ("sip-duties", True)]
     assert run.result is verdict
     assert status(run, events + [device(9.0, "ended", call_id=None, reason="failed")], 9.5)["verdict"] is verdict
 
@@ -122,6 +123,21 @@ def test_duration_ends_a_run_without_an_end_and_the_verdict_says_so():
     assert checks["cancel-push"]["judged"] is False and "not judged" in checks["cancel-push"]["message"]
 
 
+def test_the_sip_the_iphone_owes_is_judged_on_what_faultlab_relayed():
+    cancelled = baseline_call()[:5] + [
+        relay(4.0, "sent", "to-device", method="CANCEL"),
+        relay(4.0, "received", "to-pbx", status=200, cseq_method="CANCEL"),
+        relay(4.1, "received", "to-pbx", status=480, cseq_method="INVITE"),  # not 487
+        device(4.1, "ended", reason="remoteEnded")]
+    done = status(GuidedRun(load_scenario("S05"), started_at=0.0), cancelled, 4.2)
+    checks = {c["check"]: c for c in done["verdict"]["checks"]}
+    assert checks["ends-right"]["passed"] and done["verdict"]["passed"] is False
+    duties = checks["sip-duties"]
+    assert duties["judged"] and not duties["passed"]
+    assert duties["message"].startswith("cancel: 480 to the INVITE instead of 487 after the CANCEL reached the device")
+    assert "cancel: t=4.100 the device answered the INVITE 480" in duties["evidence"]
+
+
 def test_early_answer_is_judged_when_the_scenario_asks_for_it():
     s17 = load_scenario("S17")
     events = [device(1.0, "reported"), device(2.0, "answer-tapped"),
@@ -131,7 +147,7 @@ def test_early_answer_is_judged_when_the_scenario_asks_for_it():
               relay(7.0, "received", "to-device", method="BYE"), device(7.1, "ended", reason="remoteEnded")]
     done = status(GuidedRun(s17, started_at=0.5), events, 7.2)
     assert [(c["check"], c["passed"]) for c in done["verdict"]["checks"]] == [
-        ("ends-right", True), ("early-answer", True), ("invariants", True)]
+        ("ends-right", True), ("early-answer", True), ("invariants", True), ("sip-duties", True)]
 
 
 # -- which call: one device's run among several phones ------------------------------------------------------------

@@ -398,6 +398,47 @@ def test_bad_slow_end_is_3_s_late(script, end) -> None:
     assert r.until(100).ended() == [end]
 
 
+def test_bad_no_487_answers_the_cancel_only() -> None:
+    r = Run(behaviour="no-487").push(0).at(0.2, "register_response", 200).at(0.4, "invite_received", INVITE, "c")
+    r.at(2, "cancel_received", CANCEL).until(100)
+    assert r.replies == [(0.4, 180, "INVITE"), (2, 200, "CANCEL")] and r.ended() == [(2, "remoteEnded")]
+
+
+def test_bad_no_480_at_ring_timeout() -> None:
+    r = Run(behaviour="no-480-at-ring-timeout").push(0).at(0.2, "register_response", 200)
+    r.at(0.4, "invite_received", INVITE, "c").until(100)
+    assert r.replies == [(0.4, 180, "INVITE")] and r.ended() == [(45.4, "unanswered")]
+
+
+def test_bad_late_invite_486() -> None:
+    r = Run(behaviour="late-invite-486").push(0).at(0.2, "register_response", 200)
+    r.until(6).at(8, "invite_received", INVITE, "c1@pbx")
+    assert r.ended() == [(5.2, "unanswered")] and r.replies == [(8, 486, "INVITE")]
+
+
+@pytest.mark.parametrize("invite_at", [0.4, 3.0])  # ringing, and arriving after the decline
+def test_bad_decline_486(invite_at) -> None:
+    r = Run(behaviour="decline-486", decline_after=2).push(0).at(0.2, "register_response", 200)
+    r.at(invite_at, "invite_received", INVITE, "c1@pbx").until(100)
+    assert r.ended() == [(2, "declined")] and (max(invite_at, 2), 486, "INVITE") in r.replies
+
+
+def test_bad_register_retry_after_403_retries_once() -> None:
+    r = Run(behaviour="register-retry-after-403").push(0).at(0.2, "register_response", 403)
+    assert r.registers == [0, 0.2] and r.ended() == []
+    assert r.at(0.3, "register_response", 403).ended() == [(0.3, "failed")] and r.registers == [0, 0.2]
+
+
+def test_bad_ignores_retry_after() -> None:
+    r = Run(behaviour="ignores-retry-after").push(0).at(0.2, "register_response", 503, retry_after=30)
+    assert r.until(0.2).registers == [0, 0.2]  # at once, not 30 s later (nor never, as 30 s does not fit)
+
+
+def test_bad_no_register_on_push() -> None:
+    r = Run(behaviour="no-register-on-push").push(0).until(100)
+    assert r.registers == [] and r.events[0] == (0, "reported", None) and r.ended() == [(8, "failed")]
+
+
 def test_every_behaviour_is_tested_and_documented() -> None:
     names = {n.removeprefix("test_bad_").replace("_", "-") for n in globals() if n.startswith("test_bad_")}
     assert all(b in names or any(n.startswith(b) for n in names) for b in BEHAVIOURS)

@@ -76,18 +76,19 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
-    "ignores-dead-flow": (
-        "Sends its TCP/TLS keep-alive pings but never notices a missing pong: keeps the dead flow, no re-REGISTER."
-    ),
-    "ignores-path-change": (
-        "Keeps its old address and flow when the network changes (Wi-Fi -> cellular): no re-REGISTER on the new path."
-    ),
+    "no-487": "Answers a CANCEL 200 and ends the call, but never sends 487 to the INVITE.",
+    "no-480-at-ring-timeout": "At its ring timeout ends the call unanswered without answering the INVITE (no 480).",
+    "late-invite-486": "Answers an INVITE for a call it has already ended 486 Busy Here (not 480 or 410).",
+    "decline-486": "Answers the INVITE of a call the user declined 486 Busy Here (not 603 Decline).",
+    "register-retry-after-403": "Retries the REGISTER once, at once, after a 403 Forbidden.",
+    "ignores-retry-after": "Retries a REGISTER answered 503 with Retry-After at once, not after Retry-After.",
+    "no-register-on-push": "Reports a call push but sends no REGISTER for it (counts on its old binding).",
+    "ignores-dead-flow": "Pings its TCP/TLS flow but never notices a missing pong: no re-REGISTER on a new flow.",
+    "ignores-path-change": "Keeps its old address and flow after a network change: no re-REGISTER on the new path.",
 }
 
 RING_TIMEOUT = 45.0  # reference §7: local ring timeout after the INVITE -> 480, unanswered
 MAX_FLOW_RECOVERIES = 3  # re-REGISTERs after a lost flow, per call (a network that kills every flow cannot loop us)
-KEEPALIVE_INTERVAL = 90.0  # reference §7: CRLF ping on TCP/TLS at most every 120 s (90 s as in pjsip)
-KEEPALIVE_TIMEOUT = 10.0  # RFC 5626 §4.4.1: no pong within 10 s of the ping -> the flow failed
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ class DeviceConfig:
     decline_after: float | None = None  # user taps decline this long after the report
     behaviour: str | None = None  # None: well-behaved; else a key of BEHAVIOURS
     slow_end_delay: float = 3.0  # for behaviour "slow-end"
-    keepalive_interval: float = KEEPALIVE_INTERVAL  # TCP/TLS: a CRLF CRLF ping this often (0: none)
-    keepalive_timeout: float = KEEPALIVE_TIMEOUT  # no CRLF pong this long after a ping: the flow failed
+    keepalive_interval: float = 90.0  # TCP/TLS: a CRLF CRLF ping this often (0: none); RFC 5626: <= 120 s, pjsip 90 s
+    keepalive_timeout: float = 10.0  # no CRLF pong this long after a ping: the flow failed (RFC 5626 §4.4.1)
 
     def __post_init__(self) -> None:
         if self.behaviour is not None and self.behaviour not in BEHAVIOURS:
@@ -198,6 +199,7 @@ class DeviceLogic:
     _pending_end: float | None = None  # slow-end: when the end event goes out
     _reregister_at: float | None = None  # 503 with Retry-After inside the budget
     _retried_503: bool = False
+    _retried_403: bool = False  # behaviour register-retry-after-403
     _answer_at: float | None = None
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
@@ -295,8 +297,8 @@ class DeviceLogic:
             return []  # duplicate push for this call (S22), or another call's push: not ours to report
         self.uuid, self.call_id = uuid, call_id
         out = self._report(now)
-        self.registering = True
-        return out + [SendRegister()]
+        self.registering = self.behaviour != "no-register-on-push"
+        return out + ([SendRegister()] if self.registering else [])
 
     def register_response(self, now: float, status: int, retry_after: float | None = None) -> list[Output]:
         """The final response to the REGISTER (1xx are not passed in)."""
@@ -307,6 +309,11 @@ class DeviceLogic:
             self.registered = True
             self.t_registered = now
             return []
+        if status == 403 and self.behaviour == "register-retry-after-403" and not self._retried_403:
+            self._retried_403 = self.registering = True
+            return [SendRegister()]
+        if self.behaviour == "ignores-retry-after" and retry_after is not None:
+            retry_after = 0.0
         if status == 503 and retry_after is not None and not self._retried_503:
             deadline = self.invite_deadline  # before a 2xx: min(t0 + register_deadline, t0 + total_deadline)
             if deadline is not None and now + retry_after < deadline:  # S12b: the retry fits the budget
@@ -346,16 +353,11 @@ class DeviceLogic:
         return [SendRegister()]
 
     def path_changed(self, now: float) -> list[Output]:
-        """The device's network path changed (a new address: Wi-Fi -> cellular, S26); its old flow is gone.
-
-        A REGISTER in flight left from the old address: it starts again on the new path (its answer would go to
-        an address that is no more). Otherwise as :meth:`flow_lost`: waiting for the INVITE, re-REGISTER at once.
-        """
+        """A new address (S26): a REGISTER in flight starts again from it (the old one's answer would go nowhere);
+        otherwise as :meth:`flow_lost`."""
         if self.ended or self.t0 is None:
             return []
-        if self.registering:
-            return [StopRegister(), SendRegister()]
-        return self.flow_lost(now)
+        return [StopRegister(), SendRegister()] if self.registering else self.flow_lost(now)
 
     def _register_failure(self, now: float) -> list[Output]:
         if self.invite is not None:
@@ -369,7 +371,8 @@ class DeviceLogic:
     def invite_received(self, now: float, ref: Any, call_id: str | None = None) -> list[Output]:
         """An initial INVITE (retransmissions are absorbed by the driver)."""
         if self.ended:
-            return [Reply(ref, 603 if self.declined else 480, "INVITE")]  # S03: a late INVITE
+            late = 486 if self.behaviour == "late-invite-486" else 480
+            return [Reply(ref, self._decline_code() if self.declined else late, "INVITE")]  # S03: a late INVITE
         if self.invite is not None:
             return [Reply(ref, 482, "INVITE")]  # a second initial INVITE for this call (merged request, §8.2.2.2)
         out: list[Output] = []
@@ -402,7 +405,8 @@ class DeviceLogic:
         if self.final_sent is not None:
             return out  # S19: CANCEL after the final response has no effect
         self.final_sent = 487
-        out.append(Reply(self.invite, 487, "INVITE"))
+        if self.behaviour != "no-487":
+            out.append(Reply(self.invite, 487, "INVITE"))
         mapped = "remoteEnded" if self.behaviour == "wrong-reason-mapping" else cancel_reason(reason)
         return out + self._end(now, mapped)
 
@@ -437,9 +441,12 @@ class DeviceLogic:
         self.declined = True
         out: list[Output] = []
         if self.invite is not None and self.final_sent is None:
-            self.final_sent = 603
-            out.append(Reply(self.invite, 603, "INVITE"))
+            self.final_sent = self._decline_code()
+            out.append(Reply(self.invite, self.final_sent, "INVITE"))
         return out + self._end(now, "declined")
+
+    def _decline_code(self) -> int:
+        return 486 if self.behaviour == "decline-486" else 603
 
     # ------------------------------------------------------------ timers
 
@@ -486,6 +493,7 @@ class DeviceLogic:
             out += self._no_invite_end(now)
         if self.invite is not None and self.final_sent is None and now >= self.t_invite + self.config.ring_timeout:
             self.final_sent = 480
-            out.append(Reply(self.invite, 480, "INVITE"))
+            if self.behaviour != "no-480-at-ring-timeout":
+                out.append(Reply(self.invite, 480, "INVITE"))
             out += self._end(now, "unanswered")
         return out

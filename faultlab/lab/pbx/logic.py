@@ -295,8 +295,9 @@ class PbxLogic(Registrar, Calls, Transactions, Lifetimes):
     def cancel_elsewhere(self, call_id: str, reason: str, now: float) -> list[Output]:
         """End a ringing call as if another device of the user had answered or declined it.
 
-        ``reason`` is ``"answered"`` (``Reason: SIP;cause=200;text="Call completed elsewhere"``) or
-        ``"declined"`` (``Reason: SIP;cause=600;text="Busy Everywhere"``). Forwarded call: CANCEL with
+        ``reason`` is ``"answered"`` (``Reason: SIP;cause=200;text="Call completed elsewhere"``),
+        ``"declined"`` (``Reason: SIP;cause=600;text="Busy Everywhere"``) or ``"declined-603"``
+        (``Reason: SIP;cause=603;text="Decline"``). Forwarded call: CANCEL with
         that Reason toward the device, 487 to the caller. Held call: as a CANCEL while held (487 to the
         caller, nothing to the device, cancel push if enabled). Raises ``KeyError`` for an unknown
         call and ``ValueError`` for another reason or a call no longer ringing.

@@ -15,10 +15,11 @@ __all__ = ["Address", "Binding", "ELSEWHERE_REASONS", "Flow", "Note", "Output", 
 Address = tuple[str, int]
 
 #: ``cancel_elsewhere`` reasons and the Reason header each puts in the CANCEL (RFC 3326; §2.2 of the
-#: reference: cause 200 = answered elsewhere, cause 600 = declined elsewhere).
+#: reference: cause 200 = answered elsewhere, cause 600 or 603 = declined elsewhere).
 ELSEWHERE_REASONS = {
     "answered": 'SIP;cause=200;text="Call completed elsewhere"',
     "declined": 'SIP;cause=600;text="Busy Everywhere"',
+    "declined-603": 'SIP;cause=603;text="Decline"',
 }
 
 RR_USER = "faultlab-pbx"
