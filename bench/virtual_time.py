@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from faultlab.lab.runner import run_case  # noqa: E402
+from faultlab.lab.runner import run_case, run_matrix  # noqa: E402
 from faultlab.lab.scenario import list_scenarios, load_scenario  # noqa: E402
 
 DEFAULT = ["S01", "S03", "S05", "S06", "S12", "S17", "S19", "S22"]
@@ -73,7 +73,7 @@ def main() -> int:
     walls, cases, lab_total = [], 0, 0.0
     for _ in range(args.catalogue_rounds):
         t = time.perf_counter()
-        results = [run_case(s, seed=args.seed) for s in catalogue]
+        results = run_matrix(catalogue, seed=args.seed)  # every scenario on every transport it applies to
         walls.append(time.perf_counter() - t)
         cases = len(results)
         lab_total = sum(r.duration for c in results for r in c.runs)

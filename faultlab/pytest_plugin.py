@@ -10,12 +10,14 @@ See docs/pytest-plugin.md for a worked example. The fixtures:
 * ``faultlab_lab`` (async tests): ``async with faultlab_lab("tcp") as lab:`` is
   :func:`faultlab.lab.stack.open_lab_stack` on the in-memory network, with a lab CA in a temporary directory for
   TLS; use pytest-trio's ``autojump_clock`` fixture for virtual time;
-* ``faultlab_scenario`` (sync tests): ``faultlab_scenario("S04", "lossy-wifi")`` runs a catalogue scenario
-  (:func:`faultlab.lab.runner.run_case`, its own ``trio.run``) and returns a :class:`ScenarioResult`, whose
-  :meth:`~ScenarioResult.assert_passed` fails with the checks' messages and evidence.
+* ``faultlab_scenario`` (sync tests): ``faultlab_scenario("S04", "lossy-wifi")`` runs a catalogue scenario on
+  every transport it applies to (:func:`faultlab.lab.runner.run_case` per transport, each its own ``trio.run``)
+  and returns a :class:`ScenarioResult`, whose :meth:`~ScenarioResult.assert_passed` fails with the checks'
+  messages and evidence.
 
 ``--faultlab-seed N`` (or ``random``) sets the fixtures' default seed (0 otherwise); the pytest header shows it and
-a failed test that used a fixture lists the seeds it ran with.
+a failed test that used a fixture lists the seeds it ran with. ``--faultlab-transport udp,tcp`` narrows the
+transports ``faultlab_scenario`` plays by default (every one the scenario applies to otherwise).
 
 The plugin loads in every pytest run of a project that has faultlab installed, so importing it costs nothing but
 this module: trio and faultlab's modules are imported inside the fixtures.
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["ScenarioResult"]
 
 _SEED = pytest.StashKey[int]()
+_TRANSPORTS = pytest.StashKey[tuple[str, ...]]()  # --faultlab-transport: () for every one
 _CONFDIR = pytest.StashKey[Path]()
 _USED = pytest.StashKey[list[str]]()  # on a test item: what its faultlab fixtures ran with
 
@@ -54,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--faultlab-seed", metavar="N", default=None,
                     help="Default seed of faultlab's fixtures: an integer, or 'random' for one drawn for this "
                          "session and shown in the header. Default: 0.")
+    group.addoption("--faultlab-transport", metavar="LIST", action="append", default=[],
+                    help="The transports faultlab_scenario plays each scenario on when the test names none: udp, tcp, "
+                         "tls, comma-separated or repeated. Default: every transport the scenario applies to.")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,10 +74,18 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError:
             raise pytest.UsageError(f"--faultlab-seed {value!r}: give an integer or 'random'") from None
     config.stash[_SEED] = seed
+    wanted = tuple(t.strip() for item in config.getoption("faultlab_transport", None) or [] for t in item.split(",")
+                   if t.strip())
+    bad = [t for t in wanted if t not in ("udp", "tcp", "tls")]
+    if bad:
+        raise pytest.UsageError(f"--faultlab-transport {bad[0]!r}: use udp, tcp or tls (comma-separated)")
+    config.stash[_TRANSPORTS] = wanted
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"faultlab: default seed {config.stash[_SEED]} (--faultlab-seed)"
+    wanted = config.stash.get(_TRANSPORTS, ())
+    return (f"faultlab: default seed {config.stash[_SEED]} (--faultlab-seed)"
+            + (f", transports {','.join(wanted)} (--faultlab-transport)" if wanted else ""))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -226,41 +240,80 @@ def faultlab_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 # ---------------------------------------------------------------------------------------------- faultlab_scenario
 
 
+def _transports(scenario: Any, asked: str | Sequence[str] | None, narrowed: Sequence[str]) -> list[str]:
+    """The transports ``faultlab_scenario`` plays: those asked for, else those of ``--faultlab-transport`` the
+    scenario applies to, else every one it applies to. ValueError for one it does not apply to."""
+    if asked:
+        wanted = [asked] if isinstance(asked, str) else list(asked)
+        bad = [t for t in wanted if t not in scenario.transports]
+        if bad:
+            raise ValueError(f"{scenario.id} applies to {', '.join(scenario.transports)}, not {bad[0]}")
+        return wanted
+    from faultlab.lab.runner import transports_for
+
+    chosen = transports_for(scenario, narrowed)
+    if not chosen:
+        pytest.skip(f"{scenario.id} applies to {', '.join(scenario.transports)}, none of --faultlab-transport "
+                    f"{','.join(narrowed)}")
+    return chosen
+
+
 @dataclass
 class ScenarioResult:
-    """One catalogue scenario's verdicts (:class:`faultlab.lab.runner.Case`), for a test to assert on."""
+    """One catalogue scenario's verdicts, one :class:`faultlab.lab.runner.Case` per transport played, for a test
+    to assert on."""
 
-    case: Case
+    cases: list[Case]
     seed: int
     behaviour: str | None
     profile_arg: str | None  # how ``faultlab lab run -p`` names the profile (None: no profile)
     trace_dir: Path | None
 
     @property
+    def case(self) -> Case:
+        """The first transport's case (:attr:`cases` has one per transport)."""
+        return self.cases[0]
+
+    @property
+    def transports(self) -> list[str]:
+        return [c.transport for c in self.cases]
+
+    @property
     def passed(self) -> bool:
-        return self.case.passed
+        return all(c.passed for c in self.cases)
 
     @property
     def checks(self) -> list[CheckResult]:
-        return self.case.checks
+        """Every check of every transport, in order (``result.on("tcp").checks`` for one)."""
+        return [r for c in self.cases for r in c.checks]
 
     @property
     def failures(self) -> list[CheckResult]:
-        return [c for c in self.case.checks if not c.passed]
+        return [r for r in self.checks if not r.passed]
+
+    def on(self, transport: str) -> ScenarioResult:
+        """The verdicts of one transport."""
+        cases = [c for c in self.cases if c.transport == transport]
+        if not cases:
+            raise KeyError(f"{transport!r}: this scenario ran on {', '.join(self.transports)}")
+        return ScenarioResult(cases, self.seed, self.behaviour, self.profile_arg, self.trace_dir)
 
     def check(self, name: str) -> CheckResult:
         """The result of one check by name (``ends-right``, ``early-answer``, ``cancel-push``, ``invariants``,
-        ``sip-duties``)."""
-        for result in self.case.checks:
-            if result.check == name:
-                return result
-        raise KeyError(f"{name!r}: this case ran {', '.join(c.check for c in self.case.checks)}")
+        ``sip-duties``): on the first transport where it failed, else on the first transport."""
+        found = [r for r in self.checks if r.check == name]
+        if not found:
+            raise KeyError(f"{name!r}: this case ran {', '.join(dict.fromkeys(c.check for c in self.checks))}")
+        return next((r for r in found if not r.passed), found[0])
 
     def explain(self) -> str:
-        """Every check's verdict and message, the evidence of each failed one, and how to run the case again."""
-        case = self.case
+        """Per transport: every check's verdict and message, the evidence of each failed one, and how to run the
+        case again."""
+        return "\n".join(self._explain(case) for case in self.cases)
+
+    def _explain(self, case: Case) -> str:
         scenario = case.scenario
-        verdict = "passed" if self.passed else "FAILED"
+        verdict = "passed" if case.passed else "FAILED"
         lines = [f"{scenario.id} {scenario.slug} x {case.profile_name} over {case.transport} (seed {self.seed}"
                  + (f", behaviour {self.behaviour}" if self.behaviour else "") + f"): {verdict}"]
         for result in case.checks:
@@ -296,8 +349,8 @@ def faultlab_scenario(request: pytest.FixtureRequest,
 
     ``scenario``: an id (``S04``), slug or TOML path (:func:`faultlab.lab.scenario.load_scenario`), or a loaded
     :class:`~faultlab.lab.scenario.Scenario`. ``profile``: a library name, a TOML path or a
-    :class:`faultlab.faults.Profile`, merged with the scenario's own faults. ``transport``: default the
-    scenario's first; ``seed``: default ``--faultlab-seed``; ``behaviour``: one of the reference device's
+    :class:`faultlab.faults.Profile`, merged with the scenario's own faults. ``transport``: one (``"tcp"``) or a
+    list; default every transport the scenario applies to (narrowed by ``--faultlab-transport``); ``seed``: default ``--faultlab-seed``; ``behaviour``: one of the reference device's
     known-bad behaviours. Other keywords go to :func:`faultlab.lab.runner.run_case` (``virtual=False`` for the
     real clock on loopback). Each run's timeline is written as JSONL to a temporary directory, named in
     :meth:`ScenarioResult.explain`.
@@ -306,7 +359,8 @@ def faultlab_scenario(request: pytest.FixtureRequest,
     ``def`` test, not an ``async def`` one.
     """
 
-    def run(scenario: Any, profile: str | Path | Profile | None = None, *, transport: str | None = None,
+    def run(scenario: Any, profile: str | Path | Profile | None = None, *,
+            transport: str | Sequence[str] | None = None,
             seed: int | None = None, behaviour: str | None = None, **options: Any) -> ScenarioResult:
         import trio
 
@@ -318,18 +372,19 @@ def faultlab_scenario(request: pytest.FixtureRequest,
                                "(def test_...), not an async one")
         loaded_scenario = scenario if isinstance(scenario, Scenario) else load_scenario(str(scenario))
         loaded = _profile(profile)
-        transport = transport or loaded_scenario.transports[0]
+        transports = _transports(loaded_scenario, transport, request.config.stash.get(_TRANSPORTS, ()))
         seed = _seed(request, seed, f"faultlab_scenario({loaded_scenario.id}, profile {_profile_label(loaded)}, "
-                                    f"{transport})")
-        if transport == "tls" and options.get("confdir") is None:
+                                    f"{','.join(transports)})")
+        if "tls" in transports and options.get("confdir") is None:
             options["confdir"] = _lab_confdir(request.config, tmp_path_factory)
         if "trace_dir" not in options:
             options["trace_dir"] = tmp_path_factory.mktemp(f"faultlab-{loaded_scenario.id}")
-        case = run_case(loaded_scenario, loaded, transport=transport, seed=seed, behaviour=behaviour, **options)
+        cases = [run_case(loaded_scenario, loaded, transport=t, seed=seed, behaviour=behaviour, **options)
+                 for t in transports]
         if isinstance(profile, (str, Path)):
             profile_arg = str(profile)
         else:
             profile_arg = None if loaded is None else loaded.name
-        return ScenarioResult(case, seed, behaviour, profile_arg, options.get("trace_dir"))
+        return ScenarioResult(cases, seed, behaviour, profile_arg, options.get("trace_dir"))
 
     return run

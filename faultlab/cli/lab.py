@@ -28,6 +28,7 @@ from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.report import to_json, to_junit
 from faultlab.lab.runner import Case, needs_embedded_pbx, run_case, transports_for
 from faultlab.lab.scenario import Scenario, ScenarioError, list_scenarios, load_scenario, override, scenario_entries
+from faultlab.lab.watchdog import DEFAULT_LIMIT, SAMPLE
 from faultlab.addr import format_hostport
 
 app = typer.Typer(help="Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check.",
@@ -111,7 +112,7 @@ def execute(
     pbx: str, seed: int | None, virtual: bool | None, network: str, sets: list[str], junit: Path | None,
     pbx_tls_port: int | None = None, pbx_ca: Path | None = None,
     json_path: Path | None, trace_dir: Path | None, quiet: bool, title: str = "faultlab lab run",
-    external: dict | None = None,
+    external: dict | None = None, watchdog: int = DEFAULT_LIMIT,
 ) -> int:
     """Run the matrix and print the table; the exit code (0: every check passed, 1: some failed).
 
@@ -122,6 +123,8 @@ def execute(
     external_settings, virtual, own_pbx = _mode(device, pbx, virtual, external or {}, behaviour=behaviour,
                                                 network=network, transports=transports, pbx_tls_port=pbx_tls_port,
                                                 pbx_ca=pbx_ca)
+    if watchdog and watchdog < 2 * SAMPLE:
+        _fail(f"--watchdog {watchdog}: give at least {2 * SAMPLE} scheduler rounds, or 0 to switch it off")
     chosen, profiles = _chosen(scenario_names, profile_names, sets, err)
     if seed is None:
         seed = random.randrange(2**31)
@@ -131,6 +134,10 @@ def execute(
         for sid, why in skipped:
             err.print(f"{sid} skipped: {why}")
         chosen = [s for s in chosen if not needs_embedded_pbx(s)]
+        if not transports:
+            transports = own_pbx_transports(pbx_tls_port)
+            err.print(f"PBX {pbx}: over {', '.join(transports)}"
+                      + ("" if "tls" in transports else " (give --pbx-tls-port for TLS too)"))
     todo = [(s, p, t) for s in chosen for p in profiles for t in transports_for(s, transports)]
     if not todo and external_settings is None:
         if not chosen:
@@ -146,11 +153,12 @@ def execute(
         external_settings.seed = seed
         cases = _run_external(external_settings, todo_external, trace_dir, err)
     else:
-        err.print(f"{title}: {len(todo)} cases, seed {seed}, {clock} on {net}, reference device"
+        on = ",".join(transports) if transports else "every transport each scenario applies to; -t narrows"
+        err.print(f"{title}: {len(todo)} cases ({on}), seed {seed}, {clock} on {net}, reference device"
                   + (f" with behaviour {behaviour}" if behaviour else "")
                   + (f", PBX {pbx} (pushes to {format_hostport(*own_pbx['push_listen'])})" if own_pbx else ""))
         cases = _run_reference(todo, err, quiet=quiet, seed=seed, behaviour=behaviour, virtual=virtual,
-                               network=network, trace_dir=trace_dir, own_pbx=own_pbx)
+                               network=network, trace_dir=trace_dir, own_pbx=own_pbx, watchdog=watchdog)
     wall = time.perf_counter() - begun
     _print_table(cases, _console())
     failed = [c for c in cases if not c.passed]
@@ -159,13 +167,19 @@ def execute(
                f"({lab_seconds:.0f} s of lab time, {clock}); seed {seed}")
     _console().print(("[green]PASS[/green] " if not failed else "[red]FAIL[/red] ") + summary)
     settings = {"scenarios": [s.id for s in chosen], "profiles": [p.name if p else "none" for p in profiles],
-                "transports": transports or "first of each scenario", "device": device, "behaviour": behaviour,
-                "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets,
+                "transports": transports or "every transport of each scenario", "device": device, "behaviour": behaviour,
+                "pbx": pbx, "seed": seed, "virtual_time": virtual, "network": net, "set": sets, "watchdog": watchdog,
                 "wall_seconds": round(wall, 3), "lab_seconds": round(lab_seconds, 3),
                 "skipped": [{"scenario": sid, "why": why} for sid, why in skipped]}
     _write_reports(cases, settings, external_settings, json_path=json_path, junit=junit, trace_dir=trace_dir,
                    title=title, err=err)
     return 0 if not failed else 1
+
+
+def own_pbx_transports(tls_port: int | None) -> list[str]:
+    """The transports a PBX of one's own is tried on when ``--transport`` is not given: UDP and TCP, and TLS
+    only when ``--pbx-tls-port`` says where it listens (many PBXes have no TLS listener)."""
+    return ["udp", "tcp"] + (["tls"] if tls_port is not None else [])
 
 
 def _mode(device: str, pbx: str, virtual: bool | None, external: dict, *, behaviour: str | None, network: str,
@@ -320,7 +334,7 @@ def run(
                                                 "applied on top of each scenario's own faults; repeat for a matrix "
                                                 "scenarios x profiles. Default: none.")] = [],
     transport: Annotated[list[str], typer.Option("--transport", "-t", help="udp, tcp or tls; repeat for more. "
-                                                  "Default: each scenario's first transport.")] = [],
+                                                  "Default: every transport each scenario applies to.")] = [],
     device: Annotated[str, typer.Option(help="reference: faultlab's reference device (simulated iOS app), in a lab "
                                         "of its own per run. external: a real, instrumented device that "
                                         "registers through faultlab and posts its device events (real time; "
@@ -331,7 +345,7 @@ def run(
                                      "a PBX of your own (UDP and TCP on PORT, TLS on --pbx-tls-port) that sends its "
                                      "RFC 8599 pushes to faultlab's push gateway on --push-listen; real time only; "
                                      "scenarios that script a second device are skipped.")] = "embedded",
-    pbx_tls_port: Annotated[Optional[int], typer.Option(help="--pbx HOST:PORT: its TLS port (default PORT + 1).")]
+    pbx_tls_port: Annotated[Optional[int], typer.Option(help="--pbx HOST:PORT: its TLS port (default PORT + 1); without --transport, TLS runs only when this is given.")]
         = None,
     pbx_ca: Annotated[Optional[Path], typer.Option(help="--pbx HOST:PORT: CA file to verify its TLS certificate "
                                                    "(default: the system's CAs).", dir_okay=False)] = None,
@@ -354,6 +368,10 @@ def run(
     trace_dir: Annotated[Optional[Path], typer.Option(help="Write each run's timeline as JSONL here "
                                                       "(faultlab trace ladder / pcap read them).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    watchdog: Annotated[int, typer.Option(metavar="ROUNDS", help="Virtual time: a run whose clock stops advancing "
+                                          "for this many scheduler rounds (an actor looping at one instant) fails "
+                                          "with the instant, the busy tasks and the last events, instead of "
+                                          "hanging. 0: off.")] = DEFAULT_LIMIT,
     listen: Annotated[list[str], typer.Option("--listen", metavar="TRANSPORT:HOST:PORT", help="--device external: "
                                               "faultlab's relay, where the device sends its SIP (in front of the "
                                               "embedded PBX); repeat for more. Default: udp:0.0.0.0:5060.")] = [],
@@ -387,11 +405,16 @@ def run(
 ) -> None:
     """Run scenarios x profiles in the lab (push gateway, embedded PBX, faultlab, reference device, caller) and
     print a verdict per check. Exit code 0 only if every check passed."""
-    options = locals()  # the options, by name
-    external = {name: options[name] for name in _EXTERNAL_OPTIONS}
-    raise typer.Exit(execute(scenario, profile, transport, device=device, behaviour=behaviour, pbx=pbx, seed=seed,
-                             pbx_tls_port=pbx_tls_port, pbx_ca=pbx_ca, virtual=virtual_time, network=network, sets=set_,
-                             junit=junit, json_path=json_, trace_dir=trace_dir, quiet=quiet, external=external))
+    raise typer.Exit(execute(scenario, profile, transport, **_execute_options(locals())))
+
+
+def _execute_options(options: dict) -> dict:
+    """:func:`execute`'s keywords from the options of ``lab run`` (by name)."""
+    out = {name: options[name] for name in ("device", "behaviour", "pbx", "seed", "pbx_tls_port", "pbx_ca", "network",
+                                            "junit", "trace_dir", "quiet", "watchdog")}
+    out.update(virtual=options["virtual_time"], sets=options["set_"], json_path=options["json_"],
+               external={name: options[name] for name in _EXTERNAL_OPTIONS})
+    return out
 
 
 def demo(

@@ -34,7 +34,7 @@ def sweep_command(
                                              "device.invite_wait), device.register_deadline, device.total_deadline, "
                                              "device.ring_timeout (seconds); link.delay, link.jitter (ms, one way); "
                                              "link.loss, link.duplicate, link.reorder (%); link.rate (1mbit); "
-                                             "rule.NAME.delay (s); call.*, pbx.hold, push.delay (s).")],
+                                             "rule.NAME.delay (s); call.*, pbx.hold, push.delay, network.rtt (s).")],
     runs: Annotated[int, typer.Option(help="Runs per grid point (seeds SEED, SEED+1, ...: the same at every "
                                       "point).")] = 20,
     seed: Annotated[int, typer.Option(help="The first seed.")] = 1,

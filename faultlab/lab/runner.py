@@ -15,13 +15,15 @@ Each run is its own ``trio.run``:
 Both give the same verdicts for the same seed (tests/lab/test_runner.py compares them).
 
 A **case** (:func:`run_case`) is a scenario x profile x transport: one run, or for scenarios with check 3 two runs
-(cancel pushes delivered and dropped). :func:`run_matrix` runs every case of scenarios x profiles.
+(cancel pushes delivered and dropped). :func:`run_matrix` runs every case of scenarios x profiles x transports:
+by default every transport each scenario applies to (:func:`transports_for`).
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ from faultlab.lab.pbx import PBX
 from faultlab.lab.push import PushFaults
 from faultlab.lab.scenario import Scenario, merge_profiles
 from faultlab.lab.stack import DEVICE_HOSTS, open_lab_stack
+from faultlab.lab.watchdog import DEFAULT_LIMIT, Watchdog
 from faultlab.trace import Event, JsonlWriter
 
 __all__ = ["Case", "Run", "case_faults", "judge", "play_call", "push_faults", "run_case", "run_matrix",
@@ -77,6 +80,8 @@ class Run:
     pbx: dict[str, tuple[str, int]] | None = None  # a PBX of one's own (real time): {transport: (host, port)}
     push_listen: tuple[str, int] | None = None  # where the push gateway listens for that PBX's pushes
     pbx_ca: Path | None = None  # verifies that PBX's TLS certificate (default: the system's CAs)
+    watchdog: int = DEFAULT_LIMIT  # virtual time: scheduler rounds at one instant before the run fails; 0: off
+    evidence: list[str] = field(default_factory=list)  # with ``error``: what the lab saw (e.g. the last events)
 
 
 @dataclass
@@ -181,7 +186,7 @@ async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX | None,
         script.cancel_scope.cancel()
 
 
-async def play(run: Run, *, network: str, confdir: Path | None) -> None:
+async def play(run: Run, *, network: str, confdir: Path | None, watchdog: Watchdog | None = None) -> None:
     """Run ``run``'s scenario in a new lab in the current ``trio.run``; fill in its events and call id."""
     scenario = run.scenario
     faults = case_faults(scenario, run.profile)
@@ -194,7 +199,10 @@ async def play(run: Run, *, network: str, confdir: Path | None) -> None:
     async with open_lab_stack(run.transport, device_config=device_config(scenario, run.behaviour),
                               push_faults=push_faults(scenario, run.cancel_pushes), seed=run.seed,
                               pbx_hold=scenario.pbx_hold, cancel_push=scenario.pbx_cancel_push, confdir=confdir,
-                              network=network, **lab_kwargs) as lab:
+                              network=network, rtt=scenario.network_rtt if network == "memory" else 0.0,
+                              **lab_kwargs) as lab:
+        if watchdog is not None:
+            watchdog.t0 = lab.timeline.t0
         try:
             if lab.device.initial_register != 200:
                 run.error = f"the device did not register at start: {lab.device.initial_register}"
@@ -216,21 +224,42 @@ async def play(run: Run, *, network: str, confdir: Path | None) -> None:
             run.wall = time.perf_counter() - start_wall
 
 
+LAST_EVENTS = 8  # the timeline events a stuck run's evidence shows
+
+
 def run_once(run: Run, *, confdir: Path | None = None) -> Run:
-    """Play ``run`` in a ``trio.run`` of its own: virtual time (on memory by default) or real time (loopback)."""
+    """Play ``run`` in a ``trio.run`` of its own: virtual time (on memory by default) or real time (loopback).
+
+    In virtual time :mod:`faultlab.lab.watchdog` watches the clock: a run whose virtual time stops advancing for
+    ``run.watchdog`` scheduler rounds is cancelled and fails with the instant, the busy tasks and the last events."""
     if not run.network:
         run.network = "memory" if run.virtual else "loopback"
     async def main() -> None:
-        try:
-            await play(run, network=run.network, confdir=confdir)
-        except Exception as exc:  # a lab that broke is a failed run with its reason, not a crashed matrix
-            run.error = f"{type(exc).__name__}: {exc}"
+        with trio.CancelScope() as scope:
+            watchdog = Watchdog(run.watchdog, on_stall=scope.cancel) if run.virtual and run.watchdog else None
+            if watchdog is not None:
+                trio.lowlevel.add_instrument(watchdog)
+            try:
+                await play(run, network=run.network, confdir=confdir, watchdog=watchdog)
+            except Exception as exc:  # a lab that broke is a failed run with its reason, not a crashed matrix
+                run.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                if watchdog is not None and watchdog.stalled_at is None:
+                    trio.lowlevel.remove_instrument(watchdog)
+        if watchdog is not None and watchdog.stalled_at is not None:
+            run.error = watchdog.describe()
+            run.evidence = ["last events:"] + [_line(e) for e in run.events[-LAST_EVENTS:]]
 
     clock = trio.testing.MockClock(autojump_threshold=0) if run.virtual else None
     begun = time.perf_counter()
     trio.run(main, clock=clock)
     run.wall = time.perf_counter() - begun
     return run
+
+
+def _line(e: Event) -> str:
+    what = e.summary or " ".join(str(v) for v in (e.detail.get("event"), e.detail.get("reason")) if v) or ""
+    return f"t={e.t:.3f} {e.source} {e.kind} {what}".rstrip()
 
 
 # ---------------------------------------------------------------------------------------------- cases
@@ -240,14 +269,16 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
     """The checks of a case: checks 1 and 2 and the invariants on the first run, check 3 over both runs."""
     first = runs[0]
     if first.error is not None or first.call_id is None:
-        return [CheckResult("ends-right", False, f"the run failed: {first.error or 'no call was placed'}")]
+        return [CheckResult("ends-right", False, f"the run failed: {first.error or 'no call was placed'}",
+                            evidence=list(first.evidence))]
     results = [check_end(first.events, first.call_id, scenario)]
     if scenario.early_answer:
         results.append(check_early_answer(first.events, first.call_id, scenario))
     if len(runs) > 1:
         other = runs[1]
         if other.error is not None or other.call_id is None:
-            results.append(CheckResult("cancel-push", False, f"the run without cancel pushes failed: {other.error}"))
+            results.append(CheckResult("cancel-push", False, f"the run without cancel pushes failed: {other.error}",
+                                       evidence=list(other.evidence)))
         else:
             results.append(check_cancel_push((first.events, first.call_id), (other.events, other.call_id), scenario))
     results.append(check_invariants(first.events, first.call_id, scenario))
@@ -258,9 +289,10 @@ def judge(scenario: Scenario, runs: Sequence[Run]) -> list[CheckResult]:
 def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: str | None = None, seed: int = 0,
              behaviour: str | None = None, virtual: bool = True, network: str = "", confdir: Path | None = None,
              trace_dir: Path | None = None, pbx: dict[str, tuple[str, int]] | None = None,
-             push_listen: tuple[str, int] | None = None, pbx_ca: Path | None = None) -> Case:
+             push_listen: tuple[str, int] | None = None, pbx_ca: Path | None = None,
+             watchdog: int = DEFAULT_LIMIT) -> Case:
     """Every run of one case (two when check 3 applies), judged. ``transport``: one the scenario applies to
-    (default: its first). ``pbx``/``push_listen``/``pbx_ca``: a PBX of one's own instead of the embedded one
+    (default: its first). ``watchdog``: virtual time's limit of scheduler rounds at one instant (0: off). ``pbx``/``push_listen``/``pbx_ca``: a PBX of one's own instead of the embedded one
     (:func:`faultlab.lab.stack.open_lab_stack`'s ``external_pbx``), real time only."""
     transport = transport or scenario.transports[0]
     if transport not in scenario.transports:
@@ -277,7 +309,7 @@ def run_case(scenario: Scenario, profile: Profile | None = None, *, transport: s
         if mode == "dropped" and not (scenario.cancel_push_check and sent_cancel_push(runs[0])):
             break  # check 3 applies only where the PBX sent a cancel push: nothing to drop otherwise
         run = Run(scenario, profile, transport, seed, behaviour, mode, virtual, network, pbx=pbx,
-                  push_listen=push_listen, pbx_ca=pbx_ca)
+                  push_listen=push_listen, pbx_ca=pbx_ca, watchdog=watchdog)
         run_once(run, confdir=confdir)
         runs.append(run)
         if trace_dir is not None:
@@ -319,32 +351,42 @@ def write_trace(run: Run, trace_dir: Path) -> Path:
 _CA_DIR: tempfile.TemporaryDirectory | None = None
 
 
+_CA_LOCK = threading.Lock()
+
+
 def _lab_ca_dir() -> Path:
-    """A lab CA for TLS runs, made once per process in a temporary directory."""
+    """A lab CA for TLS runs, made once per process in a temporary directory (runs in several threads at once
+    share it: it is made before any of them uses it)."""
     global _CA_DIR
-    if _CA_DIR is None:
-        _CA_DIR = tempfile.TemporaryDirectory(prefix="faultlab-lab-ca-")
+    with _CA_LOCK:
+        if _CA_DIR is None:
+            from faultlab.ca import LabCA
+
+            directory = tempfile.TemporaryDirectory(prefix="faultlab-lab-ca-")
+            LabCA.load_or_init(Path(directory.name))
+            _CA_DIR = directory
     return Path(_CA_DIR.name)
 
 
 def transports_for(scenario: Scenario, wanted: Sequence[str] | None) -> list[str]:
-    """The transports a case runs on: the wanted ones the scenario applies to; by default its first one."""
+    """The transports a scenario's cases run on: the wanted ones it applies to; by default every one it applies
+    to (``scenario.transports``, in its order)."""
     if not wanted:
-        return [scenario.transports[0]]
+        return list(scenario.transports)
     return [t for t in wanted if t in scenario.transports]
 
 
 def run_matrix(scenarios: Sequence[Scenario], profiles: Sequence[Profile | None] = (None,), *,
                transports: Sequence[str] | None = None, seed: int = 0, behaviour: str | None = None,
                virtual: bool = True, network: str = "", trace_dir: Path | None = None,
-               on_case: Callable[[Case], None] | None = None) -> list[Case]:
+               on_case: Callable[[Case], None] | None = None, watchdog: int = DEFAULT_LIMIT) -> list[Case]:
     """Every case of ``scenarios`` x ``profiles`` x transports, in order; ``on_case`` after each."""
     cases = []
     for scenario in scenarios:
         for profile in profiles or (None,):
             for transport in transports_for(scenario, transports):
                 case = run_case(scenario, profile, transport=transport, seed=seed, behaviour=behaviour,
-                                virtual=virtual, network=network, trace_dir=trace_dir)
+                                virtual=virtual, network=network, trace_dir=trace_dir, watchdog=watchdog)
                 cases.append(case)
                 if on_case is not None:
                     on_case(case)

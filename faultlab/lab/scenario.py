@@ -40,6 +40,9 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     keepalive_interval = "90s"                   # TCP/TLS: a CRLF keep-alive ping this often (0s: none)
     keepalive_timeout = "10s"                    # no pong this long after a ping: the flow failed
 
+    [network]                                    # the in-memory network of virtual-time runs
+    rtt = "40ms"                                 # round trip of every hop (device-faultlab, faultlab-PBX, ...)
+
     [expect]
     end = ["unanswered"]                         # accepted CallKit end reasons
     by = [{ after = "register-ok", within = "5s" }, { after = "push", within = "15s" }]   # deadline: the min
@@ -66,6 +69,7 @@ from typing import Any
 
 from faultlab import library, tables
 from faultlab.faults import Profile, ProfileError, load_profile, parse_duration, parse_profile
+from faultlab.lab._toml import to_toml as _to_toml
 from faultlab.lab.device.logic import REASONS
 
 __all__ = ["ANCHORS", "Bound", "Scenario", "ScenarioError", "list_scenarios", "load_scenario", "override",
@@ -99,13 +103,16 @@ ANCHORS: dict[str, str] = {
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 _ID = re.compile(r"S\d\d[a-z]?")
 _TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
-        "expect"}
+        "expect", "network"}
 _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
          "duration", "move_at"}
 _PUSH = {"duplicate", "drop_cancel", "delay"}
 _PBX = {"hold", "cancel_push"}
 _DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection",
            "keepalive_interval", "keepalive_timeout"}
+_NETWORK = {"rtt"}
+DEFAULT_RTT = 0.04  # seconds: the round trip of each hop of the in-memory network (20 ms each way)
+MAX_RTT = 10.0
 _EXPECT = {"end", "by", "not_before", "tolerance", "early_answer", "cancel_push", "milestones", "late_invite"}
 LATE_INVITE = (480, 410)  # an INVITE after the device gave up: 480 Temporarily Unavailable or 410 Gone
 _ELSEWHERE = '"answered" (cause 200), "declined" (cause 600) or "declined-603"'
@@ -163,6 +170,7 @@ class Scenario:
     pbx_cancel_push: bool = True
     device: dict[str, float] = field(default_factory=dict)
     new_connection: bool = False
+    rtt: float | None = None  # [network] rtt: each hop's round trip on the in-memory network; None: not set
     # expectations
     end: tuple[str, ...] = ()
     by: tuple[Bound, ...] = ()
@@ -177,6 +185,12 @@ class Scenario:
     @property
     def name(self) -> str:
         return f"{self.id} {self.slug}"
+
+    @property
+    def network_rtt(self) -> float:
+        """The round trip of each hop of a lab run's in-memory network: ``[network] rtt``, else :data:`DEFAULT_RTT`
+        (a sweep, whose link profile is the network, runs with 0 when the scenario sets none)."""
+        return DEFAULT_RTT if self.rtt is None else self.rtt
 
     @property
     def cancels(self) -> bool:
@@ -272,6 +286,10 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
     pbx = top.sub("pbx", _PBX)
     device_t = top.sub("device", _DEVICE)
     device = {k: device_t.duration(k) for k in sorted(_DEVICE - {"new_connection"}) if k in device_t.data}
+    network = top.sub("network", _NETWORK)
+    rtt = network.duration("rtt")
+    if rtt is not None and rtt > MAX_RTT:
+        raise network.error("rtt", f"a round trip of at most {MAX_RTT:g}s, e.g. 40ms")
 
     expect = top.sub("expect", _EXPECT)
     end = expect.data.get("end", [])
@@ -297,7 +315,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         push_duplicate=duplicate, push_drop_cancel=push.bool("drop_cancel", False),
         push_delay=push.duration("delay", 0.0),
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),
-        device=device, new_connection=device_t.bool("new_connection", False),
+        device=device, new_connection=device_t.bool("new_connection", False), rtt=rtt,
         end=tuple(end), by=by, not_before=not_before, tolerance=expect.duration("tolerance", 0.1),
         early_answer=expect.bool("early_answer", False), cancel_push_check=False,
         milestones=expect.bounds("milestones", with_event=True), late_invite=_codes(expect, "late_invite"),
@@ -341,34 +359,6 @@ def merge_profiles(first: Profile, second: Profile) -> Profile:
     """One profile with ``first``'s rules, then ``second``'s; ``first``'s link, else ``second``'s."""
     return replace(first, name=f"{first.name}+{second.name}", summary=f"{first.summary} + {second.summary}",
                    rules=first.rules + second.rules, link=first.link or second.link, text="")
-
-
-def _to_toml(body: dict, *, name: str) -> str:
-    """TOML text for a profile table parsed from a scenario (rules and link), for the profile parser."""
-    lines = [f"name = {_toml_value(name)}"]
-    link = body.get("link")
-    if isinstance(link, dict):
-        lines.append("[link]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in link.items()]
-    rules = body.get("rules", [])
-    for rule in rules if isinstance(rules, list) else [rules]:
-        lines.append("[[rules]]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in (rule.items() if isinstance(rule, dict) else [])]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 def scenarios_dir() -> Path:
@@ -470,10 +460,15 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         return replace(scenario, pbx_hold=_duration(src, value))
     if section == "push" and name == "delay":
         return replace(scenario, push_delay=_duration(src, value))
+    if section == "network" and name == "rtt":
+        rtt = _duration(src, value)
+        if not 0 <= rtt <= MAX_RTT:
+            raise ScenarioError(src, "", value, f"a round trip of 0 to {MAX_RTT:g}s, e.g. 40ms")
+        return replace(scenario, rtt=rtt)
     allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, expect.late_invite, "
                "device.{register_deadline,invite_deadline,total_deadline,ring_timeout,keepalive_interval,"
                "keepalive_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration,move_at}, "
-               "pbx.hold, push.delay")
+               "pbx.hold, push.delay, network.rtt")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")
 
 

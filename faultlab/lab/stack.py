@@ -28,7 +28,8 @@ ends it. Leaving the ``async with`` stops every actor.
 
 ``network="loopback"`` (the default) uses real sockets on 127.0.0.1; ``network="memory"`` puts every actor's
 sockets on an in-memory network (:mod:`faultlab.net.memnet`) for this ``trio.run``: the same code, no kernel, no
-ports. Either runs in real time or under ``trio.testing.MockClock(autojump_threshold=0)`` (virtual time); memory
+ports; ``rtt=`` then gives every hop (device-faultlab, faultlab-PBX, caller-PBX) that round trip, half of it each
+way (lab runs take it from the scenario, ``[network] rtt``); loopback keeps the kernel's. Either runs in real time or under ``trio.testing.MockClock(autojump_threshold=0)`` (virtual time); memory
 under the mock clock is the fast, deterministic way (a 30-second call in milliseconds). The actors as separate
 processes: ``faultlab push-gateway``, ``faultlab pbx``, ``faultlab proxy``, ``faultlab device``.
 """
@@ -192,8 +193,10 @@ class LabStack:
 
 
 def _check_options(transport: str, *, push: str, network: str, confdir: Path | None,
-                   external_pbx: dict[str, tuple[str, int]] | None, push_listen: tuple[str, int] | None) -> None:
-    """Raise ValueError, saying what to change, for options :func:`open_lab_stack` cannot start with."""
+                   external_pbx: dict[str, tuple[str, int]] | None, push_listen: tuple[str, int] | None,
+                   rtt: float) -> None:
+    """Raise ValueError, saying what to change, for options :func:`open_lab_stack` cannot start with; then install
+    the memory network (with ``rtt``) if asked for."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
     if push not in ("local", "http"):
@@ -210,7 +213,8 @@ def _check_options(transport: str, *, push: str, network: str, confdir: Path | N
         missing = [t for t in {transport, "udp"} if t not in external_pbx]
         if missing:
             raise ValueError(f"external_pbx has no address for {', '.join(sorted(missing))}")
-
+    if network == "memory":
+        memnet.install(memnet.MemoryNetwork(delay=rtt / 2))
 
 def _lab_ca_file(confdir: Path | None) -> Path:
     """The lab CA's certificate (made on first use in ``confdir``): what the device and faultlab trust over TLS."""
@@ -269,6 +273,7 @@ async def open_lab_stack(
     external_pbx: dict[str, tuple[str, int]] | None = None,
     push_listen: tuple[str, int] | None = None,
     pbx_ca: Path | None = None, device_host: str | None = None,  # device_host: see LabStack.move_device (S26)
+    rtt: float = 0.0,
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
 
@@ -286,11 +291,10 @@ async def open_lab_stack(
     real time): faultlab relays to it, the caller calls through its UDP address, and the push gateway listens on
     ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
     ``pbx_ca`` verifies its TLS certificate (default: the system's CAs).
+    ``rtt``: see the module docstring.
     """
     _check_options(transport, push=push, network=network, confdir=confdir, external_pbx=external_pbx,
-                   push_listen=push_listen)
-    if network == "memory":
-        memnet.install()
+                   push_listen=push_listen, rtt=rtt)
     timeline = timeline if timeline is not None else Timeline()
     topic = f"{bundle}.voip"
     async with trio.open_nursery() as nursery:

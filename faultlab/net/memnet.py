@@ -26,11 +26,16 @@ its own (as Linux does for a local destination) and an ephemeral port.
 * Not modelled: IPv4-mapped addresses on an IPv6 wildcard socket (the families are
   separate networks here).
 
-* **An address that leaves** (:meth:`MemoryNetwork.remove_address`, a phone that leaves Wi-Fi): every socket
-  bound to it is cut off. Its own sends fail (``ENETUNREACH``); what its peers send to it is lost without a word
-  (no RST, no ICMP); closing it sends nothing (no FIN), so the other end of a TCP connection learns nothing.
+**Latency**: ``MemoryNetwork(delay=0.02)`` carries every datagram, every TCP segment (its bytes, its EOF or
+reset) and every TCP handshake ``delay`` seconds one way (a round trip of ``2 * delay`` between any two sockets),
+in order, by a system task of the run: under the mock clock the call then shows real round trips. The default,
+0, delivers at once. Lab runs take it from the scenario (``[network] rtt``, :mod:`faultlab.lab.scenario`).
 
-Nothing here delays or drops: link impairment is faultlab's (the ``[link]`` of a profile).
+* **An address that leaves** (:meth:`MemoryNetwork.remove_address`, a phone that leaves Wi-Fi): every socket
+  bound to it is cut off. Its own sends fail (``ENETUNREACH``); what its peers send to it is lost (as to an
+  address nobody has); closing it sends nothing (no FIN), so the other end of a TCP connection learns nothing.
+
+Nothing here drops: link impairment is faultlab's (the ``[link]`` of a profile).
 Host names other than ``localhost`` do not resolve (``socket.gaierror``), so a name
 never leaks to a real resolver.
 """
@@ -38,9 +43,12 @@ never leaks to a real resolver.
 from __future__ import annotations
 
 import errno
+import heapq
 import ipaddress
 import itertools
+import math
 import socket as stdlib_socket
+from collections.abc import Callable
 
 import trio
 
@@ -54,12 +62,46 @@ _current: trio.lowlevel.RunVar[MemoryNetwork | None] = trio.lowlevel.RunVar("fau
 class MemoryNetwork:
     """Bound sockets by ``(kind, family, ip, port)``; see the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        if not (math.isfinite(delay) and 0 <= delay <= 60):
+            raise ValueError(f"delay must be 0 to 60 seconds one way, not {delay!r}")
         self._bound: dict[tuple[int, int, str, int], _Endpoint] = {}
         self._ports = itertools.cycle(EPHEMERAL)
         self._fds = itertools.count(1000)
         self.undelivered = 0  # UDP datagrams sent to an address nobody had bound
         self.connections = 0  # TCP connections accepted
+        self.delay = delay  # seconds one way (see the module docstring)
+        self._wire: list[tuple[float, int, Callable[[], None]]] = []  # (due, order, delivery), a heap
+        self._order = itertools.count()
+        self._carrier: trio.lowlevel.ParkingLot | None = None  # where the carrying task waits; None: not started
+
+    # -- latency ------------------------------------------------------------------------------
+
+    def later(self, deliver: Callable[[], None]) -> None:
+        """Run ``deliver`` (a delivery: synchronous, cannot fail) ``delay`` seconds from now, after every
+        delivery scheduled before it; at once when the network has no delay."""
+        if self.delay <= 0:
+            deliver()
+            return
+        if self._carrier is None:
+            self._carrier = trio.lowlevel.ParkingLot()
+            trio.lowlevel.spawn_system_task(self._carry, name="faultlab.memnet.wire")
+        heapq.heappush(self._wire, (trio.current_time() + self.delay, next(self._order), deliver))
+        self._carrier.unpark_all()
+
+    async def _carry(self) -> None:
+        assert self._carrier is not None
+        while True:
+            if not self._wire:
+                await self._carrier.park()
+                continue
+            due = self._wire[0][0]
+            if due > trio.current_time():
+                with trio.move_on_at(due):
+                    await self._carrier.park()
+                continue
+            while self._wire and self._wire[0][0] <= due:
+                heapq.heappop(self._wire)[2]()
 
     # -- binding ------------------------------------------------------------------------------
 

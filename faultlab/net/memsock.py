@@ -5,6 +5,7 @@ face trio code uses (:class:`MemorySocket`: UDP and TCP) and the synchronous fac
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket as stdlib_socket
@@ -40,6 +41,21 @@ def _norm(family: int, addr: Any) -> Addr:
 
 def _wildcard(family: int) -> str:
     return "::" if family == stdlib_socket.AF_INET6 else "0.0.0.0"
+
+
+def _end_of_stream(end: _Endpoint, *, reset: bool) -> None:
+    """The peer's FIN (or RST) reaches ``end``."""
+    if reset:
+        end.reset = True
+    else:
+        end.eof = True
+    end.wake()
+
+
+def _bytes_arrive(end: _Endpoint, data: bytes) -> None:
+    """TCP bytes reach ``end``."""
+    end.inbox += data
+    end.wake()
 
 
 def _sockaddr(family: int, addr: Addr) -> tuple:
@@ -92,22 +108,25 @@ class _Endpoint:
             raise _err(errno.ENETUNREACH)
         addr = _norm(self.family, dest)
         self.net._autobind(self, addr)
-        target = self.net._lookup(stdlib_socket.SOCK_DGRAM, self.family, addr)
         source = (self.source_ip or self.local[0], self.local[1])
         if source[0] == _wildcard(self.family):
             source = (addr[0], source[1])
-        if target is not None and target.cut:  # an address that left: the datagram goes nowhere, no ICMP
-            self.net.undelivered += 1
-        elif target is None or target.closed or (target.peer is not None and target.peer != source):
+        data = bytes(data)
+        self.net.later(lambda: self._arrive(data, source, addr))
+        return len(data)
+
+    def _arrive(self, data: bytes, source: Addr, addr: Addr) -> None:
+        """A datagram from this endpoint reaches ``addr`` (the network's delay after it was sent)."""
+        target = self.net._lookup(stdlib_socket.SOCK_DGRAM, self.family, addr)
+        if target is None or target.closed or (target.peer is not None and target.peer != source):
             self.net.undelivered += 1
             if (target is None or target.closed) and self.peer is not None:
                 # ICMP port unreachable: a connected UDP socket's next receive reports it (as Linux does)
                 self.refused = True
                 self.wake()
         else:
-            target.datagrams.append((bytes(data), source))
+            target.datagrams.append((data, source))
             target.wake()
-        return len(data)
 
     def recvfrom(self) -> tuple[bytes, Addr]:
         if self.closed:
@@ -128,11 +147,7 @@ class _Endpoint:
         self.net._unbind(self)
         other = self.other
         if other is not None and not self.cut:  # from an address that left, not even a FIN gets out
-            if self.linger_abort:
-                other.reset = True
-            else:
-                other.eof = True
-            other.wake()
+            self.net.later(functools.partial(_end_of_stream, other, reset=self.linger_abort))
         for pending in self.backlog:  # connections never accepted: their clients are reset
             pending.closed = True
             if pending.other is not None:
@@ -283,8 +298,11 @@ class MemorySocket(trio.socket.SocketType):
             end.net._autobind(end, addr)
             end.peer = addr
             return
+        if end.net.delay > 0:
+            await trio.sleep(end.net.delay)  # the SYN's way there (its answer's way back: below)
         listener = end.net._lookup(stdlib_socket.SOCK_STREAM, end.family, addr)
         if listener is None or not listener.listening or listener.closed:
+            await trio.sleep(end.net.delay)
             raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
         end.net._autobind(end, addr)
         server = _Endpoint(end.net, end.family, end.kind, next(end.net._fds))
@@ -294,6 +312,8 @@ class MemorySocket(trio.socket.SocketType):
         end.peer = addr
         listener.backlog.append(server)
         listener.wake()
+        if end.net.delay > 0:
+            await trio.sleep(end.net.delay)
 
     async def accept(self) -> tuple[MemorySocket, tuple]:
         end = self._end
@@ -333,8 +353,7 @@ class MemorySocket(trio.socket.SocketType):
             end.reset = True
             end.wake()
             return len(data)
-        other.inbox += data
-        other.wake()
+        self._end.net.later(functools.partial(_bytes_arrive, other, bytes(data)))
         return len(data)
 
     async def sendto(self, data: Any, *args: Any) -> int:  # type: ignore[override]
@@ -376,8 +395,7 @@ class MemorySocket(trio.socket.SocketType):
         if how in (stdlib_socket.SHUT_WR, stdlib_socket.SHUT_RDWR) and not end.shut_wr:
             end.shut_wr = True
             if end.other is not None and not end.cut:
-                end.other.eof = True
-                end.other.wake()
+                end.net.later(functools.partial(_end_of_stream, end.other, reset=False))
 
     async def wait_writable(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -12,13 +12,16 @@ from typer.testing import CliRunner
 from faultlab.cli import app
 from faultlab.lab.report import to_junit
 from faultlab.lab.runner import run_case
-from faultlab.lab.scenario import list_scenarios, load_scenario
+from faultlab.lab.scenario import list_scenarios, load_scenario, override
 from faultlab.trace import read_jsonl
 
-# short scenarios (a few seconds each on the real clock), run side by side in threads
-REAL_TIME = [("S06", None), ("S12", None), ("S17", None), ("S05", None), ("S06", "wrong-reason-mapping"),
-             ("S17", "fulfills-before-invite"), ("S05", "slow-end"), ("S29", None), ("S29", "decline-486"),
-             ("S07b", "no-487"), ("S12b", "ignores-retry-after")]
+# short scenarios (a few seconds each on the real clock), run side by side in threads: (scenario, behaviour,
+# transport); virtual time has its default round trip (40 ms per hop), real time the kernel's loopback
+REAL_TIME = [("S06", None, "udp"), ("S12", None, "udp"), ("S17", None, "udp"), ("S05", None, "udp"),
+             ("S06", "wrong-reason-mapping", "udp"), ("S17", "fulfills-before-invite", "udp"),
+             ("S05", "slow-end", "udp"), ("S17", None, "tcp"), ("S05", None, "tls"),
+             ("S06", "wrong-reason-mapping", "tls"), ("S29", None, "udp"), ("S29", "decline-486", "udp"),
+             ("S07b", "no-487", "udp"), ("S12b", "ignores-retry-after", "udp")]
 
 
 def verdicts(case) -> list[tuple[str, bool, str | None]]:
@@ -29,9 +32,9 @@ def verdicts(case) -> list[tuple[str, bool, str | None]]:
 
 def test_real_time_on_loopback_and_virtual_time_on_memory_agree():
     def both(item):
-        scenario, behaviour = load_scenario(item[0]), item[1]
-        real = run_case(scenario, seed=7, behaviour=behaviour, virtual=False)
-        virtual = run_case(scenario, seed=7, behaviour=behaviour, virtual=True)
+        scenario, behaviour, transport = load_scenario(item[0]), item[1], item[2]
+        real = run_case(scenario, seed=7, behaviour=behaviour, transport=transport, virtual=False)
+        virtual = run_case(scenario, seed=7, behaviour=behaviour, transport=transport, virtual=True)
         return item, real, virtual
 
     with ThreadPoolExecutor(len(REAL_TIME)) as pool:
@@ -70,22 +73,28 @@ def test_lab_run_cli_reports_and_exit_codes(tmp_path):
                               "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml"),
                               "--trace-dir", str(tmp_path / "traces")])
     assert out.exit_code == 0, out.output
-    assert "3/3 cases passed" in out.output and "seed 3" in out.output
+    # by default every scenario plays on every transport it applies to
+    assert "9/9 cases passed" in out.output and "seed 3" in out.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["passed"] and report["settings"]["seed"] == 3
-    assert [c["scenario"] for c in report["cases"]] == ["S04", "S05", "S17"]
+    assert [(c["scenario"], c["transport"]) for c in report["cases"]] == [
+        (s, t) for s in ("S04", "S05", "S17") for t in ("udp", "tcp", "tls")]
     traces = sorted(p.name for p in (tmp_path / "traces").iterdir())
     # check 3 runs S04 again with its cancel push dropped; S05's PBX sends none (the INVITE was forwarded)
-    assert traces == ["S04-cancel-before-register--none--udp-no-cancel-push.jsonl",
-                      "S04-cancel-before-register--none--udp.jsonl", "S05-cancel-after-invite--none--udp.jsonl",
-                      "S17-answer-before-invite--none--udp.jsonl"]
+    assert traces == sorted(
+        [f"S04-cancel-before-register--none--{t}{x}.jsonl" for t in ("udp", "tcp", "tls") for x in ("", "-no-cancel-push")]
+        + [f"{s}--none--{t}.jsonl" for s in ("S05-cancel-after-invite", "S17-answer-before-invite")
+           for t in ("udp", "tcp", "tls")])
+    junit = ET.parse(tmp_path / "r.xml").getroot()
+    names = {(c.get("classname"), c.get("name")) for c in junit.iter("testcase")}
+    assert {("faultlab.S05.none", f"{t}: ends-right") for t in ("udp", "tcp", "tls")} <= names
     events = list(read_jsonl(tmp_path / "traces" / "S17-answer-before-invite--none--udp.jsonl"))
     assert any(e.kind == "device" and e.detail.get("event") == "answer-fulfilled" for e in events)
-    ET.parse(tmp_path / "r.xml")
 
     bad = runner.invoke(app, ["lab", "run", "-s", "S06", "--behaviour", "wrong-reason-mapping", "-q"])
     assert bad.exit_code == 1
-    assert "FAIL S06 answered-elsewhere / none / udp / ends-right: ended remoteEnded" in bad.output
+    for transport in ("udp", "tcp", "tls"):
+        assert f"FAIL S06 answered-elsewhere / none / {transport} / ends-right: ended remoteEnded" in bad.output
     assert "device ended remoteEnded" in bad.output  # the evidence
 
 
@@ -124,8 +133,28 @@ def test_lab_scenarios_lists_the_catalogue():
 def test_set_for_one_scenario_only(tmp_path):
     out = CliRunner().invoke(app, ["lab", "run", "-s", "S01", "-s", "S03", "--seed", "1", "-q", "--json",
                                    str(tmp_path / "r.json"), "--set", "S03:expect.end=failed"])
-    assert out.exit_code == 1 and "1/2 cases passed" in out.output, out.output
-    cases = {c["scenario"]: c["passed"] for c in json.loads((tmp_path / "r.json").read_text())["cases"]}
-    assert cases == {"S01": True, "S03": False}  # S01 untouched; S03 now expects "failed"
+    assert out.exit_code == 1 and "3/6 cases passed" in out.output, out.output
+    cases = [(c["scenario"], c["passed"]) for c in json.loads((tmp_path / "r.json").read_text())["cases"]]
+    assert cases == [("S01", True)] * 3 + [("S03", False)] * 3  # S01 untouched; S03 now expects "failed"
     bad = CliRunner().invoke(app, ["lab", "run", "-s", "S01", "--set", "S04:call.cancel_at=1s"])
     assert bad.exit_code == 2 and "S04 is not among the chosen scenarios" in bad.output
+
+
+@pytest.mark.parametrize("rtt", ["0s", "40ms", "200ms"])
+def test_the_virtual_network_has_the_scenarios_round_trip(rtt):
+    scenario = load_scenario("S01")
+    if rtt != "40ms":  # 40 ms is the default
+        scenario = override(scenario, "network.rtt", rtt)
+    case = run_case(scenario, seed=1)
+    assert case.passed, [c.message for c in case.checks]
+    # the push's REGISTER: device -> faultlab -> PBX, and its 200 back to faultlab: three hops of half a round trip
+    assert case.times()["register-ok"] == pytest.approx(1.5 * scenario.network_rtt)
+
+
+def test_a_run_stuck_at_one_virtual_instant_fails_with_evidence():
+    case = run_case(load_scenario("S05"), transport="tcp", seed=2, behaviour="loops-at-one-instant", watchdog=2000)
+    [result] = case.checks
+    assert not case.passed and result.check == "ends-right"
+    assert result.message.startswith("the run failed: virtual time stopped advancing at t=")
+    assert "2000 scheduler rounds" in result.message and "Device._read_pushes" in result.message
+    assert result.evidence[0] == "last events:" and any("call push delivered" in e for e in result.evidence)

@@ -75,6 +75,16 @@ def test_parameters_apply_to_the_scenario():
     assert s01.faults.link.to_device.loss == 0.1
 
 
+def test_a_sweep_has_no_lab_round_trip_unless_it_sets_one():
+    # the sweep's link profile is its network: its figures stay those of link.delay alone
+    from faultlab.lab.sweep.run import run_point
+
+    assert run_point("S01", [], {}, 1)["ring"] == 0.0  # the INVITE reaches the device at once after the push
+    assert run_point("S01", [("network.rtt", "40ms")], {}, 1)["ring"] == pytest.approx(0.06)
+    assert run_point("S01", [], {"network.rtt": 0.2}, 1)["ring"] == pytest.approx(0.3)
+    assert parse_param("network.rtt=0,0.1").values == (0.0, 0.1)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("device.invite_wait", "write KEY=VALUES"),
     ("link.loss=0..20", "a range is LO..HI:STEP"),

@@ -398,6 +398,15 @@ def test_bad_slow_end_is_3_s_late(script, end) -> None:
     assert r.until(100).ended() == [end]
 
 
+def test_bad_loops_at_one_instant() -> None:
+    # the logic is well-behaved here; the driver spins on a call push, so the lab run's watchdog stops it
+    from faultlab.lab.runner import run_case
+    from faultlab.lab.scenario import load_scenario
+
+    r = Run(behaviour="loops-at-one-instant").push(0).at(0.2, "register_response", 200).until(1000)
+    assert r.ended() == [(5.2, "unanswered")]
+    case = run_case(load_scenario("S01"), behaviour="loops-at-one-instant", watchdog=400)
+    assert "Device._read_pushes" in case.checks[0].message and not case.passed
 def test_bad_no_487_answers_the_cancel_only() -> None:
     r = Run(behaviour="no-487").push(0).at(0.2, "register_response", 200).at(0.4, "invite_received", INVITE, "c")
     r.at(2, "cancel_received", CANCEL).until(100)

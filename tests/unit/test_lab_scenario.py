@@ -82,3 +82,17 @@ def test_overrides_as_a_team_decides():
         override(s, "call.colour", "red")
     with pytest.raises(ScenarioError, match="a CallKit end reason"):
         override(s, "expect.end", "missed")
+
+
+def test_the_network_round_trip_is_a_scenario_setting():
+    s = parse_scenario(MINIMAL)
+    assert s.rtt is None and s.network_rtt == 0.04  # a real round trip by default: 20 ms each way on every hop
+    assert parse_scenario(MINIMAL + '[network]\nrtt = "150ms"\n').rtt == 0.15
+    assert parse_scenario(MINIMAL + '[network]\nrtt = "0s"\n').rtt == 0.0
+    assert override(load_scenario("S01"), "network.rtt", "100ms").rtt == 0.1
+    for text, allowed in (('rtt = 40', "a duration with a unit"), ('rtt = "11s"', "a round trip of at most 10s"),
+                          ('latency = "40ms"', "network.latency")):
+        with pytest.raises(ScenarioError, match=allowed):
+            parse_scenario(MINIMAL + f"[network]\n{text}\n", source="team.toml")
+    with pytest.raises(ScenarioError, match="a round trip of 0 to 10s"):
+        override(load_scenario("S01"), "network.rtt", "1h")

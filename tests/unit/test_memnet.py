@@ -216,3 +216,34 @@ async def test_an_address_that_leaves_cuts_its_sockets_off_without_a_word():
     assert not server.socket.is_readable()  # no FIN either: the server's side learns nothing
     again = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     await again.bind(("127.0.0.11", 5070))  # the address may come back
+
+
+async def test_a_delay_carries_datagrams_connections_and_bytes_one_way_in_order(autojump_clock):
+    memnet.install(memnet.MemoryNetwork(delay=0.02))
+    a, b = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM), trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await b.bind(("127.0.0.1", 5060))
+    sent = trio.current_time()
+    await a.sendto(b"one", ("127.0.0.1", 5060))
+    await a.sendto(b"two", ("127.0.0.1", 5060))
+    assert not b.is_readable()  # still on the way
+    assert (await b.recvfrom(100))[0] == b"one"
+    assert trio.current_time() - sent == pytest.approx(0.02)
+    assert (await b.recvfrom(100))[0] == b"two"
+
+    [listener] = await trio.open_tcp_listeners(5070, host="127.0.0.1")
+    began = trio.current_time()
+    client = await trio.open_tcp_stream("127.0.0.1", 5070)
+    assert trio.current_time() - began == pytest.approx(0.04)  # the handshake takes a round trip
+    server = await listener.accept()
+    sent = trio.current_time()
+    await client.send_all(b"abc")
+    await client.aclose()  # the FIN follows the bytes: it cannot overtake them
+    assert await server.receive_some(100) == b"abc"
+    assert trio.current_time() - sent == pytest.approx(0.02)
+    assert await server.receive_some(100) == b""
+
+
+def test_a_delay_is_bounded():
+    for bad in (-1.0, float("nan"), 61.0):
+        with pytest.raises(ValueError, match="0 to 60 seconds"):
+            memnet.MemoryNetwork(delay=bad)

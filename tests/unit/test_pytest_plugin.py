@@ -4,10 +4,15 @@ and pytest-trio in trio mode. The worked example of docs/pytest-plugin.md is one
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 
 import pytest
+
+# cryptography's bindings load only once per process: import them before any in-process run (which unloads the
+# modules it imported) so that the runs after a TLS one still find them
+importlib.import_module("faultlab.ca")
 
 pytest_plugins = ["pytester"]
 
@@ -62,11 +67,45 @@ def test_a_failing_scenario_shows_the_checks_evidence_and_the_seed(user):
         "  ok   invariants: *",
         "timelines (faultlab trace ladder FILE): *S04-cancel-before-register--lossy-wifi--udp.jsonl*",
         "again: faultlab lab run -s S04 -t udp --seed 11 -p lossy-wifi --behaviour never-ends",
+        # every transport the scenario applies to, each with its verdicts and its command to run it again
+        "S04 cancel-before-register x lossy-wifi over tcp (seed 11, behaviour never-ends): FAILED",
+        "again: faultlab lab run -s S04 -t tcp --seed 11 -p lossy-wifi --behaviour never-ends",
+        "S04 cancel-before-register x lossy-wifi over tls (seed 11, behaviour never-ends): FAILED",
+        "again: faultlab lab run -s S04 -t tls --seed 11 -p lossy-wifi --behaviour never-ends",
         "*- faultlab -*",
-        "faultlab_scenario(S04, profile lossy-wifi, udp): seed 11, the session default (--faultlab-seed 11 runs it"
-        " again)",
+        "faultlab_scenario(S04, profile lossy-wifi, udp,tcp,tls): seed 11, the session default (--faultlab-seed 11"
+        " runs it again)",
     ])
     assert "Traceback" not in result.stdout.str()  # the verdicts, not the plugin's insides
+
+
+def test_the_scenario_fixture_plays_every_transport_unless_narrowed(user):
+    user.makepyfile("""
+        import pytest
+
+        def test_every_transport(faultlab_scenario):
+            result = faultlab_scenario("S01")
+            assert result.transports == ${every}
+            assert result.passed and result.on("tcp").case.transport == "tcp"
+
+        def test_named(faultlab_scenario):
+            assert faultlab_scenario("S01", transport="tls").transports == ["tls"]
+            assert faultlab_scenario("S01", transport=["tcp", "udp"]).transports == ["tcp", "udp"]
+            with pytest.raises(ValueError, match="S14 applies to tls, not udp"):
+                faultlab_scenario("S14", transport="udp")
+
+        def test_one_that_does_not_apply(faultlab_scenario):
+            faultlab_scenario("S14")  # TLS only
+    """.replace("${every}", "['udp', 'tcp', 'tls']"))
+    run(user).assert_outcomes(passed=3)
+    narrowed = run(user, "--faultlab-transport", "udp,tcp", "-rs")
+    narrowed.assert_outcomes(passed=1, failed=1, skipped=1)  # test_every_transport now sees udp and tcp only
+    narrowed.stdout.fnmatch_lines(["faultlab: default seed 0 (--faultlab-seed), transports udp,tcp "
+                                   "(--faultlab-transport)",
+                                   "*S14 applies to tls, none of --faultlab-transport udp,tcp*"])
+    bad = run(user, "--faultlab-transport", "sctp")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--faultlab-transport 'sctp': use udp, tcp or tls*"])
 
 
 def test_the_seed_option_reaches_every_fixture(user):

@@ -280,6 +280,9 @@ class Device(Registering, Answering, Flows):
             kind, payload = getattr(push, "kind", None), dict(getattr(push, "payload", None) or {})
             call = self._find(payload.get("call-id"), payload.get("uuid"))
             if call is None and kind == "call":
+                if self.config.behaviour == "loops-at-one-instant":
+                    while True:  # polls a state that never changes, yielding but never waiting
+                        await trio.sleep(0)
                 if self.new_connection_on_push and not any(not c.logic.ended for c in self.calls):
                     await self._close_stream()  # woken in the background: the old connection is gone
                 call = self._new_call()

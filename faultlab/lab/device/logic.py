@@ -34,17 +34,9 @@ The rules (``docs/reference-device.md``; facts from
   header's SIP cause (200 -> answeredElsewhere, 600/603 ->
   declinedElsewhere, anything else or none -> remoteEnded); CANCEL after the
   final response: 200 only; BYE: 200, ``remoteEnded``;
-* flow recovery (RFC 5626 spirit, S24): :meth:`DeviceLogic.flow_lost` -- the driver's TCP/TLS connection to
-  the proxy was closed or reset by the network. While the call waits for its INVITE after a REGISTER 2xx, the
-  binding is on a dead flow: the logic re-REGISTERs at once (``SendRegister``; the driver opens a new connection)
-  and counts as not registered until that REGISTER's 2xx. The second 2xx is the new ``tR``: the INVITE deadline
-  becomes ``min(tR2 + invite_deadline, t0 + total_deadline)`` (the PBX forwards what it holds right after a
-  refresh, so ``invite_deadline`` is measured from the latest 2xx; the cap never moves). Until then the deadline
-  in force stays ``min(tR1 + invite_deadline, t0 + total_deadline)``, and if it passes first the call ends
-  ``failed`` (the latest REGISTER did not succeed); a failure of the re-REGISTER ends it ``failed`` at once, as
-  for the first one. At most :data:`MAX_FLOW_RECOVERIES` re-REGISTERs per call. A flow lost while a REGISTER is
-  in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``); a flow lost
-  after the INVITE, or with no call, ends nothing (the driver connects anew for the next request);
+* flow recovery (RFC 5626, S24-S26): :meth:`DeviceLogic.flow_lost` (the network closed or reset the connection)
+  and :meth:`DeviceLogic.path_changed` (a new address): waiting for the INVITE after a REGISTER 2xx, re-REGISTER at
+  once; the new 2xx is the new ``tR`` (the cap never moves). The details: docs/reference-device.md, Flow recovery;
 * a cancel push is ignored for the outcome (the device never depends on it);
 * an INVITE for a call that has already ended gets 480 (603 if the user
   declined it);
@@ -54,7 +46,7 @@ The rules (``docs/reference-device.md``; facts from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 # CXCallEndedReason values (reference §1.1) plus "declined": the user's own end
@@ -76,6 +68,10 @@ BEHAVIOURS: dict[str, str] = {
     "wrong-reason-mapping": "Every CANCEL ends the call as remoteEnded, whatever its Reason.",
     "never-ends": "Never reports the end of a call (SIP is still answered).",
     "slow-end": "Reports every end 3 s late (slow_end_delay).",
+    "loops-at-one-instant": (
+        "On a call push, spins forever without time passing (yields to the scheduler, never sleeps or waits): "
+        "a hang the virtual-time watchdog must catch."
+    ),
     "no-487": "Answers a CANCEL 200 and ends the call, but never sends 487 to the INVITE.",
     "no-480-at-ring-timeout": "At its ring timeout ends the call unanswered without answering the INVITE (no 480).",
     "late-invite-486": "Answers an INVITE for a call it has already ended 486 Busy Here (not 480 or 410).",
@@ -111,8 +107,7 @@ class DeviceConfig:
             raise ValueError(f"unknown behaviour {self.behaviour!r}; use one of {', '.join(BEHAVIOURS)}")
         if self.answer_after is not None and self.decline_after is not None:
             raise ValueError("answer_after and decline_after are exclusive")
-        for name in ("register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "slow_end_delay",
-                     "keepalive_interval", "keepalive_timeout"):
+        for name in (f.name for f in fields(self) if f.type == "float"):  # every duration that must be given
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
@@ -204,6 +199,7 @@ class DeviceLogic:
     _decline_at: float | None = None
     _deadline_passed: bool = False  # the INVITE deadline fired (depends-on-cancel-push keeps waiting)
     flow_recoveries: int = 0  # re-REGISTERs sent after a lost flow (S24)
+    _lost_while_registering: bool = False  # the flow died with a REGISTER in flight: its 2xx came on a dead flow
 
     # ------------------------------------------------------------ helpers
 
@@ -308,6 +304,9 @@ class DeviceLogic:
         if 200 <= status < 300:
             self.registered = True
             self.t_registered = now
+            if self._lost_while_registering:  # the 2xx was read just before the flow's reset: recover now
+                self._lost_while_registering = False
+                return self.flow_lost(now)
             return []
         if status == 403 and self.behaviour == "register-retry-after-403" and not self._retried_403:
             self._retried_403 = self.registering = True
@@ -333,6 +332,7 @@ class DeviceLogic:
         if self.ended or self.registered or self.t0 is None:
             return []
         self.registering = False
+        self._lost_while_registering = False
         self.register_failed = True
         return self._register_failure(now)
 
@@ -345,7 +345,10 @@ class DeviceLogic:
         """
         if self.ended or self.t0 is None or self.invite is not None or self._deadline_passed:
             return []
-        if not self.registered or self.registering or self.flow_recoveries >= MAX_FLOW_RECOVERIES:
+        if self.registering:  # the REGISTER's response may already be read (2xx then reset): see register_response
+            self._lost_while_registering = True
+            return []
+        if not self.registered or self.flow_recoveries >= MAX_FLOW_RECOVERIES:
             return []
         self.flow_recoveries += 1
         self.registered = False
@@ -353,11 +356,9 @@ class DeviceLogic:
         return [SendRegister()]
 
     def path_changed(self, now: float) -> list[Output]:
-        """A new address (S26): a REGISTER in flight starts again from it (the old one's answer would go nowhere);
-        otherwise as :meth:`flow_lost`."""
-        if self.ended or self.t0 is None:
-            return []
-        return [StopRegister(), SendRegister()] if self.registering else self.flow_lost(now)
+        """A new address (S26): a REGISTER in flight starts again from it; otherwise as :meth:`flow_lost`."""
+        restart = self.registering and not self.ended and self.t0 is not None
+        return [StopRegister(), SendRegister()] if restart else self.flow_lost(now)
 
     def _register_failure(self, now: float) -> list[Output]:
         if self.invite is not None:

@@ -109,7 +109,14 @@ class Registering:
 
             race.start_soon(response)
             race.start_soon(lost)
-        return result[0]
+        # a response read before the connection went (2xx then reset, at one instant) still counts
+        response = next((r for r in result if r is not None), None)
+        if response is None:
+            try:
+                response = receive.receive_nowait()
+            except trio.WouldBlock:
+                pass
+        return response
 
     async def _register_for(self, call: _Call) -> None:
         with trio.CancelScope() as scope:

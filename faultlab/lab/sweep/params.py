@@ -112,7 +112,7 @@ def parse_param(text: str) -> Param:
             raise SweepError(f"--param {text!r}: link fields are delay, jitter, loss, duplicate, reorder, rate")
         if section == "rule" and key.endswith(".delay") and key.count(".") >= 2:
             return Param(key, _checked(text, key, _numbers(values, _seconds), durations=True), "s")
-        if section in ("device", "call", "pbx", "push") or key in ("expect.tolerance",):
+        if section in ("device", "call", "pbx", "push") or key in ("expect.tolerance", "network.rtt"):
             parsed = _checked(text, key, _numbers(values, _seconds), durations=True)
             s01 = load_scenario("S01")
             for value in parsed:  # the key must be one override() knows, and take every value
@@ -123,7 +123,7 @@ def parse_param(text: str) -> Param:
             raise
         raise SweepError(f"--param {text!r}: {exc}") from None
     raise SweepError(f"--param {text!r}: unknown parameter {key!r}; use device.*, link.*, rule.NAME.delay, call.*, "
-                     "pbx.hold or push.delay (faultlab sweep --help)")
+                     "pbx.hold, push.delay or network.rtt (faultlab sweep --help)")
 
 
 def apply(scenario: Scenario, values: dict[str, float]) -> Scenario:
