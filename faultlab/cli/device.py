@@ -25,7 +25,7 @@ from faultlab.faults import parse_duration
 from faultlab.lab.device import Device
 from faultlab.lab.device.logic import BEHAVIOURS, DeviceConfig
 from faultlab.lab.timeline import Timeline
-from faultlab.addr import EndpointError, parse_endpoint
+from faultlab.addr import EndpointError, is_ip, parse_endpoint
 
 _MEDIA_HELP = ("A connected call with media (RTP) and no RTP for this long ends 'failed' (the far end hung up and "
                "its BYE was lost).")
@@ -131,6 +131,29 @@ async def post_events(url: str, receive: trio.MemoryReceiveChannel, token: str |
                         fg=typer.colors.YELLOW)
 
 
+_CaFileOption = Annotated[Optional[Path], typer.Option(
+    "--ca-file", help="CA certificates to verify a tls: proxy with (e.g. faultlab's lab CA) "
+                      "(default: the system's).", dir_okay=False)]
+
+_TlsServerNameOption = Annotated[Optional[str], typer.Option(
+    "--tls-server-name", help="TLS server name (SNI and verification) (default: the proxy's HOST).")]
+
+_HostOption = Annotated[Optional[str], typer.Option(
+    "--host", metavar="ADDRESS",
+    help="The device's own address: its socket and connections leave from it (default: the address that "
+         "reaches the proxy).")]
+
+_MoveToOption = Annotated[Optional[str], typer.Option(
+    "--move-to", metavar="ADDRESS",
+    help="On SIGUSR1 the device moves to this address (a network change, Wi-Fi -> cellular): it drops its "
+         "old socket or connection, binds ADDRESS and REGISTERs again from there (RFC 5626 flow recovery).")]
+
+_KeepaliveOption = Annotated[str, typer.Option(
+    "--keepalive-interval", metavar="DURATION",
+    help="tcp:/tls: a CRLF keep-alive ping this often; no pong within 10 s and the flow has failed: the "
+         "device connects anew and REGISTERs again (RFC 5626 §4.4.1). 0s: no pings.")]
+
+
 @app.callback(invoke_without_command=True)
 def device(
     proxy: Annotated[str, typer.Option(
@@ -189,11 +212,8 @@ def device(
         "--events-token", envvar="FAULTLAB_API_TOKEN", metavar="TOKEN",
         help="Bearer token for --events-url when it is faultlab's control API started with --api-token "
              "(POST /events there); also read from $FAULTLAB_API_TOKEN.")] = None,
-    ca_file: Annotated[Optional[Path], typer.Option(
-        "--ca-file", help="CA certificates to verify a tls: proxy with (e.g. faultlab's lab CA) "
-                          "(default: the system's).", dir_okay=False)] = None,
-    tls_server_name: Annotated[Optional[str], typer.Option(
-        "--tls-server-name", help="TLS server name (SNI and verification) (default: the proxy's HOST).")] = None,
+    ca_file: _CaFileOption = None,
+    tls_server_name: _TlsServerNameOption = None,
     no_initial_register: Annotated[bool, typer.Option(
         "--no-initial-register",
         help="Do not REGISTER at start (by default the device registers once, as an app does at launch, "
@@ -204,6 +224,9 @@ def device(
              "proxy first, so that the push's REGISTER opens a new one (TCP connect and TLS handshake), as an app "
              "woken in the background does. A connect or handshake that fails ends the call 'failed' at once; "
              "one that never completes, at the register deadline.")] = False,
+    host: _HostOption = None,
+    move_to: _MoveToOption = None,
+    keepalive_interval: _KeepaliveOption = "90s",
 ) -> None:
     """Run the reference device until interrupted; print each device event as a JSON line.
 
@@ -221,6 +244,9 @@ def _checked(o: SimpleNamespace) -> tuple:
         _fail(f"--proxy: {exc}")
     if not endpoint.is_ip:
         _fail(f"--proxy: HOST must be an IP address, not {endpoint.host!r}")
+    for option, value in (("--host", o.host), ("--move-to", o.move_to)):
+        if value is not None and not is_ip(value):
+            _fail(f"{option}: an IP address of this host, not {value!r}")
     if sum(x is not None and x is not False for x in (o.answer_after, o.decline_after, o.no_answer or None)) > 1:
         _fail("--answer-after, --decline-after and --no-answer are exclusive")
     if o.behaviour is not None and o.behaviour not in BEHAVIOURS:
@@ -234,6 +260,7 @@ def _checked(o: SimpleNamespace) -> tuple:
             answer_after=_seconds("--answer-after", o.answer_after),
             decline_after=_seconds("--decline-after", o.decline_after),
             behaviour=o.behaviour,
+            keepalive_interval=_seconds("--keepalive-interval", o.keepalive_interval),
         )
     except ValueError as exc:
         _fail(str(exc))
@@ -244,6 +271,16 @@ def _media_line(event) -> None:
     """RTP progress on stderr: a stream started, first heard, stopped (with its packet counts)."""
     if event.kind == "media":
         typer.echo(f"faultlab device: {event.summary} (call {event.call_id})", err=True)
+
+
+async def _move_on_signal(dev: Device, host: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """At the first SIGUSR1, move the device to ``host`` (``--move-to``)."""
+    with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+        task_status.started()
+        async for _ in signals:
+            await dev.move(host)
+            typer.echo(f"faultlab device: moved to {host}", err=True)
+            return
 
 
 def _run(o: SimpleNamespace) -> None:
@@ -274,7 +311,9 @@ def _run(o: SimpleNamespace) -> None:
                          timeline=timeline, config=config, name=o.name, team_id=o.team_id, bundle=o.bundle,
                          expires=o.expires, ca_file=o.ca_file, tls_server_name=o.tls_server_name,
                          register_at_start=not o.no_initial_register, on_event=print_event,
-                         new_connection_on_push=o.new_connection_on_push)
+                         new_connection_on_push=o.new_connection_on_push, host=o.host, bind=o.host is not None)
+            if o.move_to is not None:
+                await nursery.start(_move_on_signal, dev, o.move_to)
             await nursery.start(dev.run)
             if dev.initial_register is not None:
                 typer.echo(f"faultlab device: initial REGISTER: {dev.initial_register}", err=True)

@@ -20,7 +20,9 @@ class MessageView:
     """One message as the proxy received it.
 
     ``message`` is None for bytes faultlab could not parse and for keep-alives;
-    rules never match those, but the link still applies to them.
+    message rules never match those, but the link still applies to them.
+    ``keep_alive`` is ``"ping"`` (CRLF CRLF) or ``"pong"`` (CRLF) for a CRLF
+    keep-alive (RFC 5626 §4.4.1): rules with ``on = "keep-alive"`` match it.
     ``device`` is the device's address on this flow, whichever way the
     message goes; ``flow`` the proxy's flow id.
     """
@@ -31,6 +33,7 @@ class MessageView:
     transport: str  # "udp" | "tcp" | "tls"
     device: tuple[str, int]
     flow: str
+    keep_alive: str | None = None
 
 
 @dataclass(frozen=True)

@@ -112,10 +112,17 @@ class _RuleState:
             return facts.transaction
         return None
 
-    def matches_connect(self, view: ConnectView, now: float, rng: random.Random) -> bool:
+    def matches_connect(self, view: ConnectView | MessageView, now: float, rng: random.Random) -> bool:
+        """A connection (``on = "connect"``) or a keep-alive (``on = "keep-alive"``, a :class:`MessageView`)."""
         match = self.rule.match
-        transports = match.transport if match.transport is not None else ("tcp", "tls")
-        if view.transport not in transports:
+        if isinstance(view, MessageView):
+            if (match.direction is not None and match.direction != view.direction) or (
+                    match.keep_alive is not None and match.keep_alive != view.keep_alive):
+                return False
+            transports = match.transport
+        else:
+            transports = match.transport if match.transport is not None else frozenset(("tcp", "tls"))
+        if transports is not None and view.transport not in transports:
             return False
         if match.device:
             try:
@@ -182,8 +189,12 @@ class Engine:
         msg = view.message
         draft = Draft(self.rng, data=view.raw, message=msg)
         if msg is None:
+            if view.keep_alive is not None:
+                done = self._keep_alive(view, now, draft)
+                if done is not None:
+                    return done
             if not self._links:
-                return Decision(data=view.raw)
+                return Decision(data=view.raw, delay=draft.delay, events=tuple(draft.events))
             return link_decision(self._links.get(view.direction), view.transport, now, draft)
         facts = MessageFacts(msg, view.raw, view.direction, view.transport, view.device, view.flow)
         current = msg  # the parsed form of draft.data while known
@@ -203,6 +214,19 @@ class Engine:
             if not rule.continue_:
                 break
         return link_decision(self._links.get(view.direction), view.transport, now, draft)
+
+    def _keep_alive(self, view: MessageView, now: float, draft: Draft) -> Decision | None:
+        """The rules with ``on = "keep-alive"`` for a CRLF keep-alive (drop or delay); None: on to the link."""
+        for state in self._states:
+            rule = state.rule
+            if rule.match.on != "keep-alive" or not state.matches_connect(view, now, self.rng):
+                continue
+            done = state.kind.on_message(rule.action, rule.name, draft, {"keep_alive": view.keep_alive})
+            if done is not None and done is not NEXT_RULE:
+                return done
+            if not rule.continue_:
+                break
+        return None
 
     def on_connect(self, view: ConnectView, now: float) -> Decision:
         """The decision for a TCP/TLS connection accepted at ``now``: only rules

@@ -38,6 +38,8 @@ class ActionKind:
     """No later rule runs after this one (see also :meth:`ends`)."""
     connect: ClassVar[bool] = False
     """Rules with ``on = "connect"`` may use it."""
+    keep_alive: ClassVar[bool] = False
+    """Rules with ``on = "keep-alive"`` may use it (:meth:`on_message` then gets a draft with no message)."""
     streams_only: ClassVar[bool] = False
     """It acts on connections: never on UDP."""
 

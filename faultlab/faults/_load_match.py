@@ -38,10 +38,14 @@ MATCH_KEYS = (
     "count",
     "probability",
     "window",
+    "keep_alive",
 )
 CONNECT_MATCH_KEYS = ("on", "transport", "device", "occurrence", "probability", "window")
 OCCURRENCE_KEYS = ("first", "every", "after", "per")
 WINDOW_KEYS = ("start", "for", "from")
+KEEP_ALIVE_MATCH_KEYS = ("on", "keep_alive", "direction", "transport", "device", "occurrence", "probability", "window")
+KEEP_ALIVES = ("ping", "pong")
+ONS = ("message", "connect", "keep-alive")
 PER_VALUES = ("rule", "device", "flow", "call", "transaction")
 
 
@@ -134,12 +138,17 @@ _DEVICE_ALLOWED = (
 
 def parse_match(t: Table) -> Match:
     """The conditions of a rule from its ``match`` table ``t`` (keys checked against :data:`MATCH_KEYS`)."""
-    on = t.get("on", choice(("message", "connect")), one_of(("message", "connect")), "message")
-    if on == "connect":
+    on = t.get("on", choice(ONS), one_of(ONS), "message")
+    if on in ("connect", "keep-alive"):
+        keys = CONNECT_MATCH_KEYS if on == "connect" else KEEP_ALIVE_MATCH_KEYS
         for key in t.data:
-            if key not in CONNECT_MATCH_KEYS:
-                raise t.error(key, "a rule with on = \"connect\" matches only " + ", ".join(CONNECT_MATCH_KEYS[1:]))
+            if key not in keys:
+                raise t.error(key, f"a rule with on = \"{on}\" matches only " + ", ".join(keys[1:]))
+    elif "keep_alive" in t:
+        raise t.error("keep_alive", "goes with on = \"keep-alive\" (a rule for CRLF keep-alives)")
     kw: dict[str, Any] = {"on": on}
+    kw["keep_alive"] = t.get("keep_alive", choice(KEEP_ALIVES),
+                             one_of(KEEP_ALIVES) + ": a CRLF CRLF ping or a CRLF pong (RFC 5626 §4.4.1)")
     kw["direction"] = t.get("direction", choice(DIRECTIONS), one_of(DIRECTIONS))
     kw["transport"] = t.get("transport", _transports, one_of(TRANSPORTS) + ", or a list of them")
     if on == "connect" and kw["transport"] is not None and "udp" in kw["transport"]:
@@ -160,6 +169,8 @@ def parse_match(t: Table) -> Match:
     kw["device"] = t.get("device", _device, _DEVICE_ALLOWED, ())
     if on == "connect" and any(d.is_aor for d in kw["device"]):
         raise t.error("device", "a connection carries no SIP AOR yet: use an address or a network")
+    if on == "keep-alive" and any(d.is_aor for d in kw["device"]):
+        raise t.error("device", "a keep-alive carries no SIP AOR: use an address or a network")
     if "occurrence" in t:
         kw["occurrence"] = _occurrence(t, on)
     kw["count"] = t.get(
@@ -203,7 +214,7 @@ def _occurrence(t: Table, on: str) -> Occurrence:
     o = t.sub("occurrence", OCCURRENCE_KEYS)
     if not o.data:
         raise t.error("occurrence", "a table with first, every, after and/or per")
-    per_values = ("rule", "device", "flow") if on == "connect" else PER_VALUES
+    per_values = ("rule", "device", "flow") if on != "message" else PER_VALUES
     return Occurrence(
         first=o.get("first", integer(1), "a whole number >= 1 (select the first N occurrences)"),
         every=o.get("every", integer(1), "a whole number >= 1 (select every Nth occurrence)"),

@@ -132,8 +132,10 @@ class Window:
 class Match:
     """All conditions of a rule, combined with AND; ``None``/empty = any.
 
-    ``on``: ``"message"`` (a SIP message) or ``"connect"`` (a TCP/TLS
-    connection accepted from a device). ``count``: ``"transaction"`` (the
+    ``on``: ``"message"`` (a SIP message), ``"connect"`` (a TCP/TLS
+    connection accepted from a device) or ``"keep-alive"`` (a CRLF keep-alive,
+    RFC 5626 §4.4.1; ``keep_alive``: ``"ping"`` (CRLF CRLF), ``"pong"`` (CRLF)
+    or None for both). ``count``: ``"transaction"`` (the
     retransmissions of a request or response count as one occurrence and
     share its decision) or ``"transmission"`` (each copy on the wire counts).
     ``in_dialog``: the To header has (True) / has not (False) a tag.
@@ -153,6 +155,7 @@ class Match:
     count: str = "transaction"
     probability: float | None = None
     window: Window | None = None
+    keep_alive: str | None = None
 
 
 # ---------------------------------------------------------------------------

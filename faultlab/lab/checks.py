@@ -45,8 +45,8 @@ terms are never stood in for (a term that drops there can only make the earliest
 **Declared deadlines.** Bounds with ``deadline = NAME`` are the app's declared deadlines
 (:mod:`faultlab.lab.deadlines`); they are numbers by the time the checks see them.
 
-Times are the timeline's (seconds from the lab's t0). :func:`anchors` finds the named events of
-:data:`faultlab.lab.scenario.ANCHORS` for one call.
+Times are the timeline's (seconds from the lab's t0). :func:`faultlab.lab.anchors.anchors` finds the named events
+of :data:`faultlab.lab.scenario.ANCHORS` for one call.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from faultlab.lab.anchors import anchors, call_push_delivered, device_events, first as _first
 from faultlab.lab.scenario import Bound, Scenario
 from faultlab.trace import Event
 
@@ -83,97 +84,6 @@ class CheckResult:
 
 def _fmt(t: float | None) -> str:
     return "never" if t is None else f"t={t:.3f}"
-
-
-def device_events(events: Iterable[Event], call_id: str) -> list[Event]:
-    """The device's events (``reported``, ``answer-tapped``, ... ``ended``) for one call."""
-    return [e for e in events if e.kind == "device" and e.call_id == call_id]
-
-
-def _first(events: Sequence[Event], pred, start: int = 0) -> Event | None:
-    for e in events[start:]:
-        if pred(e):
-            return e
-    return None
-
-
-def anchors(events: Sequence[Event], call_id: str) -> dict[str, Event]:
-    """The named events of one call (:data:`faultlab.lab.scenario.ANCHORS`) that happened: name -> first event.
-
-    Events about the device's REGISTERs and its connection count from the call push on (in timeline order, so an
-    earlier REGISTER at the same instant does not count). A timeline with no push gateway on it (a real iPhone
-    through faultlab alone) takes the device's ``reported`` as ``push``, and counts from the call's first INVITE
-    when that came before the report (an app in the foreground); one with no caller on it takes ``cancel`` and
-    ``bye`` as faultlab received them on their way to the device."""
-    events = list(events)
-    found: dict[str, Event] = {}
-
-    def put(name: str, event: Event | None) -> None:
-        if event is not None:
-            found[name] = event
-
-    dev = device_events(events, call_id)
-    put("push", _first(events, lambda e: _call_push_delivered(e, call_id)))
-    put("reported", _first(dev, lambda e: e.detail.get("event") == "reported"))
-    sources = {e.source for e in events}
-    if "push" not in found and "push" not in sources and "reported" in found:
-        # no push gateway on this timeline (a real iPhone through faultlab alone): the report stands in for t0
-        found["push"] = found["reported"]
-    put("answer-tapped", _first(dev, lambda e: e.detail.get("event") == "answer-tapped"))
-    put("end", _first(dev, lambda e: e.detail.get("event") == "ended"))
-    origin = found.get("push") or found.get("reported")
-    start = next((i for i, e in enumerate(events) if e is origin), 0)
-    if origin is not None and origin.kind == "device":  # no push: an app in the foreground reports on the INVITE
-        start = min([start] + [i for i, e in enumerate(events[:start]) if e.source == "proxy" and e.kind == "sent"
-                               and e.direction == "to-device" and e.method == "INVITE" and e.call_id == call_id])
-
-    def proxy(kind: str, direction: str, pred, begin: int = start) -> Event | None:
-        return _first(events, lambda e: e.source == "proxy" and e.kind == kind and e.direction == direction
-                      and pred(e), begin)
-
-    put("register-sent", proxy("received", "to-pbx", lambda e: e.method == "REGISTER"))
-    put("register-ok", proxy("sent", "to-device", lambda e: e.cseq_method == "REGISTER"
-                             and e.status is not None and 200 <= e.status < 300))
-    put("register-final", _first(events, lambda e: e.source == "proxy" and e.kind in ("sent", "responded")
-                                 and e.direction == "to-device" and e.cseq_method == "REGISTER"
-                                 and e.status is not None and e.status >= 200, start))
-    put("invite", proxy("sent", "to-device", lambda e: e.method == "INVITE" and e.call_id == call_id))
-    put("ok", proxy("received", "to-pbx", lambda e: e.call_id == call_id and e.status == 200
-                    and e.cseq_method == "INVITE"))
-    put("ack", proxy("sent", "to-device", lambda e: e.method == "ACK" and e.call_id == call_id))
-    put("invite-rejected", proxy("received", "to-pbx", lambda e: e.call_id == call_id and e.cseq_method == "INVITE"
-                                 and e.status is not None and e.status >= 400))
-    put("cancel-at-device", proxy("sent", "to-device", lambda e: e.method == "CANCEL" and e.call_id == call_id))
-    put("bye-at-device", proxy("sent", "to-device", lambda e: e.method == "BYE" and e.call_id == call_id))
-    # the caller's CANCEL and BYE as it sent them; with no caller on this timeline, as faultlab received them
-    caller = "caller" in sources
-    for name, method in (("cancel", "CANCEL"), ("bye", "BYE")):
-        put(name, _first(events, lambda e: e.call_id == call_id and e.method == method and (
-            (e.source == "caller" and e.kind == "sent") if caller else
-            (e.source == "proxy" and e.kind == "received" and e.direction == "to-device"))))
-    device_flows = {e.flow for e in events if e.source == "proxy" and e.kind in ("received", "sent")
-                    and e.direction == "to-pbx" and e.method == "REGISTER"}
-    # closed by faultlab: a reset, or a close/reset fault on that flow
-    faulted = {e.flow for e in events if e.source == "proxy" and e.kind == "fault"
-               and e.detail.get("action") in ("close", "reset")}
-    lost = _first(events, lambda e: e.source == "proxy" and e.kind == "flow-close" and e.flow in device_flows
-                  and (e.detail.get("how") == "reset" or e.flow in faulted), start)
-    put("flow-lost", lost)
-    # the caller's RTP stopped; with no caller on this timeline (a softphone of one's own), its BYE: a UA stops its
-    # media as it sends the BYE (RFC 3261 §15.1.1)
-    put("media-stopped", _first(events, lambda e: e.source == "caller" and e.kind == "media" and e.call_id == call_id
-                                and e.detail.get("action") == "stopped") if caller else found.get("bye"))
-    if lost is not None:
-        put("reregister", proxy("received", "to-pbx", lambda e: e.method == "REGISTER", events.index(lost)))
-    return found
-
-
-def _call_push_delivered(e: Event, call_id: str) -> bool:
-    """The push gateway delivered the call push (once, or with copies; or late: a delayed or stored push)."""
-    if e.source == "push" and e.kind == "push-delivered":  # a delayed or stored push, handed over at last
-        return e.call_id == call_id and e.detail.get("push_kind") == "call" and e.detail.get("status") == 200
-    return (e.source == "push" and e.kind == "push" and e.call_id == call_id and e.detail.get("push_kind") == "call"
-            and e.detail.get("outcome") in ("delivered", "duplicated"))
 
 
 def _deadline(bounds: Sequence[Bound], found: dict[str, Event],
@@ -445,7 +355,7 @@ def check_invariants(events: Sequence[Event], call_id: str, scenario: Scenario) 
     milestone of the scenario (``expect.milestones``) met."""
     found = anchors(events, call_id)
     dev = device_events(events, call_id)
-    deliveries = [e for e in events if _call_push_delivered(e, call_id)]
+    deliveries = [e for e in events if call_push_delivered(e, call_id)]
     reports = [e for e in dev if e.detail.get("event") == "reported"]
     ends = [e for e in dev if e.detail.get("event") == "ended"]
     evidence = [f"{_fmt(e.t)} call push delivered" for e in deliveries]
@@ -467,6 +377,7 @@ def check_invariants(events: Sequence[Event], call_id: str, scenario: Scenario) 
             continue
         if event is None:
             problems.append(f"milestone {m.describe()}: no {m.event}")
+            evidence.append(f"{_fmt(anchor.t)} {m.after}, and no {m.event} after it")
             continue
         times[f"{m.event}-{m.after}"] = event.t - anchor.t
         evidence.append(f"{_fmt(event.t)} {m.event}, {event.t - anchor.t:.3f} s after {m.after}")

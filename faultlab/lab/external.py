@@ -241,6 +241,9 @@ class ExternalLab:
             self.say(f"{scenario.name}: skipped, its call carries RTP and the caller's media is on 127.0.0.1, which "
                      "a device elsewhere cannot reach")
             return None
+        if scenario.move_at is not None:
+            self.say(f"{scenario.name}: skipped, the lab cannot change a real device's address")
+            return None
         modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
         runs = []
         for mode in modes:

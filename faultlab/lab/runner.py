@@ -49,7 +49,7 @@ from faultlab.lab.pbx import PBX
 from faultlab.lab.push import MAX_PAYLOAD, PushFaults
 from faultlab.lab.pushside import check_push_side
 from faultlab.lab.scenario import Scenario, merge_profiles
-from faultlab.lab.stack import open_lab_stack
+from faultlab.lab.stack import DEVICE_HOSTS, open_lab_stack
 from faultlab.lab.watchdog import DEFAULT_LIMIT, Watchdog
 from faultlab.trace import Event, JsonlWriter
 
@@ -155,14 +155,16 @@ def pbx_options(scenario: Scenario, misbehaviour: str | None = None) -> dict:
 
 async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX | None,
                     wait_ended: Callable[[], Awaitable[object]],
-                    user: Callable[[float], Awaitable[None]] | None = None) -> None:
+                    user: Callable[[float], Awaitable[None]] | None = None,
+                    move: Callable[[], Awaitable[None]] | None = None) -> None:
     """Play the scenario's call script on a placed call (``handle``, just sent): the caller's CANCEL, the second
     device's answer/decline elsewhere, the caller's hang-up. Return ``SETTLE`` seconds after ``wait_ended()``
     returns (the device ended the call) and the caller's INVITE has its final response, or at the scenario's
     ``duration`` after the INVITE.
 
     ``user(start)``, if given, runs alongside (the external device's prompts: the reference device scripts its
-    user itself); ``start`` is the trio time of the INVITE."""
+    user itself); ``start`` is the trio time of the INVITE. ``move()``, if given, changes the device's address at
+    the scenario's ``move_at``."""
     start = trio.current_time()
     async with trio.open_nursery() as script:
         if scenario.cancel_at is not None:
@@ -192,6 +194,11 @@ async def play_call(scenario: Scenario, handle: CallHandle, *, pbx: PBX | None,
             script.start_soon(hang_up)
         if user is not None:
             script.start_soon(user, start)
+        if move is not None and scenario.move_at is not None:
+            async def moving() -> None:
+                await trio.sleep_until(start + scenario.move_at)
+                await move()
+            script.start_soon(moving)
         with trio.move_on_at(start + scenario.duration):
             await wait_ended()
             await handle.wait_final(timeout=math.inf)  # and the caller's INVITE is over (e.g. a late one rejected)
@@ -205,6 +212,8 @@ async def play(run: Run, *, network: str, confdir: Path | None, watchdog: Watchd
     faults = case_faults(scenario, run.profile)
     start_wall = time.perf_counter()
     lab_kwargs: dict = {"new_connection_on_push": True} if scenario.new_connection else {}
+    if scenario.move_at is not None:
+        lab_kwargs["device_host"] = DEVICE_HOSTS[0]
     if run.pbx is not None:
         lab_kwargs.update(external_pbx=run.pbx, push_listen=run.push_listen, pbx_ca=run.pbx_ca)
     else:
@@ -227,7 +236,8 @@ async def play(run: Run, *, network: str, confdir: Path | None, watchdog: Watchd
             handle = await lab.caller.call(lab.device_aor)
             run.call_id = handle.call_id
             await play_call(scenario, handle, pbx=lab.pbx,
-                            wait_ended=lambda: lab.wait_device_ended(handle.call_id, math.inf))
+                            wait_ended=lambda: lab.wait_device_ended(handle.call_id, math.inf),
+                            move=lambda: lab.move_device(DEVICE_HOSTS[1]))
             if scenario.call_again:  # once more: what the PBX does for the next INVITE (push-side checks)
                 again = await lab.caller.call(lab.device_aor)
                 with trio.move_on_after(scenario.pbx_hold + SETTLE):

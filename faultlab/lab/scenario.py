@@ -23,6 +23,7 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     duration = "30s"                             # the run ends this long after the push at the latest
     call_again = false                           # then the caller calls once more (its INVITE: push-side checks)
     media = false                                # the call carries RTP both ways once it connects (S21)
+    move_at = "2s"                               # the device's address changes (Wi-Fi -> cellular), S26
 
     [push]                                       # push gateway faults
     duplicate = 1                                # extra deliveries of each push
@@ -43,6 +44,8 @@ its id (``S04``) or its slug (``cancel-before-register``)::
     total_deadline = "15s"
     new_connection = false                       # TCP/TLS: a fresh connection for the push's REGISTER
     media_timeout = "30s"                        # connected, no RTP for this long: the call ends failed
+    keepalive_interval = "90s"                   # TCP/TLS: a CRLF keep-alive ping this often (0s: none)
+    keepalive_timeout = "10s"                    # no pong this long after a ping: the flow failed
 
     [network]                                    # the in-memory network of virtual-time runs
     rtt = "40ms"                                 # round trip of every hop (device-faultlab, faultlab-PBX, ...)
@@ -103,16 +106,22 @@ ANCHORS: dict[str, str] = {
     "answer-tapped": "the user tapped Answer",
     "end": "the device's end of the call",
     "media-stopped": "the caller's RTP stopped (it hung up); with no lab caller, its BYE as faultlab received it",
+    "ping": "the first CRLF keep-alive ping faultlab received from the device after the push",
+    "address-change": "the device's address changed (Wi-Fi -> cellular: call.move_at)",
+    "register-new-flow": "the first REGISTER faultlab received from the device after the push on another flow than "
+                         "register-sent's (a new connection, or a new address)",
+    "invite-new-flow": "the call's first INVITE faultlab sent to the device on register-new-flow's flow",
 }
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]*")
 _ID = re.compile(r"S\d\d[a-z]?")
 _TOP = {"id", "slug", "title", "summary", "reference", "transports", "faults", "call", "push", "pbx", "device",
         "expect", "network"}
 _CALL = {"cancel_at", "cancel_reason", "answer_at", "decline_at", "elsewhere", "elsewhere_at", "hang_up_after",
-         "duration", "call_again", "media"}
+         "duration", "call_again", "media", "move_at"}
 _PUSH = {"duplicate", "drop_cancel", "delay", "offline", "refuse"}
 _PBX = {"hold", "cancel_push", "apns_expiration", "payload_size"}
-_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection", "media_timeout"}
+_DEVICE = {"register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "new_connection", "media_timeout",
+           "keepalive_interval", "keepalive_timeout"}
 _NETWORK = {"rtt"}
 DEFAULT_RTT = 0.04  # seconds: the round trip of each hop of the in-memory network (20 ms each way)
 MAX_RTT = 10.0
@@ -169,6 +178,7 @@ class Scenario:
     duration: float = 30.0
     call_again: bool = False
     media: bool = False  # RTP both ways while the call is connected
+    move_at: float | None = None  # the device's address changes this long after the push (S26)
     # push gateway, PBX, device
     push_duplicate: int = 0
     push_drop_cancel: bool = False
@@ -332,7 +342,7 @@ def parse_scenario(text: str, *, source: str = "<string>") -> Scenario:
         answer_at=answer_at, decline_at=decline_at, elsewhere=elsewhere,
         elsewhere_at=call.duration("elsewhere_at", 0.5), hang_up_after=call.duration("hang_up_after", 10.0),
         duration=call.duration("duration", 30.0), call_again=call.bool("call_again", False),
-        media=call.bool("media", False),
+        media=call.bool("media", False), move_at=call.duration("move_at"),
         push_duplicate=duplicate, push_drop_cancel=push.bool("drop_cancel", False),
         push_delay=push.duration("delay", 0.0), push_offline=push.duration("offline", 0.0), push_refuse=refusal,
         pbx_hold=pbx.duration("hold", 8.0), pbx_cancel_push=pbx.bool("cancel_push", True),

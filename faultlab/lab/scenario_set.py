@@ -15,7 +15,7 @@ __all__ = ["override"]
 # --set KEY: the scenario field each settable duration is
 _SET_DURATIONS = {"expect.tolerance": "tolerance", "pbx.hold": "pbx_hold", "push.delay": "push_delay",
                   **{f"call.{n}": n for n in ("cancel_at", "answer_at", "decline_at", "elsewhere_at",
-                                               "hang_up_after", "duration")}}
+                                               "hang_up_after", "duration", "move_at")}}
 
 def override(scenario: Scenario, key: str, value: str) -> Scenario:
     """``scenario`` with one field set from text, as ``--set KEY=VALUE`` gives it (e.g. ``expect.end=failed``,
@@ -66,6 +66,6 @@ def override(scenario: Scenario, key: str, value: str) -> Scenario:
         return replace(scenario, rtt=rtt)
     allowed = ("expect.end, expect.by, expect.not_before (empty: none), expect.tolerance, expect.late_invite, "
                "expect.cancel_push, device.{register_deadline,invite_deadline,total_deadline,ring_timeout,"
-               "media_timeout}, call.{cancel_at,answer_at,decline_at,elsewhere_at,hang_up_after,duration,media}, "
-               "pbx.hold, push.delay, network.rtt")
+               "media_timeout,keepalive_interval,keepalive_timeout}, call.{cancel_at,answer_at,decline_at,"
+               "elsewhere_at,hang_up_after,duration,move_at,media}, pbx.hold, push.delay, network.rtt")
     raise ScenarioError(src, "", key, f"not a field that can be set; use one of {allowed}")

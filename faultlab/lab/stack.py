@@ -47,7 +47,7 @@ from typing import Any, AsyncIterator, Callable
 
 import trio
 
-from faultlab.faults import Profile
+from faultlab.faults import Profile, parse_profile, parse_rule
 from faultlab.lab.caller import Caller, CallHandle
 from faultlab.lab.device import Device
 from faultlab.lab.device.logic import DeviceConfig
@@ -62,6 +62,7 @@ from faultlab.trace import Event
 __all__ = ["LabCall", "LabStack", "open_lab_stack"]
 
 HOST = "127.0.0.1"
+DEVICE_HOSTS = ("127.0.0.11", "127.0.0.12")  # a device with addresses of its own: "Wi-Fi", then "cellular" (S26)
 TRANSPORTS = ("udp", "tcp", "tls")
 NETWORKS = ("loopback", "memory")
 
@@ -168,6 +169,22 @@ class LabStack:
         ended = await self.wait_device_ended(handle.call_id, end_timeout)
         return LabCall(handle, handle.call_id, final, ended, self.device_events(handle.call_id))
 
+    async def move_device(self, host: str) -> None:
+        """The device's address changes to ``host`` (Wi-Fi -> cellular). On the memory network its old address
+        leaves the network first, so its old flow dies without a word (no FIN, no RST). On loopback the lab cannot
+        take an address away: faultlab drops every message to and from the old address from then on (a rule
+        ``address-gone`` first in its profile), and a device that closes its old connection still sends its FIN."""
+        old = self.device.host
+        net = memnet.current()
+        if net is not None and old is not None:
+            net.remove_address(old)
+        elif old is not None:
+            rule = parse_rule({"name": "address-gone", "match": {"device": old}, "action": {"drop": True}})
+            engine = self.proxy.engine or self.proxy.activate(parse_profile('name = "address-gone"'))
+            assert engine is not None
+            engine.add_rule(rule, 0, now=self.proxy.now())
+        await self.device.move(host)
+
     # -- the timeline, by actor --------------------------------------------------------------------
 
     def proxy_messages(self, call_id: str | None = None, *, kind: str = "sent",
@@ -263,12 +280,11 @@ async def open_lab_stack(
     bundle: str = "org.faultlab.device",
     caller_user: str = "bob",
     timeline: Timeline | None = None,
-    network: str = "loopback",
-    new_connection_on_push: bool = False,
+    network: str = "loopback", new_connection_on_push: bool = False,
     external_pbx: dict[str, tuple[str, int]] | None = None,
     push_listen: tuple[str, int] | None = None,
     pbx_ca: Path | None = None, pbx_options: dict[str, Any] | None = None, media: bool = False,
-    rtt: float = 0.0,
+    device_host: str | None = None, rtt: float = 0.0,
 ) -> AsyncIterator[LabStack]:
     """Start every actor (see the module docstring) and yield the :class:`LabStack`; stop them all on exit.
 
@@ -287,7 +303,7 @@ async def open_lab_stack(
     ``push_listen`` over HTTP/2, where that PBX must send its RFC 8599 pushes (``lab.pbx`` is then ``None``).
     ``pbx_ca`` verifies its TLS certificate (default: the system's CAs). ``pbx_options``: more keywords for the
     embedded :class:`PBX` (``push_ttl``, ``payload_size``, ``misbehaviour``). One wall clock: :func:`lab_wall_clock`.
-    ``media``, ``rtt``: see the module docstring.
+    ``media``, ``rtt``: see the module docstring; ``device_host``: :meth:`LabStack.move_device` (S26).
     """
     _check_options(transport, push=push, network=network, confdir=confdir, external_pbx=external_pbx,
                    push_listen=push_listen, rtt=rtt)
@@ -311,7 +327,8 @@ async def open_lab_stack(
         device = Device(proxy=Endpoint(transport, HOST, proxy.bound[transport][1]), user=user, domain=domain,
                         token=token, pushes=pushes, timeline=timeline, config=device_config or DeviceConfig(),
                         bundle=bundle, ca_file=ca_file, on_event=lambda detail: stack._on_device_event(detail),
-                        new_connection_on_push=new_connection_on_push, wall_clock=gateway.wall_clock)
+                        new_connection_on_push=new_connection_on_push, wall_clock=gateway.wall_clock,
+                        host=device_host, bind=bool(device_host))
         caller_to = pbx.address("udp") if pbx is not None else external_pbx["udp"]
         caller = Caller("udp", caller_to, caller_user, timeline, domain=domain, timeout=60.0, media=media)
         stack = LabStack(timeline=timeline, gateway=gateway, pbx=pbx, proxy=proxy, device=device, caller=caller,

@@ -31,6 +31,10 @@ reset) and every TCP handshake ``delay`` seconds one way (a round trip of ``2 * 
 in order, by a system task of the run: under the mock clock the call then shows real round trips. The default,
 0, delivers at once. Lab runs take it from the scenario (``[network] rtt``, :mod:`faultlab.lab.scenario`).
 
+* **An address that leaves** (:meth:`MemoryNetwork.remove_address`, a phone that leaves Wi-Fi): every socket
+  bound to it is cut off. Its own sends fail (``ENETUNREACH``); what its peers send to it is lost (as to an
+  address nobody has); closing it sends nothing (no FIN), so the other end of a TCP connection learns nothing.
+
 Nothing here drops: link impairment is faultlab's (the ``[link]`` of a profile).
 Host names other than ``localhost`` do not resolve (``socket.gaierror``), so a name
 never leaks to a real resolver.
@@ -139,6 +143,19 @@ class MemoryNetwork:
         elif end.local[0] == _wildcard(end.family):
             # the bound wildcard stays the binding; the source IP is the destination's
             end.source_ip = dest[0]
+
+    def remove_address(self, ip: str) -> int:
+        """The address ``ip`` leaves the network (see the module docstring); returns how many sockets it cuts off.
+        New sockets may bind it again (the address comes back)."""
+        ip = ipaddress.ip_address(ip.strip("[]")).compressed
+        cut = 0
+        for end in list(self._bound.values()):
+            if end.local is not None and ip in (end.local[0], end.source_ip) and not end.cut:
+                end.cut = True
+                self._unbind(end)
+                end.wake()
+                cut += 1
+        return cut
 
     # -- sockets ------------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ class _Endpoint:
         self.source_ip: str | None = None
         self.peer: Addr | None = None
         self.closed = False
+        self.cut = False  # its address left the network (MemoryNetwork.remove_address): nothing in or out
         self.lot = trio.lowlevel.ParkingLot()
         # UDP
         self.datagrams: deque[tuple[bytes, Addr]] = deque()
@@ -103,6 +104,8 @@ class _Endpoint:
     def sendto(self, data: bytes, dest: Any) -> int:
         if self.closed:
             raise _err(errno.EBADF)
+        if self.cut:
+            raise _err(errno.ENETUNREACH)
         addr = _norm(self.family, dest)
         self.net._autobind(self, addr)
         source = (self.source_ip or self.local[0], self.local[1])
@@ -143,7 +146,7 @@ class _Endpoint:
         self.closed = True
         self.net._unbind(self)
         other = self.other
-        if other is not None:
+        if other is not None and not self.cut:  # from an address that left, not even a FIN gets out
             self.net.later(functools.partial(_end_of_stream, other, reset=self.linger_abort))
         for pending in self.backlog:  # connections never accepted: their clients are reset
             pending.closed = True
@@ -337,11 +340,15 @@ class MemorySocket(trio.socket.SocketType):
             return end.sendto(bytes(data), end.peer)
         if end.reset:
             raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+        if end.cut:
+            raise _err(errno.ENETUNREACH)
         other = end.other
         if other is None:
             raise _err(errno.ENOTCONN)
         if end.shut_wr:
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        if other.cut:  # the peer's address left: the bytes are lost, and nothing comes back
+            return len(data)
         if other.closed:  # as TCP: the kernel takes the bytes, the peer answers RST, the next send fails
             end.reset = True
             end.wake()
@@ -387,7 +394,7 @@ class MemorySocket(trio.socket.SocketType):
         end = self._end
         if how in (stdlib_socket.SHUT_WR, stdlib_socket.SHUT_RDWR) and not end.shut_wr:
             end.shut_wr = True
-            if end.other is not None:
+            if end.other is not None and not end.cut:
                 end.net.later(functools.partial(_end_of_stream, end.other, reset=False))
 
     async def wait_writable(self) -> None:

@@ -343,9 +343,12 @@ class Pair:
             self.relay.emit("dropped", peer=_hp(self.peer), summary="keep-alive",
                             detail={"how": "no PBX connection yet: a pong is not passed on", "rules": []}, **fields)
             return
+        delay = self.relay.own_keep_alive(_PONG, self._hop(TO_DEVICE))  # keep-alive rules apply to it too
+        if delay is None:
+            return
         out = Outgoing(_PONG, self._hop(TO_DEVICE), "keep-alive pong by faultlab (no PBX connection yet)",
                        {**fields, "direction": TO_DEVICE})
-        await self.to_dev.submit(Step(trio.current_time(), out, self.peer, kind="responded", back=True))
+        await self.to_dev.submit(Step(trio.current_time() + delay, out, self.peer, kind="responded", back=True))
 
     def _unsent(self, items: list) -> None:
         """Messages read while the PBX connection could not be made: recorded as abandoned."""

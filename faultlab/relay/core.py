@@ -26,6 +26,7 @@ from faultlab.sip import KeepAlive, Message, SipError, build_response, parse_dat
 from faultlab.trace import Event, Trace
 
 _FLOW_PREFIX = {"udp": "u", "tcp": "t", "tls": "s"}
+_KEEP_ALIVES = {b"\r\n\r\n": "ping", b"\r\n": "pong"}  # what an on = "keep-alive" rule calls them
 # A request with no final response after 64*T1 (RFC 3261 Timer B/F) is no longer waited for.
 TRANSACTION_LIFETIME = 32.0
 
@@ -166,8 +167,9 @@ class Relay:
             return Plan(forward=Outgoing(data, hop, summary, fields), received_at=arrived)
 
         trailing = getattr(msg, "trailing", b"") if msg is not None else b""
+        keep_alive = _KEEP_ALIVES.get(raw) if isinstance(item, KeepAlive) else None
         view = MessageView(msg, raw[: len(raw) - len(trailing)] if trailing else raw, hop.direction,
-                           hop.transport, hop.device, hop.flow)
+                           hop.transport, hop.device, hop.flow, keep_alive)
         decision = engine.decide(view, self.now())
         for fired in decision.events:
             self.emit("fault", peer=peer, summary=summary,
@@ -198,6 +200,27 @@ class Relay:
             self.emit("dropped", peer=peer, raw=raw, summary=summary,
                       detail={"how": how, "rules": rules}, **fields)
         return plan
+
+    def own_keep_alive(self, raw: bytes, hop: Hop) -> float | None:
+        """A keep-alive faultlab sends itself (a pong to a ping before the PBX connection) meets the active profile
+        too (keep-alive rules and the link): how long to wait before sending it, or None when it is dropped or lost
+        (recorded as such)."""
+        engine = self.engine_for(hop.device)
+        if engine is None:
+            return 0.0
+        fields = {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
+        peer, summary = format_hostport(*hop.peer), "keep-alive pong by faultlab"
+        view = MessageView(None, raw, hop.direction, hop.transport, hop.device, hop.flow, _KEEP_ALIVES.get(raw))
+        decision = engine.decide(view, self.now())
+        for fired in decision.events:
+            self.emit("fault", peer=peer, summary=summary,
+                      detail={"rule": fired.rule, "action": fired.action, **fired.detail}, **fields)
+        if decision.data is None:
+            self.emit("dropped", peer=peer, raw=raw, summary=summary, detail={
+                "how": "lost" if decision.lost_by_link else "dropped", "rules": [f.rule for f in decision.events]},
+                **fields)
+            return None
+        return decision.delay
 
     def too_large(self, data: bytes, hop: Hop, limit: int, *, stream: bool = False, error: str | None = None) -> Plan:
         """``data`` is larger than the size limit (``--max-message-size``): record it as received and say what

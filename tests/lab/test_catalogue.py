@@ -59,12 +59,14 @@ CAUGHT: dict[str, dict[str, tuple[str, str]]] = {
     },
     "rings-stale-push": {"S23": ("ends-right", "after the deadline")},
     "no-media-timeout": {"S21": ("ends-right", "never ended")},
+    "ignores-dead-flow": {"S25": ("invariants", "no register-new-flow")},
+    "ignores-path-change": {"S26": ("invariants", "no register-new-flow")},
 }
 
 
 def test_catalogue_covers_the_reference():
     ids = [s.id for s in CATALOGUE]
-    required = [f"S{n:02d}" for n in range(1, 21)] + ["S07b", "S21", "S22", "S24", "S29", "S30"]
+    required = [f"S{n:02d}" for n in range(1, 21)] + ["S07b", "S21", "S22", "S23", "S24", "S25", "S26", "S27", "S27b", "S28", "S29", "S30"]
     assert set(required) <= set(ids)
     assert len(ids) == len(set(ids)) and len({s.slug for s in CATALOGUE}) == len(ids)
     assert set(CAUGHT) == set(BEHAVIOURS)  # every known-bad behaviour is shown to be caught somewhere

@@ -127,7 +127,7 @@ def test_lab_run_cli_bad_input(args, message):
 def test_lab_scenarios_lists_the_catalogue():
     out = CliRunner().invoke(app, ["lab", "scenarios"])
     assert out.exit_code == 0
-    for sid in ("S01", "S12b", "S24"):
+    for sid in ("S01", "S12b", "S24", "S25", "S26"):
         assert sid in out.output
     assert f"{len(list_scenarios())} scenarios" in out.output
 

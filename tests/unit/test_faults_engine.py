@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faultlab.faults import ConnectView, Decision, Engine, Fired, parse_rule
+from faultlab.faults import ConnectView, Decision, Engine, Fired, MessageView, ProfileError, parse_rule
 from faultlab.sip import SipError, parse_message
 
 from .test_faults_support import engine, profile, request, response, rule_profile, view
@@ -503,3 +503,45 @@ def test_decide_never_raises_on_odd_headers(start, via, frm, to, cseq, call, ext
     for direction in ("to-pbx", "to-device"):
         d = e.decide(view(msg, direction), 1.0)
         assert isinstance(d, Decision)
+
+
+def test_keep_alive_rules_match_pings_and_pongs_only():
+    """``on = "keep-alive"``: a CRLF pong (or ping) can be dropped or delayed; SIP messages never match such a
+    rule."""
+    e = engine(profile('''
+[[rules]]
+name = "swallow-pongs"
+match = { on = "keep-alive", keep_alive = "pong", direction = "to-device", transport = ["tcp", "tls"] }
+action = { drop = true }
+[[rules]]
+name = "slow-pings"
+match = { on = "keep-alive", keep_alive = "ping", occurrence = { first = 1, per = "flow" } }
+action = { delay = "2s" }
+'''))
+
+    def ka(raw, kind, direction="to-device", transport="tcp", flow="t1"):
+        return e.decide(MessageView(None, raw, direction, transport, ("192.0.2.10", 5060), flow, kind), 1.0)
+
+    pong = ka(b"\r\n", "pong")
+    assert pong.data is None and [(f.rule, f.action) for f in pong.events] == [("swallow-pongs", "drop")]
+    assert ka(b"\r\n", "pong", transport="udp").data == b"\r\n"  # not this rule's transport
+    assert ka(b"\r\n", "pong", direction="to-pbx").data == b"\r\n"
+    ping = ka(b"\r\n\r\n", "ping", direction="to-pbx")
+    assert ping.data == b"\r\n\r\n" and ping.delay == 2.0
+    assert ka(b"\r\n\r\n", "ping", direction="to-pbx").delay == 0.0  # first = 1 per flow
+    assert ka(b"\r\n\r\n", "ping", direction="to-pbx", flow="t2").delay == 2.0
+    msg = e.decide(view(request("INVITE"), direction="to-device"), 1.0)  # a SIP message is not a keep-alive
+    assert msg.data is not None and not msg.events
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ('match = { on = "keep-alive", method = "INVITE" }\naction = { drop = true }', "matches only keep_alive"),
+    ('match = { keep_alive = "pong" }\naction = { drop = true }', 'goes with on = "keep-alive"'),
+    ('match = { on = "keep-alive" }\naction = { respond = 503 }', "can only drop or delay"),
+    ('match = { on = "keep-alive", keep_alive = "pung" }\naction = { drop = true }', '"ping", "pong"'),
+    ('match = { on = "keep-alive" }\naction = { set_headers = { X = "1" } }', "no message to edit"),
+])
+def test_keep_alive_rules_refuse_what_cannot_apply(rule, message):
+    with pytest.raises(ProfileError) as info:
+        profile(f"[[rules]]\n{rule}\n")
+    assert message in str(info.value)

@@ -537,3 +537,46 @@ def test_a_second_initial_invite_for_the_call_gets_482() -> None:
     r = Run().push(0).at(0.2, "register_response", 200).at(0.4, "invite_received", INVITE, "c1@pbx")
     r.at(0.5, "invite_received", "INVITE-2", "c1@pbx")
     assert r.replies == [(0.4, 180, "INVITE"), (0.5, 482, "INVITE")] and r.logic.invite == INVITE
+
+
+def test_s26_path_change_waiting_for_the_invite_re_registers_at_once() -> None:
+    r = Run(answer_after=4.0).push(0).at(0.3, "register_response", 200).at(2.0, "path_changed")
+    assert r.registers == [0, 2.0]
+    r.at(2.1, "register_response", 200).at(2.2, "invite_received", INVITE, "c1@pbx").at(8, "bye_received", BYE)
+    assert r.until(60).events == [(0, "reported", None), (4.0, "answer-tapped", None),
+                                  (4.0, "answer-fulfilled", None), (8, "ended", "remoteEnded")]
+
+
+def test_s26_path_change_with_a_register_in_flight_starts_it_again() -> None:
+    r = Run().push(0).at(1.0, "path_changed")
+    assert r.registers == [0, 1.0] and r.stops == [1.0]  # the old one's answer would go to an address that is no more
+    r.at(1.5, "register_response", 200).until(60)
+    assert r.ended() == [(6.5, "unanswered")]  # tR = 1.5
+
+
+def test_s26_path_change_after_the_end_or_before_a_call_does_nothing() -> None:
+    assert Run().at(1.0, "path_changed").registers == []
+    r = Run().push(0).at(0.3, "register_response", 200).at(0.4, "invite_received", INVITE, "c1@pbx")
+    r.at(1.0, "cancel_received", CANCEL).at(2.0, "path_changed")
+    assert r.registers == [0] and r.ended() == [(1.0, "remoteEnded")]
+
+
+# The two flow behaviours live in the driver (faultlab.lab.device.flows): shown on a whole lab in virtual time.
+
+def _new_flow_registers(scenario: str, transport: str, behaviour: str | None) -> list[str]:
+    from faultlab.lab.runner import run_case
+    from faultlab.lab.scenario import load_scenario
+
+    run = run_case(load_scenario(scenario), transport=transport, seed=1, behaviour=behaviour).runs[0]
+    return sorted({e.flow for e in run.events if e.source == "proxy" and e.kind == "received"
+                   and e.direction == "to-pbx" and e.method == "REGISTER"})
+
+
+def test_bad_ignores_dead_flow_keeps_pinging_the_dead_flow() -> None:
+    assert len(_new_flow_registers("S25", "tcp", None)) >= 2  # the first flow, and one after each lost pong
+    assert len(_new_flow_registers("S25", "tcp", "ignores-dead-flow")) == 1
+
+
+def test_bad_ignores_path_change_keeps_the_old_address() -> None:
+    assert len(_new_flow_registers("S26", "udp", None)) == 2  # from the Wi-Fi address, then the cellular one
+    assert len(_new_flow_registers("S26", "udp", "ignores-path-change")) == 1

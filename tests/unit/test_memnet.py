@@ -187,6 +187,37 @@ async def test_closing_a_listener_resets_connections_it_never_accepted():
         await client.receive_some(100)
 
 
+async def test_an_address_that_leaves_cuts_its_sockets_off_without_a_word():
+    """A phone leaves Wi-Fi: its sockets on that address can send nothing, what comes to them is lost, and its TCP
+    peer hears nothing (no FIN on close, no RST); the address can be bound again afterwards."""
+    net = memnet.install()
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener.socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.11")
+    server = await listener.accept()
+    assert server.socket.getpeername()[0] == "127.0.0.11"
+    udp = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await udp.bind(("127.0.0.11", 5070))
+    other = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await other.bind(("127.0.0.1", 5071))
+
+    assert net.remove_address("127.0.0.11") == 2
+    assert net.remove_address("127.0.0.11") == 0  # nothing left there
+    with pytest.raises(trio.BrokenResourceError):
+        await client.send_all(b"REGISTER")
+    with pytest.raises(OSError):
+        await udp.sendto(b"REGISTER", ("127.0.0.1", 5071))
+    undelivered = net.undelivered
+    await other.sendto(b"INVITE", ("127.0.0.11", 5070))
+    assert net.undelivered == undelivered + 1 and not udp.is_readable()
+    await server.send_all(b"INVITE")  # taken, and lost: no RST comes back
+    await server.send_all(b"INVITE again")
+    await client.aclose()
+    assert not server.socket.is_readable()  # no FIN either: the server's side learns nothing
+    again = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await again.bind(("127.0.0.11", 5070))  # the address may come back
+
+
 async def test_a_delay_carries_datagrams_connections_and_bytes_one_way_in_order(autojump_clock):
     memnet.install(memnet.MemoryNetwork(delay=0.02))
     a, b = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM), trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -151,3 +151,22 @@ async def test_close_before_loses_the_message_and_ends_both_sides(nursery, autoj
     assert await read_until_eof(await pair.pbx()) == b""
     assert await read_until_eof(pair.device) == b""
     assert await pair.done()
+
+
+async def test_keep_alive_rules_swallow_pongs_faultlabs_own_and_the_pbxs(nursery, autojump_clock):
+    from faultlab.faults import parse_profile
+
+    swallow = parse_profile('name = "p"\n[[rules]]\nname = "swallow-pongs"\n'
+                            'match = { on = "keep-alive", keep_alive = "pong" }\naction = { drop = true }\n')
+    pair = await run_pair(make_proxy(profile=swallow), nursery)
+    await pair.device.send_all(b"\r\n\r\n")  # before the PBX connection: faultlab's own pong, swallowed
+    await pair.device.send_all(OPTIONS)
+    pbx = await pair.pbx()
+    await pbx.send_all(b"\r\n")  # the PBX's pong, swallowed on its way
+    await pbx.send_all(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP 10.0.0.2;branch=z9hG4bKa\r\n"
+                       b"Call-ID: k\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    await pbx.aclose()
+    assert (await read_until_eof(pair.device)).startswith(b"SIP/2.0 200 OK")  # and nothing before it
+    dropped = [e for e in pair.events if e.kind == "dropped"]
+    assert [e.summary for e in dropped] == ["keep-alive pong by faultlab", "keep-alive"], dropped
+    assert all(e.detail["rules"] == ["swallow-pongs"] for e in dropped)

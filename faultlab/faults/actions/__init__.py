@@ -72,5 +72,7 @@ def parse_action(t: Table, match: Match) -> Action:
     check_edits(action, kind.forwards(action), t, match.on)
     if match.on == "connect" and not kind.connect:
         raise t.whole("a connect rule can only stall, close or reset")  # the kinds with connect = True
+    if match.on == "keep-alive" and not kind.keep_alive:
+        raise t.whole("a keep-alive rule can only drop or delay")  # the kinds with keep_alive = True
     kind.check(action, t, match)
     return action

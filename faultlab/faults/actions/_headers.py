@@ -78,8 +78,8 @@ def check_edits(action: Any, forwards: bool, t: Table, on: str) -> None:
     """Header edits need a forwarded message, and a header is either set or removed."""
     if not action.edits:
         return
-    if on == "connect":
-        raise t.error(EDIT_KEYS[0] if "set_headers" in t else EDIT_KEYS[1], "a connect rule has no message to edit")
+    if on in ("connect", "keep-alive"):
+        raise t.error(EDIT_KEYS[0] if "set_headers" in t else EDIT_KEYS[1], f"a {on} rule has no message to edit")
     if not forwards:
         raise t.error(
             "set_headers" if "set_headers" in t else "remove_headers",

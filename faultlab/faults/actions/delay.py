@@ -16,6 +16,7 @@ DISTRIBUTIONS = ("uniform", "normal")
 
 class Delay(ActionKind):
     name = "delay"
+    keep_alive = True
     keys = ("jitter", "distribution")
 
     def parse(self, t, match) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from .._kind import ActionKind
 
 class Drop(ActionKind):
     name = "drop"
+    keep_alive = True
     terminal = True
 
     def parse(self, t, match) -> dict[str, Any]:

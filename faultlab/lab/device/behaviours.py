@@ -39,4 +39,6 @@ BEHAVIOURS: dict[str, str] = {
     ),
     "rings-stale-push": "Rings a stale push (sent long before it arrived) as a new call instead of ending it at once.",
     "no-media-timeout": "Has no media-silence timeout: a call whose RTP stopped (its BYE lost) stays up for ever.",
+    "ignores-dead-flow": "Pings its TCP/TLS flow but never notices a missing pong: no re-REGISTER on a new flow.",
+    "ignores-path-change": "Keeps its old address and flow after a network change: no re-REGISTER on the new path.",
 }

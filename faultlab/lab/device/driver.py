@@ -14,6 +14,9 @@ UA of the lab: sockets, reading, sending, response routing):
 * CANCEL (200, + 487 through the logic), BYE (200), ACK, OPTIONS (200); anything else 501;
 * media: RTP with the caller when the INVITE offers it, and a BYE of its own when the logic ends a connected call
   (its media-silence timeout), in :mod:`.answer`;
+* on TCP/TLS a CRLF keep-alive ping every ``keepalive_interval`` s; no pong within ``keepalive_timeout`` s (10 s)
+  and the flow has failed (RFC 5626 §4.4.1), and :meth:`Device.move` takes the device to a new address
+  (Wi-Fi -> cellular): either way it recovers its flow on a new connection or socket (:mod:`.flows`);
 * the TCP/TLS connection is opened on demand and kept; when the network closes or resets it, every call's logic
   hears ``flow_lost`` (flow recovery: a call waiting for its INVITE re-REGISTERs at once on a new connection) and
   a REGISTER in flight on it fails at once. With ``new_connection_on_push`` a call push closes the connection
@@ -58,6 +61,7 @@ from faultlab.sip import SipError
 
 from .answer import Answering
 from .base import T1, T2, TIMER_F, USER_AGENT, Address, _Call
+from .flows import Flows
 from .register import Registering, contact_uri
 
 __all__ = ["Device", "DeviceConfig", "BEHAVIOURS", "contact_uri", "T1", "T2", "TIMER_F"]
@@ -76,7 +80,7 @@ async def _source_address(proxy: Endpoint) -> str:
         return loopback
 
 
-class Device(Registering, Answering):
+class Device(Registering, Answering, Flows):
     """The reference device. ``await device.run()`` (or ``nursery.start(device.run)``) until cancelled.
 
     ``proxy``: ``"udp:HOST:PORT"`` / ``"tcp:..."`` / ``"tls:..."`` or an :class:`Endpoint` (HOST an IP address).
@@ -86,6 +90,8 @@ class Device(Registering, Answering):
     ``new_connection_on_push``: (TCP/TLS) a call push that starts a new call, with no other call in progress,
     closes the connection to the proxy first, so that the binding-refresh REGISTER opens a new one (TCP connect
     and TLS handshake), as an app woken in the background does (S14, S15).
+    ``bind``: the device's sockets and connections leave from ``host`` (a device with an address of its own, which
+    :meth:`move` can change).
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class Device(Registering, Answering):
         on_event: Callable[[dict], None] | None = None,
         new_connection_on_push: bool = False,
         wall_clock: Callable[[], float] = time.time,
+        bind: bool = False,
     ) -> None:
         self.wall_clock = wall_clock
         self.proxy = parse_endpoint(proxy) if isinstance(proxy, str) else proxy
@@ -121,7 +128,8 @@ class Device(Registering, Answering):
         self.host = host  # None: the address that reaches the proxy, found when the device starts
         self.wire = UAWire(self.proxy.transport, user=user, on_message=self._on_message, user_agent=USER_AGENT,
                            session="faultlab device", on_unframed=self._unframed, on_closed=self._on_closed,
-                           ca_file=ca_file, tls_server_name=tls_server_name)
+                           ca_file=ca_file, tls_server_name=tls_server_name, on_keep_alive=self._on_keep_alive)
+        self.wire.bind_connections = bind
         self.register_at_start = register_at_start
         self.on_event = on_event
         self.new_connection_on_push = new_connection_on_push
@@ -134,6 +142,7 @@ class Device(Registering, Answering):
         self._connect_lock = trio.Lock()
         self.connections = 0  # TCP/TLS connections opened (handshake done)
         self.flows_lost = 0  # connections closed or reset by the network
+        self._pong: trio.Event | None = None  # set by the pong to the last keep-alive ping
         self._local: Address | None = None  # of the UDP socket, or of the last connection
         self._transactions: dict[str, trio.MemorySendChannel] = {}  # branch -> REGISTER responses
         self._responses: dict[tuple[str | None, str | None], bytes] = {}  # (branch, method) -> last response
@@ -171,6 +180,8 @@ class Device(Registering, Answering):
                     self.initial_register = "timeout" if result[0] == "timeout" else f"transport failure: {result[1]}"
             if self.pushes is not None:
                 nursery.start_soon(self._read_pushes)
+            if self._udp is None and self.config.keepalive_interval > 0:
+                nursery.start_soon(self._keep_alive)
             task_status.started()
 
     # ------------------------------------------------------------------ transport

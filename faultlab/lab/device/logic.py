@@ -36,18 +36,9 @@ The rules (``docs/reference-device.md``; facts from
   header's SIP cause (200 -> answeredElsewhere, 600/603 ->
   declinedElsewhere, anything else or none -> remoteEnded); CANCEL after the
   final response: 200 only; BYE: 200, ``remoteEnded``;
-* flow recovery (RFC 5626 spirit, S24): :meth:`DeviceLogic.flow_lost` -- the driver's TCP/TLS connection to
-  the proxy was closed or reset by the network. While the call waits for its INVITE after a REGISTER 2xx, the
-  binding is on a dead flow: the logic re-REGISTERs at once (``SendRegister``; the driver opens a new connection)
-  and counts as not registered until that REGISTER's 2xx. The second 2xx is the new ``tR``: the INVITE deadline
-  becomes ``min(tR2 + invite_deadline, t0 + total_deadline)`` (the PBX forwards what it holds right after a
-  refresh, so ``invite_deadline`` is measured from the latest 2xx; the cap never moves). Until then the deadline
-  in force stays ``min(tR1 + invite_deadline, t0 + total_deadline)``, and if it passes first the call ends
-  ``failed`` (the latest REGISTER did not succeed); a failure of the re-REGISTER ends it ``failed`` at once, as
-  for the first one. At most :data:`MAX_FLOW_RECOVERIES` re-REGISTERs per call. A flow lost while a REGISTER is
-  in flight is that REGISTER's transport failure (the driver reports it with ``transport_failed``), unless its 2xx
-  was already read (the 2xx and the reset in one read): that 2xx is on a dead flow, so it re-REGISTERs; a flow lost
-  after the INVITE, or with no call, ends nothing (the driver connects anew for the next request);
+* flow recovery (RFC 5626, S24-S26): :meth:`DeviceLogic.flow_lost` (the network closed or reset the connection)
+  and :meth:`DeviceLogic.path_changed` (a new address): waiting for the INVITE after a REGISTER 2xx, re-REGISTER at
+  once; the new 2xx is the new ``tR`` (the cap never moves). The details: docs/reference-device.md, Flow recovery;
 * a connected call whose RTP stops for ``media_timeout`` (S21: its BYE lost) ends ``failed`` (:mod:`.silence`);
 * a cancel push is ignored for the outcome (the device never depends on it);
 * an INVITE for a call that has already ended gets 480 (603 if the user
@@ -58,7 +49,7 @@ The rules (``docs/reference-device.md``; facts from
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from faultlab.lab.device.behaviours import BEHAVIOURS  # the known-bad behaviours (re-exported here)
@@ -87,14 +78,15 @@ class DeviceConfig:
     behaviour: str | None = None  # None: well-behaved; else a key of BEHAVIOURS
     slow_end_delay: float = 3.0  # for behaviour "slow-end"
     media_timeout: float = MEDIA_TIMEOUT  # connected, no RTP for this long -> failed
+    keepalive_interval: float = 90.0  # TCP/TLS: a CRLF CRLF ping this often (0: none); RFC 5626: <= 120 s, pjsip 90 s
+    keepalive_timeout: float = 10.0  # no CRLF pong this long after a ping: the flow failed (RFC 5626 §4.4.1)
 
     def __post_init__(self) -> None:
         if self.behaviour is not None and self.behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {self.behaviour!r}; use one of {', '.join(BEHAVIOURS)}")
         if self.answer_after is not None and self.decline_after is not None:
             raise ValueError("answer_after and decline_after are exclusive")
-        for name in ("register_deadline", "invite_deadline", "total_deadline", "ring_timeout", "slow_end_delay",
-                     "media_timeout"):
+        for name in (f.name for f in fields(self) if f.type == "float"):  # every duration that must be given
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0, not {value!r}")
@@ -332,6 +324,11 @@ class DeviceLogic:
         self.registered = False
         self.registering = True
         return [SendRegister()]
+
+    def path_changed(self, now: float) -> list[Output]:
+        """A new address (S26): a REGISTER in flight starts again from it; otherwise as :meth:`flow_lost`."""
+        restart = self.registering and not self.ended and self.t0 is not None
+        return [StopRegister(), SendRegister()] if restart else self.flow_lost(now)
 
     def _register_failure(self, now: float) -> list[Output]:
         if self.invite is not None:

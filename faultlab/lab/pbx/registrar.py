@@ -84,10 +84,10 @@ class Registrar:
         if refreshed is not None:
             for call in self._ringing_calls(user):
                 if (call.state == "forwarded" and call.user == user and not call.device_responded
-                        and not call.cancelled and call.callee_flow is not None and call.callee_flow.conn is not None
-                        and call.callee_flow != flow):
-                    # the device registered on a new connection before the PBX learnt the old one died: the INVITE
-                    # sent there got no answer, so it goes on the new one (and the old branch is forgotten)
+                        and not call.cancelled and call.callee_flow is not None and call.callee_flow != flow):
+                    # the device registered on a new connection (or from a new address) before the PBX learnt the
+                    # old one died: the INVITE sent there got no answer, so it goes on the new flow (and the old
+                    # branch is forgotten)
                     out.append(Note({"action": "reforward", "from_flow": str(call.callee_flow), "flow": str(flow)},
                                     call.call_id))
                     self._forget_branch(call)

@@ -8,7 +8,8 @@ the response routing of the scripted UA (:class:`~faultlab.lab.ua.SipUA`), the l
 * **Reading**, with the one SIP reader (:mod:`faultlab.net.reader`): every message goes to ``on_message`` as an
   :class:`Incoming`, one at a time per link (while the handler awaits, its link is not read). A datagram that is
   not SIP is ignored. A connection whose bytes stop framing is given up (``on_unframed`` hears why); a keep-alive
-  ping (CRLF CRLF) gets a pong (CRLF, RFC 5626 §4.4.1) when ``pong``; when a connection is over (EOF, reset,
+  ping (CRLF CRLF) gets a pong (CRLF, RFC 5626 §4.4.1) when ``pong``, and every keep-alive goes to
+  ``on_keep_alive(link, raw)`` (a UA that pings hears its pongs there); when a connection is over (EOF, reset,
   unframeable, or closed here), ``on_closed(link, ended)`` hears it at once, ``ended`` False when its reading was
   cancelled.
 * **Sending**: :meth:`UAWire.send` (one writer at a time per connection); :meth:`UAWire.request` builds a request
@@ -85,7 +86,8 @@ class UAWire:
                  observer: Observer | None = None, on_unframed: Callable[[Link, Unframed], None] | None = None,
                  on_closed: Callable[[Link, bool], None] | None = None, pong: bool = False,
                  ca_file: str | Path | None = None, tls_server_name: str | None = None,
-                 connect_timeout: float = math.inf) -> None:
+                 connect_timeout: float = math.inf,
+                 on_keep_alive: Callable[[Link, bytes], None] | None = None) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
         self.transport = transport
@@ -101,6 +103,8 @@ class UAWire:
         self.ca_file = ca_file
         self.tls_server_name = tls_server_name
         self.connect_timeout = connect_timeout  # for the TCP connect, and again for the TLS handshake
+        self.on_keep_alive = on_keep_alive
+        self.bind_connections = False  # connections leave from ``host`` (a UA with an address of its own)
         self.main: Link | None = None  # the UDP socket, or the connection start() opened
         self.links: list[Link] = []  # the links being read
         self._nursery: trio.Nursery | None = None
@@ -133,7 +137,7 @@ class UAWire:
         """A new connection to ``peer`` (TLS: handshake done), read from now on. Raises ``trio.TooSlowError`` after
         ``connect_timeout``, and what the connect or the handshake raises (``OSError``, ``trio.BrokenResourceError``)."""
         with trio.fail_after(self.connect_timeout):
-            tcp = await trio.open_tcp_stream(*peer)
+            tcp = await trio.open_tcp_stream(*peer, local_address=self.host if self.bind_connections else None)
         stream: trio.abc.Stream = tcp
         try:
             if self.transport == "tls":
@@ -210,8 +214,11 @@ class UAWire:
                     elif isinstance(item, Unframed):  # the last item: the connection is given up
                         if self.on_unframed is not None:
                             self.on_unframed(link, item)
-                    elif self.pong and item.raw == b"\r\n\r\n" and not await self._pong(link):
-                        break
+                    else:  # a keep-alive
+                        if self.on_keep_alive is not None:
+                            self.on_keep_alive(link, item.raw)
+                        if self.pong and item.raw == b"\r\n\r\n" and not await self._pong(link):
+                            break
                 ended = not link.reading.cancel_called  # aclose() may close the stream before the cancel lands
         finally:
             self._over(link, ended)
