@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
+
+import pytest
 
 from faultlab.labnet.names import find_tool
+from faultlab.labnet.topology import Lab, lab_down, lab_up
 
 
 def netns_skip_reason() -> str | None:
@@ -20,6 +26,25 @@ def netns_skip_reason() -> str | None:
     if find_tool("ip") is None:
         return "needs the `ip` command from iproute2 (apt-get install iproute2)"
     return None
+
+
+_labs = itertools.count()
+
+
+@contextlib.contextmanager
+def one_device_lab(prefix: str, subnet: str) -> Iterator[Lab]:
+    """A namespace lab with one device (skips where namespaces cannot run), torn down even when the test fails.
+
+    ``prefix``: two letters naming the test file's labs; the pid and a counter keep parallel runs apart."""
+    reason = netns_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    name = f"{prefix}{os.getpid() % 10000}{next(_labs)}"
+    lab_down(name)  # a previous run with this pid may have died
+    try:
+        yield lab_up(name, subnet=subnet, devices=1)
+    finally:
+        lab_down(name)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -16,17 +16,15 @@ and the PBX side crosses the gateway. Readiness comes from the processes' own li
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import re
 from typing import Iterator
 
 import pytest
 import trio
 
-from faultlab.labnet.topology import Lab, exec_argv, lab_down, lab_up
-from tests.netns import netns_skip_reason
+from faultlab.labnet.topology import Lab, exec_argv
+from tests.netns import one_device_lab
 from faultlab.trace import read_jsonl
 from tests.actors import actor_env, open_actors
 
@@ -34,22 +32,12 @@ pytestmark = pytest.mark.netns
 
 SUBNET = "10.142.0.0/16"  # gateway 10.142.0.1 -- PBX 10.142.0.2; gateway 10.142.1.1 -- device1 10.142.1.2
 TOKEN = "c0ffee0123456789"
-_counter = itertools.count()
-
-
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    reason = netns_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"la{os.getpid() % 10000}{next(_counter)}"
-    lab_down(name)  # a previous run with this pid may have died
-    try:
-        yield lab_up(name, subnet=SUBNET, devices=1)
-    finally:
-        lab_down(name)
+    with one_device_lab("la", SUBNET) as made:
+        yield made
 
 
 async def test_push_woken_call_with_every_actor_in_its_namespace(lab: Lab, tmp_path):

@@ -18,26 +18,23 @@ and subnet) is removed and every process stopped by its PID, also when the test 
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import re
 from typing import Iterator
 
 import pytest
 import trio
 
-from faultlab.labnet.topology import Lab, exec_argv, lab_down, lab_up
+from faultlab.labnet.topology import Lab, exec_argv
 from faultlab.trace import read_jsonl
 from tests.actors import actor_env, open_actors
-from tests.netns import netns_skip_reason
+from tests.netns import one_device_lab
 
 pytestmark = pytest.mark.netns
 
 SUBNET = "10.171.0.0/16"  # gateway 10.171.0.1 -- PBX 10.171.0.2; gateway 10.171.1.1 -- device1 10.171.1.2
 TOKEN = "feedface01234567"
 HANG_UP_AFTER, MEDIA_TIMEOUT = 2.0, 3.0
-_counter = itertools.count()
 
 BYE_DROP = """name = "bye-drop"
 [[rules]]
@@ -49,15 +46,8 @@ action = { drop = true }
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    reason = netns_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"lm{os.getpid() % 10000}{next(_counter)}"
-    lab_down(name)  # a previous run with this pid may have died
-    try:
-        yield lab_up(name, subnet=SUBNET, devices=1)
-    finally:
-        lab_down(name)
+    with one_device_lab("lm", SUBNET) as made:
+        yield made
 
 
 async def test_s21_rtp_crosses_the_namespaces_and_the_device_ends_failed_on_silence(lab: Lab, tmp_path):

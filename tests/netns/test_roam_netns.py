@@ -13,9 +13,7 @@ test fails.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import re
 import signal
 from typing import Iterator
@@ -24,10 +22,10 @@ import pytest
 import trio
 
 from faultlab.labnet.roam import add_device_address, remove_device_address
-from faultlab.labnet.topology import Lab, exec_argv, lab_down, lab_up
+from faultlab.labnet.topology import Lab, exec_argv
 from faultlab.trace import read_jsonl
 from tests.actors import actor_env, open_actors
-from tests.netns import netns_skip_reason
+from tests.netns import one_device_lab
 
 pytestmark = pytest.mark.netns
 
@@ -39,20 +37,12 @@ name = "slow-invite"
 match = { direction = "to-device", method = "INVITE", occurrence = { first = 1 } }
 action = { delay = "3s" }
 '''
-_counter = itertools.count()
 
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    reason = netns_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"rm{os.getpid() % 10000}{next(_counter)}"
-    lab_down(name)  # a previous run with this pid may have died
-    try:
-        yield lab_up(name, subnet=SUBNET, devices=1)
-    finally:
-        lab_down(name)
+    with one_device_lab("rm", SUBNET) as made:
+        yield made
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
