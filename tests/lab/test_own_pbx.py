@@ -25,13 +25,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def _own_pbx(actors, gateway: int) -> dict:
+    """``faultlab pbx`` in its own process, pushing to the lab's gateway on ``gateway``: run_case's keywords."""
+    pbx = await actors.spawn("pbx", "pbx", "--listen", f"udp:{HOST}:0", "--push-url", f"http://{HOST}:{gateway}",
+                             "--push-topic", "org.faultlab.device.voip")
+    port = int((await pbx.wait_line("stderr", r"udp on 127\.0\.0\.1:(\d+)$")).group(1))
+    return {"pbx": {"udp": (HOST, port)}, "push_listen": (HOST, gateway)}
+
+
 async def test_scenarios_against_a_pbx_in_another_process(tmp_path):
     gateway = free_port()
     async with open_actors(actor_env(tmp_path / "home")) as actors:
-        pbx = await actors.spawn("pbx", "pbx", "--listen", f"udp:{HOST}:0", "--push-url", f"http://{HOST}:{gateway}",
-                                 "--push-topic", "org.faultlab.device.voip")
-        port = int((await pbx.wait_line("stderr", r"udp on 127\.0\.0\.1:(\d+)$")).group(1))
-        own = {"pbx": {"udp": (HOST, port)}, "push_listen": (HOST, gateway)}
+        own = await _own_pbx(actors, gateway)
         s01 = replace(load_scenario("S01"), hang_up_after=0.5, duration=6.0)
         case = await trio.to_thread.run_sync(lambda: run_case(s01, seed=1, virtual=False, **own))
         assert case.passed, [c.message for c in case.checks]
@@ -53,10 +58,7 @@ async def test_apns_refusals_against_a_pbx_in_another_process(tmp_path):
     PBX through its pushes alone: no retry, 480 at once, the token dropped (S27's second call sends no push)."""
     gateway = free_port()
     async with open_actors(actor_env(tmp_path / "home")) as actors:
-        pbx = await actors.spawn("pbx", "pbx", "--listen", f"udp:{HOST}:0", "--push-url", f"http://{HOST}:{gateway}",
-                                 "--push-topic", "org.faultlab.device.voip")
-        port = int((await pbx.wait_line("stderr", r"udp on 127\.0\.0\.1:(\d+)$")).group(1))
-        own = {"pbx": {"udp": (HOST, port)}, "push_listen": (HOST, gateway)}
+        own = await _own_pbx(actors, gateway)
         for sid in ("S27", "S28"):
             case = await trio.to_thread.run_sync(lambda: run_case(load_scenario(sid), seed=1, virtual=False, **own))
             assert case.passed, (sid, [c.message for c in case.checks])
