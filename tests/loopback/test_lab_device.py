@@ -26,6 +26,11 @@ PUSH = SimpleNamespace(kind="call", payload={"type": "call", "call-id": CALL_ID,
                                              "from-uri": "sip:bob@lab.test", "display-name": "Bob", "send-time": 0})
 
 
+def fresh() -> float:
+    """The device's wall clock: PUSH's ``send-time`` is 0, so it is 1 s old (a stale push would be ended at once)."""
+    return 1.0
+
+
 class Pbx:
     """A scripted registrar and INVITE sender on one UDP socket."""
 
@@ -68,7 +73,8 @@ async def start(nursery, **config):
     timeline = Timeline()
     send, receive = trio.open_memory_channel(10)
     device = Device(proxy=f"udp:127.0.0.1:{pbx.port}", user="alice", domain="lab.test", token="a1b2c3",
-                    pushes=receive, timeline=timeline, config=DeviceConfig(**config), register_at_start=False)
+                    pushes=receive, timeline=timeline, config=DeviceConfig(**config), register_at_start=False, wall_clock=fresh)
+
     nursery.start_soon(device.run)
     return pbx, device, timeline, send
 
@@ -166,7 +172,7 @@ async def test_stream_register_invite_cancel_declined_elsewhere(nursery, autojum
     timeline = Timeline()
     send, receive = trio.open_memory_channel(10)
     device = Device(proxy=f"{transport}:127.0.0.1:{port}", user="alice", domain="lab.test", token="a1b2c3",
-                    pushes=receive, timeline=timeline, register_at_start=False, ca_file=ca_file)
+                    pushes=receive, timeline=timeline, register_at_start=False, ca_file=ca_file, wall_clock=fresh)
     nursery.start_soon(device.run)
     await send.send(PUSH)
     stream = await listeners[0].accept()
@@ -208,7 +214,7 @@ async def test_s15_connection_refused_fails_fast(nursery, autojump_clock) -> Non
     timeline = Timeline()
     send, receive = trio.open_memory_channel(10)
     device = Device(proxy=f"tcp:127.0.0.1:{port}", user="alice", domain="lab.test", token="a1",
-                    pushes=receive, timeline=timeline, register_at_start=False)
+                    pushes=receive, timeline=timeline, register_at_start=False, wall_clock=fresh)
     nursery.start_soon(device.run)
     await send.send(PUSH)
     await trio.sleep(1)
