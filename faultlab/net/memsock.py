@@ -28,9 +28,30 @@ def _err(code: int) -> OSError:
 def _norm(family: int, addr: Any) -> Addr:
     """``(ip, port)`` with the IP in its canonical text form; OSError for a bad address."""
     try:
-        host, port = addr[0], int(addr[1])
+        host, port = addr[0], addr[1]
+    except (TypeError, IndexError):
+        raise _err(errno.EINVAL) from None
+    if type(host) is str and type(port) is int:  # the usual case: a text address, remembered
+        known = _NORMAL.get((family, host, port))
+        if known is not None:
+            return known
+        normal = _normalise(family, host, port)
+        if len(_NORMAL) >= _NORMAL_SIZE:
+            _NORMAL.clear()
+        _NORMAL[(family, host, port)] = normal
+        return normal
+    return _normalise(family, host, port)
+
+
+_NORMAL: dict[tuple[int, str, int], Addr] = {}  # (family, host, port) -> _normalise's answer
+_NORMAL_SIZE = 4096
+
+
+def _normalise(family: int, host: Any, port: Any) -> Addr:
+    try:
+        port = int(port)
         ip = ipaddress.ip_address(host)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError):
         raise _err(errno.EINVAL) from None
     if (family == stdlib_socket.AF_INET6) != (ip.version == 6):
         raise _err(errno.EAFNOSUPPORT)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -14,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from faultlab.lab.scenario import load_scenario
+from faultlab.lab.scenario import Scenario, load_scenario
 from faultlab.lab.scenario_set import override
 
 from .params import Param, SweepError, apply, points
@@ -32,12 +33,7 @@ def run_point(scenario_name: str, sets: Sequence[tuple[str, str]], point: dict[s
     from faultlab.lab.checks import anchors
     from faultlab.lab.runner import run_case
 
-    scenario = load_scenario(scenario_name)
-    for key, value in sets:
-        scenario = override(scenario, key, value)
-    scenario = apply(scenario, point)
-    if scenario.rtt is None:  # the sweep's link profile is the network: no lab round trip unless one is set
-        scenario = replace(scenario, rtt=0.0)
+    scenario = _point_scenario(scenario_name, tuple(sets), tuple(point.items()))
     case = run_case(scenario, seed=seed, behaviour=behaviour)
     run = case.runs[0]
     found = anchors(run.events, run.call_id) if run.call_id else {}
@@ -54,6 +50,20 @@ def run_point(scenario_name: str, sets: Sequence[tuple[str, str]], point: dict[s
         "ring": since("invite"), "connect": since("ok"), "end": since("end"),
         "error": run.error, "wall": round(sum(r.wall for r in case.runs), 6),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _point_scenario(scenario_name: str, sets: tuple[tuple[str, str], ...],
+                    point: tuple[tuple[str, float], ...]) -> Scenario:
+    """The scenario of one grid point (a frozen dataclass), made once per worker process: a worker runs many seeds
+    of each point."""
+    scenario = load_scenario(scenario_name)
+    for key, value in sets:
+        scenario = override(scenario, key, value)
+    scenario = apply(scenario, dict(point))
+    if scenario.rtt is None:  # the sweep's link profile is the network: no lab round trip unless one is set
+        scenario = replace(scenario, rtt=0.0)
+    return scenario
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
