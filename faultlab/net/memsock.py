@@ -338,15 +338,20 @@ class MemorySocket(trio.socket.SocketType):
 
     async def accept(self) -> tuple[MemorySocket, tuple]:
         end = self._end
+        parked = False  # a wait that ended is this call's checkpoint (as trio's own sockets): no second one
         while True:
             if end.closed:
                 raise _err(errno.EBADF)
             if end.backlog:
-                await trio.lowlevel.checkpoint()
+                if not parked:
+                    await trio.lowlevel.checkpoint()
+                    if not end.backlog:
+                        continue
                 server = end.backlog.popleft()
                 end.net.connections += 1
                 return MemorySocket(server), _sockaddr(end.family, server.peer)
             await end.lot.park()
+            parked = True
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -385,31 +390,42 @@ class MemorySocket(trio.socket.SocketType):
         end = self._end
         if end.kind == stdlib_socket.SOCK_DGRAM:
             return (await self.recvfrom(bufsize))[0]
+        parked = False  # a wait that ended is this call's checkpoint (as trio's own sockets): no second one
         while True:
             if end.closed:
                 raise _err(errno.EBADF)
             if end.inbox:  # what arrived before a reset is still read first
-                await trio.lowlevel.checkpoint()
+                if not parked:
+                    await trio.lowlevel.checkpoint()
+                    if end.closed or not end.inbox:
+                        continue
                 data = bytes(end.inbox[:bufsize])
                 del end.inbox[:bufsize]
                 return data
             if end.reset:
                 raise ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
             if end.eof:
-                await trio.lowlevel.checkpoint()
+                if not parked:
+                    await trio.lowlevel.checkpoint()
                 return b""
             await end.lot.park()
+            parked = True
 
     async def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple]:
         end = self._end
+        parked = False  # a wait that ended is this call's checkpoint (as trio's own sockets): no second one
         while True:
             if end.closed:
                 raise _err(errno.EBADF)
             if end.datagrams or end.refused:
-                await trio.lowlevel.checkpoint()
+                if not parked:
+                    await trio.lowlevel.checkpoint()
+                    if end.closed or not (end.datagrams or end.refused):
+                        continue
                 data, source = end.recvfrom()
                 return data[:bufsize], _sockaddr(end.family, source)
             await end.lot.park()
+            parked = True
 
     def shutdown(self, how: int) -> None:
         end = self._end
