@@ -242,7 +242,7 @@ class Calls:
                 out.append(self._ack_device(call, msg))
             if call.final_sent is not None:
                 if 200 <= status < 300 and call.final_sent == status:
-                    return [SendBytes(call.caller_flow, stripped.raw)]  # a 2xx retransmission
+                    return [SendBytes(call.caller_flow, stripped.raw, message=stripped)]  # a 2xx retransmission
                 if 200 <= status < 300 and call.late_ack is not None and call.callee_flow is not None:
                     return [SendBytes(call.callee_flow, call.late_ack)]  # the late 2xx again: ACK it again
                 if 200 <= status < 300 and call.state != "late-answer":
@@ -256,7 +256,7 @@ class Calls:
                 call.final_sent = status
                 call.state = "confirmed" if status < 300 else "ended"
             call.last_response = stripped.raw  # what a retransmitted INVITE gets
-            out.append(SendBytes(call.caller_flow, stripped.raw))
+            out.append(SendBytes(call.caller_flow, stripped.raw, message=stripped))
             return out
         if status >= 200 and txn.final is None:
             txn.final = status
@@ -274,7 +274,7 @@ class Calls:
             if status >= 200 and txn.server.final is None:
                 txn.server.final = status
                 self._server_done(txn.server, now)
-        out.append(SendBytes(txn.in_flow, stripped.raw))
+        out.append(SendBytes(txn.in_flow, stripped.raw, message=stripped))
         return out
 
     def _ack_and_bye_device(self, call: Call, response: Message, now: float) -> list[Output]:

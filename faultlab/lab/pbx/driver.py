@@ -125,6 +125,7 @@ class PBX:
         self._conns: dict[int, tuple[trio.abc.Stream, trio.Lock]] = {}
         self._conn_ids = itertools.count(1)
         self._wake = trio.Event()
+        self._wake_at = math.inf  # when the timers task wakes unless woken sooner
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self.warnings: list[str] = []  # said at start (e.g. a UDP buffer smaller than asked), also on the timeline
@@ -204,10 +205,12 @@ class PBX:
     # ------------------------------------------------------------------ actions
 
     async def _execute(self, actions: list[Output]) -> None:
-        self._wake.set()
+        due = self.logic.next_wakeup()
+        if due is not None and due < self._wake_at:  # a timer sooner than the one the timers wait for
+            self._wake.set()
         for action in actions:
             if isinstance(action, SendBytes):
-                await self._send(action.flow, action.data, action.retransmission)
+                await self._send(action.flow, action.data, action.retransmission, action.message)
             elif isinstance(action, Note):
                 self._emit_note(action.detail, action.call_id)
             elif isinstance(action, RequestPush):
@@ -249,9 +252,8 @@ class PBX:
             self._emit_note({"action": "push-failed", "type": push.payload.get("type"),
                              "error": f"{type(exc).__name__}: {exc}"}, push.call_id)
 
-    async def _send(self, flow: Flow, data: bytes, retransmission: int = 0) -> None:
-        message = None
-        if data.strip(b"\r\n"):
+    async def _send(self, flow: Flow, data: bytes, retransmission: int = 0, message: Message | None = None) -> None:
+        if message is None and data.strip(b"\r\n"):
             parsed, _ = parse_or_raw(data)
             message = parsed if isinstance(parsed, Message) else None
         if message is not None:
@@ -297,7 +299,8 @@ class PBX:
         while True:
             self._wake = trio.Event()
             deadline = self.logic.next_wakeup()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            self._wake_at = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._wake_at):
                 await self._wake.wait()
             now = trio.current_time()
             deadline = self.logic.next_wakeup()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Union
 
 from faultlab.addr import format_hostport
-from faultlab.sip import Message, SipError, parse_datagram, parse_uri
+from faultlab.sip import Header, Message, SipError, parse_datagram, parse_uri
 
 __all__ = ["Address", "Binding", "ELSEWHERE_REASONS", "Flow", "MISBEHAVIOURS", "Note", "Output", "RequestPush",
            "SendBytes"]
@@ -62,6 +63,7 @@ class SendBytes:
     flow: Flow
     data: bytes
     retransmission: int = 0
+    message: Message | None = field(default=None, compare=False, repr=False)  # ``data`` parsed, when at hand
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,28 @@ def parse_raw(raw: bytes) -> Message:
     msg = parse_datagram(raw)
     assert isinstance(msg, Message)
     return msg
+
+
+def edit_top(raw: bytes, edits: Sequence[tuple[Sequence[Header], str, bool]]) -> bytes:
+    """``raw`` with header lines put in, in one pass, as if one edit after the other: each edit is (the fields of
+    its name in ``raw``, the lines, replace). A replacing edit takes the place of the first field, an adding one
+    goes right above it (as :func:`faultlab.sip.add_top_header`); with no such field, either goes right after the
+    start line, so above what earlier edits put there."""
+    top = raw.index(b"\r\n") + 2
+    placed = []
+    for n, (fields, lines, replace) in enumerate(edits):
+        data = lines.encode("utf-8", "surrogateescape")
+        if fields:  # after what earlier edits put right above the same field
+            placed.append((fields[0].start, 1, n, fields[0].end if replace else fields[0].start, data))
+        else:  # right after the start line: above everything earlier edits put there
+            placed.append((top, 0, -n, top, data))
+    placed.sort()
+    out, cursor = [], 0
+    for start, _, _, end, data in placed:
+        out += (raw[cursor:start], data)
+        cursor = end
+    out.append(raw[cursor:])
+    return b"".join(out)
 
 
 def set_header(msg: Message, name: str, value: str) -> bytes:

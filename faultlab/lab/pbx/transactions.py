@@ -18,8 +18,8 @@ from .model import (
     SendBytes,
     ServerTxn,
     digest,
+    edit_top,
     parse_raw,
-    set_header,
     set_request_uri,
 )
 
@@ -115,15 +115,19 @@ class Transactions:
         m = parse_raw(raw)
         mf = m.get("max-forwards")
         hops = int(mf) - 1 if mf is not None and mf.strip().isdigit() else 69
-        m = parse_raw(set_header(m, "Max-Forwards", str(max(hops, 0))))
+        # Max-Forwards set, Record-Route(s) and the Via on top: every edit placed in the received bytes (one
+        # parse), as if made one after the other
+        edits = [(m.header_fields("Max-Forwards"), f"Max-Forwards: {max(hops, 0)}\r\n", True)]
         if record_route:
             assert in_flow is not None
-            m = parse_raw(add_top_header(m, "Record-Route", self._rr(in_flow)))
+            rr = [self._rr(in_flow)]
             if (in_flow.transport, self._local(in_flow)) != (out_flow.transport, self._local(out_flow)):
-                m = parse_raw(add_top_header(m, "Record-Route", self._rr(out_flow)))
+                rr.insert(0, self._rr(out_flow))
+            edits.append((m.header_fields("Record-Route"), "".join(f"Record-Route: {v}\r\n" for v in rr), False))
         branch = self._new_branch(msg.get("call-id") or "", msg.get("cseq") or "", str(out_flow))
-        m = parse_raw(add_top_header(m, "Via", self._via(out_flow, branch)))
-        send = SendBytes(out_flow, m.raw)
+        edits.append((m.header_fields("Via"), f"Via: {self._via(out_flow, branch)}\r\n", False))
+        m = parse_raw(edit_top(raw, edits))
+        send = SendBytes(out_flow, m.raw, message=m)
         if msg.method != "ACK":
             method = msg.cseq.method if msg.cseq else (msg.method or "")
             self._txns[branch] = ClientTxn(method, call_id, in_flow, server, transport=out_flow.transport)
