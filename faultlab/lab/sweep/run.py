@@ -20,7 +20,8 @@ from faultlab.lab.scenario_set import override
 
 from .params import Param, SweepError, apply, points
 
-__all__ = ["default_jobs", "error_row", "load_rows", "run_key", "run_point", "run_point_safely", "sweep"]
+__all__ = ["chunk_size", "default_jobs", "error_row", "load_rows", "run_key", "run_point", "run_point_safely",
+           "run_points_safely", "sweep"]
 
 
 def run_key(point: dict[str, float], seed: int) -> str:
@@ -104,6 +105,20 @@ def run_point_safely(scenario_name: str, sets: Sequence[tuple[str, str]], point:
         return error_row(point, seed, exc)
 
 
+def run_points_safely(scenario_name: str, sets: Sequence[tuple[str, str]],
+                      chunk: Sequence[tuple[dict[str, float], int]], behaviour: str | None = None
+                      ) -> list[dict[str, Any]]:
+    """:func:`run_point_safely` for several (point, seed): one task of a worker, so that a run's row does not pay
+    a round trip to the pool of its own."""
+    return [run_point_safely(scenario_name, sets, point, seed, behaviour) for point, seed in chunk]
+
+
+def chunk_size(runs: int, jobs: int) -> int:
+    """Runs per task handed to a worker: a few, so the pool's traffic is shared, yet at least 8 tasks per worker
+    so the workers finish together, and rows keep coming (each chunk's rows are recorded when it is done)."""
+    return max(1, min(8, runs // (jobs * 8)))
+
+
 def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int = 1,
           sets: Sequence[tuple[str, str]] = (), behaviour: str | None = None,
           on_row: Callable[[dict[str, Any], int, int], None] | None = None,
@@ -164,26 +179,30 @@ def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, see
                 record(run_point_safely(scenario_name, sets, point, s, behaviour))
         else:
             with ProcessPoolExecutor(jobs) as pool:
-                pending: dict[Future, tuple[dict[str, float], int]] = {}
+                pending: dict[Future, list[tuple[dict[str, float], int]]] = {}
                 queue = iter(todo)
+                size = chunk_size(len(todo), jobs)
 
                 def submit(n: int) -> None:
-                    for point, s in itertools.islice(queue, n):
-                        pending[pool.submit(run_point_safely, scenario_name, sets, point, s, behaviour)] = (point, s)
+                    for _ in range(n):
+                        chunk = list(itertools.islice(queue, size))
+                        if chunk:
+                            pending[pool.submit(run_points_safely, scenario_name, sets, chunk, behaviour)] = chunk
 
                 submit(jobs * 4)
                 while pending:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        point, s = pending.pop(future)
+                        chunk = pending.pop(future)
                         try:
-                            row = future.result()
-                        except BrokenProcessPool as exc:  # a worker died: not this run's fault, leave it to redo
+                            rows = future.result()
+                        except BrokenProcessPool as exc:  # a worker died: not these runs' fault, leave them to redo
                             broken = exc
                             continue
                         except Exception as exc:  # noqa: BLE001 - e.g. a result that could not be unpickled
-                            row = error_row(point, s, exc)
-                        record(row)
+                            rows = [error_row(point, s, exc) for point, s in chunk]
+                        for row in rows:
+                            record(row)
                     if broken is not None or (stop is not None and stop()):
                         for future in pending:
                             future.cancel()
