@@ -34,7 +34,8 @@ def run_point(scenario_name: str, sets: Sequence[tuple[str, str]], point: dict[s
     from faultlab.lab.checks import anchors
     from faultlab.lab.runner import run_case
 
-    scenario = _point_scenario(scenario_name, tuple(sets), tuple(point.items()))
+    make = _point_scenario if _sweeping else _point_scenario.__wrapped__
+    scenario = make(scenario_name, tuple(sets), tuple(point.items()))
     case = run_case(scenario, seed=seed, behaviour=behaviour)
     run = case.runs[0]
     found = anchors(run.events, run.call_id) if run.call_id else {}
@@ -53,11 +54,15 @@ def run_point(scenario_name: str, sets: Sequence[tuple[str, str]], point: dict[s
     }
 
 
+_sweeping = False  # in a sweep: run_point takes its point's scenario from _point_scenario's memory
+
+
 @functools.lru_cache(maxsize=64)
 def _point_scenario(scenario_name: str, sets: tuple[tuple[str, str], ...],
                     point: tuple[tuple[str, float], ...]) -> Scenario:
-    """The scenario of one grid point (a frozen dataclass), made once per worker process: a worker runs many seeds
-    of each point."""
+    """The scenario of one grid point (a frozen dataclass), made once per worker process and sweep (a worker runs
+    many seeds of each point; :func:`sweep` forgets them at its start, so a library changed meanwhile counts from
+    the next sweep on and every run of one sweep plays the same scenario). Outside a sweep: made each time."""
     scenario = load_scenario(scenario_name)
     for key, value in sets:
         scenario = override(scenario, key, value)
@@ -110,6 +115,8 @@ def run_points_safely(scenario_name: str, sets: Sequence[tuple[str, str]],
                       ) -> list[dict[str, Any]]:
     """:func:`run_point_safely` for several (point, seed): one task of a worker, so that a run's row does not pay
     a round trip to the pool of its own."""
+    global _sweeping
+    _sweeping = True  # a worker process: it runs this sweep's points only
     return [run_point_safely(scenario_name, sets, point, seed, behaviour) for point, seed in chunk]
 
 
@@ -135,8 +142,14 @@ def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, 
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SweepError(f"another sweep is running in {out}; wait for it or use another --out") from None
-        return _sweep_locked(scenario_name, params, runs=runs, seed=seed, out=out, jobs=jobs, sets=sets,
-                             behaviour=behaviour, on_row=on_row, stop=stop)
+        global _sweeping
+        _point_scenario.cache_clear()
+        _sweeping = True
+        try:
+            return _sweep_locked(scenario_name, params, runs=runs, seed=seed, out=out, jobs=jobs, sets=sets,
+                                 behaviour=behaviour, on_row=on_row, stop=stop)
+        finally:
+            _sweeping = False
 
 
 def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int,
