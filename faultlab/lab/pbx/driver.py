@@ -44,6 +44,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import ssl
 import time
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
@@ -352,14 +353,10 @@ class PBX:
         _, addr = await resolve(endpoint)
         ssl_ctx = None
         if endpoint.transport == "tls":
-            from faultlab.ca import LabCA, default_confdir
-            from faultlab.net.tls import server_context
-
-            ca = LabCA.load_or_init(self.confdir or default_confdir())
             fallback = [self.tls_name] if self.tls_name else []
             if addr[0] not in _WILDCARDS:
                 fallback.append(addr[0])
-            ssl_ctx = server_context(ca, default_name=self.tls_name, fallback_names=fallback or ["localhost"])
+            ssl_ctx = _server_context(self.confdir, self.tls_name, tuple(fallback or ["localhost"]))
         try:
             listeners = await trio.open_tcp_listeners(addr[1], host=addr[0])
         except OSError as exc:
@@ -405,3 +402,36 @@ def udp_receive_buffer(sock: trio.socket.SocketType) -> int | None:
     if not isinstance(size, int) or size <= 0:
         return None
     return size // 2 if sys.platform.startswith("linux") else size
+
+
+_TLS_CONTEXTS: dict[tuple, ssl.SSLContext] = {}  # (CA directory, its certificate's stamp, names) -> context
+_TLS_CONTEXTS_SIZE = 16
+
+
+def _server_context(confdir: Path | None, tls_name: str | None, fallback: tuple[str, ...]) -> ssl.SSLContext:
+    """The PBX's TLS server context from the lab CA in ``confdir``, made once per process for the same CA (its
+    certificate file unchanged) and names: every lab run over TLS starts a PBX, and loading the CA and a
+    certificate chain each time is most of the cost of its start."""
+    from faultlab.ca import CA_CERT_FILE, LabCA, default_confdir
+    from faultlab.net.tls import server_context
+
+    directory = Path(confdir or default_confdir())
+    key = (str(directory.absolute()), _stamp(directory / CA_CERT_FILE), tls_name, fallback)
+    ctx = _TLS_CONTEXTS.get(key) if key[1] is not None else None
+    if ctx is None:
+        ca = LabCA.load_or_init(directory)
+        ctx = server_context(ca, default_name=tls_name, fallback_names=list(fallback))
+        key = key[:1] + (_stamp(directory / CA_CERT_FILE),) + key[2:]  # load_or_init may have made the CA
+        if key[1] is not None:
+            if len(_TLS_CONTEXTS) >= _TLS_CONTEXTS_SIZE:
+                _TLS_CONTEXTS.clear()
+            _TLS_CONTEXTS[key] = ctx
+    return ctx
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
