@@ -86,8 +86,10 @@ class MemoryNetwork:
         if self._carrier is None:
             self._carrier = trio.lowlevel.ParkingLot()
             trio.lowlevel.spawn_system_task(self._carry, name="faultlab.memnet.wire")
-        heapq.heappush(self._wire, (trio.current_time() + self.delay, next(self._order), deliver))
-        self._carrier.unpark_all()
+        entry = (trio.current_time() + self.delay, next(self._order), deliver)
+        heapq.heappush(self._wire, entry)
+        if self._wire[0] is entry:  # due before what the carrier waits for (or it waits for nothing): wake it
+            self._carrier.unpark_all()
 
     async def _carry(self) -> None:
         assert self._carrier is not None

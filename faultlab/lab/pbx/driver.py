@@ -126,7 +126,6 @@ class PBX:
         self._conns: dict[int, tuple[trio.abc.Stream, trio.Lock]] = {}
         self._conn_ids = itertools.count(1)
         self._wake = trio.Event()
-        self._wake_at = math.inf  # when the timers task wakes unless woken sooner
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self.warnings: list[str] = []  # said at start (e.g. a UDP buffer smaller than asked), also on the timeline
@@ -206,9 +205,7 @@ class PBX:
     # ------------------------------------------------------------------ actions
 
     async def _execute(self, actions: list[Output]) -> None:
-        due = self.logic.next_wakeup()
-        if due is not None and due < self._wake_at:  # a timer sooner than the one the timers wait for
-            self._wake.set()
+        self._wake.set()
         for action in actions:
             if isinstance(action, SendBytes):
                 await self._send(action.flow, action.data, action.retransmission, action.message)
@@ -300,8 +297,7 @@ class PBX:
         while True:
             self._wake = trio.Event()
             deadline = self.logic.next_wakeup()
-            self._wake_at = math.inf if deadline is None else deadline
-            with trio.move_on_at(self._wake_at):
+            with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._wake.wait()
             now = trio.current_time()
             deadline = self.logic.next_wakeup()
