@@ -5,11 +5,16 @@ A plan becomes timed steps (:func:`faultlab.relay.steps`); how they are written 
 - **FIFO per stream connection** (:class:`StreamWriter`): each direction of a TCP/TLS pair has one writer
   and a queue, so a delayed or held message holds back the ones behind it, as a real TCP path would;
 - **independent per datagram** (:class:`DatagramScheduler`): a delayed or held UDP datagram holds nothing
-  else back; each waits in a task of its own.
+  else back. Delayed datagrams wait in one heap per scheduler (:class:`DueQueue`), served by one task that
+  wakes once per due batch (on a real clock through :func:`faultlab.net.timer.sleep_until`'s timerfd ending),
+  so a thousand delays pending cost one timer, not a thousand tasks; a held one waits in a task of its own
+  for its release.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from collections.abc import Awaitable, Callable
 
@@ -219,6 +224,58 @@ async def carry_out_on_stream(relay: Relay, plan: Plan, hop: Hop, forward: Strea
 Send = Callable[[bytes], Awaitable[object]]
 
 
+class DueQueue:
+    """Timed items in one heap, handed to ``fire`` in batches as they fall due: one task, one timer.
+
+    Items due at the same time leave in the order they were put in. :meth:`run` sleeps until the earliest
+    item is due (woken early when an earlier one is put in), then hands over every item due by then. When
+    :meth:`run` is cancelled (the proxy stops), ``give_up`` is called for each item still waiting.
+    """
+
+    def __init__(self, fire: Callable[[list], Awaitable[None]], give_up: Callable[[object], None]) -> None:
+        self._fire, self._give_up = fire, give_up
+        self._heap: list[tuple[float, int, object]] = []
+        self._order = itertools.count()
+        self._wake = trio.Event()
+        self._sleep: trio.CancelScope | None = None
+        self.running = False
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def put(self, at: float, item: object) -> None:
+        """Hand ``item`` to ``fire`` at ``at`` (trio time)."""
+        earliest = not self._heap or at < self._heap[0][0]
+        heapq.heappush(self._heap, (at, next(self._order), item))
+        if earliest:
+            self._wake.set()
+            if self._sleep is not None:
+                self._sleep.cancel()  # sleeping toward a later item: start again from this one
+
+    async def run(self) -> None:
+        self.running = True
+        try:
+            while True:
+                if not self._heap:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                with trio.CancelScope() as self._sleep:
+                    await timer.sleep_until(self._heap[0][0])
+                self._sleep = None
+                now = trio.current_time()
+                batch = []
+                while self._heap and self._heap[0][0] <= now:
+                    batch.append(heapq.heappop(self._heap)[2])
+                if batch:
+                    await self._fire(batch)
+        finally:
+            self.running = False
+            for _, _, item in sorted(self._heap):
+                self._give_up(item)
+            self._heap.clear()
+
+
 class DatagramScheduler:
     """Carries out plans on UDP, where every message is on its own: a delayed
     datagram holds nothing else back."""
@@ -226,6 +283,7 @@ class DatagramScheduler:
     def __init__(self, relay: Relay, nursery: trio.Nursery) -> None:
         self.relay = relay
         self.nursery = nursery
+        self._due = DueQueue(self._send_due, self._given_up)
 
     async def _send(self, send: Send, out: Outgoing, dest: tuple[str, int], **detail) -> None:
         try:
@@ -236,14 +294,33 @@ class DatagramScheduler:
             return
         self.relay.sent(out, dest, **detail)
 
-    async def _later(self, send: Send, step: Step) -> None:
+    def _delay(self, send: Send, step: Step) -> None:
+        self.relay.waiting += 1
+        self._due.put(step.at, (send, step))
+        if not self._due.running:
+            self._due.running = True
+            self.nursery.start_soon(self._due.run)
+
+    async def _send_due(self, batch: list) -> None:
+        for i, (send, step) in enumerate(batch):
+            self.relay.waiting -= 1
+            try:
+                await self._send(send, step.out, step.dest, **step.detail)
+            except trio.Cancelled:  # stopped in the middle of a batch: the rest is given up, recorded
+                for item in batch[i + 1:]:
+                    self._given_up(item)
+                raise
+
+    def _given_up(self, item) -> None:  # the proxy stops: recorded, not lost without a word
+        _, step = item
+        self.relay.waiting -= 1
+        self.relay.abandoned(step.out, step.dest, "stop", hold=step.hold)
+
+    async def _held(self, send: Send, step: Step) -> None:
         self.relay.waiting += 1
         try:
-            if step.hold is not None:
-                if not await wait_hold(self.relay, step.hold):
-                    return
-            else:
-                await timer.sleep_until(step.at)
+            if not await wait_hold(self.relay, step.hold):
+                return
         except trio.Cancelled:  # the proxy stops: recorded, not lost without a word
             self.relay.abandoned(step.out, step.dest, "stop", hold=step.hold)
             raise
@@ -266,7 +343,9 @@ class DatagramScheduler:
                 continue
             if step.back:
                 await self._respond(back, step.out, step.dest)
-            elif step.hold is not None or step.copy or step.at > plan.received_at:
-                self.nursery.start_soon(self._later, send, step)
+            elif step.hold is not None:
+                self.nursery.start_soon(self._held, send, step)
+            elif step.copy or step.at > plan.received_at:
+                self._delay(send, step)
             else:
                 await self._send(send, step.out, step.dest)
