@@ -189,11 +189,11 @@ class Relay:
         if decision.respond is not None:
             back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
             resp_fields = {**out.fields, "direction": back.direction}
-            try:
-                resp_fields.update(message_fields(parse_message(decision.respond)))
-            except SipError:
-                pass
-            plan.respond = Outgoing(decision.respond, back, f"response by faultlab to {out.summary}", resp_fields)
+            response = _parsed(decision.respond)
+            if response is not None:
+                resp_fields.update(message_fields(response))
+            plan.respond = Outgoing(decision.respond, back, f"response by faultlab to {out.summary}", resp_fields,
+                                    about=response)
         if decision.hold:
             self._hold_counter += 1
             out.data = self._edited(decision.held, msg, raw, hop) + trailing
@@ -262,7 +262,7 @@ class Relay:
             back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
             response = build_response(msg, 513)
             plan.respond = Outgoing(response, back, f"513 Message Too Large to {summary}",
-                                    {**fields, "direction": back.direction, "status": 513})
+                                    {**fields, "direction": back.direction, "status": 513}, about=_parsed(response))
             self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{why}: answered 513"}, **fields)
         else:
             self.emit("dropped", peer=peer, summary=summary, detail={"how": why}, **fields)
@@ -303,17 +303,18 @@ class Relay:
                   detail={"reason": reason, **detail}, **out.fields)
 
     def _track(self, out: Outgoing) -> None:
-        """Keep :attr:`open_requests`: a request (not ACK) opens, a final response closes."""
-        fields = out.fields
-        method = fields.get("method")
-        if method is not None:
-            if method != "ACK":
-                self.open_requests[(out.hop.flow, fields.get("call_id"), fields.get("cseq"), method)] = self.clock()
+        """Keep :attr:`open_requests`: a request (not ACK) opens, a final response closes. A transaction is
+        known by its flow, Call-ID and CSeq as written (read without decoding them)."""
+        msg = out.about
+        if msg is None:  # keep-alives, bytes that do not parse: no transaction
+            return
+        if msg.is_request:
+            if msg.method != "ACK":
+                self.open_requests[(out.hop.flow, *msg.transaction_key())] = self.clock()
                 if len(self.open_requests) > self._prune_at:
                     self._prune_requests()
-        elif fields.get("status", 0) >= 200:
-            self.open_requests.pop(
-                (out.hop.flow, fields.get("call_id"), fields.get("cseq"), fields.get("cseq_method")), None)
+        elif msg.status >= 200:
+            self.open_requests.pop((out.hop.flow, *msg.transaction_key()), None)
 
     def _prune_requests(self) -> None:
         old = self.clock() - TRANSACTION_LIFETIME
@@ -365,6 +366,14 @@ class Relay:
 
 def _reverse(direction: str) -> str:
     return TO_DEVICE if direction == TO_PBX else TO_PBX
+
+
+def _parsed(data: bytes) -> Message | None:
+    """A response faultlab made, parsed (for the timeline and :attr:`Relay.open_requests`); None if it does not."""
+    try:
+        return parse_message(data)
+    except SipError:
+        return None
 
 
 def _flow_fields(hop: Hop) -> dict:

@@ -265,6 +265,14 @@ class Message:
         """Every :class:`Header` named ``name`` (any case, compact or full)."""
         return [_header(span) for span in self._index[1].get(canonical_key(name), ())]
 
+    def transaction_key(self) -> tuple[bytes | None, bytes | None]:
+        """The Call-ID and CSeq as written (first of each; whitespace trimmed, runs of it as one SP), not
+        decoded: what tells a transaction's request and responses apart from others' (None: absent)."""
+        index = self._index[1]
+        call_id = index.get("call-id")
+        cseq = index.get("cseq")
+        return (call_id[0][2].strip() if call_id else None, b" ".join(cseq[0][2].split()) if cseq else None)
+
     # -- typed accessors -------------------------------------------------
 
     @property
