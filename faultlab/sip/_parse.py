@@ -99,17 +99,16 @@ def scan_head(raw: bytes | bytearray, head_end: int, max_headers: int = MAX_HEAD
     lines = raw.count(b"\n", pos, block_end)
     if lines > max_headers:
         raise SipError(f"more than {max_headers} header lines", status_hint=413)
-    names = _NAMES
+    name_key, append = _NAMES.get, spans.append
     for prefix, name_b, value_b in HEADER_FIELD_RE.findall(raw, pos, block_end):
-        name, key = names.get(name_b) or _name_key(name_b)
+        name, key = name_key(name_b) or _name_key(name_b)
         end = pos + len(prefix) + len(value_b)
         span = (name, key, value_b, pos, end)
-        spans.append(span)
-        same = index.get(key)
-        if same is None:
-            index[key] = [span]
+        append(span)
+        if key in index:
+            index[key].append(span)
         else:
-            same.append(span)
+            index[key] = [span]
         pos = end
     if pos != block_end:  # the fields found leave a gap (they never overlap): where the shape breaks
         bad = HEADER_BLOCK_RE.match(raw, m.end(), block_end).end()
