@@ -289,6 +289,7 @@ class _UdpListener:
         self.flows: FlowTable[tuple[str, int], UdpFlow] = FlowTable(limits.max_flows)
         self.full = Throttle(relay)
         self.starved = Throttle(relay)
+        self._opened = trio.Event()  # a flow opened (wakes close_idle when there was none)
 
     def touch(self, flow: UdpFlow) -> None:
         flow.last = trio.current_time()
@@ -305,7 +306,11 @@ class _UdpListener:
                 self.flows.remove(key, flow)
                 flow.close("idle")
                 idlest = self.flows.idlest()
-            await trio.sleep_until(now + self.idle if idlest is None else idlest[1].last + self.idle)
+            if idlest is None:  # no flow: until one opens
+                self._opened = trio.Event()
+                await self._opened.wait()
+            else:
+                await trio.sleep_until(idlest[1].last + self.idle)
 
     def evict(self, reason: str) -> bool:
         """Close the flow idle longest; False when there is none."""
@@ -336,6 +341,7 @@ class _UdpListener:
                        Hop(fid, TO_DEVICE, "udp", self.up_addr, side, device))
         flow.last = trio.current_time()
         self.flows.add(device, flow)
+        self._opened.set()
         relay.flow_opened(fid, "udp", device, pbx_side, device_side)
         return flow
 
