@@ -130,7 +130,8 @@ def _config(options: dict):
         options["api"] = parse_api_address(options["api"]) if options["api"] else None
         options["listen"] = [parse_endpoint(spec) for spec in options["listen"]]
         options["upstream"] = [parse_endpoint(spec, allow_port_zero=False) for spec in options["upstream"]]
-        config = ProxyConfig(**options, keep_events=1000, handle_signals=True)
+        # the control API shows the recent events; without it nobody reads them from memory
+        config = ProxyConfig(**options, keep_events=1000 if options["api"] else 0, handle_signals=True)
         check_config(config)
     except (EndpointError, ConfigError, ProfileError, ApiAddressError, ApiBindError) as exc:
         _fail(str(exc))
@@ -156,7 +157,7 @@ def _run(config) -> None:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(serve_proxy_with_api, config)
             _announce(config, running)
-            running.trace.add_sink(_say_stopping)
+            running.trace.add_sink(_say_stopping, kinds=("stopping",))
 
     try:
         try:

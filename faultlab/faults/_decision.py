@@ -87,6 +87,12 @@ class Decision:
     hold_then: str = "forward"
 
     @property
+    def plain(self) -> bool:
+        """Forward the message as it came, at once, and nothing else: no rule fired, the link left it alone."""
+        return (self.data is not None and not self.events and self.delay <= 0 and not self.copies
+                and self.respond is None and not self.hold and self.close is None and self.stall is None)
+
+    @property
     def outcome(self) -> str:
         """One word for the timeline: forward, drop, respond, hold, close, lost."""
         if self.respond is not None:

@@ -149,6 +149,7 @@ class Engine:
         self.activated_at = activated_at
         self._states: list[_RuleState] = [_RuleState(r, activated_at) for r in profile.rules]
         self._links: dict[str, LinkState] = {}
+        self._candidates: dict[tuple, tuple[_RuleState, ...]] = {}
         if profile.link is not None:
             for direction in ("to-pbx", "to-device"):
                 spec = profile.link.for_direction(direction)
@@ -180,6 +181,7 @@ class Engine:
         raise KeyError(name)
 
     def _sync(self) -> None:
+        self._candidates.clear()
         self.profile = dataclasses.replace(self.profile, rules=tuple(s.rule for s in self._states))
 
     # -- decisions -----------------------------------------------------------
@@ -187,8 +189,8 @@ class Engine:
     def decide(self, view: MessageView, now: float) -> Decision:
         """The decision for one message received at ``now``. Never raises on peer input."""
         msg = view.message
-        draft = Draft(self.rng, data=view.raw, message=msg)
         if msg is None:
+            draft = Draft(self.rng, data=view.raw)
             if view.keep_alive is not None:
                 done = self._keep_alive(view, now, draft)
                 if done is not None:
@@ -196,11 +198,15 @@ class Engine:
             if not self._links:
                 return Decision(data=view.raw, delay=draft.delay, events=tuple(draft.events))
             return link_decision(self._links.get(view.direction), view.transport, now, draft)
+        states = self._message_rules(view, msg)
+        if not states and view.direction not in self._links:  # the clean path: nothing can touch it
+            return Decision(data=view.raw)
         facts = MessageFacts(msg, view.raw, view.direction, view.transport, view.device, view.flow)
+        draft = Draft(self.rng, data=view.raw, message=msg)
         current = msg  # the parsed form of draft.data while known
-        for state in self._states:
+        for state in states:
             rule = state.rule
-            if rule.match.on != "message" or not state.matches(facts, now, self.rng):
+            if not state.matches(facts, now, self.rng):
                 continue
             action = rule.action
             detail: dict[str, Any] = {}
@@ -214,6 +220,17 @@ class Engine:
             if not rule.continue_:
                 break
         return link_decision(self._links.get(view.direction), view.transport, now, draft)
+
+    def _message_rules(self, view: MessageView, msg: Any) -> tuple[_RuleState, ...]:
+        """The message rules that may match a message of this direction, transport, method or status, in order:
+        the others fail their first conditions (:func:`static_match`) without a side effect, and are not tried."""
+        key = (view.direction, view.transport, msg.method, msg.status)
+        found = self._candidates.get(key)
+        if found is None:
+            found = tuple(s for s in self._states if _may_match(s.rule.match, key))
+            if len(self._candidates) < 256:  # methods are the peer's words: bounded
+                self._candidates[key] = found
+        return found
 
     def _keep_alive(self, view: MessageView, now: float, draft: Draft) -> Decision | None:
         """The rules with ``on = "keep-alive"`` for a CRLF keep-alive (drop or delay); None: on to the link."""
@@ -242,3 +259,15 @@ class Engine:
             if not rule.continue_:
                 break
         return Decision(data=None, stall=draft.stall, events=tuple(draft.events))
+
+
+def _may_match(match: Any, key: tuple) -> bool:
+    """Could a message of ``key`` (direction, transport, method, status) pass ``match``'s first conditions?"""
+    direction, transport, method, status = key
+    if match.on != "message" or (match.direction is not None and match.direction != direction):
+        return False
+    if match.transport is not None and transport not in match.transport:
+        return False
+    if match.method is not None and (method is None or method not in match.method):
+        return False
+    return match.status is None or (method is None and status in match.status)

@@ -121,6 +121,9 @@ def registration_expires(msg: Message) -> float | None:
     else Expires); None for any other message."""
     if msg.is_request or not 200 <= (msg.status or 0) < 300:
         return None
+    cseq_b = msg.transaction_key()[1]
+    if cseq_b is None or b"REGISTER" not in cseq_b:  # not to a REGISTER (methods are case-sensitive): no parse
+        return None
     try:
         cseq = msg.cseq
         if cseq is None or cseq.method != "REGISTER":

@@ -75,6 +75,7 @@ class Datagrams:
             self._wait_readable = lambda: trio.lowlevel.wait_readable(self.sock)
         self._real = net is None
         self._closed = False
+        self._empty = False  # the last read emptied the socket: the next one waits first
         self.sock.setblocking(False)
 
     def close(self) -> None:
@@ -87,8 +88,16 @@ class Datagrams:
         self.sock.close()
 
     async def receive_batch(self) -> list[tuple[bytes, tuple[str, int]]]:
-        """Every datagram ready now (at least one, at most BATCH), each with its source."""
-        await trio.lowlevel.checkpoint()
+        """Every datagram ready now (at least one, at most BATCH), each with its source.
+
+        Once per call it goes through the scheduler (other tasks keep their turn): by waiting for the socket
+        when the last call emptied it (the kernel's queue is known empty: no read that can only fail),
+        else by a checkpoint. (A socket of the memory network may return from its wait without a trip
+        through the scheduler: it always takes the checkpoint.)"""
+        if self._empty and self._real:
+            await self._wait_readable()
+        else:
+            await trio.lowlevel.checkpoint()
         recvfrom = self.sock.recvfrom
         while True:
             batch = []
@@ -96,11 +105,24 @@ class Datagrams:
                 for _ in range(BATCH):
                     data, addr = recvfrom(MAX_DATAGRAM)
                     batch.append((data, addr[:2]))
+                self._empty = False
             except BlockingIOError:
-                pass
+                self._empty = True
             if batch:
                 return batch
             await self._wait_readable()
+
+    def try_send(self, data: bytes, addr: tuple[str, int] | None = None) -> bool:
+        """Send now (to ``addr``, or where the socket is connected); False when the kernel cannot take it yet
+        (then await :meth:`sendto` / :meth:`send`). OSError passes through."""
+        try:
+            if addr is None:
+                self.sock.send(data)
+            else:
+                self.sock.sendto(data, addr)
+            return True
+        except BlockingIOError:
+            return False
 
     async def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         while True:
@@ -190,6 +212,7 @@ class UdpFlow:
     to_device: Hop
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     closed_because: str = "idle"
+    last: float = 0.0  # trio time of its last traffic, either way
 
     def close(self, reason: str) -> None:
         """End the flow now: its socket is closed at once, its task ends."""
@@ -208,9 +231,11 @@ async def local_address_towards(family: int, dest: tuple[str, int]) -> str:
 
 async def relay_from(relay: Relay, paths: DatagramScheduler, src: Datagrams, what: str, hop: Hop,
                      touch: Callable[[], None], send: Send, dest: tuple[str, int],
-                     back: Send, back_dest: tuple[str, int]) -> None:
+                     back: Send, back_dest: tuple[str, int], *, out: Datagrams | None = None,
+                     out_addr: tuple[str, int] | None = None) -> None:
     """Relay every datagram that arrives on one of a flow's sockets along ``hop``; each one ``touch``-es
-    the flow (keeps it alive). Ends when the socket is closed."""
+    the flow (keeps it alive). Ends when the socket is closed. ``out`` (with ``out_addr`` unless it is
+    connected): the socket ``send`` writes to, for the plain plan's straight path (:func:`carry_out`)."""
     limit = resolve_limits(relay.config).max_message_size
     while True:
         try:
@@ -224,7 +249,26 @@ async def relay_from(relay: Relay, paths: DatagramScheduler, src: Datagrams, wha
             continue
         touch()
         for data, _ in batch:
-            await paths.carry_out(plan_datagram(relay, data, hop, limit), send, dest, back, back_dest)
+            await carry_out(relay, paths, plan_datagram(relay, data, hop, limit), out, out_addr, send, dest, back,
+                            back_dest)
+
+
+async def carry_out(relay: Relay, paths: DatagramScheduler, plan: Plan, out: Datagrams | None,
+                    out_addr: tuple[str, int] | None, send: Send, dest: tuple[str, int], back: Send,
+                    back_dest: tuple[str, int]) -> None:
+    """Carry ``plan`` out: the plain one (forward at once, nothing else: the common case) straight on the
+    socket ``out`` when the kernel takes it, any other through the scheduler."""
+    if out is not None and plan.plain:
+        forward = plan.forward
+        try:
+            if out.try_send(forward.data, out_addr):
+                relay.sent(forward, dest)
+                return
+        except OSError as exc:
+            relay.warn(f"cannot send to {format_hostport(*dest)}: {exc.strerror or exc}",
+                       flow=forward.hop.flow, transport="udp", summary=forward.summary)
+            return
+    await paths.carry_out(plan, send, dest, back, back_dest)
 
 
 class _UdpListener:
@@ -245,10 +289,28 @@ class _UdpListener:
         self.flows: FlowTable[tuple[str, int], UdpFlow] = FlowTable(limits.max_flows)
         self.full = Throttle(relay)
         self.starved = Throttle(relay)
+        self._opened = trio.Event()  # a flow opened (wakes close_idle when there was none)
 
     def touch(self, flow: UdpFlow) -> None:
-        flow.scope.deadline = trio.current_time() + self.idle
+        flow.last = trio.current_time()
         self.flows.touch(flow.device)
+
+    async def close_idle(self) -> None:
+        """Close each flow once it has had no traffic for the idle timeout. The table is ordered by last
+        traffic, so one task waits for the idlest flow's time (no timer per flow, none reset per datagram)."""
+        while True:
+            now = trio.current_time()
+            idlest = self.flows.idlest()
+            while idlest is not None and idlest[1].last + self.idle <= now:
+                key, flow = idlest
+                self.flows.remove(key, flow)
+                flow.close("idle")
+                idlest = self.flows.idlest()
+            if idlest is None:  # no flow: until one opens
+                self._opened = trio.Event()
+                await self._opened.wait()
+            else:
+                await trio.sleep_until(idlest[1].last + self.idle)
 
     def evict(self, reason: str) -> bool:
         """Close the flow idle longest; False when there is none."""
@@ -277,8 +339,9 @@ class _UdpListener:
         fid = relay.new_flow_id("udp")
         flow = UdpFlow(fid, device, up, Hop(fid, TO_PBX, "udp", device, side, device),
                        Hop(fid, TO_DEVICE, "udp", self.up_addr, side, device))
-        flow.scope.deadline = trio.current_time() + self.idle
+        flow.last = trio.current_time()
         self.flows.add(device, flow)
+        self._opened.set()
         relay.flow_opened(fid, "udp", device, pbx_side, device_side)
         return flow
 
@@ -310,7 +373,8 @@ class _UdpListener:
         try:
             with flow.scope:
                 await relay_from(self.relay, paths, flow.sock, "upstream", flow.to_device,
-                                 lambda: self.touch(flow), to_device, flow.device, flow.sock.send, up_addr)
+                                 lambda: self.touch(flow), to_device, flow.device, flow.sock.send, up_addr,
+                                 out=listener, out_addr=flow.device)
         finally:
             flow.sock.close()
             self.flows.remove(flow.device, flow)
@@ -319,6 +383,7 @@ class _UdpListener:
     async def serve(self, nursery: trio.Nursery) -> None:
         relay, listener = self.relay, self.listener
         paths = DatagramScheduler(relay, nursery)
+        nursery.start_soon(self.close_idle)
         while True:
             try:
                 batch = await listener.receive_batch()
@@ -335,8 +400,8 @@ class _UdpListener:
                 else:
                     self.touch(flow)
                 plan = plan_datagram(relay, data, flow.to_pbx, self.max_message_size)
-                await paths.carry_out(plan, flow.sock.send, self.up_addr,
-                                      lambda d, dev=device: listener.sendto(d, dev), device)
+                await carry_out(relay, paths, plan, flow.sock, None, flow.sock.send, self.up_addr,
+                                lambda d, dev=device: listener.sendto(d, dev), device)
 
 
 async def serve_udp(

@@ -20,7 +20,7 @@ from typing import Any
 
 from faultlab.addr import format_hostport
 from faultlab.faults import ConnectView, Decision, Engine, MessageView, Profile
-from faultlab.relay.plan import Hold, Hop, Outgoing, Plan
+from faultlab.relay.plan import Hold, Hop, Outgoing, Plan, message_fields
 from faultlab.relay.rewrite import TO_DEVICE, TO_PBX, Rewriter, instance_id
 from faultlab.sip import KeepAlive, Message, SipError, build_response, parse_datagram, parse_message
 from faultlab.trace import Event, Trace
@@ -81,6 +81,8 @@ class Relay:
         return f"{_FLOW_PREFIX[transport]}{self._flow_counter}"
 
     def emit(self, kind: str, **fields) -> None:
+        if not self.trace.wants(kind):
+            return
         raw = fields.get("raw")
         if raw is not None and len(raw) > TRACE_RAW_LIMIT:
             fields["raw"] = raw[:TRACE_RAW_LIMIT]
@@ -137,68 +139,75 @@ class Relay:
         """Record ``item`` as received, ask the active profile, and say what to send.
 
         ``bytes`` is input the framer could not parse (``error`` says why):
-        it goes on unchanged unless the link loses or delays it.
+        it goes on unchanged unless the link loses or delays it. What the timeline says of a message
+        (its summary, Call-ID, CSeq...) is worked out only when someone reads it.
         """
         arrived = self.clock()
-        fields = {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
-        peer = format_hostport(*hop.peer)
         msg: Message | None = None
-        if isinstance(item, bytes):
-            raw, summary = item, f"unparsed {len(item)} bytes"
-            fields["parsed"] = False
-            self.emit("received", peer=peer, raw=raw, summary=summary,
-                      detail={"error": error} if error else {}, **fields)
+        if type(item) is Message:
+            msg, raw = item, item.raw
+            out = Outgoing(raw, hop, about=item)
         elif isinstance(item, KeepAlive):
             raw = item.raw
-            summary = "keep-alive ping" if raw == b"\r\n\r\n" else "keep-alive"
-            self.emit("received", peer=peer, raw=raw, summary=summary, **fields)
+            out = Outgoing(raw, hop, "keep-alive ping" if raw == b"\r\n\r\n" else "keep-alive", _flow_fields(hop))
         else:
-            msg, raw, summary = item, item.raw, item.summary()
-            fields.update(_message_fields(item))
-            fields["parsed"] = True
-            self.emit("received", peer=peer, raw=raw, summary=summary, **fields)
+            raw = item
+            out = Outgoing(raw, hop, f"unparsed {len(raw)} bytes", {**_flow_fields(hop), "parsed": False})
+        if self.trace.wants("received"):
+            self.emit("received", peer=format_hostport(*hop.peer), raw=raw, summary=out.summary,
+                      detail={"error": error} if error and msg is None else {}, **out.fields)
         flow_info = self.flows.get(hop.flow)
         if flow_info is not None:
             flow_info["messages"] += 1
 
         engine = self.engine_for(hop.device)
         if engine is None:
-            data = self._rewrite(msg, hop) if msg is not None else raw
-            return Plan(forward=Outgoing(data, hop, summary, fields), received_at=arrived)
+            if msg is not None:
+                out.data = self._rewrite(msg, hop)
+            return Plan(forward=out, received_at=arrived)
+        return self._decided(engine, item, msg, raw, hop, out, arrived)
 
-        trailing = getattr(msg, "trailing", b"") if msg is not None else b""
+    def _decided(self, engine: Engine, item: Message | KeepAlive | bytes, msg: Message | None, raw: bytes,
+                 hop: Hop, out: Outgoing, arrived: float) -> Plan:
+        """The plan for a message under ``engine`` (a profile is active)."""
+        trailing = msg.trailing if msg is not None else b""
         keep_alive = _KEEP_ALIVES.get(raw) if isinstance(item, KeepAlive) else None
-        view = MessageView(msg, raw[: len(raw) - len(trailing)] if trailing else raw, hop.direction,
-                           hop.transport, hop.device, hop.flow, keep_alive)
+        # raw: the message without a datagram's trailing octets (Message.raw never holds them)
+        view = MessageView(msg, raw, hop.direction, hop.transport, hop.device, hop.flow, keep_alive)
         decision = engine.decide(view, self.now())
+        if decision.plain and decision.data is raw:  # forwarded as it came, at once: what no profile would change
+            if msg is not None:
+                out.data = self._rewrite(msg, hop)
+            return Plan(forward=out, received_at=arrived)
+        peer = format_hostport(*hop.peer)
         for fired in decision.events:
-            self.emit("fault", peer=peer, summary=summary,
-                      detail={"rule": fired.rule, "action": fired.action, **fired.detail}, **fields)
+            self.emit("fault", peer=peer, summary=out.summary,
+                      detail={"rule": fired.rule, "action": fired.action, **fired.detail}, **out.fields)
         plan = Plan(delay=decision.delay, copies=decision.copies, close=decision.close,
                     close_when=decision.close_when, stall=decision.stall, received_at=arrived)
         rules = [f.rule for f in decision.events]
         if decision.respond is not None:
             back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
-            resp_fields = {**fields, "direction": back.direction}
-            try:
-                resp_fields.update(_message_fields(parse_message(decision.respond)))
-            except SipError:
-                pass
-            plan.respond = Outgoing(decision.respond, back, f"response by faultlab to {summary}", resp_fields)
+            resp_fields = {**out.fields, "direction": back.direction}
+            response = _parsed(decision.respond)
+            if response is not None:
+                resp_fields.update(message_fields(response))
+            plan.respond = Outgoing(decision.respond, back, f"response by faultlab to {out.summary}", resp_fields,
+                                    about=response)
         if decision.hold:
             self._hold_counter += 1
-            held = self._edited(decision.held, msg, raw, hop) + trailing
-            hold = Hold(f"h{self._hold_counter}", Outgoing(held, hop, summary, fields), self.now(),
-                        decision.hold_timeout, decision.hold_then)
+            out.data = self._edited(decision.held, msg, raw, hop) + trailing
+            hold = Hold(f"h{self._hold_counter}", out, self.now(), decision.hold_timeout, decision.hold_then)
             self.holds[hold.id] = hold
             plan.hold = hold
-            self.emit("held", peer=peer, summary=summary, detail={"hold": hold.id, "rules": rules}, **fields)
+            self.emit("held", peer=peer, summary=out.summary, detail={"hold": hold.id, "rules": rules}, **out.fields)
         elif decision.data is not None:
-            plan.forward = Outgoing(self._edited(decision.data, msg, raw, hop) + trailing, hop, summary, fields)
+            out.data = self._edited(decision.data, msg, raw, hop) + trailing
+            plan.forward = out
         elif decision.respond is None:
             how = "lost" if decision.lost_by_link else "dropped"
-            self.emit("dropped", peer=peer, raw=raw, summary=summary,
-                      detail={"how": how, "rules": rules}, **fields)
+            self.emit("dropped", peer=peer, raw=raw, summary=out.summary,
+                      detail={"how": how, "rules": rules}, **out.fields)
         return plan
 
     def own_keep_alive(self, raw: bytes, hop: Hop) -> float | None:
@@ -237,7 +246,7 @@ class Relay:
             except SipError:
                 pass
         if msg is not None:
-            fields.update(_message_fields(msg))
+            fields.update(message_fields(msg))
         summary = msg.summary() if msg is not None else f"unparsed {len(data)} bytes"
         why = f"larger than {limit} octets (--max-message-size)"
         error = error or f"message {why}"
@@ -253,7 +262,7 @@ class Relay:
             back = Hop(hop.flow, _reverse(hop.direction), hop.transport, hop.peer, hop.side, hop.device)
             response = build_response(msg, 513)
             plan.respond = Outgoing(response, back, f"513 Message Too Large to {summary}",
-                                    {**fields, "direction": back.direction, "status": 513})
+                                    {**fields, "direction": back.direction, "status": 513}, about=_parsed(response))
             self.emit("dropped", peer=peer, summary=summary, detail={"how": f"{why}: answered 513"}, **fields)
         else:
             self.emit("dropped", peer=peer, summary=summary, detail={"how": why}, **fields)
@@ -272,12 +281,15 @@ class Relay:
         return self._rewrite(msg, hop, with_trailing=False)
 
     def sent(self, out: Outgoing, dest: tuple[str, int], **detail) -> None:
-        self.emit("sent", peer=format_hostport(*dest), raw=out.data, summary=out.summary, detail=detail,
-                  **out.fields)
+        if self.trace.wants("sent"):
+            self.emit("sent", peer=format_hostport(*dest), raw=out.data, summary=out.summary, detail=detail,
+                      **out.fields)
         self._track(out)
 
     def responded(self, out: Outgoing, dest: tuple[str, int]) -> None:
-        self.emit("responded", peer=format_hostport(*dest), raw=out.data, summary=out.summary, **out.fields)
+        if self.trace.wants("responded"):
+            self.emit("responded", peer=format_hostport(*dest), raw=out.data, summary=out.summary,
+                      **out.fields)
         self._track(out)
 
     def abandoned(self, out: Outgoing, dest: tuple[str, int], reason: str, *, hold: Hold | None = None,
@@ -291,17 +303,18 @@ class Relay:
                   detail={"reason": reason, **detail}, **out.fields)
 
     def _track(self, out: Outgoing) -> None:
-        """Keep :attr:`open_requests`: a request (not ACK) opens, a final response closes."""
-        fields = out.fields
-        method = fields.get("method")
-        if method is not None:
-            if method != "ACK":
-                self.open_requests[(out.hop.flow, fields.get("call_id"), fields.get("cseq"), method)] = self.clock()
+        """Keep :attr:`open_requests`: a request (not ACK) opens, a final response closes. A transaction is
+        known by its flow, Call-ID and CSeq as written (read without decoding them)."""
+        msg = out.about
+        if msg is None:  # keep-alives, bytes that do not parse: no transaction
+            return
+        if msg.is_request:
+            if msg.method != "ACK":
+                self.open_requests[(out.hop.flow, *msg.transaction_key())] = self.clock()
                 if len(self.open_requests) > self._prune_at:
                     self._prune_requests()
-        elif fields.get("status", 0) >= 200:
-            self.open_requests.pop(
-                (out.hop.flow, fields.get("call_id"), fields.get("cseq"), fields.get("cseq_method")), None)
+        elif msg.status >= 200:
+            self.open_requests.pop((out.hop.flow, *msg.transaction_key()), None)
 
     def _prune_requests(self) -> None:
         old = self.clock() - TRANSACTION_LIFETIME
@@ -355,22 +368,13 @@ def _reverse(direction: str) -> str:
     return TO_DEVICE if direction == TO_PBX else TO_PBX
 
 
+def _parsed(data: bytes) -> Message | None:
+    """A response faultlab made, parsed (for the timeline and :attr:`Relay.open_requests`); None if it does not."""
+    try:
+        return parse_message(data)
+    except SipError:
+        return None
+
+
 def _flow_fields(hop: Hop) -> dict:
     return {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
-
-
-def _message_fields(msg: Message) -> dict:
-    fields: dict = {}
-    if msg.is_request:
-        fields["method"] = msg.method
-    else:
-        fields["status"] = msg.status
-    try:
-        fields["call_id"] = msg.call_id
-        cseq = msg.cseq
-        if cseq is not None:
-            fields["cseq"] = cseq.number
-            fields["cseq_method"] = cseq.method
-    except SipError:
-        pass
-    return fields

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from faultlab.relay.rewrite import Side
+from faultlab.sip import Message, SipError
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,14 +26,57 @@ class Hop:
     device: tuple[str, int] = ("", 0)  # the device's address on this flow
 
 
-@dataclass(slots=True)
 class Outgoing:
-    """Bytes to write, and what the timeline says about them."""
+    """Bytes to write, and what the timeline says about them: ``summary`` and ``fields`` (flow, direction,
+    transport, and what the message is). Given, or, for a relayed message (``about``), worked out on first
+    read: a relay whose timeline nobody reads never describes its messages."""
 
-    data: bytes
-    hop: Hop
-    summary: str
-    fields: dict = field(default_factory=dict)
+    __slots__ = ("data", "hop", "about", "_summary", "_fields")
+
+    def __init__(self, data: bytes, hop: Hop, summary: str | None = None, fields: dict | None = None, *,
+                 about: Message | None = None) -> None:
+        self.data = data
+        self.hop = hop
+        self.about = about
+        self._summary = summary
+        self._fields = fields
+
+    @property
+    def summary(self) -> str:
+        if self._summary is None:
+            self._summary = self.about.summary() if self.about is not None else f"{len(self.data)} bytes"
+        return self._summary
+
+    @property
+    def fields(self) -> dict:
+        if self._fields is None:
+            hop = self.hop
+            self._fields = {"flow": hop.flow, "direction": hop.direction, "transport": hop.transport}
+            if self.about is not None:
+                self._fields.update(message_fields(self.about))
+                self._fields["parsed"] = True
+        return self._fields
+
+    def __repr__(self) -> str:
+        return f"Outgoing({self.summary!r}, {len(self.data)} bytes, {self.hop!r})"
+
+
+def message_fields(msg: Message) -> dict:
+    """What the timeline records of a message: method or status, Call-ID, CSeq (those that parse)."""
+    fields: dict = {}
+    if msg.is_request:
+        fields["method"] = msg.method
+    else:
+        fields["status"] = msg.status
+    try:
+        fields["call_id"] = msg.call_id
+        cseq = msg.cseq
+        if cseq is not None:
+            fields["cseq"] = cseq.number
+            fields["cseq_method"] = cseq.method
+    except SipError:
+        pass
+    return fields
 
 
 @dataclass(eq=False)

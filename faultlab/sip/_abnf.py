@@ -38,12 +38,13 @@ STATUS_LINE_RE = re.compile(rb"(" + _VERSION + rb") ([1-6][0-9][0-9])(?: ([^\r\n
 # Speed note: CPython's re scans a single negated literal (`[^\n]*`) in a
 # tight loop but a two-character class (`[^\r\n]*`) several times slower, so
 # the patterns end lines at LF and require the CR before it; a CR elsewhere
-# is caught by counting CRs against LFs (see _message.build_message).
+# is caught by counting CRs against LFs (see _parse.scan_head).
 HEADER_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb"[ \t]*:[^\n]*\r\n(?:[ \t][^\n]*\r\n)*)*")
-# On a block HEADER_BLOCK_RE accepted, findall gives per field: the name
-# with the colon and its LWS, the name, and the value with its final CRLF.
+# findall gives per field: the name with the colon and its LWS, the name, and
+# the value with its final CRLF. The fields it finds cover the whole block
+# exactly when HEADER_BLOCK_RE accepts it (one pass checks and indexes the head).
 HEADER_FIELD_RE = re.compile(
-    rb"((" + _TOKEN + rb")[ \t]*:[ \t]*)([^\n]*\n(?:[ \t][^\n]*\n)*)"
+    rb"((" + _TOKEN + rb")[ \t]*:[ \t]*)([^\n]*\r\n(?:[ \t][^\n]*\r\n)*)"
 )
 
 # Content-Length  =  ( "Content-Length" / "l" ) HCOLON 1*DIGIT

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._abnf import REQUEST_LINE_RE, STATUS_LINE_RE
 from ._errors import EOF, NEED_DATA, SipError, _Sentinel
 from ._message import KeepAlive, Message
-from ._parse import MAX_HEADERS, build_message, content_length_of
+from ._parse import MAX_HEADERS, build_message, scan_head
 
 __all__ = ["StreamFramer", "MAX_MESSAGE_SIZE"]
 
@@ -46,7 +46,7 @@ class StreamFramer:
         self._buf = bytearray()
         self._searched = 0  # bytes of _buf already searched for CRLFCRLF
         self._start_line_ok = False
-        self._head: tuple[int, int] | None = None  # (head_end, Content-Length) found
+        self._head: tuple[int, int, tuple] | None = None  # (head_end, Content-Length, scan_head()) found
         self._eof = False
         self._error: SipError | None = None
 
@@ -112,9 +112,9 @@ class StreamFramer:
                 raise self._fail("stream closed inside a message")
             return NEED_DATA
         if self._head is not None:  # waiting for the body
-            head_end, length = self._head
+            head_end, length, head = self._head
         else:
-            head_end, length = self._find_head()
+            head_end, length, head = self._find_head()
             if head_end < 0:
                 return NEED_DATA
         end = head_end + 4 + length
@@ -123,13 +123,14 @@ class StreamFramer:
                 raise self._fail("stream closed inside a message")
             return NEED_DATA
         raw = bytes(buf[:end])
-        msg = build_message(raw, head_end, length, b"", self.max_headers)
+        msg = build_message(raw, head, head_end + 4, b"")
         del buf[:end]
         self._reset()
         return msg
 
-    def _find_head(self) -> tuple[int, int]:
-        """(head_end, Content-Length) once the head is complete, else (-1, 0).
+    def _find_head(self) -> tuple[int, int, tuple]:
+        """(head_end, Content-Length, the head scanned) once the head is complete, else (-1, 0, ()).
+        The head is checked and indexed in one pass (:func:`scan_head`) as soon as it is complete.
 
         The search for CRLFCRLF resumes where the last one stopped (h11's
         ``_receivebuffer``), so feeding a head byte by byte stays O(n)."""
@@ -146,14 +147,15 @@ class StreamFramer:
                 )
             if self._eof:
                 raise self._fail("stream closed inside a message")
-            return -1, 0
-        length = content_length_of(buf, head_end)
+            return -1, 0, ()
+        head = scan_head(buf, head_end, self.max_headers)
+        length = head[3]
         if length is None:
             raise self._fail("no Content-Length on a stream (RFC 3261 §18.3)")
         if head_end + 4 + length > self.max_message_size:
             raise self._fail(f"message larger than {self.max_message_size} octets", 413)
-        self._head = (head_end, length)
-        return head_end, length
+        self._head = (head_end, length, head)
+        return head_end, length, head
 
     def _check_start_line(self) -> None:
         """Fail early on garbage: once the first line is complete, it must be

@@ -1,8 +1,9 @@
 """The parsed SIP message (RFC 3261 §7) and its header fields.
 
-The parser (``_parse.py``) only validates the start line and the *shape* of
-the header block; :class:`Header` objects and every typed accessor are built
-on first use and cached here.
+The parser (``_parse.py``) validates the start line and the *shape* of the
+header block and finds each field's span in one pass; header values,
+:class:`Header` objects and every typed accessor are built on first use and
+cached here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any, Callable
 
 from ._abnf import (
     FOLD_RE,
-    HEADER_FIELD_RE,
     LIST_HEADERS,
     canonical_key,
 )
@@ -158,8 +158,9 @@ class Message:
         body_start: int,
         trailing: bytes,
         content_length: int | None,
+        index: tuple[list[tuple], dict[str, list[tuple]]],
     ) -> "Message":
-        """Wrap a head the parser (``_parse.py``) has validated."""
+        """Wrap a head the parser (``_parse.scan_head``) has validated and indexed."""
         msg = object.__new__(cls)
         msg._raw = raw
         msg._is_request = method is not None
@@ -172,7 +173,7 @@ class Message:
         msg._trailing = trailing
         msg._content_length = content_length
         msg._headers = None
-        msg._index = None
+        msg._index = index
         msg._cache = {}
         return msg
 
@@ -226,40 +227,20 @@ class Message:
         """Every header field, in order."""
         headers = self._headers
         if headers is None:
-            headers = self._headers = tuple(_header(span) for span in self._spans()[0])
+            headers = self._headers = tuple(_header(span) for span in self._index[0])
         return headers
 
     def _spans(self) -> tuple[list[tuple], dict[str, list[tuple]]]:
-        """Where each header field is, found once: ``(name, key, value bytes, start, end)``
-        in order, and the same grouped by key. Values are decoded only when asked for:
-        a relay reads a handful of the headers of each message."""
-        index = self._index
-        if index is None:
-            raw = self._raw
-            pos = raw.index(b"\r\n") + 2
-            spans: list[tuple] = []
-            index = {}
-            names = _NAMES
-            for prefix, name_b, value_b in HEADER_FIELD_RE.findall(raw, pos, self._body_start - 2):
-                name_key = names.get(name_b) or _name_key(name_b)
-                end = pos + len(prefix) + len(value_b)
-                span = (name_key[0], name_key[1], value_b, pos, end)
-                spans.append(span)
-                same = index.get(name_key[1])
-                if same is None:
-                    index[name_key[1]] = [span]
-                else:
-                    same.append(span)
-                pos = end
-            self._index = (spans, index)
-            return spans, index
-        return index
+        """Where each header field is (found by the parser's one pass over the head):
+        ``(name, key, value bytes, start, end)`` in order, and the same grouped by key. Values
+        are decoded only when asked for: a relay reads a handful of the headers of each message."""
+        return self._index
 
     # -- generic lookup --------------------------------------------------
 
     def get(self, name: str) -> str | None:
         """The first header value named ``name`` (any case, compact or full)."""
-        found = self._spans()[1].get(_KEYS.get(name) or canonical_key(name))
+        found = self._index[1].get(_KEYS.get(name) or canonical_key(name))
         return _value(found[0][2]) if found else None
 
     def get_all(self, name: str) -> list[str]:
@@ -270,7 +251,7 @@ class Message:
         quoted strings and ``<>``); others give one value per line.
         """
         key = _KEYS.get(name) or canonical_key(name)
-        found = self._spans()[1].get(key)
+        found = self._index[1].get(key)
         if not found:
             return []
         if key not in LIST_HEADERS:
@@ -282,7 +263,15 @@ class Message:
 
     def header_fields(self, name: str) -> list[Header]:
         """Every :class:`Header` named ``name`` (any case, compact or full)."""
-        return [_header(span) for span in self._spans()[1].get(canonical_key(name), ())]
+        return [_header(span) for span in self._index[1].get(canonical_key(name), ())]
+
+    def transaction_key(self) -> tuple[bytes | None, bytes | None]:
+        """The Call-ID and CSeq as written (first of each; whitespace trimmed, runs of it as one SP), not
+        decoded: what tells a transaction's request and responses apart from others' (None: absent)."""
+        index = self._index[1]
+        call_id = index.get("call-id")
+        cseq = index.get("cseq")
+        return (call_id[0][2].strip() if call_id else None, b" ".join(cseq[0][2].split()) if cseq else None)
 
     # -- typed accessors -------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Parsing whole SIP messages (RFC 3261 §7) from one buffer or datagram.
 
-Only the start line and the *shape* of the head are checked here, with a few
-regular expressions (each header line is ``token *WSP ":" value CRLF`` plus
-folded continuation lines); header values are read lazily by
-:class:`~faultlab.sip._message.Message`.
+One pass over the head (:func:`scan_head`) checks the start line and the
+*shape* of the head (each header line is ``token *WSP ":" value CRLF`` plus
+folded continuation lines, no bare CR) and finds every field's span; header
+values are decoded lazily by :class:`~faultlab.sip._message.Message`.
 """
 
 from __future__ import annotations
@@ -12,17 +12,19 @@ from ._abnf import (
     CONTENT_LENGTH_RE,
     CONTENT_LENGTH_VALUE_RE,
     HEADER_BLOCK_RE,
+    HEADER_FIELD_RE,
     REQUEST_LINE_RE,
     STATUS_LINE_RE,
 )
 from ._errors import SipError
-from ._message import KeepAlive, Message
+from ._message import _NAMES, KeepAlive, Message, _name_key
 
 __all__ = [
     "parse_message",
     "parse_datagram",
     "build_message",
     "content_length_of",
+    "scan_head",
     "MAX_HEADERS",
     "MAX_DATAGRAM_SIZE",
 ]
@@ -47,11 +49,12 @@ def content_length_of(raw: bytes, head_end: int) -> int | None:
     (RFC 4475 §3.3.9 mcl01: the framing cannot be known). Values must be
     1*DIGIT (RFC 4475 §3.1.2.3 ncl) and below 2**32.
     """
-    found = CONTENT_LENGTH_RE.findall(raw[: head_end + 2].lower())
-    if not found:
-        return None
+    return _content_length(CONTENT_LENGTH_RE.findall(raw[: head_end + 2].lower()))
+
+
+def _content_length(values: list[bytes]) -> int | None:
     length = None
-    for value in found:
+    for value in values:
         m = CONTENT_LENGTH_VALUE_RE.fullmatch(value)
         if m is None:
             raise SipError(f"malformed Content-Length: {value[:40]!r}")
@@ -65,52 +68,66 @@ def content_length_of(raw: bytes, head_end: int) -> int | None:
     return length
 
 
-def build_message(
-    raw: bytes, head_end: int, content_length: int | None, trailing: bytes, max_headers: int
-) -> Message:
-    """Validate the head of ``raw`` and wrap it; ``raw[head_end:head_end+4]``
-    is the CRLFCRLF ending the head. The caller framed the body."""
-    method: str | None = None
-    uri: str | None = None
-    status: int | None = None
-    reason: str | None = None
+def scan_head(raw: bytes | bytearray, head_end: int, max_headers: int = MAX_HEADERS) -> tuple:
+    """One pass over the head ``raw[:head_end + 4]`` (ending in CRLFCRLF): the start line checked
+    and read, the shape of every header line checked (RFC 3261 §7.3; a bare CR rejected), each field
+    found as a span, and the Content-Length read from its field. Raises :class:`SipError`.
+
+    Returns ``(start, spans, index, content_length)``: ``start`` is (method, Request-URI, status,
+    reason, version), ``spans`` each field as ``(name, key, value bytes, start, end)`` in order,
+    ``index`` the same by canonical key. Header values are decoded only when read (:class:`Message`).
+    """
     m = REQUEST_LINE_RE.match(raw)
     if m is not None:
         method_b, uri_b, version = m.groups()
-        method = method_b.decode("ascii")
-        uri = uri_b.decode("utf-8", "surrogateescape")
+        start = (method_b.decode("ascii"), uri_b.decode("utf-8", "surrogateescape"), None, None,
+                 version.decode("ascii"))
     else:
         m = STATUS_LINE_RE.match(raw)
         if m is None:
-            line = raw[: raw.find(b"\r\n")][:80]
+            line = bytes(raw[: raw.find(b"\r\n")][:80])
             raise SipError(f"malformed start line: {line!r}")
         version, status_b, reason_b = m.groups()
-        status = int(status_b)
-        reason = "" if reason_b is None else reason_b.decode("utf-8", "surrogateescape")
-    line_end = m.end()
+        start = (None, None, int(status_b), "" if reason_b is None else reason_b.decode("utf-8", "surrogateescape"),
+                 version.decode("ascii"))
+    pos = m.end()
     block_end = head_end + 2
-    if line_end < block_end:
-        lines = raw.count(b"\n", line_end, block_end)
-        if lines > max_headers:
-            raise SipError(f"more than {max_headers} header lines", status_hint=413)
-        block = HEADER_BLOCK_RE.match(raw, line_end, block_end)
-        if block.end() != block_end:  # always matches (it may match nothing)
-            bad = block.end()
-            line = raw[bad : raw.find(b"\n", bad)][:80]
-            raise SipError(f"malformed header line: {line!r}")
-        if raw.count(b"\r", line_end, block_end) != lines:
-            raise SipError("bare CR in the message head")
-    return Message._create(
-        raw,
-        method=method,
-        request_uri=uri,
-        status=status,
-        reason_phrase=reason,
-        version=version.decode("ascii"),
-        body_start=head_end + 4,
-        trailing=trailing,
-        content_length=content_length,
-    )
+    spans: list[tuple] = []
+    index: dict[str, list[tuple]] = {}
+    if pos >= block_end:
+        return start, spans, index, None
+    lines = raw.count(b"\n", pos, block_end)
+    if lines > max_headers:
+        raise SipError(f"more than {max_headers} header lines", status_hint=413)
+    name_key, append = _NAMES.get, spans.append
+    for prefix, name_b, value_b in HEADER_FIELD_RE.findall(raw, pos, block_end):
+        name, key = name_key(name_b) or _name_key(name_b)
+        end = pos + len(prefix) + len(value_b)
+        span = (name, key, value_b, pos, end)
+        append(span)
+        if key in index:
+            index[key].append(span)
+        else:
+            index[key] = [span]
+        pos = end
+    if pos != block_end:  # the fields found leave a gap (they never overlap): where the shape breaks
+        bad = HEADER_BLOCK_RE.match(raw, m.end(), block_end).end()
+        line = bytes(raw[bad : raw.find(b"\n", bad)][:80])
+        raise SipError(f"malformed header line: {line!r}")
+    if raw.count(b"\r", m.end(), block_end) != lines:
+        raise SipError("bare CR in the message head")
+    found = index.get("content-length")
+    length = _content_length([span[2] for span in found]) if found else None
+    return start, spans, index, length
+
+
+def build_message(raw: bytes, head: tuple, body_start: int, trailing: bytes) -> Message:
+    """Wrap ``raw`` (a whole message) with its scanned ``head`` (:func:`scan_head`)."""
+    start, spans, index, length = head
+    method, uri, status, reason, version = start
+    return Message._create(raw, method=method, request_uri=uri, status=status, reason_phrase=reason,
+                           version=version, body_start=body_start, trailing=trailing, content_length=length,
+                           index=(spans, index))
 
 
 def _head_end(data: bytes) -> int:
@@ -130,12 +147,13 @@ def parse_message(data: bytes, *, max_headers: int = MAX_HEADERS) -> Message:
     """
     data = bytes(data)
     head_end = _head_end(data)
-    length = content_length_of(data, head_end)
+    head = scan_head(data, head_end, max_headers)
+    length = head[3]
     if length is not None and length != len(data) - head_end - 4:
         raise SipError(
             f"Content-Length {length} but the body has {len(data) - head_end - 4} octets"
         )
-    return build_message(data, head_end, length, b"", max_headers)
+    return build_message(data, head, head_end + 4, b"")
 
 
 def parse_datagram(data: bytes, *, max_headers: int = MAX_HEADERS) -> Message | KeepAlive:
@@ -155,13 +173,16 @@ def parse_datagram(data: bytes, *, max_headers: int = MAX_HEADERS) -> Message | 
     if not data.strip(b"\r\n \t"):
         return KeepAlive(data)
     head_end = _head_end(data)
-    length = content_length_of(data, head_end)
+    head = scan_head(data, head_end, max_headers)
+    length = head[3]
     body_start = head_end + 4
     if length is None:
-        return build_message(data, head_end, None, b"", max_headers)
+        return build_message(data, head, body_start, b"")
     end = body_start + length
     if end > len(data):
         raise SipError(
             f"Content-Length {length} larger than the {len(data) - body_start} octets received"
         )
-    return build_message(data[:end], head_end, length, data[end:], max_headers)
+    if end == len(data):
+        return build_message(data, head, body_start, b"")
+    return build_message(data[:end], head, body_start, data[end:])

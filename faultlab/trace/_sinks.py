@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -24,23 +24,45 @@ class Trace:
     """Fans every event out to its sinks, and keeps the recent ones in memory.
 
     ``keep`` bounds the in-memory buffer (``None``: keep all, for tests and
-    short runs).
+    short runs; ``0``: keep none). A sink may ask for some kinds of event only
+    (``kinds``); :meth:`wants` tells an emitter whether anyone would see an
+    event of a kind, so that an event nobody reads is never built.
     """
 
     def __init__(self, *, keep: int | None = None) -> None:
         self.events: collections.deque[Event] = collections.deque(maxlen=keep)
-        self._sinks: list[Sink] = []
+        self._sinks: list[tuple[Sink, frozenset[str] | None]] = []
         self._closers: list[Callable[[], None]] = []
         self._failed: list[Sink] = []
+        self._all = keep != 0  # every kind is wanted (kept in memory, or a sink of every kind)
+        self._kinds: frozenset[str] = frozenset()  # kinds some sink wants
 
-    def add_sink(self, sink: Sink, close: Callable[[], None] | None = None) -> None:
-        self._sinks.append(sink)
+    def add_sink(self, sink: Sink, close: Callable[[], None] | None = None, *,
+                 kinds: Iterable[str] | None = None) -> None:
+        """``sink`` gets every event from now on, or only those of ``kinds``."""
+        wanted = None if kinds is None else frozenset(kinds)
+        self._sinks.append((sink, wanted))
+        if wanted is None:
+            self._all = True
+        else:
+            self._kinds |= wanted
         if close is not None:
             self._closers.append(close)
 
+    def wants(self, kind: str) -> bool:
+        """Would an event of ``kind`` be kept or seen by a sink? (False: it need not be built.)"""
+        return self._all or kind in self._kinds
+
+    @property
+    def quiet(self) -> bool:
+        """No event of any kind is kept or seen: the message path need not describe its messages."""
+        return not self._all and not self._kinds
+
     def emit(self, event: Event) -> None:
         self.events.append(event)
-        for sink in self._sinks:
+        for sink, kinds in self._sinks:
+            if kinds is not None and event.kind not in kinds:
+                continue
             try:
                 sink(event)
             except Exception:  # a view of the timeline that fails must not take the relay down with it

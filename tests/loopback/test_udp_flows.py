@@ -87,6 +87,20 @@ async def test_unparsable_datagram_goes_through_unchanged_and_is_recorded(nurser
     assert received[-1].parsed is False and received[-1].raw == garbage and received[-1].detail["error"]
 
 
+async def test_traffic_keeps_a_flow_open_past_the_idle_timeout(nursery, mock_clock):
+    proxy, pbx, device = await setup(nursery, udp_idle_timeout=30)
+    for _ in range(3):  # 60 s in all, never 30 s without traffic
+        with trio.fail_after(5):
+            await device.send(REGISTER)
+            await pbx.recvfrom(65535)
+        mock_clock.jump(20)
+        await trio.testing.wait_all_tasks_blocked()
+    assert not [e for e in proxy.events if e.kind == "flow-close"]
+    mock_clock.jump(11)  # 31 s since the last datagram
+    await trio.testing.wait_all_tasks_blocked()
+    assert [e.detail for e in proxy.events if e.kind == "flow-close"] == [{"reason": "idle"}]
+
+
 async def test_idle_flow_expires_and_the_next_datagram_opens_a_new_one(nursery, mock_clock):
     proxy, pbx, device = await setup(nursery, udp_idle_timeout=30)
     with trio.fail_after(5):
