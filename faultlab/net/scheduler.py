@@ -129,16 +129,17 @@ class StreamWriter:
     async def _write(self, *batch: Step) -> None:
         data = batch[0].out.data if len(batch) == 1 else b"".join(step.out.data for step in batch)
         async with self.lock:
-            # Messages are written whole or not at all, even if the relay is stopping.
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(FINISH_SEND_TIMEOUT if self.finishing else SEND_TIMEOUT) as timeout:
-                    try:
-                        await self.stream.send_all(data)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        # the other side went away (a PBX that crashed): this pair ends, not the relay
-                        cause = exc.__cause__ or exc.__context__
-                        raise Closed("reset" if isinstance(cause, (ConnectionResetError, BrokenPipeError))
-                                     else "error") from exc
+            # Messages are written whole or not at all, even if the relay is stopping: the scope is shielded
+            # from any cancellation but its own deadline (one scope for both: this is every message's path).
+            limit = FINISH_SEND_TIMEOUT if self.finishing else SEND_TIMEOUT
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + limit) as timeout:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    # the other side went away (a PBX that crashed): this pair ends, not the relay
+                    cause = exc.__cause__ or exc.__context__
+                    raise Closed("reset" if isinstance(cause, (ConnectionResetError, BrokenPipeError))
+                                 else "error") from exc
         if timeout.cancelled_caught:
             raise Closed("error")
         for step in batch:
