@@ -379,7 +379,10 @@ class Pair:
         for writer in (self.to_up, self.to_dev):
             if writer is not None:
                 writer.finish(reason)
-        self._nursery.start_soon(self._finished)
+        try:
+            self._nursery.start_soon(self._finished)
+        except RuntimeError:  # its nursery has just closed (the pair ended on its own): nothing left to wait for
+            pass
 
     async def _finished(self) -> None:
         with trio.move_on_after(FINISH_TIME):

@@ -111,6 +111,32 @@ async def test_pbx_close_closes_device_side(nursery, autojump_clock):
     assert closed[0].detail == {"how": "eof", "by": "pbx"}
 
 
+async def test_finishing_a_pair_that_ended_on_its_own_is_harmless(nursery, autojump_clock, monkeypatch):
+    """A graceful stop may reach a pair whose connections have just closed by themselves (its nursery closed, the
+    pair not yet forgotten): faultlab must stop cleanly, not fail with "Nursery is closed to new arrivals"."""
+    from faultlab.net.stop import Stopper
+
+    pairs = []
+    closes = Stopper.closes
+
+    def recording(self, pair):
+        pairs.append(pair)
+        return closes(self, pair)
+
+    monkeypatch.setattr(Stopper, "closes", recording)
+    pair = await run_pair(make_proxy(), nursery)
+    await pair.device.send_all(OPTIONS)
+    pbx = await pair.pbx()
+    assert b"OPTIONS" in await pbx.receive_some()
+    await pbx.aclose()
+    await read_until_eof(pair.device)
+    await pair.device.aclose()
+    assert await pair.done()
+    [connection] = pairs
+    connection.finish("stop")  # what the stop does to every pair it still knows of
+    assert connection.reason == "stop"
+
+
 def proxy_with(profile_text, **config):
     from faultlab.faults import parse_profile
 
