@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from faultlab.text import clean, readable
@@ -51,7 +51,11 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict; ``raw`` as text when it is UTF-8, else as ``raw_b64``."""
-        out = {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        out = {}
+        for name in _FIELD_NAMES:  # as dataclasses.asdict, without its deep copy of every value (most of a trace's cost)
+            value = getattr(self, name)
+            if value is not None and value != {}:
+                out[name] = _copied(value) if name == "detail" else value
         raw = out.pop("raw", None)
         if raw is not None:
             try:
@@ -68,3 +72,18 @@ class Event:
         elif "raw_b64" in obj:
             obj["raw"] = base64.b64decode(obj.pop("raw_b64"))
         return cls(**obj)
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Event))
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a JSON-like tree as :func:`dataclasses.asdict` makes it (dicts, lists and tuples copied, dataclasses
+    as dicts), sharing its scalars instead of deep-copying each one."""
+    if type(value) is dict:
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(v) for v in value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
