@@ -126,6 +126,14 @@ class Actors:
     async def stop(self, actor: Actor, timeout: float = 15.0) -> int:
         return await stop(actor, timeout)
 
+    async def stop_lab(self, device: Actor, proxy: Actor, pbx: Actor, gateway: Actor) -> None:
+        """Stop a lab in order, within 20 s: the device first (its push stream goes away), then faultlab (closing
+        its trace), the PBX and the push gateway, each of which must exit cleanly (0)."""
+        with trio.fail_after(20):
+            await self.stop(device)
+            for actor in (proxy, pbx, gateway):
+                assert await self.stop(actor) == 0, actor.output()
+
     def output(self) -> str:
         return "\n".join(actor.output() for actor in self.started)
 

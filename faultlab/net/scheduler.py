@@ -254,7 +254,7 @@ class DueQueue:
                 self._sleep.cancel()  # sleeping toward a later item: start again from this one
 
     async def run(self) -> None:
-        self.running = True
+        """Serve the queue until cancelled; whoever starts it sets :attr:`running` first (one task per queue)."""
         try:
             while True:
                 if not self._heap:

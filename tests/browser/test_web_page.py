@@ -249,11 +249,7 @@ async def test_the_page_against_faultlab_and_the_lab_actors_as_processes(tmp_pat
         # finishing puts back the profile active before the run (none)
         await page.run(page.click, "guided-stop")
         await wait_api(lambda: client.get_active(api)["global"] is None, "the profile before the run back")
-        with trio.fail_after(20):
-            await actors.stop(device)
-            assert await actors.stop(proxy) == 0, proxy.output()
-            assert await actors.stop(pbx) == 0, pbx.output()
-            assert await actors.stop(gateway) == 0, gateway.output()
+        await actors.stop_lab(device, proxy, pbx, gateway)
     posted = [line for line in device.lines["stderr"] if "posting" in line]
     assert posted == [], posted  # every device event reached /events
 

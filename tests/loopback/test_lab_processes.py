@@ -74,11 +74,7 @@ async def test_push_woken_call_with_every_actor_in_its_own_process(tmp_path):
             await gateway.wait_line("stdout", rf" push +call +delivered .*call-id={re.escape(call_id)}")
 
         # stop: the device first (its push stream goes away), then faultlab (closing its trace), PBX, gateway
-        with trio.fail_after(20):
-            await actors.stop(device)
-            assert await actors.stop(proxy) == 0, proxy.output()
-            assert await actors.stop(pbx) == 0, pbx.output()
-            assert await actors.stop(gateway) == 0, gateway.output()
+        await actors.stop_lab(device, proxy, pbx, gateway)
         stopped = trio.current_time()
 
     # the device, from its own stdout: reported, answered 1 s later, fulfilled, ended remoteEnded exactly once

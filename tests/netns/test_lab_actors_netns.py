@@ -92,11 +92,7 @@ async def test_push_woken_call_with_every_actor_in_its_namespace(lab: Lab, tmp_p
             await device.wait_line("stdout", rf'"call_id": "{re.escape(call_id)}".*"event": "ended"')
             await gateway.wait_line("stdout", rf" push +call +delivered .*call-id={re.escape(call_id)}")
 
-        with trio.fail_after(20):  # the device first (its push stream goes away), then faultlab (its trace)
-            await actors.stop(device)
-            assert await actors.stop(proxy) == 0, proxy.output()
-            assert await actors.stop(pbx) == 0, pbx.output()
-            assert await actors.stop(gateway) == 0, gateway.output()
+        await actors.stop_lab(device, proxy, pbx, gateway)
 
     # the device, from its own stdout: reported, answered, fulfilled, ended remoteEnded exactly once
     device_events = [json.loads(line) for line in device.lines["stdout"] if line.startswith("{")]

@@ -93,11 +93,7 @@ async def test_s21_rtp_crosses_the_namespaces_and_the_device_ends_failed_on_sile
             assert "no response to the BYE" in outcome["reason"], outcome
             await device.wait_line("stdout", rf'"call_id": "{re.escape(call_id)}".*"event": "ended"')
 
-        with trio.fail_after(20):
-            await actors.stop(device)
-            assert await actors.stop(proxy) == 0, proxy.output()
-            assert await actors.stop(pbx) == 0, pbx.output()
-            assert await actors.stop(gateway) == 0, gateway.output()
+        await actors.stop_lab(device, proxy, pbx, gateway)
 
     # RTP both ways, each from the other namespace's address (the only way between them is the gateway)
     media = outcome["media"]

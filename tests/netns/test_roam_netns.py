@@ -97,11 +97,7 @@ async def test_a_device_that_moves_while_ringing_gets_its_call_on_the_new_addres
             assert outcome["final"] == 200 and outcome["bye_status"] == 200, (outcome, device.output())
             await device.wait_line("stdout", rf'"call_id": "{re.escape(call_id)}".*"event": "ended"')
 
-        with trio.fail_after(20):
-            await actors.stop(device)
-            assert await actors.stop(proxy) == 0, proxy.output()
-            assert await actors.stop(pbx) == 0, pbx.output()
-            assert await actors.stop(gateway) == 0, gateway.output()
+        await actors.stop_lab(device, proxy, pbx, gateway)
 
     events = [json.loads(line) for line in device.lines["stdout"] if line.startswith("{")]
     assert [(e["event"], e.get("reason")) for e in events if e.get("call_id") == call_id] == [
