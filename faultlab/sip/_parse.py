@@ -166,6 +166,25 @@ def parse_datagram(data: bytes, *, max_headers: int = MAX_HEADERS) -> Message | 
     clerr). Without Content-Length the body is the rest of the datagram.
     """
     data = bytes(data)
+    key = (data, max_headers)
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        parsed = _parse_datagram(data, max_headers)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[key] = parsed
+    return parsed
+
+
+# The last few datagrams parsed -> their message: a datagram that several parts of one process read (the lab's
+# relay, PBX and device, each the sender parsing what it sends and the receiver what arrives; a retransmission)
+# is parsed once. A Message is immutable, so sharing it is safe, and its accessors' caches are shared too.
+# Bounded: emptied when full (at most _PARSED_MAX x 64 KiB).
+_PARSED: dict[tuple[bytes, int], Message | KeepAlive] = {}
+_PARSED_MAX = 64
+
+
+def _parse_datagram(data: bytes, max_headers: int) -> Message | KeepAlive:
     if len(data) > MAX_DATAGRAM_SIZE:
         raise SipError("datagram larger than 65535 octets", status_hint=513)
     if not data:
