@@ -126,6 +126,7 @@ class PBX:
         self._conns: dict[int, tuple[trio.abc.Stream, trio.Lock]] = {}
         self._conn_ids = itertools.count(1)
         self._wake = trio.Event()
+        self._parked_until = -math.inf  # the deadline the timer task waits for; -inf: it is not waiting
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
         self.warnings: list[str] = []  # said at start (e.g. a UDP buffer smaller than asked), also on the timeline
@@ -205,7 +206,7 @@ class PBX:
     # ------------------------------------------------------------------ actions
 
     async def _execute(self, actions: list[Output]) -> None:
-        self._wake.set()
+        self._poke_timers()
         for action in actions:
             if isinstance(action, SendBytes):
                 await self._send(action.flow, action.data, action.retransmission, action.message)
@@ -293,12 +294,25 @@ class PBX:
 
     # ------------------------------------------------------------------ timers
 
+    def _poke_timers(self) -> None:
+        """Wake the timer task if the logic now wants it sooner than the deadline it waits for (a later or
+        cancelled timer needs no wake: at its old deadline the task finds nothing due and waits again)."""
+        if self._parked_until > -math.inf:
+            deadline = self.logic.next_wakeup()
+            if deadline is None or deadline >= self._parked_until:
+                return
+        self._wake.set()
+
     async def _timers(self) -> None:
         while True:
             self._wake = trio.Event()
             deadline = self.logic.next_wakeup()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._wake.wait()
+            self._parked_until = math.inf if deadline is None else deadline
+            try:
+                with trio.move_on_at(self._parked_until):
+                    await self._wake.wait()
+            finally:
+                self._parked_until = -math.inf
             now = trio.current_time()
             deadline = self.logic.next_wakeup()
             if deadline is not None and deadline <= now:
