@@ -3,6 +3,8 @@ the logic passes back), a call."""
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,7 @@ class _Request:
 class _Call:
     logic: DeviceLogic
     changed: trio.Event = field(default_factory=trio.Event)
+    parked_until: float = -math.inf  # the deadline the call's timer task waits for; -inf: it is not waiting
     register_scope: trio.CancelScope | None = None
     acked: trio.Event = field(default_factory=trio.Event)
     invite_branch: str | None = None

@@ -255,8 +255,12 @@ class Device(Registering, Answering, Flows):
                 and not call.hung_up and self._nursery is not None:  # it ended a connected call itself
             call.hung_up = True
             self._nursery.start_soon(self._hang_up, call)
-        call.changed.set()
-        call.changed = trio.Event()
+        due = logic.next_timer()
+        if call.parked_until == -math.inf or logic.ended or (due is not None and due < call.parked_until):
+            # wake the call's timer task: it is not waiting, or to end, or a timer is due sooner (a later or
+            # cancelled one needs no wake: at the old deadline the task finds nothing due and waits again)
+            call.changed.set()
+            call.changed = trio.Event()
 
     async def _apply(self, call: _Call, output: Output) -> None:
         if isinstance(output, Emit):
@@ -283,10 +287,15 @@ class Device(Registering, Answering, Flows):
         while not (logic.ended and logic.next_timer() is None):
             changed = call.changed
             deadline = logic.next_timer()
-            with trio.move_on_at(math.inf if deadline is None else deadline) as scope:
-                await changed.wait()
-            if scope.cancelled_caught:
-                await self._feed(call, logic.on_timer(trio.current_time()))
+            call.parked_until = math.inf if deadline is None else deadline
+            try:
+                with trio.move_on_at(call.parked_until) as scope:
+                    await changed.wait()
+            finally:
+                call.parked_until = -math.inf
+            now = trio.current_time()
+            if scope.cancelled_caught and (due := logic.next_timer()) is not None and due <= now:
+                await self._feed(call, logic.on_timer(now))
 
     async def _read_pushes(self) -> None:
         assert self.pushes is not None
