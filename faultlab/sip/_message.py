@@ -348,6 +348,12 @@ class Message:
 
     def summary(self) -> str:
         """Short human text, e.g. ``INVITE sip:bob@x cseq=1 INVITE call=abc``. Never raises."""
+        text = self._cache.get("summary")
+        if text is None:  # made once: the relay and the lab's actors put it on many timeline events
+            text = self._cache["summary"] = self._summary()
+        return text
+
+    def _summary(self) -> str:
         try:
             cseq = self.cseq
             cseq_s = f"{cseq.number} {cseq.method}" if cseq else "?"
