@@ -256,3 +256,25 @@ def test_the_price_of_each_step_of_deadline_counts_only_calls_that_never_connect
     assert lines[2] == "    2 s → 4 s: pass rate +50 points, push → end of calls that never connected: none at 4 s"
     everyone = [dict(r, connect=5.0, passed=True) for r in rows]
     assert recommend(summarise(everyone, [param]), [param])[1].endswith("never connected: none")
+
+
+
+def test_a_sweep_run_collects_its_garbage_and_leaves_the_collector_as_it_was():
+    import gc
+
+    from faultlab.lab.sweep.run import run_point_safely
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        run_point_safely("S01", (), {}, 1)  # the first: freezes what the process had (gc.freeze)
+        gc.collect()  # what earlier tests left
+        row = run_point_safely("S01", (), {}, 2)
+        assert row["passed"] and row["error"] is None
+        assert gc.collect() < 50  # the run's cycles (trio's tasks, the lab's actors: hundreds) are collected
+        assert gc.isenabled() is False
+        gc.enable()
+        run_point_safely("S01", (), {}, 3)
+        assert gc.isenabled() is True
+    finally:
+        (gc.enable if was else gc.disable)()

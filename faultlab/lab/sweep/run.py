@@ -113,26 +113,29 @@ def run_point_safely(scenario_name: str, sets: Sequence[tuple[str, str]], point:
         return error_row(point, seed, exc)
 
 
-_frozen = False  # this process's modules and caches are out of the cyclic collector's way (gc.freeze)
+_frozen_in: int | None = None  # the process whose heap is frozen out of the cyclic collector's passes (gc.freeze)
 
 
 @contextlib.contextmanager
 def _one_collection() -> Iterator[None]:
-    """A run without the cyclic collector, then one collection of what it left. A run makes tens of thousands of
-    objects in cycles (trio's tasks, frames, tracebacks): collected as they go, each is traversed in every
-    generation it survives into (about a tenth of a run's time); collected once after the run, once. What a
-    process had before its first sweep run (modules, caches) is frozen out of the collector's passes after that
-    run. A run's own garbage is bounded by the run (the watchdog and the scenario's duration end it)."""
-    global _frozen
+    """A run without the cyclic collector, then one collection of the young generations, where all it left is.
+    A run makes thousands of objects in cycles (trio's tasks, frames, tracebacks, the lab's actors): collected as
+    they go, each is traversed in every generation it survives into; collected once after the run, once. What a
+    process had before its first sweep run (modules, caches; a forked worker: its parent's heap) is frozen out
+    of the collector's passes after that run. A run's own garbage is bounded by the run (the watchdog and the
+    scenario's duration end it); between runs the collector works as usual (the oldest generation included)."""
+    global _frozen_in
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.collect()
-        if not _frozen:
+        if _frozen_in != os.getpid():
+            gc.collect()
             gc.freeze()
-            _frozen = True
+            _frozen_in = os.getpid()
+        else:
+            gc.collect(1)
         if enabled:
             gc.enable()
 
