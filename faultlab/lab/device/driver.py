@@ -256,9 +256,10 @@ class Device(Registering, Answering, Flows):
             call.hung_up = True
             self._nursery.start_soon(self._hang_up, call)
         due = logic.next_timer()
-        if call.parked_until == -math.inf or logic.ended or (due is not None and due < call.parked_until):
-            # wake the call's timer task: it is not waiting, or to end, or a timer is due sooner (a later or
-            # cancelled one needs no wake: at the old deadline the task finds nothing due and waits again)
+        if logic.ended or (math.inf if due is None else due) != call.parked_until:
+            # wake the call's timer task to end, or to wait for the deadline that moved (even later: the deadlines
+            # the run waits for stay the logic's, so virtual time jumps through the same instants as always); it
+            # waits on when the input changed no timer (or it is not waiting: it reads the deadline itself)
             call.changed.set()
             call.changed = trio.Event()
 
@@ -293,9 +294,8 @@ class Device(Registering, Answering, Flows):
                     await changed.wait()
             finally:
                 call.parked_until = -math.inf
-            now = trio.current_time()
-            if scope.cancelled_caught and (due := logic.next_timer()) is not None and due <= now:
-                await self._feed(call, logic.on_timer(now))
+            if scope.cancelled_caught:
+                await self._feed(call, logic.on_timer(trio.current_time()))
 
     async def _read_pushes(self) -> None:
         assert self.pushes is not None

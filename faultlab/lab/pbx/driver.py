@@ -295,11 +295,12 @@ class PBX:
     # ------------------------------------------------------------------ timers
 
     def _poke_timers(self) -> None:
-        """Wake the timer task if the logic now wants it sooner than the deadline it waits for (a later or
-        cancelled timer needs no wake: at its old deadline the task finds nothing due and waits again)."""
+        """Wake the timer task unless it waits for the very deadline the logic now wants (most messages change no
+        timer). A deadline that moved, even later, wakes it: the deadlines the run waits for stay the ones the
+        logic has, so virtual time jumps through the same instants (and the same float sums) as always."""
         if self._parked_until > -math.inf:
             deadline = self.logic.next_wakeup()
-            if deadline is None or deadline >= self._parked_until:
+            if (math.inf if deadline is None else deadline) == self._parked_until:
                 return
         self._wake.set()
 
