@@ -27,6 +27,7 @@ from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled, w
 
 RECEIVE_SIZE = 65536  # what one recv reads, as SocketStream.receive_some
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
+_OS_SOCKET = socket.socket  # the class, as imported (a test may replace socket.socket)
 _OK, _BROKEN, _CLOSED = "ok", "broken", "closed"
 _FORWARDED = {"context", "server_side", "server_hostname", "session", "session_reused", "getpeercert",
               "selected_npn_protocol", "cipher", "shared_ciphers", "compression", "pending",
@@ -39,7 +40,7 @@ def raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     if not isinstance(stream, trio.SocketStream):
         return None
     sock = getattr(stream.socket, "_sock", None)  # trio's socket wraps the stdlib one
-    return sock if isinstance(sock, socket.socket) else None
+    return sock if isinstance(sock, _OS_SOCKET) else None
 
 
 def wrap(transport: trio.abc.Stream, context: ssl.SSLContext, *, server_side: bool = False,
