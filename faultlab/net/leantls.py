@@ -92,6 +92,7 @@ class TLSSocketStream(trio.abc.Stream):
         self._flushed = trio.lowlevel.ParkingLot()
         self._reader = False  # a task waits for the socket to read (the others wait in _read_done)
         self._read_done = trio.lowlevel.ParkingLot()
+        self._drained = False  # the last read took all the socket had
         self._rbuf = bytearray(RECEIVE_SIZE)
         self._rview = memoryview(self._rbuf)
         self._receiving = False
@@ -162,19 +163,24 @@ class TLSSocketStream(trio.abc.Stream):
                 raise
             finally:
                 self._writer = False
-                self._flushed.unpark_all()
+                if self._flushed:
+                    self._flushed.unpark_all()
         return yielded
 
     async def _fill(self) -> bool:
         """Read what the socket has into TLS (waiting for it when it has nothing); at EOF, TLS sees EOF.
-        When another task is already waiting for the socket, wait for its read instead. Returns whether
-        it went through the scheduler."""
+        When another task is already waiting for the socket, wait for its read instead. A socket that the
+        last read emptied is waited for first (no read that can only fail). Returns whether it went through
+        the scheduler."""
         if self._reader:
             await self._read_done.park()
             return True
         yielded = False
         self._reader = True
         try:
+            if self._drained:
+                yielded = True
+                await wait_readable(self._sock)
             while True:
                 try:
                     n = self._sock.recv_into(self._rbuf)
@@ -186,7 +192,9 @@ class TLSSocketStream(trio.abc.Stream):
             _socket_error(exc)
         finally:
             self._reader = False
-            self._read_done.unpark_all()
+            if self._read_done:
+                self._read_done.unpark_all()
+        self._drained = n < RECEIVE_SIZE
         if n:
             self._incoming.write(self._rview[:n])
         else:
@@ -295,7 +303,8 @@ class TLSSocketStream(trio.abc.Stream):
                 await wait_writable(self._sock)
             finally:
                 self._writer = False
-                self._flushed.unpark_all()
+                if self._flushed:
+                    self._flushed.unpark_all()
         finally:
             self._sending = False
 
