@@ -158,7 +158,7 @@ class Message:
         body_start: int,
         trailing: bytes,
         content_length: int | None,
-        index: tuple[list[tuple], dict[str, list[tuple]]],
+        index: tuple[tuple, dict[str, tuple]],
     ) -> "Message":
         """Wrap a head the parser (``_parse.scan_head``) has validated and indexed."""
         msg = object.__new__(cls)
@@ -230,7 +230,7 @@ class Message:
             headers = self._headers = tuple(_header(span) for span in self._index[0])
         return headers
 
-    def _spans(self) -> tuple[list[tuple], dict[str, list[tuple]]]:
+    def _spans(self) -> tuple[tuple, dict[str, tuple]]:
         """Where each header field is (found by the parser's one pass over the head):
         ``(name, key, value bytes, start, end)`` in order, and the same grouped by key. Values
         are decoded only when asked for: a relay reads a handful of the headers of each message."""

@@ -93,9 +93,9 @@ def scan_head(raw: bytes | bytearray, head_end: int, max_headers: int = MAX_HEAD
     pos = m.end()
     block_end = head_end + 2
     spans: list[tuple] = []
-    index: dict[str, list[tuple]] = {}
+    index: dict[str, tuple] = {}
     if pos >= block_end:
-        return start, spans, index, None
+        return start, (), index, None
     lines = raw.count(b"\n", pos, block_end)
     if lines > max_headers:
         raise SipError(f"more than {max_headers} header lines", status_hint=413)
@@ -106,9 +106,9 @@ def scan_head(raw: bytes | bytearray, head_end: int, max_headers: int = MAX_HEAD
         span = (name, key, value_b, pos, end)
         append(span)
         if key in index:
-            index[key].append(span)
+            index[key] += (span,)
         else:
-            index[key] = [span]
+            index[key] = (span,)
         pos = end
     if pos != block_end:  # the fields found leave a gap (they never overlap): where the shape breaks
         bad = HEADER_BLOCK_RE.match(raw, m.end(), block_end).end()
@@ -118,7 +118,9 @@ def scan_head(raw: bytes | bytearray, head_end: int, max_headers: int = MAX_HEAD
         raise SipError("bare CR in the message head")
     found = index.get("content-length")
     length = _content_length([span[2] for span in found]) if found else None
-    return start, spans, index, length
+    # Tuples of spans, not lists: the collector stops tracking tuples (and then the dict) that hold only
+    # str, bytes and int, so a message held for a delay costs its full passes a few objects, not a dozen.
+    return start, tuple(spans), index, length
 
 
 def build_message(raw: bytes, head: tuple, body_start: int, trailing: bytes) -> Message:
