@@ -79,8 +79,8 @@ class TLSSocketStream(trio.abc.Stream):
         self._sock = sock
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
-                                     server_hostname=server_hostname)
+        name = trio.lowlevel.encode_hostname(server_hostname) if server_hostname is not None else None  # IDNA 2008
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side, server_hostname=name)
         self._state = _OK
         self._handshake_done = False
         self._handshaking: trio.Event | None = None

@@ -260,6 +260,9 @@ async def test_wrap_is_lean_only_on_a_real_socket(contexts) -> None:
     memory = wrap(trio.testing.memory_stream_pair()[0], server_ctx, server_side=True)
     assert isinstance(lean, TLSSocketStream) and isinstance(memory, trio.SSLStream)
     assert is_tls(lean) and is_tls(memory) and not is_tls(client_raw)
+    names = [kind(client_raw, client_ctx, server_hostname="bücher.example").server_hostname
+             for kind in (TLSSocketStream, trio.SSLStream)]
+    assert names == ["xn--bcher-kva.example"] * 2  # the same SNI name and host name check (IDNA 2008)
     with pytest.raises(TypeError):
         TLSSocketStream(trio.testing.memory_stream_pair()[0], client_ctx)  # type: ignore[arg-type]
     await client_raw.aclose()
