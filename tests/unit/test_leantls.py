@@ -5,9 +5,11 @@ Real sockets are the point here (the stream reads and writes the OS socket itsel
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
 
 import pytest
 import trio
@@ -280,3 +282,41 @@ async def test_concurrent_receives_or_sends_are_refused(contexts) -> None:
             await server.send_all(b"x")
     await client.aclose()
     await server.aclose()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl program (Debian package openssl)")
+async def test_a_key_update_the_peer_requests_is_answered(ca: LabCA) -> None:
+    """TLS 1.3: openssl s_client's "K" sends a KeyUpdate asking for ours; the stream reads on under the peer's new
+    keys, answers with its own KeyUpdate (OpenSSL sends it with the next write) and s_client decrypts the reply."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    command = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-CAfile", str(ca.cert_path)]
+    got, out = bytearray(), bytearray()
+
+    async def until(stream: trio.abc.ReceiveStream, buffer: bytearray, wanted: bytes) -> None:
+        while wanted not in buffer:
+            data = await stream.receive_some()
+            assert data, f"EOF before {wanted!r}: {bytes(buffer)[-300:]!r}"
+            buffer += data
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(lambda task_status: trio.run_process(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False,
+                task_status=task_status))
+            server = TLSSocketStream(await listener.accept(), server_context(ca, fallback_names=["127.0.0.1"]),
+                                     server_side=True)
+            await server.do_handshake()
+            await proc.stdin.send_all(b"before\n")
+            await until(server, got, b"before\n")
+            await proc.stdin.send_all(b"K\n")
+            await until(proc.stdout, out, b"KEYUPDATE")
+            await proc.stdin.send_all(b"after\n")
+            await until(server, got, b"after\n")
+            await server.send_all(b"reply under the new keys\n")
+            await until(proc.stdout, out, b"reply under the new keys\n")
+            await proc.stdin.aclose()  # s_client quits
+            await server.aclose()
+    await listener.aclose()
+    assert got == b"before\nafter\n"
