@@ -21,7 +21,7 @@ from faultlab.net.close import close_in_order, is_reset
 from faultlab.net.leantls import TLSSocketStream, is_tls, wrap
 from faultlab.net.tls import client_context, server_context
 
-BIG = 4 * 1024 * 1024 + 17  # far more than the socket buffers (made small below)
+BIG = 1024 * 1024 + 17  # far more than the sending socket buffer (made small below)
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +320,19 @@ async def test_a_key_update_the_peer_requests_is_answered(ca: LabCA) -> None:
             await server.aclose()
     await listener.aclose()
     assert got == b"before\nafter\n"
+
+
+async def test_a_close_behind_a_blocked_write_waits_its_turn(contexts) -> None:
+    """close_notify queued while a write waits for the socket goes out after that write's bytes, not into them."""
+    client, server = await connected(contexts, small_buffers=True)
+    data = b"m" * BIG
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, data)
+            await trio.testing.wait_all_tasks_blocked()  # the write waits for the peer to read
+            nursery.start_soon(client.aclose)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await receive_exactly(server, len(data)) == data
+            assert await server.receive_some() == b""  # then the close_notify
+    await server.aclose()
