@@ -9,6 +9,8 @@ import struct
 
 import trio
 
+from faultlab.net.leantls import is_tls
+
 # After faultlab's FIN: how long the peer may take to close its side (what it sends meanwhile is read and
 # discarded, so that closing does not answer unread data with a reset).
 LINGER = 1.0
@@ -17,8 +19,8 @@ TLS_DRAIN = 0.01
 
 
 def _socket_stream(stream: trio.abc.Stream) -> trio.SocketStream:
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
+    while is_tls(stream):
+        stream = stream.transport_stream  # type: ignore[attr-defined]
     assert isinstance(stream, trio.SocketStream)
     return stream
 
@@ -74,7 +76,7 @@ class _Lingering(trio.abc.HalfCloseableStream):
             await self.raw.aclose()
 
 
-async def _drain_tls(stream: trio.SSLStream) -> int:
+async def _drain_tls(stream: trio.abc.Stream) -> int:
     """Read what TLS has already buffered, and what comes within TLS_DRAIN s of it: a whole record left
     unread makes sending close_notify fail (OpenSSL's shutdown meets application data; trio's close then
     sends a bare FIN). Each read has its own deadline, so one that has buffered data is not cut short."""
@@ -97,9 +99,10 @@ async def close_in_order(stream: trio.abc.Stream) -> int:
     with trio.CancelScope(shield=True):
         with trio.move_on_after(LINGER):
             try:
-                if isinstance(stream, trio.SSLStream):
+                if is_tls(stream):
                     lingering.discarded += await _drain_tls(stream)
-                    stream.transport_stream = lingering  # its close_notify, then the lingering close
+                    # its close_notify, then the lingering close
+                    stream.transport_stream = lingering  # type: ignore[attr-defined]
                     await stream.aclose()
                 else:
                     await lingering.aclose()

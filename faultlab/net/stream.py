@@ -16,6 +16,7 @@ import trio
 from faultlab.addr import Endpoint, format_hostport, listen_error
 from faultlab.ca import LabCA, default_confdir
 from faultlab.net.close import abort, close_all
+from faultlab.net.leantls import wrap as wrap_tls
 from faultlab.net.limits import resolve as resolve_limits
 from faultlab.net.limits import serve_bounded, slots_of
 from faultlab.net.pair import Pair
@@ -92,7 +93,7 @@ class _StreamListener:
                 if self.client_ctx is not None:
                     name = config.upstream_tls_name or (
                         upstream.host if upstream is not None else (config.tls_name or target[0]))
-                    up = trio.SSLStream(up_conn, self.client_ctx, server_hostname=name)
+                    up = wrap_tls(up_conn, self.client_ctx, server_hostname=name)
                     await up.do_handshake()
                 return up_conn, up
         except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
@@ -125,7 +126,7 @@ class _StreamListener:
                 with stopper.until_closing() as opening:
                     how, reason = await self._on_connect(flow, peer)
                     if how == "open" and self.device_tls is not None:
-                        device = trio.SSLStream(conn, self.device_tls.context(target, local), server_side=True)
+                        device = wrap_tls(conn, self.device_tls.context(target, local), server_side=True)
                         reason = await self._handshake(device, flow, peer)
                         how = "open" if reason is None else "error"
                 if opening.cancelled_caught:
@@ -159,11 +160,11 @@ class _StreamListener:
                 return "eof", "idle-timeout"
         return "open", None
 
-    async def _handshake(self, device: trio.SSLStream, flow: str, peer: tuple[str, int]) -> str | None:
+    async def _handshake(self, device: trio.abc.Stream, flow: str, peer: tuple[str, int]) -> str | None:
         """The device's TLS handshake; None when done, else why not ("tls-handshake-timeout", "tls-handshake")."""
         try:
             with trio.fail_after(self.config.connect_timeout):
-                await device.do_handshake()
+                await device.do_handshake()  # type: ignore[attr-defined]
         except (trio.BrokenResourceError, trio.TooSlowError) as exc:
             self.relay.warn(f"TLS handshake with device failed: {exc.__cause__ or 'timed out'}",
                             flow=flow, transport=self.transport, peer=format_hostport(*peer))

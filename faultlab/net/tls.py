@@ -1,7 +1,8 @@
 """TLS contexts for faultlab's two sides of a SIP-over-TLS connection.
 
 Both functions return a plain :class:`ssl.SSLContext`, to be used with
-:class:`trio.SSLStream` over any trio stream (TCP socket, memory stream)::
+:class:`trio.SSLStream` over any trio stream (TCP socket, memory stream), or with
+:func:`faultlab.net.leantls.wrap`, as the proxy does (the same, cheaper on a real socket)::
 
     device_side = trio.SSLStream(stream, server_context(ca, fallback_names=[listen_ip]),
                                  server_side=True)
