@@ -9,6 +9,7 @@ registration wait, never from sleeps; the only sleeps are the lab's pauses betwe
 
 from __future__ import annotations
 
+import json
 import time
 
 import trio
@@ -140,3 +141,46 @@ def test_cli_refuses_bad_combinations_with_external():
     assert result.exit_code == 2 and "only with --device external" in result.output, result.output
     result = runner.invoke(cli, ["lab", "run", "-s", "S05", "--device", "phone"])
     assert result.exit_code == 2 and "use reference or external" in result.output, result.output
+
+
+async def test_a_scripted_decline_is_prompted_with_the_calls_uuid_and_call_id(tmp_path):
+    """S30's user declines 1 s after the report: the lab prints the console line and publishes a machine-readable
+    prompt on GET /prompts (followed here over HTTP while the case runs) naming the call's push uuid and Call-ID;
+    the device process, which reads the same push stream the prompt line goes to, is not thrown by it."""
+    import httpx
+
+    said: list[str] = []
+    followed: list[dict] = []
+    async with open_external_lab(_settings(), say=said.append) as lab:
+        async with open_actors(actor_env(tmp_path / "home")) as actors:
+            await actors.spawn("device", *_device_args(lab, "--decline-after", "1s"))
+            with trio.fail_after(30):
+                await lab.wait_ready()
+            prompts_url = lab.events_url.replace("/events", "/prompts")
+
+            async def follow(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                async with httpx.AsyncClient(timeout=None) as client:
+                    async with client.stream("GET", prompts_url) as response:
+                        assert response.headers["content-type"].startswith("application/x-ndjson")
+                        task_status.started()
+                        async for line in response.aiter_lines():
+                            if line.strip():
+                                followed.append(json.loads(line))
+                                return
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(follow)
+                with trio.fail_after(60):
+                    case = await lab.run_case(load_scenario("S30"))
+    assert case is not None and case.passed, [(c.check, c.message) for c in case.checks]
+    assert ">>> S30: tap Decline now on the device" in said, said
+    run = case.runs[0]
+    pushes = [e for e in run.events if e.kind == "pbx" and e.detail.get("action") == "push-sent"
+              and e.call_id == run.call_id]
+    uuid = pushes[0].detail["payload"]["uuid"].lower()
+    assert followed == [p.to_json() for p in lab.prompts.kept]
+    [prompt] = followed
+    assert {k: prompt[k] for k in ("kind", "seq", "action", "scenario", "transport", "uuid", "call_id", "text")} == {
+        "kind": "prompt", "seq": 1, "action": "decline", "scenario": "S30", "transport": "udp", "uuid": uuid,
+        "call_id": run.call_id, "text": "S30: tap Decline now on the device"}
+    assert prompt["deadline"] == prompt["at"] + 2.0
