@@ -7,10 +7,12 @@ from pathlib import Path
 
 import trio
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 
 from faultlab.addr import EndpointError, parse_endpoint
 from faultlab.cli._common import failing
 from faultlab.faults import parse_duration
+from faultlab.lab.estimate import approx, estimate
 from faultlab.lab.external import ExternalLabError, ExternalSettings, open_external_lab
 from faultlab.lab.runner import Case
 
@@ -103,18 +105,35 @@ def _duration(option: str, text: str) -> float:
     return 0.0
 
 
-def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None, err: Console) -> list[Case]:
-    """Open the external lab once, wait for the device, run every case in order (printing prompts)."""
+def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None, err: Console, *,
+                  quiet: bool = False) -> list[Case]:
+    """Open the external lab once, wait for the device, print the estimate (:mod:`faultlab.lab.estimate`), run
+    every case in order (printing prompts), with a progress bar and the time left on a terminal (not with -q) and
+    a line per case."""
     cases: list[Case] = []
 
     async def main() -> None:
         async with open_external_lab(settings, say=lambda line: err.print(line, highlight=False)) as lab:
             await lab.wait_ready()
-            for scenario, profile in todo:
-                case = await lab.run_case(scenario, profile, trace_dir=trace_dir)
-                if case is not None:
-                    cases.append(case)
-                    err.print(f"{scenario.name}: " + ("[green]pass[/green]" if case.passed else "[red]FAIL[/red]"))
+            assert lab.transport is not None
+            plan = estimate(todo, lab.transport, settings.pause)
+            for line in plan.lines():
+                err.print(line, highlight=False, soft_wrap=True)
+            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[left]}"),
+                          console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
+                left = plan.seconds
+                task = progress.add_task("external", total=max(plan.seconds, 1.0), left=_left(left))
+                running = [c for c in plan.cases if not c.skipped]  # the estimate said why the others are skipped
+                for n, case_plan in enumerate(running, 1):
+                    scenario, profile = case_plan.scenario, case_plan.profile
+                    progress.update(task, description=f"{scenario.id} ({n}/{len(running)})")
+                    case = await lab.run_case(scenario, profile, trace_dir=trace_dir)
+                    left -= plan.case_seconds(case_plan)
+                    progress.update(task, advance=plan.case_seconds(case_plan), left=_left(left))
+                    if case is not None:
+                        cases.append(case)
+                        verdict = "[green]pass[/green]" if case.passed else "[red]FAIL[/red]"
+                        err.print(f"{scenario.name}: {verdict} ({n}/{len(running)} cases, {_left(left)})", soft_wrap=True)
 
     try:
         trio.run(main)
@@ -125,3 +144,8 @@ def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None
     except KeyboardInterrupt:
         err.print("interrupted: the cases run so far follow")
     return cases
+
+
+def _left(seconds: float) -> str:
+    """The time left, as the estimate says it."""
+    return f"about {approx(seconds)} left" if seconds > 0 else "done"

@@ -59,7 +59,7 @@ from faultlab.lab.runner import (
     push_faults,
     write_trace,
 )
-from faultlab.lab.pushside import expects_refusal
+from faultlab.lab.estimate import skip_reason
 from faultlab.lab.scenario import Scenario
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport
@@ -234,20 +234,9 @@ class ExternalLab:
             await self.wait_ready()
         transport = self.transport
         assert transport is not None
-        if transport not in scenario.transports:
-            self.say(f"{scenario.name}: skipped, it applies to {', '.join(scenario.transports)} and the device "
-                     f"registered over {transport}")
-            return None
-        if expects_refusal(scenario):  # it would also make the PBX forget the device's push binding
-            self.say(f"{scenario.name}: skipped, it judges the PBX's side of push (APNs refusing the push), not the "
-                     "device: run it with the reference device")
-            return None
-        if scenario.media:  # a real phone would get an SDP offer on 127.0.0.1: its RTP could never reach the caller
-            self.say(f"{scenario.name}: skipped, its call carries RTP and the caller's media is on 127.0.0.1, which "
-                     "a device elsewhere cannot reach")
-            return None
-        if scenario.move_at is not None:
-            self.say(f"{scenario.name}: skipped, the lab cannot change a real device's address")
+        why = skip_reason(scenario, transport)
+        if why is not None:
+            self.say(f"{scenario.name}: {why}")
             return None
         modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
         runs = []

@@ -184,3 +184,65 @@ async def test_a_scripted_decline_is_prompted_with_the_calls_uuid_and_call_id(tm
         "kind": "prompt", "seq": 1, "action": "decline", "scenario": "S30", "transport": "udp", "uuid": uuid,
         "call_id": run.call_id, "text": "S30: tap Decline now on the device"}
     assert prompt["deadline"] == prompt["at"] + 2.0
+
+
+def test_the_estimate_tracks_what_the_reference_device_takes_over_the_catalogue():
+    """Each scenario an external run plays: its typical seconds (faultlab.lab.estimate) against the lab seconds of
+    the reference device's call in a virtual-time run (the same script, a device that does what the scenario
+    expects), within 2.5 s per call."""
+    from faultlab.lab.estimate import skip_reason, typical_seconds
+    from faultlab.lab.runner import IDLE, run_case
+    from faultlab.lab.scenario import list_scenarios
+
+    off = {}
+    for scenario in list_scenarios():
+        if skip_reason(scenario, "udp") is None:
+            case = run_case(scenario, transport="udp", seed=1)
+            for run in case.runs:
+                off[(scenario.id, run.cancel_pushes)] = round(typical_seconds(scenario) - (run.duration - IDLE), 2)
+    assert len(off) > 20
+    assert {k: v for k, v in off.items() if abs(v) > 2.5} == {}
+
+
+def _free_port(kind: int) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+async def test_the_cli_prints_the_estimate_before_the_first_call_then_a_line_per_case(tmp_path):
+    """``faultlab lab run --device external`` as a user runs it (its stderr not a terminal: no bar, a plain line
+    per case with the time left), against the reference device in another process."""
+    import socket
+
+    sip, push, events = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_STREAM)
+    async with open_actors(actor_env(tmp_path / "home")) as actors:
+        lab = await actors.spawn("lab", "lab", "run", "--device", "external", "-s", "S06", "-s", "S21", "--seed", "1",
+                                 "--listen", f"udp:{HOST}:{sip}", "--push-listen", f"{HOST}:{push}",
+                                 "--events-listen", f"{HOST}:{events}", "--pause", "0.2s", "--register-timeout", "30s")
+        with trio.fail_after(30):
+            await lab.wait_line("stderr", r"waiting up to 30 s for the device")
+        await actors.spawn("device", "device", "--proxy", f"udp:{HOST}:{sip}", "--user", "alice", "--domain",
+                           "lab.test", "--token", TOKEN, "--push-url", f"http://{HOST}:{push}/devices/{TOKEN}/pushes",
+                           "--events-url", f"http://{HOST}:{events}/events")
+        with trio.fail_after(60):
+            assert await lab.wait_exit() == 0, lab.output()
+    err = lab.lines["stderr"]
+    first_call = next(i for i, line in enumerate(err) if ": calling sip:alice@lab.test" in line)
+    s06 = typical_seconds_of("S06")
+    estimate = [
+        f"  S06 answered-elsewhere: 2 calls (the second with cancel pushes dropped), ~{s06:.0f} s each + 0.2 s pause",
+        "  S21 bye-lost: skipped, its call carries RTP and the caller's media is on 127.0.0.1, which a device "
+        "elsewhere cannot reach",
+        f"estimate: 1 case, 2 calls, about {2 * (s06 + 0.2):.0f} s"]
+    assert err[first_call - 3:first_call] == estimate, err  # before the first call
+    assert "S06 answered-elsewhere: pass (1/1 cases, done)" in err, err
+    assert not any("S21 bye-lost: pass" in line or "S21 bye-lost: FAIL" in line for line in err)
+
+
+def typical_seconds_of(name: str) -> float:
+    from faultlab.lab.estimate import typical_seconds
+
+    return typical_seconds(load_scenario(name))
