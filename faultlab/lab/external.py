@@ -25,7 +25,8 @@ before the checks read them.
 The user's steps of a script (``answer_at``, ``decline_at``) cannot be forced on a real phone: the lab prints a
 prompt ("tap Answer now") that long after the device reported the call, publishes it for programs (``GET
 /prompts`` on the event collector's port, and a ``"kind": "prompt"`` line on the device's push stream:
-:mod:`faultlab.lab.prompts`), and judges what the user and the app did. The scenario's ``[device]`` table (the reference device's deadlines) does not apply to a real device.
+:mod:`faultlab.lab.prompts`), and judges what the user and the app did. The scenario's ``[device]`` table (the
+reference device's deadlines) does not apply to a real device.
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ def test_prompts_for_programs_come_once_each_when_due():
     events = baseline_call(device_call_id=None)  # the app posts the CallKit uuid only
 
     def due(n: int, now: float) -> list[tuple]:
-        return [(p["action"], p["due"], p["call_id"], p["uuid"]) for p in due_prompts(run, status(run, events[:n], now))]
+        found = due_prompts(run, status(run, events[:n], now))
+        return [(p["action"], p["due"], p["call_id"], p["uuid"]) for p in found]
 
     assert due(2, 1.5) == [("call", None, None, None)]
     assert due(2, 1.6) == []  # once

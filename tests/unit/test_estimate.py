@@ -43,3 +43,48 @@ def test_the_whole_catalogue_over_udp_takes_minutes():
     plan = estimate([(s, None) for s in list_scenarios()], "udp", pause=5.0)
     assert plan.lines()[-1].endswith(" min")
     assert approx(89) == "89 s" and approx(600) == "10 min"
+
+
+async def test_the_progress_of_an_external_run_ticks_through_each_case(autojump_clock, monkeypatch):
+    """The CLI's case loop (its lab stood in for: each case takes its estimated seconds) with the bar on a
+    terminal: the bar's time left counts down within a case, and a line per case says the verdict and what is
+    left."""
+    import io
+    from types import SimpleNamespace
+
+    import trio
+    from rich.console import Console
+
+    from faultlab.cli._lab_external import _play
+
+    plan = estimate([(load_scenario("S06"), None), (load_scenario("S21"), None), (load_scenario("S01"), None)],
+                    "udp", pause=5.0)
+    seen: list[tuple[float, float]] = []
+
+    class Lab:
+        async def run_case(self, scenario, profile, trace_dir=None):
+            share = plan.case_seconds(next(c for c in plan.cases if c.scenario is scenario))
+            await trio.sleep(share)
+            return SimpleNamespace(passed=scenario.id == "S06")
+
+    import rich.progress
+
+    real_update = rich.progress.Progress.update
+
+    def update(self, task, **kw):  # what the bar is told: completed seconds, at which (virtual) time
+        if "completed" in kw:
+            seen.append((trio.current_time(), kw["completed"]))
+        return real_update(self, task, **kw)
+
+    out = io.StringIO()
+    err = Console(file=out, force_terminal=True, width=200, color_system=None)
+    cases: list = []
+    monkeypatch.setattr(rich.progress.Progress, "update", update)
+    await _play(Lab(), plan, None, err, cases, bar=True)
+    s06 = plan.case_seconds(plan.cases[0])
+    assert [c.passed for c in cases] == [True, False]
+    text = out.getvalue()
+    assert f"S06 answered-elsewhere: pass (1/2 cases, about {approx(plan.seconds - s06)} left)" in text
+    assert "S01 baseline: FAIL (2/2 cases, done)" in text
+    # within S06 the bar moves on with the time (a tick a second), up to S06's share
+    assert (2.0, 2.0) in seen and all(done <= max(t, s06) for t, done in seen if t < s06)
