@@ -40,6 +40,11 @@ def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | 
         except EndpointError as exc:
             _fail(f"--listen: {exc}")
     pause = options.get("pause")
+    confdir = None
+    if any(ep.transport == "tls" for ep in listen):  # the lab CA the phone trusts (faultlab ca export), not a new one
+        from faultlab.ca import default_confdir
+
+        confdir = default_confdir()
     return ExternalSettings(
         listen=listen,
         push_listen=_hostport("--push-listen", options.get("push_listen") or "0.0.0.0:2197"),
@@ -50,6 +55,7 @@ def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | 
         **_apns_auth(options),
         register_timeout=_duration("--register-timeout", options.get("register_timeout") or "120s"),
         pause=_duration("--pause", pause) if pause else 5.0,
+        confdir=confdir,
     )
 
 
@@ -110,6 +116,8 @@ def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None
     """Open the external lab once, wait for the device, print the estimate (:mod:`faultlab.lab.estimate`), run
     every case in order (printing prompts), with a progress bar and the time left on a terminal (not with -q) and
     a line per case."""
+    from faultlab.ca import CAError
+
     cases: list[Case] = []
 
     async def main() -> None:
@@ -125,6 +133,8 @@ def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None
         trio.run(main)
     except ExternalLabError as exc:
         _fail(str(exc), code=1)
+    except CAError as exc:
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot open the external lab: {exc}")
     except KeyboardInterrupt:
