@@ -38,6 +38,11 @@ def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | 
         except EndpointError as exc:
             _fail(f"--listen: {exc}")
     pause = options.get("pause")
+    confdir = None
+    if any(ep.transport == "tls" for ep in listen):  # the CA the device trusts: faultlab's own (faultlab ca init)
+        from faultlab.ca import default_confdir
+
+        confdir = default_confdir()
     return ExternalSettings(
         listen=listen,
         push_listen=_hostport("--push-listen", options.get("push_listen") or "0.0.0.0:2197"),
@@ -48,6 +53,7 @@ def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | 
         **_apns_auth(options),
         register_timeout=_duration("--register-timeout", options.get("register_timeout") or "120s"),
         pause=_duration("--pause", pause) if pause else 5.0,
+        confdir=confdir,
     )
 
 
