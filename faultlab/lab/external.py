@@ -202,6 +202,9 @@ class ExternalLab:
                 raise ExternalLabError(f"no device registered as {self.aor} with RFC 8599 push parameters "
                                        f"within {timeout:g} s" + ("" if self.settings.apns_url else
                                                                   " and read its pushes from the gateway"))
+            # the device settles before the first call: the REGISTER's 200 is still on its way back to it, and the
+            # case's faults must not meet it
+            await trio.sleep(self.settings.pause)
         if self.binding is None or self.binding.token != binding.token or self.binding.flow != binding.flow:
             self.say(f"device registered: {self.aor} over {binding.flow.transport}, token {binding.token[:8]}..., "
                      f"pn-param {binding.push.get('pn-param')}")
