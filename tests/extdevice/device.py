@@ -61,6 +61,7 @@ class Device:
         self.register_tasks: dict[int, asyncio.Task] = {}
         self.events: asyncio.Queue = asyncio.Queue()
         self.seen_prompts: set = set()
+        self.last_seq = 0  # the last prompt seen (a reconnect asks only for later ones)
         self.registered_once = asyncio.Event()
 
     # -- SIP transport ------------------------------------------------------------------------------
@@ -278,6 +279,12 @@ class Device:
         if key in self.seen_prompts:
             return
         self.seen_prompts.add(key)
+        if isinstance(prompt.get("seq"), int):
+            self.last_seq = max(self.last_seq, prompt["seq"])
+        deadline = prompt.get("deadline")
+        if isinstance(deadline, (int, float)) and time.time() > deadline:
+            log(f"prompt {prompt.get('seq')} is past its deadline (a replay): not acted on")
+            return
         action = prompt.get("action")
         call = self.find(prompt.get("call_id"), prompt.get("uuid")) if (prompt.get("call_id") or
                                                                         prompt.get("uuid")) else None
@@ -335,7 +342,7 @@ class Device:
         url = self.args.events.rstrip("/") + "/prompts"
         while source in ("auto", "prompts"):
             try:
-                async for obj in exthttp.ndjson(url):
+                async for obj in exthttp.ndjson(url + (f"?since={self.last_seq + 1}" if self.last_seq else "")):
                     self.on_prompt(obj)
             except exthttp.HTTPError as exc:
                 if source == "auto" and exc.status in (404, 405) and self.args.lab_output:
