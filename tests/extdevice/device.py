@@ -210,6 +210,12 @@ class Device:
         except extsip.ParseError as exc:
             log(f"unreadable SIP dropped: {exc}")
             return
+        try:
+            self.handle(msg, flow, addr)
+        except Exception as exc:  # a message this app cannot handle must not take its connection down
+            log(f"cannot handle {msg.method or msg.status}: {type(exc).__name__}: {exc}")
+
+    def handle(self, msg: extsip.Msg, flow, addr) -> None:
         if msg.status is not None:
             queue = self.clients.get(msg.branch)
             if queue is not None and msg.cseq[1] == "REGISTER":
