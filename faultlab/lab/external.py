@@ -369,14 +369,14 @@ async def open_external_lab(settings: ExternalSettings, *,
 
         pbx: PBX
 
-        async def send_push(token: str, payload: dict) -> None:
+        async def send_push(token: str, payload: dict, expiration_at: int | None = None) -> None:
             # the apns-topic from the binding's pn-param (<TEAMID>.<topic>), as a PBX pushing to APNs does
             topic = DEFAULT_TOPIC
             for binding in pbx.bindings(settings.user):
                 param = binding.push.get("pn-param")
                 if binding.token and binding.token.lower() == token.lower() and param and "." in param:
                     topic = param.split(".", 1)[1]
-            await gateway.local_sender(topic=topic)(token, payload)
+            await gateway.local_sender(topic=topic)(token, payload, expiration_at)  # S23: a push APNs may store
 
         listen = [f"{t}:{HOST}:0" for t in transports] + ([] if "udp" in transports else [f"udp:{HOST}:0"])
         pbx = PBX(listen, timeline=timeline, send_push=send_push, confdir=confdir)

@@ -140,3 +140,17 @@ def test_cli_refuses_bad_combinations_with_external():
     assert result.exit_code == 2 and "only with --device external" in result.output, result.output
     result = runner.invoke(cli, ["lab", "run", "-s", "S05", "--device", "phone"])
     assert result.exit_code == 2 and "use reference or external" in result.output, result.output
+
+
+async def test_the_external_lab_pushes_with_the_pbxs_apns_expiration():
+    """S23's PBX sends a push APNs may store (``apns-expiration`` now + 60 s): the external lab's push path takes
+    it to the gateway with that expiration (it used to refuse the keyword, and no push went out at all)."""
+    async with open_external_lab(_settings(), say=lambda line: None) as lab:
+        received = lab.gateway.channel(TOKEN)
+        expiration = int(time.time()) + 60
+        await lab.pbx.send_push(TOKEN, {"aps": {}, "type": "call", "call-id": "c1@lab", "uuid": "u1"},
+                                expiration_at=expiration)
+        with trio.fail_after(5):
+            push = await received.receive()
+    assert push.payload["call-id"] == "c1@lab"
+    assert push.headers["apns-expiration"] == str(expiration)
