@@ -38,7 +38,8 @@ class UDPFlow(Flow, asyncio.DatagramProtocol):
     async def open(cls, remote: tuple[str, int], on_data: Callable) -> "UDPFlow":
         loop = asyncio.get_running_loop()
         flow = cls(remote, on_data)
-        await loop.create_datagram_endpoint(lambda: flow, local_addr=("127.0.0.1", 0))
+        # connected to the relay: the kernel picks the local address on the route to it (Via, Contact)
+        await loop.create_datagram_endpoint(lambda: flow, remote_addr=remote)
         return flow
 
     def connection_made(self, transport) -> None:  # asyncio.DatagramProtocol
@@ -54,7 +55,7 @@ class UDPFlow(Flow, asyncio.DatagramProtocol):
 
     def send(self, data: bytes, addr: tuple[str, int] | None = None) -> None:
         if self.transport_ is not None:
-            self.transport_.sendto(data, addr or self.remote)
+            self.transport_.sendto(data)  # everything goes to the relay (the socket is connected to it)
 
     def close(self) -> None:
         if self.transport_ is not None:
