@@ -63,7 +63,7 @@ from faultlab.addr import Endpoint, format_hostport
 from faultlab.proxy import Proxy, ProxyConfig, serve_proxy
 from faultlab.trace import Event
 
-__all__ = ["ExternalLab", "ExternalLabError", "ExternalSettings", "open_external_lab", "with_call_ids"]
+__all__ = ["ExternalLab", "ExternalLabError", "ExternalSettings", "open_external_lab", "skip_reason", "with_call_ids"]
 
 HOST = "127.0.0.1"  # where the PBX and the caller live (only faultlab's relay faces the device)
 DEFAULT_TOPIC = "org.faultlab.device.voip"
@@ -236,20 +236,9 @@ class ExternalLab:
             self.say(f"{scenario.name}: skipped, it applies to {', '.join(scenario.transports)} and the device "
                      f"registered over {transport}")
             return None
-        if expects_refusal(scenario):  # it would also make the PBX forget the device's push binding
-            self.say(f"{scenario.name}: skipped, it judges the PBX's side of push (APNs refusing the push), not the "
-                     "device: run it with the reference device")
-            return None
-        if scenario.media:  # a real phone would get an SDP offer on 127.0.0.1: its RTP could never reach the caller
-            self.say(f"{scenario.name}: skipped, its call carries RTP and the caller's media is on 127.0.0.1, which "
-                     "a device elsewhere cannot reach")
-            return None
-        if scenario.move_at is not None:
-            self.say(f"{scenario.name}: skipped, the lab cannot change a real device's address")
-            return None
-        if _needs_glare(scenario):
-            self.say(f"{scenario.name}: skipped, its answer must cross the caller's CANCEL at the same instant; a "
-                     "prompted tap comes after the CANCEL has reached the device (run it with the reference device)")
+        why = skip_reason(scenario)
+        if why is not None:
+            self.say(f"{scenario.name}: skipped, {why}")
             return None
         modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
         runs = []
@@ -326,6 +315,21 @@ class ExternalLab:
                     await handle.hang_up()
             except Exception:  # the call went away by itself meanwhile
                 pass
+
+
+def skip_reason(scenario: Scenario) -> str | None:
+    """Why the external lab does not play ``scenario`` on a device it does not control (None: it plays it)."""
+    if expects_refusal(scenario):  # it would also make the PBX forget the device's push binding
+        return "it judges the PBX's side of push (APNs refusing the push), not the device: run it with the reference " \
+            "device"
+    if scenario.media:  # a real phone would get an SDP offer on 127.0.0.1: its RTP could never reach the caller
+        return "its call carries RTP and the caller's media is on 127.0.0.1, which a device elsewhere cannot reach"
+    if scenario.move_at is not None:
+        return "the lab cannot change a real device's address"
+    if _needs_glare(scenario):
+        return ("its answer must cross the caller's CANCEL at the same instant; a prompted tap comes after the "
+                "CANCEL has reached the device (run it with the reference device)")
+    return None
 
 
 def _needs_glare(scenario: Scenario) -> bool:
