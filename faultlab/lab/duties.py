@@ -34,7 +34,7 @@ lost on its way), the duty does not apply and the result says so, rather than gu
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from faultlab.lab.anchors import call_push_delivered
@@ -93,11 +93,42 @@ def _first(events: Sequence[Event], pred: Callable[[Event], bool], start: int = 
     return len(events), None
 
 
+def _causal(events: Sequence[Event]) -> list[Event]:
+    """``events`` with each response from the device placed after its request's ``sent`` event.
+
+    The relay records a request as sent once its write returned; a device that answers at once on a TLS (or TCP)
+    connection can have its response read, and recorded, before that. A response cannot precede its request (nor
+    a 487 the CANCEL it answers): it moves to just after it, at the request's time."""
+    out = list(events)
+    requests: dict[tuple, int] = {}
+    for i, e in enumerate(out):
+        if _to_device(e) and e.status is None and e.method and e.cseq is not None:
+            requests.setdefault((e.call_id, e.cseq, e.method), i)
+    after: dict[int, list[Event]] = {}  # request index -> the responses that belong right after it
+    moved = set()
+    for i, e in enumerate(out):
+        if _from_device(e) and e.status is not None and e.cseq is not None:
+            j = requests.get((e.call_id, e.cseq, e.cseq_method))
+            if e.status == 487 and e.cseq_method == "INVITE":  # it answers the CANCEL as much as the INVITE
+                j = requests.get((e.call_id, e.cseq, "CANCEL"), j)
+            if j is not None and j > i:
+                after.setdefault(j, []).append(replace(e, t=max(e.t, out[j].t)))
+                moved.add(i)
+    if not moved:
+        return out
+    result = []
+    for i, e in enumerate(out):
+        if i not in moved:
+            result.append(e)
+        result += after.get(i, [])
+    return result
+
+
 class _Call:
-    """The call's messages to and from the device, in timeline order."""
+    """The call's messages to and from the device, in timeline order (responses after their requests)."""
 
     def __init__(self, events: Sequence[Event], call_id: str, scenario: Scenario) -> None:
-        self.events = list(events)
+        self.events = _causal(events)
         self.call_id = call_id
         self.found = anchors(self.events, call_id)
         origin = self.found.get("push") or self.found.get("reported")

@@ -35,7 +35,18 @@ def skip_reason(scenario: Scenario, transport: str) -> str | None:
                 "cannot reach")
     if scenario.move_at is not None:
         return "skipped, the lab cannot change a real device's address"
+    if _needs_glare(scenario):
+        return ("skipped, its answer must cross the caller's CANCEL at the same instant; a prompted tap comes after "
+                "the CANCEL has reached the device (run it with the reference device)")
     return None
+
+
+def _needs_glare(scenario: Scenario) -> bool:
+    """S19: the user's answer is due when the caller's CANCEL is (both after the call starts), and the call must
+    then end after the BYE. The prompt counts from the device's report, which comes after the call starts, so the
+    CANCEL always reaches the device first and the answer-CANCEL crossing can never happen."""
+    return (scenario.answer_at is not None and scenario.cancel_at is not None
+            and scenario.answer_at <= scenario.cancel_at and any(b.after == "bye" for b in scenario.by))
 
 
 def typical_seconds(scenario: Scenario) -> float:

@@ -67,7 +67,7 @@ from faultlab.addr import Endpoint, format_hostport
 from faultlab.proxy import Proxy, ProxyConfig, serve_proxy
 from faultlab.trace import Event
 
-__all__ = ["ExternalLab", "ExternalLabError", "ExternalSettings", "open_external_lab", "with_call_ids"]
+__all__ = ["ExternalLab", "ExternalLabError", "ExternalSettings", "open_external_lab", "skip_reason", "with_call_ids"]
 
 HOST = "127.0.0.1"  # where the PBX and the caller live (only faultlab's relay faces the device)
 DEFAULT_TOPIC = "org.faultlab.device.voip"
@@ -208,6 +208,9 @@ class ExternalLab:
                 raise ExternalLabError(f"no device registered as {self.aor} with RFC 8599 push parameters "
                                        f"within {timeout:g} s" + ("" if self.settings.apns_url else
                                                                   " and read its pushes from the gateway"))
+            # the device settles before the first call: the REGISTER's 200 is still on its way back to it, and the
+            # case's faults must not meet it
+            await trio.sleep(self.settings.pause)
         if self.binding is None or self.binding.token != binding.token or self.binding.flow != binding.flow:
             self.say(f"device registered: {self.aor} over {binding.flow.transport}, token {binding.token[:8]}..., "
                      f"pn-param {binding.push.get('pn-param')}")
@@ -372,14 +375,14 @@ async def open_external_lab(settings: ExternalSettings, *,
 
         pbx: PBX
 
-        async def send_push(token: str, payload: dict) -> None:
+        async def send_push(token: str, payload: dict, expiration_at: int | None = None) -> None:
             # the apns-topic from the binding's pn-param (<TEAMID>.<topic>), as a PBX pushing to APNs does
             topic = DEFAULT_TOPIC
             for binding in pbx.bindings(settings.user):
                 param = binding.push.get("pn-param")
                 if binding.token and binding.token.lower() == token.lower() and param and "." in param:
                     topic = param.split(".", 1)[1]
-            await gateway.local_sender(topic=topic)(token, payload)
+            await gateway.local_sender(topic=topic)(token, payload, expiration_at)  # S23: a push APNs may store
 
         listen = [f"{t}:{HOST}:0" for t in transports] + ([] if "udp" in transports else [f"udp:{HOST}:0"])
         pbx = PBX(listen, timeline=timeline, send_push=send_push, confdir=confdir)

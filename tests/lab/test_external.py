@@ -90,7 +90,10 @@ async def test_a_device_with_the_wrong_reason_mapping_fails_check_1(tmp_path):
                 case = await lab.run_case(load_scenario("S06"))
                 # S21's RTP cannot reach a device elsewhere from the lab's caller on 127.0.0.1: skipped, not judged
                 assert await lab.run_case(load_scenario("S21")) is None
+                # S19's answer must cross the CANCEL; a prompted tap always comes after it: skipped, not failed
+                assert await lab.run_case(load_scenario("S19")) is None
     assert any("S21 bye-lost: skipped, its call carries RTP" in line for line in said), said
+    assert any("S19 answer-cancel-glare: skipped, its answer must cross" in line for line in said), said
     assert case is not None and not case.passed
     results = {c.check: c for c in case.checks}
     assert not results["ends-right"].passed
@@ -246,3 +249,17 @@ def typical_seconds_of(name: str) -> float:
     from faultlab.lab.estimate import typical_seconds
 
     return typical_seconds(load_scenario(name))
+
+
+async def test_the_external_lab_pushes_with_the_pbxs_apns_expiration():
+    """S23's PBX sends a push APNs may store (``apns-expiration`` now + 60 s): the external lab's push path takes
+    it to the gateway with that expiration (it used to refuse the keyword, and no push went out at all)."""
+    async with open_external_lab(_settings(), say=lambda line: None) as lab:
+        received = lab.gateway.channel(TOKEN)
+        expiration = int(time.time()) + 60
+        await lab.pbx.send_push(TOKEN, {"aps": {}, "type": "call", "call-id": "c1@lab", "uuid": "u1"},
+                                expiration_at=expiration)
+        with trio.fail_after(5):
+            push = await received.receive()
+    assert push.payload["call-id"] == "c1@lab"
+    assert push.headers["apns-expiration"] == str(expiration)

@@ -54,6 +54,17 @@ def test_cancel_met_with_200_and_487():
     assert "t=3.000 CANCEL reached the device, the INVITE not answered yet" in d.evidence
 
 
+def test_a_fast_answer_recorded_before_its_cancel_still_counts():
+    # a device on TLS answered the CANCEL 200 and the INVITE 487 before the relay recorded the CANCEL as sent
+    events = ringing() + [from_device(3.001, status=200, cseq_method="CANCEL"),
+                          from_device(3.001, status=487, cseq_method="INVITE"), to_device(3.002, "CANCEL"),
+                          dev(3.003, "ended", "remoteEnded")]
+    d = duty(events)
+    assert d.applies and d.met, d.message
+    assert "t=3.002 the device answered the CANCEL 200" in d.evidence
+    assert not duty(events, name="ring-timeout").applies  # the 487 answered the CANCEL, it did not ring out
+
+
 def test_cancel_answered_481_and_a_late_487_both_named():
     events = ringing() + [to_device(3.0, "CANCEL"), from_device(3.0, status=481, cseq_method="CANCEL"),
                           from_device(4.0, status=487, cseq_method="INVITE")]
