@@ -83,7 +83,12 @@ async def test_app_refuses_bad_events_and_records_nothing():
     timeline = Timeline()
     app = create_collector_app(timeline)
     status, answer = await _call(app, "POST", "/events", json.dumps({**ENDED, "reason": "bye"}).encode())
-    assert status == 400 and "reason" in answer["error"]
+    assert status == 422 and answer["field"] == "reason" and "index" not in answer
+    assert answer["error"].startswith("reason: 'bye' is not one of failed")
+    status, answer = await _call(app, "POST", "/events", json.dumps([ENDED, ENDED, {**ENDED, "device": ""}]).encode())
+    assert (status, answer["field"], answer["index"]) == (422, "device", 2)
+    status, answer = await _call(app, "POST", "/events", b'{"device": "a\xbd"}')
+    assert status == 400 and "not UTF-8" in answer["error"] and set(answer) == {"error"}
     status, _ = await _call(app, "POST", "/events", b"x" * (70 * 1024))
     assert status == 413
     assert list(timeline.events) == []
