@@ -51,7 +51,7 @@ def test_round_trip_and_batches():
     assert [e.event for e in parse_device_events(json.dumps(batch).encode())] == ["reported", "answer-tapped"]
 
 
-async def _call(app, method, path, data=b""):
+async def _call(app, method, path, data=b"", *, raw=False):
     sent = []
     messages = [{"type": "http.request", "body": data, "more_body": False}]
 
@@ -66,7 +66,10 @@ async def _call(app, method, path, data=b""):
              "headers": [(b"content-type", b"application/json")], "server": ("127.0.0.1", 80)}
     await app(scope, receive, send)
     status = sent[0]["status"]
-    return status, json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    if raw:
+        return status, dict((k.decode(), v.decode()) for k, v in sent[0]["headers"]), body
+    return status, json.loads(body)
 
 
 async def test_app_puts_accepted_events_on_the_timeline():
@@ -92,3 +95,17 @@ async def test_app_refuses_bad_events_and_records_nothing():
     status, _ = await _call(app, "POST", "/events", b"x" * (70 * 1024))
     assert status == 413
     assert list(timeline.events) == []
+
+
+async def test_app_serves_the_schemas_as_shipped():
+    from faultlab.lab.schema import schema_bytes
+
+    app = create_collector_app(Timeline())
+    for name in ("events", "push-stream"):
+        status, headers, body = await _call(app, "GET", f"/schema/{name}.json", raw=True)
+        assert status == 200 and headers["content-type"] == "application/schema+json"
+        assert body == schema_bytes(name) and json.loads(body)["title"].startswith("faultlab")
+    status, answer = await _call(app, "GET", "/schema/events")
+    assert status == 404 and "/schema/events.json, /schema/push-stream.json" in answer["error"]
+    status, index = await _call(app, "GET", "/")
+    assert index["schema"] == "/schema/events.json"
