@@ -221,7 +221,7 @@ class Linter:
                 for kind in ("uuid", "call_id") if isinstance(value := obj.get(kind), str) and value]
         call = next((self._calls[k] for k in keys if k in self._calls), None)
         if call is None:
-            call = _Call(keys[0][2] if keys else "?")
+            call = _Call(_label(obj) or "?")  # as the file first wrote it
             self._all_calls.append(call)
         for key in keys:
             self._calls.setdefault(key, call)

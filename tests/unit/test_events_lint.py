@@ -68,7 +68,7 @@ def test_each_rule_is_caught_with_its_line_call_and_fix(lines, line, rule, says)
     assert says in finding.message, finding.message
     assert finding.fix and rule in RULES
     if rule not in ("json", "schema"):
-        assert finding.call == U1.lower()
+        assert finding.call == U1
 
 
 def test_the_schema_fix_is_the_fields_own_documentation():
@@ -125,8 +125,7 @@ def test_a_trace_is_linted_by_its_device_events():
         DeviceEvent.from_json(obj).emit(timeline)
     timeline.emit("device", source="device:ref", call_id="c2", detail={"event": "answer-fulfilled", "uuid": "R1"})
     report = lint([e.to_json() for e in timeline.events])
-    assert [(f.line, f.rule, f.call) for f in report.findings] == [(4, "ended-twice", U1.lower()),
-                                                                  (5, "answer-untapped", "r1")]
+    assert [(f.line, f.rule, f.call) for f in report.findings] == [(4, "ended-twice", U1), (5, "answer-untapped", "R1")]
     assert (report.events, report.skipped) == (4, 1)
 
 
@@ -149,7 +148,7 @@ def test_the_command_exit_codes_and_output(tmp_path):
     done = run(str(bad))
     assert done.exit_code == 1
     lines = done.output.splitlines()
-    assert lines[0] == (f"{bad}:2: call {U1.lower()}: answer-untapped: answer-fulfilled with no answer-tapped "
+    assert lines[0] == (f"{bad}:2: call {U1}: answer-untapped: answer-fulfilled with no answer-tapped "
                         "before it")  # the call is known by its uuid since line 1, which gave both
     assert lines[1].startswith("    fix: post answer-tapped when CXAnswerCallAction arrives")
     assert lines[2].startswith(f"{bad}:3: json: the line is not UTF-8")
@@ -162,7 +161,7 @@ def test_the_command_exit_codes_and_output(tmp_path):
     assert done.exit_code == 1
     answer = json.loads(done.output)
     assert answer["clean"] is False and answer["counts"] == {"answer-untapped": 1, "json": 1, "schema": 1}
-    assert answer["findings"][0] == {"line": 2, "call": U1.lower(), "rule": "answer-untapped",
+    assert answer["findings"][0] == {"line": 2, "call": U1, "rule": "answer-untapped",
                                      "message": "answer-fulfilled with no answer-tapped before it",
                                      "fix": answer["findings"][0]["fix"]}
 
