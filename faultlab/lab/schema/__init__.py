@@ -51,8 +51,8 @@ def validator(name: str, definition: str | None = None) -> Any:
     from jsonschema import Draft202012Validator
 
     schema = load_schema(name)
-    if definition is not None:
-        schema = {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": f"#/$defs/{definition}"}
+    if definition is not None:  # the definition itself (none refers to another): a $ref less per object
+        schema = {"$schema": schema["$schema"], **schema["$defs"][definition]}
     return Draft202012Validator(schema)
 
 
