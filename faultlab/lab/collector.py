@@ -140,9 +140,8 @@ class DeviceEvent:
                                        "(required with event ended)", "reason")
         elif reason is not None:
             raise DeviceEventError(f"reason: only with event ended, not with {event}", "reason")
-        client_time = obj.get("client_time")
-        if isinstance(client_time, bool) or not isinstance(client_time, (int, float)) \
-                or not math.isfinite(client_time) or client_time < 0:
+        client_time = _seconds(obj.get("client_time"))
+        if client_time is None:
             raise DeviceEventError("client_time: required, the device clock in UNIX seconds (a number)",
                                    "client_time")
         detail = obj.get("detail", {})
@@ -158,6 +157,18 @@ class DeviceEvent:
             "device", source=f"device:{self.device}", call_id=self.call_id, summary=summary,
             detail={"event": self.event, **({"reason": self.reason} if self.reason else {}), "uuid": self.uuid,
                     "client_time": self.client_time, "origin": origin, "extra": self.detail})
+
+
+def _seconds(value: Any) -> float | None:
+    """A JSON number that is a time (finite, not negative) as a float; None for anything else (an integer too
+    large for a float, e.g. 1 followed by 400 zeros, included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def parse_device_events(body: bytes) -> list[DeviceEvent]:

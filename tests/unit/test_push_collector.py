@@ -90,6 +90,9 @@ async def test_app_refuses_bad_events_and_records_nothing():
     assert answer["error"].startswith("reason: 'bye' is not one of failed")
     status, answer = await _call(app, "POST", "/events", json.dumps([ENDED, ENDED, {**ENDED, "device": ""}]).encode())
     assert (status, answer["field"], answer["index"]) == (422, "device", 2)
+    huge = json.dumps({**ENDED, "client_time": 10**400}).encode()  # an integer no float can hold: not a crash
+    assert await _call(app, "POST", "/events", huge) == (422, {
+        "error": "client_time: required, the device clock in UNIX seconds (a number)", "field": "client_time"})
     status, answer = await _call(app, "POST", "/events", b'{"device": "a\xbd"}')
     assert status == 400 and "not UTF-8" in answer["error"] and set(answer) == {"error"}
     status, _ = await _call(app, "POST", "/events", b"x" * (70 * 1024))
