@@ -7,6 +7,8 @@ import io
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from faultlab import cli
@@ -171,3 +173,14 @@ def test_an_unreadable_file_exits_2_with_a_message(tmp_path, where):
     done = CliRunner().invoke(cli.app, ["events", "lint", str(tmp_path / where)])
     assert done.exit_code == 2
     assert "faultlab events lint: cannot read" in done.output and "Traceback" not in done.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=80), st.sampled_from([
+    json.dumps(ev("reported", 1.0)).encode(), json.dumps(ev("ended", 0.5, reason="failed")).encode(),
+    b'{"kind": "device", "t": 1, "source": 5, "detail": [1]}', b'{"kind": "device", "t": 1, "detail": {"event": 5}}',
+    b"[1, {}, []]", b'{"device": "\\ud800"}', b"1e400", b'"\\u001b"'])), max_size=8))
+def test_any_bytes_are_findings_never_a_crash(lines):
+    report = lint_stream(io.BytesIO(b"\n".join(lines)), limit=60)
+    assert all(1 <= f.line <= max(report.lines, 1) and f.rule in RULES for f in report.findings)
+    assert report.to_json()["clean"] == (not report.findings)
