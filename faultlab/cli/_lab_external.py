@@ -38,6 +38,11 @@ def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | 
         except EndpointError as exc:
             _fail(f"--listen: {exc}")
     pause = options.get("pause")
+    confdir = None
+    if any(ep.transport == "tls" for ep in listen):  # the lab CA the phone trusts (faultlab ca export), not a new one
+        from faultlab.ca import default_confdir
+
+        confdir = default_confdir()
     return ExternalSettings(
         listen=listen,
         push_listen=_hostport("--push-listen", options.get("push_listen") or "0.0.0.0:2197"),
@@ -48,6 +53,7 @@ def _external_settings(options: dict, *, virtual: bool | None, behaviour: str | 
         **_apns_auth(options),
         register_timeout=_duration("--register-timeout", options.get("register_timeout") or "120s"),
         pause=_duration("--pause", pause) if pause else 5.0,
+        confdir=confdir,
     )
 
 
@@ -105,6 +111,8 @@ def _duration(option: str, text: str) -> float:
 
 def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None, err: Console) -> list[Case]:
     """Open the external lab once, wait for the device, run every case in order (printing prompts)."""
+    from faultlab.ca import CAError
+
     cases: list[Case] = []
 
     async def main() -> None:
@@ -120,6 +128,8 @@ def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None
         trio.run(main)
     except ExternalLabError as exc:
         _fail(str(exc), code=1)
+    except CAError as exc:
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot open the external lab: {exc}")
     except KeyboardInterrupt:

@@ -140,8 +140,10 @@ def _flow_anchors(events: list[Event], found: dict[str, Event], start: int, call
 
 
 def call_push_delivered(e: Event, call_id: str) -> bool:
-    """The push gateway delivered the call push (once, or with copies; or late: a delayed or stored push)."""
+    """The push gateway delivered the call push (once, or with copies; or late: a delayed or stored push; or, in
+    relay mode, handed it to APNs, which accepted it: a real phone's push is on its way from there)."""
     if e.source == "push" and e.kind == "push-delivered":  # a delayed or stored push, handed over at last
         return e.call_id == call_id and e.detail.get("push_kind") == "call" and e.detail.get("status") == 200
     return (e.source == "push" and e.kind == "push" and e.call_id == call_id and e.detail.get("push_kind") == "call"
-            and e.detail.get("outcome") in ("delivered", "duplicated"))
+            and (e.detail.get("outcome") in ("delivered", "duplicated")
+                 or (e.detail.get("outcome") == "relayed" and e.detail.get("status") == 200)))

@@ -37,6 +37,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from faultlab.lab.anchors import call_push_delivered
 from faultlab.lab.checks import CheckResult, anchors, device_events
 from faultlab.lab.deadlines import device_settings
 from faultlab.lab.device.logic import RING_TIMEOUT, DeviceConfig
@@ -336,9 +337,7 @@ def _register_on_push(c: _Call, deadline: float) -> Duty:
     """RFC 8599 §4.1.3: a UA that receives a push MUST send a binding-refresh REGISTER."""
     d = Duty("register-on-push", False)
     for i, push in enumerate(c.events):
-        if not (push.source == "push" and push.kind == "push" and push.call_id == c.call_id
-                and push.detail.get("push_kind") == "call"
-                and push.detail.get("outcome") in ("delivered", "duplicated")):
+        if not (push.kind == "push" and call_push_delivered(push, c.call_id)):
             continue
         d.applies = True
         flows = {e.flow for e in c.events[:i] if e.source == "proxy" and e.flow is not None}

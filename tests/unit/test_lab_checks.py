@@ -234,3 +234,17 @@ def test_check_2_covers_the_whole_answered_call():
     open_call = replace(no_hang_up, hang_up_after=None)
     assert "no end for 2 s" in check_early_answer(early(end=(4.0, "ended", "failed")), CALL, open_call).message
     assert check_early_answer(early(end=(5.5, "ended", "failed")), CALL, open_call).passed
+
+
+def test_a_push_relayed_to_apns_is_the_calls_t0():
+    """With --apns-url a real phone gets its push from APNs: the gateway's relay (APNs answered 200) is t0, so the
+    deadlines counted from the push still apply; a push APNs refused is not."""
+    s10 = load_scenario("S10")  # failed by push + 8 s
+    relayed = Event(1.0, "push", source="push", call_id=CALL,
+                    detail={"push_kind": "call", "outcome": "relayed", "status": 200})
+    events = [relayed, dev(1.2, "reported"), dev(9.0, "ended", "failed")]
+    result = check_end(events, CALL, s10)
+    assert result.passed and "by the deadline 9.000" in result.message, result.message
+    assert check_invariants(events, CALL, s10).passed
+    refused = replace(relayed, detail={**relayed.detail, "status": 410})
+    assert "push" not in anchors([refused, dev(1.2, "reported")], CALL)

@@ -151,3 +151,14 @@ def test_an_invite_that_died_with_its_connection_is_not_the_devices_to_answer():
     answered = lost[:5] + [from_device(1.0, status=180, cseq_method="INVITE")] + lost[5:]
     d = duty(answered)
     assert d.applies and not d.met and "481 to the CANCEL and no 487 to the INVITE" in d.message
+
+
+def test_register_on_push_applies_to_a_push_relayed_to_apns():
+    from faultlab.lab.duties import duties
+    from faultlab.lab.scenario import load_scenario
+    from faultlab.trace import Event
+
+    relayed = Event(1.0, "push", source="push", call_id="c9@lab",
+                    detail={"push_kind": "call", "outcome": "relayed", "status": 200})
+    found = {d.name: d for d in duties([relayed], "c9@lab", load_scenario("S01"), known_device=False)}
+    assert found["register-on-push"].applies and not found["register-on-push"].met
