@@ -184,3 +184,10 @@ def test_any_bytes_are_findings_never_a_crash(lines):
     report = lint_stream(io.BytesIO(b"\n".join(lines)), limit=60)
     assert all(1 <= f.line <= max(report.lines, 1) and f.rule in RULES for f in report.findings)
     assert report.to_json()["clean"] == (not report.findings)
+
+
+def test_dash_reads_standard_input():
+    log = "".join(json.dumps(e) + "\n" for e in ANSWERED[:2]) + json.dumps(ANSWERED[0]) + "\n"
+    done = CliRunner().invoke(cli.app, ["events", "lint", "-"], input=log.encode())
+    assert done.exit_code == 1
+    assert done.output.startswith(f"-:3: call {U1}: reported-twice: reported again (first on line 1)")
