@@ -32,6 +32,7 @@ Resources, shaped after Toxiproxy's API (JSON in and out; errors as ``{"error": 
     POST   /api/guided/start            {"scenario": ID, "device"?: D}: the scenario's own faults on, guiding
     POST   /api/guided/stop             {}: end the guided run, the profile before it back
     POST   /events                      device events from an app (docs/device-events.md) -> {"accepted": N}
+    GET    /prompts[?since=SEQ]         the guided run's prompts for programs: NDJSON, or SSE (faultlab.lab.prompts)
     (these in faultlab.api.web)
 
 ENTRY is ``{"name", "summary", "activated_at"}``; DEVICE is ``IP`` or ``IP:PORT`` (``[v6]:PORT``),
@@ -138,6 +139,7 @@ class _Api:
                 "GET / (the web page, to a browser)", "GET /api/ladder", "GET /api/scenarios", "GET /api/guided",
                 "POST /api/guided/start", "POST /api/guided/stop", "POST /events", "GET /ca",
                 "GET /schema/events.json", "GET /schema/push-stream.json",
+                "GET /prompts[?since=SEQ]",
             ],
         })
 

@@ -17,6 +17,13 @@
                                proxy's timeline: {"accepted": N}; 422 {"error", "status", "field", "index"}
                                for an event that breaks the schema
     GET  /schema/{name}.json   the JSON Schemas (faultlab.lab.schema): events.json, push-stream.json
+    GET  /prompts              the guided run's prompts (call, answer, decline, hang-up) for programs: NDJSON,
+                               or SSE (faultlab.lab.prompts); ?since=SEQ, Last-Event-ID
+
+Guided prompts are worked out from the timeline when the status is (:func:`~faultlab.lab.guided.status`): when
+the page polls ``GET /api/guided``, at start and stop, and, while anyone follows ``GET /prompts``, at each
+prompt's due time (and every ``PROMPT_TICK`` seconds, to see the call's events). Each step is published once,
+when it is due, with ``at`` its due time on this machine's wall clock.
 
 The page itself, its two static files and the schemas are the only resources answered without the token when one
 is set: they hold no data, and a phone's browser cannot send a header when it opens a URL. The page reads the token from
@@ -34,10 +41,12 @@ These endpoints read and write the running proxy's timeline: they need a control
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Protocol
 
+import trio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
@@ -50,13 +59,16 @@ from faultlab.trace.pcap import RELAY
 
 from ._http import JSON, ApiError, json_body, read_body
 from .protocol import Control
-from faultlab.lab.guided import GuidedRun, needs_push_gateway, scenario_json, status
+from faultlab.lab.guided import GuidedRun, due_prompts, needs_push_gateway, scenario_json, status
+from faultlab.lab.prompts import PromptHub, PromptRequestError, prompt_stream
 from faultlab.lab.schema import MEDIA_TYPE, SCHEMAS, schema_bytes
 
 __all__ = ["RunningProxy", "WebPage", "device_ladder", "is_page", "wants_html"]
 
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 SCHEMA_PATHS = frozenset(f"/schema/{name}.json" for name in SCHEMAS)
+PROMPT_TICK = 0.25  # seconds: how often a /prompts follower has the guided status worked out
+PROMPT_DEADLINE = 2.0  # an answer, decline or hang-up prompt's deadline: this long after it is due
 
 
 class RunningProxy(Protocol):
@@ -101,6 +113,7 @@ class WebPage:
     def __init__(self, control: Control) -> None:
         self.control = control
         self.run: GuidedRun | None = None
+        self.prompts = PromptHub()
         self._before: tuple[str | None, Any] | None = None  # (device, Profile or None) before the guided run
 
     # -- the page -----------------------------------------------------------------------------------
@@ -135,6 +148,7 @@ class WebPage:
             route("/api/guided", GET=self.guided),
             route("/api/guided/start", POST=self.guided_start),
             route("/api/guided/stop", POST=self.guided_stop),
+            route("/prompts", GET=self.prompts_stream),
         ]
 
     def _running_proxy(self) -> RunningProxy:
@@ -173,7 +187,34 @@ class WebPage:
         if self.run is None:
             return {"phase": "idle"}
         proxy = self._running_proxy()
-        return status(self.run, list(proxy.events), proxy.now())
+        out = status(self.run, list(proxy.events), proxy.now())
+        wall = time.time()
+        for p in due_prompts(self.run, out):
+            at = wall if p["due"] is None else wall - (out["now"] - p["due"])
+            self.prompts.publish(p["action"], p["text"], at=at,
+                                 deadline=None if p["action"] == "call" else at + PROMPT_DEADLINE,
+                                 scenario=p["scenario"], uuid=p["uuid"], call_id=p["call_id"])
+        return out
+
+    async def prompts_stream(self, request: Request) -> Any:
+        try:
+            stream = prompt_stream(self.prompts, request.query_params, request.headers)
+        except PromptRequestError as exc:
+            raise ApiError(400, str(exc)) from None
+        if request.method == "HEAD":
+            return Response(media_type=stream.media_type)
+        return _Ticking(stream, self._tick)
+
+    async def _tick(self) -> None:
+        """While a follower is on: the guided status worked out at the next prompt's due time (or every
+        ``PROMPT_TICK`` s), so that prompts are published when due even with no page polling."""
+        while True:
+            wait = PROMPT_TICK
+            if self.run is not None and getattr(self.control, "proxy", None) is not None:
+                ahead = self._status().get("next", {}).get("in")
+                if isinstance(ahead, (int, float)) and ahead < wait:
+                    wait = max(ahead, 0.0)
+            await trio.sleep(wait)
 
     async def guided_start(self, request: Request) -> Response:
         body = await json_body(request, required=("scenario",), optional=("device",),
@@ -260,6 +301,19 @@ class WebPage:
         for event in events:
             event.emit(proxy)  # type: ignore[arg-type]  # the proxy emits as a lab Timeline does
         return JSON({"accepted": len(events)})
+
+
+class _Ticking:
+    """An ASGI response: ``stream`` while ``tick()`` runs beside it."""
+
+    def __init__(self, stream, tick) -> None:
+        self.stream, self.tick = stream, tick
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.tick)
+            await self.stream(scope, receive, send)
+            nursery.cancel_scope.cancel()
 
 
 def _catalogue():

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import trio
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 
 from faultlab.addr import EndpointError, parse_endpoint
 from faultlab.cli._common import failing
 from faultlab.faults import parse_duration
+from faultlab.lab.estimate import Estimate, approx, estimate
 from faultlab.lab.external import ExternalLabError, ExternalSettings, open_external_lab
 from faultlab.lab.runner import Case
 
@@ -109,8 +111,11 @@ def _duration(option: str, text: str) -> float:
     return 0.0
 
 
-def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None, err: Console) -> list[Case]:
-    """Open the external lab once, wait for the device, run every case in order (printing prompts)."""
+def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None, err: Console, *,
+                  quiet: bool = False) -> list[Case]:
+    """Open the external lab once, wait for the device, print the estimate (:mod:`faultlab.lab.estimate`), run
+    every case in order (printing prompts), with a progress bar and the time left on a terminal (not with -q) and
+    a line per case."""
     from faultlab.ca import CAError
 
     cases: list[Case] = []
@@ -118,11 +123,11 @@ def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None
     async def main() -> None:
         async with open_external_lab(settings, say=lambda line: err.print(line, highlight=False)) as lab:
             await lab.wait_ready()
-            for scenario, profile in todo:
-                case = await lab.run_case(scenario, profile, trace_dir=trace_dir)
-                if case is not None:
-                    cases.append(case)
-                    err.print(f"{scenario.name}: " + ("[green]pass[/green]" if case.passed else "[red]FAIL[/red]"))
+            assert lab.transport is not None
+            plan = estimate(todo, lab.transport, settings.pause)
+            for line in plan.lines():
+                err.print(line, highlight=False, soft_wrap=True)
+            await _play(lab, plan, trace_dir, err, cases, bar=not quiet and err.is_terminal)
 
     try:
         trio.run(main)
@@ -135,3 +140,43 @@ def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None
     except KeyboardInterrupt:
         err.print("interrupted: the cases run so far follow")
     return cases
+
+
+async def _play(lab, plan: Estimate, trace_dir: Path | None, err: Console, cases: list[Case], *,
+                bar: bool) -> None:
+    """Run the cases of ``plan`` that run, in order, into ``cases``; a progress bar (``bar``) whose time left follows the estimate,
+    ticking through each case up to its estimated share; a line per case with its verdict and the time left."""
+    running = [c for c in plan.cases if not c.skipped]  # the estimate said why the others are skipped
+    now = {"done": 0.0, "share": 0.0, "began": trio.current_time()}  # estimated seconds of the cases run, ...
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[left]}"),
+                  console=err, transient=True, disable=not bar) as progress:
+        task = progress.add_task("external", total=max(plan.seconds, 1.0), left=_left(plan.seconds))
+
+        async def tick() -> None:
+            while True:
+                into = min(trio.current_time() - now["began"], now["share"])  # a case may outlast its estimate
+                progress.update(task, completed=now["done"] + into, left=_left(plan.seconds - now["done"] - into))
+                await trio.sleep(1.0)
+
+        async with trio.open_nursery() as nursery:
+            if bar:
+                nursery.start_soon(tick)
+            for n, case_plan in enumerate(running, 1):
+                scenario = case_plan.scenario
+                now.update(share=plan.case_seconds(case_plan), began=trio.current_time())
+                progress.update(task, description=f"{scenario.id} ({n}/{len(running)})")
+                case = await lab.run_case(scenario, case_plan.profile, trace_dir=trace_dir)
+                now.update(done=now["done"] + now["share"], share=0.0)
+                left = _left(plan.seconds - now["done"])
+                progress.update(task, completed=now["done"], left=left)
+                if case is not None:
+                    cases.append(case)
+                    verdict = "[green]pass[/green]" if case.passed else "[red]FAIL[/red]"
+                    err.print(f"{scenario.name}: {verdict} ({n}/{len(running)} cases, {left})", highlight=False,
+                              soft_wrap=True)
+            nursery.cancel_scope.cancel()
+
+
+def _left(seconds: float) -> str:
+    """The time left, as the estimate says it."""
+    return f"about {approx(seconds)} left" if seconds > 0 else "done"

@@ -161,7 +161,7 @@ def execute(
         err.print(f"{title}: {len(todo_external)} cases, seed {seed}, real time, external device "
                   f"{external_settings.user} (the device's own transport)")
         external_settings.seed = seed
-        cases = _run_external(external_settings, todo_external, trace_dir, err)
+        cases = _run_external(external_settings, todo_external, trace_dir, err, quiet=quiet)
     else:
         on = ",".join(transports) if transports else "every transport each scenario applies to; -t narrows"
         err.print(f"{title}: {len(todo)} cases ({on}), seed {seed}, {clock} on {net}, reference device"

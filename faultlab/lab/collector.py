@@ -22,6 +22,9 @@ schema (``field`` when one field is at fault, ``index`` for a batch; nothing of 
 ``source=f"device:{device}"``, ``call_id``, ``detail={"event", "reason" (ended only), "uuid",
 "client_time", "origin": "collector", "extra": detail}`` — the same shape the reference device emits with
 :meth:`DeviceEvent.emit`, so the checks read both alike.
+
+``GET /prompts`` (when the lab gives the collector a :class:`~faultlab.lab.prompts.PromptHub`): the lab's
+prompts, NDJSON or Server-Sent Events (:mod:`faultlab.lab.prompts`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from starlette.routing import Route
 
 from faultlab.text import load_json
 
+from .prompts import PromptHub, PromptRequestError, prompt_stream
 from .schema import MEDIA_TYPE, SCHEMAS, schema_bytes
 from .timeline import Timeline
 
@@ -194,9 +198,10 @@ def parse_device_events(body: bytes) -> list[DeviceEvent]:
     return events
 
 
-def create_collector_app(timeline: Timeline) -> Starlette:
+def create_collector_app(timeline: Timeline, prompts: PromptHub | None = None) -> Starlette:
     """The collector as an ASGI app: ``POST /events``, ``GET /schema/events.json`` and ``GET
-    /schema/push-stream.json`` (:mod:`faultlab.lab.schema`), ``GET /`` (what this is)."""
+    /schema/push-stream.json`` (:mod:`faultlab.lab.schema`), ``GET /`` (what this is), and with ``prompts`` ``GET
+    /prompts`` (:func:`~faultlab.lab.prompts.prompt_stream`: the lab's prompts, NDJSON or SSE)."""
 
     async def post_events(request: Request) -> JSONResponse:
         body = b""
@@ -218,8 +223,18 @@ def create_collector_app(timeline: Timeline) -> Starlette:
                              "schema": "/schema/events.json", "push_stream_schema": "/schema/push-stream.json",
                              "docs": "docs/device-events.md"})
 
-    return Starlette(routes=[Route("/events", post_events, methods=["POST"]),
-                             Route("/schema/{name}", schema_response, methods=["GET"]), Route("/", index)])
+    async def get_prompts(request: Request):
+        if prompts is None:
+            return JSONResponse({"error": "this collector publishes no prompts"}, status_code=404)
+        try:
+            stream = prompt_stream(prompts, request.query_params, request.headers)
+        except PromptRequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return Response(media_type=stream.media_type) if request.method == "HEAD" else stream
+
+    return Starlette(routes=[Route("/events", post_events, methods=["POST"]), Route("/", index),
+                             Route("/schema/{name}", schema_response, methods=["GET"]),
+                             Route("/prompts", get_prompts, methods=["GET"])])
 
 
 async def schema_response(request: Request) -> Response:
@@ -238,6 +253,7 @@ async def serve_collector(
     host: str,
     port: int,
     *,
+    prompts: PromptHub | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the collector on ``host:port`` (HTTP/1.1 and h2c) until cancelled; started ``(host, port)``."""
@@ -258,4 +274,4 @@ async def serve_collector(
             assert bound is not None, binds
             task_status.started((host, bound))
 
-    await serve(create_collector_app(timeline), config, mode="asgi", task_status=_Started())  # type: ignore[arg-type]
+    await serve(create_collector_app(timeline, prompts), config, mode="asgi", task_status=_Started())  # type: ignore[arg-type]

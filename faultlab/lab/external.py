@@ -23,8 +23,10 @@ push's payload (``call-id`` and ``uuid``), so :func:`with_call_ids` gives those 
 before the checks read them.
 
 The user's steps of a script (``answer_at``, ``decline_at``) cannot be forced on a real phone: the lab prints a
-prompt ("tap Answer now") that long after the device reported the call, and judges what the user and the app
-did. The scenario's ``[device]`` table (the reference device's deadlines) does not apply to a real device.
+prompt ("tap Answer now") that long after the device reported the call, publishes it for programs (``GET
+/prompts`` on the event collector's port, and a ``"kind": "prompt"`` line on the device's push stream:
+:mod:`faultlab.lab.prompts`), and judges what the user and the app did. The scenario's ``[device]`` table (the
+reference device's deadlines) does not apply to a real device.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -45,6 +48,7 @@ from faultlab.lab.caller import Caller
 from faultlab.lab.collector import serve_collector
 from faultlab.lab.pbx import PBX
 from faultlab.lab.pbx.logic import Binding
+from faultlab.lab.prompts import PromptHub
 from faultlab.lab.push import PushFaults, PushGateway, serve_push_gateway
 from faultlab.lab.runner import (
     Case,
@@ -56,7 +60,7 @@ from faultlab.lab.runner import (
     push_faults,
     write_trace,
 )
-from faultlab.lab.pushside import expects_refusal
+from faultlab.lab.estimate import skip_reason
 from faultlab.lab.scenario import Scenario
 from faultlab.lab.timeline import Timeline
 from faultlab.addr import Endpoint, format_hostport
@@ -68,6 +72,7 @@ __all__ = ["ExternalLab", "ExternalLabError", "ExternalSettings", "open_external
 HOST = "127.0.0.1"  # where the PBX and the caller live (only faultlab's relay faces the device)
 DEFAULT_TOPIC = "org.faultlab.device.voip"
 CLEANUP = 5.0  # seconds to cancel or hang up a call still up after its case
+PROMPT_DEADLINE = 2.0  # an answer/decline prompt's deadline: this long after it is due
 
 
 class ExternalLabError(Exception):
@@ -109,6 +114,7 @@ class ExternalLab:
     events_address: tuple[str, int]
     say: Callable[[str], None] = print
     binding: Binding | None = None
+    prompts: PromptHub = field(default_factory=PromptHub)  # served as GET /prompts by the event collector
     _uuids: dict[str, str] = field(default_factory=dict)  # CallKit uuid (lower case) -> SIP Call-ID
 
     def __post_init__(self) -> None:
@@ -229,20 +235,9 @@ class ExternalLab:
             await self.wait_ready()
         transport = self.transport
         assert transport is not None
-        if transport not in scenario.transports:
-            self.say(f"{scenario.name}: skipped, it applies to {', '.join(scenario.transports)} and the device "
-                     f"registered over {transport}")
-            return None
-        if expects_refusal(scenario):  # it would also make the PBX forget the device's push binding
-            self.say(f"{scenario.name}: skipped, it judges the PBX's side of push (APNs refusing the push), not the "
-                     "device: run it with the reference device")
-            return None
-        if scenario.media:  # a real phone would get an SDP offer on 127.0.0.1: its RTP could never reach the caller
-            self.say(f"{scenario.name}: skipped, its call carries RTP and the caller's media is on 127.0.0.1, which "
-                     "a device elsewhere cannot reach")
-            return None
-        if scenario.move_at is not None:
-            self.say(f"{scenario.name}: skipped, the lab cannot change a real device's address")
+        why = skip_reason(scenario, transport)
+        if why is not None:
+            self.say(f"{scenario.name}: {why}")
             return None
         modes = ["delivered", "dropped"] if scenario.cancel_push_check else ["delivered"]
         runs = []
@@ -297,7 +292,9 @@ class ExternalLab:
 
     async def _prompt(self, scenario: Scenario, call_id: str, first: int) -> None:
         """Tell the person at the device when to tap Answer or Decline: ``answer_at`` / ``decline_at`` after
-        the device reported the call (its ``reported`` event)."""
+        the device reported the call (its ``reported`` event). The console line (``say``), and a machine-readable
+        prompt (:mod:`faultlab.lab.prompts`) on ``GET /prompts`` of the event collector and on the device's push
+        stream, with the call's uuid (from its push) and Call-ID."""
         step = ("Answer", scenario.answer_at) if scenario.answer_at is not None else \
             ("Decline", scenario.decline_at) if scenario.decline_at is not None else None
         if step is None:
@@ -307,7 +304,14 @@ class ExternalLab:
                                        and self._is_call(e, call_id), start=first)
         assert reported is not None
         await trio.sleep_until(self.timeline.t0 + reported.t + after)
-        self.say(f">>> {scenario.id}: tap {what} now on the device")
+        text = f"{scenario.id}: tap {what} now on the device"
+        self.say(f">>> {text}")
+        at = self.prompts.wall_clock()
+        uuid = next((u for u, c in self._uuids.items() if c == call_id), None)
+        prompt = self.prompts.publish(what.lower(), text, at=at, deadline=at + PROMPT_DEADLINE,
+                                      scenario=scenario.id, transport=self.transport, uuid=uuid, call_id=call_id)
+        if self.binding is not None and self.binding.token:
+            self.gateway.send_prompt(self.binding.token, prompt)
 
     async def _clean_up(self, handle) -> None:
         """Cancel a call still ringing, hang up one still up, so that the next case starts clean."""
@@ -362,7 +366,9 @@ async def open_external_lab(settings: ExternalSettings, *,
             signer = ApnsSigner.from_file(settings.apns_key, settings.apns_key_id or "", settings.apns_team_id or "")
         gateway = PushGateway(timeline, relay_url=settings.apns_url, relay_ca=settings.apns_ca, relay_auth=signer)
         push_address = await nursery.start(serve_push_gateway, gateway, *settings.push_listen)
-        events_address = await nursery.start(serve_collector, timeline, *settings.events_listen)
+        prompts = PromptHub()
+        events_address = await nursery.start(partial(serve_collector, prompts=prompts), timeline,
+                                             *settings.events_listen)
 
         pbx: PBX
 
@@ -390,7 +396,8 @@ async def open_external_lab(settings: ExternalSettings, *,
         caller = Caller("udp", pbx.address("udp"), settings.caller_user, timeline, domain=settings.domain,
                         timeout=60.0)
         await caller.start(nursery)
-        lab = ExternalLab(settings, timeline, gateway, pbx, proxy, caller, push_address, events_address, say=say)
+        lab = ExternalLab(settings, timeline, gateway, pbx, proxy, caller, push_address, events_address, say=say,
+                          prompts=prompts)
         try:
             yield lab
         finally:

@@ -39,7 +39,7 @@ from faultlab.lab.scenario import Scenario
 from faultlab.sip import SipError, parse_message, parse_uri
 from faultlab.trace import Event
 
-__all__ = ["GuidedRun", "device_aor", "pick_call", "scenario_json", "status", "verdict"]
+__all__ = ["GuidedRun", "device_aor", "due_prompts", "pick_call", "scenario_json", "status", "verdict"]
 
 RELAY = "proxy"
 
@@ -54,6 +54,7 @@ class GuidedRun:
     stopped_at: float | None = None
     result: dict[str, Any] | None = None  # the verdict, once the run is done
     notes: list[str] = field(default_factory=list)  # what this run cannot apply (push gateway faults, ...)
+    prompted: set[str] = field(default_factory=set)  # the steps published as prompts (due_prompts)
 
 
 def scenario_json(s: Scenario) -> dict[str, Any]:
@@ -235,7 +236,9 @@ def status(run: GuidedRun, events: Sequence[Event], now: float) -> dict[str, Any
     tapped = _dev(timeline, call_id, "answer-tapped")
     cancel = _relay(timeline, call_id, "received", "to-device", lambda e: e.method == "CANCEL")
     bye = _relay(timeline, call_id, "received", "to-device", lambda e: e.method == "BYE")
-    out["call"] = {"call_id": call_id, "picked_from": how, "t0": t0,
+    uuid = next((e.detail["uuid"] for e in timeline if e.kind == "device" and e.call_id == call_id
+                 and isinstance(e.detail.get("uuid"), str)), None)
+    out["call"] = {"call_id": call_id, "uuid": uuid, "picked_from": how, "t0": t0,
                    "t0_from": "reported" if reported else ("invite" if invite else None),
                    "other_calls_ignored": sorted(set(others))}
     call_step["done"] = True
@@ -277,6 +280,34 @@ def status(run: GuidedRun, events: Sequence[Event], now: float) -> dict[str, Any
     out["phase"] = "in-call" if ok is not None else "ringing"
     _prompt(out, steps, now)
     return out
+
+
+_ACTIONS = {"call": "call", "answer": "answer", "decline": "decline", "hang-up": "hang-up", "cancel": "hang-up"}
+
+
+def due_prompts(run: GuidedRun, out: dict[str, Any]) -> list[dict[str, Any]]:
+    """The machine-readable prompts (:mod:`faultlab.lab.prompts`) of ``out`` (a :func:`status` of ``run``) that
+    are due and not yet published: the steps ``call`` (at once), ``answer``, ``decline``, ``hang-up`` and
+    ``cancel`` (the caller hangs up before anyone answers: action ``hang-up``) once their time has come and while
+    they are not done, each once per run (``run.prompted``). Each: ``{"action", "text", "due"`` (proxy time, None
+    for now), ``"call_id", "uuid", "scenario"}``. Nothing once the run is done or stopped."""
+    if out.get("phase") not in ("waiting", "ringing", "in-call"):
+        return []
+    call = out.get("call") or {}
+    call_id, uuid = call.get("call_id"), call.get("uuid")
+    if isinstance(call_id, str) and call_id.startswith("uuid:"):
+        call_id, uuid = None, uuid or call_id[5:]
+    found = []
+    for st in out.get("steps", []):
+        action = _ACTIONS.get(st["id"])
+        if action is None or st["id"] in run.prompted or st["done"]:
+            continue
+        if (st["due"] is None and action != "call") or (st["due"] is not None and out["now"] < st["due"]):
+            continue  # not yet (a hang-up's time is known once the call is connected)
+        run.prompted.add(st["id"])
+        found.append({"action": action, "text": st["text"], "due": st["due"], "scenario": run.scenario.id,
+                      "call_id": None if action == "call" else call_id, "uuid": None if action == "call" else uuid})
+    return found
 
 
 def _end_of(run: GuidedRun, ended: Event | None, t0: float | None, now: float) -> tuple[float | None, str]:

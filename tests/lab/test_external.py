@@ -9,6 +9,7 @@ registration wait, never from sleeps; the only sleeps are the lab's pauses betwe
 
 from __future__ import annotations
 
+import json
 import time
 
 import trio
@@ -140,3 +141,108 @@ def test_cli_refuses_bad_combinations_with_external():
     assert result.exit_code == 2 and "only with --device external" in result.output, result.output
     result = runner.invoke(cli, ["lab", "run", "-s", "S05", "--device", "phone"])
     assert result.exit_code == 2 and "use reference or external" in result.output, result.output
+
+
+async def test_a_scripted_decline_is_prompted_with_the_calls_uuid_and_call_id(tmp_path):
+    """S30's user declines 1 s after the report: the lab prints the console line and publishes a machine-readable
+    prompt on GET /prompts (followed here over HTTP while the case runs) naming the call's push uuid and Call-ID;
+    the device process, which reads the same push stream the prompt line goes to, is not thrown by it."""
+    import httpx
+
+    said: list[str] = []
+    followed: list[dict] = []
+    async with open_external_lab(_settings(), say=said.append) as lab:
+        async with open_actors(actor_env(tmp_path / "home")) as actors:
+            await actors.spawn("device", *_device_args(lab, "--decline-after", "1s"))
+            with trio.fail_after(30):
+                await lab.wait_ready()
+            prompts_url = lab.events_url.replace("/events", "/prompts")
+
+            async def follow(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                async with httpx.AsyncClient(timeout=None) as client:
+                    async with client.stream("GET", prompts_url) as response:
+                        assert response.headers["content-type"].startswith("application/x-ndjson")
+                        task_status.started()
+                        async for line in response.aiter_lines():
+                            if line.strip():
+                                followed.append(json.loads(line))
+                                return
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(follow)
+                with trio.fail_after(60):
+                    case = await lab.run_case(load_scenario("S30"))
+    assert case is not None and case.passed, [(c.check, c.message) for c in case.checks]
+    assert ">>> S30: tap Decline now on the device" in said, said
+    run = case.runs[0]
+    pushes = [e for e in run.events if e.kind == "pbx" and e.detail.get("action") == "push-sent"
+              and e.call_id == run.call_id]
+    uuid = pushes[0].detail["payload"]["uuid"].lower()
+    assert followed == [p.to_json() for p in lab.prompts.kept]
+    [prompt] = followed
+    assert {k: prompt[k] for k in ("kind", "seq", "action", "scenario", "transport", "uuid", "call_id", "text")} == {
+        "kind": "prompt", "seq": 1, "action": "decline", "scenario": "S30", "transport": "udp", "uuid": uuid,
+        "call_id": run.call_id, "text": "S30: tap Decline now on the device"}
+    assert prompt["deadline"] == prompt["at"] + 2.0
+
+
+def test_the_estimate_tracks_what_the_reference_device_takes_over_the_catalogue():
+    """Each scenario an external run plays: its typical seconds (faultlab.lab.estimate) against the lab seconds of
+    the reference device's call in a virtual-time run (the same script, a device that does what the scenario
+    expects), within 2.5 s per call."""
+    from faultlab.lab.estimate import skip_reason, typical_seconds
+    from faultlab.lab.runner import IDLE, run_case
+    from faultlab.lab.scenario import list_scenarios
+
+    off = {}
+    for scenario in list_scenarios():
+        if skip_reason(scenario, "udp") is None:
+            case = run_case(scenario, transport="udp", seed=1)
+            for run in case.runs:
+                off[(scenario.id, run.cancel_pushes)] = round(typical_seconds(scenario) - (run.duration - IDLE), 2)
+    assert len(off) > 20
+    assert {k: v for k, v in off.items() if abs(v) > 2.5} == {}
+
+
+def _free_port(kind: int) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+async def test_the_cli_prints_the_estimate_before_the_first_call_then_a_line_per_case(tmp_path):
+    """``faultlab lab run --device external`` as a user runs it (its stderr not a terminal: no bar, a plain line
+    per case with the time left), against the reference device in another process."""
+    import socket
+
+    sip, push, events = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_STREAM)
+    async with open_actors(actor_env(tmp_path / "home")) as actors:
+        lab = await actors.spawn("lab", "lab", "run", "--device", "external", "-s", "S06", "-s", "S21", "--seed", "1",
+                                 "--listen", f"udp:{HOST}:{sip}", "--push-listen", f"{HOST}:{push}",
+                                 "--events-listen", f"{HOST}:{events}", "--pause", "0.2s", "--register-timeout", "30s")
+        with trio.fail_after(30):
+            await lab.wait_line("stderr", r"waiting up to 30 s for the device")
+        await actors.spawn("device", "device", "--proxy", f"udp:{HOST}:{sip}", "--user", "alice", "--domain",
+                           "lab.test", "--token", TOKEN, "--push-url", f"http://{HOST}:{push}/devices/{TOKEN}/pushes",
+                           "--events-url", f"http://{HOST}:{events}/events")
+        with trio.fail_after(60):
+            assert await lab.wait_exit() == 0, lab.output()
+    err = lab.lines["stderr"]
+    first_call = next(i for i, line in enumerate(err) if ": calling sip:alice@lab.test" in line)
+    s06 = typical_seconds_of("S06")
+    estimate = [
+        f"  S06 answered-elsewhere: 2 calls (the second with cancel pushes dropped), ~{s06:.0f} s each + 0.2 s pause",
+        "  S21 bye-lost: skipped, its call carries RTP and the caller's media is on 127.0.0.1, which a device "
+        "elsewhere cannot reach",
+        f"estimate: 1 case, 2 calls, about {2 * (s06 + 0.2):.0f} s"]
+    assert err[first_call - 3:first_call] == estimate, err  # before the first call
+    assert "S06 answered-elsewhere: pass (1/1 cases, done)" in err, err
+    assert not any("S21 bye-lost: pass" in line or "S21 bye-lost: FAIL" in line for line in err)
+
+
+def typical_seconds_of(name: str) -> float:
+    from faultlab.lab.estimate import typical_seconds
+
+    return typical_seconds(load_scenario(name))

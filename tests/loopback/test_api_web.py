@@ -343,3 +343,40 @@ async def test_a_guided_call_through_faultlab_gets_its_verdict_from_device_event
     assert verdict["passed"] is True and verdict["call_id"] == "call1", verdict
     assert [c["check"] for c in verdict["checks"]] == ["ends-right", "invariants", "sip-duties"]
     assert "device reported (no push gateway: t0)" in verdict["checks"][0]["evidence"][0]
+
+
+async def test_guided_prompts_are_published_on_get_prompts_when_due(nursery):
+    """A program follows GET /prompts (with the API's token) while nobody polls the page: the call prompt comes
+    at the start, the answer prompt when it is due (S17: 1 s after the app reported the call), with the call's
+    Call-ID and the uuid the app reported."""
+    import json
+
+    import httpx
+
+    lab = await start_lab(nursery, token=TOKEN)
+    assert (await request(lab.port, "GET", "/prompts")).status == 401  # the API's token rules
+    with trio.fail_after(10):
+        await lab.register()
+        async with httpx.AsyncClient(timeout=None, headers=lab.headers()) as http:
+            async with http.stream("GET", f"{lab.url}/prompts") as response:
+                assert response.status_code == 200
+                it = response.aiter_lines()
+
+                async def prompt() -> dict:
+                    while not (line := await it.__anext__()).strip():
+                        pass
+                    return json.loads(line)
+
+                assert (await lab.post("/api/guided/start", {"scenario": "S17"})).status == 200
+                call = await prompt()
+                assert {k: call[k] for k in ("seq", "action", "scenario", "call_id", "uuid", "deadline")} == {
+                    "seq": 1, "action": "call", "scenario": "S17", "call_id": None, "uuid": None, "deadline": None}
+                assert call["text"] == "Call sip:alice@lab.test from another phone now"
+                assert (await lab.from_pbx(INVITE)).method == "INVITE"
+                await lab.post("/events", device_event("reported", uuid="6F1C-U1", call_id="call1"))
+                answer = await prompt()
+        await lab.post("/api/guided/stop", {})
+    assert {k: answer[k] for k in ("seq", "action", "scenario", "call_id", "uuid", "text")} == {
+        "seq": 2, "action": "answer", "scenario": "S17", "call_id": "call1", "uuid": "6f1c-u1",
+        "text": "Tap Answer on the iPhone now"}
+    assert answer["deadline"] == answer["at"] + 2.0

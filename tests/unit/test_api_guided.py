@@ -3,7 +3,7 @@ fabricated timelines, no sockets."""
 
 from __future__ import annotations
 
-from faultlab.lab.guided import GuidedRun, attribute, device_aor, pick_call, status
+from faultlab.lab.guided import GuidedRun, attribute, device_aor, due_prompts, pick_call, status
 from faultlab.lab.checks import anchors, check_end
 from faultlab.lab.scenario import load_scenario
 from faultlab.trace import Event
@@ -108,6 +108,28 @@ def test_status_walks_through_the_script_then_keeps_the_verdict():
                                                                       ("sip-duties", True)]
     assert run.result is verdict
     assert status(run, events + [device(9.0, "ended", call_id=None, reason="failed")], 9.5)["verdict"] is verdict
+
+
+def test_prompts_for_programs_come_once_each_when_due():
+    run = GuidedRun(load_scenario("S01"), started_at=1.0)
+    events = baseline_call(device_call_id=None)  # the app posts the CallKit uuid only
+
+    def due(n: int, now: float) -> list[tuple]:
+        found = due_prompts(run, status(run, events[:n], now))
+        return [(p["action"], p["due"], p["call_id"], p["uuid"]) for p in found]
+
+    assert due(2, 1.5) == [("call", None, None, None)]
+    assert due(2, 1.6) == []  # once
+    assert due(5, 2.5) == []  # reported at 2.1: the answer is due at 3.1
+    assert due(5, 3.2) == [("answer", 3.1, "c1", "U1")]
+    assert due(10, 4.0) == []  # connected at 3.15: the hang-up is due 10 s later
+    assert due(10, 13.2) == [("hang-up", 13.15, "c1", "U1")]
+    assert due(len(events), 20.0) == []  # done
+    # the caller's CANCEL (S05, 2 s after the report) is the caller's phone hanging up; nothing after the end
+    run = GuidedRun(load_scenario("S05"), started_at=0.0, prompted={"call"})
+    assert [p["action"] for p in due_prompts(run, status(run, events[:5], 4.2))] == ["hang-up"]
+    run = GuidedRun(load_scenario("S05"), started_at=0.0)
+    assert due_prompts(run, status(run, events[:5], 2.1 + 30.0)) == []
 
 
 def test_duration_ends_a_run_without_an_end_and_the_verdict_says_so():

@@ -156,3 +156,15 @@ def test_a_prompt_line_follows_the_schema():
     for bad in ({**PROMPT, "action": "tap"}, {**PROMPT, "seq": 0}, without(PROMPT, "deadline"),
                 {**PROMPT, "kind": "prompts"}, {**PROMPT, "transport": "sctp"}):
         assert list(validator("push-stream").iter_errors(bad)), bad
+
+
+def test_the_prompts_the_lab_publishes_follow_the_schema():
+    from faultlab.lab.prompts import PromptHub
+
+    hub = PromptHub(wall_clock=lambda: 1764166500.125)
+    answer = hub.publish("answer", "S17: tap Answer now on the device", deadline=1764166502.125, scenario="S17",
+                         transport="tls", uuid=U, call_id="a84b@pbx")
+    call = hub.publish("call", "Call sip:alice@lab.test from another phone now")
+    for prompt in (answer, call):
+        line = json.loads(prompt.line())  # as GET /prompts and the push stream write it
+        assert not list(validator("push-stream").iter_errors(line)), line

@@ -176,7 +176,9 @@ async def open_push_stream(url: str, token: str, *, ca: str | None = None,
                     try:
                         async for line in response.aiter_lines():
                             if line.strip():
-                                yield Push.from_json(json.loads(line))
+                                obj = json.loads(line)
+                                if obj.get("kind") != "prompt":  # the lab's prompts: for a person (or an app)
+                                    yield Push.from_json(obj)
                     except httpx.TransportError:  # the gateway went away: the stream is over
                         return
 

@@ -3,7 +3,8 @@ requests as APNs would (:mod:`.apns`), applies push faults (:mod:`.faults`), and
 
 Delivery: a device in the same process takes :meth:`PushGateway.channel`; a device in another process
 reads ``GET /devices/<token>/pushes`` on the same port (HTTP/1.1, NDJSON, one :meth:`Push.to_json` per
-line; see :func:`open_push_stream`). In relay mode pushes for tokens without a local device go to a
+line; see :func:`open_push_stream`); the lab's prompts for that device come on the same stream as lines with
+``"kind": "prompt"`` (:meth:`PushGateway.send_prompt`, :mod:`faultlab.lab.prompts`). In relay mode pushes for tokens without a local device go to a
 real (or mock) APNs over HTTP/2 with :class:`PushClient`, with the sender's ``authorization`` header, or
 the gateway's own provider token when it has the team's key (``relay_auth``, :mod:`faultlab.lab.push.auth`).
 
@@ -39,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
+from ..prompts import Prompt
 from ..timeline import Timeline
 from .apns import (
     DEVICE_PATH,
@@ -69,6 +71,7 @@ class _Device:
     send: trio.MemorySendChannel[Push]
     receive: trio.MemoryReceiveChannel[Push]
     topic: str | None = None
+    streamed: bool = False  # a GET /devices/<token>/pushes reader: prompts go there too (send_prompt)
 
 
 class PushGateway:
@@ -128,6 +131,18 @@ class PushGateway:
     @property
     def tokens(self) -> list[str]:
         return list(self._devices)
+
+    def send_prompt(self, token: str, prompt: Prompt) -> bool:
+        """Put ``prompt`` on the push stream of the device with ``token`` (a ``"kind": "prompt"`` line); False
+        when no device reads its pushes from the stream (in-process channels get pushes only)."""
+        device = self._devices.get(token.lower())
+        if device is None or not device.streamed:
+            return False
+        try:
+            device.send.send_nowait(prompt)  # type: ignore[arg-type]
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
 
     def local_sender(self, *, topic: str, priority: int = 10, expiration: int = 0):
         """A ``send_push(token, payload)`` for a PBX in the same trio process: straight to :meth:`handle`,
@@ -349,6 +364,7 @@ class PushGateway:
         token = token.lower()
         self.unregister(token)  # a reconnecting device replaces its old stream
         channel = self.channel(token)
+        self._devices[token].streamed = True
         self.timeline.emit("push-subscribe", source="push", detail={"token": token})
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-ndjson"), (b"cache-control", b"no-store")]})
