@@ -18,13 +18,15 @@ MAX_BODY_SIZE = 64 * 1024
 
 
 class ApiError(Exception):
-    """An error answered as ``{"error": message, "status": status}``."""
+    """An error answered as ``{"error": message, "status": status}`` (and ``extra``'s keys)."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.extra = extra
 
 
 class JSON(JSONResponse):
@@ -60,8 +62,9 @@ def _no_nan(value: Any) -> Any:
     return value
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSON({"error": message, "status": status}, status_code=status, headers=headers)
+def error_response(status: int, message: str, headers: dict[str, str] | None = None,
+                   extra: dict[str, Any] | None = None) -> Response:
+    return JSON({"error": message, "status": status, **(extra or {})}, status_code=status, headers=headers)
 
 
 async def json_body(

@@ -24,6 +24,8 @@ Resources, shaped after Toxiproxy's API (JSON in and out; errors as ``{"error": 
     GET    /ca                          the lab CA install page for phones (and /ca/faultlab-ca.mobileconfig,
                                         /ca/faultlab-ca.pem): public, no token (see faultlab.api.ca_page)
     GET    / (Accept: text/html)        the web page (and /static/app.js, /static/app.css): public, no token
+    GET    /schema/events.json          the JSON Schemas of POST /events and of a push-stream line
+    GET    /schema/push-stream.json     (application/schema+json): public, no token
     GET    /api/ladder[?call=ID]        {"call", "calls", "rows"}: a call's ladder (default: the newest INVITE's)
     GET    /api/scenarios               the scenario catalogue
     GET    /api/guided                  the guided run: prompts, call, verdict ({"phase": "idle"} if none)
@@ -36,7 +38,7 @@ Resources, shaped after Toxiproxy's API (JSON in and out; errors as ``{"error": 
 ENTRY is ``{"name", "summary", "activated_at"}``; DEVICE is ``IP`` or ``IP:PORT`` (``[v6]:PORT``),
 percent-encoded in a path.
 
-Statuses: 400 bad input (the message gives the reason), 401 a token is configured and the request's
+Statuses: 400 bad input (the message gives the reason; 422 for a device event that breaks its schema), 401 a token is configured and the request's
 ``Authorization: Bearer TOKEN`` is missing or wrong, 403 (no token configured) a ``Host`` that is not a
 loopback name, 404 unknown profile, rule, hold or resource (the message lists what exists), 405 wrong
 method, 413 body over 64 KiB, 415 a body that is not ``application/json``.
@@ -136,6 +138,7 @@ class _Api:
                 "GET /holds", "POST /holds/release", "GET /flows", "GET /seed", "GET /events[?since=T|?after=SEQ]",
                 "GET / (the web page, to a browser)", "GET /api/ladder", "GET /api/scenarios", "GET /api/guided",
                 "POST /api/guided/start", "POST /api/guided/stop", "POST /events", "GET /ca",
+                "GET /schema/events.json", "GET /schema/push-stream.json",
                 "GET /prompts[?since=SEQ]",
             ],
         })
@@ -364,7 +367,7 @@ def _no_rule(name: str, device: str | None, rules: list[dict[str, Any]]) -> str:
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, exc.headers)
+    return error_response(exc.status, exc.message, exc.headers, exc.extra)
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:

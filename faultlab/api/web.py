@@ -14,7 +14,9 @@
     GET  /api/guided           the guided run's status (prompts, call, verdict); {"phase": "idle"} if none
     POST /api/guided/stop      {}: end the guided run and put back the profile active before it -> the status
     POST /events               device events from an instrumented app (docs/device-events.md), onto the
-                               proxy's timeline: {"accepted": N}
+                               proxy's timeline: {"accepted": N}; 422 {"error", "status", "field", "index"}
+                               for an event that breaks the schema
+    GET  /schema/{name}.json   the JSON Schemas (faultlab.lab.schema): events.json, push-stream.json
     GET  /prompts              the guided run's prompts (call, answer, decline, hang-up) for programs: NDJSON,
                                or SSE (faultlab.lab.prompts); ?since=SEQ, Last-Event-ID
 
@@ -23,8 +25,8 @@ the page polls ``GET /api/guided``, at start and stop, and, while anyone follows
 prompt's due time (and every ``PROMPT_TICK`` seconds, to see the call's events). Each step is published once,
 when it is due, with ``at`` its due time on this machine's wall clock.
 
-The page itself and its two static files are the only resources answered without the token when one is set:
-they hold no data, and a phone's browser cannot send a header when it opens a URL. The page reads the token from
+The page itself, its two static files and the schemas are the only resources answered without the token when one
+is set: they hold no data, and a phone's browser cannot send a header when it opens a URL. The page reads the token from
 ``/?token=TOKEN`` once, keeps it in the browser's local storage, removes it from the address bar, and sends it as
 ``Authorization: Bearer TOKEN`` on every request (the event stream then comes through ``fetch``, because
 ``EventSource`` cannot send headers). Everything else follows the API's rules (token, loopback Host, JSON bodies).
@@ -59,10 +61,12 @@ from ._http import JSON, ApiError, json_body, read_body
 from .protocol import Control
 from faultlab.lab.guided import GuidedRun, due_prompts, needs_push_gateway, scenario_json, status
 from faultlab.lab.prompts import PromptHub, PromptRequestError, prompt_stream
+from faultlab.lab.schema import MEDIA_TYPE, SCHEMAS, schema_bytes
 
 __all__ = ["RunningProxy", "WebPage", "device_ladder", "is_page", "wants_html"]
 
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+SCHEMA_PATHS = frozenset(f"/schema/{name}.json" for name in SCHEMAS)
 PROMPT_TICK = 0.25  # seconds: how often a /prompts follower has the guided status worked out
 PROMPT_DEADLINE = 2.0  # an answer, decline or hang-up prompt's deadline: this long after it is due
 
@@ -85,7 +89,7 @@ def is_page(scope: Scope) -> bool:
     if scope.get("method") not in ("GET", "HEAD"):
         return False
     path = scope.get("path", "")
-    if path.startswith("/static/"):
+    if path.startswith("/static/") or path in SCHEMA_PATHS:
         return True
     if path != "/":
         return False
@@ -129,9 +133,16 @@ class WebPage:
         return Response(_asset(name), media_type=f"{_STATIC[name]}; charset=utf-8",
                         headers={"Cache-Control": "no-cache"})
 
+    async def schema(self, request: Request) -> Response:
+        path = request.url.path
+        if path not in SCHEMA_PATHS:
+            raise ApiError(404, f"no schema {path!r}; there are: {', '.join(sorted(SCHEMA_PATHS))}")
+        return Response(schema_bytes(path.removeprefix("/schema/").removesuffix(".json")), media_type=MEDIA_TYPE)
+
     def routes(self, route) -> list:
         return [
             route("/static/{name}", GET=self.static),
+            route("/schema/{name}", GET=self.schema),
             route("/api/ladder", GET=self.ladder),
             route("/api/scenarios", GET=self.scenarios),
             route("/api/guided", GET=self.guided),
@@ -285,7 +296,8 @@ class WebPage:
         try:
             events = parse_device_events(raw)
         except DeviceEventError as exc:
-            raise ApiError(400, str(exc)) from None
+            extra = {k: v for k, v in exc.to_json().items() if k != "error"}
+            raise ApiError(exc.status, str(exc), extra=extra) from None
         for event in events:
             event.emit(proxy)  # type: ignore[arg-type]  # the proxy emits as a lab Timeline does
         return JSON({"accepted": len(events)})

@@ -47,9 +47,11 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "trace": ("faultlab.cli.trace", "app", "Views of a trace file: pcap for Wireshark, ladder diagrams."),
     "lab": ("faultlab.cli.lab", "app",
             "Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check."),
+    "events": ("faultlab.cli.events", "app",
+               "Device events as an app posts them to the lab (POST /events): lint a log of them."),
 }
 ORDER = ("demo", "sweep", "version", "proxy", "ca", "profiles", "profile", "net", "gateway", "push-gateway",
-         "device", "pbx", "call", "trace", "lab")
+         "device", "pbx", "call", "trace", "lab", "events")
 
 
 def load_lazy(name: str) -> Any:

@@ -290,7 +290,10 @@ async def test_device_events_go_onto_the_proxys_timeline(nursery):
                                    ("device:alice-iphone", None, "ended", "unanswered", "collector")]
     assert 0 < recorded[0].t <= lab.proxy.now()
     bad = await lab.post("/events", [device_event("reported", uuid="U1"), device_event("ended", uuid="U1")])
-    assert bad.status == 400 and bad.json()["error"].startswith("event 1: reason: None is not one of")
+    assert bad.status == 422 and bad.json()["error"].startswith("event 1: reason: None is not one of")
+    assert (bad.json()["field"], bad.json()["index"], bad.json()["status"]) == ("reason", 1, 422)
+    garbled = await request(lab.port, "POST", "/events", body=b'{"device": ', headers={"content-type": "application/json"})
+    assert garbled.status == 400 and "field" not in garbled.json()
     plain = await request(lab.port, "POST", "/events", body=b'{"device": "x"}', headers={"content-type": "text/plain"})
     assert plain.status == 415
     assert len([e for e in lab.proxy.events if e.kind == "device"]) == 2  # nothing of the bad ones
@@ -301,6 +304,17 @@ async def test_device_events_need_the_token_when_one_is_set(nursery):
     event = device_event("reported", uuid="U1")
     assert (await request(lab.port, "POST", "/events", json_body=event)).status == 401
     assert (await lab.post("/events", event)).json() == {"accepted": 1}
+
+
+async def test_the_schemas_are_public_even_with_a_token(nursery):
+    lab = await start_lab(nursery, token=TOKEN)
+    for name in ("events", "push-stream"):
+        reply = await request(lab.port, "GET", f"/schema/{name}.json")  # no token: a schema holds no data
+        assert reply.status == 200 and reply.headers["content-type"] == "application/schema+json"
+        assert reply.json()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert (await request(lab.port, "GET", "/schema/other.json")).status == 401  # only the schemas are public
+    missing = await lab.get("/schema/other.json")
+    assert missing.status == 404 and "/schema/events.json" in missing.json()["error"]
 
 
 async def test_a_guided_call_through_faultlab_gets_its_verdict_from_device_events(nursery):

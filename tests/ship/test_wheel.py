@@ -84,6 +84,18 @@ def test_the_wheel_carries_the_library_inside_the_package(installed):
     assert not [n for n in names if n.startswith(("profiles/", "scenarios/"))], "library files outside the package"
 
 
+def test_the_wheel_carries_the_json_schemas_and_the_linter_reads_them(installed):
+    names = zipfile.ZipFile(installed.wheel).namelist()
+    shipped = sorted(n for n in names if n.startswith("faultlab/lab/schema/") and n.endswith(".json"))
+    assert shipped == ["faultlab/lab/schema/events.schema.json", "faultlab/lab/schema/push-stream.schema.json"]
+    log = installed.elsewhere / "app-events.ndjson"
+    log.write_text('{"device": "alice-iphone", "event": "reported", "uuid": "U1", "client_time": 1764166500.1}\n'
+                   '{"device": "alice-iphone", "event": "ended", "uuid": "U1", "client_time": 1764166501}\n')
+    done = installed.run("events", "lint", str(log))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{log}:2: call U1: schema: reason: None is not one of" in done.stdout  # the schema, read from the wheel
+
+
 def test_profiles_list_shows_every_built_in_profile(installed):
     done = installed.run("profiles", "list")
     assert done.returncode == 0, done.stderr

@@ -51,7 +51,7 @@ def test_round_trip_and_batches():
     assert [e.event for e in parse_device_events(json.dumps(batch).encode())] == ["reported", "answer-tapped"]
 
 
-async def _call(app, method, path, data=b""):
+async def _call(app, method, path, data=b"", *, raw=False):
     sent = []
     messages = [{"type": "http.request", "body": data, "more_body": False}]
 
@@ -66,7 +66,10 @@ async def _call(app, method, path, data=b""):
              "headers": [(b"content-type", b"application/json")], "server": ("127.0.0.1", 80)}
     await app(scope, receive, send)
     status = sent[0]["status"]
-    return status, json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    if raw:
+        return status, dict((k.decode(), v.decode()) for k, v in sent[0]["headers"]), body
+    return status, json.loads(body)
 
 
 async def test_app_puts_accepted_events_on_the_timeline():
@@ -83,7 +86,29 @@ async def test_app_refuses_bad_events_and_records_nothing():
     timeline = Timeline()
     app = create_collector_app(timeline)
     status, answer = await _call(app, "POST", "/events", json.dumps({**ENDED, "reason": "bye"}).encode())
-    assert status == 400 and "reason" in answer["error"]
+    assert status == 422 and answer["field"] == "reason" and "index" not in answer
+    assert answer["error"].startswith("reason: 'bye' is not one of failed")
+    status, answer = await _call(app, "POST", "/events", json.dumps([ENDED, ENDED, {**ENDED, "device": ""}]).encode())
+    assert (status, answer["field"], answer["index"]) == (422, "device", 2)
+    huge = json.dumps({**ENDED, "client_time": 10**400}).encode()  # an integer no float can hold: not a crash
+    assert await _call(app, "POST", "/events", huge) == (422, {
+        "error": "client_time: required, the device clock in UNIX seconds (a number)", "field": "client_time"})
+    status, answer = await _call(app, "POST", "/events", b'{"device": "a\xbd"}')
+    assert status == 400 and "not UTF-8" in answer["error"] and set(answer) == {"error"}
     status, _ = await _call(app, "POST", "/events", b"x" * (70 * 1024))
     assert status == 413
     assert list(timeline.events) == []
+
+
+async def test_app_serves_the_schemas_as_shipped():
+    from faultlab.lab.schema import schema_bytes
+
+    app = create_collector_app(Timeline())
+    for name in ("events", "push-stream"):
+        status, headers, body = await _call(app, "GET", f"/schema/{name}.json", raw=True)
+        assert status == 200 and headers["content-type"] == "application/schema+json"
+        assert body == schema_bytes(name) and json.loads(body)["title"].startswith("faultlab")
+    status, answer = await _call(app, "GET", "/schema/events")
+    assert status == 404 and "/schema/events.json, /schema/push-stream.json" in answer["error"]
+    status, index = await _call(app, "GET", "/")
+    assert index["schema"] == "/schema/events.json"
