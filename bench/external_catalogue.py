@@ -26,39 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from faultlab.lab.estimate import skip_reason  # noqa: E402
 from faultlab.lab.scenario import list_scenarios  # noqa: E402
-from tests.extdevice.lanes import Lane, faultlab_exe, run_lanes  # noqa: E402
+from tests.extdevice.catalogue import TRANSPORTS, plan  # noqa: E402
+from tests.extdevice.lanes import faultlab_exe, run_lanes  # noqa: E402
 
-TRANSPORTS = ("udp", "tcp", "tls")
 PAUSE = 5.0
-
-
-def _cost(scenario, transport: str, pause: float) -> float:
-    if skip_reason(scenario, transport) is not None:
-        return 0.0  # the lab says why and moves on
-    runs = 2 if scenario.cancel_push_check else 1
-    return runs * (scenario.duration + 2 + pause)
-
-
-def plan(scenarios, transports, lanes: int, pause: float, root: Path) -> list[Lane]:
-    """Deal (transport, scenario) cases to ``lanes`` lanes, longest first, each lane one transport's slice."""
-    work = {t: [s for s in scenarios if t in s.transports] for t in transports}
-    total = sum(_cost(s, t, pause) for t in work for s in work[t])
-    share = max(1, lanes) / max(total, 1e-9)
-    # lanes per transport by its share of the work (at least one each)
-    counts = {t: max(1, round(sum(_cost(s, t, pause) for s in work[t]) * share)) for t in transports if work[t]}
-    out = []
-    for t, n in counts.items():
-        bins: list[tuple[float, list]] = [(0.0, []) for _ in range(n)]
-        for s in sorted(work[t], key=lambda s: -_cost(s, t, pause)):
-            i = min(range(n), key=lambda k: bins[k][0])
-            bins[i] = (bins[i][0] + _cost(s, t, pause), bins[i][1] + [s])
-        for i, (_, chosen) in enumerate(bins):
-            if chosen:
-                order = sorted(chosen, key=lambda s: list(scenarios).index(s))
-                out.append(Lane(f"{t}-{i + 1}", t, [s.id for s in order], root / f"{t}-{i + 1}"))
-    return out
 
 
 def main() -> int:
