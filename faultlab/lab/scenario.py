@@ -1,6 +1,6 @@
 """Scenarios as data: the call script, the faults, and what a correct device does (``scenarios/*.toml``).
 
-A scenario is one TOML file in ``scenarios/`` (the catalogue of ``shared/reference/voip-push.md`` §6), named by
+A scenario is one TOML file in ``scenarios/`` (the catalogue in docs/integrating-your-app.md §6), named by
 its id (``S04``) or its slug (``cancel-before-register``)::
 
     id = "S04"

@@ -222,7 +222,7 @@ def test_nlc_100_loss():
     assert e.decide(view(request(), transport="tcp"), 0.0).lost_by_link
 
 
-# (name, to-device delay, to-device rate, to-pbx delay, to-pbx rate), from peers-and-users.md §1.3
+# (name, to-device delay, to-device rate, to-pbx delay, to-pbx rate), the published numbers the profiles library cites (docs/profiles.md)
 NLC = [
     ("nlc-very-bad-network", 0.5, 1e6, 0.5, 1e6),
     ("nlc-edge", 0.4, 240e3, 0.44, 200e3),

@@ -16,8 +16,8 @@ Timers: :meth:`DeviceLogic.next_timer` is the earliest time at which the logic
 wants :meth:`DeviceLogic.on_timer` to be called (``None``: no timer). The
 driver sleeps until then (or until the next input) and calls ``on_timer``.
 
-The rules (``docs/reference-device.md``; facts from
-``shared/reference/voip-push.md`` §1, §2.3, §6, §7):
+The rules (``docs/reference-device.md``; the facts in ``docs/callkit-and-sip.md``, the
+catalogue in ``docs/integrating-your-app.md`` §6):
 
 * a call push: report at once, REGISTER; a duplicate push (same uuid or
   Call-ID) is not reported again;

@@ -1,7 +1,7 @@
 """APNs as the lab needs it: what a request must look like, what it should look like (lint), and the push it
 becomes. Sans-IO: no trio, no sockets.
 
-APNs, as far as the lab needs it (``../shared/reference/voip-push.md`` §5)::
+APNs, as far as the lab needs it (docs/callkit-and-sip.md §5)::
 
     POST /3/device/<hex token>          HTTP/2; h2c (prior knowledge) on plain TCP, h2 via ALPN over TLS
     apns-push-type: voip                required (400 InvalidPushType)

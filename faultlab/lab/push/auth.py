@@ -1,7 +1,7 @@
 """APNs token-based authentication: the provider token (a JWT) the push gateway signs relayed pushes with.
 
 No I/O but reading the key file in :meth:`ApnsSigner.from_file`; time comes from an injected clock. What APNs wants
-(``../shared/reference/voip-push.md`` §5)::
+(docs/callkit-and-sip.md §5)::
 
     authorization: bearer <header>.<claims>.<signature>        each part base64url, no padding
     header   {"alg": "ES256", "kid": <Key ID, 10 characters>}
