@@ -14,6 +14,12 @@ carries both joining the two::
     after-ended      another event for the call after its ``ended``
     answer-untapped  ``answer-fulfilled`` / ``answer-failed`` without an ``answer-tapped`` before it
     time-backwards   a ``client_time`` earlier than the device's event before it
+    before-connect   (a trace only) ``answer-fulfilled`` with no 200 OK to the call's INVITE from the app relayed
+                     by faultlab before it or within :data:`CONNECT_SLACK` after it (the 200's way to the relay):
+                     CallKit was told the call connected before it had
+
+A log as posted holds no SIP, so ``before-connect`` needs the trace of the run (``--trace``, ``--trace-dir``),
+where the relay's messages and the device events share one timeline.
 
 Hostile input is findings, never a crash: lines are read at most :data:`MAX_LINE` bytes at a time, every text is
 decoded totally, and what is shown of the file's text is bounded.
@@ -33,6 +39,7 @@ from .schema import event_problems, load_schema
 __all__ = ["MAX_LINE", "RULES", "Finding", "LintReport", "Linter", "lint_stream", "read_lines"]
 
 MAX_LINE = MAX_BODY
+CONNECT_SLACK = 0.5  # s: an app's 200 OK may reach the relay this long after the app's answer-fulfilled
 _SHOWN = 200  # characters of the file's own text shown in a message
 
 RULES = {
@@ -44,6 +51,7 @@ RULES = {
     "after-ended": "an event for the call after its ended",
     "answer-untapped": "answer-fulfilled or answer-failed without an answer-tapped before it",
     "time-backwards": "client_time earlier than the device's event before it",
+    "before-connect": "answer-fulfilled before the app's 200 OK to the INVITE was relayed (a trace only)",
 }
 
 _FIX = {
@@ -56,6 +64,8 @@ _FIX = {
     "answer-untapped": "post answer-tapped when CXAnswerCallAction arrives, before fulfilling or failing that action",
     "time-backwards": "take client_time from the device's clock when the event happens (Date().timeIntervalSince1970) "
                       "and post the events in the order they happened",
+    "before-connect": "fulfill the CXAnswerCallAction (and post answer-fulfilled) only once the 200 OK to the INVITE "
+                      "has gone out; an answer before the INVITE waits for it",
 }
 
 
@@ -141,8 +151,16 @@ class Linter:
         self._all_calls: list[_Call] = []
         self._clock: dict[str, tuple[float, int]] = {}  # device -> (its latest client_time, line)
         self._devices: set[str] = set()
+        self._connected: set[str] = set()  # Call-IDs whose 200 OK to the INVITE the relay took from the device
+        self._unconnected: dict[str, tuple[int, float, str]] = {}  # Call-ID -> answer-fulfilled's (line, t, call)
 
     def report(self) -> LintReport:
+        for call_id, (number, _, label) in self._unconnected.items():
+            self._find(number, label, "before-connect",
+                       f"answer-fulfilled for Call-ID {shown(call_id)}, and no 200 OK to its INVITE from the app was "
+                       f"relayed before it or within {CONNECT_SLACK:g} s after it")
+        self._unconnected.clear()
+        self.findings.sort(key=lambda f: f.line)
         return LintReport(list(self.findings), self._lines, self._events, self._skipped, len(self._all_calls),
                           len(self._devices))
 
@@ -161,9 +179,18 @@ class Linter:
         if isinstance(data, Mapping) and "kind" in data and "t" in data:  # a trace line
             if data.get("kind") != "device":
                 self._skipped += 1
+                if _connects(data):
+                    self._connected.add(data["call_id"])
+                    fulfilled = self._unconnected.get(data["call_id"])
+                    if fulfilled is not None and _t(data) <= fulfilled[1] + CONNECT_SLACK:
+                        del self._unconnected[data["call_id"]]
                 return
             self._events += 1
-            self._order(number, _from_trace(data))
+            event = _from_trace(data)
+            self._order(number, event)
+            call_id = event.get("call_id")
+            if event.get("event") == "answer-fulfilled" and isinstance(call_id, str) and call_id not in self._connected:
+                self._unconnected.setdefault(call_id, (number, _t(data), _label(event) or call_id))
             return
         items = data if isinstance(data, list) else [data]
         if not items:
@@ -246,6 +273,17 @@ def _from_trace(line: Mapping[str, Any]) -> dict[str, Any]:
     source = str(line.get("source", ""))
     return {"device": source.removeprefix("device:"), "event": detail.get("event"), "uuid": detail.get("uuid"),
             "call_id": line.get("call_id"), "client_time": detail.get("client_time")}
+
+
+def _connects(line: Mapping[str, Any]) -> bool:
+    """A relay line carrying the app's 200 OK to an INVITE toward the PBX (the call connects)."""
+    return (line.get("kind") == "received" and line.get("direction") == "to-pbx" and line.get("status") == 200
+            and line.get("cseq_method") == "INVITE" and isinstance(line.get("call_id"), str))
+
+
+def _t(line: Mapping[str, Any]) -> float:
+    t = line.get("t")
+    return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0
 
 
 def _label(obj: Any) -> str | None:

@@ -127,7 +127,8 @@ def test_a_trace_is_linted_by_its_device_events():
         DeviceEvent.from_json(obj).emit(timeline)
     timeline.emit("device", source="device:ref", call_id="c2", detail={"event": "answer-fulfilled", "uuid": "R1"})
     report = lint([e.to_json() for e in timeline.events])
-    assert [(f.line, f.rule, f.call) for f in report.findings] == [(4, "ended-twice", U1), (5, "answer-untapped", "R1")]
+    assert [(f.line, f.rule, f.call) for f in report.findings] == [
+        (4, "ended-twice", U1), (5, "answer-untapped", "R1"), (5, "before-connect", "R1")]  # no 200 OK in this trace
     assert (report.events, report.skipped) == (4, 1)
 
 
@@ -191,3 +192,28 @@ def test_dash_reads_standard_input():
     done = CliRunner().invoke(cli.app, ["events", "lint", "-"], input=log.encode())
     assert done.exit_code == 1
     assert done.output.startswith(f"-:3: call {U1}: reported-twice: reported again (first on line 1)")
+
+
+def _fulfilled_then_200(gap):
+    """A trace: the app's answer-fulfilled at t=1, the relay taking its 200 OK to the INVITE ``gap`` s later
+    (None: never), and the end."""
+    def line(t, kind, **fields):
+        return {"t": t, "kind": kind, **fields}
+    lines = [line(0.0, "device", source="device:app", call_id="c9", detail={"event": "reported", "uuid": "U9"}),
+             line(0.5, "device", source="device:app", call_id="c9", detail={"event": "answer-tapped", "uuid": "U9"}),
+             line(1.0, "device", source="device:app", call_id="c9", detail={"event": "answer-fulfilled", "uuid": "U9"})]
+    if gap is not None:
+        lines.append(line(1.0 + gap, "received", source="proxy", direction="to-pbx", status=200,
+                          cseq_method="INVITE", call_id="c9"))
+    lines.append(line(5.0, "device", source="device:app", call_id="c9",
+                      detail={"event": "ended", "uuid": "U9", "reason": "remoteEnded"}))
+    return lines
+
+
+@pytest.mark.parametrize("gap, found", [(-0.2, []), (0.1, []), (0.8, [(3, "before-connect")]),
+                                        (None, [(3, "before-connect")])])
+def test_in_a_trace_answer_fulfilled_must_follow_the_apps_200_ok(gap, found):
+    report = lint(_fulfilled_then_200(gap))
+    assert [(f.line, f.rule) for f in report.findings] == found
+    if found:
+        assert "200 OK" in report.findings[0].message and "c9" in report.findings[0].message
