@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from faultlab.lab.eventlint import lint_stream
 from faultlab.lab.scenario import list_scenarios
 from tests.extdevice.catalogue import TRANSPORTS, played, plan
 from tests.extdevice.lanes import DEVICE, Lane, faultlab_exe, run_lanes
@@ -78,6 +79,13 @@ def test_the_devices_event_logs_pass_the_linter(lanes, transport):
                               timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.rstrip().endswith("clean")
+        # each case's trace: the same events on the lab's timeline with the SIP the relay carried (fulfil after 200)
+        traces = sorted((lane.workdir / "traces").glob("*.jsonl"))
+        assert traces, _explain(lane)
+        for trace in traces:
+            with open(trace, "rb") as stream:
+                report = lint_stream(stream)
+            assert report.clean and report.events, (trace.name, [f.to_json() for f in report.findings])
 
 
 @pytest.mark.parametrize("bug", list(BUGS))
