@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from faultlab.net.streaming import serve_stream
+
 from ._http import dumps
 
 if TYPE_CHECKING:
@@ -71,32 +73,12 @@ class EventStream:
             "utf-8", "backslashreplace")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        disconnected = False
+        async def write() -> None:
+            await self._replay(send)
+            await self._forward(send)  # returns when the proxy ended the subscription
+
         async with self.channel:
-            await send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", f"{self.media_type(self.sse)}; charset=utf-8".encode()),
-                    (b"cache-control", b"no-store"),
-                    (b"x-accel-buffering", b"no"),  # reverse proxies: do not buffer a stream
-                ],
-            })
-            async with trio.open_nursery() as nursery:
-
-                async def until_disconnect() -> None:
-                    nonlocal disconnected
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    disconnected = True
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(until_disconnect)
-                await self._replay(send)
-                await self._forward(send)
-                nursery.cancel_scope.cancel()  # the proxy ended the subscription
-        if not disconnected:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await serve_stream(receive, send, self.media_type(self.sse), write)
 
     async def _replay(self, send: Send) -> None:
         chunk = bytearray()

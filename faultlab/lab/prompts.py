@@ -35,6 +35,8 @@ from typing import Any
 
 import trio
 
+from faultlab.net.streaming import serve_stream
+
 __all__ = ["ACTIONS", "KEEPALIVE", "Prompt", "PromptHub", "PromptRequestError", "PromptStream", "prompt_stream"]
 
 ACTIONS = ("answer", "decline", "call", "hang-up")
@@ -166,26 +168,14 @@ class PromptStream:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         replay, channel = self.hub.follow(self.start)
-        disconnected = False
-        async with channel:
-            await send({"type": "http.response.start", "status": 200, "headers": [
-                (b"content-type", f"{self.media_type}; charset=utf-8".encode()), (b"cache-control", b"no-store"),
-                (b"x-accel-buffering", b"no")]})
-            async with trio.open_nursery() as nursery:
-                async def until_disconnect() -> None:
-                    nonlocal disconnected
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    disconnected = True
-                    nursery.cancel_scope.cancel()
 
-                nursery.start_soon(until_disconnect)
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": b"".join(self.encode(p) for p in replay)})
-                await self._forward(channel, send)
-                nursery.cancel_scope.cancel()  # dropped by the hub: the client reconnects
-        if not disconnected:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        async def write() -> None:
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": b"".join(self.encode(p) for p in replay)})
+            await self._forward(channel, send)  # returns when the hub dropped this follower: it reconnects
+
+        async with channel:
+            await serve_stream(receive, send, self.media_type, write)
 
     async def _forward(self, channel: trio.MemoryReceiveChannel[Prompt], send: Any) -> None:
         keepalive = b": keep-alive\n\n" if self.sse else b"\n"
