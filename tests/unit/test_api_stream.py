@@ -9,37 +9,12 @@ import trio.testing
 
 from faultlab.api.stream import SSE_KEEPALIVE, EventStream
 from faultlab.trace import Event
+from tests.asgi import FakeAsgi
 
 
-class Asgi:
-    """The server side of one ASGI call: what the app sent, and a disconnect to trigger."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-        self.got_message = trio.Event()
-        self.disconnect = trio.Event()
-
-    async def receive(self) -> dict:
-        await self.disconnect.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: dict) -> None:
-        self.sent.append(message)
-        self.got_message.set()
-        self.got_message = trio.Event()
-
-    async def wait_bodies(self, n: int) -> list[bytes]:
-        while len(self.bodies()) < n:
-            await self.got_message.wait()
-        return self.bodies()
-
-    def bodies(self) -> list[bytes]:
-        return [m["body"] for m in self.sent if m["type"] == "http.response.body"]
-
-
-async def start(nursery, sse: bool) -> tuple[Asgi, trio.MemorySendChannel]:
+async def start(nursery, sse: bool) -> tuple[FakeAsgi, trio.MemorySendChannel]:
     send, receive = trio.open_memory_channel(10)
-    asgi = Asgi()
+    asgi = FakeAsgi()
     nursery.start_soon(EventStream(receive, sse=sse), {"type": "http"}, asgi.receive, asgi.send)
     await trio.testing.wait_all_tasks_blocked()
     return asgi, send

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from faultlab.lab.prompts import KEEPALIVE, PromptHub, PromptRequestError, PromptStream, prompt_stream
+from tests.asgi import FakeAsgi
 
 
 def hub(**kwargs) -> PromptHub:
@@ -84,34 +85,10 @@ def test_request_parsing():
             prompt_stream(h, query, headers)
 
 
-class Asgi:
-    def __init__(self) -> None:
-        self.sent: list[dict] = []
-        self.changed = trio.Event()
-        self.disconnect = trio.Event()
-
-    async def receive(self) -> dict:
-        await self.disconnect.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message: dict) -> None:
-        self.sent.append(message)
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def body(self) -> bytes:
-        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
-
-    async def wait_body(self, n: int) -> bytes:
-        while len(self.body()) < n:
-            await self.changed.wait()
-        return self.body()
-
-
 async def test_ndjson_stream_replays_follows_and_keeps_alive(nursery, autojump_clock):
     h = hub()
     h.publish("answer", "first")
-    asgi = Asgi()
+    asgi = FakeAsgi()
     nursery.start_soon(PromptStream(h, 1, sse=False), {"type": "http"}, asgi.receive, asgi.send)
     await trio.testing.wait_all_tasks_blocked()
     assert (b"content-type", b"application/x-ndjson; charset=utf-8") in asgi.sent[0]["headers"]
@@ -131,7 +108,7 @@ async def test_sse_records_from_last_event_id_and_keepalive_comments(nursery, au
     h = hub()
     for action in ("call", "answer", "hang-up"):
         h.publish(action, action)
-    asgi = Asgi()
+    asgi = FakeAsgi()
     stream = prompt_stream(h, {}, {"accept": "text/event-stream", "last-event-id": "1"})
     nursery.start_soon(stream, {"type": "http"}, asgi.receive, asgi.send)
     await trio.testing.wait_all_tasks_blocked()
@@ -147,7 +124,7 @@ async def test_sse_records_from_last_event_id_and_keepalive_comments(nursery, au
 
 async def test_a_dropped_follower_s_stream_ends(nursery, autojump_clock):
     h = hub(buffer=1)
-    asgi = Asgi()
+    asgi = FakeAsgi()
     blocked = trio.Event()
 
     async def stuck_send(message):  # a client that stops reading: the stream's writes block
