@@ -20,6 +20,8 @@ from pathlib import Path
 DEVICE = Path(__file__).resolve().parent / "device.py"
 HOST = "127.0.0.1"
 READY_LINE = "waiting up to"  # the lab prints it once it listens and waits for the device
+_LIVE: set[subprocess.Popen] = set()  # every lab and device process still running (stop_all)
+_LIVE_LOCK = threading.Lock()
 
 
 def faultlab_exe() -> str | None:
@@ -85,7 +87,23 @@ def _wait_ready(lab: subprocess.Popen, out: Path, timeout: float) -> bool:
     return False
 
 
+def _started(process: subprocess.Popen) -> subprocess.Popen:
+    with _LIVE_LOCK:
+        _LIVE.add(process)
+    return process
+
+
+def stop_all() -> None:
+    """Stop every lab and device process a lane started and that still runs (a test run cut short)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for process in live:
+        _stop(process)
+
+
 def _stop(process: subprocess.Popen) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(process)
     if process.poll() is None:
         process.terminate()
         try:
@@ -110,19 +128,20 @@ def run_lane(lane: Lane, *, exe: str, timeout: float = 3600.0) -> Lane:
     out = lane.workdir / "lab.out"
     begun = time.monotonic()
     with open(out, "wb") as lab_out, open(lane.workdir / "device.log", "wb") as device_log:
-        lab = subprocess.Popen(command, stdout=lab_out, stderr=subprocess.STDOUT, env=env, cwd=lane.workdir)
+        lab = _started(subprocess.Popen(command, stdout=lab_out, stderr=subprocess.STDOUT, env=env,
+                                        cwd=lane.workdir))
         device = None
         try:
             if not _wait_ready(lab, out, 60.0):
                 lane.error = "the lab did not start (see lab.out)"
                 return lane
-            device = subprocess.Popen(
+            device = _started(subprocess.Popen(
                 [sys.executable, str(DEVICE), "--sip", f"{lane.transport}:{HOST}:{sip}",
                  "--push", f"http://{HOST}:{push}", "--events", f"http://{HOST}:{events}", "--user", "alice",
                  "--ca", str(home / "ca.crt"), "--lab-output", str(out),
                  "--events-log", str(lane.workdir / "events.ndjson"),
                  *[a for b in lane.bugs for a in ("--bug", b)], *lane.device_args],
-                stdout=device_log, stderr=subprocess.STDOUT, cwd=lane.workdir)
+                stdout=device_log, stderr=subprocess.STDOUT, cwd=lane.workdir))
             try:
                 lane.returncode = lab.wait(timeout)
             except subprocess.TimeoutExpired:

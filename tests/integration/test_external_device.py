@@ -8,12 +8,18 @@ cases an external device can play; the lab says why it skips the others), dealt 
 pause between calls; each planted bug fails its scenario, with the evidence in the JSON report, in lanes of its
 own at the same time; every device's event log passes ``faultlab events lint``. bench/external_catalogue.py runs
 the same with the default 5 s pause and prints the times.
+
+The lanes are real time and mostly wait, so they start in the background as soon as the suite is collected
+(:func:`start_lanes_early`, from tests/conftest.py) and these tests run last: the rest of the suite runs meanwhile.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,7 +27,7 @@ import pytest
 from faultlab.lab.eventlint import lint_stream
 from faultlab.lab.scenario import list_scenarios
 from tests.extdevice.catalogue import TRANSPORTS, played, plan
-from tests.extdevice.lanes import DEVICE, Lane, faultlab_exe, run_lanes
+from tests.extdevice.lanes import DEVICE, Lane, faultlab_exe, run_lanes, stop_all
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +40,40 @@ BUGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def lanes(tmp_path_factory) -> dict[str, Lane]:
+_BACKGROUND: dict = {}  # "thread", "lanes", "root": the lanes started early
+
+
+def start_lanes_early() -> None:
+    """Start every lane in a background thread (once); the ``lanes`` fixture waits for them."""
     exe = faultlab_exe()
-    if exe is None:
-        pytest.skip("no installed faultlab entry point next to this Python or on PATH (pip install the project)")
-    root = tmp_path_factory.mktemp("extdevice")
+    if exe is None or "thread" in _BACKGROUND:
+        return
+    root = Path(tempfile.mkdtemp(prefix="faultlab-extdevice-"))
     todo = plan(list_scenarios(), TRANSPORTS, LANES, 1.0, root)
     for lane in todo:
         lane.device_args = ["--keepalive", "5"]  # S25 judges a keep-alive ping during the call
     todo += [Lane(bug, "udp", [scenario], root / bug, bugs=[bug]) for bug, (scenario, _, _) in BUGS.items()]
-    return {lane.name: lane for lane in run_lanes(todo, exe=exe, timeout=900.0)}
+    thread = threading.Thread(target=run_lanes, args=(todo,), kwargs={"exe": exe, "timeout": 900.0},
+                              name="external-device lanes", daemon=True)
+    _BACKGROUND.update(thread=thread, lanes=todo, root=root)
+    thread.start()
+
+
+def stop_lanes(keep: bool = False) -> None:
+    """The end of the test session: no lane process outlives it; its files go unless ``keep`` (a failed session:
+    the lanes' reports, traces and logs are evidence)."""
+    stop_all()
+    if "root" in _BACKGROUND and not keep:
+        shutil.rmtree(_BACKGROUND["root"], ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lanes() -> dict[str, Lane]:
+    if faultlab_exe() is None:
+        pytest.skip("no installed faultlab entry point next to this Python or on PATH (pip install the project)")
+    start_lanes_early()
+    _BACKGROUND["thread"].join()
+    return {lane.name: lane for lane in _BACKGROUND["lanes"]}
 
 
 def _catalogue(lanes: dict[str, Lane], transport: str) -> list[Lane]:
@@ -52,7 +81,7 @@ def _catalogue(lanes: dict[str, Lane], transport: str) -> list[Lane]:
 
 
 def _explain(lane: Lane) -> str:
-    return f"{lane.error or ''}\n--- lab output ---\n{lane.output[-6000:]}\n--- device ---\n{lane.device_log[-3000:]}"
+    return f"(lane files: {lane.workdir})\n{lane.error or ''}\n--- lab output ---\n{lane.output[-6000:]}\n--- device ---\n{lane.device_log[-3000:]}"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

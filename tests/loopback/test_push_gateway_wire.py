@@ -170,7 +170,7 @@ async def test_collector_over_http():
             host, port = await nursery.start(serve_collector, timeline, "127.0.0.1", 0)
             assert await _post(host, port, "/events", json.dumps(good).encode()) == (200, {"accepted": 1})
             status, answer = await _post(host, port, "/events", json.dumps({**good, "event": "rang"}).encode())
-            assert status == 400 and "event: 'rang'" in answer["error"]
+            assert status == 422 and answer["field"] == "event" and "event: 'rang'" in answer["error"]
             nursery.cancel_scope.cancel()
     [event] = timeline.events
     assert (event.kind, event.source, event.call_id, event.detail["event"]) == (
