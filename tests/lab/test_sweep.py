@@ -116,7 +116,7 @@ def test_sweep_command_writes_results_plot_and_recommendation(tmp_path):
                                       "rule.delay-invite-3s.delay=3", "--runs", "2", "--jobs", "2", "--out", str(out),
                                       "-q"])
     assert result.exit_code == 0, result.output
-    assert "device.invite_deadline = 4 s is the smallest value passing" in result.output
+    assert "the best candidate is 4 s (2 of 2 runs passed" in result.output  # 2 runs do not show 99 %
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["passed"] for r in rows} == {"0", "1"}
@@ -249,13 +249,15 @@ def test_the_price_of_each_step_of_deadline_counts_only_calls_that_never_connect
     rows = [row(1.0, 1, False, None, 3.0), row(1.0, 2, True, 5.0, 9.0),  # a connected call ends late: not counted
             row(2.0, 1, False, None, 4.0), row(2.0, 2, True, 5.0, 9.0),
             row(4.0, 1, True, 5.0, 9.0), row(4.0, 2, True, 5.0, 9.0)]
-    lines = recommend(summarise(rows, [param]), [param], target=0.99)
+    lines = recommend(summarise(rows, [param]), [param], target=0.3)
     assert lines[0].startswith("all runs: device.invite_deadline = 4 s is the smallest value")
+    assert lines[1] == "all runs, step by step:"
+    lines = lines[1:]
     assert lines[1] == ("    1 s → 2 s: pass rate +0 points, push → end of calls that never connected +1.00 s "
                         "(3.00 s → 4.00 s)")
     assert lines[2] == "    2 s → 4 s: pass rate +50 points, push → end of calls that never connected: none at 4 s"
     everyone = [dict(r, connect=5.0, passed=True) for r in rows]
-    assert recommend(summarise(everyone, [param]), [param])[1].endswith("never connected: none")
+    assert recommend(summarise(everyone, [param]), [param])[2].endswith("never connected: none")
 
 
 
