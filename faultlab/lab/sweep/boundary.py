@@ -85,6 +85,8 @@ def answers(summaries: Sequence[dict[str, Any]], params: Sequence[Param], target
         others = [p for p in params if p is not knob]
         for condition in (points(others) if others else [{}]):
             series = [s for s in summaries if all(s["point"].get(k) == v for k, v in condition.items())]
+            if not series:  # e.g. an interrupted sweep
+                continue
             series.sort(key=lambda s: s["point"][knob.key])
             where = ", ".join(f"{p.key} = {p.label(condition[p.key])}" for p in others) or "all runs"
             chosen = next((s for s in series if s["pass_low"] >= target), None)

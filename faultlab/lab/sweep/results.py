@@ -93,18 +93,16 @@ def _sentence(a: Answer, target: float) -> str:
     """The one-sentence answer of one condition."""
     knob, at = a.knob, (lambda s: f"{a.knob.key} = {a.knob.label(s['point'][a.knob.key])}")
     if a.chosen is not None:
-        line = (f"{a.where}: {at(a.chosen)} is the smallest value whose pass rate is at least {_rate(target)} with 95 % "
-                f"confidence ({_counts(a.chosen)})")
+        line = (f"{a.where}: {at(a.chosen)} is the smallest value whose pass rate is at least {_rate(target)} "
+                f"with 95 % confidence ({_counts(a.chosen)})")
         if a.below is not None and a.below["pass_high"] >= target:
             line += (f"; not yet settled whether {knob.label(a.below['point'][knob.key])} would do too "
                      f"({_counts(a.below)})")
         return line
     if a.candidate is not None:
-        return (f"{a.where}: no {knob.key} tried shows a pass rate of at least {_rate(target)} with 95 % confidence yet; "
-                f"the best candidate is {knob.label(a.candidate['point'][knob.key])} ({_counts(a.candidate)}): "
+        return (f"{a.where}: no {knob.key} tried shows a pass rate of at least {_rate(target)} with 95 % "
+                f"confidence yet; the best candidate is {knob.label(a.candidate['point'][knob.key])} ({_counts(a.candidate)}): "
                 f"{_more(a.candidate, target)}")
-    if not a.series:
-        return f"{a.where}: no runs"
     top = max(a.series, key=lambda s: (s["pass_high"], -s["point"][knob.key]))
     return (f"{a.where}: no {knob.key} tried reaches {_rate(target)}: even the best, "
             f"{knob.label(top['point'][knob.key])}, is below it with 95 % confidence ({_counts(top)})")
