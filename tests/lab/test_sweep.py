@@ -262,17 +262,18 @@ def test_the_price_of_each_step_of_deadline_counts_only_calls_that_never_connect
 
 
 def test_until_confident_adds_runs_only_at_the_boundary_and_stops_when_settled(tmp_path):
-    # 3 s of INVITE delay: 1 s never passes, 4 s and 8 s always do; 3 runs do not show 90 %, 35 clean runs do
-    args = ["sweep", "-s", "S02", "-P", "device.invite_wait=1,4,8", "-P", "rule.delay-invite-3s.delay=3",
+    # 3 s of INVITE delay: 1 s never passes, 4 s and more always do; 3 runs do not show 90 %, 35 clean runs do.
+    # Nothing shown at first: the candidate (4 s) and the value above it (8 s) run on, 1 s and 12 s do not
+    args = ["sweep", "-s", "S02", "-P", "device.invite_wait=1,4,8,12", "-P", "rule.delay-invite-3s.delay=3",
             "--runs", "3", "--jobs", "2", "--target", "0.9", "--until-confident", "--max-runs", "40", "-q"]
     result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     assert ("device.invite_deadline = 4 s is the smallest value whose pass rate is at least 90 % with 95 % "
             "confidence (35 of 35 runs passed; 95 % interval 90.1–100 %)") in " ".join(result.output.split())
     rows = json.loads((tmp_path / "a" / "results.json").read_text())["rows"]
-    seeds = {w: sorted(r["seed"] for r in rows if r["point"]["device.invite_deadline"] == w) for w in (1, 4, 8)}
-    assert seeds == {1: [1, 2, 3], 4: list(range(1, 36)), 8: [1, 2, 3]}  # seeds continue at the candidate only
-    params = [parse_param("device.invite_wait=1,4,8"), parse_param("rule.delay-invite-3s.delay=3")]
+    seeds = {w: sorted(r["seed"] for r in rows if r["point"]["device.invite_deadline"] == w) for w in (1, 4, 8, 12)}
+    assert seeds == {1: [1, 2, 3], 4: list(range(1, 36)), 8: list(range(1, 36)), 12: [1, 2, 3]}  # seeds continue
+    params = [parse_param("device.invite_wait=1,4,8,12"), parse_param("rule.delay-invite-3s.delay=3")]
     again = sweep_until_confident("S02", params, runs=3, seed=1, out=tmp_path / "b", target=0.9, max_runs=40)
     assert strip(again) == strip(rows)  # the same command: the same rows
     ran = []
@@ -280,7 +281,7 @@ def test_until_confident_adds_runs_only_at_the_boundary_and_stops_when_settled(t
                                     on_row=lambda row, n, total: ran.append(row))
     assert ran == [] and strip(resumed) == strip(rows)  # done already: nothing runs again
     capped = sweep_until_confident("S02", params, runs=3, seed=1, out=tmp_path / "c", target=0.9, max_runs=10)
-    assert len(capped) == 3 + 10 + 3
+    assert len(capped) == 3 + 10 + 10 + 3
 
 
 def test_a_sweep_run_collects_its_garbage_and_leaves_the_collector_as_it_was():

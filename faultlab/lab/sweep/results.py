@@ -101,8 +101,8 @@ def _sentence(a: Answer, target: float) -> str:
         return line
     if a.candidate is not None:
         return (f"{a.where}: no {knob.key} tried shows a pass rate of at least {_rate(target)} with 95 % "
-                f"confidence yet; the best candidate is {knob.label(a.candidate['point'][knob.key])} ({_counts(a.candidate)}): "
-                f"{_more(a.candidate, target)}")
+                f"confidence yet; the best candidate is {knob.label(a.candidate['point'][knob.key])} "
+                f"({_counts(a.candidate)}): {_more(a.candidate, target)}")
     top = max(a.series, key=lambda s: (s["pass_high"], -s["point"][knob.key]))
     return (f"{a.where}: no {knob.key} tried reaches {_rate(target)}: even the best, "
             f"{knob.label(top['point'][knob.key])}, is below it with 95 % confidence ({_counts(top)})")

@@ -20,14 +20,15 @@ __all__ = ["more_runs", "sweep_until_confident"]
 def more_runs(summaries: Sequence[dict[str, Any]], params: Sequence[Param], target: float, *, block: int,
               max_runs: int) -> dict[str, int]:
     """The runs each still-open point should have next (by :func:`point_key`), at most ``max_runs``: the candidate
-    enough to show the target if no further run fails (at least ``block`` more), its lower neighbour twice its
-    runs (at least ``block`` more). Empty: every answer is settled or its points are at ``max_runs``."""
+    (and the value above it) enough to show the target if no further run fails (at least ``block`` more), its
+    lower neighbour twice its runs (at least ``block`` more). Empty: every answer is settled or its points are
+    at ``max_runs``."""
     want: dict[str, int] = {}
     for answer in answers(summaries, params, target):
         for s in answer.open_points(target):
             n = s["runs"]
             step = n
-            if s is answer.candidate:
+            if s is not answer.below:
                 step = runs_needed(s["passed"], n, target) or n
             total = min(max_runs, n + max(block, step))
             if total > n:
