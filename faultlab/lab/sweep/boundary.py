@@ -71,13 +71,13 @@ class Answer:
     def open_points(self, target: float) -> list[dict[str, Any]]:
         """The summaries whose interval still holds the target where the answer depends on it: the candidate, and
         while nothing is shown yet the value above it too (a candidate right at the target may never be shown;
-        the next value may be, quickly); once one is shown, its lower neighbour while that may still do."""
+        the next value may be, quickly: the values above it, nearest first); once one is shown, its lower
+        neighbour while that may still do."""
         out = []
         if self.candidate is not None and self.candidate["pass_low"] < target:
             out.append(self.candidate)
             i = self.series.index(self.candidate)
-            if i + 1 < len(self.series) and self.series[i + 1]["pass_low"] < target:
-                out.append(self.series[i + 1])
+            out.extend(s for s in self.series[i + 1:] if s["pass_low"] < target)
         if self.candidate is not None and self.below is not None and self.below["pass_high"] >= target:
             out.append(self.below)
         return out

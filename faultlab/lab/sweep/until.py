@@ -20,13 +20,18 @@ __all__ = ["more_runs", "sweep_until_confident"]
 def more_runs(summaries: Sequence[dict[str, Any]], params: Sequence[Param], target: float, *, block: int,
               max_runs: int) -> dict[str, int]:
     """The runs each still-open point should have next (by :func:`point_key`), at most ``max_runs``: the candidate
-    (and the value above it) enough to show the target if no further run fails (at least ``block`` more), its
+    (and the nearest value above it with runs left) enough to show the target if no further run fails (at least ``block`` more), its
     lower neighbour twice its runs (at least ``block`` more). Empty: every answer is settled or its points are
     at ``max_runs``."""
     want: dict[str, int] = {}
     for answer in answers(summaries, params, target):
+        above = 0  # of the values above an unshown candidate: the nearest with runs left
         for s in answer.open_points(target):
             n = s["runs"]
+            if s is not answer.candidate and s is not answer.below:
+                if above or n >= max_runs:
+                    continue
+                above += 1
             step = n
             if s is not answer.below:
                 step = runs_needed(s["passed"], n, target) or n
