@@ -66,6 +66,8 @@ def sweep_command(
     err = Console(stderr=True)
     err.print(f"faultlab sweep: {base.id} {base.slug}, {grid} points x {runs} runs = {grid * runs} runs, seeds "
               f"{seed}..{seed + runs - 1}, {n_jobs} jobs, virtual time; output in {out}/")
+    if until_confident:
+        err.print(f"then more runs next to each answer's boundary until it is settled (at most {max_runs} per point)")
     begun = time.perf_counter()
     with _interrupt() as interrupted:
         try:

@@ -280,6 +280,8 @@ def test_until_confident_adds_runs_only_at_the_boundary_and_stops_when_settled(t
     resumed = sweep_until_confident("S02", params, runs=3, seed=1, out=tmp_path / "a", target=0.9, max_runs=40,
                                     on_row=lambda row, n, total: ran.append(row))
     assert ran == [] and strip(resumed) == strip(rows)  # done already: nothing runs again
+    few = CliRunner().invoke(app, [("2" if a == "40" else a) for a in args] + ["--out", str(tmp_path / "d")])
+    assert few.exit_code == 2 and "--max-runs 2 is below --runs 3" in few.output
     capped = sweep_until_confident("S02", params, runs=3, seed=1, out=tmp_path / "c", target=0.9, max_runs=10)
     assert len(capped) == 3 + 10 + 10 + 10  # 4 s and 8 s at --max-runs, not shown: 12 s runs on
 
