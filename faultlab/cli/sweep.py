@@ -22,6 +22,7 @@ from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.scenario import ScenarioError, load_scenario
 from faultlab.lab.scenario_set import override
 from faultlab.lab.sweep import SweepError, default_jobs, parse_param, recommend, summarise, sweep, write_results
+from faultlab.lab.sweep import sweep_until_confident
 
 
 _fail = failing("faultlab sweep")
@@ -48,6 +49,10 @@ def sweep_command(
     behaviour: Annotated[Optional[str], typer.Option(help=f"Sweep a known-bad reference device: "
                                                      f"{', '.join(BEHAVIOURS)}.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    until_confident: Annotated[bool, typer.Option("--until-confident", help="After --runs, add runs only at the "
+                                                  "points next to each answer's boundary until the answer is "
+                                                  "settled with 95 % confidence (or --max-runs).")] = False,
+    max_runs: Annotated[int, typer.Option(help="With --until-confident: runs per point at most.")] = 2000,
 ) -> None:
     """Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in virtual
     time on every core; write results.csv, results.json and plot.html and print the smallest deadline that passes.
@@ -61,6 +66,8 @@ def sweep_command(
     err = Console(stderr=True)
     err.print(f"faultlab sweep: {base.id} {base.slug}, {grid} points x {runs} runs = {grid * runs} runs, seeds "
               f"{seed}..{seed + runs - 1}, {n_jobs} jobs, virtual time; output in {out}/")
+    if until_confident:
+        err.print(f"then more runs next to each answer's boundary until it is settled (at most {max_runs} per point)")
     begun = time.perf_counter()
     with _interrupt() as interrupted:
         try:
@@ -69,15 +76,21 @@ def sweep_command(
                 task = progress.add_task("runs", total=grid * runs)
 
                 def on_row(row, done, total) -> None:
-                    progress.update(task, completed=done)
+                    progress.update(task, completed=done, total=total)
 
-                rows = sweep(scenario, params, runs=runs, seed=seed, out=out, jobs=n_jobs, sets=sets,
-                             behaviour=behaviour, on_row=on_row, stop=interrupted.is_set)
+                common = dict(runs=runs, seed=seed, out=out, jobs=n_jobs, sets=sets, behaviour=behaviour,
+                              on_row=on_row, stop=interrupted.is_set)
+                if until_confident:
+                    if max_runs < runs:
+                        _fail(f"--max-runs {max_runs} is below --runs {runs}: give at least {runs}")
+                    rows = sweep_until_confident(scenario, params, target=target, max_runs=max_runs, **common)
+                else:
+                    rows = sweep(scenario, params, **common)
         except SweepError as exc:
             _fail(str(exc))
     wall = time.perf_counter() - begun
     if interrupted.is_set():
-        err.print(f"interrupted after {len(rows)} of {grid * runs} runs; run the same command again to finish")
+        err.print(f"interrupted after {len(rows)} runs; run the same command again to finish")
         raise typer.Exit(130)
     _show(rows, params, base, target=target, out=out, wall=wall)
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from faultlab.cli import app
 from faultlab.lab.scenario import ScenarioError, load_scenario
-from faultlab.lab.sweep import Param, SweepError, apply, parse_param, recommend, summarise, sweep
+from faultlab.lab.sweep import (Param, SweepError, apply, parse_param, recommend, summarise, sweep,
+                                sweep_until_confident)
 
 # S02: faultlab holds the INVITE (rule "delay-invite-3s"); the user answers 4 s after the report
 GRID = [parse_param("device.invite_wait=1,2,4"), parse_param("rule.delay-invite-3s.delay=0.5,3")]
@@ -33,7 +34,7 @@ def test_a_longer_invite_wait_never_lowers_the_pass_rate_under_invite_delay(tmp_
     # an INVITE 3 s late: a 1 s or 2 s wait gives up first (unanswered), a 4 s wait gets the call
     assert rates[(1.0, 3.0)] == rates[(2.0, 3.0)] == 0.0 and rates[(4.0, 3.0)] == 1.0
     assert rates[(1.0, 0.5)] == 1.0
-    lines = recommend(summarise(rows, GRID), GRID)
+    lines = recommend(summarise(rows, GRID), GRID, target=0.3)  # 3 clean runs: a lower bound of 44 %
     assert "rule.delay-invite-3s.delay = 3 s: device.invite_deadline = 4 s is the smallest value" in "\n".join(lines)
 
 
@@ -116,7 +117,7 @@ def test_sweep_command_writes_results_plot_and_recommendation(tmp_path):
                                       "rule.delay-invite-3s.delay=3", "--runs", "2", "--jobs", "2", "--out", str(out),
                                       "-q"])
     assert result.exit_code == 0, result.output
-    assert "device.invite_deadline = 4 s is the smallest value passing" in result.output
+    assert "the best candidate is 4 s (2 of 2 runs passed" in " ".join(result.output.split())  # not 99 % yet
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["passed"] for r in rows} == {"0", "1"}
@@ -249,14 +250,40 @@ def test_the_price_of_each_step_of_deadline_counts_only_calls_that_never_connect
     rows = [row(1.0, 1, False, None, 3.0), row(1.0, 2, True, 5.0, 9.0),  # a connected call ends late: not counted
             row(2.0, 1, False, None, 4.0), row(2.0, 2, True, 5.0, 9.0),
             row(4.0, 1, True, 5.0, 9.0), row(4.0, 2, True, 5.0, 9.0)]
-    lines = recommend(summarise(rows, [param]), [param], target=0.99)
+    lines = recommend(summarise(rows, [param]), [param], target=0.3)
     assert lines[0].startswith("all runs: device.invite_deadline = 4 s is the smallest value")
+    assert lines[1] == "all runs, step by step:"
+    lines = lines[1:]
     assert lines[1] == ("    1 s → 2 s: pass rate +0 points, push → end of calls that never connected +1.00 s "
                         "(3.00 s → 4.00 s)")
     assert lines[2] == "    2 s → 4 s: pass rate +50 points, push → end of calls that never connected: none at 4 s"
     everyone = [dict(r, connect=5.0, passed=True) for r in rows]
-    assert recommend(summarise(everyone, [param]), [param])[1].endswith("never connected: none")
+    assert recommend(summarise(everyone, [param]), [param])[2].endswith("never connected: none")
 
+
+def test_until_confident_adds_runs_only_at_the_boundary_and_stops_when_settled(tmp_path):
+    # 3 s of INVITE delay: 1 s never passes, 4 s and more always do; 3 runs do not show 90 %, 35 clean runs do.
+    # Nothing shown at first: the candidate (4 s) and the value above it (8 s) run on, 1 s and 12 s do not
+    args = ["sweep", "-s", "S02", "-P", "device.invite_wait=1,4,8,12", "-P", "rule.delay-invite-3s.delay=3",
+            "--runs", "3", "--jobs", "2", "--target", "0.9", "--until-confident", "--max-runs", "40", "-q"]
+    result = CliRunner().invoke(app, args + ["--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert ("device.invite_deadline = 4 s is the smallest value whose pass rate is at least 90 % with 95 % "
+            "confidence (35 of 35 runs passed; 95 % interval 90.1–100 %)") in " ".join(result.output.split())
+    rows = json.loads((tmp_path / "a" / "results.json").read_text())["rows"]
+    seeds = {w: sorted(r["seed"] for r in rows if r["point"]["device.invite_deadline"] == w) for w in (1, 4, 8, 12)}
+    assert seeds == {1: [1, 2, 3], 4: list(range(1, 36)), 8: list(range(1, 36)), 12: [1, 2, 3]}  # seeds continue
+    params = [parse_param("device.invite_wait=1,4,8,12"), parse_param("rule.delay-invite-3s.delay=3")]
+    again = sweep_until_confident("S02", params, runs=3, seed=1, out=tmp_path / "b", target=0.9, max_runs=40)
+    assert strip(again) == strip(rows)  # the same command: the same rows
+    ran = []
+    resumed = sweep_until_confident("S02", params, runs=3, seed=1, out=tmp_path / "a", target=0.9, max_runs=40,
+                                    on_row=lambda row, n, total: ran.append(row))
+    assert ran == [] and strip(resumed) == strip(rows)  # done already: nothing runs again
+    few = CliRunner().invoke(app, [("2" if a == "40" else a) for a in args] + ["--out", str(tmp_path / "d")])
+    assert few.exit_code == 2 and "--max-runs 2 is below --runs 3" in few.output
+    capped = sweep_until_confident("S02", params, runs=3, seed=1, out=tmp_path / "c", target=0.9, max_runs=10)
+    assert len(capped) == 3 + 10 + 10 + 10  # 4 s and 8 s at --max-runs, not shown: 12 s runs on
 
 
 def test_a_sweep_run_collects_its_garbage_and_leaves_the_collector_as_it_was():

@@ -21,6 +21,8 @@ from .params import ALIASES, Param, SweepError, apply, duration_text, parse_para
 from .plot import plot_html
 from .results import recommend, summarise, write_results
 from .run import default_jobs, run_point, sweep
+from .until import sweep_until_confident
 
 __all__ = ["ALIASES", "Param", "SweepError", "apply", "default_jobs", "duration_text", "parse_param", "plot_html",
-           "points", "recommend", "run_point", "sweep", "summarise", "write_results"]
+           "points", "recommend", "run_point", "sweep", "sweep_until_confident",
+           "summarise", "write_results"]

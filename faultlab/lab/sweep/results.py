@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .boundary import Answer, answers, pct, runs_needed
+from .confidence import wilson
 from .params import Param, points
 from .plot import plot_html
 
@@ -35,8 +37,10 @@ def summarise(rows: Sequence[dict[str, Any]], params: Sequence[Param]) -> list[d
         group = by_point.get(json.dumps(point, sort_keys=True), [])
         if not group:
             continue
-        summary: dict[str, Any] = {"point": point, "runs": len(group),
-                                   "pass_rate": sum(r["passed"] for r in group) / len(group)}
+        passed = sum(1 for r in group if r["passed"])
+        low, high = wilson(passed, len(group))
+        summary: dict[str, Any] = {"point": point, "runs": len(group), "passed": passed,
+                                   "pass_rate": passed / len(group), "pass_low": low, "pass_high": high}
         for name in TIMES:
             values = [r[name] for r in group if r.get(name) is not None]
             summary[f"{name}_median"] = statistics.median(values) if values else None
@@ -55,33 +59,53 @@ def summarise(rows: Sequence[dict[str, Any]], params: Sequence[Param]) -> list[d
 
 
 def recommend(summaries: Sequence[dict[str, Any]], params: Sequence[Param], target: float = 0.99) -> list[str]:
-    """Plain-language findings: for a swept deadline (``device.*``), per condition (the other parameters' values),
-    the smallest value whose pass rate reaches ``target``, and the price of each step between neighbouring values of
-    the deadline: the change in pass rate (points) and in the median push -> end of the runs that never connected
-    (no ``connect`` time: the ghost ring or missed call a longer deadline prolongs)."""
-    deadlines = [p for p in params if p.key.startswith("device.")]
-    if not deadlines:
-        return [f"no device deadline swept: pass rate per point is in results.csv (target {target:.0%})"]
-    lines = []
-    for knob in deadlines:
-        others = [p for p in params if p is not knob]
-        conditions = points(others) if others else [{}]
-        for condition in conditions:
-            series = [s for s in summaries if all(s["point"].get(k) == v for k, v in condition.items())]
-            series.sort(key=lambda s: s["point"][knob.key])
-            where = ", ".join(f"{k} = {p.label(condition[k])}" for p in others for k in [p.key]) or "all runs"
-            passing = [s for s in series if s["pass_rate"] >= target]
-            if passing:
-                best = passing[0]
-                lines.append(f"{where}: {knob.key} = {knob.label(best['point'][knob.key])} is the smallest value "
-                             f"passing in ≥ {target:.0%} of runs ({best['pass_rate']:.0%} of {best['runs']})")
-            else:
-                top = max(series, key=lambda s: s["pass_rate"]) if series else None
-                lines.append(f"{where}: no {knob.key} tried reaches {target:.0%}"
-                             + (f" (best {top['pass_rate']:.0%} at {knob.label(top['point'][knob.key])})" if top else ""))
-            for before, after in zip(series, series[1:]):
-                lines.append(f"    {_step(knob, before, after)}")
+    """Plain-language findings. First one sentence per swept deadline (``device.*``) and condition (the other
+    parameters' values): the smallest value whose pass rate is at least ``target`` with 95 % confidence (its Wilson
+    lower bound reaches it), or that none is shown yet and how many more runs would show it. Then the price of each
+    step between neighbouring values of the deadline: the change in pass rate (points) and in the median push ->
+    end of the runs that never connected (no ``connect`` time: the ghost ring or missed call a longer deadline
+    prolongs)."""
+    found = answers(summaries, params, target)
+    if not found:
+        return [f"no device deadline swept: pass rate per point is in results.csv (target {_rate(target)})"]
+    lines = [_sentence(a, target) for a in found]
+    for a in found:
+        if len(a.series) > 1:
+            lines.append(f"{a.where}, step by step:")
+            lines.extend(f"    {_step(a.knob, before, after)}" for before, after in zip(a.series, a.series[1:]))
     return lines
+
+
+def _counts(s: dict[str, Any]) -> str:
+    return (f"{s['passed']} of {s['runs']} runs passed; 95 % interval {pct(s['pass_low'])}–{pct(s['pass_high'])} %")
+
+
+def _more(s: dict[str, Any], target: float) -> str:
+    more = runs_needed(s["passed"], s["runs"], target)
+    if more is None:
+        return f"no number of runs can show {_rate(target)}"
+    failed = s["runs"] - s["passed"]
+    return f"{more} more runs with no further failure would show it" + (
+        f" (with its {failed} failure{'s' if failed != 1 else ''} so far)" if failed else "")
+
+
+def _sentence(a: Answer, target: float) -> str:
+    """The one-sentence answer of one condition."""
+    knob, at = a.knob, (lambda s: f"{a.knob.key} = {a.knob.label(s['point'][a.knob.key])}")
+    if a.chosen is not None:
+        line = (f"{a.where}: {at(a.chosen)} is the smallest value whose pass rate is at least {_rate(target)} "
+                f"with 95 % confidence ({_counts(a.chosen)})")
+        if a.below is not None and a.below["pass_high"] >= target:
+            line += (f"; not yet settled whether {knob.label(a.below['point'][knob.key])} would do too "
+                     f"({_counts(a.below)})")
+        return line
+    if a.candidate is not None:
+        return (f"{a.where}: no {knob.key} tried shows a pass rate of at least {_rate(target)} with 95 % "
+                f"confidence yet; the best candidate is {knob.label(a.candidate['point'][knob.key])} "
+                f"({_counts(a.candidate)}): {_more(a.candidate, target)}")
+    top = max(a.series, key=lambda s: (s["pass_high"], -s["point"][knob.key]))
+    return (f"{a.where}: no {knob.key} tried reaches {_rate(target)}: even the best, "
+            f"{knob.label(top['point'][knob.key])}, is below it with 95 % confidence ({_counts(top)})")
 
 
 def _step(knob: Param, before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -121,3 +145,7 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], params: Sequence[Pa
 def _blank(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
+
+
+def _rate(target: float) -> str:
+    return f"{target * 100:g} %"

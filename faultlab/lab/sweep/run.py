@@ -159,8 +159,9 @@ def chunk_size(runs: int, jobs: int) -> int:
 def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int = 1,
           sets: Sequence[tuple[str, str]] = (), behaviour: str | None = None,
           on_row: Callable[[dict[str, Any], int, int], None] | None = None,
-          stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+          stop: Callable[[], bool] | None = None, extra: dict[str, int] | None = None) -> list[dict[str, Any]]:
     """Run every (point, seed) not yet in ``out/runs.jsonl``; return all rows of this sweep, in grid order.
+    ``extra`` (by ``json.dumps(point, sort_keys=True)``): more runs at some points, their seeds continuing.
 
     ``out/sweep.json`` records the settings; a different sweep in the same directory is refused, the same sweep
     with more ``runs`` only runs the new seeds. ``out/sweep.lock`` is held for the sweep's duration: a second sweep
@@ -177,7 +178,7 @@ def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, 
         _sweeping = True
         try:
             return _sweep_locked(scenario_name, params, runs=runs, seed=seed, out=out, jobs=jobs, sets=sets,
-                                 behaviour=behaviour, on_row=on_row, stop=stop)
+                                 behaviour=behaviour, on_row=on_row, stop=stop, extra=extra or {})
         finally:
             _sweeping = False
 
@@ -185,7 +186,7 @@ def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, 
 def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int,
                   sets: Sequence[tuple[str, str]], behaviour: str | None,
                   on_row: Callable[[dict[str, Any], int, int], None] | None,
-                  stop: Callable[[], bool] | None) -> list[dict[str, Any]]:
+                  stop: Callable[[], bool] | None, extra: dict[str, int]) -> list[dict[str, Any]]:
     settings = {"scenario": scenario_name, "params": [{"key": p.key, "values": list(p.values), "unit": p.unit}
                                                       for p in params],
                 "runs": runs, "seed": seed, "set": [list(s) for s in sets], "behaviour": behaviour}
@@ -201,8 +202,9 @@ def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, see
         done.setdefault(run_key(row["point"], row["seed"]), row)
     _drop_partial_line(rows_path)
     grid = points(params)
-    todo = [(p, seed + i) for p in grid for i in range(runs) if run_key(p, seed + i) not in done]
-    total = len(grid) * runs
+    plan = [(p, seed + i) for p in grid for i in range(runs + extra.get(json.dumps(p, sort_keys=True), 0))]
+    todo = [(p, s) for p, s in plan if run_key(p, s) not in done]
+    total = len(plan)
     count = total - len(todo)
     broken: BaseException | None = None
     with rows_path.open("a") as sink:
@@ -254,7 +256,7 @@ def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, see
     if broken is not None:
         raise SweepError(f"a worker process died ({broken}); {count} of {total} runs are kept in {rows_path}: "
                          "run the same command again to finish")
-    return [done[k] for k in (run_key(p, seed + i) for p in grid for i in range(runs)) if k in done]
+    return [done[k] for k in (run_key(p, s) for p, s in plan) if k in done]
 
 
 def default_jobs() -> int:
