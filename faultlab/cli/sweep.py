@@ -144,7 +144,7 @@ def _show(rows: list, params: list, base, *, target: float, out: Path, wall: flo
     """Write the results and print the table and the recommendation."""
     summaries = summarise(rows, params)
     lines = recommend(summaries, params, target)
-    write_results(out, rows, params, summaries, lines)
+    write_results(out, rows, params, summaries, lines, target)
     console = Console() if sys.stdout.isatty() else Console(width=140)
 
     table = Table(title=f"{base.id} {base.slug}: pass rate and median times (s after the push) per point")
