@@ -41,7 +41,7 @@ def sweep_command(
     seed: Annotated[int, typer.Option(help="The first seed.")] = 1,
     jobs: Annotated[str, typer.Option(help="Worker processes: a number, or auto (one per CPU core).")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Output directory: runs.jsonl (resumable), results.csv, "
-                                                "results.json, plot.html. Default: sweep-<scenario>.")] = None,
+                                                "results.json, report.html. Default: sweep-<scenario>.")] = None,
     target: Annotated[float, typer.Option(help="Pass rate a deadline must reach to be recommended (0-1).")] = 0.99,
     set_: Annotated[list[str], typer.Option("--set", help="Fix a scenario field for the whole sweep, KEY=VALUE "
                                             "(as in faultlab lab run --set).")] = [],
@@ -50,7 +50,8 @@ def sweep_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in virtual
-    time on every core; write results.csv, results.json and plot.html and print the smallest deadline that passes.
+    time on every core; write results.csv, results.json, charts and report.html and print the smallest deadline that
+    passes.
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept."""
     base, sets, params, n_jobs = _checked(scenario, param, set_, runs=runs, target=target, behaviour=behaviour,
                                           jobs=jobs)
@@ -165,4 +166,4 @@ def _show(rows: list, params: list, base, *, target: float, out: Path, wall: flo
     if errored:
         console.print(f"{len(errored)} of {len(rows)} runs errored (counted as failed; the error column of "
                       f"results.csv says why), e.g. {errored[0]['error']}", highlight=False)
-    console.print(f"{len(rows)} runs in {wall:.1f} s; {out}/results.csv, results.json, plot.html")
+    console.print(f"{len(rows)} runs in {wall:.1f} s; {out}/results.csv, results.json, report.html")
