@@ -70,3 +70,18 @@ def test_the_pass_rate_axis_shows_the_lowest_bound_and_the_target_and_stops_just
 def test_the_pass_rate_axis_is_zoomed_not_zero_to_one():
     assert y_range([0.84], 0.99)[0] > 0.7
     assert y_range([0.0], 0.99)[0] == 0.0
+
+
+def test_many_conditions_get_one_panel_each_and_no_legend_few_share_one_legend():
+    from faultlab.lab.sweep.plot import Chart, _figure
+    loss = Param("link.loss", (0.0, 5.0, 10.0, 15.0, 20.0), "%")
+    delay = Param("link.delay", (50.0, 150.0), "ms")
+    summaries = [{"point": {"device.invite_deadline": d, "link.loss": lo, "link.delay": de}, "runs": 10,
+                  "pass_rate": 0.9, "unconnected_end_median": d}
+                 for d in DEADLINE.values for lo in loss.values for de in delay.values]
+    many = _figure(Chart("pass_rate", "t", DEADLINE), summaries, [DEADLINE, loss, delay], 0.99)
+    shown = [ax for ax in many.axes if ax.get_visible()]
+    assert len(shown) == 10 and all(ax.get_legend() is None for ax in shown)
+    assert {ax.get_title() for ax in shown} >= {"loss 0%, delay 50 ms", "loss 20%, delay 150 ms"}
+    few = _figure(Chart("waiting", "t", DEADLINE), summaries[::2], [DEADLINE, loss], 0.99)
+    assert len(few.axes) == 1 and len(few.axes[0].get_legend().get_texts()) == 5

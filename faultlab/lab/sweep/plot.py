@@ -21,7 +21,8 @@ from .params import Param, points
 
 __all__ = ["Chart", "band", "charts_for", "headline", "plot_html", "write_plots", "y_range"]
 
-DIRECT_LABELS = 6  # more conditions than this: label the lines at their ends instead of a legend
+DIRECT_LABELS = 6  # more conditions than this: one panel per condition instead of a legend
+MAX_PANELS = 24
 _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
             "#bcbd22"]
 
@@ -92,21 +93,17 @@ def recommended(series: Sequence[dict[str, Any]], x: Param, target: float) -> fl
     return next((s["point"][x.key] for s in series if s["pass_rate"] >= target), None)
 
 
-def _label_lines(ax, drawn: list[tuple[str, str, float, float]]) -> None:
-    if len(drawn) <= 1:  # one line: the title says it all
-        return
-    if len(drawn) <= DIRECT_LABELS:
+def _legend(ax, drawn: int) -> None:
+    if 1 < drawn <= DIRECT_LABELS:  # one line: the title names it; many: one panel each (_figure)
         ax.legend(loc="best", fontsize=8, frameon=False)
-        return
-    for name, colour, x, y in drawn:  # many conditions: name each line at its right end
-        ax.annotate(name, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=7, color=colour, va="center")
 
 
-def _pass_rate(ax, chart: Chart, summaries, params, target: float) -> None:
+def _pass_rate(ax, chart: Chart, summaries, conditions, target: float) -> list[float]:
+    """Draw each condition's pass rate and band; return the bands' lower bounds (for the shared y axis)."""
     x = chart.x
     lows: list[float] = []
-    drawn = []
-    for n, (name, condition) in enumerate(_conditions(params, x)):
+    drawn = 0
+    for n, name, condition in conditions:
         series = _series(summaries, x, condition)
         if not series:
             continue
@@ -120,16 +117,14 @@ def _pass_rate(ax, chart: Chart, summaries, params, target: float) -> None:
         if best is not None:
             rate = next(s["pass_rate"] for s in series if s["point"][x.key] == best)
             ax.plot([best], [rate], marker="*", ms=16, color=colour, mec="black", mew=0.8, ls="none", zorder=5)
-        drawn.append((name, colour, xs[-1], series[-1]["pass_rate"]))
+        drawn += 1
     ax.axhline(target, color="black", ls="--", lw=1)
     ax.annotate(f"target {target:.0%}", (1, target), xycoords=("axes fraction", "data"), xytext=(-4, -3),
                 textcoords="offset points", fontsize=8, ha="right", va="top")
-    ax.set_ylim(*y_range(lows, target))
     ax.yaxis.set_major_formatter(_percent())
     _x_axis(ax, x)
-    ax.set_xlabel(f"{x.key} ({x.unit})   ★ = recommended (smallest value reaching the target)")
-    ax.set_ylabel("pass rate")
-    _label_lines(ax, drawn)
+    _legend(ax, drawn)
+    return lows
 
 
 def _x_axis(ax, x: Param) -> None:
@@ -170,39 +165,63 @@ def _heatmap(ax, chart: Chart, summaries, target: float) -> None:
     ax.figure.colorbar(image, ax=ax, format=_percent(), label="pass rate")
 
 
-def _waiting(ax, chart: Chart, summaries, params) -> None:
+def _waiting(ax, chart: Chart, summaries, conditions) -> float:
+    """Draw each condition's median push -> end of the calls that never connected; return the highest value."""
     x = chart.x
-    drawn, top = [], 0.0
-    for n, (name, condition) in enumerate(_conditions(params, x)):
+    drawn, top = 0, 0.0
+    for n, name, condition in conditions:
         pts = [(s["point"][x.key], s["unconnected_end_median"]) for s in _series(summaries, x, condition)
                if s.get("unconnected_end_median") is not None]
         if not pts:
             continue
         colour = _COLOURS[n % len(_COLOURS)]
         ax.plot([p for p, _ in pts], [v for _, v in pts], "o-", color=colour, lw=2, ms=4, label=name)
-        drawn.append((name, colour, *pts[-1]))
+        drawn += 1
         top = max([top, *(v for _, v in pts)])
     _x_axis(ax, x)
-    ax.set_ylim(0, top * 1.15 or 1.0)
-    ax.set_xlabel(f"{x.key} ({x.unit})")
-    ax.set_ylabel("median push → end, s\n(calls that never connected)")
-    _label_lines(ax, drawn)
+    _legend(ax, drawn)
+    return top
 
 
 def _figure(chart: Chart, summaries, params, target: float):
+    """One chart; more than DIRECT_LABELS conditions become panels (at most MAX_PANELS), one per condition."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-    width = 7.5 if chart.name != "heatmap" else max(6.0, 1.0 + 0.9 * len(chart.x.values))
-    figure = Figure(figsize=(width, 4.2), dpi=100, layout="constrained")
-    ax = figure.add_subplot()
-    if chart.name == "pass_rate":
-        _pass_rate(ax, chart, summaries, params, target)
-    elif chart.name == "heatmap":
+    if chart.name == "heatmap":
+        figure = Figure(figsize=(max(6.0, 1.0 + 0.9 * len(chart.x.values)), 4.2), dpi=100, layout="constrained")
+        ax = figure.add_subplot()
         _heatmap(ax, chart, summaries, target)
-    else:
-        _waiting(ax, chart, summaries, params)
-    ax.set_title(chart.title, fontsize=11)
-    if chart.name != "heatmap":
+        ax.set_title(chart.title, fontsize=11)
+        return figure
+    conditions = [(n, name, c) for n, (name, c) in enumerate(_conditions(params, chart.x))]
+    panels = [conditions] if len(conditions) <= DIRECT_LABELS else [[c] for c in conditions[:MAX_PANELS]]
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    figure = Figure(figsize=(7.5 if cols == 1 else 3.4 * cols, 4.2 if rows == 1 else 2.6 * rows + 0.8), dpi=100,
+                    layout="constrained")
+    axes = list(figure.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).flat)
+    lows, top = [], 0.0
+    for ax, panel in zip(axes, panels):
+        if chart.name == "pass_rate":
+            lows += _pass_rate(ax, chart, summaries, panel, target)
+        else:
+            top = max(top, _waiting(ax, chart, summaries, panel))
         ax.grid(True, color="#dddddd", lw=0.6)
+        if len(panels) > 1:
+            ax.set_title(panel[0][1], fontsize=9)
+    for ax in axes[len(panels):]:  # the grid's empty cells
+        ax.set_visible(False)
+    first = figure.axes[0]
+    if chart.name == "pass_rate":
+        first.set_ylim(*y_range(lows, target))  # shared: every panel
+        note = "   ★ = recommended (smallest value reaching the target)"
+        y_label = "pass rate"
+    else:
+        first.set_ylim(0, top * 1.15 or 1.0)
+        note, y_label = "", "median push → end, s\n(calls that never connected)"
+    shown = "" if len(conditions) <= max(DIRECT_LABELS, MAX_PANELS) else f" (first {MAX_PANELS} of {len(conditions)})"
+    figure.suptitle(chart.title + shown, fontsize=11)
+    figure.supxlabel(f"{chart.x.key} ({chart.x.unit}){note}", fontsize=10)
+    figure.supylabel(y_label, fontsize=10)
     return figure
 
 
