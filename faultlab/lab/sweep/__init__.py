@@ -18,9 +18,9 @@ Parameters (:func:`parse_param`), a value list ``a,b,c`` or a range ``lo..hi:ste
 """
 
 from .params import ALIASES, Param, SweepError, apply, duration_text, parse_param, points
-from .plot import plot_html, write_plots
+from .plot import plot_html
 from .results import recommend, summarise, write_results
 from .run import default_jobs, run_point, sweep
 
 __all__ = ["ALIASES", "Param", "SweepError", "apply", "default_jobs", "duration_text", "parse_param", "plot_html",
-           "points", "recommend", "run_point", "sweep", "summarise", "write_plots", "write_results"]
+           "points", "recommend", "run_point", "sweep", "summarise", "write_results"]
