@@ -53,6 +53,14 @@ def test_the_answer_is_the_first_line_per_condition():
              "link.loss = 10%: no device.invite_deadline tried reaches 99% (best 80% at 4 s)",
              "    1 s → 2 s: pass rate +10 points"]
     assert headline(lines) == [lines[0], lines[2]]
+    assert headline([lines[0], lines[2], "link.loss = 0%, step by step:", lines[1]]) == [lines[0], lines[2]]
+
+
+def test_the_recommended_value_is_judged_by_the_lower_bound_when_the_summary_has_one():
+    from faultlab.lab.sweep.plot import recommended
+    series = [{"point": {DEADLINE.key: d}, "pass_rate": 1.0, "pass_low": low} for d, low in ((1.0, 0.8), (2.0, 0.995))]
+    assert recommended(series, DEADLINE, 0.99) == 2.0
+    assert recommended([{k: v for k, v in s.items() if k != "pass_low"} for s in series], DEADLINE, 0.99) == 1.0
 
 
 def test_the_band_is_the_summarys_own_or_the_wilson_interval():

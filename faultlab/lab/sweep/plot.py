@@ -57,8 +57,9 @@ def charts_for(summaries: Sequence[dict[str, Any]], params: Sequence[Param]) -> 
 
 
 def headline(lines: Sequence[str]) -> list[str]:
-    """The answer: the first recommendation line per condition (the indented lines are the price of each step)."""
-    return [line for line in lines if line and not line[0].isspace()]
+    """The answer: the first recommendation line per condition (not the indented price of each step, nor a
+    heading ending in a colon that introduces them)."""
+    return [line for line in lines if line and not line[0].isspace() and not line.rstrip().endswith(":")]
 
 
 def band(summary: dict[str, Any]) -> tuple[float, float]:
@@ -88,9 +89,17 @@ def _series(summaries: Sequence[dict[str, Any]], x: Param, condition: dict[str, 
                   key=lambda s: s["point"][x.key])
 
 
+def passes(summary: dict[str, Any], target: float) -> bool:
+    """A point reaches ``target`` as the recommendation judges it: by its 95 % lower bound when the summary has
+    one, else by its pass rate."""
+    if summary.get("pass_low") is not None:
+        return summary["pass_low"] >= target
+    return summary["pass_rate"] >= target
+
+
 def recommended(series: Sequence[dict[str, Any]], x: Param, target: float) -> float | None:
-    """The smallest value of ``x`` whose pass rate reaches ``target`` (as the recommendation says), or None."""
-    return next((s["point"][x.key] for s in series if s["pass_rate"] >= target), None)
+    """The smallest value of ``x`` that reaches ``target`` (as the recommendation says), or None."""
+    return next((s["point"][x.key] for s in series if passes(s, target)), None)
 
 
 def _legend(ax, drawn: int) -> None:
@@ -143,10 +152,11 @@ def _percent():
 def _heatmap(ax, chart: Chart, summaries, target: float) -> None:
     x, other = chart.x, chart.other
     assert other is not None
-    grid = [[None] * len(x.values) for _ in other.values]
+    cells: list[list[dict[str, Any] | None]] = [[None] * len(x.values) for _ in other.values]
     for s in summaries:
         if s["point"].get(x.key) in x.values and s["point"].get(other.key) in other.values:
-            grid[other.values.index(s["point"][other.key])][x.values.index(s["point"][x.key])] = s["pass_rate"]
+            cells[other.values.index(s["point"][other.key])][x.values.index(s["point"][x.key])] = s
+    grid = [[None if c is None else c["pass_rate"] for c in row] for row in cells]
     values = [[float("nan") if v is None else v for v in row] for row in grid]
     image = ax.imshow(values, cmap="RdYlGn", vmin=min(0.5, target - 0.1), vmax=1.0, aspect="auto", origin="lower")
     for i, row in enumerate(grid):
@@ -154,7 +164,7 @@ def _heatmap(ax, chart: Chart, summaries, target: float) -> None:
             if v is not None:
                 dark = v >= 0.9 or v < min(0.5, target - 0.1) + 0.1  # the colour map's dark ends
                 ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=9, color="white" if dark else "black")
-        best = next((j for j, v in enumerate(row) if v is not None and v >= target), None)
+        best = next((j for j, c in enumerate(cells[i]) if c is not None and passes(c, target)), None)
         if best is not None:
             from matplotlib.patches import Rectangle
             ax.add_patch(Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, ec="black", lw=2.5))
