@@ -22,8 +22,8 @@ LAZY: dict[str, tuple[str, str, str]] = {
              "outside this process in virtual time) and print the verdicts."),
     "sweep": ("faultlab.cli.sweep", "sweep_command",
               "Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in "
-              "virtual time on every core; write results.csv, results.json and plot.html and print the smallest "
-              "deadline that passes."),
+              "virtual time on every core; write results.csv, results.json, charts and report.html and print the "
+              "smallest deadline that passes."),
     "proxy": ("faultlab.cli.proxy", "proxy",
               "Relay SIP between devices and a PBX, applying a fault profile and recording every message."),
     "ca": ("faultlab.cli.ca", "app", "The lab CA that signs faultlab's TLS certificates for devices."),

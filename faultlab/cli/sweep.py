@@ -42,7 +42,7 @@ def sweep_command(
     seed: Annotated[int, typer.Option(help="The first seed.")] = 1,
     jobs: Annotated[str, typer.Option(help="Worker processes: a number, or auto (one per CPU core).")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Output directory: runs.jsonl (resumable), results.csv, "
-                                                "results.json, plot.html. Default: sweep-<scenario>.")] = None,
+                                                "results.json, report.html. Default: sweep-<scenario>.")] = None,
     target: Annotated[float, typer.Option(help="Pass rate a deadline must reach to be recommended (0-1).")] = 0.99,
     set_: Annotated[list[str], typer.Option("--set", help="Fix a scenario field for the whole sweep, KEY=VALUE "
                                             "(as in faultlab lab run --set).")] = [],
@@ -55,7 +55,8 @@ def sweep_command(
     max_runs: Annotated[int, typer.Option(help="With --until-confident: runs per point at most.")] = 2000,
 ) -> None:
     """Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in virtual
-    time on every core; write results.csv, results.json and plot.html and print the smallest deadline that passes.
+    time on every core; write results.csv, results.json, charts and report.html and print the smallest deadline that
+    passes.
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept."""
     base, sets, params, n_jobs = _checked(scenario, param, set_, runs=runs, target=target, behaviour=behaviour,
                                           jobs=jobs)
@@ -157,7 +158,7 @@ def _show(rows: list, params: list, base, *, target: float, out: Path, wall: flo
     """Write the results and print the table and the recommendation."""
     summaries = summarise(rows, params)
     lines = recommend(summaries, params, target)
-    write_results(out, rows, params, summaries, lines)
+    write_results(out, rows, params, summaries, lines, target)
     console = Console() if sys.stdout.isatty() else Console(width=140)
 
     table = Table(title=f"{base.id} {base.slug}: pass rate and median times (s after the push) per point")
@@ -178,4 +179,4 @@ def _show(rows: list, params: list, base, *, target: float, out: Path, wall: flo
     if errored:
         console.print(f"{len(errored)} of {len(rows)} runs errored (counted as failed; the error column of "
                       f"results.csv says why), e.g. {errored[0]['error']}", highlight=False)
-    console.print(f"{len(rows)} runs in {wall:.1f} s; {out}/results.csv, results.json, plot.html")
+    console.print(f"{len(rows)} runs in {wall:.1f} s; {out}/results.csv, results.json, report.html")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import html
 import json
 import pickle
+import struct
 
 import pytest
 from typer.testing import CliRunner
@@ -124,8 +126,17 @@ def test_sweep_command_writes_results_plot_and_recommendation(tmp_path):
     assert set(rows[0]) >= {"device.invite_deadline", "seed", "push_to_ring", "push_to_connect", "push_to_end"}
     report = json.loads((out / "results.json").read_text())
     assert report["settings"]["scenario"] == "S02" and len(report["summaries"]) == 2
-    page = (out / "plot.html").read_text()
-    assert page.count("<svg") >= 3 and "pass rate vs device.invite_deadline" in page and "<script" not in page
+    page = (out / "report.html").read_text()
+    answer = page.split("<figure")[0]  # the answer, above the charts
+    assert report["recommendation"][0] in html.unescape(answer) and "4 s" in report["recommendation"][0]
+    assert "<script" not in page and page.count("src='data:image/png;base64,") == 2  # pass rate, cost of waiting
+    assert (out / "plot.html").read_text() == page
+    assert not (out / "heatmap.png").exists()  # one varied parameter: no heatmap; the single-valued delay: no chart
+    png = (out / "pass_rate.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+    assert 400 <= width <= 2000 and 250 <= height <= 1500
+    assert (out / "pass_rate.svg").read_text().lstrip().startswith("<?xml")
     bad = CliRunner().invoke(app, ["sweep", "-s", "S02", "-P", "link.loss=0..20"])
     assert bad.exit_code == 2 and "LO..HI:STEP" in bad.output
 

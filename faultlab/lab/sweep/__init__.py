@@ -4,7 +4,7 @@
 runs every point of the grid ``runs`` times (seeds ``seed``, ``seed + 1``, ... the same at every point, so points
 differ only by their parameters) and records one row per run: the parameters, the seed, the verdicts and the key
 times (push -> ring, push -> connect, push -> end). Rows go to ``DIR/runs.jsonl`` as they finish, so an
-interrupted sweep resumes where it stopped; then ``results.csv``, ``results.json``, ``plot.html`` and the
+interrupted sweep resumes where it stopped; then ``results.csv``, ``results.json``, the charts, ``report.html`` and the
 recommendation (:func:`recommend`).
 
 Parameters (:func:`parse_param`), a value list ``a,b,c`` or a range ``lo..hi:step`` (both ends included):

@@ -13,7 +13,7 @@ from typing import Any
 from .boundary import Answer, answers, pct, runs_needed
 from .confidence import wilson
 from .params import Param, points
-from .plot import plot_html
+from .plot import write_plots
 
 __all__ = ["TIMES", "recommend", "summarise", "write_results"]
 
@@ -123,9 +123,10 @@ def _step(knob: Param, before: dict[str, Any], after: dict[str, Any]) -> str:
             f"{rate:+.0f} points, push → end of calls that never connected{cost}")
 
 
-def write_results(out: Path, rows: Sequence[dict[str, Any]], params: Sequence[Param], summaries, lines) -> None:
-    """``results.csv`` (one row per run), ``results.json`` (settings, rows, summaries, recommendation) and
-    ``plot.html``."""
+def write_results(out: Path, rows: Sequence[dict[str, Any]], params: Sequence[Param], summaries, lines,
+                  target: float = 0.99) -> None:
+    """``results.csv`` (one row per run), ``results.json`` (settings, rows, summaries, recommendation), the charts
+    (PNG and SVG) and ``report.html`` (also as ``plot.html``)."""
     keys = [p.key for p in params]
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -139,7 +140,7 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], params: Sequence[Pa
     settings = json.loads((out / "sweep.json").read_text())
     (out / "results.json").write_text(json.dumps({"settings": settings, "summaries": summaries,
                                                   "recommendation": lines, "rows": list(rows)}, indent=1) + "\n")
-    (out / "plot.html").write_text(plot_html(settings, summaries, params, lines))
+    write_plots(out, settings, summaries, params, lines, target)
 
 
 def _blank(value: float | None) -> str:
