@@ -21,7 +21,7 @@ from rich.table import Table
 from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.scenario import ScenarioError, load_scenario
 from faultlab.lab.scenario_set import override
-from faultlab.lab.sweep import SweepError, default_jobs, parse_param, recommend, summarise, sweep, write_results
+from faultlab.lab.sweep import SweepError, default_jobs, parse_executor, parse_param, recommend, summarise, sweep, write_results
 
 
 _fail = failing("faultlab sweep")
@@ -47,6 +47,10 @@ def sweep_command(
                                             "(as in faultlab lab run --set).")] = [],
     behaviour: Annotated[Optional[str], typer.Option(help=f"Sweep a known-bad reference device: "
                                                      f"{', '.join(BEHAVIOURS)}.")] = None,
+    executor: Annotated[str, typer.Option(help="Where runs execute: local (--jobs processes here), dask-local[:N] "
+                                          "(a dask LocalCluster of N worker processes, default one per core) or "
+                                          "dask://HOST:PORT (a running dask scheduler's workers; needs "
+                                          "pip install 'faultlab[dask]').")] = "local",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Sweep a scenario over device deadlines, link and fault parameters, each point run --runs times in virtual
@@ -54,13 +58,17 @@ def sweep_command(
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept."""
     base, sets, params, n_jobs = _checked(scenario, param, set_, runs=runs, target=target, behaviour=behaviour,
                                           jobs=jobs)
+    try:
+        engine = parse_executor(executor)
+    except SweepError as exc:
+        _fail(str(exc))
     out = out or Path(f"sweep-{base.id}")
     grid = 1
     for p in params:
         grid *= len(p.values)
     err = Console(stderr=True)
     err.print(f"faultlab sweep: {base.id} {base.slug}, {grid} points x {runs} runs = {grid * runs} runs, seeds "
-              f"{seed}..{seed + runs - 1}, {n_jobs} jobs, virtual time; output in {out}/")
+              f"{seed}..{seed + runs - 1}, {engine.describe() if engine.is_dask else f'{n_jobs} jobs'}, virtual time; output in {out}/")
     begun = time.perf_counter()
     with _interrupt() as interrupted:
         try:
@@ -72,7 +80,8 @@ def sweep_command(
                     progress.update(task, completed=done)
 
                 rows = sweep(scenario, params, runs=runs, seed=seed, out=out, jobs=n_jobs, sets=sets,
-                             behaviour=behaviour, on_row=on_row, stop=interrupted.is_set)
+                             behaviour=behaviour, on_row=on_row, stop=interrupted.is_set,
+                             executor=engine)
         except SweepError as exc:
             _fail(str(exc))
     wall = time.perf_counter() - begun
