@@ -67,8 +67,9 @@ def sweep_command(
     for p in params:
         grid *= len(p.values)
     err = Console(stderr=True)
+    where = engine.describe() if engine.is_dask else f"{n_jobs} jobs"
     err.print(f"faultlab sweep: {base.id} {base.slug}, {grid} points x {runs} runs = {grid * runs} runs, seeds "
-              f"{seed}..{seed + runs - 1}, {engine.describe() if engine.is_dask else f'{n_jobs} jobs'}, virtual time; output in {out}/")
+              f"{seed}..{seed + runs - 1}, {where}, virtual time; output in {out}/")
     begun = time.perf_counter()
     with _interrupt() as interrupted:
         try:

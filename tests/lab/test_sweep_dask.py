@@ -119,6 +119,20 @@ def test_an_unreachable_scheduler_says_what_to_check(tmp_path, monkeypatch):
         sweep("S16", PARAMS, runs=1, seed=1, out=tmp_path, executor=parse_executor(f"dask://127.0.0.1:{port}"))
 
 
+def test_a_scheduler_without_workers_says_to_start_some(tmp_path, monkeypatch):
+    import faultlab.lab.sweep.executors as executors
+
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT", 1.0)
+    empty = distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=":0", host="127.0.0.1")
+    try:
+        with pytest.raises(SweepError, match="has no workers.*dask worker tcp://127.0.0.1"):
+            sweep("S16", PARAMS, runs=1, seed=1, out=tmp_path,
+                  executor=Executor("dask", address=empty.scheduler_address))
+    finally:
+        empty.close()
+    assert not (tmp_path / "runs.jsonl").read_text()
+
+
 def test_without_dask_the_error_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "dask", None)
     monkeypatch.setitem(sys.modules, "dask.distributed", None)

@@ -23,5 +23,5 @@ from .plot import plot_html
 from .results import recommend, summarise, write_results
 from .run import default_jobs, run_point, sweep
 
-__all__ = ["ALIASES", "Executor", "Param", "SweepError", "apply", "default_jobs", "duration_text", "parse_executor", "parse_param", "plot_html",
-           "points", "recommend", "run_point", "sweep", "summarise", "write_results"]
+__all__ = ["ALIASES", "Executor", "Param", "SweepError", "apply", "default_jobs", "duration_text", "parse_executor",
+           "parse_param", "plot_html", "points", "recommend", "run_point", "sweep", "summarise", "write_results"]

@@ -98,6 +98,12 @@ def client(executor: Executor) -> Iterator[Any]:
                          f"({type(exc).__name__}: {exc}); check that `dask scheduler` runs there, that the host "
                          "and port are right and that no firewall blocks the port") from None
     try:
+        try:
+            c.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        except TimeoutError:
+            raise SweepError(f"the dask scheduler at {executor.address} has no workers (none joined within "
+                             f"{CONNECT_TIMEOUT:.0f} s); start some: dask worker {executor.address} --nworkers N"
+                             ) from None
         yield c
     finally:
         c.close()
