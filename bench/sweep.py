@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Sweep throughput: 1,000 runs of a 30-second scenario in virtual time, on 1 worker and on every core.
 
-    python3 bench/sweep.py [--runs 1000] [--scenario S01] [--hang-up-after 26s]
+    python3 bench/sweep.py [--runs 1000] [--scenario S01] [--hang-up-after 26s] [--dask]
 
 The scenario is S01 (push, REGISTER, INVITE, answer at 1 s) with the caller hanging up 26 s after the answer, so a
 run covers 30 s of lab time (1 s idle before the call + 1 + 26 + 2 s settle). The same sweep (one grid point,
 ``--runs`` seeds) runs twice, into fresh directories: baseline with 1 worker process, then ``--jobs auto`` (one per
 core). Reported: wall time, runs per second, lab seconds per wall second, and that both gave the same rows.
+With ``--dask`` (needs ``pip install 'faultlab[dask]'``) the same grid then runs on a dask LocalCluster of as many
+worker processes as the local pool (``--executor dask-local:N``; the cluster's start-up counted), and the
+overhead of dask over the local pool is reported in %.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from faultlab.lab.sweep import default_jobs, parse_param, sweep  # noqa: E402
+from faultlab.lab.sweep import default_jobs, parse_executor, parse_param, sweep  # noqa: E402
+
+
+def strip(rows: list[dict]) -> list[dict]:
+    return sorted(({k: v for k, v in r.items() if k != "wall"} for r in rows), key=lambda r: json.dumps(r))
 
 
 def main() -> int:
@@ -28,25 +35,37 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--scenario", default="S01")
     parser.add_argument("--hang-up-after", default="26s")
+    parser.add_argument("--dask", action="store_true", help="also on a dask LocalCluster of the same size")
     args = parser.parse_args()
     params = [parse_param("device.invite_wait=5")]
     sets = [("call.hang_up_after", args.hang_up_after)]
     results = {}
-    for label, jobs in (("1 worker (baseline)", 1), (f"{default_jobs()} workers (--jobs auto)", default_jobs())):
+    n = default_jobs()
+    engines = [("1 worker (baseline)", 1, None), (f"{n} workers (--jobs auto)", n, None)]
+    if args.dask:
+        engines.append((f"dask LocalCluster, {n} workers", n, parse_executor(f"dask-local:{n}")))
+    for label, jobs, executor in engines:
         with tempfile.TemporaryDirectory() as out:
             t = time.perf_counter()
-            rows = sweep(args.scenario, params, runs=args.runs, seed=1, out=Path(out), jobs=jobs, sets=sets)
+            rows = sweep(args.scenario, params, runs=args.runs, seed=1, out=Path(out), jobs=jobs, sets=sets,
+                         executor=executor)
             wall = time.perf_counter() - t
         lab = sum(r["end"] + 1 + 2 for r in rows if r["end"] is not None)  # push->end + idle + settle, per run
         results[label] = (wall, rows)
         passed = sum(r["passed"] for r in rows)
         print(f"{label:28} {len(rows)} runs in {wall:6.1f} s = {len(rows) / wall:5.1f} runs/s, "
               f"{lab / wall:6.0f} lab s per wall s, {passed} passed")
-    (a_wall, a), (b_wall, b) = results.values()
-    same = [{k: v for k, v in r.items() if k != "wall"} for r in a] == [{k: v for k, v in r.items() if k != "wall"}
-                                                                         for r in b]
+    (a_wall, a), (b_wall, b), *dask = results.values()
+    same = strip(a) == strip(b)
     print(f"speed-up {a_wall / b_wall:.2f}x; same rows: {same}")
-    print(json.dumps({"runs": args.runs, "baseline_wall": a_wall, "parallel_wall": b_wall, "same": same}))
+    summary = {"runs": args.runs, "baseline_wall": a_wall, "parallel_wall": b_wall, "same": same}
+    if dask:
+        d_wall, d = dask[0]
+        same_dask = strip(d) == strip(b)
+        same = same and same_dask
+        print(f"dask over the local pool: {(d_wall / b_wall - 1) * 100:+.1f} % wall time; same rows: {same_dask}")
+        summary.update(dask_wall=d_wall, dask_overhead_pct=(d_wall / b_wall - 1) * 100, same_dask=same_dask)
+    print(json.dumps(summary))
     return 0 if same else 1
 
 

@@ -21,8 +21,8 @@ from rich.table import Table
 from faultlab.lab.device.logic import BEHAVIOURS
 from faultlab.lab.scenario import ScenarioError, load_scenario
 from faultlab.lab.scenario_set import override
-from faultlab.lab.sweep import SweepError, default_jobs, parse_param, recommend, summarise, sweep, write_results
-from faultlab.lab.sweep import sweep_until_confident
+from faultlab.lab.sweep import (SweepError, default_jobs, parse_executor, parse_param, recommend, summarise,
+                                 sweep, sweep_until_confident, write_results)
 
 
 _fail = failing("faultlab sweep")
@@ -48,6 +48,10 @@ def sweep_command(
                                             "(as in faultlab lab run --set).")] = [],
     behaviour: Annotated[Optional[str], typer.Option(help=f"Sweep a known-bad reference device: "
                                                      f"{', '.join(BEHAVIOURS)}.")] = None,
+    executor: Annotated[str, typer.Option(help="Where runs execute: local (--jobs processes here), dask-local[:N] "
+                                          "(a dask LocalCluster of N worker processes, default one per core) or "
+                                          "dask://HOST:PORT (a running dask scheduler's workers; needs "
+                                          "pip install 'faultlab[dask]').")] = "local",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     until_confident: Annotated[bool, typer.Option("--until-confident", help="After --runs, add runs only at the "
                                                   "points next to each answer's boundary until the answer is "
@@ -60,13 +64,18 @@ def sweep_command(
     Interrupted (Ctrl-C)? Run the same command again: finished runs are kept."""
     base, sets, params, n_jobs = _checked(scenario, param, set_, runs=runs, target=target, behaviour=behaviour,
                                           jobs=jobs)
+    try:
+        engine = parse_executor(executor)
+    except SweepError as exc:
+        _fail(str(exc))
     out = out or Path(f"sweep-{base.id}")
     grid = 1
     for p in params:
         grid *= len(p.values)
     err = Console(stderr=True)
+    where = engine.describe() if engine.is_dask else f"{n_jobs} jobs"
     err.print(f"faultlab sweep: {base.id} {base.slug}, {grid} points x {runs} runs = {grid * runs} runs, seeds "
-              f"{seed}..{seed + runs - 1}, {n_jobs} jobs, virtual time; output in {out}/")
+              f"{seed}..{seed + runs - 1}, {where}, virtual time; output in {out}/")
     if until_confident:
         err.print(f"then more runs next to each answer's boundary until it is settled (at most {max_runs} per point)")
     begun = time.perf_counter()
@@ -80,7 +89,7 @@ def sweep_command(
                     progress.update(task, completed=done, total=total)
 
                 common = dict(runs=runs, seed=seed, out=out, jobs=n_jobs, sets=sets, behaviour=behaviour,
-                              on_row=on_row, stop=interrupted.is_set)
+                              on_row=on_row, stop=interrupted.is_set, executor=engine)
                 if until_confident:
                     if max_runs < runs:
                         _fail(f"--max-runs {max_runs} is below --runs {runs}: give at least {runs}")

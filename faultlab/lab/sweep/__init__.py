@@ -17,12 +17,13 @@ Parameters (:func:`parse_param`), a value list ``a,b,c`` or a range ``lo..hi:ste
 * ``call.*``, ``pbx.hold``, ``push.delay``, ``expect.*``: as ``faultlab lab run --set`` (:func:`override`).
 """
 
+from .executors import Executor, parse_executor
 from .params import ALIASES, Param, SweepError, apply, duration_text, parse_param, points
 from .plot import plot_html
 from .results import recommend, summarise, write_results
 from .run import default_jobs, run_point, sweep
 from .until import sweep_until_confident
 
-__all__ = ["ALIASES", "Param", "SweepError", "apply", "default_jobs", "duration_text", "parse_param", "plot_html",
-           "points", "recommend", "run_point", "sweep", "sweep_until_confident",
-           "summarise", "write_results"]
+__all__ = ["ALIASES", "Executor", "Param", "SweepError", "apply", "default_jobs", "duration_text", "parse_executor",
+           "parse_param", "plot_html", "points", "recommend", "run_point", "sweep", "sweep_until_confident", "summarise",
+           "write_results"]

@@ -20,6 +20,7 @@ from typing import Any
 from faultlab.lab.scenario import Scenario, load_scenario
 from faultlab.lab.scenario_set import override
 
+from .executors import Executor, run_dask
 from .params import Param, SweepError, apply, points
 
 __all__ = ["chunk_size", "default_jobs", "error_row", "load_rows", "run_key", "run_point", "run_point_safely",
@@ -159,14 +160,16 @@ def chunk_size(runs: int, jobs: int) -> int:
 def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int = 1,
           sets: Sequence[tuple[str, str]] = (), behaviour: str | None = None,
           on_row: Callable[[dict[str, Any], int, int], None] | None = None,
-          stop: Callable[[], bool] | None = None, extra: dict[str, int] | None = None) -> list[dict[str, Any]]:
+          stop: Callable[[], bool] | None = None, extra: dict[str, int] | None = None,
+          executor: Executor | None = None) -> list[dict[str, Any]]:
     """Run every (point, seed) not yet in ``out/runs.jsonl``; return all rows of this sweep, in grid order.
     ``extra`` (by ``json.dumps(point, sort_keys=True)``): more runs at some points, their seeds continuing.
 
     ``out/sweep.json`` records the settings; a different sweep in the same directory is refused, the same sweep
     with more ``runs`` only runs the new seeds. ``out/sweep.lock`` is held for the sweep's duration: a second sweep
     into the same directory fails at once. A run that raises is recorded as a failed row with its ``error``.
-    ``on_row(row, done, total)`` after each run; ``stop()`` true ends the sweep early (what is done is kept)."""
+    ``on_row(row, done, total)`` after each run; ``stop()`` true ends the sweep early (what is done is kept).
+    ``executor`` a dask one (:mod:`.executors`): the runs go to dask workers instead of ``jobs`` local ones."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / "sweep.lock").open("a") as lock:
         try:
@@ -178,7 +181,8 @@ def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, 
         _sweeping = True
         try:
             return _sweep_locked(scenario_name, params, runs=runs, seed=seed, out=out, jobs=jobs, sets=sets,
-                                 behaviour=behaviour, on_row=on_row, stop=stop, extra=extra or {})
+                                 behaviour=behaviour, on_row=on_row, stop=stop, extra=extra or {},
+                                 executor=executor)
         finally:
             _sweeping = False
 
@@ -186,7 +190,8 @@ def sweep(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, 
 def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, seed: int, out: Path, jobs: int,
                   sets: Sequence[tuple[str, str]], behaviour: str | None,
                   on_row: Callable[[dict[str, Any], int, int], None] | None,
-                  stop: Callable[[], bool] | None, extra: dict[str, int]) -> list[dict[str, Any]]:
+                  stop: Callable[[], bool] | None, extra: dict[str, int],
+                  executor: Executor | None = None) -> list[dict[str, Any]]:
     settings = {"scenario": scenario_name, "params": [{"key": p.key, "values": list(p.values), "unit": p.unit}
                                                       for p in params],
                 "runs": runs, "seed": seed, "set": [list(s) for s in sets], "behaviour": behaviour}
@@ -217,7 +222,12 @@ def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, see
             if on_row is not None:
                 on_row(row, count, total)
 
-        if jobs <= 1:
+        if executor is not None and executor.is_dask:
+            run_dask(executor, todo, run_chunk=functools.partial(run_points_safely, scenario_name, list(sets),
+                                                                 behaviour=behaviour),
+                     chunk_size=functools.partial(chunk_size, len(todo)), error_row=error_row, record=record,
+                     stop=stop, forget=_point_scenario.cache_clear)
+        elif jobs <= 1:
             for point, s in todo:
                 if stop is not None and stop():
                     break

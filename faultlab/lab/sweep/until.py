@@ -46,13 +46,13 @@ def sweep_until_confident(scenario_name: str, params: Sequence[Param], *, runs: 
                           target: float, max_runs: int, jobs: int = 1, sets: Sequence[tuple[str, str]] = (),
                           behaviour: str | None = None,
                           on_row: Callable[[dict[str, Any], int, int], None] | None = None,
-                          stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+                          stop: Callable[[], bool] | None = None, executor: Any = None) -> list[dict[str, Any]]:
     """:func:`sweep` with ``runs`` per point, then rounds of more runs at the open points (:func:`more_runs`)
     until none is left; all rows, in grid order."""
     extra: dict[str, int] = {}
     while True:
         rows = sweep(scenario_name, params, runs=runs, seed=seed, out=out, jobs=jobs, sets=sets,
-                     behaviour=behaviour, on_row=on_row, stop=stop, extra=extra)
+                     behaviour=behaviour, on_row=on_row, stop=stop, extra=extra, executor=executor)
         if stop is not None and stop():
             return rows
         grow = more_runs(summarise(rows, params), params, target, block=runs, max_runs=max_runs)
