@@ -51,7 +51,7 @@ def sweep_command(
     executor: Annotated[str, typer.Option(help="Where runs execute: local (--jobs processes here), dask-local[:N] "
                                           "(a dask LocalCluster of N worker processes, default one per core) or "
                                           "dask://HOST:PORT (a running dask scheduler's workers; needs "
-                                          "pip install 'faultlab[dask]').")] = "local",
+                                          "pip install 'faultlab\\[dask]').")] = "local",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     until_confident: Annotated[bool, typer.Option("--until-confident", help="After --runs, add runs only at the "
                                                   "points next to each answer's boundary until the answer is "
