@@ -4,39 +4,27 @@ from disk with no server and no network, it shows the answer and every chart dec
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from faultlab.cli import app
 from faultlab.lab.sweep.plot import headline
+from tests.browser.chrome import open_chrome
 
 # skips (no Chromium) count as failures under CI=true (tests/conftest.py)
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT = 20.0  # seconds for the page to load its images
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
 def browser():
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not path.exists() and not shutil.which(path.name):
-            pytest.skip(f"{path} is missing: apt-get install {package}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1200,900", "--no-first-run", "--no-default-browser-check"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = open_chrome("1200,900")
     try:
         yield driver
     finally:

@@ -24,7 +24,6 @@ calls block, so they run in worker threads while trio serves the proxy.
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 from functools import partial
 from pathlib import Path
@@ -39,19 +38,17 @@ from faultlab.addr import parse_endpoint
 from faultlab.api.run import serve_proxy_with_api
 from faultlab.proxy import ProxyConfig
 from tests.actors import actor_env, open_actors
+from tests.browser.chrome import open_chrome
 
 # integration: skips (no Chromium) count as failures under CI=true (tests/conftest.py)
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 HOST = "127.0.0.1"
 PUSH_TOKEN = "a1b2c3d4e5f60718"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT = 20.0  # seconds for any one page condition
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.select import Select  # noqa: E402
@@ -60,18 +57,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 @pytest.fixture
 def browser():
-    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-        if not path.exists() and not shutil.which(path.name):
-            pytest.skip(f"{path} is missing: apt-get install {package}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=390,844", "--no-first-run", "--no-default-browser-check"):
-        options.add_argument(arg)
     # a phone's screen: headless Chromium's window is at least 500 pixels wide, the emulated viewport is not
-    options.add_experimental_option("mobileEmulation", {"deviceMetrics": {"width": 390, "height": 844,
-                                                                           "pixelRatio": 2}})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = open_chrome("390,844", mobile={"width": 390, "height": 844, "pixelRatio": 2})
     try:
         yield driver
     finally:
