@@ -145,3 +145,18 @@ def test_faultlab_starts_without_importing_dask():
     code = "import sys, faultlab.cli, faultlab.lab.sweep; print('dask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("runs, workers", [(1, 1), (7, 2), (1000, 2), (100_000, 16)])
+def test_tasks_shrink_towards_the_end_so_the_workers_finish_together(runs, workers):
+    from faultlab.lab.sweep.executors import MAX_CHUNK, guided_chunk
+
+    sizes, left = [], runs
+    while left:
+        sizes.append(guided_chunk(left, workers))
+        left -= sizes[-1]
+    assert sum(sizes) == runs and max(sizes) <= MAX_CHUNK
+    assert sizes == sorted(sizes, reverse=True)  # never a large task last
+    assert sizes[-1] == 1 and sizes[-workers:] == [1] * min(workers, len(sizes))
+    if runs >= 1000:  # far fewer tasks than runs: the scheduler's round trip is paid per task
+        assert len(sizes) < runs / 10

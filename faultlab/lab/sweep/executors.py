@@ -22,6 +22,9 @@ __all__ = ["CONNECT_TIMEOUT", "Executor", "parse_executor", "run_dask"]
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a dask scheduler before giving up
 RETRIES = 3  # times a task is run again after its worker died
+MAX_CHUNK = 64  # runs per task at most: a task costs the scheduler a round trip; a dead worker loses its task's runs
+# what a LocalCluster's forkserver imports once, so that each worker forked from it starts with them (a run's modules)
+PRELOAD = ["distributed", "faultlab.lab.sweep.run", "faultlab.lab.runner", "trio.testing"]
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,52 @@ def _distributed() -> Any:
     return dask.distributed
 
 
+def guided_chunk(remaining: int, workers: int) -> int:
+    """Runs in the next task: a quarter of each worker's share of what remains, at most :data:`MAX_CHUNK`: few
+    large tasks while much remains, smaller ones towards the end so that the workers finish together."""
+    return max(1, min(MAX_CHUNK, remaining // (workers * 4)))
+
+
+def _start_fork_server() -> bool:
+    """Start the fork server a LocalCluster's workers will be forked from, importing :data:`PRELOAD` (instead of
+    dask's default, a fresh interpreter per worker that imports dask, then faultlab on its first task: about a
+    second each on a small machine). Started before this process imports dask, so that both import at once. False
+    where the platform has no fork servers."""
+    import multiprocessing
+    import multiprocessing.forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+    return True
+
+
+@contextmanager
+def _forked_workers(forked: bool) -> Iterator[None]:
+    """dask starts worker processes from the fork server (:func:`_start_fork_server`) inside this block."""
+    if not forked:
+        yield
+        return
+    import dask
+    import distributed.utils
+
+    # dask would otherwise set its own preload list (every optional package it knows, imported here first)
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        yield
+
+
 @contextmanager
 def client(executor: Executor) -> Iterator[Any]:
     """A ``dask.distributed.Client`` for ``executor`` (its LocalCluster started here), closed after."""
+    forked = executor.kind == "dask-local" and _start_fork_server()
     distributed = _distributed()
     if executor.kind == "dask-local":
-        cluster = distributed.LocalCluster(n_workers=executor.workers or _cpus(), threads_per_worker=1,
-                                           processes=True, host="127.0.0.1", dashboard_address=":0")
+        with _forked_workers(forked):
+            cluster = distributed.LocalCluster(n_workers=executor.workers or _cpus(), threads_per_worker=1,
+                                               processes=True, host="127.0.0.1", dashboard_address=":0")
         try:
             with distributed.Client(cluster) as c:
                 yield c
@@ -111,11 +153,10 @@ def client(executor: Executor) -> Iterator[Any]:
 
 def run_dask(executor: Executor, todo: Sequence[tuple[dict[str, float], int]], *,
              run_chunk: Callable[[list[tuple[dict[str, float], int]]], list[dict[str, Any]]],
-             chunk_size: Callable[[int], int],
              error_row: Callable[[dict[str, float], int, BaseException], dict[str, Any]],
              record: Callable[[dict[str, Any]], None], stop: Callable[[], bool] | None = None,
              forget: Callable[[], None] | None = None) -> None:
-    """Run ``todo`` on ``executor`` in chunks of ``chunk_size(workers)`` runs, each a task ``run_chunk(chunk)``
+    """Run ``todo`` on ``executor`` in chunks (:func:`guided_chunk`), each a task ``run_chunk(chunk)``
     (pure and picklable: the local pool's), handing each row to ``record`` as its chunk finishes. ``forget()`` runs
     on every worker first (long-lived workers: drop what an earlier sweep cached). A chunk whose workers kept dying
     (dask gives up after a few) or whose task raised gives ``error_row`` rows. ``stop()`` true: cancel what has not
@@ -125,20 +166,22 @@ def run_dask(executor: Executor, todo: Sequence[tuple[dict[str, float], int]], *
         if forget is not None:
             c.run(forget)
         workers = max(1, len(c.scheduler_info().get("workers", {})))
-        size = chunk_size(workers)
         queue = iter(todo)
+        left = len(todo)
         pending: dict[Any, list[tuple[dict[str, float], int]]] = {}
         done = distributed.as_completed()
 
         def submit(n: int) -> None:
+            nonlocal left
             for _ in range(n):
-                part = list(itertools.islice(queue, size))
+                part = list(itertools.islice(queue, guided_chunk(left, workers)))
+                left -= len(part)
                 if part:
                     future = c.submit(run_chunk, part, retries=RETRIES, pure=True)
                     pending[future] = part
                     done.add(future)
 
-        submit(workers * 4)
+        submit(workers * 2)
         for future in done:
             part = pending.pop(future)
             try:

@@ -225,7 +225,7 @@ def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, see
         if executor is not None and executor.is_dask:
             run_dask(executor, todo, run_chunk=functools.partial(run_points_safely, scenario_name, list(sets),
                                                                  behaviour=behaviour),
-                     chunk_size=functools.partial(chunk_size, len(todo)), error_row=error_row, record=record,
+                     error_row=error_row, record=record,
                      stop=stop, forget=_point_scenario.cache_clear)
         elif jobs <= 1:
             for point, s in todo:
