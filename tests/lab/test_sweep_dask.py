@@ -160,3 +160,39 @@ def test_tasks_shrink_towards_the_end_so_the_workers_finish_together(runs, worke
     assert sizes[-1] == 1 and sizes[-workers:] == [1] * min(workers, len(sizes))
     if runs >= 1000:  # far fewer tasks than runs: the scheduler's round trip is paid per task
         assert len(sizes) < runs / 10
+
+
+def test_a_scheduler_and_workers_started_as_the_docs_say_give_the_rows_of_the_local_pool(local_rows, tmp_path):
+    """`dask scheduler` and `dask worker ADDRESS --nworkers 2 --nthreads 1` as separate processes, as on several
+    machines (docs/tuning-timeouts.md), then `faultlab sweep --executor dask://HOST:PORT`."""
+    import json
+    import subprocess
+    import time
+
+    info = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(info)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 30
+        while not info.exists() or not info.read_text().strip():
+            assert time.monotonic() < deadline and procs[0].poll() is None, "dask scheduler did not start"
+            time.sleep(0.05)  # polling another process's file, with a bound
+        address = json.loads(info.read_text())["address"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nworkers", "2",
+                                       "--nthreads", "1", "--no-dashboard"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        out = tmp_path / "sweep"
+        result = CliRunner().invoke(app, ["sweep", "-s", "S16", "--param", "device.invite_wait=1,4",
+                                          "--param", "link.loss=0,20", "--runs", "4", "--seed", "3", "--out",
+                                          str(out), "--executor", "dask://" + address.removeprefix("tcp://")])
+        assert result.exit_code == 0, result.output
+        assert strip(load_rows(out / "runs.jsonl")) == strip(local_rows)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
