@@ -1,8 +1,8 @@
 """A sweep's pictures: PNG and SVG charts drawn with matplotlib (Agg, no display) and ``report.html``, one
 self-contained page that embeds them (PNG as ``data:`` URIs: no scripts, no network).
 
-The charts answer the sweep's question: pass rate with its 95 % band against the deadline (one line per condition,
-the target and the recommended value marked), a heatmap when the grid is a deadline × one condition parameter, and
+The charts answer the sweep's question: pass rate with its 95 % interval (error bars) against the deadline (one
+line per condition, the target and the recommended value marked), a heatmap when the grid is a deadline × one condition parameter, and
 the cost of waiting (median push → end of the calls that never connected) against the deadline. matplotlib is
 imported only when a sweep writes its pictures, so ``faultlab --help`` does not load it.
 """
@@ -48,7 +48,7 @@ def charts_for(summaries: Sequence[dict[str, Any]], params: Sequence[Param]) -> 
         return []
     x = next((p for p in varied if p.key.startswith("device.")), varied[0])
     others = [p for p in varied if p is not x]
-    charts = [Chart("pass_rate", f"Pass rate vs {x.key} (95 % band)", x)]
+    charts = [Chart("pass_rate", f"Pass rate vs {x.key} (bars: 95 % interval)", x)]
     if len(others) == 1:
         charts.append(Chart("heatmap", f"Pass rate by {x.key} and {others[0].key}", x, others[0]))
     if x.key.startswith("device.") and any(s.get("unconnected_end_median") is not None for s in summaries):
@@ -108,28 +108,35 @@ def _legend(ax, drawn: int) -> None:
 
 
 def _pass_rate(ax, chart: Chart, summaries, conditions, target: float) -> list[float]:
-    """Draw each condition's pass rate and band; return the bands' lower bounds (for the shared y axis)."""
+    """Draw each condition's pass rate with its 95 % interval as an error bar (conditions side by side at each
+    value, so that their intervals do not hide each other); return the intervals' lower bounds (for the shared
+    y axis)."""
     x = chart.x
     lows: list[float] = []
     drawn = 0
+    dodge = 0.012 * ((max(x.values) - min(x.values)) or 1.0)
     for n, name, condition in conditions:
         series = _series(summaries, x, condition)
         if not series:
             continue
         colour = _COLOURS[n % len(_COLOURS)]
-        xs = [s["point"][x.key] for s in series]
+        shift = (n - (len(conditions) - 1) / 2) * dodge
+        xs = [s["point"][x.key] + shift for s in series]
+        rates = [s["pass_rate"] for s in series]
         bands = [band(s) for s in series]
         lows += [lo for lo, _ in bands]
-        ax.fill_between(xs, [lo for lo, _ in bands], [hi for _, hi in bands], color=colour, alpha=0.15, lw=0)
-        ax.plot(xs, [s["pass_rate"] for s in series], "o-", color=colour, lw=2, ms=4, label=name)
+        ax.errorbar(xs, rates, yerr=[[max(0.0, r - lo) for r, (lo, _) in zip(rates, bands)],
+                                     [max(0.0, hi - r) for r, (_, hi) in zip(rates, bands)]],
+                    fmt="o-", color=colour, lw=2, ms=4, elinewidth=1.2, capsize=3, label=name)
         best = recommended(series, x, target)
         if best is not None:
             rate = next(s["pass_rate"] for s in series if s["point"][x.key] == best)
-            ax.plot([best], [rate], marker="*", ms=16, color=colour, mec="black", mew=0.8, ls="none", zorder=5)
+            ax.plot([best + shift], [rate], marker="*", ms=16, color=colour, mec="black", mew=0.8, ls="none",
+                    zorder=5)
         drawn += 1
     ax.axhline(target, color="black", ls="--", lw=1)
-    ax.annotate(f"target {target:.0%}", (1, target), xycoords=("axes fraction", "data"), xytext=(-4, -3),
-                textcoords="offset points", fontsize=8, ha="right", va="top")
+    ax.annotate(f"target {target:.0%}", (0, target), xycoords=("axes fraction", "data"), xytext=(4, -3),
+                textcoords="offset points", fontsize=8, ha="left", va="top")
     ax.yaxis.set_major_formatter(_percent())
     _x_axis(ax, x)
     _legend(ax, drawn)
