@@ -44,7 +44,7 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "call": ("faultlab.cli.call", "app",
              "Place one call through a PBX, follow the script, print the outcome; exit 0 if the call went as "
              "scripted."),
-    "trace": ("faultlab.cli.trace", "app", "Views of a trace file: pcap for Wireshark, ladder diagrams."),
+    "trace": ("faultlab.cli.trace", "app", "Views of a trace file: pcap for Wireshark, ladder diagrams, HEP to Homer or sngrep."),
     "lab": ("faultlab.cli.lab", "app",
             "Lab runs: the scenario catalogue, and runs that give a pass/fail verdict per check."),
     "events": ("faultlab.cli.events", "app",

@@ -112,7 +112,7 @@ def _duration(option: str, text: str) -> float:
 
 
 def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None, err: Console, *,
-                  quiet: bool = False) -> list[Case]:
+                  quiet: bool = False, hep=None) -> list[Case]:
     """Open the external lab once, wait for the device, print the estimate (:mod:`faultlab.lab.estimate`), run
     every case in order (printing prompts), with a progress bar and the time left on a terminal (not with -q) and
     a line per case."""
@@ -122,6 +122,8 @@ def _run_external(settings: ExternalSettings, todo: list, trace_dir: Path | None
 
     async def main() -> None:
         async with open_external_lab(settings, say=lambda line: err.print(line, highlight=False)) as lab:
+            if hep is not None:  # live: the device's messages as they come
+                hep.attach(lab.timeline.trace, every_kind=True)
             await lab.wait_ready()
             assert lab.transport is not None
             plan = estimate(todo, lab.transport, settings.pause)

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from faultlab.cli._common import failing
+from faultlab.cli._hep import HepIdOption, HepOption, HepPasswordOption, hep_target, open_sender, send_case
 from faultlab.cli._lab_external import _external_settings, _own_pbx, _run_external
 from rich import box
 from rich.console import Console
@@ -120,14 +121,16 @@ def execute(
     pbx_tls_port: int | None = None, pbx_ca: Path | None = None,
     json_path: Path | None, trace_dir: Path | None, quiet: bool, title: str = "faultlab lab run",
     external: dict | None = None, watchdog: int = DEFAULT_LIMIT, deadlines: list[str] | None = None,
+    hep: tuple | None = None,
 ) -> int:
     """Run the matrix and print the table; the exit code (0: every check passed, 1: some failed).
 
     ``virtual``: None when not given (virtual time for the reference device). ``external``: the options of
     ``--device external`` (listen, push_listen, events_listen, user, apns_url, apns_key, apns_key_id, apns_team_id,
     register_timeout, pause), None or empty values when not given. ``deadlines``: the ``--deadline`` values (the
-    app's declared deadlines, over those of ``faultlab.toml``)."""
+    app's declared deadlines, over those of ``faultlab.toml``). ``hep``: --hep's (target, id, password) or None."""
     err = Console(stderr=True)
+    sender = _hep_sender(hep, err)
     external_settings, virtual, own_pbx = _mode(device, pbx, virtual, external or {}, behaviour=behaviour,
                                                 network=network, transports=transports, pbx_tls_port=pbx_tls_port,
                                                 pbx_ca=pbx_ca)
@@ -161,14 +164,16 @@ def execute(
         err.print(f"{title}: {len(todo_external)} cases, seed {seed}, real time, external device "
                   f"{external_settings.user} (the device's own transport)")
         external_settings.seed = seed
-        cases = _run_external(external_settings, todo_external, trace_dir, err, quiet=quiet)
+        cases = _run_external(external_settings, todo_external, trace_dir, err, quiet=quiet, hep=sender)
     else:
         on = ",".join(transports) if transports else "every transport each scenario applies to; -t narrows"
         err.print(f"{title}: {len(todo)} cases ({on}), seed {seed}, {clock} on {net}, reference device"
                   + (f" with behaviour {behaviour}" if behaviour else "")
                   + (f", PBX {pbx} (pushes to {format_hostport(*own_pbx['push_listen'])})" if own_pbx else ""))
         cases = _run_reference(todo, err, quiet=quiet, seed=seed, behaviour=behaviour, virtual=virtual,
-                               network=network, trace_dir=trace_dir, own_pbx=own_pbx, watchdog=watchdog)
+                               network=network, trace_dir=trace_dir, own_pbx=own_pbx, watchdog=watchdog,
+                               hep=sender)
+    _close(sender)
     wall = time.perf_counter() - begun
     _print_table(cases, _console())
     failed = [c for c in cases if not c.passed]
@@ -190,6 +195,18 @@ def execute(
     _write_reports(cases, settings, external_settings, json_path=json_path, junit=junit, trace_dir=trace_dir,
                    title=title, err=err)
     return 0 if not failed else 1
+
+
+def _close(sender) -> None:
+    if sender is not None:
+        sender.close()
+
+
+def _hep_sender(hep: tuple | None, err: Console):
+    """The HEP sender of --hep (target, capture id, password), None without it; its warnings in yellow."""
+    if hep is None or hep[0] is None:
+        return None
+    return open_sender(*hep, warn=lambda text: err.print(f"[yellow]{text}[/yellow]", highlight=False))
 
 
 def _declared(deadlines: list[str]) -> dict[str, float]:
@@ -281,8 +298,10 @@ def _chosen(scenario_names: list[str], profile_names: list[str], sets: list[str]
     return chosen, profiles
 
 
-def _run_reference(todo: list, err: Console, *, quiet: bool, own_pbx: dict | None, **options) -> list[Case]:
-    """Run each (scenario, profile, transport) with the reference device, with a progress bar on stderr."""
+def _run_reference(todo: list, err: Console, *, quiet: bool, own_pbx: dict | None, hep=None,
+                   **options) -> list[Case]:
+    """Run each (scenario, profile, transport) with the reference device, with a progress bar on stderr; each
+    case's runs to the HEP sender ``hep`` when it has run."""
     cases: list[Case] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=True, disable=quiet) as progress:
@@ -290,6 +309,8 @@ def _run_reference(todo: list, err: Console, *, quiet: bool, own_pbx: dict | Non
         for scenario, profile, transport in todo:
             progress.update(task, description=f"{scenario.id} {profile.name if profile else 'none'} {transport}")
             cases.append(run_case(scenario, profile, transport=transport, **options, **(own_pbx or {})))
+            if hep is not None:
+                send_case(hep, cases[-1])
             progress.advance(task)
     return cases
 
@@ -360,14 +381,18 @@ _DeadlineOption = Annotated[list[str], typer.Option(
     "advisory line.")]
 
 
+_ScenarioOption = Annotated[list[str], typer.Option(
+    "--scenario", "-s", help="A scenario by id (S04), slug or TOML file; repeat for more. Default: the whole "
+                             "catalogue (faultlab lab scenarios).")]
+_ProfileOption = Annotated[list[str], typer.Option(
+    "--profile", "-p", help="A fault profile (library name or file) applied on top of each scenario's own faults; "
+                            "repeat for a matrix scenarios x profiles. Default: none.")]
+
+
 @app.command("run")
 def run(
-    scenario: Annotated[list[str], typer.Option("--scenario", "-s", help="A scenario by id (S04), slug or TOML file; "
-                                                 "repeat for more. Default: the whole catalogue "
-                                                 "(faultlab lab scenarios).")] = [],
-    profile: Annotated[list[str], typer.Option("--profile", "-p", help="A fault profile (library name or file) "
-                                                "applied on top of each scenario's own faults; repeat for a matrix "
-                                                "scenarios x profiles. Default: none.")] = [],
+    scenario: _ScenarioOption = [],
+    profile: _ProfileOption = [],
     transport: Annotated[list[str], typer.Option("--transport", "-t", help="udp, tcp or tls; repeat for more. "
                                                   "Default: every transport each scenario applies to.")] = [],
     device: Annotated[str, typer.Option(help="reference: faultlab's reference device (simulated iOS app), in a lab "
@@ -438,6 +463,9 @@ def run(
                                                             "device to register. Default: 120s.")] = None,
     pause: Annotated[Optional[str], typer.Option("--pause", metavar="DURATION", help="--device external: the "
                                                  "pause between calls. Default: 5s.")] = None,
+    hep: HepOption = None,
+    hep_id: HepIdOption = 1,
+    hep_password: HepPasswordOption = None,
 ) -> None:
     """Run scenarios x profiles in a lab of its own and print a verdict per check (exit 0: every check passed)."""
     raise typer.Exit(execute(scenario, profile, transport, **_execute_options(locals())))
@@ -447,6 +475,8 @@ def _execute_options(options: dict) -> dict:
     """:func:`execute`'s keywords from the options of ``lab run`` (by name)."""
     out = {name: options[name] for name in ("device", "behaviour", "pbx", "seed", "pbx_tls_port", "pbx_ca", "network",
                                             "junit", "trace_dir", "quiet", "watchdog")}
+    out["hep"] = (hep_target(options["hep"], options["hep_id"], options["hep_password"]), options["hep_id"],
+                  options["hep_password"])
     out.update(virtual=options["virtual_time"], sets=options["set_"], json_path=options["json_"],
                deadlines=options["deadline"], external={name: options[name] for name in _EXTERNAL_OPTIONS})
     return out

@@ -16,6 +16,7 @@ from typing import Annotated, Awaitable, Callable, Optional
 import typer
 
 from faultlab.cli._common import failing, find_in_group, stopped_by
+from faultlab.cli._hep import HepIdOption, HepOption, HepPasswordOption, hep_target
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -110,6 +111,9 @@ def pbx(
         help="Write every event (messages with their bytes, decisions) to this JSONL file.", dir_okay=False)]
     = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No console line per event.")] = False,
+    hep: HepOption = None,
+    hep_id: HepIdOption = 1,
+    hep_password: HepPasswordOption = None,
 ) -> None:
     """Run the embedded PBX: a registrar and Record-Routing proxy that speaks RFC 8599 push.
 
@@ -130,16 +134,18 @@ def pbx(
         _fail(str(exc))
     if not endpoints:
         _fail("give at least one --listen")
+    hep_to = hep_target(hep, hep_id, hep_password)
 
     logging.basicConfig(level=logging.WARNING, format="faultlab: %(name)s: %(levelname)s: %(message)s")
     _run(functools.partial(
         _serve, endpoints, trace=trace, quiet=quiet, push_url=push_url, push_topic=push_topic, push_ca=push_ca,
         push_insecure=push_insecure, hold=hold_s, ring_timeout=ring_s, cancel_push=cancel_push,
-        default_expires=default_expires, advertise_host=advertise, confdir=confdir, tls_name=tls_name))
+        default_expires=default_expires, advertise_host=advertise, confdir=confdir, tls_name=tls_name,
+        hep=(hep_to, hep_id, hep_password)))
 
 
 async def _serve(endpoints, *, trace: Path | None, quiet: bool, push_url: str | None, push_topic: str,
-                 push_ca: Path | None, push_insecure: bool, **options) -> None:
+                 push_ca: Path | None, push_insecure: bool, hep: tuple, **options) -> None:
     """Serve the PBX (``options`` go to it) until Ctrl-C or SIGTERM, each event on the console unless quiet."""
     import signal
 
@@ -158,6 +164,15 @@ async def _serve(endpoints, *, trace: Path | None, quiet: bool, push_url: str | 
             if line:
                 typer.echo(line)
         events.add_sink(console)
+    if hep[0] is not None:
+        from faultlab.net.hep import HepSender
+
+        try:
+            sender = HepSender(hep[0], capture_id=hep[1], password=hep[2],
+                               warn=lambda text: typer.echo(f"faultlab pbx: warning: {text}", err=True))
+        except ValueError as exc:
+            _fail(f"--hep: {exc}")
+        sender.attach(events, every_kind=True)  # the PBX says its own addresses in notes of its own kind
     send_push = None
     if push_url:
         send_push = push_sender(push_url, topic=push_topic, ca=str(push_ca) if push_ca else None,

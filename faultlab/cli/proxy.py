@@ -10,6 +10,7 @@ import typer
 from faultlab.cli._common import ConfdirOption, failing
 from faultlab.cli._common import hostport as _hp
 from faultlab.cli._common import single as _single
+from faultlab.cli._hep import HepIdOption, HepOption, HepPasswordOption, hep_target
 
 _fail = failing("faultlab")
 
@@ -35,6 +36,17 @@ DrainOption = Annotated[float, typer.Option(
          "connection is closed.", min=0)]
 
 
+TransparentOption = Annotated[bool, typer.Option(
+    "--transparent",
+    help="Transparent mode (Linux, root, on the lab gateway, with the interception table of "
+         "faultlab.labnet.intercept): relay each intercepted flow to the address the device sent it to, adding "
+         "no headers.")]
+SpoofSourceOption = Annotated[bool, typer.Option(
+    "--spoof-source",
+    help="With --transparent: connect to the PBX from the device's own address, so the PBX sees the "
+         "device (the interception table must mark the PBX's answers: spoof_source).")]
+
+
 def proxy(
     listen: Annotated[list[str], typer.Option(
         "--listen", "-l", metavar="TRANSPORT:HOST:PORT",
@@ -45,15 +57,8 @@ def proxy(
         help="The PBX, one per transport: each listener forwards to the upstream of its own "
              "transport. HOST may be a name (resolved at start; the TLS server name). "
              "Required, except with --transparent.")] = None,
-    transparent: Annotated[bool, typer.Option(
-        "--transparent",
-        help="Transparent mode (Linux, root, on the lab gateway, with the interception table of "
-             "faultlab.labnet.intercept): relay "
-             "each intercepted flow to the address the device sent it to, adding no headers.")] = False,
-    spoof_source: Annotated[bool, typer.Option(
-        "--spoof-source",
-        help="With --transparent: connect to the PBX from the device's own address, so the PBX sees the "
-             "device (the interception table must mark the PBX's answers: spoof_source).")] = False,
+    transparent: TransparentOption = False,
+    spoof_source: SpoofSourceOption = False,
     no_record_route: Annotated[bool, typer.Option(
         "--no-record-route",
         help="Do not Record-Route dialogs through faultlab (for a PBX that advertises faultlab's address itself).")] = False,
@@ -100,6 +105,9 @@ def proxy(
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Console: also each message faultlab receives, and under every message its "
                                 "first line as on the wire.")] = False,
+    hep: HepOption = None,
+    hep_id: HepIdOption = 1,
+    hep_password: HepPasswordOption = None,
 ) -> None:
     """Relay SIP between devices and a PBX, applying a fault profile and recording every message.
 
@@ -111,7 +119,8 @@ def proxy(
         upstream_tls_name=upstream_tls_name, upstream_ca=upstream_ca, upstream_insecure=upstream_insecure,
         confdir=confdir, trace_path=trace, quiet=quiet, verbose=verbose, udp_idle_timeout=udp_idle_timeout,
         stream_idle_timeout=stream_idle_timeout, message_timeout=message_timeout, drain=drain,
-        max_flows=max_flows, max_connections=max_connections, max_message_size=max_message_size))
+        max_flows=max_flows, max_connections=max_connections, max_message_size=max_message_size,
+        hep=hep_target(hep, hep_id, hep_password), hep_id=hep_id, hep_password=hep_password))
     _run(config)
     typer.echo("faultlab: stopped", err=True)
 

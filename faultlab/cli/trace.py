@@ -18,7 +18,7 @@ from faultlab.trace._event import Event
 from faultlab.trace._sinks import parse_event_line, still_being_written
 from faultlab.trace.follow import TraceFileError
 
-app = typer.Typer(help="Views of a trace file: pcap for Wireshark, ladder diagrams.", add_completion=False,
+app = typer.Typer(help="Views of a trace file: pcap for Wireshark, ladder diagrams, HEP to Homer or sngrep.", add_completion=False,
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
 TraceArg = Annotated[Path, typer.Argument(
@@ -90,6 +90,58 @@ with the trace's addresses and times; TCP and TLS hops as TCP carrying the SIP t
     except OSError as exc:
         _fail(f"{out}: cannot write: {exc.strerror or exc}")
     typer.echo(f"wrote {count} packets to {out}")
+
+
+@app.command()
+def hep(
+    trace: TraceArg,
+    to: Annotated[str, typer.Option(
+        "--to", metavar="udp:HOST:PORT|tcp:HOST:PORT", help="The HEP collector: Homer's heplify-server, "
+        "sngrep -L, e.g. udp:127.0.0.1:9060.", show_default=False)],
+    hep_id: Annotated[int, typer.Option("--hep-id", metavar="N", min=0, max=2**32 - 1,
+                                        help="The capture agent id the collector shows.")] = 1,
+    hep_password: Annotated[Optional[str], typer.Option(
+        "--hep-password", envvar="FAULTLAB_HEP_PASSWORD", help="The collector's password (HEP auth key).")] = None,
+    rate: Annotated[float, typer.Option(
+        metavar="PACKETS/S", min=0, help="Send at most this many packets per second (0: as fast as the "
+        "collector takes them); UDP has no flow control, and a collector flooded drops what it cannot read.")
+    ] = 2000.0,
+) -> None:
+    """Send a recorded trace to a HEP collector, so that it shows up in Homer or sngrep.
+
+    Every SIP message on each hop and every fault decision, as `faultlab proxy --hep` sends them live, with the
+    times they had when recorded. See docs/hep.md.
+
+    Example: faultlab trace hep run.jsonl --to udp:127.0.0.1:9060
+    """
+    from faultlab.net.hep import HepSender
+    from faultlab.trace.hep import parse_target
+
+    events = _load(trace)
+    try:
+        sender = HepSender(parse_target(to), capture_id=hep_id, password=hep_password,
+                           warn=lambda text: typer.echo(f"faultlab: {text}", err=True))
+    except ValueError as exc:
+        _fail(f"--to: {exc}")
+    gap = 1.0 / rate if rate else 0.0
+    next_at = time.monotonic()
+    try:
+        for event in events:
+            for packet in sender.encoder.packets(event):
+                if gap:
+                    wait = next_at - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    next_at = max(next_at, time.monotonic() - 1.0) + gap
+                sender.send(packet)
+                if sender.target.transport == "tcp" and not sender.drain(10.0):
+                    break
+    finally:
+        sender.close(linger=10.0)
+    dropped = sum(sender.dropped.values()) + sender.encoder.too_large
+    typer.echo(f"sent {sender.sent} HEP packets to {sender.target}" + (f" ({dropped} dropped)" if dropped else ""))
+    if dropped or not sender.sent:
+        raise typer.Exit(1)
 
 
 @app.command()

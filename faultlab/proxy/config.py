@@ -17,6 +17,7 @@ from faultlab.sip import MAX_MESSAGE_SIZE
 #: (RFC 3261 §18.1.1), and the framer buffers up to one message per connection direction.
 MESSAGE_SIZE_RANGE = (1300, 16 * 1024 * 1024)
 from faultlab.trace import Trace
+from faultlab.trace.hep import HepTarget
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,10 @@ class ProxyConfig:
     max_flows: int | None = None  # UDP flows; at the limit a new device closes the flow idle longest
     max_connections: int | None = None  # TCP/TLS device connections; more are closed at once
     max_message_size: int = MAX_MESSAGE_SIZE  # octets; larger: 513 over UDP, connection closed on TCP/TLS
+    # Send every message and decision as HEP v3 to this collector (faultlab.net.hep), as capture agent hep_id.
+    hep: HepTarget | None = None
+    hep_id: int = 1
+    hep_password: str | None = None
 
     def upstream_for(self, transport: str) -> Endpoint | None:
         if self.transparent:

@@ -17,6 +17,7 @@ import trio
 
 from faultlab.addr import Endpoint
 from faultlab.net import limits
+from faultlab.net.hep import HepSender
 from faultlab.net.stop import stopper_of
 from faultlab.net.stream import serve_stream
 from faultlab.net.transparent import serve_udp_transparent
@@ -63,6 +64,12 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
         proxy.trace.add_sink(writer, writer.close)
     if not config.quiet:
         proxy.trace.add_sink(ConsolePrinter(verbose=config.verbose))
+    if config.hep is not None:
+        try:
+            hep = HepSender(config.hep, capture_id=config.hep_id, password=config.hep_password, warn=proxy.warn)
+        except ValueError as exc:
+            raise ConfigError(f"--hep: {exc}") from None
+        hep.attach(proxy.trace)
     proxy.emit("start", detail={
         "wall_clock": time.time(),
         "listen": [str(ep) for ep in config.listen],
