@@ -1,7 +1,8 @@
 """The timeline: one event model, JSONL on disk, console lines; pcap and ladder views of it."""
 
 from ._event import Event
-from ._sinks import ConsolePrinter, JsonlWriter, Trace, read_jsonl
+from ._sinks import ConsolePrinter, JsonlWriter, read_jsonl
+from ._trace import Trace
 from .ladder import call_ids, ladder_rows, render_ladder
 from .pcap import wire_messages, write_pcap
 
