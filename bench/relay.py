@@ -16,7 +16,10 @@ What it measures (see docs/PERFORMANCE.md for the meaning of every number):
 - losses: requests sent vs answered, retransmissions, timeouts, unexpected messages, failed calls.
 
 Paths: direct (UAC -> UAS), faultlab (UAC -> faultlab proxy -> UAS), kamailio (UAC -> Kamailio
-registrar/proxy from ../shared/pbx -> UAS; the UAS is registered first). Each measurement runs
+registrar/proxy from ../shared/pbx -> UAS; the UAS is registered first); on request (--paths ...,faultlab-hep)
+faultlab-hep: the same faultlab proxy sending HEP (--hep udp:127.0.0.1:PORT) to a port where nothing listens,
+and faultlab-hep-live: to a UDP socket this script holds open (every packet encoded and sent; never read, so
+the kernel drops what its buffer cannot hold, as a collector that falls behind). Each measurement runs
 for a fixed time after a warm-up; every round runs every (test, path) once, alternating paths, and
 the summary reports the median over rounds. The relay under test is pinned to core 0, the load
 generator (UAC and UAS, and this script) to core 1. Results: bench/results/relay-<time>.json and
@@ -54,7 +57,8 @@ SIPP_DIR = BENCH / "sipp"
 LOADGEN = BENCH / "loadgen.py"
 RESULTS = BENCH / "results"
 
-PATHS = ("direct", "faultlab", "kamailio")
+PATHS = ("direct", "faultlab", "kamailio", "faultlab-hep", "faultlab-hep-live")
+DEFAULT_PATHS = ("direct", "faultlab", "kamailio")
 TESTS = ("udp_tput", "tls_tput", "udp_rtt", "tls_rtt")
 TEST_TITLES = {
     "udp_tput": "UDP throughput, 100 flows",
@@ -209,7 +213,10 @@ class Bench:
         self.runs: list[dict] = []
         self.seq = 0
         self.notes: list[str] = []
-        self.ports = {k: free_port() for k in ("uas_udp", "uas_tls", "fl_udp", "fl_tls", "kam", "kam_tls")}
+        self.ports = {k: free_port() for k in ("uas_udp", "uas_tls", "fl_udp", "fl_tls", "kam", "kam_tls",
+                                               "flh_udp", "flh_tls", "hep_nobody", "fll_udp", "fll_tls")}
+        self.hep_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # faultlab-hep-live's collector
+        self.hep_sink.bind(("127.0.0.1", 0))
         ncpu = os.cpu_count() or 1
         self.pin = ncpu >= 2
         if not self.pin:
@@ -311,35 +318,40 @@ class Bench:
         else:
             log(f"  {name}: {len(pids)} process(es) pinned to core {core}")
 
-    def start_faultlab(self) -> None:
+    def start_faultlab(self, name: str = "faultlab") -> None:
+        """The faultlab proxy, UDP and TLS (``name`` faultlab-hep: sending HEP to a port where nothing listens)."""
         probe = subprocess.run([*self.faultlab_cmd(), "proxy", "--help"], capture_output=True, text=True)
         if probe.returncode != 0:
             raise RuntimeError("`faultlab proxy` is not available: " + (probe.stderr.strip().splitlines() or ["?"])[-1])
         home = self.tmp / "faultlab-home"
         env = {"FAULTLAB_HOME": str(home)}
         init = [*self.faultlab_cmd(), "ca", "init"]
-        self.record_cmd("faultlab_ca", init, env)
-        r = subprocess.run(init, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            raise RuntimeError(f"faultlab ca init failed: {r.stderr.strip() or r.stdout.strip()}")
+        if not (home / "ca.crt").exists():  # one lab CA for every faultlab path
+            self.record_cmd("faultlab_ca", init, env)
+            r = subprocess.run(init, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise RuntimeError(f"faultlab ca init failed: {r.stderr.strip() or r.stdout.strip()}")
         p = self.ports
+        fl = {"faultlab-hep": "flh", "faultlab-hep-live": "fll"}.get(name, "fl")
+        hep = {"faultlab-hep": ["--hep", f"udp:127.0.0.1:{p['hep_nobody']}"],
+               "faultlab-hep-live": ["--hep", f"udp:127.0.0.1:{self.hep_sink.getsockname()[1]}"]}.get(name, [])
         variants = {
-            "udp": ["--listen", f"udp:127.0.0.1:{p['fl_udp']}", "--upstream", f"udp:127.0.0.1:{p['uas_udp']}"],
-            "tls": ["--listen", f"tls:127.0.0.1:{p['fl_tls']}", "--upstream", f"tls:127.0.0.1:{p['uas_tls']}",
+            "udp": ["--listen", f"udp:127.0.0.1:{p[fl + '_udp']}", "--upstream", f"udp:127.0.0.1:{p['uas_udp']}"],
+            "tls": ["--listen", f"tls:127.0.0.1:{p[fl + '_tls']}", "--upstream", f"tls:127.0.0.1:{p['uas_tls']}",
                     "--upstream-ca", str(self.ca)],
         }
         procs = []
         for tr, extra in variants.items():
-            cmd = taskset(self.relay_core, [*self.faultlab_cmd(), "proxy", *extra, "-q"])
-            self.record_cmd(f"faultlab_{tr}", cmd, env)
-            logf = open(self.tmp / f"faultlab-{tr}.log", "wb")
+            cmd = taskset(self.relay_core, [*self.faultlab_cmd(), "proxy", *extra, *hep, "-q"])
+            self.record_cmd(f"{name}_{tr}", cmd, env)
+            logf = open(self.tmp / f"{name}-{tr}.log", "wb")
             proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=logf, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL)
             self.procs.append(proc)
             procs.append(proc)
-            wait_listening("u" if tr == "udp" else "t", p[f"fl_{tr}"], proc)
-        self.relays["faultlab"] = Relay("faultlab", lambda: [pr.pid for pr in procs if pr.poll() is None], procs)
-        self.check_affinity("faultlab", [pr.pid for pr in procs], self.relay_core)
+            wait_listening("u" if tr == "udp" else "t", p[f"{fl}_{tr}"], proc)
+        self.relays[name] = Relay(name, lambda: [pr.pid for pr in procs if pr.poll() is None], procs)
+        self.check_affinity(name, [pr.pid for pr in procs], self.relay_core)
 
     # ----------------------------------------------------------------- one measurement
     def target(self, test: str, path: str) -> tuple[str, int, str]:
@@ -347,6 +359,7 @@ class Bench:
         user = "bob" if udp else "tbob"
         p = self.ports
         port = {"direct": p["uas_udp" if udp else "uas_tls"], "faultlab": p["fl_udp" if udp else "fl_tls"],
+                "faultlab-hep": p["flh_udp" if udp else "flh_tls"], "faultlab-hep-live": p["fll_udp" if udp else "fll_tls"],
                 "kamailio": p["kam" if udp else "kam_tls"]}[path]
         return "127.0.0.1", port, user
 
@@ -579,14 +592,16 @@ class Bench:
         if "kamailio" in paths:
             log("starting Kamailio ...")
             self.start_kamailio()
-        if "faultlab" in paths:
-            log("starting faultlab ...")
+        for name in ("faultlab", "faultlab-hep", "faultlab-hep-live"):
+            if name not in paths:
+                continue
+            log(f"starting {name} ...")
             try:
-                self.start_faultlab()
+                self.start_faultlab(name)
             except RuntimeError as e:
-                self.notes.append(f"faultlab skipped: {e}")
-                log(f"  SKIPPED faultlab: {e}")
-                paths.remove("faultlab")
+                self.notes.append(f"{name} skipped: {e}")
+                log(f"  SKIPPED {name}: {e}")
+                paths.remove(name)
         self.paths = paths
         self.resources = {p: {"start": proc_resources(self.relays[p].pids())} for p in self.relays}
         for k, v in self.commands.items():
@@ -708,7 +723,7 @@ class Bench:
         checks = []
         for test in ("udp_tput", "tls_tput"):
             d = out.get(f"{test}/direct")
-            for path in ("faultlab", "kamailio"):
+            for path in ("faultlab", "faultlab-hep", "faultlab-hep-live", "kamailio"):
                 e = out.get(f"{test}/{path}")
                 if not e:
                     continue
@@ -899,7 +914,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds of alternating measurements (default 3)")
     p.add_argument("--duration", type=float, help="seconds per measurement (default 5, --quick 2)")
     p.add_argument("--warmup", type=float, help="warm-up seconds before each measurement (default 1.5, --quick 1)")
-    p.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset of " + ",".join(PATHS))
+    p.add_argument("--paths", default=",".join(DEFAULT_PATHS), help="comma-separated subset of " + ",".join(PATHS))
     p.add_argument("--tests", default=",".join(TESTS), help="comma-separated subset of " + ",".join(TESTS))
     p.add_argument("--pbx-dir", default=str(DEFAULT_PBX), help="folder of start-kamailio.sh (default ../shared/pbx)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (sipp/Kamailio/faultlab logs)")
