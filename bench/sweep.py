@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sweep throughput: 1,000 runs of a 30-second scenario in virtual time, on 1 worker and on every core.
 
-    python3 bench/sweep.py [--runs 1000] [--scenario S01] [--hang-up-after 26s] [--dask]
+    python3 bench/sweep.py [--runs 1000] [--scenario S01] [--hang-up-after 26s] [--dask] [--rounds N]
 
 The scenario is S01 (push, REGISTER, INVITE, answer at 1 s) with the caller hanging up 26 s after the answer, so a
 run covers 30 s of lab time (1 s idle before the call + 1 + 26 + 2 s settle). The same sweep (one grid point,
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -40,14 +41,33 @@ def running_cluster(workers: int):
                         dashboard_address=":0")
 
 
+def run_engine(args, params, sets, jobs: int, executor, n: int) -> tuple[float, list[dict]]:
+    """One sweep of the grid on one engine, into a fresh directory: (wall seconds, rows)."""
+    cluster = None
+    if callable(executor):  # a scheduler and its workers, up before the clock starts
+        cluster = executor(n)
+        executor = parse_executor("dask://" + cluster.scheduler_address.removeprefix("tcp://"))
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            t = time.perf_counter()
+            rows = sweep(args.scenario, params, runs=args.runs, seed=1, out=Path(out), jobs=jobs, sets=sets,
+                         executor=executor)
+            return time.perf_counter() - t, rows
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--scenario", default="S01")
     parser.add_argument("--hang-up-after", default="26s")
     parser.add_argument("--dask", action="store_true", help="also on a dask LocalCluster of the same size")
+    parser.add_argument("--rounds", type=int, default=1, help="run every engine this many times, in turn, and "
+                        "compare the medians (a busy or throttled machine drifts between engines)")
     args = parser.parse_args()
-    params = [parse_param("device.invite_wait=5")]
+    params = [parse_param("device.invite_deadline=5")]
     sets = [("call.hang_up_after", args.hang_up_after)]
     results = {}
     n = default_jobs()
@@ -55,22 +75,20 @@ def main() -> int:
     if args.dask:
         engines.append((f"dask-local:{n} (start counted)", n, parse_executor(f"dask-local:{n}")))
         engines.append((f"dask://, {n} workers running", n, running_cluster))
-    for label, jobs, executor in engines:
-        if callable(executor):
-            cluster = executor(n)
-            executor = parse_executor("dask://" + cluster.scheduler_address.removeprefix("tcp://"))
-        with tempfile.TemporaryDirectory() as out:
-            t = time.perf_counter()
-            rows = sweep(args.scenario, params, runs=args.runs, seed=1, out=Path(out), jobs=jobs, sets=sets,
-                         executor=executor)
-            wall = time.perf_counter() - t
-        lab = sum(r["end"] + 1 + 2 for r in rows if r["end"] is not None)  # push->end + idle + settle, per run
-        results[label] = (wall, rows)
-        if executor is not None and executor.kind == "dask":
-            cluster.close()
-        passed = sum(r["passed"] for r in rows)
-        print(f"{label:28} {len(rows)} runs in {wall:6.1f} s = {len(rows) / wall:5.1f} runs/s, "
-              f"{lab / wall:6.0f} lab s per wall s, {passed} passed")
+    walls: dict[str, list[float]] = {label: [] for label, _, _ in engines}
+    for round_ in range(args.rounds):
+        for label, jobs, executor in engines:
+            wall, rows = run_engine(args, params, sets, jobs, executor, n)
+            walls[label].append(wall)
+            results[label] = (statistics.median(walls[label]), rows)
+            lab = sum(r["end"] + 1 + 2 for r in rows if r["end"] is not None)  # push->end + idle + settle, per run
+            passed = sum(r["passed"] for r in rows)
+            print(f"{label:28} {len(rows)} runs in {wall:6.1f} s = {len(rows) / wall:5.1f} runs/s, "
+                  f"{lab / wall:6.0f} lab s per wall s, {passed} passed" + (f" (round {round_ + 1})"
+                                                                            if args.rounds > 1 else ""))
+    if args.rounds > 1:
+        for label, each in walls.items():
+            print(f"{label:28} median {statistics.median(each):6.1f} s of {', '.join(f'{w:.1f}' for w in each)}")
     (a_wall, a), (b_wall, b), *dask = results.values()
     same = strip(a) == strip(b)
     print(f"speed-up {a_wall / b_wall:.2f}x; same rows: {same}")
