@@ -10,13 +10,15 @@ core). Reported: wall time, runs per second, lab seconds per wall second, and th
 With ``--dask`` (needs ``pip install 'faultlab[dask]'``) the same grid then runs twice more with as many dask
 worker processes as the local pool: on a LocalCluster the sweep starts and stops itself (``--executor
 dask-local:N``, its start-up counted), and on a scheduler with its workers already running, as a cluster of several
-machines is used (``--executor dask://HOST:PORT``; the cluster is started before the clock starts). The overhead of
+machines is used (``--executor dask://HOST:PORT``; the cluster is started, and its workers import faultlab,
+before the clock starts). The overhead of
 each over the local pool is reported in %.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -34,11 +36,15 @@ def strip(rows: list[dict]) -> list[dict]:
 
 
 def running_cluster(workers: int):
-    """A dask scheduler with ``workers`` worker processes, up before the sweep's clock starts."""
-    from dask.distributed import LocalCluster
+    """A dask scheduler with ``workers`` worker processes, up before the sweep's clock starts, each having imported
+    what a run needs (as the long-lived workers of a cluster of several machines have after their first sweep)."""
+    from dask.distributed import Client, LocalCluster
 
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=":0")
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=":0")
+    with Client(cluster) as client:
+        client.run(importlib.import_module, "faultlab.lab.runner")
+    return cluster
 
 
 def run_engine(args, params, sets, jobs: int, executor, n: int) -> tuple[float, list[dict]]:
