@@ -30,7 +30,7 @@ from faultlab.trace import Event, Trace
 from faultlab.trace.pcap import MESSAGE_KINDS
 from faultlab.trace.hep import DECISION_KINDS, HEP_KINDS, HepEncoder, HepTarget
 
-__all__ = ["BUFFER", "HepSender", "resolve"]
+__all__ = ["BUFFER", "HepSender", "keep_sending", "resolve"]
 
 BUFFER = 4 * 1024 * 1024  # bytes of packets a TCP sender holds while its collector is slow or not yet connected
 RETRY = 5.0  # seconds before connecting again after a failure
@@ -76,6 +76,7 @@ class HepSender:
         self._unsaid = 0  # drops since the last warning
         self._refused_until: float | None = None  # UDP: the collector refused; until then, drop unencoded
         self._closed = False
+        self.on_pending: Callable[[], None] | None = None  # keep_sending(): told when packets wait in the queue
         self._trace: Trace | None = None  # attach(): the trace that then builds no event for us while refused
         if target.transport == "udp":
             self._sock = socket.socket(self._family, socket.SOCK_DGRAM)
@@ -138,6 +139,18 @@ class HepSender:
             self._queue.append(packet)
             self._queued += len(packet)
         self._pump()
+        if self._queue and self.on_pending is not None:
+            self.on_pending()
+
+    @property
+    def pending(self) -> bool:
+        """Packets wait to be written (TCP: connecting, or the collector reads slower than faultlab writes)."""
+        return bool(self._queue)
+
+    def pump(self) -> None:
+        """Write what the connection takes now (connecting first when due); never waits."""
+        if self._queue and not self._closed:
+            self._pump()
 
     def _send_datagram(self, packet: bytes) -> None:
         assert self._sock is not None
@@ -248,3 +261,26 @@ class HepSender:
             reasons = ", ".join(f"{n} {why}" for why, n in self.dropped.most_common())
             self._warned_at = None
             self._say(f"HEP to {self.target}: {self.sent} packets sent, {total} dropped ({reasons})")
+
+
+async def keep_sending(sender: HepSender, every: float = 0.1) -> None:
+    """Run beside a TCP :class:`HepSender`, until cancelled: packets that wait (the connection still being made,
+    a slow collector) are written within ``every`` seconds even when no further message comes to push them.
+    Sleeps only while something waits."""
+    import trio
+
+    wake = trio.Event()
+
+    def pending() -> None:
+        wake.set()
+
+    sender.on_pending = pending
+    try:
+        while True:
+            await wake.wait()
+            wake = trio.Event()
+            while sender.pending:
+                await trio.sleep(every)
+                sender.pump()
+    finally:
+        sender.on_pending = None

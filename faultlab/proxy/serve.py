@@ -9,6 +9,7 @@ Every message takes the one path of the design::
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,7 +18,7 @@ import trio
 
 from faultlab.addr import Endpoint
 from faultlab.net import limits
-from faultlab.net.hep import HepSender
+from faultlab.net.hep import HepSender, keep_sending
 from faultlab.net.stop import stopper_of
 from faultlab.net.stream import serve_stream
 from faultlab.net.transparent import serve_udp_transparent
@@ -59,6 +60,7 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
     proxy = Proxy(config)
     proxy.limits = limits.resolve(config, limits.raise_descriptor_limit())
     writer = None
+    writer_tasks: list = []  # beside the relay: what pushes buffered trace output out when no event comes
     if config.trace_path is not None:
         writer = JsonlWriter(config.trace_path)
         proxy.trace.add_sink(writer, writer.close)
@@ -70,6 +72,8 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
         except ValueError as exc:
             raise ConfigError(f"--hep: {exc}") from None
         hep.attach(proxy.trace)
+        if config.hep.transport == "tcp":
+            writer_tasks.append(functools.partial(keep_sending, hep))
     proxy.emit("start", detail={
         "wall_clock": time.time(),
         "listen": [str(ep) for ep in config.listen],
@@ -86,6 +90,8 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
         async with trio.open_nursery() as nursery:
             if writer is not None:
                 nursery.start_soon(keep_flushed, writer)
+            for task in writer_tasks:
+                nursery.start_soon(task)
             if config.handle_signals:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope, proxy)
             for ep in config.listen:

@@ -68,3 +68,59 @@ def test_a_register_through_proxy_and_pbx_reaches_the_collector_from_both(tmp_pa
     # the PBX saw the same REGISTER arrive from faultlab's upstream socket, with its own address
     pbx_in = next(p for p in by_agent[20] if p.payload.startswith(b"REGISTER "))
     assert pbx_in.dst == pbx_addr and pbx_in.src == to_pbx[0].src and pbx_in.payload == to_pbx[0].payload
+
+
+def test_proxy_hep_over_tcp_sends_each_message_whole_on_one_connection():
+    """`faultlab proxy --hep tcp:...`: the collector accepts one connection and reads the HEP packets back to
+    back, each delimited by its length (as heplify-server reads them)."""
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as pbx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(10)
+        pbx.bind(("127.0.0.1", 0))
+        pbx.settimeout(10)
+        phone.bind(("127.0.0.1", 0))
+        phone.settimeout(10)
+        proxy, port = start("proxy", "--listen", "udp:127.0.0.1:0", "--upstream", f"udp:127.0.0.1:{pbx.getsockname()[1]}",
+                            "--hep", f"tcp:127.0.0.1:{server.getsockname()[1]}", "-q")
+        try:
+            options = (f"OPTIONS sip:pbx@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{phone.getsockname()[1]};"
+                       "rport;branch=z9hG4bKtcp1\r\nMax-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\n"
+                       "To: <sip:pbx@127.0.0.1>\r\nCall-ID: hep-tcp-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+            phone.sendto(options.encode(), ("127.0.0.1", port))
+            request, via = pbx.recvfrom(65535)
+            head = request.split(b"\r\n\r\n")[0].split(b"\r\n")
+            keep = [h for h in head[1:] if h.split(b":")[0].lower() in (b"via", b"from", b"to", b"call-id", b"cseq")]
+            pbx.sendto(b"SIP/2.0 200 OK\r\n" + b"\r\n".join(keep) + b"\r\nContent-Length: 0\r\n\r\n", via)
+            assert phone.recv(65535).startswith(b"SIP/2.0 200 OK")
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while len(data) < 6 or sum(1 for _ in _frames(data)) < 4:
+                    chunk = conn.recv(65536)
+                    assert chunk, "the proxy closed its HEP connection"
+                    data += chunk
+                packets = [decode(frame) for frame in _frames(data)]
+        finally:
+            errors = stop(proxy)
+    assert "Traceback" not in errors, errors
+    assert len(packets) == 4 and {p.correlation for p in packets} == {"hep-tcp-1"}
+    assert [p.payload.split(b" ", 1)[0] for p in packets] == [b"OPTIONS", b"OPTIONS", b"SIP/2.0", b"SIP/2.0"]
+    assert struct.unpack("!H", data[4:6])[0] == len(_frames(data)[0])
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """The whole HEP packets at the start of a stream's bytes."""
+    import struct
+
+    out = []
+    while len(data) >= 6 and len(data) >= struct.unpack("!H", data[4:6])[0]:
+        size = struct.unpack("!H", data[4:6])[0]
+        out.append(data[:size])
+        data = data[size:]
+    return out

@@ -189,3 +189,31 @@ def test_attached_to_a_trace_a_refusing_collector_means_no_events_are_built_for_
     trace.close()
     assert sender.sent + sum(sender.dropped.values()) == 10
     assert "10 dropped" in said[-1] or f"{10 - sender.sent} dropped" in said[-1]
+
+
+async def test_keep_sending_writes_what_waits_without_another_message(autojump_clock):
+    """A TCP sender whose connection was not up yet when the last message came: keep_sending writes it."""
+    import trio
+
+    from faultlab.net.hep import keep_sending
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        sender = HepSender(HepTarget("tcp", "127.0.0.1", server.getsockname()[1]))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_sending, sender)
+            await trio.sleep(0)
+            sender._queue.append(packet(0))  # as if queued while the connection was being made
+            sender._queued += len(packet(0))
+            sender.on_pending()
+            while sender.pending:  # virtual time: keep_sending's sleeps pass at once; the kernel does the rest
+                await trio.sleep(0.1)
+                await trio.to_thread.run_sync(lambda: None)
+            conn, _ = server.accept()
+            nursery.cancel_scope.cancel()
+        with conn:
+            got = read_stream(conn, 1)
+        sender.close()
+    assert decode(got[0]).correlation == "call-0" and sender.sent == 1
