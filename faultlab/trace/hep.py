@@ -287,8 +287,9 @@ class HepEncoder:
                                        peer=e.peer), self._book)
             hop = (msg.src, msg.dst) if msg is not None else None
         src, dst = hop or (("192.0.2.1", 5060), ("192.0.2.1", 5060))
+        text = f"faultlab: {said[0]}{where}".encode("utf-8", "backslashreplace")  # total: wire text may be odd
         packet = assemble(hop_chunks(src, dst, e.transport or "udp"), self._log_agent, self._start + e.t,
-                          e.call_id, self._password, f"faultlab: {said[0]}{where}".encode())
+                          e.call_id, self._password, text)
         if packet is None:
             self.too_large += 1
             return []

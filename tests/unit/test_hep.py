@@ -168,3 +168,15 @@ def test_the_cli_says_what_is_wrong_with_the_hep_options(args, says):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert says in " ".join(result.output.split())
+
+
+def test_text_from_the_wire_that_is_not_utf8_never_stops_a_packet():
+    encoder = HepEncoder()
+    odd = "c\udcbd@x"  # a Call-ID whose byte 0xbd was not UTF-8, kept as a surrogate
+    events = [Event(1.0, "received", flow="u1", direction="to-pbx", transport="udp", peer="10.0.0.7:5060",
+                    call_id=odd, raw=INVITE),
+              Event(1.0, "fault", flow="u1", direction="to-pbx", transport="udp", call_id=odd,
+                    summary="INVITE \udcbd", detail={"action": "delay", "rule": "r\udcff", "delay": 1})]
+    packets = [decode(p) for e in events for p in encoder.packets(e)]
+    assert [p.protocol for p in packets] == [SIP, LOG]
+    assert all(p.correlation for p in packets)
