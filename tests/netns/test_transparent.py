@@ -430,7 +430,12 @@ def test_call_through_kamailio_with_transparent_interception(net, kamailio, tran
                 ("sent", "200 INVITE"), ("received", "ACK"), ("received", "BYE"), ("sent", "200 BYE")],
     }
     for name, ua in (("alice", a), ("bob", b)):
-        assert [(d, s) for d, s, _ in ua["log"]] == want[name], ua["ladder"]
+        got = [(d, s) for d, s, _ in ua["log"]]
+        if transport == "udp" and got[4:6] == [("received", "BYE"), ("received", "ACK")]:
+            # alice sends them back to back; Kamailio's UDP workers each take a datagram and may forward the BYE
+            # first: their order on the PBX's far side is not the relay's doing (it is the same without it)
+            got[4:6] = got[5:3:-1]
+        assert got == want[name], ua["ladder"]
         # every message to and from the PBX's real address: the device knows nothing of faultlab
         assert all(peer == pbx for _, _, peer in ua["log"]), ua["ladder"]
 
