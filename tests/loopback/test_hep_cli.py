@@ -16,13 +16,15 @@ CLI = "from faultlab.cli import app; app(prog_name='faultlab')"
 
 
 def start(*args: str) -> tuple[subprocess.Popen, int]:
-    """A faultlab command in its own process, and the UDP port it says it listens on."""
+    """A faultlab command in its own process, and the UDP port it says it listens on (stopped again when it
+    says something else)."""
     proc = subprocess.Popen([sys.executable, "-c", CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     line = proc.stderr.readline()
     if "listening on udp:" in line:  # faultlab: listening on udp:127.0.0.1:PORT -> ...
         return proc, int(line.split("udp:127.0.0.1:")[1].split()[0])
-    assert line.startswith("faultlab pbx: udp on 127.0.0.1:"), line
+    if not line.startswith("faultlab pbx: udp on 127.0.0.1:"):
+        raise AssertionError(f"{line!r}: {stop(proc)}")
     return proc, int(line.rsplit(":", 1)[1])
 
 
@@ -45,8 +47,12 @@ def test_a_register_through_proxy_and_pbx_reaches_the_collector_from_both(tmp_pa
         collector.settimeout(10)
         hep = f"udp:127.0.0.1:{collector.getsockname()[1]}"
         pbx, pbx_port = start("pbx", "--listen", "udp:127.0.0.1:0", "--hep", hep, "--hep-id", "20", "-q")
-        proxy, proxy_port = start("proxy", "--listen", "udp:127.0.0.1:0", "--upstream",
-                                  f"udp:127.0.0.1:{pbx_port}", "--hep", hep, "--hep-id", "10", "-q")
+        try:
+            proxy, proxy_port = start("proxy", "--listen", "udp:127.0.0.1:0", "--upstream",
+                                      f"udp:127.0.0.1:{pbx_port}", "--hep", hep, "--hep-id", "10", "-q")
+        except BaseException:
+            stop(pbx)
+            raise
         try:
             phone.bind(("127.0.0.1", 0))
             phone.settimeout(10)
