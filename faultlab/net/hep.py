@@ -26,6 +26,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from faultlab.net.pending import keep_pushed
 from faultlab.trace import Event, Trace
 from faultlab.trace.pcap import MESSAGE_KINDS
 from faultlab.trace.hep import DECISION_KINDS, HEP_KINDS, HepEncoder, HepTarget
@@ -267,20 +268,4 @@ async def keep_sending(sender: HepSender, every: float = 0.1) -> None:
     """Run beside a TCP :class:`HepSender`, until cancelled: packets that wait (the connection still being made,
     a slow collector) are written within ``every`` seconds even when no further message comes to push them.
     Sleeps only while something waits."""
-    import trio
-
-    wake = trio.Event()
-
-    def pending() -> None:
-        wake.set()
-
-    sender.on_pending = pending
-    try:
-        while True:
-            await wake.wait()
-            wake = trio.Event()
-            while sender.pending:
-                await trio.sleep(every)
-                sender.pump()
-    finally:
-        sender.on_pending = None
+    await keep_pushed(sender, lambda: every if sender.pending else None, sender.pump)

@@ -9,7 +9,6 @@ Every message takes the one path of the design::
 
 from __future__ import annotations
 
-import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +18,7 @@ import trio
 from faultlab.addr import Endpoint
 from faultlab.net import limits
 from faultlab.net.hep import HepSender, keep_sending
+from faultlab.net.pending import keep_pushed
 from faultlab.net.stop import stopper_of
 from faultlab.net.stream import serve_stream
 from faultlab.net.transparent import serve_udp_transparent
@@ -59,8 +59,7 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
                           "faultlab.api.run.serve_proxy_with_api")
     proxy = Proxy(config)
     proxy.limits = limits.resolve(config, limits.raise_descriptor_limit())
-    writer = None
-    writer_tasks: list = []  # beside the relay: what pushes buffered trace output out when no event comes
+    writer = hep = None
     if config.trace_path is not None:
         writer = JsonlWriter(config.trace_path)
         proxy.trace.add_sink(writer, writer.close)
@@ -72,8 +71,6 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
         except ValueError as exc:
             raise ConfigError(f"--hep: {exc}") from None
         hep.attach(proxy.trace)
-        if config.hep.transport == "tcp":
-            writer_tasks.append(functools.partial(keep_sending, hep))
     proxy.emit("start", detail={
         "wall_clock": time.time(),
         "listen": [str(ep) for ep in config.listen],
@@ -90,8 +87,8 @@ async def serve_proxy(config: ProxyConfig, *, services: Sequence[Service] = (),
         async with trio.open_nursery() as nursery:
             if writer is not None:
                 nursery.start_soon(keep_flushed, writer)
-            for task in writer_tasks:
-                nursery.start_soon(task)
+            if hep is not None and hep.target.transport == "tcp":
+                nursery.start_soon(keep_sending, hep)
             if config.handle_signals:
                 nursery.start_soon(_stop_on_signal, nursery.cancel_scope, proxy)
             for ep in config.listen:
@@ -127,24 +124,7 @@ def _check_budget(proxy: Proxy) -> None:
 async def keep_flushed(writer: JsonlWriter) -> None:
     """Run beside a trace writer, until cancelled: what it buffers reaches the file within its flush
     interval even when no further event comes to flush it. Sleeps only while something is buffered."""
-    wake = trio.Event()
-
-    def pending() -> None:
-        wake.set()
-
-    writer.on_pending = pending
-    if writer.due_in() is not None:  # events buffered before this task ran
-        wake.set()
-    try:
-        while True:
-            await wake.wait()
-            wake = trio.Event()
-            wait = writer.due_in()
-            if wait is not None:
-                await trio.sleep(wait)
-                writer.flush()
-    finally:
-        writer.on_pending = None
+    await keep_pushed(writer, writer.due_in, writer.flush)
 
 
 async def _stop_on_signal(scope: trio.CancelScope, proxy: Proxy) -> None:
