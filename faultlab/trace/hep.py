@@ -46,7 +46,7 @@ DECISION_KINDS = frozenset({"fault", "dropped", "held", "released", "responded",
 # every kind the encoder reads from a relay: messages, decisions, and what tells it addresses and the start time
 # (a lab actor says its own addresses in notes of its own kind: give the encoder all its events)
 HEP_KINDS = frozenset(MESSAGE_KINDS) | DECISION_KINDS | {"start", "listening", "flow-open", "flow-close"}
-ARRIVALS = 4096  # hops remembered for the decisions that follow a message's arrival (the oldest forgotten first)
+FLOWS = 4096  # flows whose hops are remembered at once (flows that never say they closed: all forgotten at once)
 
 _CHUNK = struct.Struct("!HHH")
 
@@ -223,9 +223,8 @@ class HepEncoder:
         """The HEP packets ``e`` makes (none for most events); a packet too large for HEP is left out, as
         :attr:`too_large` counts."""
         kind = e.kind
-        if self._start is None:
-            self._start = (e.detail.get("wall_clock", 0.0) - e.t if kind == "start" and e.source == RELAY
-                           else 0.0) or self._wall_clock() - e.t
+        if self._start is None:  # until a start event says when t = 0 was (_learn)
+            self._start = self._wall_clock() - e.t
         if e.raw is not None and kind in MESSAGE_KINDS:
             packet = self._message(e)
             if packet is None:
@@ -257,8 +256,9 @@ class HepEncoder:
     def _message(self, e: Event) -> bytes | None:
         hops = self._hops.get(e.flow)
         if hops is None:
-            if len(self._hops) >= ARRIVALS:  # flows that never said they closed (an actor's events: flow None)
+            if len(self._hops) >= FLOWS:  # flows that never said they closed (an actor's events: flow None)
                 self._hops.clear()
+                self._arrived.clear()
             hops = self._hops[e.flow] = {}
         key = (e.direction, e.kind, e.peer, e.transport, e.source)
         hop = hops.get(key)
