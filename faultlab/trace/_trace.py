@@ -64,17 +64,22 @@ class Trace:
         if self._all or kind in self._kinds:
             return True
         if kind in self._paused_kinds:  # only a paused sink would see it: count it for that sink, or resume
-            if self._pause_clock() >= self._resume_at and self._resume_due():
+            if self._resumed():
                 return self.wants(kind)
             self._withhold(kind)
         return False
 
     def pause(self, sink: Sink, kinds: Iterable[str], seconds: float, clock: Callable[[], float]) -> None:
         """Give ``sink`` no event of ``kinds`` for ``seconds`` of ``clock``: they are not built for it, only
-        counted (:meth:`withheld`). Its other kinds still reach it. (A sink of every kind is not paused.)"""
+        counted (:meth:`withheld`). Its other kinds still reach it. Paused again before the end, it is paused
+        from both until the new end. (A sink of every kind is not paused.)"""
         for n, (each, wanted) in enumerate(self._sinks):
             if each is sink and wanted is not None:
-                held = frozenset(kinds) & wanted
+                held = frozenset(kinds)
+                if sink in self._paused:  # paused again: what it asked for, without the kinds of both pauses
+                    wanted, before, _, _ = self._paused[sink]
+                    held |= before
+                held &= wanted
                 self._sinks[n] = (sink, wanted - held)
                 self._paused[sink] = (wanted, held, clock() + seconds, clock)
                 self._recount()
@@ -83,6 +88,10 @@ class Trace:
     def withheld(self, sink: Sink) -> int:
         """How many events a pause kept from ``sink`` since the last call (reset to 0)."""
         return self._withheld.pop(sink, 0)
+
+    def _resumed(self) -> bool:
+        """Whether a pause ended by now (its sink then sees its kinds again)."""
+        return self._pause_clock() >= self._resume_at and self._resume_due()
 
     def _resume_due(self) -> bool:
         """Resume the sinks whose pause is over; whether any was."""
@@ -106,7 +115,7 @@ class Trace:
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
-        if event.kind in self._paused_kinds and not (self._pause_clock() >= self._resume_at and self._resume_due()):
+        if event.kind in self._paused_kinds and not self._resumed():
             self._withhold(event.kind)  # built for others: still withheld from the paused
         for sink, kinds in self._sinks:
             if kinds is not None and event.kind not in kinds:

@@ -50,3 +50,14 @@ def test_a_sink_of_every_kind_is_not_paused():
     trace.pause(sink, ("received",), 5.0, clock)
     trace.emit(Event(0.0, "received"))
     assert len(got) == 1 and trace.withheld(sink) == 0
+
+
+def test_a_sink_paused_again_gets_back_all_it_asked_for():
+    trace, clock, got = Trace(keep=0), Clock(), []
+    sink = got.append
+    trace.add_sink(sink, kinds=("received", "sent", "flow-open"))
+    trace.pause(sink, ("received",), 1.0, clock)
+    trace.pause(sink, ("sent",), 1.0, clock)  # while the first pause lasts
+    assert not trace.wants("received") and not trace.wants("sent") and trace.wants("flow-open")
+    clock.now = 1.0
+    assert trace.wants("received") and trace.wants("sent")
