@@ -36,17 +36,19 @@ def hep_target(value: str | None, hep_id: int, password: str | None):
         fail(f"--hep: {exc}")
 
 
-def open_sender(target, hep_id: int, password: str | None, warn):
-    """A :class:`~faultlab.net.hep.HepSender` to ``target``; exits with the reason when it cannot be made (a host
-    that does not resolve)."""
+def open_sender(target, hep_id: int, password: str | None, warn, *, option: str = "--hep"):
+    """A :class:`~faultlab.net.hep.HepSender` to ``target`` (a HepTarget, or the text of ``option`` to parse);
+    exits with the reason, naming ``option``, when it cannot be made (a host that does not resolve)."""
     from faultlab.net.hep import HepSender
+    from faultlab.trace.hep import parse_target
 
     from ._common import fail
 
     try:
-        return HepSender(target, capture_id=hep_id, password=password, warn=warn)
+        return HepSender(parse_target(target) if isinstance(target, str) else target, capture_id=hep_id,
+                         password=password, warn=warn)
     except ValueError as exc:
-        fail(f"--hep: {exc}")
+        fail(f"{option}: {exc}")
 
 
 def send_case(sender, case) -> None:

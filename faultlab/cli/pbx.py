@@ -16,7 +16,7 @@ from typing import Annotated, Awaitable, Callable, Optional
 import typer
 
 from faultlab.cli._common import failing, find_in_group, stopped_by
-from faultlab.cli._hep import HepIdOption, HepOption, HepPasswordOption, hep_target
+from faultlab.cli._hep import HepIdOption, HepOption, HepPasswordOption, hep_target, open_sender
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -165,13 +165,7 @@ async def _serve(endpoints, *, trace: Path | None, quiet: bool, push_url: str | 
                 typer.echo(line)
         events.add_sink(console)
     if hep[0] is not None:
-        from faultlab.net.hep import HepSender
-
-        try:
-            sender = HepSender(hep[0], capture_id=hep[1], password=hep[2],
-                               warn=lambda text: typer.echo(f"faultlab pbx: warning: {text}", err=True))
-        except ValueError as exc:
-            _fail(f"--hep: {exc}")
+        sender = open_sender(*hep, warn=lambda text: typer.echo(f"faultlab pbx: warning: {text}", err=True))
         sender.attach(events, every_kind=True)  # the PBX says its own addresses in notes of its own kind
     send_push = None
     if push_url:

@@ -114,15 +114,11 @@ def hep(
 
     Example: faultlab trace hep run.jsonl --to udp:127.0.0.1:9060
     """
-    from faultlab.net.hep import HepSender
-    from faultlab.trace.hep import parse_target
+    from faultlab.cli._hep import open_sender
 
     events = _load(trace)
-    try:
-        sender = HepSender(parse_target(to), capture_id=hep_id, password=hep_password,
-                           warn=lambda text: typer.echo(f"faultlab: {text}", err=True))
-    except ValueError as exc:
-        _fail(f"--to: {exc}")
+    sender = open_sender(to, hep_id, hep_password, lambda text: typer.echo(f"faultlab: {text}", err=True),
+                         option="--to")
     gap = 1.0 / rate if rate else 0.0
     next_at = time.monotonic()
     try:
