@@ -18,7 +18,7 @@ from typing import Any
 
 from .params import SweepError
 
-__all__ = ["CONNECT_TIMEOUT", "Executor", "parse_executor", "run_dask"]
+__all__ = ["CONNECT_TIMEOUT", "Executor", "default_jobs", "parse_executor", "run_dask"]
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach a dask scheduler before giving up
 RETRIES = 3  # times a task is run again after its worker died
@@ -44,7 +44,7 @@ class Executor:
         if self.kind == "dask":
             return f"dask scheduler {self.address}"
         if self.kind == "dask-local":
-            return f"dask LocalCluster of {self.workers or _cpus()} workers"
+            return f"dask LocalCluster of {self.workers or default_jobs()} workers"
         return "local process pool"
 
 
@@ -68,7 +68,8 @@ def parse_executor(value: str) -> Executor:
     raise SweepError(f"--executor {value!r}: use local, dask-local, dask-local:N or dask://HOST:PORT")
 
 
-def _cpus() -> int:
+def default_jobs() -> int:
+    """The cores this process may run on: the local pool's workers with --jobs auto, a LocalCluster's default."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -137,7 +138,7 @@ def client(executor: Executor) -> Iterator[Any]:
 
         # no statistical profiler in the workers: it samples each running task every 10 ms (runs ~25 % slower)
         with _forked_workers(forked), dask.config.set({"distributed.worker.profile.enabled": False}):
-            cluster = distributed.LocalCluster(n_workers=executor.workers or _cpus(), threads_per_worker=1,
+            cluster = distributed.LocalCluster(n_workers=executor.workers or default_jobs(), threads_per_worker=1,
                                                processes=True, host="127.0.0.1", dashboard_address=":0")
         try:
             with distributed.Client(cluster) as c:

@@ -20,7 +20,7 @@ from typing import Any
 from faultlab.lab.scenario import Scenario, load_scenario
 from faultlab.lab.scenario_set import override
 
-from .executors import Executor, run_dask
+from .executors import Executor, default_jobs, run_dask
 from .params import Param, SweepError, apply, points
 
 __all__ = ["chunk_size", "default_jobs", "error_row", "load_rows", "run_key", "run_point", "run_point_safely",
@@ -267,8 +267,4 @@ def _sweep_locked(scenario_name: str, params: Sequence[Param], *, runs: int, see
         raise SweepError(f"a worker process died ({broken}); {count} of {total} runs are kept in {rows_path}: "
                          "run the same command again to finish")
     return [done[k] for k in (run_key(p, s) for p, s in plan) if k in done]
-
-
-def default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
